@@ -1,0 +1,2 @@
+//! Shared workload builders for kvpick's benchmarks.
+#![forbid(unsafe_code)]

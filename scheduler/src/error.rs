@@ -1,0 +1,27 @@
+//! The core's one error type. Variant names double as metric labels (see [`Error::label`]).
+
+/// Everything the scheduling core can refuse.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A KV-event message or batch that does not follow vLLM's wire format.
+    #[error("malformed KV event batch: {0}")]
+    MalformedEvent(String),
+    /// A picker configuration that does not validate; the message names the field.
+    #[error("invalid picker config: {0}")]
+    InvalidConfig(String),
+    /// No candidate endpoint is eligible for the request.
+    #[error("no eligible endpoint: {0}")]
+    NoEndpoint(&'static str),
+}
+
+impl Error {
+    /// A stable, low-cardinality label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::MalformedEvent(_) => "malformed_event",
+            Error::InvalidConfig(_) => "invalid_config",
+            Error::NoEndpoint(_) => "no_endpoint",
+        }
+    }
+}

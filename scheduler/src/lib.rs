@@ -1,0 +1,27 @@
+//! kvpick's scheduling core.
+//!
+//! Pure: it takes values (tokens, decoded KV events, pod snapshots, `now`) and returns decisions.
+//! No sockets, no async runtime, no clock. The endpoint picker and the simulator both run it
+//! unchanged, which is what keeps the simulator honest.
+//!
+//! - [`keys`]: chained block keys over token ids, the address both events and requests meet at.
+//! - [`events`]: vLLM's KV-event model and its msgpack wire codec.
+//! - [`index`]: which endpoint holds which block, and per-candidate prefix lookup.
+//! - [`pods`]: endpoint identity and scraped signals.
+//! - [`time`]: time as a value.
+//! - [`error`]: the crate's one error type.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod events;
+pub mod index;
+pub mod keys;
+pub mod pods;
+pub mod time;
+
+pub use error::Error;
+pub use events::{EventBatch, KvEvent};
+pub use index::{IndexConfig, KvIndex, PrefixMatches};
+pub use keys::{BlockKey, BlockSize, Partition};
+pub use pods::{Endpoint, EndpointId, EndpointSet, PodSignals};
+pub use time::Timestamp;
