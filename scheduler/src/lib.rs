@@ -8,6 +8,7 @@
 //! - [`events`]: vLLM's KV-event model and its msgpack wire codec.
 //! - [`index`]: which endpoint holds which block, and per-candidate prefix lookup.
 //! - [`pods`]: endpoint identity and scraped signals.
+//! - [`scheduler`]: `Scheduler::pick`, from a request and its candidates to a ranked decision.
 //! - [`time`]: time as a value.
 //! - [`error`]: the crate's one error type.
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod events;
 pub mod index;
 pub mod keys;
 pub mod pods;
+pub mod scheduler;
 pub mod time;
 
 pub use error::Error;
@@ -24,4 +26,5 @@ pub use events::{EventBatch, KvEvent};
 pub use index::{IndexConfig, KvIndex, PrefixMatches};
 pub use keys::{BlockKey, BlockSize, Partition};
 pub use pods::{Endpoint, EndpointId, EndpointSet, PodSignals};
+pub use scheduler::{Candidate, Decision, Prompt, Request, Scheduler};
 pub use time::Timestamp;
