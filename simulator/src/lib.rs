@@ -17,6 +17,7 @@ pub mod des;
 pub mod engine;
 pub mod error;
 pub mod history;
+pub mod lru;
 pub mod metrics;
 pub mod policy;
 pub mod report;
