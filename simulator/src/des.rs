@@ -38,6 +38,8 @@ pub struct SimConfig {
     pub sample_interval_us: u64,
     /// Seed of every random choice.
     pub seed: u64,
+    /// Check every engine's bookkeeping after each step (slow; for tests).
+    pub check_invariants: bool,
 }
 
 /// Everything one policy's run produced.
@@ -57,6 +59,12 @@ pub struct RunResult {
     pub end: SimTime,
     /// KV-event batches applied to the precise index.
     pub event_batches: u64,
+    /// Blocks each engine holds in its prefix cache at the end.
+    pub engine_cached_blocks: Vec<usize>,
+    /// Entries the precise index holds per engine at the end (fed only by KV events).
+    pub index_entries: Option<Vec<usize>>,
+    /// The first broken engine invariant, when checking was on.
+    pub violation: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -82,6 +90,7 @@ struct Loop<'a> {
     timeline: Vec<Sample>,
     event_batches: u64,
     tokens: Vec<u32>,
+    violation: Option<String>,
 }
 
 /// Replays `trace` through `policy`; `progress` (if any) counts arrivals handled.
@@ -136,6 +145,7 @@ pub fn run(
         timeline: Vec::new(),
         event_batches: 0,
         tokens: Vec::new(),
+        violation: None,
     };
     if cfg.metrics_interval_us > 0 {
         l.push(SimTime::ZERO, Event::Scrape);
@@ -152,6 +162,9 @@ pub fn run(
         engines: l.engines.iter().map(Engine::stats).collect(),
         end,
         event_batches: l.event_batches,
+        engine_cached_blocks: l.engines.iter().map(|e| e.cache().cached_blocks()).collect(),
+        index_entries: l.router.index_entries(),
+        violation: l.violation,
     })
 }
 
@@ -254,6 +267,12 @@ impl Loop<'_> {
             Event::StepDone(e) => {
                 let e = e as usize;
                 self.engines[e].finish_step(now, &mut self.rec);
+                if self.cfg.check_invariants && self.violation.is_none() {
+                    self.violation = self.engines[e]
+                        .check_invariants()
+                        .err()
+                        .map(|v| format!("engine {e} at {now:?}: {v}"));
+                }
                 let wants = self.router.wants_events();
                 for batch in std::mem::take(&mut self.rec.outbox) {
                     if !wants {

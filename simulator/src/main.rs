@@ -160,6 +160,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             None => (span / 300).max(100_000),
         },
         seed: args.seed,
+        check_invariants: false,
     };
     let threads = args
         .threads

@@ -202,6 +202,19 @@ impl Router {
         }
     }
 
+    /// Entries the precise index holds per engine, for checking it against the engines' caches.
+    pub fn index_entries(&self) -> Option<Vec<usize>> {
+        match &self.kind {
+            Kind::Scored { scheduler, history: None } => Some(
+                self.endpoints
+                    .iter()
+                    .map(|e| scheduler.index().endpoint_entries(e.id))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
     /// Picks the engine for a request of `tokens` (LoRA `lora`), given the latest scraped signals.
     pub fn pick(
         &mut self,

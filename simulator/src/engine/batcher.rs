@@ -194,7 +194,16 @@ impl Engine {
             let mut run: Option<BlockStored> = None;
             for b in seq.registered as usize..full {
                 let hash = seq.hashes[b];
-                if self.cache.register(seq.blocks[b], hash) {
+                if let Some(twin) = self.cache.lookup(hash) {
+                    // Another request computed the same block meanwhile: share its cached copy
+                    // and free ours, so every block this one holds past its prefix stays cached.
+                    self.cache.acquire(twin);
+                    self.cache.release(&[seq.blocks[b]]);
+                    seq.blocks[b] = twin;
+                    if let Some(r) = run.take() {
+                        self.events.push(KvEvent::BlockStored(r));
+                    }
+                } else if self.cache.register(seq.blocks[b], hash) {
                     let stored = run.get_or_insert_with(|| BlockStored {
                         parent_block_hash: (b > 0).then(|| EngineHash(seq.hashes[b - 1])),
                         block_size: bs as u32,

@@ -19,15 +19,15 @@ const NIL: u32 = u32::MAX;
 /// The engine's block pool.
 #[derive(Debug)]
 pub struct KvCache {
-    refs: Vec<u32>,
+    pub(super) refs: Vec<u32>,
     /// Engine hash of a cached block, `None` when the block holds no cached content.
-    hash: Vec<Option<u64>>,
-    prev: Vec<u32>,
-    next: Vec<u32>,
-    head: u32,
+    pub(super) hash: Vec<Option<u64>>,
+    pub(super) prev: Vec<u32>,
+    pub(super) next: Vec<u32>,
+    pub(super) head: u32,
     tail: u32,
-    free: u32,
-    cached: HashMap<u64, BlockId>,
+    pub(super) free: u32,
+    pub(super) cached: HashMap<u64, BlockId>,
 }
 
 impl KvCache {

@@ -13,6 +13,7 @@
 //! blocks run out; step durations from [`step_time`].
 
 mod batcher;
+mod invariants;
 pub mod kv_cache;
 pub mod step_time;
 
