@@ -8,12 +8,11 @@
 //! `capacity_tokens / block_tokens` blocks. For traces of chained prefix blocks of that size
 //! (Mooncake), blocks are the trace's own hash ids; otherwise they are chained keys over the tokens.
 
-use std::collections::HashSet;
-
 use kvpick_scheduler::Partition;
 use serde::Serialize;
 
 use crate::lru::LruSet;
+use crate::prehashed::PrehashedMap;
 use crate::trace::{PromptSpec, Trace};
 
 /// The analysis' result.
@@ -36,7 +35,7 @@ pub struct CacheHit {
 }
 
 enum Cache {
-    Unbounded(HashSet<u64>),
+    Unbounded(PrehashedMap<u64, ()>),
     Lru(LruSet<u64>, usize),
 }
 
@@ -45,7 +44,7 @@ pub fn analyze(trace: &Trace, block_tokens: u32, capacity_tokens: Option<u64>) -
     let block_tokens = block_tokens.max(1);
     let by_ids = trace.prefix_block_tokens == Some(block_tokens);
     let mut cache = match capacity_tokens {
-        None => Cache::Unbounded(HashSet::new()),
+        None => Cache::Unbounded(PrehashedMap::default()),
         Some(c) => Cache::Lru(LruSet::default(), (c / block_tokens as u64) as usize),
     };
     let (mut input, mut hit) = (0u64, 0u64);
@@ -67,13 +66,13 @@ pub fn analyze(trace: &Trace, block_tokens: u32, capacity_tokens: Option<u64>) -
         }
         let n = r.input_tokens() as u64;
         let matched = match &cache {
-            Cache::Unbounded(set) => blocks.iter().take_while(|b| set.contains(b)).count(),
+            Cache::Unbounded(set) => blocks.iter().take_while(|b| set.contains_key(b)).count(),
             Cache::Lru(lru, _) => blocks.iter().take_while(|b| lru.contains(b)).count(),
         } as u64;
         input += n;
         hit += (matched * block_tokens as u64).min(n);
         match &mut cache {
-            Cache::Unbounded(set) => set.extend(blocks.iter().copied()),
+            Cache::Unbounded(set) => set.extend(blocks.iter().map(|&b| (b, ()))),
             Cache::Lru(lru, cap) => {
                 for &b in &blocks {
                     lru.touch(b);
@@ -88,7 +87,11 @@ pub fn analyze(trace: &Trace, block_tokens: u32, capacity_tokens: Option<u64>) -
         requests: trace.requests.len(),
         input_tokens: input,
         hit_tokens: hit,
-        hit_rate: if input == 0 { 0.0 } else { hit as f64 / input as f64 },
+        hit_rate: if input == 0 {
+            0.0
+        } else {
+            hit as f64 / input as f64
+        },
         block_tokens,
         capacity_tokens,
         trace_block_ids: by_ids,

@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Replay a trace (or a generated workload) under each policy and compare them.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write a generated workload as a kvpick JSONL trace.
     Generate {
         #[command(flatten)]
@@ -164,7 +164,11 @@ pub struct RunArgs {
     pub step_time: Option<String>,
     /// Comma-separated policies: random, round-robin, least-loaded, approx-prefix,
     /// precise-prefix, config:FILE (an EndpointPickerConfig YAML, as the endpoint picker reads).
-    #[arg(long, value_delimiter = ',', default_value = "random,round-robin,least-loaded,approx-prefix,precise-prefix")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "random,round-robin,least-loaded,approx-prefix,precise-prefix"
+    )]
     pub policies: Vec<String>,
     /// Served model name (the cache partition of requests without a LoRA).
     #[arg(long, default_value = "qwen3-32b")]

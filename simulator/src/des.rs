@@ -11,8 +11,8 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kvpick_scheduler::events::EventBatch;
 use kvpick_scheduler::PodSignals;
+use kvpick_scheduler::events::EventBatch;
 
 use crate::clock::SimTime;
 use crate::engine::{Engine, EngineRequest, EngineStats, Profile, RequestId};
@@ -101,7 +101,9 @@ pub fn run(
     progress: Option<&AtomicU64>,
 ) -> Result<RunResult, SimError> {
     if cfg.engines == 0 {
-        return Err(SimError::InvalidConfig("--engines must be at least 1".into()));
+        return Err(SimError::InvalidConfig(
+            "--engines must be at least 1".into(),
+        ));
     }
     let shape = PoolShape {
         engines: cfg.engines,
@@ -162,7 +164,11 @@ pub fn run(
         engines: l.engines.iter().map(Engine::stats).collect(),
         end,
         event_batches: l.event_batches,
-        engine_cached_blocks: l.engines.iter().map(|e| e.cache().cached_blocks()).collect(),
+        engine_cached_blocks: l
+            .engines
+            .iter()
+            .map(|e| e.cache().cached_blocks())
+            .collect(),
         index_entries: l.router.index_entries(),
         violation: l.violation,
     })
@@ -317,7 +323,8 @@ impl Loop<'_> {
                     waiting: self.engines.iter().map(|e| e.waiting() as u32).collect(),
                     running: self.engines.iter().map(|e| e.running() as u32).collect(),
                     kv_usage: self.engines.iter().map(Engine::kv_usage).collect(),
-                    hit_rate: (input > 0).then(|| cached as f64 / input as f64),
+                    admitted_tokens: input,
+                    cached_tokens: cached,
                 });
                 if self.active(next_arrival) {
                     self.push(now.plus_micros(self.cfg.sample_interval_us), Event::Sample);
@@ -336,7 +343,8 @@ pub fn run_many(
     progress: Option<&AtomicU64>,
 ) -> Vec<Result<RunResult, SimError>> {
     let next = AtomicU64::new(0);
-    let mut slots: Vec<Option<Result<RunResult, SimError>>> = policies.iter().map(|_| None).collect();
+    let mut slots: Vec<Option<Result<RunResult, SimError>>> =
+        policies.iter().map(|_| None).collect();
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads.clamp(1, policies.len().max(1)))
             .map(|_| {

@@ -20,6 +20,7 @@ pub mod history;
 pub mod lru;
 pub mod metrics;
 pub mod policy;
+pub mod prehashed;
 pub mod report;
 pub mod trace;
 

@@ -1,13 +1,15 @@
 //! A least-recently-used set with amortized O(1) touch and evict: a map from key to its last touch
 //! stamp plus a queue of (stamp, key) in touch order whose stale entries are skipped lazily.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::Hash;
 
-/// The LRU set.
+use crate::prehashed::PrehashedMap;
+
+/// The LRU set (keys must be uniform hashes: see [`PrehashedMap`]).
 #[derive(Debug)]
 pub struct LruSet<K> {
-    stamp: HashMap<K, u64>,
+    stamp: PrehashedMap<K, u64>,
     order: VecDeque<(u64, K)>,
     clock: u64,
 }
@@ -15,7 +17,7 @@ pub struct LruSet<K> {
 impl<K> Default for LruSet<K> {
     fn default() -> Self {
         Self {
-            stamp: HashMap::new(),
+            stamp: PrehashedMap::default(),
             order: VecDeque::new(),
             clock: 0,
         }

@@ -23,17 +23,27 @@ use cli::{Cli, Command, GenArgs, Generator, RunArgs};
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Generate { gen_, out } => {
             let trace = generated(&gen_, 1)?.context("--generate is required")?;
             let mut f = std::io::BufWriter::new(
                 std::fs::File::create(&out).with_context(|| out.display().to_string())?,
             );
             trace::jsonl::write(&trace, &mut f).with_context(|| out.display().to_string())?;
-            eprintln!("{}: {} requests ({})", out.display(), trace.requests.len(), trace.name);
+            eprintln!(
+                "{}: {} requests ({})",
+                out.display(),
+                trace.requests.len(),
+                trace.name
+            );
             Ok(())
         }
-        Command::CacheHit { trace, format, block_tokens, capacity_tokens } => {
+        Command::CacheHit {
+            trace,
+            format,
+            block_tokens,
+            capacity_tokens,
+        } => {
             let t = trace::load(&trace, format)?;
             let r = kvpick_sim::cache_hit::analyze(&t, block_tokens, capacity_tokens);
             println!(
@@ -44,7 +54,11 @@ fn main() -> anyhow::Result<()> {
                 r.hit_tokens,
                 r.hit_rate * 100.0,
                 r.block_tokens,
-                if r.trace_block_ids { ", the trace's hash ids" } else { ", keys over tokens" },
+                if r.trace_block_ids {
+                    ", the trace's hash ids"
+                } else {
+                    ", keys over tokens"
+                },
                 capacity_tokens.map_or("unbounded".into(), |c| format!("{c} tokens LRU")),
             );
             Ok(())
@@ -69,7 +83,8 @@ fn generated(g: &GenArgs, default_seed: u64) -> anyhow::Result<Option<Trace>> {
         Some(Generator::SharedPrefix | Generator::LlmD) => {
             let base = SharedPrefix::llm_d_benchmark(seed);
             let llm_d = g.generate == Some(Generator::LlmD);
-            let pick = |v: Option<u32>, llm: u32, plain: u32| v.unwrap_or(if llm_d { llm } else { plain });
+            let pick =
+                |v: Option<u32>, llm: u32, plain: u32| v.unwrap_or(if llm_d { llm } else { plain });
             SharedPrefix {
                 groups: pick(g.groups, base.groups, 8),
                 users_per_group: pick(g.users_per_group, base.users_per_group, 4),
@@ -102,12 +117,18 @@ fn profile(args: &RunArgs) -> anyhow::Result<Profile> {
     let mut p = match &args.profile_file {
         Some(f) => Profile::from_file(f)?,
         None => Profile::named(&args.profile).with_context(|| {
-            format!("unknown profile {:?}; built-in: {}", args.profile, PROFILES.join(", "))
+            format!(
+                "unknown profile {:?}; built-in: {}",
+                args.profile,
+                PROFILES.join(", ")
+            )
         })?,
     };
     p.kv_blocks = args.kv_blocks.unwrap_or(p.kv_blocks);
     p.block_size = args.block_size.unwrap_or(p.block_size);
-    p.max_num_batched_tokens = args.max_num_batched_tokens.unwrap_or(p.max_num_batched_tokens);
+    p.max_num_batched_tokens = args
+        .max_num_batched_tokens
+        .unwrap_or(p.max_num_batched_tokens);
     p.max_num_seqs = args.max_num_seqs.unwrap_or(p.max_num_seqs);
     p.max_model_len = args.max_model_len.unwrap_or(p.max_model_len);
     if let Some(spec) = &args.step_time {

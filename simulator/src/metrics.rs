@@ -68,7 +68,11 @@ impl LogHistogram {
 
     /// Mean value.
     pub fn mean(&self) -> f64 {
-        if self.total == 0 { 0.0 } else { self.sum / self.total as f64 }
+        if self.total == 0 {
+            0.0
+        } else {
+            self.sum / self.total as f64
+        }
     }
 
     /// The `q`-quantile (0 ≤ q ≤ 1), or 0 when empty.
@@ -126,8 +130,10 @@ pub struct Sample {
     pub running: Vec<u32>,
     /// KV usage per engine.
     pub kv_usage: Vec<f64>,
-    /// Token-weighted prefix hit rate of the requests admitted since the previous sample.
-    pub hit_rate: Option<f64>,
+    /// Prompt tokens of the requests first admitted since the previous sample.
+    pub admitted_tokens: u64,
+    /// Of which hit the prefix cache.
+    pub cached_tokens: u64,
 }
 
 /// The engines' sink during a run: fills request records, the histogram, and an outbox of KV events.
@@ -197,7 +203,11 @@ mod tests {
         }
         for q in [0.5, 0.9, 0.99] {
             let want = q * 100_000.0;
-            assert!((h.quantile(q) - want).abs() / want < 0.02, "{q}: {}", h.quantile(q));
+            assert!(
+                (h.quantile(q) - want).abs() / want < 0.02,
+                "{q}: {}",
+                h.quantile(q)
+            );
         }
         assert!((h.mean() - 50_000.5).abs() < 1e-6);
         let mut g = LogHistogram::default();

@@ -89,7 +89,8 @@ impl PolicySpec {
             PolicySpec::PrecisePrefix => "precise-prefix".into(),
             PolicySpec::Config(p) => format!(
                 "config:{}",
-                p.file_stem().map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into())
+                p.file_stem()
+                    .map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into())
             ),
         }
     }
@@ -168,7 +169,11 @@ impl Router {
             PolicySpec::ApproxPrefix => {
                 let idx = index();
                 Kind::Scored {
-                    history: Some(RoutingHistory::new(idx.clone(), shape.engines, shape.kv_blocks)),
+                    history: Some(RoutingHistory::new(
+                        idx.clone(),
+                        shape.engines,
+                        shape.kv_blocks,
+                    )),
                     scheduler: Scheduler::new(idx),
                 }
             }
@@ -195,8 +200,13 @@ impl Router {
 
     /// Applies one batch of `engine`'s KV events to the precise index.
     pub fn apply_events(&mut self, engine: usize, batch: &EventBatch) {
-        if let (Kind::Scored { scheduler, history: None }, Some(ep)) =
-            (&self.kind, self.endpoints.get(engine))
+        if let (
+            Kind::Scored {
+                scheduler,
+                history: None,
+            },
+            Some(ep),
+        ) = (&self.kind, self.endpoints.get(engine))
         {
             scheduler.index().apply(ep.id, &ep.model, batch);
         }
@@ -205,7 +215,10 @@ impl Router {
     /// Entries the precise index holds per engine, for checking it against the engines' caches.
     pub fn index_entries(&self) -> Option<Vec<usize>> {
         match &self.kind {
-            Kind::Scored { scheduler, history: None } => Some(
+            Kind::Scored {
+                scheduler,
+                history: None,
+            } => Some(
                 self.endpoints
                     .iter()
                     .map(|e| scheduler.index().endpoint_entries(e.id))

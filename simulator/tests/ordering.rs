@@ -4,6 +4,7 @@
 //! The CI version is the llm-d workload shrunk ×10 in every token length (and the engines' KV with
 //! it, keeping llm-d's 73% resident-to-capacity ratio) so it runs in seconds in debug builds; set
 //! `KVPICK_SIM_FULL=1` to run the full-size workload (release build recommended).
+#![allow(clippy::unwrap_used)] // a test crate: a failed unwrap is a failed test
 
 use std::sync::Arc;
 
@@ -59,8 +60,20 @@ fn precise_beats_approx_beats_random_and_round_robin() {
     for x in &s {
         assert_eq!(x.completed + x.unfit, x.requests, "{}", x.policy);
     }
-    assert!(precise.ttft.p90 < approx.ttft.p90, "TTFT p90 precise vs approx");
-    assert!(approx.ttft.p90 < random.ttft.p90.min(rr.ttft.p90), "TTFT p90 approx vs baselines");
-    assert!(precise.hit_rate > approx.hit_rate, "hit rate precise vs approx");
-    assert!(approx.hit_rate > random.hit_rate.max(rr.hit_rate), "hit rate approx vs baselines");
+    assert!(
+        precise.ttft.p90 < approx.ttft.p90,
+        "TTFT p90 precise vs approx"
+    );
+    assert!(
+        approx.ttft.p90 < random.ttft.p90.min(rr.ttft.p90),
+        "TTFT p90 approx vs baselines"
+    );
+    assert!(
+        precise.hit_rate > approx.hit_rate,
+        "hit rate precise vs approx"
+    );
+    assert!(
+        approx.hit_rate > random.hit_rate.max(rr.hit_rate),
+        "hit rate approx vs baselines"
+    );
 }

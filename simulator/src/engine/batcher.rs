@@ -30,7 +30,10 @@ pub(super) fn partition_root(hash_seed: u64, partition: &str) -> u64 {
 /// The engine's own chained block hash: not kvpick's key (different seed and mixing), as vLLM's
 /// `sha256`/`hash_fn` chain is not, so the index must map engine hashes to its keys as in production.
 fn block_hash(parent: u64, block: &[u32]) -> u64 {
-    xxh3_64_with_seed(bytemuck::cast_slice(block), parent.rotate_left(29) ^ 0x0ddb_a11c_0ffe_e5e7)
+    xxh3_64_with_seed(
+        bytemuck::cast_slice(block),
+        parent.rotate_left(29) ^ 0x0ddb_a11c_0ffe_e5e7,
+    )
 }
 
 impl Seq {
@@ -43,19 +46,28 @@ impl Seq {
         let full = self.tokens.len() / bs;
         while self.hashes.len() < full {
             let i = self.hashes.len();
-            let parent = if i == 0 { self.root } else { self.hashes[i - 1] };
-            self.hashes.push(block_hash(parent, &self.tokens[i * bs..(i + 1) * bs]));
+            let parent = if i == 0 {
+                self.root
+            } else {
+                self.hashes[i - 1]
+            };
+            self.hashes
+                .push(block_hash(parent, &self.tokens[i * bs..(i + 1) * bs]));
         }
     }
 }
 
 impl Engine {
     fn seq(&self, slot: usize) -> &Seq {
-        self.seqs[slot].as_ref().unwrap_or_else(|| unreachable!("live slot {slot}"))
+        self.seqs[slot]
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("live slot {slot}"))
     }
 
     fn seq_mut(&mut self, slot: usize) -> &mut Seq {
-        self.seqs[slot].as_mut().unwrap_or_else(|| unreachable!("live slot {slot}"))
+        self.seqs[slot]
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("live slot {slot}"))
     }
 
     /// Blocks `slot` needs in total to hold `tokens` tokens, minus those it has.
@@ -132,7 +144,11 @@ impl Engine {
             let new_blocks = (hit_tokens + n).div_ceil(bs as u32) - hit_blocks as u32;
             let revived = seq.hashes[..hit_blocks]
                 .iter()
-                .filter(|h| self.cache.lookup(**h).is_some_and(|b| self.cache.is_free(b)))
+                .filter(|h| {
+                    self.cache
+                        .lookup(**h)
+                        .is_some_and(|b| self.cache.is_free(b))
+                })
                 .count() as u32;
             if new_blocks + revived > self.cache.free_blocks() {
                 break;
@@ -212,7 +228,9 @@ impl Engine {
                         ..Default::default()
                     });
                     stored.block_hashes.push(EngineHash(hash));
-                    stored.token_ids.extend_from_slice(&seq.tokens[b * bs..(b + 1) * bs]);
+                    stored
+                        .token_ids
+                        .extend_from_slice(&seq.tokens[b * bs..(b + 1) * bs]);
                 } else if let Some(r) = run.take() {
                     self.events.push(KvEvent::BlockStored(r));
                 }
@@ -246,7 +264,9 @@ impl Engine {
             return;
         }
         for slot in finished {
-            let Some(seq) = self.seqs[slot].take() else { continue };
+            let Some(seq) = self.seqs[slot].take() else {
+                continue;
+            };
             self.cache.release(&seq.blocks);
             self.free_slots.push(slot);
             sink.finished(seq.id, now);

@@ -34,12 +34,17 @@ impl KvCache {
         }
         for (&h, &blk) in &self.cached {
             if self.hash[blk as usize] != Some(h) {
-                return Err(format!("cached hash {h:x} points at block {blk} holding another"));
+                return Err(format!(
+                    "cached hash {h:x} points at block {blk} holding another"
+                ));
             }
         }
         let hashed = self.hash.iter().filter(|h| h.is_some()).count();
         if hashed != self.cached.len() {
-            return Err(format!("{hashed} hashed blocks but {} cached", self.cached.len()));
+            return Err(format!(
+                "{hashed} hashed blocks but {} cached",
+                self.cached.len()
+            ));
         }
         Ok(())
     }
@@ -62,7 +67,10 @@ impl Engine {
                 holders[b as usize] += 1;
             }
             if seq.blocks.len() as u32 > seq.tokens.len().div_ceil(bs as usize) as u32 {
-                return Err(format!("request {:?} holds more blocks than tokens", seq.id));
+                return Err(format!(
+                    "request {:?} holds more blocks than tokens",
+                    seq.id
+                ));
             }
             if seq.computed > seq.tokens.len() as u32 {
                 return Err(format!("request {:?} computed past its tokens", seq.id));

@@ -7,9 +7,9 @@
 //! `BlockRemoved`). The free queue is a doubly linked list over block ids, so taking a cached free
 //! block out of the middle on a hit is O(1), as in vLLM.
 
-use std::collections::HashMap;
-
 use kvpick_scheduler::events::{BlockRemoved, EngineHash, KvEvent, Medium};
+
+use crate::prehashed::PrehashedMap;
 
 /// A block's index in the pool.
 pub type BlockId = u32;
@@ -27,7 +27,7 @@ pub struct KvCache {
     pub(super) head: u32,
     tail: u32,
     pub(super) free: u32,
-    pub(super) cached: HashMap<u64, BlockId>,
+    pub(super) cached: PrehashedMap<u64, BlockId>,
 }
 
 impl KvCache {
@@ -42,7 +42,7 @@ impl KvCache {
             head: NIL,
             tail: NIL,
             free: 0,
-            cached: HashMap::new(),
+            cached: PrehashedMap::default(),
         };
         for b in 0..blocks {
             c.push_back(b);

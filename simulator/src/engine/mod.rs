@@ -134,7 +134,12 @@ impl Profile {
 
     /// Checks that the engine can run at all.
     pub fn validate(&self) -> Result<(), SimError> {
-        let bad = |m: &str| Err(SimError::InvalidConfig(format!("profile {}: {m}", self.name)));
+        let bad = |m: &str| {
+            Err(SimError::InvalidConfig(format!(
+                "profile {}: {m}",
+                self.name
+            )))
+        };
         if self.kv_blocks == 0 || self.block_size == 0 {
             return bad("kv_blocks and block_size must be positive");
         }
@@ -285,7 +290,8 @@ impl Engine {
         if total.div_ceil(self.block_size.get() as u64) > self.profile.kv_blocks as u64 {
             return Err(Unfit::TooBig);
         }
-        let root = batcher::partition_root(self.hash_seed, req.lora.as_deref().unwrap_or(&self.model));
+        let root =
+            batcher::partition_root(self.hash_seed, req.lora.as_deref().unwrap_or(&self.model));
         let seq = Seq {
             id: req.id,
             tokens: req.prompt,

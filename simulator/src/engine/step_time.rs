@@ -64,9 +64,16 @@ impl StepTimeModel {
             let (k, v) = kv.split_once('=').ok_or_else(|| {
                 SimError::InvalidConfig(format!("--step-time: expected key=value, got {kv:?}"))
             })?;
-            let v: f64 = v.trim().parse().ok().filter(|v: &f64| v.is_finite() && *v >= 0.0).ok_or_else(|| {
-                SimError::InvalidConfig(format!("--step-time {k}: not a non-negative number: {v:?}"))
-            })?;
+            let v: f64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| {
+                    SimError::InvalidConfig(format!(
+                        "--step-time {k}: not a non-negative number: {v:?}"
+                    ))
+                })?;
             let field = match k.trim().trim_end_matches("_us") {
                 "overhead" => &mut self.overhead_us,
                 "per_prefill_token" => &mut self.per_prefill_token_us,
@@ -124,7 +131,9 @@ impl StepTimeModel {
             }
         }
         let c = solve(a).ok_or_else(|| {
-            SimError::InvalidConfig("step-time fit: samples do not determine the coefficients".into())
+            SimError::InvalidConfig(
+                "step-time fit: samples do not determine the coefficients".into(),
+            )
         })?;
         let k = |i: usize| if scale[i] > 0.0 { c[i] / scale[i] } else { 0.0 };
         Ok(Self {
@@ -148,8 +157,9 @@ fn solve<const N: usize, const M: usize>(mut a: [[f64; M]; N]) -> Option<[f64; N
         for r in 0..N {
             if r != col {
                 let f = a[r][col] / a[col][col];
-                for c in col..M {
-                    a[r][c] -= f * a[col][c];
+                let pivot_row = a[col];
+                for (x, p) in a[r].iter_mut().zip(pivot_row).skip(col) {
+                    *x -= f * p;
                 }
             }
         }
@@ -193,10 +203,18 @@ mod tests {
 
     #[test]
     fn overrides_name_bad_keys() {
-        let mut m = super::super::Profile::named("h100-tp2-qwen3-32b").unwrap().step_time;
-        m.apply_overrides("overhead=5000,per_decode_seq_us=1").unwrap();
+        let mut m = super::super::Profile::named("h100-tp2-qwen3-32b")
+            .unwrap()
+            .step_time;
+        m.apply_overrides("overhead=5000,per_decode_seq_us=1")
+            .unwrap();
         assert_eq!((m.overhead_us, m.per_decode_seq_us), (5000.0, 1.0));
-        assert!(m.apply_overrides("bogus=1").unwrap_err().to_string().contains("bogus"));
+        assert!(
+            m.apply_overrides("bogus=1")
+                .unwrap_err()
+                .to_string()
+                .contains("bogus")
+        );
         assert!(m.apply_overrides("overhead=-1").is_err());
     }
 }

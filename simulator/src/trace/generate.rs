@@ -86,7 +86,12 @@ pub enum Arrivals {
 }
 
 /// Arrival times over `stages`, scaled by `rate_scale`.
-fn arrival_times(stages: &[RateStage], arrivals: Arrivals, rate_scale: f64, rng: &mut SmallRng) -> Vec<f64> {
+fn arrival_times(
+    stages: &[RateStage],
+    arrivals: Arrivals,
+    rate_scale: f64,
+    rng: &mut SmallRng,
+) -> Vec<f64> {
     let mut out = Vec::new();
     let mut start = 0.0;
     for s in stages {
@@ -149,7 +154,8 @@ impl SharedPrefix {
 
     /// Generates the trace.
     pub fn generate(&self) -> Result<Trace, SimError> {
-        if self.groups == 0 || self.users_per_group == 0 || self.system_len + self.question_len == 0 {
+        if self.groups == 0 || self.users_per_group == 0 || self.system_len + self.question_len == 0
+        {
             return Err(SimError::InvalidConfig(
                 "shared-prefix needs groups, users and a non-empty prompt".into(),
             ));
@@ -174,7 +180,10 @@ impl SharedPrefix {
                 }
                 if self.question_len > 0 {
                     segments.push(Segment {
-                        id: tokens::content_id("shared-prefix/question", &[self.seed, g as u64, u as u64]),
+                        id: tokens::content_id(
+                            "shared-prefix/question",
+                            &[self.seed, g as u64, u as u64],
+                        ),
                         len: self.question_len,
                     });
                 }
@@ -192,7 +201,11 @@ impl SharedPrefix {
         Ok(Trace {
             name: format!(
                 "shared-prefix({}x{}+{}x{}, out {})",
-                self.groups, self.system_len, self.users_per_group, self.question_len, self.output_len
+                self.groups,
+                self.system_len,
+                self.users_per_group,
+                self.question_len,
+                self.output_len
             ),
             requests,
             prefix_block_tokens: None,
@@ -290,7 +303,11 @@ mod tests {
         // Σ rate × duration over the ladder is 17,084 expected arrivals.
         let n = t.requests.len() as f64;
         assert!((n - 17_084.0).abs() < 4.0 * 17_084f64.sqrt(), "{n}");
-        assert!(t.requests.iter().all(|r| r.input_tokens() == 7200 && r.output_tokens == 1000));
+        assert!(
+            t.requests
+                .iter()
+                .all(|r| r.input_tokens() == 7200 && r.output_tokens == 1000)
+        );
         // Every prompt repeats exactly every 750 requests.
         assert_eq!(t.requests[3].prompt, t.requests[753].prompt);
         assert_ne!(t.requests[3].prompt, t.requests[4].prompt);
@@ -311,11 +328,20 @@ mod tests {
             seed: 3,
         };
         let t = c.generate().unwrap();
-        let s0: Vec<_> = t.requests.iter().filter(|r| r.session.as_deref() == Some("s0")).collect();
+        let s0: Vec<_> = t
+            .requests
+            .iter()
+            .filter(|r| r.session.as_deref() == Some("s0"))
+            .collect();
         assert_eq!(s0.len(), 3);
         assert_eq!(s0[2].input_tokens(), 100 + 3 * 10 + 2 * 20);
-        let PromptSpec::Segments(seg) = &s0[1].prompt else { panic!() };
-        assert_eq!(seg[2].id, s0[0].output_id, "the answer is the next turn's history");
+        let PromptSpec::Segments(seg) = &s0[1].prompt else {
+            panic!()
+        };
+        assert_eq!(
+            seg[2].id, s0[0].output_id,
+            "the answer is the next turn's history"
+        );
         assert!(parse_stages("3:0").is_err() && parse_stages("x").is_err());
     }
 }

@@ -123,7 +123,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Trace, SimError> {
         });
     }
     Ok(Trace {
-        name: path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into()),
+        name: path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into()),
         prefix_block_tokens: block_tokens_seen.filter(|_| all_blocks && !requests.is_empty()),
         requests,
     })
@@ -182,9 +184,12 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("k.jsonl:1: exactly one"), "{e}");
-        let e = parse(Path::new("k.jsonl"), "{\"timestamp_ms\": 1, \"output_len\": 3}")
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            Path::new("k.jsonl"),
+            "{\"timestamp_ms\": 1, \"output_len\": 3}",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("k.jsonl:1: unknown field"), "{e}");
     }
 }

@@ -40,7 +40,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Trace, SimError> {
         let line = i + 1;
         let l: Line = serde_json::from_str(raw).map_err(|e| bad_line(path, line, e.to_string()))?;
         if !(l.timestamp.is_finite() && l.timestamp >= 0.0) {
-            return Err(bad_line(path, line, "timestamp must be a non-negative number"));
+            return Err(bad_line(
+                path,
+                line,
+                "timestamp must be a non-negative number",
+            ));
         }
         if l.input_length == 0 {
             return Err(bad_line(path, line, "input_length must be positive"));
@@ -82,7 +86,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Trace, SimError> {
         });
     }
     Ok(Trace {
-        name: path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into()),
+        name: path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into()),
         requests,
         prefix_block_tokens: Some(BLOCK_TOKENS),
     })
@@ -111,7 +117,9 @@ mod tests {
         let text = "{\"timestamp\": 0, \"input_length\": 10, \"output_length\": 1, \"hash_ids\": [0]}\n\n{\"timestamp\": 0, \"input_length\": 600, \"output_length\": 1, \"hash_ids\": [0]}\n";
         let e = parse(Path::new("t.jsonl"), text).unwrap_err().to_string();
         assert!(e.starts_with("t.jsonl:3: 1 hash_ids"), "{e}");
-        let e = parse(Path::new("t.jsonl"), "{oops").unwrap_err().to_string();
+        let e = parse(Path::new("t.jsonl"), "{oops")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("t.jsonl:1:"), "{e}");
     }
 }
