@@ -79,8 +79,9 @@ impl<T> LruSlab<T> {
         &mut self.nodes[at as usize].value
     }
 
-    /// Adds `value` at the front (most recent) of `list`; returns its handle.
-    pub(crate) fn push_front(&mut self, list: &mut LruList, value: T) -> u32 {
+    /// Adds `value` at the front (most recent) of `list`; returns its handle, or `None` when all
+    /// `u32` handles are live (callers bound their capacity far below that).
+    pub(crate) fn push_front(&mut self, list: &mut LruList, value: T) -> Option<u32> {
         let node = Node {
             prev: NIL,
             next: list.head,
@@ -92,8 +93,9 @@ impl<T> LruSlab<T> {
             self.nodes[at as usize] = node;
             at
         } else {
-            // Handles are u32 and NIL is reserved: callers bound the slab far below that.
-            let at = u32::try_from(self.nodes.len()).unwrap_or(NIL - 1);
+            let at = u32::try_from(self.nodes.len())
+                .ok()
+                .filter(|&at| at != NIL)?;
             self.nodes.push(node);
             at
         };
@@ -105,7 +107,7 @@ impl<T> LruSlab<T> {
         list.head = at;
         list.len += 1;
         self.live += 1;
-        at
+        Some(at)
     }
 
     /// Makes node `at` of `list` the most recent.
@@ -207,9 +209,9 @@ mod tests {
     fn push_touch_and_evict_in_recency_order() {
         let mut slab = LruSlab::default();
         let mut list = LruList::default();
-        let a = slab.push_front(&mut list, 1);
-        let _b = slab.push_front(&mut list, 2);
-        let c = slab.push_front(&mut list, 3);
+        let a = slab.push_front(&mut list, 1).unwrap();
+        let _b = slab.push_front(&mut list, 2).unwrap();
+        let c = slab.push_front(&mut list, 3).unwrap();
         assert_eq!(values(&slab, &list), [3, 2, 1]);
         slab.touch(&mut list, a);
         assert_eq!(values(&slab, &list), [1, 3, 2]);

@@ -110,7 +110,8 @@ impl Scheduler {
         }
     }
 
-    /// Ranks the eligible candidates for `request`: primary first, then fallbacks.
+    /// Ranks the eligible candidates for `request`: primary first, then fallbacks. Candidates
+    /// name distinct endpoints.
     ///
     /// Fails with [`Error::NoEndpoint`] when no candidate is eligible; its reason names the
     /// filter that emptied the set ([`crate::filters`]).

@@ -37,6 +37,12 @@ fn signals(waiting: &[u32], kv: &[f64]) -> Vec<PodSignals> {
 }
 
 #[test]
+fn a_scheduler_is_shared_across_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Scheduler>();
+}
+
+#[test]
 fn the_default_profile_is_prefix_kv_queue() {
     let s = Scheduler::new(Arc::new(KvIndex::new(IndexConfig::default())));
     let names: Vec<&str> = s.scorer_names().iter().map(|n| &**n).collect();

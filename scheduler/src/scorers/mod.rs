@@ -49,7 +49,7 @@ impl Needs {
     /// What both `self` and `other` need.
     pub fn union(self, other: Needs) -> Needs {
         Needs {
-            keys: self.keys || other.keys || other.lookup || self.lookup,
+            keys: self.keys || other.keys,
             lookup: self.lookup || other.lookup,
         }
     }

@@ -97,8 +97,9 @@ impl Scorer for SessionAffinity {
             slab.remove(recency, old);
             by_session.remove(&slab.get(old).0);
         }
-        let at = slab.push_front(recency, (hash, chosen));
-        by_session.insert(hash, at);
+        if let Some(at) = slab.push_front(recency, (hash, chosen)) {
+            by_session.insert(hash, at);
+        }
     }
 
     fn forget(&self, endpoint: EndpointId) {

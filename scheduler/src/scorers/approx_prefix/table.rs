@@ -106,14 +106,17 @@ impl RoutedBlocks {
                 self.evict(endpoint, old);
             }
             let next = self.heads.get(&key).copied().unwrap_or(NIL);
-            let at = self.slab.push_front(
-                &mut self.lists[endpoint.index()],
-                Holder {
-                    key,
-                    next,
-                    endpoint,
-                },
-            );
+            let holder = Holder {
+                key,
+                next,
+                endpoint,
+            };
+            let Some(at) = self
+                .slab
+                .push_front(&mut self.lists[endpoint.index()], holder)
+            else {
+                return; // out of node handles: remember less rather than corrupt the chains
+            };
             self.heads.insert(key, at);
         }
     }
