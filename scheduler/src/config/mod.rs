@@ -42,6 +42,7 @@ use serde_yaml::Value;
 use self::fields::{Fields, invalid};
 pub use self::plugins::{PLUGIN_TYPES, PluginSpec};
 use crate::error::Error;
+use crate::events::Medium;
 use crate::filters::{FilterSpec, Staleness};
 use crate::index::IndexConfig;
 use crate::keys::BlockSize;
@@ -226,9 +227,9 @@ fn index(top: &Fields<'_>) -> Result<IndexConfig, Error> {
         &["gpu", "cpu", "storage"],
         "tierWeights",
     )?;
-    for (i, medium) in ["gpu", "cpu", "storage"].into_iter().enumerate() {
-        if let Some(w) = tiers.fraction(medium)? {
-            config.tier_weights[i] = w as f32;
+    for medium in Medium::ALL {
+        if let Some(w) = tiers.fraction(&medium.as_str().to_ascii_lowercase())? {
+            config.tier_weights[medium.tier()] = w as f32;
         }
     }
     Ok(config)

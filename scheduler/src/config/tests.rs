@@ -325,3 +325,17 @@ fn the_head_is_checked() {
     assert_eq!(err("- a\n- b\n"), "config: expected a mapping, got a list");
     assert!(err("a: [").starts_with("not valid YAML: "));
 }
+
+proptest::proptest! {
+    /// Corrupting the default config anywhere yields a config or an error, never a panic.
+    #[test]
+    fn corrupted_configs_never_panic(at in 0usize..1500, cut in 0usize..8, with in "[-a-zA-Z0-9 :.\\[\\]{}\n]{0,10}") {
+        let text = PickerConfig::DEFAULT_YAML;
+        let at = (at % text.len()).min(text.len());
+        let end = (at + cut).min(text.len());
+        if text.is_char_boundary(at) && text.is_char_boundary(end) {
+            let corrupted = format!("{}{}{}", &text[..at], with, &text[end..]);
+            let _ = PickerConfig::parse(&corrupted);
+        }
+    }
+}

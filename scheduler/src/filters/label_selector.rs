@@ -239,4 +239,13 @@ mod tests {
         assert!(!s.matches(&labels(&[("role", "prefill")])));
         assert!(s.require_equal("", "x").is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_input_parses_or_is_refused_without_panicking(text in "[a-z!=(), ]{0,24}") {
+            if let Ok(s) = LabelSelector::parse(&text) {
+                s.matches(&labels(&[("a", "b")]));
+            }
+        }
+    }
 }

@@ -104,4 +104,15 @@ mod tests {
         let root = Partition::model("a").root();
         assert_ne!(text_root(root), root);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_cuts_into_whole_character_chunks(text in "\\PC{0,80}", chunk in 1usize..9) {
+            let k = keys(&text, chunk, usize::MAX);
+            proptest::prop_assert_eq!(k.len(), text.chars().count() / chunk);
+            // A key depends only on the text up to its chunk's end.
+            let cut: String = text.chars().take(chunk * k.len()).collect();
+            proptest::prop_assert_eq!(keys(&cut, chunk, usize::MAX), k);
+        }
+    }
 }

@@ -258,4 +258,56 @@ mod tests {
         assert_eq!(t.len(), 3 * 64);
         assert_eq!(t.distinct_keys(), 3 * 64);
     }
+
+    /// The same history kept naively: per endpoint, keys most recent first.
+    #[derive(Default)]
+    struct Model {
+        lists: Vec<Vec<BlockKey>>,
+    }
+
+    impl Model {
+        fn record(&mut self, e: usize, keys: &[BlockKey], cap: usize) {
+            let list = &mut self.lists[e];
+            for &k in keys.iter().rev() {
+                if let Some(p) = list.iter().position(|&x| x == k) {
+                    list.remove(p);
+                } else if list.len() >= cap {
+                    list.pop();
+                }
+                list.insert(0, k);
+            }
+        }
+
+        fn runs(&self, keys: &[BlockKey]) -> Vec<u32> {
+            self.lists
+                .iter()
+                .map(|l| keys.iter().take_while(|k| l.contains(k)).count() as u32)
+                .collect()
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn matches_a_naive_model(
+            cap in 1usize..12,
+            ops in proptest::collection::vec((0usize..4, 0u64..6, 0u64..6, proptest::bool::weighted(0.1)), 1..60),
+        ) {
+            let mut t = RoutedBlocks::new(cap);
+            let mut m = Model { lists: vec![Vec::new(); 4] };
+            for (e, a, len, forget) in ops {
+                if forget {
+                    t.forget(id(e as u32));
+                    m.lists[e].clear();
+                } else {
+                    t.record(id(e as u32), &keys(a..a + len));
+                    m.record(e, &keys(a..a + len), cap);
+                }
+                for q in [keys(0..6), keys(1..5), keys(3..6)] {
+                    proptest::prop_assert_eq!(runs(&t, &q, 4), m.runs(&q));
+                }
+                let total: usize = m.lists.iter().map(Vec::len).sum();
+                proptest::prop_assert_eq!(t.len(), total);
+            }
+        }
+    }
 }
