@@ -1,12 +1,26 @@
 //! The plugin types a config may name, and their parameters.
 //!
-//! Type names follow llm-d's where llm-d has the same plugin (`queue-scorer`,
-//! `kv-cache-utilization-scorer`, `precise-prefix-cache-scorer`, `prefix-cache-scorer`,
-//! `lora-affinity-scorer`, `session-affinity-scorer`, `running-requests-size-scorer`,
-//! `label-selector-filter`, `max-score-picker`, `random-picker`, `weighted-random-picker`,
-//! `single-profile-handler`), and so do parameter names where llm-d has them
-//! (`blockSize`, `maxPrefixBlocksToMatch`, `lruCapacityPerServer`, `matchLabels`,
-//! `maxNumOfEndpoints`). `model-filter` and the other parameters are kvpick's.
+//! | `type` | Role | `parameters` (default) |
+//! |---|---|---|
+//! | `precise-prefix-cache-scorer` | scorer: tier-weighted share of the prompt the KV index says the endpoint holds | none (the index is configured under top-level `index`) |
+//! | `prefix-cache-scorer` | scorer: share of the prompt routed to the endpoint before (approximate) | `blockSize` (tokens, a multiple of `index.blockSize`; smallest such ≥ 64), `maxPrefixBlocksToMatch` (256), `lruCapacityPerServer` (31250), `textChunkChars` (256) |
+//! | `queue-scorer` | scorer: shortest waiting queue 1, min-max across candidates | none |
+//! | `running-requests-size-scorer` | scorer: fewest running requests 1, min-max | none |
+//! | `kv-cache-utilization-scorer` | scorer: 1 − KV-cache usage | none |
+//! | `lora-affinity-scorer` | scorer: adapter running 1, free slot, waiting for a slot, else 0 | `freeSlotScore` (0.8), `waitingScore` (0.6) |
+//! | `session-affinity-scorer` | scorer: the session's last endpoint 1 | `capacity` (65536 sessions) |
+//! | `model-filter` | filter: serves the model, or the adapter (see [`ModelFilter`]) | `adapters` ({}: base model → adapter names) |
+//! | `label-selector-filter` | filter: labels match | `selector` (`"k=v, k in (a,b), !k"`) and/or `matchLabels` ({k: v}) |
+//! | `max-score-picker` | picker: best first, random among ties | `maxNumOfEndpoints` (all), `seed` |
+//! | `weighted-random-picker` | picker: random, P ∝ score | `maxNumOfEndpoints` (all), `seed` |
+//! | `random-picker` | picker: uniformly random | `maxNumOfEndpoints` (all), `seed` |
+//! | `single-profile-handler` | accepted for llm-d configs; not referenced by profiles | none |
+//!
+//! Type names follow llm-d's where llm-d has the plugin, and so do parameter names where llm-d
+//! has them (`blockSize`, `maxPrefixBlocksToMatch`, `lruCapacityPerServer`, `matchLabels`,
+//! `maxNumOfEndpoints`); `model-filter` and the other parameters are kvpick's. llm-d parameters
+//! kvpick has no use for (e.g. the precise scorer's `indexerConfig`, `kvEventsConfig`) are
+//! refused as unknown rather than silently ignored.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
