@@ -110,7 +110,6 @@ pub fn run(
         model: cfg.model.clone(),
         block_size: kvpick_scheduler::BlockSize::new(cfg.profile.block_size)
             .ok_or_else(|| SimError::InvalidConfig("block size must be positive".into()))?,
-        kv_blocks: cfg.profile.kv_blocks as usize,
     };
     let router = Router::new(policy, &shape, cfg.seed)?;
     let engines = (0..cfg.engines)

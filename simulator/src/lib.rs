@@ -16,7 +16,6 @@ pub mod clock;
 pub mod des;
 pub mod engine;
 pub mod error;
-pub mod history;
 pub mod lru;
 pub mod metrics;
 pub mod policy;

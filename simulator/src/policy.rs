@@ -1,15 +1,13 @@
 //! Routing policies under test.
 //!
-//! Baselines that are not scorer pipelines live here (random, round-robin, least-loaded). The
-//! prefix-aware ones run kvpick's own `Scheduler::pick`, unchanged: `precise-prefix` over a
-//! [`KvIndex`] fed only by the engines' KV events (through `KvIndex::apply`, after the configured
-//! event latency), `approx-prefix` over an index fed by the router's own routing history
-//! ([`RoutingHistory`]).
-//!
-//! PROVISIONAL: until the scoring pipeline (scorers, pickers, `config` parsing an
-//! `EndpointPickerConfig` YAML) lands in `kvpick-scheduler`, `Scheduler` is the provisional one
-//! (prefix ×2 + queue) and `config:FILE` is refused; ties among the best-scored endpoints are
-//! broken at random here, as the real max-score picker will.
+//! Two baselines are not scorer pipelines and live here: `random` and `round-robin`. Every other
+//! policy is kvpick's own `Scheduler`, unchanged, built from an `EndpointPickerConfig` YAML exactly
+//! as the endpoint picker builds it: `least-loaded` (queue scorer), `approx-prefix` (the
+//! routing-history `prefix-cache-scorer`, KV utilization and queue, as llm-d's default profile),
+//! `precise-prefix` (kvpick's
+//! default profile: `precise-prefix-cache-scorer` over a [`KvIndex`] fed only by the engines' KV
+//! events through `KvIndex::apply`, KV utilization and queue), and `config:FILE` (any picker
+//! config file). `--seed` reseeds each config's picker so that runs differ by seed only.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -17,17 +15,16 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use kvpick_scheduler::events::EventBatch;
-use kvpick_scheduler::scheduler::EventsState;
+use kvpick_scheduler::scorers::ScorerSpec;
 use kvpick_scheduler::{
-    BlockSize, Candidate, Endpoint, EndpointId, IndexConfig, KvIndex, PodSignals, Prompt, Request,
-    Scheduler,
+    BlockSize, Candidate, Endpoint, EndpointId, EventsState, KvIndex, PickerConfig, PodSignals,
+    Prompt, Request, Scheduler,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::clock::SimTime;
 use crate::error::SimError;
-use crate::history::RoutingHistory;
 
 /// A policy as named on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,16 +33,57 @@ pub enum PolicySpec {
     Random,
     /// Endpoints in turn.
     RoundRobin,
-    /// Fewest waiting requests in the latest scrape (then fewest running, then lowest KV usage).
+    /// `Scheduler` with the queue scorer alone ([`LEAST_LOADED_YAML`]).
     LeastLoaded,
-    /// `Scheduler::pick` over an index learned from routing history.
+    /// `Scheduler` with routing-history prefix scoring ([`APPROX_PREFIX_YAML`]).
     ApproxPrefix,
-    /// `Scheduler::pick` over an index fed by the engines' KV events.
+    /// `Scheduler` with kvpick's default profile, precise prefix scoring from KV events.
     PrecisePrefix,
     /// `Scheduler` built from an `EndpointPickerConfig` YAML file, the endpoint picker's format.
     Config(PathBuf),
 }
 
+/// `least-loaded`: fewest waiting requests, random among equals.
+pub const LEAST_LOADED_YAML: &str = "
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+  - pluginRef: max-score-picker
+";
+
+/// `approx-prefix`: llm-d's default ("estimated") profile, the Inference Gateway's: the
+/// routing-history `prefix-cache-scorer` (64-token blocks, 256 blocks matched, 31,250 blocks
+/// remembered per endpoint), KV utilization and queue, equal weights. (`configs/kvpick-approx.yaml`
+/// is kvpick's default profile with the history scorer instead, to compare evidence sources alone.)
+pub const APPROX_PREFIX_YAML: &str = "
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: prefix-cache-scorer
+  parameters:
+    blockSize: 64
+    maxPrefixBlocksToMatch: 256
+    lruCapacityPerServer: 31250
+- type: kv-cache-utilization-scorer
+- type: queue-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: prefix-cache-scorer
+    weight: 1
+  - pluginRef: kv-cache-utilization-scorer
+    weight: 1
+  - pluginRef: queue-scorer
+    weight: 1
+  - pluginRef: max-score-picker
+";
 /// Every built-in policy, in the order reports list them.
 pub const BUILTIN: [&str; 5] = [
     "random",
@@ -99,10 +137,10 @@ impl PolicySpec {
 enum Kind {
     Random,
     RoundRobin(usize),
-    LeastLoaded,
-    Scored {
-        scheduler: Scheduler,
-        history: Option<RoutingHistory>,
+    Scheduled {
+        scheduler: Box<Scheduler>,
+        /// Whether the profile reads the KV index, so the engines' events must feed it.
+        precise: bool,
     },
 }
 
@@ -122,6 +160,13 @@ impl std::fmt::Debug for Router {
     }
 }
 
+/// A built-in profile's YAML (without an `index` section) over the engines' block size.
+fn builtin(yaml: &str, block_size: BlockSize) -> Result<PickerConfig, SimError> {
+    let mut c = PickerConfig::parse(yaml)?;
+    c.index.block_size = block_size;
+    Ok(c)
+}
+
 /// What a router needs to know about the pool.
 #[derive(Clone, Debug)]
 pub struct PoolShape {
@@ -131,8 +176,6 @@ pub struct PoolShape {
     pub model: Arc<str>,
     /// Their KV block size, which the index keys at.
     pub block_size: BlockSize,
-    /// Their KV capacity in blocks (sizes the routing history).
-    pub kv_blocks: usize,
 }
 
 impl Router {
@@ -152,37 +195,47 @@ impl Router {
                 })
             })
             .collect::<Result<Vec<_>, SimError>>()?;
-        let index = || {
-            Arc::new(KvIndex::new(IndexConfig {
-                block_size: shape.block_size,
-                ..IndexConfig::default()
-            }))
-        };
-        let kind = match spec {
-            PolicySpec::Random => Kind::Random,
-            PolicySpec::RoundRobin => Kind::RoundRobin(0),
-            PolicySpec::LeastLoaded => Kind::LeastLoaded,
-            PolicySpec::PrecisePrefix => Kind::Scored {
-                scheduler: Scheduler::new(index()),
-                history: None,
-            },
-            PolicySpec::ApproxPrefix => {
-                let idx = index();
-                Kind::Scored {
-                    history: Some(RoutingHistory::new(
-                        idx.clone(),
-                        shape.engines,
-                        shape.kv_blocks,
-                    )),
-                    scheduler: Scheduler::new(idx),
-                }
+        let config = match spec {
+            PolicySpec::Random | PolicySpec::RoundRobin => None,
+            PolicySpec::LeastLoaded => Some(builtin(LEAST_LOADED_YAML, shape.block_size)?),
+            PolicySpec::ApproxPrefix => Some(builtin(APPROX_PREFIX_YAML, shape.block_size)?),
+            PolicySpec::PrecisePrefix => {
+                let mut c = PickerConfig::default();
+                c.index.block_size = shape.block_size;
+                Some(c)
             }
             PolicySpec::Config(path) => {
-                return Err(SimError::InvalidConfig(format!(
-                    "policy config:{}: picker configs need kvpick-scheduler's `config` module, which \
-                     is not on main yet",
-                    path.display()
-                )));
+                let text = std::fs::read_to_string(path).map_err(|e| SimError::io(path, e))?;
+                let c = PickerConfig::parse(&text)
+                    .map_err(|e| SimError::InvalidConfig(format!("{}: {e}", path.display())))?;
+                if c.index.block_size != shape.block_size {
+                    return Err(SimError::InvalidConfig(format!(
+                        "{}: index.blockSize {} differs from the engines' block size {} \
+                         (--block-size)",
+                        path.display(),
+                        c.index.block_size,
+                        shape.block_size
+                    )));
+                }
+                Some(c)
+            }
+        };
+        let kind = match (spec, config) {
+            (PolicySpec::Random, _) => Kind::Random,
+            (PolicySpec::RoundRobin, _) => Kind::RoundRobin(0),
+            (_, None) => Kind::Random,
+            (_, Some(mut config)) => {
+                config.profile.picker.spec.seed ^= seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let precise = config
+                    .profile
+                    .scorers
+                    .iter()
+                    .any(|s| matches!(s.spec, ScorerSpec::PrecisePrefix));
+                let index = Arc::new(KvIndex::new(config.index.clone()));
+                Kind::Scheduled {
+                    scheduler: Box::new(Scheduler::with_config(config, index)?),
+                    precise,
+                }
             }
         };
         Ok(Self {
@@ -195,15 +248,15 @@ impl Router {
 
     /// Whether the engines' KV events must be delivered to [`Router::apply_events`].
     pub fn wants_events(&self) -> bool {
-        matches!(&self.kind, Kind::Scored { history: None, .. })
+        matches!(&self.kind, Kind::Scheduled { precise: true, .. })
     }
 
     /// Applies one batch of `engine`'s KV events to the precise index.
     pub fn apply_events(&mut self, engine: usize, batch: &EventBatch) {
         if let (
-            Kind::Scored {
+            Kind::Scheduled {
                 scheduler,
-                history: None,
+                precise: true,
             },
             Some(ep),
         ) = (&self.kind, self.endpoints.get(engine))
@@ -215,9 +268,9 @@ impl Router {
     /// Entries the precise index holds per engine, for checking it against the engines' caches.
     pub fn index_entries(&self) -> Option<Vec<usize>> {
         match &self.kind {
-            Kind::Scored {
+            Kind::Scheduled {
                 scheduler,
-                history: None,
+                precise: true,
             } => Some(
                 self.endpoints
                     .iter()
@@ -248,13 +301,12 @@ impl Router {
                 *next = (i + 1) % n;
                 i
             }
-            Kind::LeastLoaded => {
-                let key = |s: &PodSignals| (s.waiting, s.running, (s.kv_usage * 1e6) as u64);
-                let best = signals.iter().map(key).min().unwrap_or_default();
-                let ties: Vec<usize> = (0..n).filter(|&i| key(&signals[i]) == best).collect();
-                ties[self.rng.random_range(0..ties.len())]
-            }
-            Kind::Scored { scheduler, history } => {
+            Kind::Scheduled { scheduler, precise } => {
+                let events = if *precise {
+                    EventsState::Live
+                } else {
+                    EventsState::Absent
+                };
                 let candidates: Vec<Candidate<'_>> = self
                     .endpoints
                     .iter()
@@ -262,26 +314,16 @@ impl Router {
                     .map(|(endpoint, signals)| Candidate {
                         endpoint,
                         signals,
-                        events: EventsState::Live,
+                        events,
                     })
                     .collect();
                 let mut request = Request::new(lora.unwrap_or(&self.model), Prompt::Tokens(tokens));
                 request.session = session;
-                let decision = scheduler.pick(&request, &candidates, now.timestamp())?;
-                let top = decision.ranked.first().map_or(0.0, |r| r.score);
-                let ties: Vec<EndpointId> = decision
-                    .ranked
-                    .iter()
-                    .take_while(|r| r.score >= top - 1e-9)
-                    .map(|r| r.endpoint)
-                    .collect();
-                let chosen = *ties
-                    .get(self.rng.random_range(0..ties.len().max(1)))
-                    .ok_or(kvpick_scheduler::Error::NoEndpoint("empty decision"))?;
-                if let Some(h) = history {
-                    h.record(chosen, request.partition(), tokens);
-                }
-                chosen.index()
+                scheduler
+                    .pick(&request, &candidates, now.timestamp())?
+                    .primary()
+                    .ok_or(kvpick_scheduler::Error::NoEndpoint("empty decision"))?
+                    .index()
             }
         })
     }
