@@ -2,7 +2,8 @@
 //! the values they must decode to. Every layout vLLM has shipped, plus the liberties taken.
 
 use super::super::{
-    BlockRemoved, BlockStored, EngineHash, EventBatch, ExtraKey, KvEvent, Medium, decode_batch,
+    BlockRemoved, BlockStored, EncodeOptions, EngineHash, EventBatch, ExtraKey, KvEvent, Medium,
+    decode_batch, encode_batch,
 };
 use crate::Error;
 
@@ -164,6 +165,9 @@ fn vllm_0_26_array_batch_with_map_events() {
     assert_eq!(s.kv_cache_spec_kind.as_deref(), Some(crate::events::FULL_ATTENTION));
     assert_eq!(s.kv_cache_spec_sliding_window, None);
     assert_eq!(s.token_blocks().map(|b| b.count()), Some(1));
+    // msgspec's exact bytes, so kvpick's encoder must write them back identically.
+    let again = encode_batch(&batch, EncodeOptions::ARRAY_BATCH_MAP_EVENTS).expect("encodes");
+    assert_eq!(again, payload);
 }
 
 /// Maps throughout, keys in any order, the tag not first, unknown keys (one a vLLM PR proposes,
