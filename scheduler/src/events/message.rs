@@ -211,10 +211,7 @@ mod tests {
     fn pub_frames() {
         let frames = [&b"kv@10.0.0.5:8000@m"[..], &seq_frame(7), b"\x92\x00\x90"];
         let msg = parse_message(&frames).expect("parses");
-        assert_eq!(
-            (msg.topic, msg.seq, msg.payload),
-            (&frames[0][..], 7, &frames[2][..])
-        );
+        assert_eq!((msg.topic, msg.seq, msg.payload), (frames[0], 7, frames[2]));
 
         let err = |frames: &[&[u8]]| match parse_message(frames) {
             Err(Error::MalformedMessage(m)) => m,
