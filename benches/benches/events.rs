@@ -6,8 +6,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kvpick_scheduler::events::{
-    BlockStored, EncodeOptions, EngineHash, EventBatch, KvEvent, Medium, decode_batch,
-    encode_batch,
+    BlockStored, EncodeOptions, EngineHash, EventBatch, KvEvent, Medium, decode_batch, encode_batch,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -46,7 +45,10 @@ fn events(c: &mut Criterion) {
     let batch = batch();
     let layouts = [
         ("array", EncodeOptions::ARRAY),
-        ("array_batch_map_events", EncodeOptions::ARRAY_BATCH_MAP_EVENTS),
+        (
+            "array_batch_map_events",
+            EncodeOptions::ARRAY_BATCH_MAP_EVENTS,
+        ),
         ("map", EncodeOptions::MAP),
     ];
     let mut group = c.benchmark_group("events");
