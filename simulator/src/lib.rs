@@ -9,6 +9,9 @@
 //! - [`des`]: the discrete-event loop that wires trace, policy and engines together in simulated time.
 //! - [`metrics`] and [`report`]: what a run measured, as a table, JSON and SVG plots.
 //! - [`cache_hit`]: the single global prefix-cache analysis of a trace.
+//! - [`fleet`]: a live simulated vLLM fleet (real HTTP, `/metrics`, ZMQ KV events) driving the
+//!   same engines in real time.
+//! - [`load`]: an open-loop load generator for any OpenAI-compatible endpoint.
 #![forbid(unsafe_code)]
 
 pub mod cache_hit;
@@ -16,6 +19,8 @@ pub mod clock;
 pub mod des;
 pub mod engine;
 pub mod error;
+pub mod fleet;
+pub mod load;
 pub mod lru;
 pub mod metrics;
 pub mod policy;
