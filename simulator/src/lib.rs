@@ -12,10 +12,12 @@
 //! - [`fleet`]: a live simulated vLLM fleet (real HTTP, `/metrics`, ZMQ KV events) driving the
 //!   same engines in real time.
 //! - [`load`]: an open-loop load generator for any OpenAI-compatible endpoint.
+//! - [`demo`]: the one-command demo: fleet, kvpick-epp and Envoy, cache-blind vs kvpick.
 #![forbid(unsafe_code)]
 
 pub mod cache_hit;
 pub mod clock;
+pub mod demo;
 pub mod des;
 pub mod engine;
 pub mod error;

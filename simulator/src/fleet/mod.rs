@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
-use kvpick_scheduler::events::{EncodeOptions, Topic};
+use kvpick_scheduler::events::{EncodeOptions, HashEncoding, Topic};
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -40,6 +40,33 @@ use http::{ServerLimits, ServerState};
 use kv_publisher::PublisherConfig;
 use openai::ModelInfo;
 use stats::EngineStats;
+
+/// Which of vLLM's KV-event msgpack layouts the fleet publishes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvLayout {
+    /// Arrays throughout (vLLM before PR #42892).
+    Array,
+    /// Array batch, map events (vLLM after PR #42892, e.g. 0.26).
+    ArrayMap,
+    /// Maps throughout.
+    Map,
+}
+
+impl KvLayout {
+    /// The codec options, with int or 8-byte hashes.
+    pub fn options(self, bytes_hashes: bool) -> EncodeOptions {
+        let o = match self {
+            KvLayout::Array => EncodeOptions::ARRAY,
+            KvLayout::ArrayMap => EncodeOptions::ARRAY_BATCH_MAP_EVENTS,
+            KvLayout::Map => EncodeOptions::MAP,
+        };
+        o.with_hashes(if bytes_hashes {
+            HashEncoding::Bytes
+        } else {
+            HashEncoding::Int
+        })
+    }
+}
 
 /// How to build a fleet.
 #[derive(Clone, Debug)]
@@ -152,6 +179,13 @@ pub struct Fleet {
     block_size: u32,
     cancel: CancellationToken,
     tracker: TaskTracker,
+}
+
+impl Drop for Fleet {
+    /// Stops every task even when [`Fleet::shutdown`] was not awaited (they then end unjoined).
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
 }
 
 fn port(base: u16, index: usize) -> Result<u16, SimError> {
@@ -299,10 +333,5 @@ impl Fleet {
         self.cancel.cancel();
         self.tracker.close();
         self.tracker.wait().await;
-    }
-
-    /// Resolves when a server stops by itself (never, in normal operation) or on `cancel`.
-    pub fn cancel_token(&self) -> CancellationToken {
-        self.cancel.clone()
     }
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::driver::{End, Progress, Refusal};
-use super::openai::{ApiError, ResponseHead, usage};
+use super::openai::{Api, ApiError, ResponseHead, usage};
 use super::tokenizer::Tokenizer;
 use crate::trace::tokens;
 
@@ -172,7 +172,14 @@ impl Sse {
             if p.generated > self.sent {
                 let done = p.end == Some(End::Finished) && p.generated >= self.reply.max_tokens;
                 let text = self.reply.text(self.sent, p.generated);
-                let chunk = (self.reply.head).chunk(&text, self.sent == 0, done.then_some("length"));
+                let head = &self.reply.head;
+                let mut bytes = Vec::new();
+                if self.sent == 0 && head.api == Api::Chat {
+                    // vLLM opens a chat stream with the role and empty content.
+                    bytes.extend_from_slice(&event(&head.chunk("", true, None)));
+                }
+                let chunk = head.chunk(&text, false, done.then_some("length"));
+                bytes.extend_from_slice(&event(&chunk));
                 self.sent = p.generated;
                 if done {
                     self.phase = if self.reply.include_usage {
@@ -181,7 +188,7 @@ impl Sse {
                         Phase::Done
                     };
                 }
-                return Some((event(&chunk), self));
+                return Some((Bytes::from(bytes), self));
             }
             let failure = match p.end {
                 Some(End::Finished) => {

@@ -181,7 +181,15 @@ fn num(v: f64) -> String {
     } else if v.is_infinite() {
         if v > 0.0 { "+Inf" } else { "-Inf" }.into()
     } else {
-        format!("{v:?}")
+        // Rust writes `3.4e-5` where Python writes `3.4e-05`.
+        let s = format!("{v:?}");
+        match s.split_once('e') {
+            Some((m, e)) => {
+                let (sign, digits) = e.strip_prefix('-').map_or(("+", e), |d| ("-", d));
+                format!("{m}e{sign}{digits:0>2}")
+            }
+            None => s,
+        }
     }
 }
 
@@ -212,9 +220,12 @@ impl Page<'_> {
         self.sample(name, "", v);
     }
 
+    /// A counter, named `<name>_total` on the TYPE line too, as `prometheus_client` writes
+    /// the text format.
     fn counter(&mut self, name: &str, help: &str, v: u64) {
-        self.head(name, "counter", help);
-        self.sample(&format!("{name}_total"), "", v as f64);
+        let total = format!("{name}_total");
+        self.head(&total, "counter", help);
+        self.sample(&total, "", v as f64);
     }
 
     fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
@@ -283,7 +294,7 @@ pub fn render(s: &EngineStats, info: &PageInfo<'_>) -> String {
         s.generation_tokens,
     );
     p.head(
-        "vllm:request_success",
+        "vllm:request_success_total",
         "counter",
         "Count of successfully processed requests.",
     );
@@ -358,7 +369,7 @@ pub fn render(s: &EngineStats, info: &PageInfo<'_>) -> String {
         );
     }
     p.head(
-        "kvpick_sim:kv_event_batches_dropped",
+        "kvpick_sim:kv_event_batches_dropped_total",
         "counter",
         "KV-event batches dropped because the publisher queue was full (simulator only).",
     );
@@ -402,5 +413,6 @@ mod tests {
         assert!(page.contains("num_gpu_blocks=\"500\""));
         assert!(page.contains("running_lora_adapters=\"a\""));
         assert!(page.contains("vllm:prefix_cache_hits_total{"));
+        assert_eq!((num(3.4e-5), num(1e21), num(2.0)), ("3.4e-05".into(), "1e+21".into(), "2.0".into()));
     }
 }
