@@ -14,13 +14,19 @@ fn is_int(v: &Value) -> bool {
 
 /// `usage` as vLLM writes it; returns (prompt, completion, cached).
 fn check_usage(u: &Value) -> (u64, u64, u64) {
-    let (p, c, t) = (&u["prompt_tokens"], &u["completion_tokens"], &u["total_tokens"]);
+    let (p, c, t) = (
+        &u["prompt_tokens"],
+        &u["completion_tokens"],
+        &u["total_tokens"],
+    );
     assert!(is_int(p) && is_int(c) && is_int(t), "{u}");
     let (p, c) = (p.as_u64().unwrap(), c.as_u64().unwrap());
     assert_eq!(t.as_u64(), Some(p + c));
     let cached = match u.get("prompt_tokens_details") {
         None => 0,
-        Some(d) => d["cached_tokens"].as_u64().expect("cached_tokens is an int"),
+        Some(d) => d["cached_tokens"]
+            .as_u64()
+            .expect("cached_tokens is an int"),
     };
     assert!(cached < p, "some prompt token is always computed: {u}");
     (p, c, cached)
@@ -44,7 +50,10 @@ async fn completions_chat_and_prefix_caching() {
     assert_eq!(s, 200, "{v}");
     check_head(&v, "text_completion", "cmpl-");
     let c = &v["choices"][0];
-    assert_eq!((c["index"].as_u64(), c["finish_reason"].as_str()), (Some(0), Some("length")));
+    assert_eq!(
+        (c["index"].as_u64(), c["finish_reason"].as_str()),
+        (Some(0), Some("length"))
+    );
     assert!(c["logprobs"].is_null() && c["stop_reason"].is_null());
     assert_eq!(c["text"].as_str().unwrap().split_whitespace().count(), 5);
     assert_eq!(check_usage(&v["usage"]), (200, 5, 0), "cold cache");
@@ -57,6 +66,8 @@ async fn completions_chat_and_prefix_caching() {
     let text = v["choices"][0]["text"].as_str().unwrap().to_owned();
     let (s, t) = post(addr, "/tokenize", &json!({"model": MODEL, "prompt": text})).await;
     assert_eq!(s, 200);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(words.len(), 5);
     assert_eq!(t["count"].as_u64(), Some(5));
     assert_eq!(t["max_model_len"].as_u64(), Some(4096));
     assert!(t["tokens"].as_array().unwrap().iter().all(is_int) && t["token_strs"].is_null());
@@ -72,7 +83,11 @@ async fn completions_chat_and_prefix_caching() {
     assert_eq!(m["content"].as_str().unwrap().split_whitespace().count(), 3);
     let (p, c, _) = check_usage(&v["usage"]);
     let (_, t) = post(addr, "/tokenize", &json!({"messages": chat["messages"]})).await;
-    assert_eq!((p, c), (t["count"].as_u64().unwrap(), 3), "/tokenize agrees with the chat prompt");
+    assert_eq!(
+        (p, c),
+        (t["count"].as_u64().unwrap(), 3),
+        "/tokenize agrees with the chat prompt"
+    );
     fleet.shutdown().await;
 }
 
@@ -95,10 +110,19 @@ async fn streaming_with_usage() {
         assert!(c.get("usage").is_none());
     }
     let words: usize = (text.iter())
-        .map(|c| c["choices"][0]["text"].as_str().unwrap().split_whitespace().count())
+        .map(|c| {
+            c["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .split_whitespace()
+                .count()
+        })
         .sum();
     assert_eq!(words, 6);
-    let finish: Vec<_> = text.iter().map(|c| c["choices"][0]["finish_reason"].clone()).collect();
+    let finish: Vec<_> = text
+        .iter()
+        .map(|c| c["choices"][0]["finish_reason"].clone())
+        .collect();
     assert!(finish[..finish.len() - 1].iter().all(Value::is_null));
     assert_eq!(finish.last().unwrap(), "length");
     assert_eq!(usage["choices"], json!([]));
@@ -110,9 +134,26 @@ async fn streaming_with_usage() {
     let (_, events) = post_stream(addr, "/v1/chat/completions", &chat).await;
     let first: Value = serde_json::from_str(&events[0]).unwrap();
     check_head(&first, "chat.completion.chunk", "chatcmpl-");
-    assert_eq!(first["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+    assert_eq!(
+        first["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
     assert!(events.iter().all(|e| !e.contains("\"usage\"")));
-    assert_eq!(events.len(), 1 + 2 + 1, "role, two tokens, [DONE]: {events:?}");
+    // Tokens of one engine step share a chunk; the last chunk carries finish_reason.
+    let chunks: Vec<Value> = (events[1..events.len() - 1].iter())
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let words: usize = (chunks.iter())
+        .map(|c| {
+            let text = c["choices"][0]["delta"]["content"].as_str().unwrap();
+            text.split_whitespace().count()
+        })
+        .sum();
+    assert_eq!(words, 2, "{events:?}");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
     fleet.shutdown().await;
 }
 
@@ -128,7 +169,12 @@ async fn models_health_and_errors() {
     let models: Value = serde_json::from_str(&models).unwrap();
     assert_eq!(s, 200);
     assert_eq!(models["object"], "list");
-    let ids: Vec<_> = models["data"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
+    let ids: Vec<_> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
     assert_eq!(ids, [json!(MODEL), json!("adapter-a")]);
     assert_eq!(models["data"][1]["parent"], MODEL);
 
@@ -137,21 +183,44 @@ async fn models_health_and_errors() {
         assert_eq!(e["code"].as_u64(), Some(code), "{v}");
         assert!(e["message"].is_string() && e["type"].is_string() && e["param"].is_null());
     };
-    let (s, v) = post(addr, "/v1/completions", &json!({"model": "nope", "prompt": "a"})).await;
+    let (s, v) = post(
+        addr,
+        "/v1/completions",
+        &json!({"model": "nope", "prompt": "a"}),
+    )
+    .await;
     assert_eq!(s, 404);
     error(&v, 404);
-    let (s, v) = post(addr, "/v1/completions", &json!({"prompt": [1, 2], "max_tokens": 4095})).await;
+    let (s, v) = post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": [1, 2], "max_tokens": 4095}),
+    )
+    .await;
     assert_eq!(s, 400);
     error(&v, 400);
-    assert!(v["error"]["message"].as_str().unwrap().contains("maximum context length is 4096"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length is 4096")
+    );
     let (s, _) = post_raw(addr, "/v1/completions", "{not json").await;
     assert_eq!(s, 400);
     let (s, _) = post_raw(addr, "/v1/completions", vec![b' '; 2000]).await;
     assert_eq!(s, 413);
-    let (s, v) = post(addr, "/v1/completions", &json!({"model": "adapter-a", "prompt": "a b"})).await;
+    let (s, v) = post(
+        addr,
+        "/v1/completions",
+        &json!({"model": "adapter-a", "prompt": "a b"}),
+    )
+    .await;
     assert_eq!((s, v["model"].as_str()), (200, Some("adapter-a")));
     let (_, page) = get(addr, "/metrics").await;
-    assert!(page.contains("vllm:lora_requests_info{max_lora=\"1\""), "{page}");
+    assert!(
+        page.contains("vllm:lora_requests_info{max_lora=\"1\""),
+        "{page}"
+    );
     assert_eq!(get(addr, "/nope").await.0, 404);
     fleet.shutdown().await;
 }

@@ -130,8 +130,12 @@ async fn traffic(fleet: &Fleet) -> Vec<Vec<u32>> {
     for (i, s) in fleet.servers().iter().enumerate() {
         let (a, b) = (prompt(100 + i as u64, 70), prompt(200 + i as u64, 40));
         for p in [&a, &b, &a] {
-            let (status, v) =
-                post(s.address, "/v1/completions", &json!({"prompt": p, "max_tokens": 3})).await;
+            let (status, v) = post(
+                s.address,
+                "/v1/completions",
+                &json!({"prompt": p, "max_tokens": 3}),
+            )
+            .await;
             assert_eq!(status, 200, "{v}");
         }
         prompts.extend([a, b]);
@@ -153,12 +157,18 @@ async fn conformance(layout: KvLayout, bytes_hashes: bool, dp: u32, py: (&str, &
         .expect("python3 is required (with pyzmq and msgspec: run .ci/setup)");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let ready = lines.next().and_then(Result::ok);
-    assert_eq!(ready.as_deref(), Some("ready"), "python subscriber failed to start");
+    assert_eq!(
+        ready.as_deref(),
+        Some("ready"),
+        "python subscriber failed to start"
+    );
     let mut sub = subscriber(&fleet).await;
     let prompts = traffic(&fleet).await;
     let ours = drain(&mut sub, Duration::from_millis(500)).await;
     writeln!(child.stdin.take().unwrap()).unwrap();
-    let theirs: Vec<Value> = lines.map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+    let theirs: Vec<Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
     assert!(child.wait().unwrap().success(), "python decoder failed");
 
     let mut decoded: Vec<Value> = Vec::new();
@@ -167,7 +177,10 @@ async fn conformance(layout: KvLayout, bytes_hashes: bool, dp: u32, py: (&str, &
         let m = parse_message(frames).unwrap();
         let topic = Topic::parse(m.topic).unwrap();
         assert_eq!(topic.model, MODEL);
-        let server = fleet.servers().iter().find(|s| Some(s.address) == topic.socket_addr());
+        let server = fleet
+            .servers()
+            .iter()
+            .find(|s| Some(s.address) == topic.socket_addr());
         let server = server.expect("the topic names a server's HTTP address");
         let batch = decode_batch(m.payload).unwrap();
         assert_eq!(batch.data_parallel_rank, (dp > 1).then_some(server.rank));
@@ -179,7 +192,12 @@ async fn conformance(layout: KvLayout, bytes_hashes: bool, dp: u32, py: (&str, &
         }
         decoded.push(describe(m.topic, m.seq, &batch));
     }
-    let key = |v: &Value| (v["topic"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap());
+    let key = |v: &Value| {
+        (
+            v["topic"].as_str().unwrap().to_owned(),
+            v["seq"].as_u64().unwrap(),
+        )
+    };
     decoded.sort_by_key(key);
     let mut theirs = theirs;
     theirs.sort_by_key(key);
@@ -197,7 +215,10 @@ async fn conformance(layout: KvLayout, bytes_hashes: bool, dp: u32, py: (&str, &
     // Each prompt's full blocks were stored, once, with its tokens.
     for p in &prompts {
         let full = &p[..p.len() / 16 * 16];
-        let n = stored_tokens.iter().filter(|t| t.as_slice() == full).count();
+        let n = stored_tokens
+            .iter()
+            .filter(|t| t.as_slice() == full)
+            .count();
         assert_eq!(n, 1, "the {}-token prompt's blocks stored once", p.len());
     }
     fleet.shutdown().await;
@@ -214,7 +235,10 @@ async fn replay(endpoint: &str, from: u64) -> Vec<(u64, Bytes)> {
     let mut dealer = DealerSocket::new();
     dealer.connect(endpoint).await.unwrap();
     let req: Vec<Bytes> = replay_request(from).into_iter().map(Bytes::from).collect();
-    dealer.send(ZmqMessage::try_from(req).unwrap()).await.unwrap();
+    dealer
+        .send(ZmqMessage::try_from(req).unwrap())
+        .await
+        .unwrap();
     let mut out = Vec::new();
     loop {
         let m = tokio::time::timeout(Duration::from_secs(5), dealer.recv())
@@ -222,7 +246,11 @@ async fn replay(endpoint: &str, from: u64) -> Vec<(u64, Bytes)> {
             .expect("replay answers")
             .unwrap()
             .into_vec();
-        assert_eq!(m.len(), 3, "[\"\", seq, payload] as vLLM's ZmqEventPublisher");
+        assert_eq!(
+            m.len(),
+            3,
+            "[\"\", seq, payload] as vLLM's ZmqEventPublisher"
+        );
         match parse_replay_reply(&m).unwrap() {
             ReplayReply::End => return out,
             ReplayReply::Batch(b) => out.push((b.seq, m[2].clone())),
@@ -247,26 +275,52 @@ async fn replay_returns_exactly_the_missed_batches_and_restart_resets() {
         .collect();
     let n = live.len() as u64;
     assert_eq!(n, 4, "one batch per prompt");
-    assert_eq!(replay(&replay_ep, 2).await, live[2..], "batches 2.. byte for byte");
+    assert_eq!(
+        replay(&replay_ep, 2).await,
+        live[2..],
+        "batches 2.. byte for byte"
+    );
     assert_eq!(replay(&replay_ep, 0).await, live);
-    assert!(replay(&replay_ep, n).await.is_empty(), "nothing missed: just the end marker");
+    assert!(
+        replay(&replay_ep, n).await.is_empty(),
+        "nothing missed: just the end marker"
+    );
 
     server.command(EngineCommand::Restart).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(get(server.address, "/health").await.0, 503, "down while restarting");
+    assert_eq!(
+        get(server.address, "/health").await.0,
+        503,
+        "down while restarting"
+    );
     for _ in 0..100 {
         if get(server.address, "/health").await.0 == 200 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (status, _) =
-        post(server.address, "/v1/completions", &json!({"prompt": prompt(1, 40), "max_tokens": 1})).await;
+    let (status, _) = post(
+        server.address,
+        "/v1/completions",
+        &json!({"prompt": prompt(1, 40), "max_tokens": 1}),
+    )
+    .await;
     assert_eq!(status, 200);
     let after = drain(&mut sub, Duration::from_millis(500)).await;
-    let seqs: Vec<u64> = after.iter().map(|f| parse_message(f).unwrap().seq).collect();
-    assert_eq!(seqs.first(), Some(&0), "a restarted publisher numbers from 0");
-    assert_eq!(replay(&replay_ep, 0).await.len(), after.len(), "the old buffer is gone");
+    let seqs: Vec<u64> = after
+        .iter()
+        .map(|f| parse_message(f).unwrap().seq)
+        .collect();
+    assert_eq!(
+        seqs.first(),
+        Some(&0),
+        "a restarted publisher numbers from 0"
+    );
+    assert_eq!(
+        replay(&replay_ep, 0).await.len(),
+        after.len(),
+        "the old buffer is gone"
+    );
     let (_, page) = get(server.address, "/metrics").await;
     assert!(page.contains("vllm:prompt_tokens_total{model_name=\"sim-model\",engine=\"0\"} 40.0"));
     fleet.shutdown().await;

@@ -16,11 +16,26 @@ async fn error_rate_stall_restart_and_full_queue() {
     let addr = fleet.servers()[0].address;
     let req = json!({"prompt": prompt(1, 20), "max_tokens": 2});
 
-    assert_eq!(post(addr, "/admin/fault", &json!({"error_rate": 1.0})).await.0, 200);
+    assert_eq!(
+        post(addr, "/admin/fault", &json!({"error_rate": 1.0}))
+            .await
+            .0,
+        200
+    );
     let (s, v) = post(addr, "/v1/completions", &req).await;
     assert_eq!((s, v["error"]["code"].as_u64()), (500, Some(500)), "{v}");
-    assert_eq!(post(addr, "/admin/fault", &json!({"error_rate": 2})).await.0, 400);
-    assert_eq!(post(addr, "/admin/fault", &json!({"error_rate": 0})).await.0, 200);
+    assert_eq!(
+        post(addr, "/admin/fault", &json!({"error_rate": 2}))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        post(addr, "/admin/fault", &json!({"error_rate": 0}))
+            .await
+            .0,
+        200
+    );
     assert_eq!(post(addr, "/v1/completions", &req).await.0, 200);
 
     // A stalled engine: requests wait, /metrics and /health still answer.
@@ -32,7 +47,11 @@ async fn error_rate_stall_restart_and_full_queue() {
     assert_eq!(get(addr, "/health").await.0, 200);
     assert!(!pending.is_finished(), "served during the stall");
     assert_eq!(pending.await.unwrap(), 200);
-    assert!(t.elapsed() >= Duration::from_millis(500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
 
     // A restart mid-stream ends the stream with an error event, then [DONE].
     let long = json!({"prompt": prompt(2, 20), "max_tokens": 3000, "stream": true});

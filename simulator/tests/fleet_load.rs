@@ -19,7 +19,10 @@ fn workload() -> kvpick_sim::trace::Trace {
         system_len: 160,
         question_len: 20,
         output_len: 5,
-        stages: vec![RateStage { rate: 20.0, duration_s: 1.0 }],
+        stages: vec![RateStage {
+            rate: 20.0,
+            duration_s: 1.0,
+        }],
         rate_scale: 1.0,
         arrivals: Arrivals::Constant,
         seed: 3,
@@ -34,7 +37,11 @@ async fn measures_streams_and_hits_for_ids_and_text() {
     let addr = fleet.servers()[0].address;
     let trace = workload();
     assert!(trace.requests.len() >= 15);
-    for (api, text) in [(ApiKind::Completions, false), (ApiKind::Completions, true), (ApiKind::Chat, true)] {
+    for (api, text) in [
+        (ApiKind::Completions, false),
+        (ApiKind::Completions, true),
+        (ApiKind::Chat, true),
+    ] {
         let cfg = LoadConfig {
             base_url: format!("http://{addr}"),
             model: fleet_util::MODEL.into(),
@@ -45,19 +52,42 @@ async fn measures_streams_and_hits_for_ids_and_text() {
             timeout: Duration::from_secs(30),
             max_output_tokens: None,
         };
-        let records = load::run(&trace, &cfg, &CancellationToken::new()).await.unwrap();
+        let records = load::run(&trace, &cfg, &CancellationToken::new())
+            .await
+            .unwrap();
         let s = summarize("x", &records);
-        assert_eq!((s.ok, s.failed), (trace.requests.len(), 0), "{api:?} {:?}", s.errors);
-        assert!(records.iter().all(|r| r.outcome.ttft_s.is_some() && r.outcome.completion_tokens == Some(5)));
+        assert_eq!(
+            (s.ok, s.failed),
+            (trace.requests.len(), 0),
+            "{api:?} {:?}",
+            s.errors
+        );
+        assert!(
+            records
+                .iter()
+                .all(|r| r.outcome.ttft_s.is_some() && r.outcome.completion_tokens == Some(5))
+        );
         // Tokens of one step arrive together; a slow reader may see several steps in one chunk.
         let o = |r: &load::report::Record| (r.outcome.chunks, r.outcome.gaps_s.len() as u32);
-        assert!(records.iter().all(|r| (1..=5).contains(&o(r).0) && o(r).1 == o(r).0 - 1));
+        assert!(
+            records
+                .iter()
+                .all(|r| (1..=5).contains(&o(r).0) && o(r).1 == o(r).0 - 1)
+        );
         // Token prompts: the usage counts exactly the trace's tokens; text may differ (chat template).
         if !text {
-            assert!(records.iter().all(|r| r.outcome.prompt_tokens == Some(r.input_tokens as u64)));
+            assert!(
+                records
+                    .iter()
+                    .all(|r| r.outcome.prompt_tokens == Some(r.input_tokens as u64))
+            );
         }
         // Two groups: every later request of a group hits its 160-token system prompt at least.
-        assert!(s.client_hit_rate > 0.5, "{api:?} text={text}: {}", s.client_hit_rate);
+        assert!(
+            s.client_hit_rate > 0.5,
+            "{api:?} text={text}: {}",
+            s.client_hit_rate
+        );
         assert!(s.ttft.p50 > 0.0 && s.ttft.p50 <= s.ttft.p90 && s.e2e.p50 >= s.ttft.p50);
     }
     fleet.shutdown().await;
@@ -70,9 +100,29 @@ async fn load_command_writes_json() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("load.json");
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvpick-sim"))
-        .args(["load", "--url", &format!("http://{addr}"), "--model", fleet_util::MODEL])
-        .args(["--generate", "shared-prefix", "--groups", "2", "--users-per-group", "2"])
-        .args(["--system-len", "64", "--question-len", "16", "--output-len", "3"])
+        .args([
+            "load",
+            "--url",
+            &format!("http://{addr}"),
+            "--model",
+            fleet_util::MODEL,
+        ])
+        .args([
+            "--generate",
+            "shared-prefix",
+            "--groups",
+            "2",
+            "--users-per-group",
+            "2",
+        ])
+        .args([
+            "--system-len",
+            "64",
+            "--question-len",
+            "16",
+            "--output-len",
+            "3",
+        ])
         .args(["--stages", "10:1", "--max-concurrency", "2", "--out"])
         .arg(&out)
         .status()

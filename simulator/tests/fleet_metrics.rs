@@ -20,13 +20,16 @@ fn tool(name: &str) -> std::path::PathBuf {
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("`{name}` is not on PATH: apt-get install -y prometheus (.ci/setup)"))
+        .unwrap_or_else(|| {
+            panic!("`{name}` is not on PATH: apt-get install -y prometheus (.ci/setup)")
+        })
 }
 
 /// Lint problems vLLM's own metric names cause (colons; a histogram named `..._total`).
 fn inherent(problem: &str) -> bool {
     problem.ends_with("metric names should not contain ':'")
-        || problem == "vllm:iteration_tokens_total non-counter metrics should not have \"_total\" suffix"
+        || problem
+            == "vllm:iteration_tokens_total non-counter metrics should not have \"_total\" suffix"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,22 +53,40 @@ async fn promtool_parses_and_prometheus_scrapes() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(page.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
-        assert_ne!(out.status.code(), Some(1), "promtool cannot parse the page: {text}");
+        assert_ne!(
+            out.status.code(),
+            Some(1),
+            "promtool cannot parse the page: {text}"
+        );
         let unexpected: Vec<&str> = text.lines().filter(|l| !inherent(l.trim())).collect();
         assert!(unexpected.is_empty(), "promtool: {unexpected:?}");
         // vLLM's counters after 3 distinct 64-token prompts generating 4 tokens each.
         let labels = format!("{{model_name=\"{MODEL}\",engine=\"0\"}}");
-        assert!(page.contains(&format!("vllm:prompt_tokens_total{labels} 192.0")), "{page}");
+        assert!(
+            page.contains(&format!("vllm:prompt_tokens_total{labels} 192.0")),
+            "{page}"
+        );
         assert!(page.contains(&format!("vllm:generation_tokens_total{labels} 12.0")));
-        assert!(page.contains(&format!("vllm:time_to_first_token_seconds_count{labels} 3.0")));
+        assert!(page.contains(&format!(
+            "vllm:time_to_first_token_seconds_count{labels} 3.0"
+        )));
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let targets: Vec<String> = fleet.servers().iter().map(|s| format!("'{}'", s.address)).collect();
+    let targets: Vec<String> = fleet
+        .servers()
+        .iter()
+        .map(|s| format!("'{}'", s.address))
+        .collect();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
@@ -91,19 +112,28 @@ async fn promtool_parses_and_prometheus_scrapes() {
     .unwrap();
     let api = |q: &str| format!("http://127.0.0.1:{port}{q}");
     let try_get = async |path: &str| -> Option<Value> {
-        let req = hyper::Request::get(api(path)).body(Default::default()).ok()?;
+        let req = hyper::Request::get(api(path))
+            .body(Default::default())
+            .ok()?;
         let resp = fleet_util::http().request(req).await.ok()?;
-        let body = http_body_util::BodyExt::collect(resp.into_body()).await.ok()?;
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .ok()?;
         serde_json::from_slice(&body.to_bytes()).ok()
     };
     let query = async |q: &str| -> Value {
-        try_get(&format!("/api/v1/query?query={q}")).await.expect("query answered")
+        try_get(&format!("/api/v1/query?query={q}"))
+            .await
+            .expect("query answered")
     };
     let mut up = false;
     for _ in 0..150 {
         prom.check_alive().unwrap();
         if let Some(v) = try_get("/api/v1/targets").await {
-            let active = v["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
+            let active = v["data"]["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if active.len() == fleet.servers().len() && active.iter().all(|t| t["health"] == "up") {
                 up = true;
                 break;
@@ -123,7 +153,10 @@ async fn promtool_parses_and_prometheus_scrapes() {
     let ttft = query("sum(vllm:time_to_first_token_seconds_count)").await;
     assert_eq!(ttft["data"]["result"][0]["value"][1], sent.to_string());
     let blocks = query("vllm:cache_config_info").await;
-    assert_eq!(blocks["data"]["result"][0]["metric"]["num_gpu_blocks"], "256");
+    assert_eq!(
+        blocks["data"]["result"][0]["metric"]["num_gpu_blocks"],
+        "256"
+    );
     prom.stop();
     fleet.shutdown().await;
 }

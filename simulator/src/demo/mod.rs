@@ -97,7 +97,9 @@ impl DemoConfig {
         stage.duration_s = duration_s.unwrap_or(stage.duration_s);
         stage.rate = rate.unwrap_or(stage.rate);
         if !(stage.rate > 0.0 && stage.duration_s > 0.0) {
-            return Err(SimError::InvalidConfig("--rate and --duration-s must be positive".into()));
+            return Err(SimError::InvalidConfig(
+                "--rate and --duration-s must be positive".into(),
+            ));
         }
         Ok(self)
     }
@@ -165,7 +167,11 @@ pub async fn run(
         eprintln!("demo: {label}: starting the fleet, kvpick-epp and envoy...");
         let dir = out.join(label);
         let mut stack = Stack::start(fleet_cfg.clone(), kv_events, tools, &dir, cancel).await?;
-        eprintln!("demo: {label}: sending {} requests through http://{}", trace.requests.len(), stack.gateway);
+        eprintln!(
+            "demo: {label}: sending {} requests through http://{}",
+            trace.requests.len(),
+            stack.gateway
+        );
         let records = load::run(&trace, &load_cfg(stack.gateway), cancel).await;
         let alive = stack.check_alive();
         let metrics = stack.epp_metrics_text().await;
@@ -192,15 +198,20 @@ pub async fn run(
         runs.push(summary);
         all_records.push((label.to_owned(), records));
     }
-    let plot_input: Vec<(String, &[Record])> =
-        all_records.iter().map(|(l, r)| (l.clone(), &r[..])).collect();
+    let plot_input: Vec<(String, &[Record])> = all_records
+        .iter()
+        .map(|(l, r)| (l.clone(), &r[..]))
+        .collect();
     let plot = out.join("ttft_cdf.svg");
     std::fs::write(&plot, report::ttft_plot(&plot_input)).map_err(|e| SimError::io(&plot, e))?;
     let results = out.join("results.json");
     let json = json!({"pods": cfg.pods, "profile": cfg.profile, "workload": trace.name,
                       "requests": trace.requests.len(), "runs": runs});
-    std::fs::write(&results, serde_json::to_string_pretty(&json).unwrap_or_default())
-        .map_err(|e| SimError::io(&results, e))?;
+    std::fs::write(
+        &results,
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    )
+    .map_err(|e| SimError::io(&results, e))?;
     let mut text = format!(
         "\n{}\nSame workload, same fleet, routed through Envoy by kvpick-epp: cache-blind = without the\n\
          pods' KV events (load only); kvpick = with them (default profile). Measured at the client.\n\n",

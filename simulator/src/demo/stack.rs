@@ -42,7 +42,11 @@ async fn get(http: &HttpClient, url: &str) -> Result<(u16, Bytes), String> {
     let call = async {
         let resp = http.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
         Ok((status, body.to_bytes()))
     };
     tokio::time::timeout(Duration::from_secs(5), call)

@@ -66,7 +66,10 @@ fn find_envoy(install: bool) -> Result<PathBuf, SimError> {
     }
     // pip's scripts directory may not be on PATH (e.g. a user install).
     let scripts = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
         .ok()
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
@@ -89,7 +92,9 @@ fn find_or_build_epp() -> Result<PathBuf, SimError> {
     }
     // target/<profile>/kvpick-sim: build kvpick-epp into the same place.
     let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-    let target = dir.parent().filter(|_| matches!(profile, "debug" | "release"));
+    let target = dir
+        .parent()
+        .filter(|_| matches!(profile, "debug" | "release"));
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent();
     let (Some(target), Some(workspace)) = (target, workspace) else {
         return Err(not_found(&epp));
@@ -109,7 +114,11 @@ fn find_or_build_epp() -> Result<PathBuf, SimError> {
     }
     eprintln!(
         "kvpick-epp is not next to kvpick-sim: building it (cargo build{} -p kvpick-epp)...",
-        if profile == "release" { " --release" } else { "" }
+        if profile == "release" {
+            " --release"
+        } else {
+            ""
+        }
     );
     let ok = cmd.status().is_ok_and(|s| s.success());
     if ok && epp.is_file() {

@@ -11,18 +11,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use kvpick_scheduler::events::EventBatch;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::kv_publisher::PubCommand;
+use super::sink::{Live, Sink, unix_now};
 use super::stats::EngineStats;
 use crate::clock::SimTime;
-use crate::engine::{Engine, EngineRequest, EngineSink, Profile, RequestId, Unfit};
+use crate::engine::{Engine, EngineRequest, Profile, RequestId, Unfit};
 
 /// Why a request ended without its output.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -104,15 +104,6 @@ pub struct DriverConfig {
     pub restart_downtime: Duration,
 }
 
-struct Live {
-    progress: watch::Sender<Progress>,
-    prompt_len: u32,
-    lora: Option<Arc<str>>,
-    arrival: SimTime,
-    generated: u32,
-    running: bool,
-}
-
 /// The driver's state; [`Driver::run`] is its task.
 pub struct Driver {
     cfg: DriverConfig,
@@ -133,12 +124,6 @@ impl std::fmt::Debug for Driver {
             .field("live", &self.live.len())
             .finish_non_exhaustive()
     }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl Driver {
@@ -252,8 +237,7 @@ impl Driver {
 
     fn submit(&mut self, s: Submission) {
         let refuse = |s: &Submission, r| {
-            s.progress
-                .send_modify(|p| p.end = Some(End::Refused(r)));
+            s.progress.send_modify(|p| p.end = Some(End::Refused(r)));
         };
         if self.engine.waiting() >= self.cfg.max_waiting {
             return refuse(&s, Refusal::QueueFull);
@@ -321,8 +305,7 @@ impl Driver {
     fn abort_all(&mut self, why: Refusal) {
         let mut stats = self.stats.lock();
         for (_, l) in self.live.drain() {
-            l.progress
-                .send_modify(|p| p.end = Some(End::Refused(why)));
+            l.progress.send_modify(|p| p.end = Some(End::Refused(why)));
             stats.aborted += 1;
         }
         stats.lora_running.clear();
@@ -334,98 +317,5 @@ async fn pause(d: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
         _ = cancel.cancelled() => false,
         _ = tokio::time::sleep(d) => true,
-    }
-}
-
-/// Routes one step's reports to responses, counters and the publisher.
-struct Sink<'a> {
-    live: &'a mut HashMap<RequestId, Live>,
-    stats: &'a mut EngineStats,
-    events: &'a mpsc::Sender<PubCommand>,
-    dp_rank: Option<u32>,
-}
-
-type LoraCounts = std::collections::BTreeMap<String, u32>;
-
-fn drop_lora(from: &mut LoraCounts, name: &str) {
-    if let Some(n) = from.get_mut(name) {
-        *n -= 1;
-        if *n == 0 {
-            from.remove(name);
-        }
-    }
-}
-
-fn move_lora(from: &mut LoraCounts, to: &mut LoraCounts, name: &str) {
-    drop_lora(from, name);
-    *to.entry(name.to_owned()).or_default() += 1;
-}
-
-impl EngineSink for Sink<'_> {
-    fn admitted(&mut self, req: RequestId, cached_tokens: u32, now: SimTime) {
-        let Some(l) = self.live.get_mut(&req) else { return };
-        self.stats.prefix_queries += l.prompt_len as u64;
-        self.stats.prefix_hits += cached_tokens as u64;
-        self.stats.queue.observe(now.secs_since(l.arrival));
-        l.running = true;
-        if let Some(name) = &l.lora {
-            move_lora(&mut self.stats.lora_waiting, &mut self.stats.lora_running, name);
-            self.stats.lora_updated = unix_now();
-        }
-        l.progress
-            .send_modify(|p| p.cached_tokens = Some(cached_tokens));
-    }
-
-    fn first_token(&mut self, req: RequestId, now: SimTime) {
-        let Some(l) = self.live.get_mut(&req) else { return };
-        self.stats.ttft.observe(now.secs_since(l.arrival));
-        self.stats.prompt_tokens += l.prompt_len as u64;
-        self.stats.generation_tokens += 1;
-        l.generated = 1;
-        l.progress.send_modify(|p| p.generated = 1);
-    }
-
-    fn token(&mut self, req: RequestId, gap_us: u64) {
-        let Some(l) = self.live.get_mut(&req) else { return };
-        self.stats.itl.observe(gap_us as f64 / 1e6);
-        self.stats.generation_tokens += 1;
-        l.generated += 1;
-        let n = l.generated;
-        l.progress.send_modify(|p| p.generated = n);
-    }
-
-    fn finished(&mut self, req: RequestId, now: SimTime) {
-        let Some(l) = self.live.remove(&req) else { return };
-        self.stats.e2e.observe(now.secs_since(l.arrival));
-        self.stats.finished_length += 1;
-        self.stats.request_prompt_tokens.observe(l.prompt_len as f64);
-        self.stats.request_generation_tokens.observe(l.generated as f64);
-        if let Some(name) = &l.lora {
-            let map = if l.running {
-                &mut self.stats.lora_running
-            } else {
-                &mut self.stats.lora_waiting
-            };
-            drop_lora(map, name);
-            self.stats.lora_updated = unix_now();
-        }
-        l.progress.send_modify(|p| p.end = Some(End::Finished));
-    }
-
-    fn preempted(&mut self, req: RequestId) {
-        self.stats.preemptions += 1;
-        let Some(l) = self.live.get_mut(&req) else { return };
-        l.running = false;
-        if let Some(name) = &l.lora {
-            move_lora(&mut self.stats.lora_running, &mut self.stats.lora_waiting, name);
-        }
-    }
-
-    fn kv_events(&mut self, mut batch: EventBatch) {
-        batch.ts = unix_now();
-        batch.data_parallel_rank = self.dp_rank;
-        if self.events.try_send(PubCommand::Batch(batch)).is_err() {
-            self.stats.kv_batches_dropped += 1;
-        }
     }
 }

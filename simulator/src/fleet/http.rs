@@ -272,11 +272,17 @@ async fn tokenize(req: Request<Incoming>, st: &ServerState) -> Response<Body> {
     match text {
         Ok(text) => {
             let tokens = tok.encode(&text);
-            json(
+            let mut r = json(
                 StatusCode::OK,
                 &json!({"count": tokens.len(), "max_model_len": st.info.max_model_len,
                         "tokens": tokens, "token_strs": null}),
-            )
+            );
+            // Not a model's tokenizer: say which rule made these ids (see `tokenizer`).
+            r.headers_mut().insert(
+                "x-kvpick-sim-tokenizer",
+                hyper::header::HeaderValue::from_static(super::tokenizer::FALLBACK_NAME),
+            );
+            r
         }
         Err(m) => error(&ApiError::bad_request(m)),
     }
@@ -308,7 +314,10 @@ async fn admin(req: Request<Incoming>, st: &ServerState) -> Response<Body> {
     if let Some(c) = command
         && st.commands.send(c).await.is_err()
     {
-        return error(&ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "engine stopped"));
+        return error(&ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine stopped",
+        ));
     }
     json(StatusCode::OK, &json!({"ok": true}))
 }

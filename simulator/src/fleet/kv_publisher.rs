@@ -172,7 +172,10 @@ async fn serve_replay(mut router: RouterSocket, buffer: Buffer, cancel: Cancella
             }
         };
         let Some((id, start)) = replay_start(&frames) else {
-            tracing::warn!(frames = frames.len(), "malformed KV-event replay request ignored");
+            tracing::warn!(
+                frames = frames.len(),
+                "malformed KV-event replay request ignored"
+            );
             continue;
         };
         let batches: Vec<(u64, Bytes)> = buffer

@@ -14,10 +14,12 @@
 
 pub mod driver;
 pub mod endpoints_file;
+pub mod histogram;
 pub mod http;
 pub mod kv_publisher;
 pub mod openai;
 pub mod respond;
+mod sink;
 pub mod stats;
 pub mod tokenizer;
 
@@ -200,7 +202,9 @@ impl Fleet {
     /// Binds and starts every server; on error, whatever started is stopped.
     pub async fn start(cfg: FleetConfig) -> Result<Self, SimError> {
         if cfg.pods == 0 || cfg.dp == 0 {
-            return Err(SimError::InvalidConfig("--pods and --dp must be positive".into()));
+            return Err(SimError::InvalidConfig(
+                "--pods and --dp must be positive".into(),
+            ));
         }
         if !(cfg.speed.is_finite() && cfg.speed > 0.0) {
             return Err(SimError::InvalidConfig("--speed must be positive".into()));
@@ -227,7 +231,12 @@ impl Fleet {
         Ok(fleet)
     }
 
-    async fn start_server(&self, cfg: &FleetConfig, pod: usize, rank: u32) -> Result<Server, SimError> {
+    async fn start_server(
+        &self,
+        cfg: &FleetConfig,
+        pod: usize,
+        rank: u32,
+    ) -> Result<Server, SimError> {
         let index = pod * cfg.dp as usize + rank as usize;
         let addr = SocketAddr::new(cfg.host, port(cfg.port, index)?);
         let listener = TcpListener::bind(addr)
@@ -240,7 +249,10 @@ impl Fleet {
         let (pub_tx, pub_rx) = mpsc::channel(1024);
         let publisher = PublisherConfig {
             bind: zmq(port(cfg.kv_port, index)?),
-            replay_bind: cfg.kv_replay.then(|| port(cfg.replay_port, index).map(zmq)).transpose()?,
+            replay_bind: cfg
+                .kv_replay
+                .then(|| port(cfg.replay_port, index).map(zmq))
+                .transpose()?,
             topic: Topic::format(&address.to_string(), &cfg.model),
             encoding: cfg.kv_encoding,
             replay_buffer: cfg.replay_buffer,
@@ -325,7 +337,14 @@ impl Fleet {
             let st = s.stats.lock();
             (h + st.prefix_hits, q + st.prefix_queries)
         });
-        (if queries == 0 { 0.0 } else { hits as f64 / queries as f64 }, queries)
+        (
+            if queries == 0 {
+                0.0
+            } else {
+                hits as f64 / queries as f64
+            },
+            queries,
+        )
     }
 
     /// Stops every server and waits for every task.

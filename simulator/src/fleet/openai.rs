@@ -109,9 +109,7 @@ fn token_ids(v: &[Value]) -> Result<Vec<u32>, ApiError> {
             t.as_u64()
                 .filter(|&t| t < crate::trace::tokens::VOCAB as u64)
                 .map(|t| t as u32)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!("token id {t} is out of vocabulary"))
-                })
+                .ok_or_else(|| ApiError::bad_request(format!("token id {t} is out of vocabulary")))
         })
         .collect()
 }
@@ -150,7 +148,9 @@ pub fn parse(api: Api, body: &[u8], info: &ModelInfo) -> Result<GenRequest, ApiE
         ));
     };
     if v.get("n").and_then(Value::as_u64).is_some_and(|n| n != 1) {
-        return Err(ApiError::bad_request("the simulated fleet supports n = 1 only"));
+        return Err(ApiError::bad_request(
+            "the simulated fleet supports n = 1 only",
+        ));
     }
     let prompt = match api {
         Api::Completions => completion_prompt(v.get("prompt"), &info.tokenizer)?,
@@ -178,9 +178,8 @@ pub fn parse(api: Api, body: &[u8], info: &ModelInfo) -> Result<GenRequest, ApiE
         .find_map(|k| v.get(*k).and_then(Value::as_u64));
     let len = prompt.len() as u64;
     let max_len = info.max_model_len as u64;
-    let max_tokens = asked.unwrap_or_else(|| {
-        (info.default_max_tokens as u64).min(max_len.saturating_sub(len))
-    });
+    let max_tokens =
+        asked.unwrap_or_else(|| (info.default_max_tokens as u64).min(max_len.saturating_sub(len)));
     if max_tokens == 0 || len + max_tokens > max_len {
         return Err(ApiError::bad_request(format!(
             "This model's maximum context length is {max_len} tokens. However, you requested {} \
@@ -294,28 +293,53 @@ mod tests {
     #[test]
     fn parses_prompts_and_limits() {
         let p = |b: &str| parse(Api::Completions, b.as_bytes(), &info());
-        let r = p(r#"{"model":"m","prompt":[1,2,3],"max_tokens":5,"stream":true,
-                      "stream_options":{"include_usage":true},"temperature":0.2}"#)
+        let r = p(
+            r#"{"model":"m","prompt":[1,2,3],"max_tokens":5,"stream":true,
+                      "stream_options":{"include_usage":true},"temperature":0.2}"#,
+        )
         .unwrap();
-        assert_eq!((r.prompt.as_slice(), r.max_tokens, r.include_usage), (&[1, 2, 3][..], 5, true));
+        assert_eq!(
+            (r.prompt.as_slice(), r.max_tokens, r.include_usage),
+            (&[1, 2, 3][..], 5, true)
+        );
         assert_eq!(p(r#"{"prompt":"a b c"}"#).unwrap().max_tokens, 16);
-        assert_eq!(p(r#"{"model":"adapter","prompt":[[7]]}"#).unwrap().lora.as_deref(), Some("adapter"));
-        assert_eq!(p(r#"{"model":"x","prompt":"a"}"#).unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            p(r#"{"model":"adapter","prompt":[[7]]}"#)
+                .unwrap()
+                .lora
+                .as_deref(),
+            Some("adapter")
+        );
+        assert_eq!(
+            p(r#"{"model":"x","prompt":"a"}"#).unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
         let long = p(r#"{"prompt":[1,2,3],"max_tokens":98}"#).unwrap_err();
-        assert!(long.message.contains("maximum context length is 100"), "{long:?}");
+        assert!(
+            long.message.contains("maximum context length is 100"),
+            "{long:?}"
+        );
         assert!(p(r#"{"prompt":["a","b"]}"#).is_err());
         assert!(p(r#"{"prompt":[-1]}"#).is_err());
         assert!(p(r#"{"prompt":"a","n":2}"#).is_err());
         assert!(p("{").is_err());
-        let chat = parse(Api::Chat, br#"{"messages":[{"role":"user","content":"hi"}],
-            "max_completion_tokens":3}"#, &info()).unwrap();
+        let chat = parse(
+            Api::Chat,
+            br#"{"messages":[{"role":"user","content":"hi"}],
+            "max_completion_tokens":3}"#,
+            &info(),
+        )
+        .unwrap();
         assert_eq!(chat.max_tokens, 3);
     }
 
     #[test]
     fn usage_details_only_when_cached() {
         assert!(usage(10, 2, Some(0)).get("prompt_tokens_details").is_none());
-        assert_eq!(usage(10, 2, Some(8))["prompt_tokens_details"]["cached_tokens"], 8);
+        assert_eq!(
+            usage(10, 2, Some(8))["prompt_tokens_details"]["cached_tokens"],
+            8
+        );
         assert_eq!(usage(10, 2, None)["total_tokens"], 12);
     }
 }

@@ -60,9 +60,10 @@ pub fn refusal_error(r: Refusal, prompt_len: u32, max_tokens: u32) -> ApiError {
             StatusCode::INTERNAL_SERVER_ERROR,
             "the engine restarted while serving the request",
         ),
-        Refusal::ShuttingDown => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down")
-        }
+        Refusal::ShuttingDown => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        ),
     }
 }
 
@@ -86,7 +87,10 @@ pub struct Reply {
 impl Reply {
     fn text(&self, from: u32, to: u32) -> String {
         (from..to)
-            .map(|i| self.tokenizer.decode_token(tokens::token(self.output_id, i)))
+            .map(|i| {
+                self.tokenizer
+                    .decode_token(tokens::token(self.output_id, i))
+            })
             .collect()
     }
 
@@ -109,7 +113,10 @@ impl Reply {
                 json(StatusCode::OK, &body)
             }
             Some(End::Refused(r)) => error(&refusal_error(r, self.prompt_len, self.max_tokens)),
-            None => error(&ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no result")),
+            None => error(&ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no result",
+            )),
         }
     }
 
@@ -121,8 +128,8 @@ impl Reply {
             sent: 0,
             phase: Phase::Tokens,
         };
-        let events = futures::stream::unfold(state, Sse::next)
-            .map(|b| Ok::<_, Infallible>(Frame::data(b)));
+        let events =
+            futures::stream::unfold(state, Sse::next).map(|b| Ok::<_, Infallible>(Frame::data(b)));
         let mut r = Response::new(BodyExt::boxed(StreamBody::new(events)));
         r.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
@@ -152,6 +159,14 @@ fn event(v: &Value) -> Bytes {
 }
 
 impl Sse {
+    fn after_finish(&self) -> Phase {
+        if self.reply.include_usage {
+            Phase::Usage
+        } else {
+            Phase::Done
+        }
+    }
+
     async fn next(mut self) -> Option<(Bytes, Self)> {
         loop {
             match self.phase {
@@ -182,25 +197,29 @@ impl Sse {
                 bytes.extend_from_slice(&event(&chunk));
                 self.sent = p.generated;
                 if done {
-                    self.phase = if self.reply.include_usage {
-                        Phase::Usage
-                    } else {
-                        Phase::Done
-                    };
+                    self.phase = self.after_finish();
                 }
                 return Some((Bytes::from(bytes), self));
             }
             let failure = match p.end {
                 Some(End::Finished) => {
-                    self.phase = Phase::Done;
-                    continue;
+                    // The last tokens went out before the end was seen: close with an empty
+                    // chunk carrying finish_reason, as vLLM does.
+                    let chunk = self.reply.head.chunk("", false, Some("length"));
+                    self.phase = self.after_finish();
+                    return Some((event(&chunk), self));
                 }
-                Some(End::Refused(r)) => refusal_error(r, self.reply.prompt_len, self.reply.max_tokens),
+                Some(End::Refused(r)) => {
+                    refusal_error(r, self.reply.prompt_len, self.reply.max_tokens)
+                }
                 None if self.rx.changed().await.is_ok() => continue,
                 None => refusal_error(Refusal::ShuttingDown, 0, 0),
             };
             self.phase = Phase::Done;
-            return Some((event(&serde_json::json!({ "error": failure.object() })), self));
+            return Some((
+                event(&serde_json::json!({ "error": failure.object() })),
+                self,
+            ));
         }
     }
 }

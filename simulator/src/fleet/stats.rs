@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+pub use super::histogram::Histogram;
+
 /// TTFT buckets (s), as vLLM.
 const TTFT: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -30,58 +32,6 @@ const REQUEST: &[f64] = &[
 const ITERATION: &[f64] = &[
     1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
 ];
-
-/// A cumulative Prometheus histogram over fixed buckets.
-#[derive(Clone, Debug)]
-pub struct Histogram {
-    bounds: Vec<f64>,
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    /// An empty histogram over `bounds` (ascending; `+Inf` is implicit).
-    pub fn new(bounds: &[f64]) -> Self {
-        Self {
-            bounds: bounds.to_vec(),
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    /// vLLM's 1-2-5 buckets up to `max` (`build_1_2_5_buckets`).
-    pub fn one_two_five(max: u32) -> Self {
-        let mut bounds = Vec::new();
-        let mut scale = 1u64;
-        'outer: loop {
-            for m in [1u64, 2, 5] {
-                let v = m * scale;
-                if v > max as u64 {
-                    break 'outer;
-                }
-                bounds.push(v as f64);
-            }
-            scale *= 10;
-        }
-        Self::new(&bounds)
-    }
-
-    /// Records one value.
-    pub fn observe(&mut self, v: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
-            self.counts[i] += 1;
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    /// Values recorded.
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-}
 
 /// Everything one engine's `/metrics` shows. The driver updates it after every step.
 #[derive(Clone, Debug)]
@@ -298,7 +248,11 @@ pub fn render(s: &EngineStats, info: &PageInfo<'_>) -> String {
         "counter",
         "Count of successfully processed requests.",
     );
-    for (reason, n) in [("stop", 0), ("length", s.finished_length), ("abort", s.aborted)] {
+    for (reason, n) in [
+        ("stop", 0),
+        ("length", s.finished_length),
+        ("abort", s.aborted),
+    ] {
         let extra = format!(",finished_reason=\"{reason}\"");
         p.sample("vllm:request_success_total", &extra, n as f64);
     }
@@ -356,9 +310,8 @@ pub fn render(s: &EngineStats, info: &PageInfo<'_>) -> String {
             "gauge",
             "Running stats on lora requests.",
         );
-        let names = |m: &BTreeMap<String, u32>| {
-            label(&m.keys().cloned().collect::<Vec<_>>().join(","))
-        };
+        let names =
+            |m: &BTreeMap<String, u32>| label(&m.keys().cloned().collect::<Vec<_>>().join(","));
         let _ = writeln!(
             p.out,
             "vllm:lora_requests_info{{max_lora=\"{}\",waiting_lora_adapters=\"{}\",running_lora_adapters=\"{}\"}} {}",
@@ -387,11 +340,6 @@ mod tests {
 
     #[test]
     fn buckets_and_page_shape() {
-        let h = Histogram::one_two_five(1000);
-        assert_eq!(
-            h.bounds,
-            [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]
-        );
         let mut s = EngineStats::new(4096);
         s.running = 3;
         s.ttft.observe(0.03);
@@ -405,7 +353,9 @@ mod tests {
             max_loras: 2,
         };
         let page = render(&s, &info);
-        assert!(page.contains("vllm:num_requests_running{model_name=\"m\\\"x\",engine=\"1\"} 3.0\n"));
+        assert!(
+            page.contains("vllm:num_requests_running{model_name=\"m\\\"x\",engine=\"1\"} 3.0\n")
+        );
         assert!(page.contains(
             "vllm:time_to_first_token_seconds_bucket{model_name=\"m\\\"x\",engine=\"1\",le=\"0.04\"} 1.0\n"
         ));
@@ -413,6 +363,9 @@ mod tests {
         assert!(page.contains("num_gpu_blocks=\"500\""));
         assert!(page.contains("running_lora_adapters=\"a\""));
         assert!(page.contains("vllm:prefix_cache_hits_total{"));
-        assert_eq!((num(3.4e-5), num(1e21), num(2.0)), ("3.4e-05".into(), "1e+21".into(), "2.0".into()));
+        assert_eq!(
+            (num(3.4e-5), num(1e21), num(2.0)),
+            ("3.4e-05".into(), "1e+21".into(), "2.0".into())
+        );
     }
 }

@@ -14,6 +14,9 @@ use serde_json::Value;
 
 use crate::trace::tokens::VOCAB;
 
+/// What `/tokenize` names this tokenizer (header `x-kvpick-sim-tokenizer`).
+pub const FALLBACK_NAME: &str = "fallback-whitespace-words";
+
 const CONSONANTS: &[u8; 14] = b"bdfgklmnprstvz";
 const VOWELS: &[u8; 5] = b"aeiou";
 const SYLLABLES: u32 = 70;
@@ -68,7 +71,11 @@ impl Tokenizer {
     }
 
     /// The prompt text of a chat conversation, or why it is not one.
-    pub fn render_chat(&self, messages: &[Value], add_generation_prompt: bool) -> Result<String, String> {
+    pub fn render_chat(
+        &self,
+        messages: &[Value],
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
         let mut out = String::new();
         for (i, m) in messages.iter().enumerate() {
             let role = m
@@ -131,6 +138,9 @@ mod tests {
         let text = t.render_chat(&msgs, true).unwrap();
         assert!(text.starts_with("<|im_start|>system be brief <|im_end|>"));
         assert!(text.ends_with("<|im_start|>assistant"));
-        assert!(t.render_chat(&[serde_json::json!({"content": "x"})], true).is_err());
+        assert!(
+            t.render_chat(&[serde_json::json!({"content": "x"})], true)
+                .is_err()
+        );
     }
 }

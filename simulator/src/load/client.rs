@@ -91,7 +91,13 @@ fn has_text(v: &Value) -> bool {
 }
 
 /// Sends `body` to `url` and measures it until `timeout`.
-pub async fn send(client: &HttpClient, url: &str, body: Bytes, stream: bool, timeout: Duration) -> Outcome {
+pub async fn send(
+    client: &HttpClient,
+    url: &str,
+    body: Bytes,
+    stream: bool,
+    timeout: Duration,
+) -> Outcome {
     let started = Instant::now();
     let out = Outcome::default();
     let req = match hyper::Request::post(url)
@@ -172,7 +178,9 @@ async fn read_stream(mut body: Incoming, mut out: Outcome, started: Instant) -> 
         while let Some(end) = find_event_end(&buf) {
             let event = buf.split_to(end.0 + end.1);
             for line in event[..end.0].split(|&b| b == b'\n') {
-                let Some(payload) = line.strip_prefix(b"data:") else { continue };
+                let Some(payload) = line.strip_prefix(b"data:") else {
+                    continue;
+                };
                 let payload = payload.trim_ascii();
                 if payload == b"[DONE]" {
                     done = true;
@@ -209,7 +217,10 @@ async fn read_stream(mut body: Incoming, mut out: Outcome, started: Instant) -> 
 /// End of the first SSE event in `buf`: (its length, the separator's length).
 fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
@@ -225,9 +236,13 @@ mod tests {
         assert_eq!(find_event_end(b"data: x\n\ndata: y"), Some((7, 2)));
         assert_eq!(find_event_end(b"data: x\r\n\r\n"), Some((7, 4)));
         assert_eq!(find_event_end(b"data: x\n"), None);
-        let chat: Value = serde_json::from_str(r#"{"choices":[{"delta":{"content":"a"}}]}"#).unwrap();
-        let role: Value = serde_json::from_str(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#).unwrap();
-        let usage: Value = serde_json::from_str(r#"{"choices":[],"usage":{"prompt_tokens":3}}"#).unwrap();
+        let chat: Value =
+            serde_json::from_str(r#"{"choices":[{"delta":{"content":"a"}}]}"#).unwrap();
+        let role: Value =
+            serde_json::from_str(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#)
+                .unwrap();
+        let usage: Value =
+            serde_json::from_str(r#"{"choices":[],"usage":{"prompt_tokens":3}}"#).unwrap();
         assert!(has_text(&chat) && !has_text(&role) && !has_text(&usage));
         let mut o = Outcome::default();
         o.take_usage(&usage);

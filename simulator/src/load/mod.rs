@@ -70,8 +70,17 @@ impl LoadConfig {
 
     /// The request body for a prompt of `tokens` generating `output` tokens.
     pub fn body(&self, tokens: &[u32], output: u32) -> Bytes {
-        let output = self.max_output_tokens.map_or(output, |m| output.min(m)).max(1);
-        let text = || tokens.iter().map(|&t| word(t)).collect::<Vec<_>>().join(" ");
+        let output = self
+            .max_output_tokens
+            .map_or(output, |m| output.min(m))
+            .max(1);
+        let text = || {
+            tokens
+                .iter()
+                .map(|&t| word(t))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         let mut v = match self.api {
             ApiKind::Completions if !self.text => json!({ "prompt": tokens }),
             ApiKind::Completions => json!({ "prompt": text() }),
@@ -106,10 +115,16 @@ pub fn check_url(url: &str) -> Result<(), SimError> {
 }
 
 /// Runs `trace` against the server; stops early (keeping what was measured) on `cancel`.
-pub async fn run(trace: &Trace, cfg: &LoadConfig, cancel: &CancellationToken) -> Result<Vec<Record>, SimError> {
+pub async fn run(
+    trace: &Trace,
+    cfg: &LoadConfig,
+    cancel: &CancellationToken,
+) -> Result<Vec<Record>, SimError> {
     check_url(&cfg.base_url)?;
     if cfg.max_concurrency == 0 {
-        return Err(SimError::InvalidConfig("--max-concurrency must be positive".into()));
+        return Err(SimError::InvalidConfig(
+            "--max-concurrency must be positive".into(),
+        ));
     }
     let url: Arc<str> = Arc::from(cfg.url());
     let http = client::client(cfg.max_concurrency);
@@ -184,10 +199,22 @@ mod tests {
         assert_eq!(cfg.url(), "http://127.0.0.1:1/v1/completions");
         let v: Value = serde_json::from_slice(&cfg.body(&[5, 6], 10)).unwrap();
         assert_eq!(v["prompt"], json!([5, 6]));
-        assert_eq!((v["max_tokens"].as_u64(), v["stream_options"]["include_usage"].as_bool()), (Some(4), Some(true)));
-        let chat = LoadConfig { api: ApiKind::Chat, ..cfg };
+        assert_eq!(
+            (
+                v["max_tokens"].as_u64(),
+                v["stream_options"]["include_usage"].as_bool()
+            ),
+            (Some(4), Some(true))
+        );
+        let chat = LoadConfig {
+            api: ApiKind::Chat,
+            ..cfg
+        };
         let v: Value = serde_json::from_slice(&chat.body(&[5, 6], 2)).unwrap();
-        assert_eq!(v["messages"][0]["content"], format!("{} {}", word(5), word(6)));
+        assert_eq!(
+            v["messages"][0]["content"],
+            format!("{} {}", word(5), word(6))
+        );
         assert!(check_url("https://x:1").is_err() && check_url("http://x:1").is_ok());
     }
 }

@@ -121,7 +121,9 @@ fn pct(v: f64) -> String {
 pub fn table(runs: &[LoadSummary]) -> String {
     type Row = (&'static str, fn(&LoadSummary) -> String);
     let rows: [Row; 15] = [
-        ("requests ok / sent", |s| format!("{} / {}", s.ok, s.requests)),
+        ("requests ok / sent", |s| {
+            format!("{} / {}", s.ok, s.requests)
+        }),
         ("TTFT p50", |s| ms(s.ttft.p50)),
         ("TTFT p90", |s| ms(s.ttft.p90)),
         ("TTFT p99", |s| ms(s.ttft.p99)),
@@ -132,8 +134,12 @@ pub fn table(runs: &[LoadSummary]) -> String {
         ("throughput (req/s)", |s| format!("{:.2}", s.requests_per_s)),
         ("output tokens/s", |s| format!("{:.1}", s.output_tok_s)),
         ("prefix hit (client)", |s| pct(s.client_hit_rate)),
-        ("prefix hit (fleet)", |s| s.server_hit_rate.map_or("-".into(), pct)),
-        ("cached / prompt tok", |s| format!("{} / {}", s.cached_tokens, s.prompt_tokens)),
+        ("prefix hit (fleet)", |s| {
+            s.server_hit_rate.map_or("-".into(), pct)
+        }),
+        ("cached / prompt tok", |s| {
+            format!("{} / {}", s.cached_tokens, s.prompt_tokens)
+        }),
         ("delayed by cap", |s| s.delayed.to_string()),
         ("failed", |s| s.failed.to_string()),
     ];
@@ -177,7 +183,11 @@ pub fn ttft_plot(runs: &[(String, &[Record])]) -> String {
             let n = v.len().max(1) as f64;
             Series {
                 name: name.clone(),
-                points: v.iter().enumerate().map(|(i, t)| (*t, (i + 1) as f64 / n)).collect(),
+                points: v
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (*t, (i + 1) as f64 / n))
+                    .collect(),
             }
         })
         .collect();
@@ -218,11 +228,23 @@ mod tests {
         let mut bad = ok(2, 0.0, 0);
         bad.outcome.error = Some("HTTP 500".into());
         let s = summarize("x", &[ok(0, 0.1, 0), ok(1, 0.3, 80), bad]);
-        assert_eq!((s.ok, s.failed, s.prompt_tokens, s.cached_tokens), (2, 1, 200, 80));
+        assert_eq!(
+            (s.ok, s.failed, s.prompt_tokens, s.cached_tokens),
+            (2, 1, 200, 80)
+        );
         assert!((s.client_hit_rate - 0.4).abs() < 1e-9);
         assert!((s.duration_s - 2.0).abs() < 1e-9 && (s.output_tok_s - 10.0).abs() < 1e-9);
         assert_eq!(s.ttft.p90, 0.3);
-        let t = table(&[s.clone(), LoadSummary { label: "yy".into(), ..s }]);
-        assert!(t.contains("TTFT p90") && t.contains("40.0%") && t.lines().count() == 16, "{t}");
+        let t = table(&[
+            s.clone(),
+            LoadSummary {
+                label: "yy".into(),
+                ..s
+            },
+        ]);
+        assert!(
+            t.contains("TTFT p90") && t.contains("40.0%") && t.lines().count() == 16,
+            "{t}"
+        );
     }
 }
