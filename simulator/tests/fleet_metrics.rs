@@ -1,8 +1,10 @@
 //! The fleet's `/metrics` against real Prometheus tools: `promtool check metrics` parses every
 //! page (its only complaints are the ones vLLM's own names earn), and a real Prometheus server
-//! scrapes the fleet: every target up, `vllm:num_requests_running` one series per server with
-//! vLLM's labels, counters and histograms agreeing with the traffic sent. Needs `promtool` and
-//! `prometheus` (Debian `prometheus`; `.ci/setup` installs it).
+//! scrapes the fleet and kvpick-epp, which reads the same pages with its own parser: every target
+//! up, `vllm:num_requests_running` one series per server with vLLM's labels, counters and
+//! histograms agreeing with the traffic sent, both endpoints fresh in kvpick-epp. Needs
+//! `promtool` and `prometheus` (Debian `prometheus`; `.ci/setup` installs it); kvpick-epp is
+//! built when it is not in the target directory.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: a failed unwrap is a failed test
 
 mod fleet_util;
@@ -83,17 +85,35 @@ async fn promtool_parses_and_prometheus_scrapes() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let targets: Vec<String> = fleet
-        .servers()
-        .iter()
+    // kvpick-epp reads the fleet's endpoints file and scrapes the same pages with its own parser.
+    let endpoints = dir.path().join("endpoints.yaml");
+    fleet.write_endpoints_file(&endpoints, true).unwrap();
+    let epp_port = free_port().unwrap();
+    let mut args = vec!["--listen-address".to_owned(), "127.0.0.1".into()];
+    for (flag, port) in [
+        ("--grpc-port", free_port().unwrap()),
+        ("--health-port", free_port().unwrap()),
+        ("--metrics-port", epp_port),
+    ] {
+        args.extend([flag.to_owned(), port.to_string()]);
+    }
+    args.extend([
+        "--endpoints-file".to_owned(),
+        endpoints.display().to_string(),
+    ]);
+    let epp_bin = kvpick_sim::demo::tools::find_epp(None).unwrap();
+    let log = dir.path().join("epp.log");
+    let mut epp = Child::spawn("kvpick-epp", &epp_bin, args, &[], &log).unwrap();
+    let mut targets: Vec<String> = (fleet.servers().iter())
         .map(|s| format!("'{}'", s.address))
         .collect();
+    targets.push(format!("'127.0.0.1:{epp_port}'"));
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
             "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\n\
-             scrape_configs:\n- job_name: vllm\n  static_configs:\n  - targets: [{}]\n",
+             scrape_configs:\n- job_name: sim\n  static_configs:\n  - targets: [{}]\n",
             targets.join(", ")
         ),
     )
@@ -130,12 +150,13 @@ async fn promtool_parses_and_prometheus_scrapes() {
     let mut up = false;
     for _ in 0..150 {
         prom.check_alive().unwrap();
+        epp.check_alive().unwrap();
         if let Some(v) = try_get("/api/v1/targets").await {
             let active = v["data"]["activeTargets"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            if active.len() == fleet.servers().len() && active.iter().all(|t| t["health"] == "up") {
+            if active.len() == targets.len() && active.iter().all(|t| t["health"] == "up") {
                 up = true;
                 break;
             }
@@ -158,6 +179,14 @@ async fn promtool_parses_and_prometheus_scrapes() {
         blocks["data"]["result"][0]["metric"]["num_gpu_blocks"],
         "256"
     );
+    // kvpick-epp parsed the fleet's pages: both endpoints known and fresh.
+    let known = query("kvpick_endpoints").await;
+    assert_eq!(known["data"]["result"][0]["value"][1], "2", "{known}");
+    let stale = query("kvpick_endpoint_stale").await;
+    let stale = stale["data"]["result"].as_array().unwrap().clone();
+    assert_eq!(stale.len(), 2, "{stale:?}");
+    assert!(stale.iter().all(|s| s["value"][1] == "0"), "{stale:?}");
+    epp.stop();
     prom.stop();
     fleet.shutdown().await;
 }

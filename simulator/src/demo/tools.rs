@@ -23,17 +23,20 @@ impl Tools {
     /// Finds (or builds, or installs when asked) both programs.
     pub fn find(epp: Option<&Path>, install_envoy: bool) -> Result<Self, SimError> {
         let envoy = find_envoy(install_envoy)?;
-        let epp = match epp {
-            Some(p) if p.is_file() => p.to_owned(),
-            Some(p) => {
-                return Err(SimError::Process(format!(
-                    "--epp {}: no such file",
-                    p.display()
-                )));
-            }
-            None => find_or_build_epp()?,
-        };
+        let epp = find_epp(epp)?;
         Ok(Self { epp, envoy })
+    }
+}
+
+/// kvpick-epp: `explicit` if given, else next to this executable, else built there.
+pub fn find_epp(explicit: Option<&Path>) -> Result<PathBuf, SimError> {
+    match explicit {
+        Some(p) if p.is_file() => Ok(p.to_owned()),
+        Some(p) => Err(SimError::Process(format!(
+            "--epp {}: no such file",
+            p.display()
+        ))),
+        None => find_or_build_epp(),
     }
 }
 
@@ -83,9 +86,13 @@ fn find_envoy(install: bool) -> Result<PathBuf, SimError> {
 fn find_or_build_epp() -> Result<PathBuf, SimError> {
     let exe = std::env::current_exe()
         .map_err(|e| SimError::Process(format!("cannot locate kvpick-sim itself: {e}")))?;
-    let dir = exe
+    let mut dir = exe
         .parent()
         .ok_or_else(|| SimError::Process("kvpick-sim has no directory".into()))?;
+    // A test binary runs from target/<profile>/deps/.
+    if dir.ends_with("deps") {
+        dir = dir.parent().unwrap_or(dir);
+    }
     let epp = dir.join("kvpick-epp");
     if epp.is_file() {
         return Ok(epp);
