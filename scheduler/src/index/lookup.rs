@@ -148,13 +148,14 @@ impl Walk<'_> {
             return dying == 0 || self.shrink();
         }
         self.intersect(word, sets, next);
-        for w in self.lo..self.hi {
-            let mut dead = self.alive[w] & !next[w];
+        let lo = self.lo;
+        for (w, &n) in next.iter().enumerate().take(self.hi).skip(lo) {
+            let mut dead = self.alive[w] & !n;
             while dead != 0 {
                 self.ends[w * 64 + dead.trailing_zeros() as usize] = depth;
                 dead &= dead - 1;
             }
-            self.alive[w] = next[w];
+            self.alive[w] = n;
         }
         self.shrink()
     }
