@@ -122,48 +122,60 @@ pub(crate) fn word(tag: u32, rank: usize, kind: Kind) -> u64 {
 /// reaches the bits with one memory access instead of two.
 const INLINE_WORDS: usize = 4;
 
-/// Three or more holders: a bitset over endpoint ids, plus the holders that are not GPU-only.
+/// What rarely exists: a bitset past id 255, and holders that are not GPU-only.
 #[derive(Clone, Debug, Default)]
+struct Spill {
+    /// The whole bitset once an id of 256 or more holds the block.
+    bits: Vec<u64>,
+    mixed: Vec<Holder>,
+}
+
+/// Three or more holders: a bitset over endpoint ids, plus the holders that are not GPU-only.
+/// One aligned 64-byte line in the common case (ids below 256), so a lookup pays one cache miss
+/// per shared block.
+#[derive(Clone, Debug, Default)]
+#[repr(C, align(64))]
 pub(crate) struct HolderSet {
     /// The bitset while it fits (`words` of them used).
     inline: [u64; INLINE_WORDS],
-    /// The bitset once an id of 256 or more holds the block (then `inline` is unused).
-    heap: Vec<u64>,
-    words: u8,
-    mixed: Vec<Holder>,
+    spill: Option<Box<Spill>>,
     len: u32,
+    words: u8,
+    /// Whether `spill` holds the bitset (else `inline` does).
+    spilled: bool,
 }
 
 impl HolderSet {
     /// Endpoints holding the block, as bitset words from id 0.
     #[inline]
     pub(crate) fn bits(&self) -> &[u64] {
-        if self.heap.is_empty() {
-            &self.inline[..usize::from(self.words).min(INLINE_WORDS)]
-        } else {
-            &self.heap
+        match &self.spill {
+            Some(spill) if self.spilled => &spill.bits,
+            _ => &self.inline[..usize::from(self.words).min(INLINE_WORDS)],
         }
     }
 
     fn bits_mut(&mut self, need: usize) -> &mut [u64] {
-        if self.heap.is_empty() && need <= INLINE_WORDS {
+        if !self.spilled && need <= INLINE_WORDS {
             self.words = self.words.max(need as u8);
             return &mut self.inline[..usize::from(self.words)];
         }
-        if self.heap.is_empty() {
-            self.heap = self.inline[..usize::from(self.words)].to_vec();
+        let spill = self.spill.get_or_insert_with(Box::default);
+        if !self.spilled {
+            spill.bits = self.inline[..usize::from(self.words)].to_vec();
             self.inline = [0; INLINE_WORDS];
+            self.spilled = true;
         }
-        if self.heap.len() < need {
-            self.heap.resize(need, 0);
+        if spill.bits.len() < need {
+            spill.bits.resize(need, 0);
         }
-        &mut self.heap
+        &mut spill.bits
     }
 
     /// Holders whose tiers are not exactly GPU (for tier weights).
     #[inline]
     pub(crate) fn mixed(&self) -> &[Holder] {
-        &self.mixed
+        self.spill.as_ref().map_or(&[], |s| &s.mixed)
     }
 
     /// Number of holders.
@@ -181,7 +193,7 @@ impl HolderSet {
         {
             return 0;
         }
-        self.mixed
+        self.mixed()
             .iter()
             .find(|&&h| holder_endpoint(h) == endpoint)
             .map_or(GPU_ONLY, |&h| holder_tiers(h))
@@ -208,7 +220,9 @@ impl HolderSet {
     fn set(&mut self, endpoint: u16, tiers: u8) {
         let e = usize::from(endpoint);
         let (w, bit) = (e / 64, 1u64 << (e % 64));
-        self.mixed.retain(|&h| holder_endpoint(h) != endpoint);
+        if let Some(spill) = &mut self.spill {
+            spill.mixed.retain(|&h| holder_endpoint(h) != endpoint);
+        }
         if tiers == 0 {
             if self.bits().get(w).is_some_and(|word| word & bit != 0) {
                 self.bits_mut(w + 1)[w] &= !bit;
@@ -222,7 +236,8 @@ impl HolderSet {
             self.len += 1;
         }
         if tiers != GPU_ONLY {
-            self.mixed.push(holder(endpoint, tiers));
+            let spill = self.spill.get_or_insert_with(Box::default);
+            spill.mixed.push(holder(endpoint, tiers));
         }
     }
 
@@ -256,10 +271,10 @@ impl Sets {
     pub(crate) fn get(&self, index: u32) -> &HolderSet {
         static EMPTY: HolderSet = HolderSet {
             inline: [0; INLINE_WORDS],
-            heap: Vec::new(),
-            words: 0,
-            mixed: Vec::new(),
+            spill: None,
             len: 0,
+            words: 0,
+            spilled: false,
         };
         self.sets.get(index as usize).unwrap_or(&EMPTY)
     }
@@ -389,6 +404,12 @@ impl Sets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<HolderSet>(), 64);
+        assert_eq!(std::mem::align_of::<HolderSet>(), 64);
+    }
 
     #[test]
     fn word_round_trips() {
