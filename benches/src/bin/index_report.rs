@@ -12,9 +12,13 @@
 use std::alloc::System;
 use std::time::Instant;
 
+use std::collections::HashMap;
+
 use cap::Cap;
 use kvpick_benches::index_workload::{self as w, Sharing};
-use kvpick_scheduler::index::PrefixMatches;
+use kvpick_scheduler::index::{KvIndex, PrefixMatches};
+use kvpick_scheduler::keys::BlockKey;
+use kvpick_scheduler::pods::EndpointSet;
 
 #[global_allocator]
 static ALLOC: Cap<System> = Cap::new(System, usize::MAX);
@@ -36,6 +40,48 @@ fn cpu_ns() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// The obvious index, for a same-process ratio: std `HashMap` from key to its holders, and a
+/// lookup that walks the request until no candidate holds a block.
+struct Naive(HashMap<u64, Vec<u16>>);
+
+impl Naive {
+    fn from_index(index: &KvIndex) -> Self {
+        let mut map: HashMap<u64, Vec<u16>> = HashMap::new();
+        for e in 0..w::ENDPOINTS {
+            for (key, _) in index.endpoint_holdings(w::endpoint(e)) {
+                map.entry(key.get()).or_default().push(e as u16);
+            }
+        }
+        Self(map)
+    }
+
+    fn lookup(&self, keys: &[BlockKey], cands: &EndpointSet, out: &mut Vec<(u16, u32)>) {
+        out.clear();
+        let Some(first) = keys.first().and_then(|k| self.0.get(&k.get())) else {
+            return;
+        };
+        let mut alive: Vec<u16> = first
+            .iter()
+            .copied()
+            .filter(|&e| cands.contains(w::endpoint(u32::from(e))))
+            .collect();
+        for (i, k) in keys.iter().enumerate().skip(1) {
+            let holders = self.0.get(&k.get()).map_or(&[][..], Vec::as_slice);
+            alive.retain(|e| {
+                let keep = holders.contains(e);
+                if !keep {
+                    out.push((*e, i as u32));
+                }
+                keep
+            });
+            if alive.is_empty() {
+                break;
+            }
+        }
+        out.extend(alive.into_iter().map(|e| (e, keys.len() as u32)));
+    }
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -132,6 +178,35 @@ fn main() {
             matched as f64 / lookups as f64,
             blocks as f64 / lookups as f64
         );
+        if std::env::var("KVPICK_BASELINE").is_ok_and(|v| v == "1") {
+            // Interleaved rounds, so both see the same machine load; ratio of medians.
+            let naive = Naive::from_index(&index);
+            let mut naive_out = Vec::new();
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for round in 0..200u64 {
+                for (times, is_ours) in [(&mut ours, true), (&mut theirs, false)] {
+                    let t = Instant::now();
+                    for i in 0..256u64 {
+                        let r =
+                            &requests[(w::mix(round << 20 ^ i) % requests.len() as u64) as usize];
+                        if is_ours {
+                            index.lookup(r, &cands, &mut out);
+                        } else {
+                            naive.lookup(r, &cands, &mut naive_out);
+                        }
+                    }
+                    times.push(t.elapsed().as_nanos() as u64 / 256);
+                }
+            }
+            ours.sort_unstable();
+            theirs.sort_unstable();
+            println!(
+                "baseline (std HashMap key -> holders, same process, interleaved): {} ns vs ours {} ns per lookup (median of 200 rounds of 256): {:.1}x",
+                percentile(&theirs, 0.5),
+                percentile(&ours, 0.5),
+                percentile(&theirs, 0.5) as f64 / percentile(&ours, 0.5).max(1) as f64
+            );
+        }
         if sharing == Sharing::OneHolder {
             let stream = w::churn(65_536, 4_096);
             let blocks: usize = stream
