@@ -97,6 +97,18 @@ pub fn digest(keys: &[ExtraKey]) -> u64 {
                     write(buf, item);
                 }
             }
+            ExtraKey::UInt(u) => {
+                buf.push(7);
+                buf.extend_from_slice(&u.to_le_bytes());
+            }
+            ExtraKey::Map(pairs) => {
+                buf.push(8);
+                buf.extend_from_slice(&(pairs.len() as u64).to_le_bytes());
+                for (k, v) in pairs {
+                    write(buf, k);
+                    write(buf, v);
+                }
+            }
         }
     }
     fn bytes(buf: &mut Vec<u8>, tag: u8, b: &[u8]) {
