@@ -27,9 +27,8 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
-/// A JSON response.
-pub fn json(status: StatusCode, v: &Value) -> Response<Body> {
-    let mut r = Response::new(full(v.to_string()));
+fn json_bytes(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -38,11 +37,14 @@ pub fn json(status: StatusCode, v: &Value) -> Response<Body> {
     r
 }
 
+/// A JSON response.
+pub fn json(status: StatusCode, v: &Value) -> Response<Body> {
+    json_bytes(status, Bytes::from(v.to_string()))
+}
+
 /// An error response.
 pub fn error(e: &ApiError) -> Response<Body> {
-    let mut r = json(e.status, &Value::Null);
-    *r.body_mut() = full(e.body());
-    r
+    json_bytes(e.status, e.body())
 }
 
 /// The error a refusal becomes.

@@ -135,13 +135,17 @@ pub async fn run(
     let mut tokens = Vec::new();
     for (index, r) in trace.requests.iter().enumerate() {
         let due = start + Duration::from_micros(r.arrival.micros());
-        let permit = tokio::select! {
+        let slot = tokio::select! {
             _ = cancel.cancelled() => break,
             p = async {
                 tokio::time::sleep_until(due).await;
-                slots.clone().acquire_owned().await
-            } => match p { Ok(p) => p, Err(_) => break },
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => Ok((p, false)),
+                    Err(_) => slots.clone().acquire_owned().await.map(|p| (p, true)),
+                }
+            } => p,
         };
+        let Ok((permit, delayed)) = slot else { break };
         let sent = Instant::now();
         r.prompt.materialize(&mut tokens);
         let body = cfg.body(&tokens, r.output_tokens);
@@ -154,7 +158,7 @@ pub async fn run(
                 index,
                 due_s: (due - start).as_secs_f64(),
                 sent_s: (sent - start).as_secs_f64(),
-                delayed: sent.saturating_duration_since(due) > Duration::from_millis(10),
+                delayed,
                 input_tokens,
                 outcome,
             }

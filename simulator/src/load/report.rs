@@ -16,7 +16,7 @@ pub struct Record {
     pub due_s: f64,
     /// When it was sent, s after the start.
     pub sent_s: f64,
-    /// Held back by the concurrency cap (sent more than 10 ms late).
+    /// Held back by the concurrency cap (due while every slot was taken).
     pub delayed: bool,
     /// Prompt tokens in the trace.
     pub input_tokens: u32,
