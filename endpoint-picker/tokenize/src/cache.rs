@@ -252,7 +252,10 @@ mod tests {
         assert!(off.get(key(0, 1)).is_none());
         let small = TokenCache::new(SHARDS * charge(2));
         small.insert(key(0, 1), Arc::from(vec![0; 100]));
-        assert!(small.is_empty(), "an entry larger than a shard is not cached");
+        assert!(
+            small.is_empty(),
+            "an entry larger than a shard is not cached"
+        );
     }
 
     proptest! {

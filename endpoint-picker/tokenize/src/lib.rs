@@ -8,7 +8,8 @@
 //!
 //! - [`registry`]: model name → tokenizer, loaded once from a directory layout or `MODEL=DIR` entries.
 //! - [`model`]: one model's tokenizer, templates and special tokens; `tokenize` for prompts and chats.
-//! - [`chat`]: an OpenAI chat request normalised as vLLM and transformers do, and rendered.
+//! - [`chat`]: an OpenAI chat request and its rendering with the model's template.
+//! - [`conversation`]: messages and tools normalised as vLLM and transformers do.
 //! - [`template`]: the jinja environment HF templates expect (minijinja with Python semantics).
 //! - [`pyjson`]: Python's `json.dumps` and `str()` for template values.
 //! - [`segment`]: where a prompt may be cut without changing its ids (added-token boundaries).
@@ -20,6 +21,7 @@
 
 pub mod cache;
 pub mod chat;
+pub mod conversation;
 pub mod error;
 pub mod model;
 pub mod pool;
@@ -33,6 +35,9 @@ pub use cache::TokenCache;
 pub use chat::ChatRequest;
 pub use error::Error;
 pub use model::{Encoded, ModelTokenizer, TokenizeInput};
-pub use pool::{TokenizationOptions, TokenizeOutcome, TokenizeRequest, TokenizeSource, Tokenization, Unavailable};
+pub use pool::{
+    Tokenization, TokenizationOptions, TokenizeOutcome, TokenizeRequest, TokenizeSource,
+    Unavailable,
+};
 pub use registry::{ModelSource, RegistryConfig, TokenizerRegistry};
 pub use remote::{HttpClient, HyperClient, RemoteTokenizer};

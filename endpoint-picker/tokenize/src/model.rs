@@ -106,8 +106,8 @@ impl ModelTokenizer {
     /// Loads the tokenizer files of one model directory.
     pub fn load(dir: &Path) -> Result<Self, Error> {
         let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer_json =
-            read(&tokenizer_path)?.ok_or_else(|| Error::Load(format!("{}: not found", tokenizer_path.display())))?;
+        let tokenizer_json = read(&tokenizer_path)?
+            .ok_or_else(|| Error::Load(format!("{}: not found", tokenizer_path.display())))?;
         let config_path = dir.join("tokenizer_config.json");
         let config = match read(&config_path)? {
             Some(text) => parse_json(&config_path, &text)?,
@@ -145,8 +145,13 @@ impl ModelTokenizer {
 
     /// Builds a tokenizer from `tokenizer.json` text, the parsed `tokenizer_config.json` and the chat
     /// templates (name → source).
-    pub fn from_parts(tokenizer_json: &str, config: &Value, templates: Vec<(String, String)>) -> Result<Self, Error> {
-        let mut tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes()).map_err(|e| Error::Load(e.to_string()))?;
+    pub fn from_parts(
+        tokenizer_json: &str,
+        config: &Value,
+        templates: Vec<(String, String)>,
+    ) -> Result<Self, Error> {
+        let mut tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes())
+            .map_err(|e| Error::Load(e.to_string()))?;
         tokenizer
             .with_truncation(None)
             .map_err(|e| Error::Load(e.to_string()))?;
@@ -154,14 +159,22 @@ impl ModelTokenizer {
         tokenizer.set_encode_special_tokens(false);
 
         // Tokens the config declares but tokenizer.json lacks are added, as transformers does.
-        let present = |t: &Tokenizer, c: &str| t.get_added_tokens_decoder().values().any(|a| a.content == c);
+        let present = |t: &Tokenizer, c: &str| {
+            t.get_added_tokens_decoder()
+                .values()
+                .any(|a| a.content == c)
+        };
         if let Some(Value::Object(decoder)) = config.get("added_tokens_decoder") {
-            let mut entries: Vec<(u64, &Value)> =
-                decoder.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v))).collect();
+            let mut entries: Vec<(u64, &Value)> = decoder
+                .iter()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
+                .collect();
             entries.sort_by_key(|(id, _)| *id);
             for (_, v) in entries {
                 if let Some(t) = token_of(v).filter(|t| !present(&tokenizer, &t.content)) {
-                    tokenizer.add_tokens([t]).map_err(|e| Error::Load(e.to_string()))?;
+                    tokenizer
+                        .add_tokens([t])
+                        .map_err(|e| Error::Load(e.to_string()))?;
                 }
             }
         }
@@ -197,10 +210,19 @@ impl ModelTokenizer {
 
         if tokenizer.get_post_processor().is_none() {
             let flag = |k: &str| config.get(k).and_then(Value::as_bool).unwrap_or(false);
-            let lookup = |name: &str| special_tokens.iter().find(|(n, _)| n == name).map(|(_, c)| c.clone());
+            let lookup = |name: &str| {
+                special_tokens
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, c)| c.clone())
+            };
             let mut single = Vec::new();
             let mut specials = Vec::new();
-            for (key, name) in [("add_bos_token", "bos_token"), ("", "$A"), ("add_eos_token", "eos_token")] {
+            for (key, name) in [
+                ("add_bos_token", "bos_token"),
+                ("", "$A"),
+                ("add_eos_token", "eos_token"),
+            ] {
                 if name == "$A" {
                     single.push(name.to_string());
                 } else if flag(key)
@@ -231,7 +253,9 @@ impl ModelTokenizer {
         };
         let mut boundaries = Boundaries::analyze(&tokenizer);
         if !boundaries.self_check(&tokenizer) {
-            tracing::warn!("tokenizer failed the segment self-check; its prompts are encoded whole");
+            tracing::warn!(
+                "tokenizer failed the segment self-check; its prompts are encoded whole"
+            );
             boundaries = Boundaries::none();
         }
         let affix = affix_of(&tokenizer);
@@ -282,7 +306,12 @@ impl ModelTokenizer {
     }
 
     /// Encodes `text` as `tokenizer.encode(text, add_special_tokens)` would.
-    pub fn encode(&self, text: &str, add_special_tokens: bool, cache: &TokenCache) -> Result<Encoded, Error> {
+    pub fn encode(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+        cache: &TokenCache,
+    ) -> Result<Encoded, Error> {
         let affix = if add_special_tokens {
             match &self.affix {
                 Some(a) => Some(a),
@@ -377,6 +406,11 @@ fn affix_of(tokenizer: &Tokenizer) -> Option<(Vec<u32>, Vec<u32>)> {
         return None;
     }
     // The affix must not depend on the text: two tokens in, the same affix around them.
-    let expected: Vec<u32> = prefix.iter().copied().chain([SENTINEL, SENTINEL]).chain(suffix.iter().copied()).collect();
+    let expected: Vec<u32> = prefix
+        .iter()
+        .copied()
+        .chain([SENTINEL, SENTINEL])
+        .chain(suffix.iter().copied())
+        .collect();
     (two == expected).then(|| (prefix.to_vec(), suffix.to_vec()))
 }

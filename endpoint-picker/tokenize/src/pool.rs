@@ -155,7 +155,11 @@ pub struct Tokenization {
 
 impl Tokenization {
     /// A service over `registry`; `remote` enables the pod fallback (`--remote-tokenize`).
-    pub fn new(registry: Arc<TokenizerRegistry>, remote: Option<RemoteTokenizer>, options: TokenizationOptions) -> Self {
+    pub fn new(
+        registry: Arc<TokenizerRegistry>,
+        remote: Option<RemoteTokenizer>,
+        options: TokenizationOptions,
+    ) -> Self {
         Self {
             registry,
             cache: Arc::new(TokenCache::new(options.cache_bytes)),
@@ -179,7 +183,11 @@ impl Tokenization {
 
     /// Tokenizes `request` within the deadline. `endpoint` (`http://ip:port` of a pod serving the
     /// model) is where the remote fallback asks, when enabled.
-    pub async fn tokenize(&self, request: TokenizeRequest, endpoint: Option<&str>) -> TokenizeOutcome {
+    pub async fn tokenize(
+        &self,
+        request: TokenizeRequest,
+        endpoint: Option<&str>,
+    ) -> TokenizeOutcome {
         let deadline = Instant::now() + self.options.timeout;
         if self.tasks.is_closed() {
             return TokenizeOutcome::Unavailable(Unavailable::Closed);
@@ -205,9 +213,9 @@ impl Tokenization {
         });
         match tokio::time::timeout_at(deadline, handle).await {
             Err(_) => TokenizeOutcome::Unavailable(Unavailable::Timeout),
-            Ok(Err(join)) => TokenizeOutcome::Unavailable(Unavailable::Failed(Error::Encode(format!(
-                "tokenizer task failed: {join}"
-            )))),
+            Ok(Err(join)) => TokenizeOutcome::Unavailable(Unavailable::Failed(Error::Encode(
+                format!("tokenizer task failed: {join}"),
+            ))),
             Ok(Ok(Err(e))) => TokenizeOutcome::Unavailable(Unavailable::Failed(e)),
             Ok(Ok(Ok(encoded))) => TokenizeOutcome::Tokens {
                 source: if encoded.fresh_tokens == 0 && encoded.cached_tokens > 0 {
@@ -221,13 +229,20 @@ impl Tokenization {
         }
     }
 
-    async fn tokenize_remote(&self, request: TokenizeRequest, endpoint: Option<&str>, deadline: Instant) -> TokenizeOutcome {
+    async fn tokenize_remote(
+        &self,
+        request: TokenizeRequest,
+        endpoint: Option<&str>,
+        deadline: Instant,
+    ) -> TokenizeOutcome {
         let (Some(remote), Some(endpoint)) = (&self.remote, endpoint) else {
             return TokenizeOutcome::Unavailable(Unavailable::NoTokenizer);
         };
         let call = remote.tokenize(endpoint, &request.model, &request.input);
         match tokio::time::timeout_at(deadline, call).await {
-            Err(_) | Ok(Err(Error::RemoteTimeout)) => TokenizeOutcome::Unavailable(Unavailable::Timeout),
+            Err(_) | Ok(Err(Error::RemoteTimeout)) => {
+                TokenizeOutcome::Unavailable(Unavailable::Timeout)
+            }
             Ok(Err(e)) => TokenizeOutcome::Unavailable(Unavailable::Failed(e)),
             Ok(Ok(ids)) => TokenizeOutcome::Tokens {
                 ids,

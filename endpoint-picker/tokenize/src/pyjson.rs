@@ -128,7 +128,11 @@ fn write_key(out: &mut String, key: &Value, o: &DumpOptions) -> Result<(), Error
     match key.kind() {
         ValueKind::String => write_string(out, key.as_str().unwrap_or_default(), o.ensure_ascii),
         ValueKind::None => out.push_str("\"null\""),
-        ValueKind::Bool => out.push_str(if key.is_true() { "\"true\"" } else { "\"false\"" }),
+        ValueKind::Bool => out.push_str(if key.is_true() {
+            "\"true\""
+        } else {
+            "\"false\""
+        }),
         ValueKind::Number => {
             let mut s = String::new();
             write_number(&mut s, key);
@@ -226,9 +230,9 @@ pub fn py_str(value: &Value) -> Option<String> {
     match value.kind() {
         ValueKind::None => Some("None".into()),
         ValueKind::Bool => Some(if value.is_true() { "True" } else { "False" }.into()),
-        ValueKind::Number if !value.is_integer() => {
-            f64::try_from(value.clone()).ok().map(|f| float_repr(f, false))
-        }
+        ValueKind::Number if !value.is_integer() => f64::try_from(value.clone())
+            .ok()
+            .map(|f| float_repr(f, false)),
         ValueKind::Seq | ValueKind::Map => {
             let mut out = String::new();
             py_repr(&mut out, value).ok()?;
@@ -242,7 +246,11 @@ fn py_repr(out: &mut String, v: &Value) -> Result<(), Error> {
     match v.kind() {
         ValueKind::String => {
             let s = v.as_str().unwrap_or_default();
-            let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+            let quote = if s.contains('\'') && !s.contains('"') {
+                '"'
+            } else {
+                '\''
+            };
             out.push(quote);
             for c in s.chars() {
                 match c {
@@ -321,7 +329,9 @@ mod tests {
 
     #[test]
     fn dumps_matches_python_defaults_and_indent() {
-        let v = Value::from(minijinja::value::Serde(serde_json::json!({"b": [1, 2.5, null, true], "a": "é\"\n", "c": {}})));
+        let v = Value::from(minijinja::value::Serde(
+            serde_json::json!({"b": [1, 2.5, null, true], "a": "é\"\n", "c": {}}),
+        ));
         assert_eq!(
             dumps(&v, &DumpOptions::default()).unwrap(),
             r#"{"b": [1, 2.5, null, true], "a": "é\"\n", "c": {}}"#
@@ -345,7 +355,9 @@ mod tests {
     fn str_prints_like_python() {
         assert_eq!(py_str(&Value::from(())).as_deref(), Some("None"));
         assert_eq!(py_str(&Value::from(true)).as_deref(), Some("True"));
-        let v = Value::from(minijinja::value::Serde(serde_json::json!(["a'b", {"k": 1}])));
+        let v = Value::from(minijinja::value::Serde(
+            serde_json::json!(["a'b", {"k": 1}]),
+        ));
         assert_eq!(py_str(&v).as_deref(), Some(r#"["a'b", {'k': 1}]"#));
     }
 }

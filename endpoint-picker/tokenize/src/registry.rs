@@ -37,7 +37,9 @@ impl RegistryConfig {
         let (model, source) = flag
             .split_once('=')
             .filter(|(m, s)| !m.is_empty() && !s.is_empty())
-            .ok_or_else(|| Error::Config(format!("expected MODEL=DIR or ADAPTER=@BASE, got {flag:?}")))?;
+            .ok_or_else(|| {
+                Error::Config(format!("expected MODEL=DIR or ADAPTER=@BASE, got {flag:?}"))
+            })?;
         let source = match source.strip_prefix('@') {
             Some(base) if !base.is_empty() => ModelSource::Alias(base.to_string()),
             Some(_) => return Err(Error::Config(format!("empty base model in {flag:?}"))),
@@ -94,7 +96,9 @@ impl TokenizerRegistry {
                 ModelSource::Dir(dir) => load_dir(name, dir, &mut registry)?,
                 ModelSource::Alias(base) => {
                     let t = registry.models.get(base).cloned().ok_or_else(|| {
-                        Error::Config(format!("{name}=@{base}: no tokenizer for {base:?} (list the base first)"))
+                        Error::Config(format!(
+                            "{name}=@{base}: no tokenizer for {base:?} (list the base first)"
+                        ))
                     })?;
                     registry.models.insert(name.clone(), t);
                 }
@@ -133,8 +137,14 @@ impl TokenizerRegistry {
 
 /// Finds `tokenizer.json` up to two levels below `root` (`model/` or `org/model/`), skipping hidden
 /// entries (Kubernetes volume mounts keep `..data` and timestamped copies there).
-fn discover(root: &Path, dir: &Path, depth: usize, out: &mut Vec<(String, PathBuf)>) -> Result<(), Error> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::Load(format!("{}: {e}", dir.display())))?;
+fn discover(
+    root: &Path,
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<(String, PathBuf)>,
+) -> Result<(), Error> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::Load(format!("{}: {e}", dir.display())))?;
     let mut subdirs: Vec<PathBuf> = entries
         .flatten()
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))

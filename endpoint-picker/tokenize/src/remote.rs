@@ -30,7 +30,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Sends one JSON POST and returns the status and body.
 pub trait HttpClient: Send + Sync + std::fmt::Debug {
     /// POSTs `body` (JSON) to `url`.
-    fn post_json(&self, url: http::Uri, body: Bytes) -> BoxFuture<'_, Result<(http::StatusCode, Bytes), Error>>;
+    fn post_json(
+        &self,
+        url: http::Uri,
+        body: Bytes,
+    ) -> BoxFuture<'_, Result<(http::StatusCode, Bytes), Error>>;
 }
 
 /// [`HttpClient`] over hyper-util's pooled HTTP/1 client.
@@ -58,7 +62,11 @@ impl Default for HyperClient {
 }
 
 impl HttpClient for HyperClient {
-    fn post_json(&self, url: http::Uri, body: Bytes) -> BoxFuture<'_, Result<(http::StatusCode, Bytes), Error>> {
+    fn post_json(
+        &self,
+        url: http::Uri,
+        body: Bytes,
+    ) -> BoxFuture<'_, Result<(http::StatusCode, Bytes), Error>> {
         Box::pin(async move {
             let request = http::Request::post(url)
                 .header(http::header::CONTENT_TYPE, "application/json")
@@ -94,7 +102,12 @@ impl RemoteTokenizer {
     }
 
     /// The ids pod `base` (e.g. `http://10.0.0.5:8000`) computes for `input` under `model`.
-    pub async fn tokenize(&self, base: &str, model: &str, input: &TokenizeInput) -> Result<Vec<u32>, Error> {
+    pub async fn tokenize(
+        &self,
+        base: &str,
+        model: &str,
+        input: &TokenizeInput,
+    ) -> Result<Vec<u32>, Error> {
         let url: http::Uri = format!("{}/tokenize", base.trim_end_matches('/'))
             .parse()
             .map_err(|e| Error::Remote(format!("bad endpoint {base:?}: {e}")))?;
@@ -121,8 +134,14 @@ pub fn request_body(model: &str, input: &TokenizeInput) -> Value {
             let mut body = Map::new();
             body.insert("model".into(), model.into());
             body.insert("messages".into(), Value::Array(chat.messages.clone()));
-            body.insert("add_generation_prompt".into(), chat.add_generation_prompt.into());
-            body.insert("continue_final_message".into(), chat.continue_final_message.into());
+            body.insert(
+                "add_generation_prompt".into(),
+                chat.add_generation_prompt.into(),
+            );
+            body.insert(
+                "continue_final_message".into(),
+                chat.continue_final_message.into(),
+            );
             body.insert("add_special_tokens".into(), chat.add_special_tokens.into());
             if let Some(tools) = &chat.tools {
                 body.insert("tools".into(), Value::Array(tools.clone()));
@@ -134,7 +153,10 @@ pub fn request_body(model: &str, input: &TokenizeInput) -> Value {
                 body.insert("chat_template".into(), template.clone().into());
             }
             if !chat.chat_template_kwargs.is_empty() {
-                body.insert("chat_template_kwargs".into(), Value::Object(chat.chat_template_kwargs.clone()));
+                body.insert(
+                    "chat_template_kwargs".into(),
+                    Value::Object(chat.chat_template_kwargs.clone()),
+                );
             }
             Value::Object(body)
         }
@@ -148,9 +170,12 @@ pub fn parse_response(body: &[u8]) -> Result<Vec<u32>, Error> {
         tokens: Vec<u32>,
         count: Option<usize>,
     }
-    let r: Response = serde_json::from_slice(body).map_err(|e| Error::Remote(format!("bad /tokenize answer: {e}")))?;
+    let r: Response = serde_json::from_slice(body)
+        .map_err(|e| Error::Remote(format!("bad /tokenize answer: {e}")))?;
     if r.count.is_some_and(|c| c != r.tokens.len()) {
-        return Err(Error::Remote("`count` differs from the number of `tokens`".into()));
+        return Err(Error::Remote(
+            "`count` differs from the number of `tokens`".into(),
+        ));
     }
     Ok(r.tokens)
 }
@@ -170,7 +195,9 @@ mod tests {
             request_body("m", &prompt).to_string(),
             r#"{"model":"m","prompt":"hi","add_special_tokens":true}"#
         );
-        let chat = TokenizeInput::Chat(ChatRequest::new(vec![json!({"role": "user", "content": "x"})]));
+        let chat = TokenizeInput::Chat(ChatRequest::new(vec![
+            json!({"role": "user", "content": "x"}),
+        ]));
         assert_eq!(
             request_body("m", &chat).to_string(),
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"add_generation_prompt":true,"continue_final_message":false,"add_special_tokens":false}"#

@@ -101,7 +101,9 @@ impl Boundaries {
             }
         }
         probes.iter().all(|p| {
-            let whole = tokenizer.encode_fast(p.as_str(), false).map(|e| e.get_ids().to_vec());
+            let whole = tokenizer
+                .encode_fast(p.as_str(), false)
+                .map(|e| e.get_ids().to_vec());
             let mut pieces = Vec::new();
             for s in self.split(p) {
                 match tokenizer.encode_fast(s, false) {
@@ -241,7 +243,12 @@ mod tests {
         let pieces: Vec<&str> = b.split(text).collect();
         assert_eq!(
             pieces,
-            vec!["<|im_start|>user\nhi <b>", "<|im_end|>\n", "<|im_start|>", "<|im_start|>x"]
+            vec![
+                "<|im_start|>user\nhi <b>",
+                "<|im_end|>\n",
+                "<|im_start|>",
+                "<|im_start|>x"
+            ]
         );
         assert_eq!(pieces.concat(), text);
         assert_eq!(b.split("").count(), 0);

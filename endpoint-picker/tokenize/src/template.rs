@@ -45,7 +45,9 @@ fn environment() -> Result<Environment<'static>, Error> {
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
     env.set_formatter(|out, state, value| match pyjson::py_str(value) {
-        Some(s) => out.write_str(&s).map_err(|_| minijinja::Error::from(ErrorKind::WriteFailure)),
+        Some(s) => out
+            .write_str(&s)
+            .map_err(|_| minijinja::Error::from(ErrorKind::WriteFailure)),
         None => minijinja::escape_formatter(out, state, value),
     });
     Ok(env)
@@ -69,7 +71,8 @@ impl ChatTemplates {
     pub fn select(&self, requested: Option<&str>, has_tools: bool) -> Result<&str, Error> {
         let pick = |name: &str| self.formats.get_key_value(name).map(|(k, _)| k.as_str());
         if let Some(name) = requested {
-            return pick(name).ok_or_else(|| Error::NoChatTemplate(format!("no template named {name:?}")));
+            return pick(name)
+                .ok_or_else(|| Error::NoChatTemplate(format!("no template named {name:?}")));
         }
         if has_tools && let Some(name) = pick("tool_use") {
             return Ok(name);
@@ -85,7 +88,10 @@ impl ChatTemplates {
 
     /// How content is passed to template `name`.
     pub fn format(&self, name: &str) -> ContentFormat {
-        self.formats.get(name).copied().unwrap_or(ContentFormat::String)
+        self.formats
+            .get(name)
+            .copied()
+            .unwrap_or(ContentFormat::String)
     }
 
     /// Renders template `name` with `context`.
@@ -156,10 +162,18 @@ fn rewrite_generation_tags(source: &str) -> String {
 /// transformers' `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
 fn tojson(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
     let mut positional = args.0.into_iter();
-    let ensure_ascii = kwargs.get::<Option<Value>>("ensure_ascii")?.or_else(|| positional.next());
-    let indent = kwargs.get::<Option<Value>>("indent")?.or_else(|| positional.next());
-    let separators = kwargs.get::<Option<Value>>("separators")?.or_else(|| positional.next());
-    let sort_keys = kwargs.get::<Option<Value>>("sort_keys")?.or_else(|| positional.next());
+    let ensure_ascii = kwargs
+        .get::<Option<Value>>("ensure_ascii")?
+        .or_else(|| positional.next());
+    let indent = kwargs
+        .get::<Option<Value>>("indent")?
+        .or_else(|| positional.next());
+    let separators = kwargs
+        .get::<Option<Value>>("separators")?
+        .or_else(|| positional.next());
+    let sort_keys = kwargs
+        .get::<Option<Value>>("sort_keys")?
+        .or_else(|| positional.next());
     kwargs.assert_all_used()?;
 
     let indent = match indent {
@@ -201,11 +215,27 @@ fn strftime_now(_state: &State, format: String) -> Result<Value, minijinja::Erro
 }
 
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-    "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ];
 const DAYS: [&str; 7] = [
-    "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
 ];
 
 /// Formats Unix time `secs` (UTC) with C `strftime` directives.
@@ -283,23 +313,38 @@ mod tests {
         // 2024-07-26 13:25:09 UTC, a Friday.
         let t = 1_722_000_309;
         assert_eq!(strftime(t, "%d %b %Y"), "26 Jul 2024");
-        assert_eq!(strftime(t, "%A %B %e, %H:%M:%S %p %j %y %%"), "Friday July 26, 13:25:09 PM 208 24 %");
+        assert_eq!(
+            strftime(t, "%A %B %e, %H:%M:%S %p %j %y %%"),
+            "Friday July 26, 13:25:09 PM 208 24 %"
+        );
         assert_eq!(strftime(0, "%Y-%m-%d %a"), "1970-01-01 Thu");
     }
 
     #[test]
     fn generation_tags_become_transparent_blocks() {
         let src = "a{%- generation %}b{% endgeneration -%} c";
-        assert_eq!(rewrite_generation_tags(src), "a{%- if true %}b{% endif -%} c");
+        assert_eq!(
+            rewrite_generation_tags(src),
+            "a{%- if true %}b{% endif -%} c"
+        );
         let t = ChatTemplates::compile(vec![("default".into(), src.into())]).unwrap();
         assert_eq!(t.render("default", &Value::from(())).unwrap(), "abc");
     }
 
     #[test]
     fn content_format_detects_loops_over_content() {
-        assert_eq!(content_format("{% for p in message['content'] %}"), ContentFormat::OpenAi);
-        assert_eq!(content_format("{%- for p in m.content -%}"), ContentFormat::OpenAi);
-        assert_eq!(content_format("{{ message.content }}{% for m in messages %}"), ContentFormat::String);
+        assert_eq!(
+            content_format("{% for p in message['content'] %}"),
+            ContentFormat::OpenAi
+        );
+        assert_eq!(
+            content_format("{%- for p in m.content -%}"),
+            ContentFormat::OpenAi
+        );
+        assert_eq!(
+            content_format("{{ message.content }}{% for m in messages %}"),
+            ContentFormat::String
+        );
     }
 
     #[test]
@@ -310,15 +355,20 @@ mod tests {
                 .into(),
         )])
         .unwrap();
-        let ctx = Value::from(minijinja::value::Serde(serde_json::json!({"x": {"k": [1, "é<"]}, "n": null, "b": true})));
+        let ctx = Value::from(minijinja::value::Serde(
+            serde_json::json!({"x": {"k": [1, "é<"]}, "n": null, "b": true}),
+        ));
         assert_eq!(
             t.render("default", &ctx).unwrap(),
             "{\"k\": [1, \"é<\"]}|{\n  \"k\": [\n    1,\n    \"é<\"\n  ]\n}|None|True|a|['a', 'b']"
         );
-        let err = ChatTemplates::compile(vec![("default".into(), "{{ raise_exception('no') }}".into())])
-            .unwrap()
-            .render("default", &ctx)
-            .unwrap_err();
+        let err = ChatTemplates::compile(vec![(
+            "default".into(),
+            "{{ raise_exception('no') }}".into(),
+        )])
+        .unwrap()
+        .render("default", &ctx)
+        .unwrap_err();
         assert!(matches!(err, Error::Template(m) if m.contains("no")));
     }
 }

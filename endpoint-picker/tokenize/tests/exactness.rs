@@ -4,6 +4,7 @@
 //! does, rendered by `transformers.apply_chat_template` (jinja2), encoded by Python `tokenizers`.
 //! Each case is checked three ways: without a cache, with a cold cache, and again warm (spliced
 //! from cached segments). Any mismatch fails, with the first differing position reported.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +21,10 @@ fn reference() -> Value {
 }
 
 fn first_difference(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()))
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()))
 }
 
 fn chat_request(case: &Value) -> ChatRequest {
@@ -49,7 +53,12 @@ fn check_model(name: &str, cases: &Value) -> (usize, Vec<String>) {
             }
         }
     };
-    for (i, case) in cases["completions"].as_array().expect("completions").iter().enumerate() {
+    for (i, case) in cases["completions"]
+        .as_array()
+        .expect("completions")
+        .iter()
+        .enumerate()
+    {
         let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).expect("ids");
         let input = TokenizeInput::Prompt {
             text: case["prompt"].as_str().expect("prompt").to_string(),
@@ -64,7 +73,9 @@ fn check_model(name: &str, cases: &Value) -> (usize, Vec<String>) {
         if case.get("error").is_some() {
             match model.render_chat(&request) {
                 Err(Error::Template(_)) | Err(Error::InvalidRequest(_)) => {}
-                other => bad.push(format!("{name} chat #{i}: transformers refused it, we gave {other:?}")),
+                other => bad.push(format!(
+                    "{name} chat #{i}: transformers refused it, we gave {other:?}"
+                )),
             }
             continue;
         }
@@ -72,7 +83,11 @@ fn check_model(name: &str, cases: &Value) -> (usize, Vec<String>) {
         match model.render_chat(&request) {
             Ok(text) if text == want_text => {}
             Ok(text) => {
-                let at = text.bytes().zip(want_text.bytes()).position(|(a, b)| a != b).unwrap_or(0);
+                let at = text
+                    .bytes()
+                    .zip(want_text.bytes())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
                 let lo = text.floor_char_boundary(at.saturating_sub(40));
                 bad.push(format!(
                     "{name} chat #{i}: rendered text differs at byte {at}: got {:?}, want {:?}",
@@ -88,7 +103,12 @@ fn check_model(name: &str, cases: &Value) -> (usize, Vec<String>) {
             }
         }
         let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).expect("ids");
-        compare(&mut bad, format!("chat #{i}"), TokenizeInput::Chat(request), &want);
+        compare(
+            &mut bad,
+            format!("chat #{i}"),
+            TokenizeInput::Chat(request),
+            &want,
+        );
     }
     (checked, bad)
 }
@@ -124,7 +144,13 @@ fn fixture_models_have_the_expected_boundaries() {
     };
     assert_eq!(
         boundaries("chatml"),
-        ["</tool_call>", "<tool_call>", "<|endoftext|>", "<|im_end|>", "<|im_start|>"]
+        [
+            "</tool_call>",
+            "<tool_call>",
+            "<|endoftext|>",
+            "<|im_end|>",
+            "<|im_start|>"
+        ]
     );
     assert!(boundaries("llama3").contains(&"<|eot_id|>".to_string()));
     // `[INST]` is a prefix of nothing and `</s>`, `<s>` cannot straddle each other.

@@ -5,6 +5,7 @@
 //! before and after tokens, Unicode, and text that prefixes or overlaps tokens. For each, the cache is
 //! warmed with a random other text first (so some segments hit, some miss), then the spliced ids are
 //! compared with a whole `encode`, with and without special tokens.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
 
 use std::path::Path;
 
@@ -12,34 +13,46 @@ use kvpick_tokenize::{ModelTokenizer, TokenCache};
 use proptest::prelude::*;
 
 fn load(name: &str) -> ModelTokenizer {
-    ModelTokenizer::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name))
-        .expect("fixture model loads")
+    ModelTokenizer::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .expect("fixture model loads")
 }
 
 const FRAGMENTS: &[&str] = &[
-    " ", "  ", "\n", "\n\n", "\t", "\r\n", "a", "hello", " world", "_", "x_y", "123", "4567", ".", ",",
-    "!?", "'s", "é", "e\u{301}", "😀", "中文", "▁", "<", ">", "|", "[", "]", "/", "<|", "|>", "<|im", "_start",
-    "<s", "s>", "</", "[INST", "INST]", "<tool", "call>", "\u{a0}", "\u{200b}",
+    " ", "  ", "\n", "\n\n", "\t", "\r\n", "a", "hello", " world", "_", "x_y", "123", "4567", ".",
+    ",", "!?", "'s", "é", "e\u{301}", "😀", "中文", "▁", "<", ">", "|", "[", "]", "/", "<|", "|>",
+    "<|im", "_start", "<s", "s>", "</", "[INST", "INST]", "<tool", "call>", "\u{a0}", "\u{200b}",
 ];
 
 fn text_strategy(tokens: Vec<String>) -> impl Strategy<Value = String> {
     let mut pool: Vec<String> = FRAGMENTS.iter().map(|s| s.to_string()).collect();
     pool.extend(tokens.iter().cloned());
     pool.extend(tokens.iter().cloned()); // tokens twice as likely
-    proptest::collection::vec(proptest::sample::select(pool), 0..40).prop_map(|parts| parts.concat())
+    proptest::collection::vec(proptest::sample::select(pool), 0..40)
+        .prop_map(|parts| parts.concat())
 }
 
 fn check(model: &ModelTokenizer, warm: &str, text: &str) -> Result<(), TestCaseError> {
     let cache = TokenCache::new(1 << 20);
     for add_special_tokens in [false, true] {
-        model.encode(warm, add_special_tokens, &cache).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let spliced = model.encode(text, add_special_tokens, &cache).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        model
+            .encode(warm, add_special_tokens, &cache)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let spliced = model
+            .encode(text, add_special_tokens, &cache)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let whole = model
             .tokenizer()
             .encode_fast(text, add_special_tokens)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&spliced.ids, &whole.get_ids().to_vec(), "text {:?}", text);
-        prop_assert_eq!(spliced.cached_tokens + spliced.fresh_tokens <= spliced.ids.len(), true);
+        prop_assert_eq!(
+            spliced.cached_tokens + spliced.fresh_tokens <= spliced.ids.len(),
+            true
+        );
     }
     Ok(())
 }
@@ -97,13 +110,27 @@ fn hazards() -> ModelTokenizer {
 fn hazardous_tokens_are_not_boundaries_and_a_naive_cut_would_differ() {
     let model = hazards();
     let b = model.boundaries().tokens();
-    for t in ["<|im_start|>", "<|im_end|>", "<mask>", "<w>", "<norm>", "tok<x>"] {
-        assert!(!b.contains(&t.to_string()), "{t} must not be a boundary: {b:?}");
+    for t in [
+        "<|im_start|>",
+        "<|im_end|>",
+        "<mask>",
+        "<w>",
+        "<norm>",
+        "tok<x>",
+    ] {
+        assert!(
+            !b.contains(&t.to_string()),
+            "{t} must not be a boundary: {b:?}"
+        );
     }
     assert!(b.contains(&"<tool_call>".to_string()));
     // Cutting "ab<|im_start|>user" before <|im_start|> would change the ids.
     let t = model.tokenizer();
-    let whole = t.encode_fast("ab<|im_start|>user", false).unwrap().get_ids().to_vec();
+    let whole = t
+        .encode_fast("ab<|im_start|>user", false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
     let mut naive = t.encode_fast("ab", false).unwrap().get_ids().to_vec();
     naive.extend(t.encode_fast("<|im_start|>user", false).unwrap().get_ids());
     assert_ne!(whole, naive);
@@ -128,7 +155,19 @@ fn a_repeated_conversation_is_served_from_the_cache() {
     let turn = "<|im_start|>user\nhello there<|im_end|>\n<|im_start|>assistant\nhi!<|im_end|>\n";
     let first = model.encode(&turn.repeat(3), false, &cache).unwrap();
     assert_eq!(first.cached_tokens, first.ids.len() - first.fresh_tokens);
-    let next = model.encode(&format!("{}<|im_start|>user\nmore", turn.repeat(3)), false, &cache).unwrap();
-    assert!(next.cached_tokens >= first.ids.len(), "the whole history hits");
-    assert!(next.fresh_tokens > 0 && next.fresh_tokens < 8, "only the new turn is encoded");
+    let next = model
+        .encode(
+            &format!("{}<|im_start|>user\nmore", turn.repeat(3)),
+            false,
+            &cache,
+        )
+        .unwrap();
+    assert!(
+        next.cached_tokens >= first.ids.len(),
+        "the whole history hits"
+    );
+    assert!(
+        next.fresh_tokens > 0 && next.fresh_tokens < 8,
+        "only the new turn is encoded"
+    );
 }
