@@ -1,0 +1,145 @@
+//! CPU cost of tokenizing chat requests: 8k-, 32k- and 100k-token conversations, cold (nothing
+//! cached) and warm (the next turn of the same conversation, its history cached), through the same
+//! `ModelTokenizer::tokenize` the endpoint picker calls (render the chat template, cut at added
+//! tokens, splice cached segments, encode the rest).
+//!
+//! Tokenizer: the byte-level BPE + ChatML fixture of kvpick-tokenize (3,000-token vocabulary, NFC,
+//! a Llama-3/Qwen2 split regex). Text: generated pseudo-English with code and Unicode, Zipf-distributed
+//! words. Single-threaded, no I/O: wall time per iteration is CPU time per request.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use kvpick_tokenize::{ChatRequest, ModelTokenizer, TokenCache, TokenizeInput};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+const COMMON: &[&str] = &[
+    "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "was", "on", "be", "by",
+    "this", "are", "from", "at", "or", "an", "not", "have", "which", "but", "all", "they", "were",
+    "model", "token", "cache", "request", "prefix", "block", "memory", "server", "latency", "router",
+    "question", "answer", "because", "however", "performance", "configuration", "implementation",
+];
+const EXTRAS: &[&str] = &[
+    "\n\n", "\n", "```python\ndef f(x):\n    return x * 2\n```\n", "中文文本", "café", "😀", "    ",
+    "{\"key\": [1, 2, 3]}", "https://example.com/a?b=c",
+];
+
+/// Pseudo-English: common words plus a Zipf-distributed vocabulary of syllable words.
+struct Prose {
+    rng: SmallRng,
+    vocab: Vec<String>,
+}
+
+impl Prose {
+    fn new(seed: u64) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let syllables = ["ka", "lo", "mi", "ter", "san", "vo", "rin", "del", "qua", "ph", "ex", "ing", "tion"];
+        let vocab = (0..5000)
+            .map(|_| {
+                let n = rng.random_range(1..5);
+                (0..n).map(|_| syllables[rng.random_range(0..syllables.len())]).collect()
+            })
+            .collect();
+        Self { rng, vocab }
+    }
+
+    fn text(&mut self, words: usize) -> String {
+        let mut out = String::new();
+        for i in 0..words {
+            let r: f64 = self.rng.random();
+            if r < 0.55 {
+                out.push_str(COMMON[self.rng.random_range(0..COMMON.len())]);
+            } else if r < 0.97 {
+                // Zipf-like: rank ~ 1/u.
+                let u: f64 = self.rng.random_range(0.0002..1.0);
+                let rank = ((1.0 / u) as usize).min(self.vocab.len()) - 1;
+                out.push_str(&self.vocab[rank]);
+            } else if r < 0.985 {
+                out.push_str(&self.rng.random_range(0..100_000).to_string());
+            } else {
+                out.push_str(EXTRAS[self.rng.random_range(0..EXTRAS.len())]);
+            }
+            let p: f64 = self.rng.random();
+            out.push_str(if p < 0.06 { ". " } else if p < 0.1 { ", " } else if i + 1 < words { " " } else { "." });
+        }
+        out
+    }
+}
+
+fn model() -> ModelTokenizer {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../endpoint-picker/tokenize/tests/fixtures/chatml");
+    ModelTokenizer::load(&dir).expect("the chatml fixture loads")
+}
+
+fn chat(messages: &[Value]) -> TokenizeInput {
+    TokenizeInput::Chat(ChatRequest::new(messages.to_vec()))
+}
+
+/// A conversation whose rendered prompt has about `target` tokens, ending with a user turn.
+fn conversation(model: &ModelTokenizer, target: usize, prose: &mut Prose) -> Vec<Value> {
+    let mut messages = vec![json!({"role": "system", "content": prose.text(60)})];
+    // Our own cache keeps this loop linear: each check encodes only the new messages.
+    let cache = TokenCache::new(256 << 20);
+    loop {
+        let words = 150 + prose.rng.random_range(0..300);
+        messages.push(json!({"role": "user", "content": prose.text(words)}));
+        let n = model.tokenize(&chat(&messages), &cache).map(|e| e.ids.len()).unwrap_or(0);
+        if n >= target {
+            return messages;
+        }
+        let words = 200 + prose.rng.random_range(0..500);
+        messages.push(json!({"role": "assistant", "content": prose.text(words)}));
+    }
+}
+
+fn tokenize(c: &mut Criterion) {
+    let model = model();
+    let mut prose = Prose::new(7);
+    let mut group = c.benchmark_group("tokenize_chat");
+    group.sample_size(10);
+    for (label, target) in [("8k", 8_000), ("32k", 32_000), ("100k", 100_000)] {
+        let messages = conversation(&model, target, &mut prose);
+        let request = chat(&messages);
+        let n = model.tokenize(&request, &TokenCache::new(0)).map(|e| e.ids.len()).unwrap_or(0);
+        eprintln!("{label}: {} messages, {n} tokens", messages.len());
+
+        group.bench_function(format!("{label}/render_only"), |b| {
+            let TokenizeInput::Chat(req) = &request else { return };
+            b.iter(|| model.render_chat(black_box(req)).map(|t| t.len()))
+        });
+        group.bench_function(format!("{label}/uncached"), |b| {
+            let off = TokenCache::new(0);
+            b.iter(|| model.tokenize(black_box(&request), &off).map(|e| e.ids.len()))
+        });
+        group.bench_function(format!("{label}/cold"), |b| {
+            b.iter_batched(
+                || TokenCache::new(256 << 20),
+                |cache| model.tokenize(black_box(&request), &cache).map(|e| e.ids.len()),
+                BatchSize::PerIteration,
+            )
+        });
+        // The next turn: the assistant answered, the user asked again; the history is cached.
+        let cache = TokenCache::new(256 << 20);
+        let _ = model.tokenize(&request, &cache);
+        let mut next = messages.clone();
+        next.push(json!({"role": "assistant", "content": prose.text(300)}));
+        let question = prose.text(100);
+        let mut turn = 0u64;
+        group.bench_function(format!("{label}/warm_next_turn"), |b| {
+            b.iter(|| {
+                // A different new question each time, so only the history hits.
+                turn += 1;
+                let mut m = next.clone();
+                m.push(json!({"role": "user", "content": format!("{question} ({turn})")}));
+                model.tokenize(black_box(&chat(&m)), &cache).map(|e| e.ids.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, tokenize);
+criterion_main!(benches);
