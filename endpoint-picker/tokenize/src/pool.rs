@@ -141,6 +141,26 @@ impl Default for TokenizationOptions {
     }
 }
 
+/// One request waiting for a slot, counted in `queued` until dropped.
+struct Waiting<'a> {
+    queued: &'a AtomicUsize,
+    /// How many were waiting before this one.
+    position: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(queued: &'a AtomicUsize) -> Self {
+        let position = queued.fetch_add(1, Ordering::AcqRel);
+        Self { queued, position }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Tokenization for the request path: local tokenizers, the cache, the remote fallback.
 #[derive(Debug)]
 pub struct Tokenization {
@@ -195,12 +215,13 @@ impl Tokenization {
         let Some(tokenizer) = self.registry.get(&request.model).cloned() else {
             return self.tokenize_remote(request, endpoint, deadline).await;
         };
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.options.max_queued {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        // Counted while waiting; the guard also uncounts a caller that gives up (drops this future).
+        let waiting = Waiting::enter(&self.queued);
+        if waiting.position >= self.options.max_queued {
             return TokenizeOutcome::Unavailable(Unavailable::Overloaded);
         }
         let permit = tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        drop(waiting);
         let permit = match permit {
             Err(_) => return TokenizeOutcome::Unavailable(Unavailable::Timeout),
             Ok(Err(_)) => return TokenizeOutcome::Unavailable(Unavailable::Closed),

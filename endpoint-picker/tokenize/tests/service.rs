@@ -295,3 +295,36 @@ async fn remote_timeout() {
     assert_eq!(out, TokenizeOutcome::Unavailable(Unavailable::Timeout));
     pod.stop().await;
 }
+
+#[tokio::test]
+async fn a_caller_that_gives_up_frees_its_queue_place() {
+    let options = TokenizationOptions {
+        timeout: Duration::from_secs(30),
+        max_in_flight: 1,
+        max_queued: 1,
+        ..TokenizationOptions::default()
+    };
+    let svc = Arc::new(Tokenization::new(registry(), None, options));
+    let long = TokenizeInput::Prompt {
+        text: "lorem ipsum dolor sit amet, ".repeat(40_000),
+        add_special_tokens: true,
+    };
+    // Occupies the only slot for a while.
+    let busy = {
+        let svc = svc.clone();
+        tokio::spawn(async move { svc.tokenize(request("qwen", long), None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Waits for the slot, then gives up (its future is dropped).
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(1),
+        svc.tokenize(request("qwen", chat(1)), None),
+    )
+    .await;
+    assert!(gave_up.is_err(), "it was still waiting");
+    // Its queue place is free again: this one waits and gets its ids.
+    let out = svc.tokenize(request("qwen", chat(2)), None).await;
+    assert_eq!(out.source(), TokenizeSource::Local, "{out:?}");
+    assert_eq!(busy.await.unwrap().source(), TokenizeSource::Local);
+    svc.shutdown().await;
+}
