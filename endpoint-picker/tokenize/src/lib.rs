@@ -16,6 +16,7 @@
 //! - [`cache`]: token ids by segment content, byte-budgeted LRU.
 //! - [`remote`]: vLLM's `/tokenize` over an injected HTTP client.
 //! - [`pool`]: [`Tokenization::tokenize`], the async API with a bounded pool and a deadline.
+//! - [`flags`]: parsers for the endpoint picker's `--tokenize-*` flags.
 //! - [`error`]: the crate's one error type.
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod cache;
 pub mod chat;
 pub mod conversation;
 pub mod error;
+pub mod flags;
 pub mod model;
 pub mod pool;
 pub mod pyjson;
