@@ -10,7 +10,9 @@ use crate::error::Error;
 /// A duration: a number with unit `us`, `ms`, `s` or `m`; a bare number is milliseconds.
 pub fn parse_duration(s: &str) -> Result<Duration, Error> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let value: f64 = number
         .parse()
@@ -20,7 +22,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, Error> {
         "" | "ms" => value / 1e3,
         "s" => value,
         "m" => value * 60.0,
-        other => return Err(Error::Config(format!("bad duration unit {other:?} in {s:?}"))),
+        other => {
+            return Err(Error::Config(format!(
+                "bad duration unit {other:?} in {s:?}"
+            )));
+        }
     };
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(Error::Config(format!("bad duration {s:?}")));

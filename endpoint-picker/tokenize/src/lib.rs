@@ -12,6 +12,7 @@
 //! - [`conversation`]: messages and tools normalised as vLLM and transformers do.
 //! - [`template`]: the jinja environment HF templates expect (minijinja with Python semantics).
 //! - [`pyjson`]: Python's `json.dumps` and `str()` for template values.
+//! - [`encode`]: the tokenizer pipeline returning ids only, skipping no-op Unicode normalizers.
 //! - [`segment`]: where a prompt may be cut without changing its ids (added-token boundaries).
 //! - [`cache`]: token ids by segment content, byte-budgeted LRU.
 //! - [`remote`]: vLLM's `/tokenize` over an injected HTTP client.
@@ -23,6 +24,7 @@
 pub mod cache;
 pub mod chat;
 pub mod conversation;
+pub mod encode;
 pub mod error;
 pub mod flags;
 pub mod model;

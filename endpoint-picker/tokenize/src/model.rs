@@ -17,6 +17,7 @@ use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use crate::cache::{SegmentKey, TokenCache};
 use crate::chat::{self, ChatRequest};
+use crate::encode::encode_ids;
 use crate::error::Error;
 use crate::segment::Boundaries;
 use crate::template::ChatTemplates;
@@ -336,10 +337,9 @@ impl ModelTokenizer {
                 cached_tokens += hit.len();
                 continue;
             }
-            let encoding = self.run(segment, false)?;
-            ids.extend_from_slice(encoding.get_ids());
-            fresh_tokens += encoding.get_ids().len();
-            cache.insert(key, Arc::from(encoding.get_ids()));
+            let start = ids.len();
+            fresh_tokens += encode_ids(&self.tokenizer, segment, &mut ids)?;
+            cache.insert(key, Arc::from(&ids[start..]));
         }
         if let Some((_, suffix)) = affix {
             ids.extend_from_slice(suffix);
@@ -352,18 +352,30 @@ impl ModelTokenizer {
     }
 
     fn encode_whole(&self, text: &str, add_special_tokens: bool) -> Result<Encoded, Error> {
-        let encoding = self.run(text, add_special_tokens)?;
+        let ids = match (add_special_tokens, &self.affix) {
+            (false, _) => {
+                let mut ids = Vec::with_capacity(text.len() / 3 + 8);
+                encode_ids(&self.tokenizer, text, &mut ids)?;
+                ids
+            }
+            (true, Some((prefix, suffix))) => {
+                let mut ids = prefix.clone();
+                encode_ids(&self.tokenizer, text, &mut ids)?;
+                ids.extend_from_slice(suffix);
+                ids
+            }
+            (true, None) => self
+                .tokenizer
+                .encode_fast(text, true)
+                .map_err(|e| Error::Encode(e.to_string()))?
+                .get_ids()
+                .to_vec(),
+        };
         Ok(Encoded {
-            ids: encoding.get_ids().to_vec(),
+            fresh_tokens: ids.len(),
             cached_tokens: 0,
-            fresh_tokens: encoding.get_ids().len(),
+            ids,
         })
-    }
-
-    fn run(&self, text: &str, add_special_tokens: bool) -> Result<Encoding, Error> {
-        self.tokenizer
-            .encode_fast(text, add_special_tokens)
-            .map_err(|e| Error::Encode(e.to_string()))
     }
 }
 
