@@ -17,7 +17,7 @@ use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use crate::cache::{SegmentKey, TokenCache};
 use crate::chat::{self, ChatRequest};
-use crate::encode::encode_ids;
+use crate::encode::Pipeline;
 use crate::error::Error;
 use crate::segment::Boundaries;
 use crate::template::ChatTemplates;
@@ -65,6 +65,7 @@ pub struct ModelTokenizer {
     templates: Option<ChatTemplates>,
     special_tokens: Vec<(String, String)>,
     boundaries: Boundaries,
+    pipeline: Pipeline,
     /// Ids the post-processor puts before and after the text with special tokens on, when it only
     /// adds an affix (TemplateProcessing, ByteLevel, Bert, Roberta); else encode whole.
     affix: Option<(Vec<u32>, Vec<u32>)>,
@@ -260,6 +261,7 @@ impl ModelTokenizer {
             boundaries = Boundaries::none();
         }
         let affix = affix_of(&tokenizer);
+        let pipeline = Pipeline::analyze(&tokenizer);
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write(tokenizer_json.as_bytes());
         Ok(Self {
@@ -267,6 +269,7 @@ impl ModelTokenizer {
             templates,
             special_tokens,
             boundaries,
+            pipeline,
             affix,
             seed: hasher.finish(),
         })
@@ -280,6 +283,11 @@ impl ModelTokenizer {
     /// The added tokens at which prompts are cut for the cache.
     pub fn boundaries(&self) -> &Boundaries {
         &self.boundaries
+    }
+
+    /// Whether the allocation-light byte-level pre-tokenization is used (see [`crate::encode`]).
+    pub fn is_byte_level(&self) -> bool {
+        self.pipeline.is_byte_level()
     }
 
     /// Whether the model has a chat template.
@@ -338,7 +346,9 @@ impl ModelTokenizer {
                 continue;
             }
             let start = ids.len();
-            fresh_tokens += encode_ids(&self.tokenizer, segment, &mut ids)?;
+            fresh_tokens += self
+                .pipeline
+                .encode_ids(&self.tokenizer, segment, &mut ids)?;
             cache.insert(key, Arc::from(&ids[start..]));
         }
         if let Some((_, suffix)) = affix {
@@ -355,12 +365,12 @@ impl ModelTokenizer {
         let ids = match (add_special_tokens, &self.affix) {
             (false, _) => {
                 let mut ids = Vec::with_capacity(text.len() / 3 + 8);
-                encode_ids(&self.tokenizer, text, &mut ids)?;
+                self.pipeline.encode_ids(&self.tokenizer, text, &mut ids)?;
                 ids
             }
             (true, Some((prefix, suffix))) => {
                 let mut ids = prefix.clone();
-                encode_ids(&self.tokenizer, text, &mut ids)?;
+                self.pipeline.encode_ids(&self.tokenizer, text, &mut ids)?;
                 ids.extend_from_slice(suffix);
                 ids
             }

@@ -135,6 +135,14 @@ fn every_fixture_case_matches_the_reference_ids() {
 }
 
 #[test]
+fn byte_level_models_take_the_allocation_light_path() {
+    for (name, byte_level) in [("chatml", true), ("llama3", true), ("mistral", false)] {
+        let m = ModelTokenizer::load(&fixtures().join(name)).expect("loads");
+        assert_eq!(m.is_byte_level(), byte_level, "{name}");
+    }
+}
+
+#[test]
 fn fixture_models_have_the_expected_boundaries() {
     let boundaries = |name: &str| {
         let m = ModelTokenizer::load(&fixtures().join(name)).expect("loads");

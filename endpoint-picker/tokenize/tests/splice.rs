@@ -171,3 +171,24 @@ fn a_repeated_conversation_is_served_from_the_cache() {
         "only the new turn is encoded"
     );
 }
+
+proptest! {
+    /// The ids-only pipeline (byte-level fast path, skipped no-op normalizers) against `encode_fast`
+    /// on arbitrary text, with and without special tokens.
+    #[test]
+    fn ids_only_pipeline_equals_encode_fast(text in "\\PC{0,60}|[ \\t\\n\\r\\u{a0}\\u{2028}a-zA-Z0-9'.,!?<>|_\\u{301}é😀中]{0,80}") {
+        thread_local! {
+            static MODELS: Vec<ModelTokenizer> = vec![load("chatml"), load("llama3"), load("mistral"), hazards()];
+        }
+        MODELS.with(|models| -> Result<(), TestCaseError> {
+            for model in models {
+                for special in [false, true] {
+                    let ours = model.encode(&text, special, &TokenCache::new(0)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let theirs = model.tokenizer().encode_fast(text.as_str(), special).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(&ours.ids, &theirs.get_ids().to_vec(), "text {:?}", text);
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
