@@ -6,6 +6,7 @@
 //! Tokenizer: the byte-level BPE + ChatML fixture of kvpick-tokenize (3,000-token vocabulary, NFC,
 //! a Llama-3/Qwen2 split regex). Text: generated pseudo-English with code and Unicode, Zipf-distributed
 //! words. Measured in CPU time of the process (all threads), not wall time: the machine is shared.
+#![allow(clippy::expect_used)] // a benchmark without its fixture has nothing to measure
 
 use std::hint::black_box;
 use std::path::Path;
