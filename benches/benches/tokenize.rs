@@ -3,8 +3,9 @@
 //! `ModelTokenizer::tokenize` the endpoint picker calls (render the chat template, cut at added
 //! tokens, splice cached segments, encode the rest).
 //!
-//! Tokenizer: the byte-level BPE + ChatML fixture of kvpick-tokenize (3,000-token vocabulary, NFC,
-//! a Llama-3/Qwen2 split regex). Text: generated pseudo-English with code and Unicode, Zipf-distributed
+//! Tokenizers: the byte-level BPE + ChatML fixture of kvpick-tokenize (3,000-token vocabulary, NFC,
+//! a Llama-3/Qwen2 split regex) at three sizes, and the Metaspace/byte-fallback + Mistral-template
+//! fixture at 100k. Text: generated pseudo-English with code and Unicode, Zipf-distributed
 //! words. Measured in CPU time of the process (all threads), not wall time: the machine is shared.
 #![allow(clippy::expect_used)] // a benchmark without its fixture has nothing to measure
 
@@ -130,10 +131,11 @@ impl Prose {
     }
 }
 
-fn model() -> ModelTokenizer {
+fn model(name: &str) -> ModelTokenizer {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../endpoint-picker/tokenize/tests/fixtures/chatml");
-    ModelTokenizer::load(&dir).expect("the chatml fixture loads")
+        .join("../endpoint-picker/tokenize/tests/fixtures")
+        .join(name);
+    ModelTokenizer::load(&dir).expect("the fixture loads")
 }
 
 fn chat(messages: &[Value]) -> TokenizeInput {
@@ -161,24 +163,57 @@ fn conversation(model: &ModelTokenizer, target: usize, prose: &mut Prose) -> Vec
 }
 
 fn tokenize(c: &mut Criterion<cpu_time::CpuTime>) {
-    let model = model();
-    let mut prose = Prose::new(7);
+    // The byte-level family at three sizes; the sentencepiece-style (Metaspace) one at 100k.
+    let runs = [
+        ("chatml", "8k", 8_000),
+        ("chatml", "32k", 32_000),
+        ("chatml", "100k", 100_000),
+        ("mistral", "100k", 100_000),
+    ];
     let mut group = c.benchmark_group("tokenize_chat");
     group.sample_size(10);
-    for (label, target) in [("8k", 8_000), ("32k", 32_000), ("100k", 100_000)] {
+    for (name, size, target) in runs {
+        let model = model(name);
+        let mut prose = Prose::new(7);
+        let label = if name == "chatml" {
+            size.to_string()
+        } else {
+            format!("{name}_{size}")
+        };
         let messages = conversation(&model, target, &mut prose);
+        let label = label.as_str();
         let request = chat(&messages);
         let n = model
             .tokenize(&request, &TokenCache::new(0))
             .map(|e| e.ids.len())
             .unwrap_or(0);
-        eprintln!("{label}: {} messages, {n} tokens", messages.len());
+        let bytes = match &request {
+            TokenizeInput::Chat(req) => model.render_chat(req).map(|t| t.len()).unwrap_or(0),
+            TokenizeInput::Prompt { text, .. } => text.len(),
+        };
+        eprintln!(
+            "{label}: {} messages, {n} tokens, {bytes} bytes rendered",
+            messages.len()
+        );
 
         group.bench_function(format!("{label}/render_only"), |b| {
             let TokenizeInput::Chat(req) = &request else {
                 return;
             };
             b.iter(|| model.render_chat(black_box(req)).map(|t| t.len()))
+        });
+        // The straightforward way, as a baseline in the same process: render, then HF `encode`.
+        group.bench_function(format!("{label}/baseline_hf_encode"), |b| {
+            let TokenizeInput::Chat(req) = &request else {
+                return;
+            };
+            b.iter(|| {
+                let text = model.render_chat(black_box(req)).expect("renders");
+                model
+                    .tokenizer()
+                    .encode(text.as_str(), false)
+                    .map(|e| e.len())
+            })
         });
         group.bench_function(format!("{label}/uncached"), |b| {
             let off = TokenCache::new(0);
