@@ -65,7 +65,8 @@ pub enum Unavailable {
     Overloaded,
     /// Shutting down.
     Closed,
-    /// Tokenization failed (template error, unsupported content, remote error).
+    /// Tokenization failed (template error, remote error, or content only the pod can expand, such
+    /// as images, with no remote tokenization to ask).
     Failed(Error),
 }
 
@@ -230,24 +231,39 @@ impl Tokenization {
         let cache = self.cache.clone();
         let handle = self.tasks.spawn_blocking(move || {
             let _permit = permit;
-            tokenizer.tokenize(&request.input, &cache)
+            let result = tokenizer.tokenize(&request.input, &cache);
+            (request, result)
         });
-        match tokio::time::timeout_at(deadline, handle).await {
-            Err(_) => TokenizeOutcome::Unavailable(Unavailable::Timeout),
-            Ok(Err(join)) => TokenizeOutcome::Unavailable(Unavailable::Failed(Error::Encode(
-                format!("tokenizer task failed: {join}"),
-            ))),
-            Ok(Ok(Err(e))) => TokenizeOutcome::Unavailable(Unavailable::Failed(e)),
-            Ok(Ok(Ok(encoded))) => TokenizeOutcome::Tokens {
-                source: if encoded.fresh_tokens == 0 && encoded.cached_tokens > 0 {
+        let request = match tokio::time::timeout_at(deadline, handle).await {
+            Err(_) => return TokenizeOutcome::Unavailable(Unavailable::Timeout),
+            Ok(Err(join)) => {
+                let e = Error::Encode(format!("tokenizer task failed: {join}"));
+                return TokenizeOutcome::Unavailable(Unavailable::Failed(e));
+            }
+            Ok(Ok((_, Ok(encoded)))) => {
+                let source = if encoded.fresh_tokens == 0 && encoded.cached_tokens > 0 {
                     TokenizeSource::Cache
                 } else {
                     TokenizeSource::Local
-                },
-                cached_tokens: encoded.cached_tokens,
-                ids: encoded.ids,
-            },
-        }
+                };
+                return TokenizeOutcome::Tokens {
+                    source,
+                    cached_tokens: encoded.cached_tokens,
+                    ids: encoded.ids,
+                };
+            }
+            // Content only the pod can expand (e.g. images): ask it, when we may.
+            Ok(Ok((request, Err(Error::Unsupported(what))))) => {
+                if self.remote.is_none() || endpoint.is_none() {
+                    return TokenizeOutcome::Unavailable(Unavailable::Failed(Error::Unsupported(
+                        what,
+                    )));
+                }
+                request
+            }
+            Ok(Ok((_, Err(e)))) => return TokenizeOutcome::Unavailable(Unavailable::Failed(e)),
+        };
+        self.tokenize_remote(request, endpoint, deadline).await
     }
 
     async fn tokenize_remote(

@@ -328,3 +328,30 @@ async fn a_caller_that_gives_up_frees_its_queue_place() {
     assert_eq!(busy.await.unwrap().source(), TokenizeSource::Local);
     svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn content_only_the_pod_can_expand_goes_remote() {
+    let image = TokenizeInput::Chat(ChatRequest::new(vec![json!({"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]})]));
+    let local_only = service(Duration::from_secs(5), false);
+    let out = local_only
+        .tokenize(request("qwen", image.clone()), None)
+        .await;
+    assert!(
+        matches!(out, TokenizeOutcome::Unavailable(Unavailable::Failed(ref e)) if e.label() == "unsupported")
+    );
+
+    // A stand-in pod that answers for anything: here it refuses images as a text-only pod would,
+    // which shows the request did go to it.
+    let pod = Pod::start(Duration::ZERO).await;
+    let with_remote = service(Duration::from_secs(5), true);
+    let out = with_remote
+        .tokenize(request("qwen", image), Some(&pod.base()))
+        .await;
+    assert!(
+        matches!(out, TokenizeOutcome::Unavailable(Unavailable::Failed(ref e)) if e.label() == "remote"),
+        "{out:?}"
+    );
+    pod.stop().await;
+}
