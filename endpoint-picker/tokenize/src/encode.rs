@@ -10,7 +10,12 @@
 //! - The byte-level family (`Split` regexes with `Isolated` behaviour, then `ByteLevel` without a
 //!   prefix space: GPT-2, Llama-3, Qwen2, DeepSeek) is pre-tokenized on plain `&str` slices with the
 //!   same regex engine and patterns, then mapped through the GPT-2 byte table into one reused buffer,
-//!   and handed to the tokenizer's own model. Any other pre-tokenizer runs as tokenizers runs it.
+//!   and handed to the tokenizer's own model.
+//! - The SentencePiece style (`Metaspace`) is run as `' '` → `▁`, the prepend rule, and the model on
+//!   each piece cut before a `▁`; with `split: false` that cut is exact only when no vocabulary
+//!   token holds `▁` past its start (true of SentencePiece-trained vocabularies), which is checked.
+//!
+//! Any other pre-tokenizer runs as tokenizers runs it.
 //!
 //! Checked against `encode_fast` by the splice property tests and against Python by the exactness
 //! tests.
@@ -29,6 +34,21 @@ use crate::error::Error;
 #[derive(Debug, Default)]
 pub struct Pipeline {
     byte_level: Option<ByteLevelSplits>,
+    metaspace: Option<MetaspacePieces>,
+}
+
+/// A Metaspace pre-tokenizer (SentencePiece style) whose model never merges across a `▁`.
+#[derive(Debug)]
+struct MetaspacePieces {
+    replacement: char,
+    prepend: Prepend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prepend {
+    Always,
+    First,
+    Never,
 }
 
 /// A byte-level pre-tokenizer as regex stages plus the GPT-2 byte table.
@@ -54,12 +74,16 @@ impl Pipeline {
                 stages,
                 bytes: gpt2_bytes(),
             });
-        Self { byte_level }
+        let metaspace = metaspace_pieces(tokenizer);
+        Self {
+            byte_level,
+            metaspace,
+        }
     }
 
-    /// Whether the allocation-light byte-level path is used.
-    pub fn is_byte_level(&self) -> bool {
-        self.byte_level.is_some()
+    /// Whether an allocation-light path (byte-level or Metaspace) is used.
+    pub fn is_fast(&self) -> bool {
+        self.byte_level.is_some() || self.metaspace.is_some()
     }
 
     /// Appends the ids of `tokenizer.encode(text, add_special_tokens=False)` to `out`; returns how
@@ -71,8 +95,9 @@ impl Pipeline {
         out: &mut Vec<u32>,
     ) -> Result<usize, Error> {
         let normalizer = tokenizer.get_normalizer().filter(|n| !is_noop(n, text));
-        match &self.byte_level {
-            Some(fast) if normalizer.is_none() => fast.encode(tokenizer, text, out),
+        match (&self.byte_level, &self.metaspace) {
+            (Some(fast), _) if normalizer.is_none() => fast.encode(tokenizer, text, out),
+            (_, Some(fast)) if normalizer.is_none() => fast.encode(tokenizer, text, out),
             _ => encode_ids(tokenizer, text, out),
         }
     }
@@ -136,6 +161,106 @@ impl ByteLevelSplits {
             self.split(stage + 1, &s[prev..], emit);
         }
     }
+}
+
+impl MetaspacePieces {
+    /// Metaspace replaces `' '` with `▁` and prepends one (`always`, or `first`: at offset 0 of the
+    /// input), then hands the model each piece; with `split: false` the model sees the whole text,
+    /// but since no vocabulary token holds `▁` past its first character, no merge spans a `▁`, and
+    /// cutting before each `▁` (what `split: true` does) changes nothing while letting the model's
+    /// word cache work.
+    fn encode(
+        &self,
+        tokenizer: &Tokenizer,
+        text: &str,
+        out: &mut Vec<u32>,
+    ) -> Result<usize, Error> {
+        let before = out.len();
+        let pieces = tokenizer
+            .get_added_vocabulary()
+            .extract_and_normalize(None::<&NormalizerWrapper>, text);
+        let model = tokenizer.get_model();
+        let mut replaced = String::new();
+        for (piece, (start, _), tokens) in
+            pieces.get_splits(OffsetReferential::Original, OffsetType::None)
+        {
+            if let Some(tokens) = tokens {
+                out.extend(tokens.iter().map(|t| t.id));
+                continue;
+            }
+            replaced.clear();
+            let prepend = match self.prepend {
+                Prepend::Always => true,
+                Prepend::First => start == 0,
+                Prepend::Never => false,
+            };
+            if prepend && !piece.starts_with(' ') && !piece.starts_with(self.replacement) {
+                replaced.push(self.replacement);
+            }
+            replaced.extend(
+                piece
+                    .chars()
+                    .map(|c| if c == ' ' { self.replacement } else { c }),
+            );
+            let mut rest = replaced.as_str();
+            while !rest.is_empty() {
+                let cut = rest
+                    .char_indices()
+                    .skip(1)
+                    .find(|(_, c)| *c == self.replacement)
+                    .map_or(rest.len(), |(i, _)| i);
+                let (word, tail) = rest.split_at(cut);
+                let tokens = model
+                    .tokenize(word)
+                    .map_err(|e| Error::Encode(e.to_string()))?;
+                out.extend(tokens.iter().map(|t| t.id));
+                rest = tail;
+            }
+        }
+        Ok(out.len() - before)
+    }
+}
+
+/// A Metaspace pre-tokenizer over a BPE model where cutting before each `▁` is exact: `split: true`,
+/// or no vocabulary token with `▁` after its first character (and `▁` itself known, so unknown
+/// characters cannot fuse across it), no dropout, no `ignore_merges` (a whole piece found in the
+/// vocabulary could differ from what merges make of the longer text).
+fn metaspace_pieces(tokenizer: &Tokenizer) -> Option<MetaspacePieces> {
+    let pre = serde_json::to_value(tokenizer.get_pre_tokenizer()?).ok()?;
+    if pre.get("type")?.as_str()? != "Metaspace" {
+        return None;
+    }
+    let replacement = {
+        let mut chars = pre.get("replacement")?.as_str()?.chars();
+        let c = chars.next()?;
+        chars.next().is_none().then_some(c)?
+    };
+    let prepend = match pre.get("prepend_scheme")?.as_str()? {
+        "always" => Prepend::Always,
+        "first" => Prepend::First,
+        "never" => Prepend::Never,
+        _ => return None,
+    };
+    let split = pre.get("split")?.as_bool()?;
+    let tokenizers::models::ModelWrapper::BPE(bpe) = tokenizer.get_model() else {
+        return None;
+    };
+    if bpe.dropout.is_some() || bpe.ignore_merges {
+        return None;
+    }
+    let vocab = bpe.get_vocab();
+    let mut buf = [0u8; 4];
+    let marker: &str = replacement.encode_utf8(&mut buf);
+    let inner = vocab
+        .keys()
+        .any(|t| t.chars().skip(1).any(|c| c == replacement));
+    if !split && (inner || !vocab.contains_key(marker)) {
+        return None;
+    }
+    Some(MetaspacePieces {
+        replacement,
+        prepend,
+    })
 }
 
 /// The regex stages of `Split(Regex, Isolated, invert: false)`* then `ByteLevel(add_prefix_space:

@@ -285,9 +285,10 @@ impl ModelTokenizer {
         &self.boundaries
     }
 
-    /// Whether the allocation-light byte-level pre-tokenization is used (see [`crate::encode`]).
-    pub fn is_byte_level(&self) -> bool {
-        self.pipeline.is_byte_level()
+    /// Whether an allocation-light pre-tokenization (byte-level or Metaspace) is used (see
+    /// [`crate::encode`]).
+    pub fn is_fast_path(&self) -> bool {
+        self.pipeline.is_fast()
     }
 
     /// Whether the model has a chat template.

@@ -176,7 +176,7 @@ proptest! {
     /// The ids-only pipeline (byte-level fast path, skipped no-op normalizers) against `encode_fast`
     /// on arbitrary text, with and without special tokens.
     #[test]
-    fn ids_only_pipeline_equals_encode_fast(text in "\\PC{0,60}|[ \\t\\n\\r\\u{a0}\\u{2028}a-zA-Z0-9'.,!?<>|_\\u{301}é😀中]{0,80}") {
+    fn ids_only_pipeline_equals_encode_fast(text in "\\PC{0,60}|[ ▁\\t\\n\\r\\u{a0}\\u{2028}a-zA-Z0-9'.,!?<>|_\\u{301}é😀中]{0,80}") {
         thread_local! {
             static MODELS: Vec<ModelTokenizer> = vec![load("chatml"), load("llama3"), load("mistral"), hazards()];
         }
@@ -191,4 +191,40 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+/// The Metaspace fixture with one merge across a `▁` (`a` + `▁b` → `a▁b`), as a tokenizer trained
+/// on unsplit lines has: cutting before `▁` would change its ids, so the fast path must be off.
+#[test]
+fn metaspace_with_a_merge_across_the_marker_takes_the_exact_path() {
+    use tokenizers::Model;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mistral");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let model = &mut json["model"];
+    let next = model["vocab"].as_object().unwrap().len();
+    model["vocab"]["a▁b"] = next.into();
+    model["merges"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, serde_json::json!(["a", "▁b"]));
+    let m =
+        ModelTokenizer::from_parts(&json.to_string(), &serde_json::json!({}), Vec::new()).unwrap();
+    assert!(!m.is_fast_path());
+    let bpe = m.tokenizer().get_model();
+    let whole: Vec<u32> = bpe
+        .tokenize("▁xa▁b")
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    let mut cut: Vec<u32> = bpe.tokenize("▁xa").unwrap().iter().map(|t| t.id).collect();
+    cut.extend(bpe.tokenize("▁b").unwrap().iter().map(|t| t.id));
+    assert_ne!(whole, cut, "a naive cut would differ");
+    let ours = m.encode("xa b", true, &TokenCache::new(0)).unwrap().ids;
+    assert_eq!(
+        ours,
+        m.tokenizer().encode_fast("xa b", true).unwrap().get_ids()
+    );
 }
