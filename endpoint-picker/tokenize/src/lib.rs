@@ -7,6 +7,7 @@
 //! conversation), off the async reactor with a deadline, and falls back to the pod's `/tokenize`.
 //!
 //! - [`registry`]: model name → tokenizer, loaded once from a directory layout or `MODEL=DIR` entries.
+//! - [`hf_config`]: `tokenizer_config.json` values as transformers reads them.
 //! - [`model`]: one model's tokenizer, templates and special tokens; `tokenize` for prompts and chats.
 //! - [`chat`]: an OpenAI chat request and its rendering with the model's template.
 //! - [`conversation`]: messages and tools normalised as vLLM and transformers do.
@@ -27,6 +28,7 @@ pub mod conversation;
 pub mod encode;
 pub mod error;
 pub mod flags;
+pub mod hf_config;
 pub mod model;
 pub mod pool;
 pub mod pyjson;
