@@ -3,8 +3,9 @@
 //! Loading follows transformers (v5, `PreTrainedTokenizerFast`): `tokenizer.json` is authoritative,
 //! truncation and padding are off, special tokens named in the config that the tokenizer lacks are
 //! added, and a separate `chat_template.jinja` (or `additional_chat_templates/*.jinja`) wins over the
-//! config's template. `add_bos_token`/`add_eos_token` build the post-processor only when
-//! `tokenizer.json` has none (transformers ignores them otherwise).
+//! config's template. A post-processor in `tokenizer.json` decides BOS/EOS; only when it has none do
+//! `add_bos_token`/`add_eos_token` build one, as transformers 4's Llama-family classes do
+//! (transformers 5 ignores both flags whenever `tokenizer.json` exists).
 
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
