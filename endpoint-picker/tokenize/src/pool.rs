@@ -124,7 +124,8 @@ pub struct TokenizationOptions {
     pub timeout: Duration,
     /// Token cache budget in bytes (`--tokenize-cache-bytes`); 0 disables the cache.
     pub cache_bytes: usize,
-    /// Encodes running at once (default: the number of CPUs).
+    /// Encodes running at once (default: one less than the CPUs, at least one, so the reactor that
+    /// answers the proxy keeps a core).
     pub max_in_flight: usize,
     /// Requests waiting for a slot before new ones are refused.
     pub max_queued: usize,
@@ -136,7 +137,7 @@ impl Default for TokenizationOptions {
         Self {
             timeout: Duration::from_millis(200),
             cache_bytes: 256 << 20,
-            max_in_flight: cpus,
+            max_in_flight: cpus.saturating_sub(1).max(1),
             max_queued: 1024,
         }
     }
