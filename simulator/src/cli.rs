@@ -264,6 +264,10 @@ pub struct FleetArgs {
     /// KV-event batches kept for replay.
     #[arg(long, default_value_t = 10_000)]
     pub replay_buffer: usize,
+    /// Tokenize text prompts with this model directory's tokenizer.json, tokenizer_config.json and
+    /// chat templates (as kvpick-epp does); without it, a fallback rule (see /tokenize).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     /// Write kvpick-epp's endpoints file here (with kvEvents and kvReplay).
     #[arg(long)]
     pub endpoints_file: Option<PathBuf>,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use kvpick_sim::demo::{self, DemoConfig};
 use kvpick_sim::fleet::http::ServerLimits;
+use kvpick_sim::fleet::tokenizer::Tokenizer;
 use kvpick_sim::fleet::{Fleet, FleetConfig};
 use kvpick_sim::load::{self, LoadConfig, report};
 use tokio_util::sync::CancellationToken;
@@ -65,6 +66,9 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     cfg.default_max_tokens = args.default_max_tokens;
     cfg.error_rate = args.error_rate;
     cfg.restart_downtime = Duration::from_millis(args.restart_downtime_ms);
+    if let Some(dir) = &args.tokenizer {
+        cfg.tokenizer = Tokenizer::load(dir)?;
+    }
     if !(0.0..=1.0).contains(&cfg.error_rate) {
         anyhow::bail!("--error-rate must be in [0, 1]");
     }

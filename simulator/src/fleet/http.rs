@@ -261,30 +261,27 @@ async fn tokenize(req: Request<Incoming>, st: &ServerState) -> Response<Body> {
         Err(e) => return error(&ApiError::bad_request(format!("invalid JSON body: {e}"))),
     };
     let tok = &st.info.tokenizer;
-    let text = match (v.get("prompt"), v.get("messages").and_then(Value::as_array)) {
-        (Some(Value::String(p)), _) => Ok(p.clone()),
-        (None, Some(msgs)) => {
-            let add = v.get("add_generation_prompt").and_then(Value::as_bool);
-            tok.render_chat(msgs, add.unwrap_or(true))
-        }
-        _ => Err("give prompt (a string) or messages".to_owned()),
+    let ids = if v.get("messages").is_some() {
+        tok.chat(&v).map_err(ApiError::bad_request)
+    } else {
+        let special = v.get("add_special_tokens").and_then(Value::as_bool);
+        openai::completion_prompt(v.get("prompt"), special.unwrap_or(true), tok)
     };
-    match text {
-        Ok(text) => {
-            let tokens = tok.encode(&text);
+    match ids {
+        Ok(tokens) => {
             let mut r = json(
                 StatusCode::OK,
                 &json!({"count": tokens.len(), "max_model_len": st.info.max_model_len,
                         "tokens": tokens, "token_strs": null}),
             );
-            // Not a model's tokenizer: say which rule made these ids (see `tokenizer`).
+            // Say which rule made these ids (the fallback is no model's tokenizer).
             r.headers_mut().insert(
                 "x-kvpick-sim-tokenizer",
-                hyper::header::HeaderValue::from_static(super::tokenizer::FALLBACK_NAME),
+                hyper::header::HeaderValue::from_static(tok.name()),
             );
             r
         }
-        Err(m) => error(&ApiError::bad_request(m)),
+        Err(e) => error(&e),
     }
 }
 

@@ -111,6 +111,8 @@ pub struct FleetConfig {
     pub error_rate: f64,
     /// How long `/admin/restart` keeps a server down.
     pub restart_downtime: Duration,
+    /// How text prompts become tokens.
+    pub tokenizer: tokenizer::Tokenizer,
 }
 
 impl FleetConfig {
@@ -140,6 +142,7 @@ impl FleetConfig {
             default_max_tokens: 16,
             error_rate: 0.0,
             restart_downtime: Duration::from_millis(500),
+            tokenizer: tokenizer::Tokenizer::Fallback,
         }
     }
 }
@@ -284,7 +287,7 @@ impl Fleet {
                 loras: cfg.loras.clone(),
                 max_model_len: cfg.profile.max_model_len,
                 default_max_tokens: cfg.default_max_tokens,
-                tokenizer: tokenizer::Tokenizer,
+                tokenizer: cfg.tokenizer.clone(),
             },
             rank,
             block_size: cfg.profile.block_size,

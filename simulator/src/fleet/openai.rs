@@ -114,11 +114,21 @@ fn token_ids(v: &[Value]) -> Result<Vec<u32>, ApiError> {
         .collect()
 }
 
-fn completion_prompt(v: Option<&Value>, tok: &Tokenizer) -> Result<Vec<u32>, ApiError> {
+/// The ids of a completions `prompt` (text, token ids, or a one-element list of either);
+/// `add_special_tokens` is vLLM's flag for text (default true).
+pub fn completion_prompt(
+    v: Option<&Value>,
+    add_special_tokens: bool,
+    tok: &Tokenizer,
+) -> Result<Vec<u32>, ApiError> {
     match v {
-        Some(Value::String(s)) => Ok(tok.encode(s)),
+        Some(Value::String(s)) => tok
+            .prompt(s, add_special_tokens)
+            .map_err(ApiError::bad_request),
         Some(Value::Array(items)) if items.iter().all(Value::is_number) => token_ids(items),
-        Some(Value::Array(items)) if items.len() == 1 => completion_prompt(items.first(), tok),
+        Some(Value::Array(items)) if items.len() == 1 => {
+            completion_prompt(items.first(), add_special_tokens, tok)
+        }
         Some(Value::Array(_)) => Err(ApiError::bad_request(
             "batched prompts are not supported by the simulated fleet: send one prompt per request",
         )),
@@ -153,22 +163,11 @@ pub fn parse(api: Api, body: &[u8], info: &ModelInfo) -> Result<GenRequest, ApiE
         ));
     }
     let prompt = match api {
-        Api::Completions => completion_prompt(v.get("prompt"), &info.tokenizer)?,
-        Api::Chat => {
-            let msgs = v
-                .get("messages")
-                .and_then(Value::as_array)
-                .ok_or_else(|| ApiError::bad_request("messages must be a list"))?;
-            let add = v
-                .get("add_generation_prompt")
-                .and_then(Value::as_bool)
-                .unwrap_or(true);
-            let text = info
-                .tokenizer
-                .render_chat(msgs, add)
-                .map_err(ApiError::bad_request)?;
-            info.tokenizer.encode(&text)
+        Api::Completions => {
+            let special = v.get("add_special_tokens").and_then(Value::as_bool);
+            completion_prompt(v.get("prompt"), special.unwrap_or(true), &info.tokenizer)?
         }
+        Api::Chat => info.tokenizer.chat(&v).map_err(ApiError::bad_request)?,
     };
     if prompt.is_empty() {
         return Err(ApiError::bad_request("the prompt is empty"));
@@ -286,7 +285,7 @@ mod tests {
             loras: vec!["adapter".into()],
             max_model_len: 100,
             default_max_tokens: 16,
-            tokenizer: Tokenizer,
+            tokenizer: Tokenizer::Fallback,
         }
     }
 
