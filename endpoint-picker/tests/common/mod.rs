@@ -2,6 +2,9 @@
 //! client that speaks to it the way Envoy does.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod envoy;
+pub mod vllm;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
