@@ -179,10 +179,19 @@ where
     }
     let at = sub.unwrap_or(args.len()).max(1);
     args.splice(at..at, top);
-    cmd = cmd.mut_args(|a| a.env(None::<&str>));
-    cmd = cmd.mut_subcommands(|s| s.mut_args(|a| a.env(None::<&str>)));
+    cmd = cmd.mut_args(env_in_help_only);
+    cmd = cmd.mut_subcommands(|s| s.mut_args(env_in_help_only));
     let matches = cmd.try_get_matches_from(args)?;
     Cli::from_arg_matches(&matches)
+}
+
+/// Drops clap's own environment lookup but keeps the variable's name in `--help`.
+fn env_in_help_only(arg: clap::Arg) -> clap::Arg {
+    let Some(var) = arg.get_env().map(|v| v.to_string_lossy().into_owned()) else {
+        return arg;
+    };
+    let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+    arg.env(None::<&str>).help(format!("{help} [env: {var}]"))
 }
 
 fn injected_flags<'a>(

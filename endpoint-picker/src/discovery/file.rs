@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use kvpick_scheduler::BlockSize;
 use serde::Deserialize;
@@ -133,14 +133,13 @@ pub async fn load(path: &Path) -> Result<Discovered, Error> {
     parse(path, &text)
 }
 
-async fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = tokio::fs::metadata(path).await.ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
-/// Polls `path` every `interval` and reconciles `pool` whenever the file changes, until `stop`.
+/// Polls `path` every `interval` and reconciles `pool` whenever its contents change, until `stop`.
+///
+/// The contents are compared, not the modification time: file timestamps move in kernel ticks, so
+/// two writes of equal size within one tick would look identical. The file is small and read once
+/// per interval.
 pub async fn watch(path: PathBuf, pool: Arc<Pool>, interval: Duration, stop: CancellationToken) {
-    let mut last = stamp(&path).await;
+    let mut last: Option<Vec<u8>> = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -149,22 +148,35 @@ pub async fn watch(path: PathBuf, pool: Arc<Pool>, interval: Duration, stop: Can
             _ = ticker.tick() => {}
         }
         pool.release_drained();
-        let now = stamp(&path).await;
-        if now == last {
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) => {
+                if last.is_some() {
+                    tracing::error!(path = %path.display(), error = %e, "endpoints file unreadable; keeping the last good set");
+                    last = None;
+                }
+                continue;
+            }
+        };
+        if last.as_ref() == Some(&bytes) {
             continue;
         }
-        last = now;
-        match load(&path).await {
-            Ok(found) => match pool.reconcile(&found) {
-                Ok(change) => tracing::info!(
-                    path = %path.display(),
-                    added = change.added.len(),
-                    removed = change.removed.len(),
-                    updated = change.updated.len(),
-                    "endpoints file reloaded"
-                ),
-                Err(e) => tracing::error!(error = %e, "endpoints file rejected"),
-            },
+        let parsed = std::str::from_utf8(&bytes)
+            .map_err(|_| Error::EndpointsFile {
+                path: path.clone(),
+                message: "not UTF-8".into(),
+            })
+            .and_then(|text| parse(&path, text));
+        last = Some(bytes);
+        match parsed.and_then(|found| pool.reconcile(&found)) {
+            Ok(change) if change.is_empty() => {}
+            Ok(change) => tracing::info!(
+                path = %path.display(),
+                added = change.added.len(),
+                removed = change.removed.len(),
+                updated = change.updated.len(),
+                "endpoints file reloaded"
+            ),
             Err(e) => {
                 tracing::error!(error = %e, "endpoints file rejected; keeping the last good set")
             }
