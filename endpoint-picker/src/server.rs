@@ -242,8 +242,13 @@ impl Server {
                 .map_err(Error::from)
         });
 
+        // Request bodies arrive whole before the picker answers, so flow-control windows must hold
+        // many bodies in flight: HTTP/2's 64 KiB default would throttle every stream to a trickle
+        // (Envoy's own defaults are 256 MiB).
         let mut builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .initial_stream_window_size(Some(16 << 20))
+            .initial_connection_window_size(Some(64 << 20))
             .tcp_nodelay(true);
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
