@@ -301,7 +301,7 @@ async fn no_endpoint_is_503() {
 #[tokio::test]
 async fn fallbacks_are_listed_in_order() {
     let settings = Settings {
-        picker: kvpick_epp::picker::PickerConfig {
+        picker: kvpick_epp::picker::RouteConfig {
             fallbacks: 2,
             emit_scores: true,
             ..Default::default()

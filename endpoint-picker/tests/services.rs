@@ -13,6 +13,7 @@ use common::vllm::Pod;
 use kvpick_epp::query::pb;
 use kvpick_epp::{Server, Settings};
 use kvpick_scheduler::events::{BlockStored, EngineHash, EventBatch, KvEvent};
+use kvpick_scheduler::scheduler::EventsState;
 use tokio::sync::oneshot;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -72,7 +73,10 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 fn store(r: &Running, addr: SocketAddr, tokens: &[u32]) {
-    let id = r.pool.view().by_address(&addr).unwrap().endpoint.id;
+    let view = r.pool.view();
+    let member = view.by_address(&addr).unwrap();
+    member.live.set_events(EventsState::Live);
+    let id = member.endpoint.id;
     let batch = EventBatch {
         events: vec![KvEvent::BlockStored(BlockStored {
             block_hashes: (1..=(tokens.len() / 16) as u64).map(EngineHash).collect(),
@@ -350,4 +354,50 @@ fn the_binary_explains_its_flags_and_refuses_what_is_not_built() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent/endpoints.yaml"));
+}
+
+#[tokio::test]
+async fn a_picker_config_must_agree_with_the_endpoints_file_on_block_size() {
+    use kvpick_scheduler::config::PickerConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("endpoints.yaml");
+    std::fs::write(&file, "model: m\nblockSize: 16\nendpoints: []\n").unwrap();
+    let config_file = dir.path().join("picker.yaml");
+    std::fs::write(
+        &config_file,
+        PickerConfig::DEFAULT_YAML.replace("blockSize: 16", "blockSize: 32"),
+    )
+    .unwrap();
+
+    let cli = kvpick_epp::config::parse(
+        [
+            "kvpick-epp",
+            "--config",
+            config_file.to_str().unwrap(),
+            "--endpoints-file",
+            file.to_str().unwrap(),
+        ],
+        |_| None,
+    )
+    .unwrap();
+    let mut settings = Settings::from_cli(&cli).unwrap();
+    (settings.grpc, settings.health, settings.metrics) =
+        (Settings::loopback().grpc, Settings::loopback().health, None);
+    let err = Server::bind(settings).await.unwrap_err().to_string();
+    assert!(
+        err.contains("blockSize 16 differs from --config index.blockSize 32"),
+        "{err}"
+    );
+
+    std::fs::write(&config_file, "apiVersion: nope\n").unwrap();
+    let cli = kvpick_epp::config::parse(
+        ["kvpick-epp", "--config", config_file.to_str().unwrap()],
+        |_| None,
+    )
+    .unwrap();
+    let err = Settings::from_cli(&cli).unwrap_err().to_string();
+    assert!(
+        err.contains("picker.yaml") && err.contains("apiVersion"),
+        "{err}"
+    );
 }

@@ -300,6 +300,9 @@ fn main() -> anyhow::Result<()> {
         s.running = (i % 5) as u32;
         s.kv_usage = (i % 10) as f64 / 10.0;
         m.live.set_signals(s);
+        // Stands in for the KV-event subscriber, which marks endpoints whose events flow.
+        m.live
+            .set_events(kvpick_scheduler::scheduler::EventsState::Live);
     }
 
     // Prompts: `groups` prefixes, each held by 1-3 endpoints to a random depth.
