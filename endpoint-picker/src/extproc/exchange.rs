@@ -163,7 +163,8 @@ impl Exchange {
         }
         self.phase = Phase::Body;
         if self.request_mode == Mode::Buffered {
-            out.push(reply::request_headers(Some(reply::strip_mutation()), None));
+            // Envoy's BUFFERED contract: an empty answer now, the mutation on the body answer.
+            out.push(reply::request_headers(None, None));
         }
         Ok(())
     }
