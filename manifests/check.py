@@ -74,8 +74,9 @@ def strict(schema):
                 walk(v)
 
     walk(s)
-    # metadata is validated by the API server itself, not by the CRD's schema.
-    s["properties"]["metadata"] = {"type": "object"}
+    # apiVersion, kind and metadata are the API server's, not part of the CRD's schema.
+    s["properties"].update(apiVersion={"type": "string"}, kind={"type": "string"},
+                           metadata={"type": "object"})
     return s
 
 

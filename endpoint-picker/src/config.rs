@@ -39,7 +39,9 @@ pub struct Cli {
     /// TLS private key (PEM) for the ext_proc port.
     #[arg(long, env = "KVPICK_KEY_PATH", requires = "cert_path")]
     pub key_path: Option<PathBuf>,
-    /// Picker configuration file (filters, scorers, weights, picker), llm-d style YAML.
+    /// Picker configuration file (index, staleness, filters, scorers, weights, picker): llm-d's
+    /// EndpointPickerConfig YAML; without it, kvpick's default profile (precise prefix 2, KV
+    /// utilization 1, queue 1).
     #[arg(long, env = "KVPICK_CONFIG")]
     pub config: Option<PathBuf>,
     /// Endpoints file for file discovery (YAML; re-read when it changes; format in README.md).
@@ -74,7 +76,7 @@ pub struct Cli {
     /// `kvpick.io/kv-replay-port` overrides); 0: none.
     #[arg(long, env = "KVPICK_KV_REPLAY_PORT", default_value_t = 0)]
     pub kv_replay_port: u16,
-    /// KV block size in tokens, when the endpoints file does not give `blockSize`.
+    /// KV block size in tokens, when neither --config nor the endpoints file gives one.
     #[arg(long, env = "KVPICK_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: u32,
     /// Fallback endpoints listed after the primary (`ip:port,ip:port`); needs Envoy's override_host policy.
@@ -92,7 +94,7 @@ pub struct Cli {
     /// Timeout of one /metrics scrape.
     #[arg(long, env = "KVPICK_SCRAPE_TIMEOUT", default_value = "1s", value_parser = duration)]
     pub scrape_timeout: Duration,
-    /// Signals older than this mark an endpoint stale; stale endpoints are avoided while others are fresh.
+    /// Signals older than this mark an endpoint stale; stale endpoints are avoided while others are fresh (--config's staleness.maxSignalAge wins).
     #[arg(long, env = "KVPICK_METRICS_STALENESS_THRESHOLD", default_value = "2s", value_parser = duration)]
     pub metrics_staleness_threshold: Duration,
     /// How long open streams may finish after SIGTERM before they are cut.
@@ -244,9 +246,6 @@ impl Cli {
     /// Checks what clap cannot: combinations and features not built yet.
     pub fn validate(&self) -> Result<(), Error> {
         crate::discovery::kubernetes::KubeSettings::from_cli(self)?;
-        if self.config.is_some() {
-            return Err(Error::NotBuilt("the picker config file (--config)"));
-        }
         if self.block_size == 0 {
             return Err(Error::Config("--block-size must be positive".into()));
         }

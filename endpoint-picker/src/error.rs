@@ -74,7 +74,7 @@ pub enum Error {
     #[error("task failed: {0}")]
     Task(String),
     /// Kubernetes discovery could not start (no client configuration).
-    #[error("Kubernetes: {0}")]
+    #[error("{0}")]
     Kubernetes(String),
     /// A feature that is accepted on the command line but not built yet.
     #[error("{0} is not built yet")]

@@ -1,10 +1,9 @@
 //! From a request to a destination: candidates from the pool view, then [`Scheduler::pick`].
 //!
-//! Candidate selection, in order: the proxy's subset hint (only those addresses; none known →
-//! refuse), the model (endpoints serving it as base model or loaded LoRA adapter; if none does,
-//! every endpoint, since vLLM loads adapters on demand), and liveness (endpoints with fresh
-//! signals; if none is fresh, all of them rather than none, since a broken metrics port does not
-//! mean a broken serving port).
+//! The picker only turns the pool into candidates: the proxy's subset hint (addresses) becomes an
+//! [`EndpointSet`], and an endpoint never scraped gets signals dated at the epoch, so that the
+//! scheduler's staleness filter treats it like a dead one. Everything else (model and LoRA
+//! filters, staleness, scoring, tie-breaks) is the scheduler's, as its config says.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,16 +19,17 @@ use crate::pool::{Member, Pool};
 
 /// How the picker turns a decision into a destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PickerConfig {
+pub struct RouteConfig {
     /// Fallback endpoints listed after the primary.
     pub fallbacks: usize,
-    /// Signals older than this mark an endpoint stale.
+    /// Signals older than this mark an endpoint stale (reporting only: the scheduler's config
+    /// decides what is picked).
     pub staleness: Duration,
     /// Put each candidate's scores in the dynamic metadata.
     pub emit_scores: bool,
 }
 
-impl Default for PickerConfig {
+impl Default for RouteConfig {
     fn default() -> Self {
         Self {
             fallbacks: 0,
@@ -86,7 +86,7 @@ pub struct Picker {
     scheduler: Arc<Scheduler>,
     pool: Arc<Pool>,
     clock: Clock,
-    config: PickerConfig,
+    config: RouteConfig,
 }
 
 impl Picker {
@@ -95,7 +95,7 @@ impl Picker {
         scheduler: Arc<Scheduler>,
         pool: Arc<Pool>,
         clock: Clock,
-        config: PickerConfig,
+        config: RouteConfig,
     ) -> Self {
         Self {
             scheduler,
@@ -106,7 +106,7 @@ impl Picker {
     }
 
     /// Its configuration.
-    pub fn config(&self) -> &PickerConfig {
+    pub fn config(&self) -> &RouteConfig {
         &self.config
     }
 
@@ -127,7 +127,7 @@ impl Picker {
             return Err(Error::NoEndpoint("no endpoints discovered".into()));
         }
         let now = self.clock.now();
-        let mut chosen: Vec<(&Member, Option<Arc<PodSignals>>)> = view
+        let chosen: Vec<(&Member, Option<Arc<PodSignals>>)> = view
             .members
             .iter()
             .filter(|m| req.subset.is_none_or(|s| s.contains(&m.endpoint.address)))
@@ -138,25 +138,12 @@ impl Picker {
                 "no known endpoint is in the subset hint".into(),
             ));
         }
-        if !req.model.is_empty()
-            && chosen
-                .iter()
-                .any(|(m, s)| serves(m, s.as_deref(), req.model))
-        {
-            chosen.retain(|(m, s)| serves(m, s.as_deref(), req.model));
-        }
-        if chosen
-            .iter()
-            .any(|(_, s)| fresh(s.as_deref(), now, self.config.staleness))
-        {
-            chosen.retain(|(_, s)| fresh(s.as_deref(), now, self.config.staleness));
-        }
-        let idle = PodSignals::idle(now);
+        let never = PodSignals::idle(Timestamp::ZERO);
         let candidates: Vec<Candidate<'_>> = chosen
             .iter()
             .map(|(m, s)| Candidate {
                 endpoint: &m.endpoint,
-                signals: s.as_deref().unwrap_or(&idle),
+                signals: s.as_deref().unwrap_or(&never),
                 events: m.live.events(),
             })
             .collect();
@@ -215,12 +202,4 @@ impl Picker {
             scored,
         })
     }
-}
-
-fn serves(m: &Member, signals: Option<&PodSignals>, model: &str) -> bool {
-    &*m.endpoint.model == model || signals.is_some_and(|s| s.lora.has(model))
-}
-
-fn fresh(signals: Option<&PodSignals>, now: Timestamp, threshold: Duration) -> bool {
-    signals.is_some_and(|s| s.age(now) <= threshold)
 }

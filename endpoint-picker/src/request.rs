@@ -332,6 +332,8 @@ mod tests {
             r#"{"model":"m","prompt":[1,4294967296]}"#,
             r#"{"model":"m","prompt":[1,"a"]}"#,
             r#"{"model":"m","prompt":[1,2.5]}"#,
+            r#"{"model":"m","prompt":[1,]}"#,
+            r#"{"model":"m","prompt":[01]}"#,
             r#"{"model":"m","prompt":[[1],[true]]}"#,
             r#"{"model":"m","prompt":["a",{"x":1}]}"#,
             r#"{"model":"m","prompt":[1,[2]]}"#,

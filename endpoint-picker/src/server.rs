@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvpick_scheduler::{BlockSize, IndexConfig, KvIndex, Scheduler};
+use kvpick_scheduler::config::PickerConfig as SchedulerConfig;
+use kvpick_scheduler::{BlockSize, KvIndex, Scheduler};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -23,7 +24,7 @@ use crate::config::Cli;
 use crate::error::Error;
 use crate::extproc::ExtProc;
 use crate::health::Health;
-use crate::picker::{Picker, PickerConfig};
+use crate::picker::{Picker, RouteConfig};
 use crate::pool::Pool;
 use crate::prompt::NoTokenizer;
 use crate::query::IndexApi;
@@ -45,10 +46,13 @@ pub struct Settings {
     pub endpoints_file: Option<PathBuf>,
     /// How often the endpoints file is checked.
     pub endpoints_poll: Duration,
-    /// Block size when discovery does not say.
+    /// Block size when neither the picker config nor discovery says.
     pub block_size: BlockSize,
+    /// The scheduler's config (`--config`); `None` runs the default profile with `block_size`
+    /// and the picker's staleness.
+    pub scheduler: Option<SchedulerConfig>,
     /// Picker settings.
-    pub picker: PickerConfig,
+    pub picker: RouteConfig,
     /// Request bounds.
     pub limits: Limits,
     /// Scraping settings.
@@ -75,7 +79,8 @@ impl Settings {
             endpoints_poll: cli.endpoints_poll_interval,
             block_size: BlockSize::new(cli.block_size)
                 .ok_or_else(|| Error::Config("--block-size must be positive".into()))?,
-            picker: PickerConfig {
+            scheduler: cli.config.as_deref().map(load_config).transpose()?,
+            picker: RouteConfig {
                 fallbacks: cli.fallbacks,
                 staleness: cli.metrics_staleness_threshold,
                 emit_scores: cli.emit_scores,
@@ -106,7 +111,8 @@ impl Settings {
             endpoints_file: None,
             endpoints_poll: Duration::from_secs(1),
             block_size: BlockSize::DEFAULT,
-            picker: PickerConfig::default(),
+            scheduler: None,
+            picker: RouteConfig::default(),
             limits: Limits {
                 max_body_bytes: 16 << 20,
             },
@@ -137,6 +143,14 @@ pub struct Server {
     kubernetes: Option<discovery::kubernetes::Discovery>,
 }
 
+/// Reads and validates a picker config file.
+fn load_config(path: &std::path::Path) -> Result<SchedulerConfig, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("--config {}: {e}", path.display())))?;
+    SchedulerConfig::parse(&text)
+        .map_err(|e| Error::Config(format!("--config {}: {e}", path.display())))
+}
+
 async fn listen(addr: SocketAddr) -> Result<TcpListener, Error> {
     TcpListener::bind(addr)
         .await
@@ -150,10 +164,26 @@ impl Server {
             Some(path) => Some(discovery::file::load(path).await?),
             None => None,
         };
-        let block_size = found
-            .as_ref()
-            .and_then(|f| f.block_size)
-            .unwrap_or(settings.block_size);
+        let file_block_size = found.as_ref().and_then(|f| f.block_size);
+        let config = match settings.scheduler.clone() {
+            Some(config) => {
+                if let Some(b) = file_block_size.filter(|&b| b != config.index.block_size) {
+                    return Err(Error::Config(format!(
+                        "the endpoints file's blockSize {b} differs from --config index.blockSize {}",
+                        config.index.block_size
+                    )));
+                }
+                config
+            }
+            None => {
+                let mut config = SchedulerConfig::default();
+                config.index.block_size = file_block_size.unwrap_or(settings.block_size);
+                config.staleness.max_signal_age = settings.picker.staleness;
+                config
+            }
+        };
+        let mut route = settings.picker.clone();
+        route.staleness = config.staleness.max_signal_age;
         let tls = match &settings.tls {
             None => None,
             Some((cert, key)) => {
@@ -164,17 +194,14 @@ impl Server {
             }
         };
         let clock = Clock::new();
-        let index = Arc::new(KvIndex::new(IndexConfig {
-            block_size,
-            ..IndexConfig::default()
-        }));
+        let index = Arc::new(KvIndex::new(config.index.clone()));
         let pool = Arc::new(Pool::new(index.clone(), clock));
         if let Some(found) = &found {
             pool.reconcile(found)?;
         }
-        let scheduler = Arc::new(Scheduler::new(index.clone()));
+        let scheduler = Arc::new(Scheduler::with_config(config, index.clone())?);
         let shared = Arc::new(Shared {
-            picker: Picker::new(scheduler, pool.clone(), clock, settings.picker.clone()),
+            picker: Picker::new(scheduler, pool.clone(), clock, route),
             tokenizer: Arc::new(NoTokenizer),
             limits: settings.limits,
             clock,
@@ -255,8 +282,13 @@ impl Server {
                 .map_err(Error::from)
         });
 
+        // Request bodies arrive whole before the picker answers, so flow-control windows must hold
+        // many bodies in flight: HTTP/2's 64 KiB default would throttle every stream to a trickle
+        // (Envoy's own defaults are 256 MiB).
         let mut builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .initial_stream_window_size(Some(16 << 20))
+            .initial_connection_window_size(Some(64 << 20))
             .tcp_nodelay(true);
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
@@ -290,7 +322,10 @@ impl Server {
             self.pool.clone(),
             self.index.clone(),
             self.shared.clock,
-            self.settings.scrape.clone(),
+            ScrapeConfig {
+                staleness: self.shared.picker.config().staleness,
+                ..self.settings.scrape.clone()
+            },
             stop.clone(),
         );
         tasks.spawn(ok(supervise));

@@ -21,6 +21,7 @@ use http_body_util::{BodyExt, Full};
 use kvpick_epp::pool::Freshness;
 use kvpick_epp::{Server, Settings};
 use kvpick_scheduler::events::{BlockStored, EngineHash, EventBatch, KvEvent};
+use kvpick_scheduler::scheduler::EventsState;
 use tokio::sync::oneshot;
 
 struct Fleet {
@@ -97,13 +98,9 @@ impl Fleet {
     /// Stands in for pod `i`'s KV events: it now holds `tokens`' full blocks.
     fn store(&self, i: usize, tokens: &[u32]) {
         let index = self.shared.picker.scheduler().index();
-        let id = self
-            .pool
-            .view()
-            .by_address(&self.pods[i].addr)
-            .unwrap()
-            .endpoint
-            .id;
+        let view = self.pool.view();
+        let member = view.by_address(&self.pods[i].addr).unwrap();
+        let id = member.endpoint.id;
         let blocks = tokens.len() / 16;
         let batch = EventBatch {
             events: vec![KvEvent::BlockStored(BlockStored {
@@ -115,6 +112,8 @@ impl Fleet {
             ..Default::default()
         };
         assert_eq!(index.apply(id, "m", &batch).stored, blocks as u64);
+        // Like the subscriber: the endpoint's events are flowing, so its index entries count.
+        member.live.set_events(EventsState::Live);
     }
 
     /// Which pod served a completion, from its answer.

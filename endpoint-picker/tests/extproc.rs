@@ -107,9 +107,15 @@ async fn buffered_mode_answers_headers_empty_and_routes_on_the_body() {
     ))
     .await;
     let h = s.recv().await;
-    let m = mutation(&h);
-    assert!(m.set_headers.is_empty());
-    assert_eq!(m.remove_headers, vec!["x-gateway-destination-endpoint"]);
+    let Some(Out::RequestHeaders(headers)) = &h.response else {
+        panic!("{h:?}")
+    };
+    let common = headers.response.clone().unwrap_or_default();
+    assert_eq!(
+        common.header_mutation, None,
+        "an empty answer to the headers"
+    );
+    assert!(h.dynamic_metadata.is_none());
     s.send(request_body(&token_body(&tokens), true)).await;
     let b = s.recv().await;
     assert!(matches!(b.response, Some(Out::RequestBody(_))));
@@ -301,7 +307,7 @@ async fn no_endpoint_is_503() {
 #[tokio::test]
 async fn fallbacks_are_listed_in_order() {
     let settings = Settings {
-        picker: kvpick_epp::picker::PickerConfig {
+        picker: kvpick_epp::picker::RouteConfig {
             fallbacks: 2,
             emit_scores: true,
             ..Default::default()

@@ -7,6 +7,12 @@ pub enum Error {
     /// A KV-event message or batch that does not follow vLLM's wire format.
     #[error("malformed KV event batch: {0}")]
     MalformedEvent(String),
+    /// A KV-event batch holding an event type this version does not know (a newer vLLM).
+    #[error("unsupported KV event: {0}")]
+    UnsupportedEvent(String),
+    /// A ZMQ message whose frames or topic do not follow vLLM's KV-event transport.
+    #[error("malformed KV event message: {0}")]
+    MalformedMessage(String),
     /// A picker configuration that does not validate; the message names the field.
     #[error("invalid picker config: {0}")]
     InvalidConfig(String),
@@ -20,6 +26,8 @@ impl Error {
     pub fn label(&self) -> &'static str {
         match self {
             Error::MalformedEvent(_) => "malformed_event",
+            Error::UnsupportedEvent(_) => "unsupported_event",
+            Error::MalformedMessage(_) => "malformed_message",
             Error::InvalidConfig(_) => "invalid_config",
             Error::NoEndpoint(_) => "no_endpoint",
         }

@@ -9,22 +9,33 @@
 //! - [`index`]: which endpoint holds which block, and per-candidate prefix lookup.
 //! - [`pods`]: endpoint identity and scraped signals.
 //! - [`scheduler`]: `Scheduler::pick`, from a request and its candidates to a ranked decision.
+//! - [`request`], [`decision`]: what `pick` takes and returns.
+//! - [`filters`], [`scorers`], [`pickers`]: the plugins of the pipeline.
+//! - [`config`]: the picker config (llm-d's `EndpointPickerConfig` shape).
 //! - [`time`]: time as a value.
 //! - [`error`]: the crate's one error type.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod decision;
 pub mod error;
 pub mod events;
+pub mod filters;
 pub mod index;
 pub mod keys;
+mod lru;
+pub mod pickers;
 pub mod pods;
+pub mod request;
 pub mod scheduler;
+pub mod scorers;
 pub mod time;
 
+pub use config::PickerConfig;
 pub use error::Error;
 pub use events::{EventBatch, KvEvent};
 pub use index::{IndexConfig, KvIndex, PrefixMatches};
 pub use keys::{BlockKey, BlockSize, Partition};
 pub use pods::{Endpoint, EndpointId, EndpointSet, PodSignals};
-pub use scheduler::{Candidate, Decision, Prompt, Request, Scheduler};
+pub use scheduler::{Candidate, Decision, EventsState, Prompt, Ranked, Request, Scheduler};
 pub use time::Timestamp;

@@ -1,128 +1,88 @@
 //! `Scheduler::pick`: one request, its candidates and `now` in; an ordered decision out.
 //!
-//! PROVISIONAL: fixes the public API (request, candidate, decision). The plugin pipeline (filters,
-//! weighted scorers, pickers, config) replaces the body of `pick`.
+//! The pipeline, per request:
+//! 1. filters ([`crate::filters`]): subset hint, the profile's filters, staleness;
+//! 2. shared context: block keys of a token prompt, and the KV-index lookup over the `Live`
+//!    candidates, each computed only when a scorer of the profile needs it;
+//! 3. every scorer rates every eligible candidate in [0, 1] ([`crate::scorers`]);
+//! 4. total = Σ weight·score / Σ weight: a weighted mean, so totals stay in [0, 1] and read the
+//!    same whatever the scale of the weights (all weights 0 → all totals 0, order is random);
+//! 5. the picker orders the candidates ([`crate::pickers`]);
+//! 6. scorers that learn from routing history are told the primary.
 
 use std::sync::Arc;
 
+use crate::config::PickerConfig;
 use crate::error::Error;
+use crate::filters::{self, FilterSpec};
 use crate::index::{KvIndex, PrefixMatches};
-use crate::keys::{Partition, block_keys};
-use crate::pods::{Endpoint, EndpointId, EndpointSet, PodSignals};
+use crate::keys::{BlockKey, block_keys};
+use crate::pickers::Picker;
+use crate::pods::{EndpointId, EndpointSet};
+use crate::scorers::{Needs, ScoreContext, Scorer, positions_of};
 use crate::time::Timestamp;
 
-/// The prompt as the caller could read it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Prompt<'a> {
-    /// Token ids, exactly as the pod will see them (token-array prompts, or tokenized text).
-    Tokens(&'a [u32]),
-    /// Text that could not be tokenized; only the approximate prefix scorer can use it.
-    Text(&'a str),
-    /// Nothing to match on (e.g. a headers-only request).
-    Empty,
-}
+pub use crate::decision::{Decision, Ranked};
+pub use crate::request::{Candidate, EventsState, Prompt, Request};
 
-/// What the scheduler needs to know about one request.
-#[derive(Clone, Copy, Debug)]
-pub struct Request<'a> {
-    /// The `model` field: a base model, or a LoRA adapter served on top of one.
-    pub model: &'a str,
-    /// vLLM's `cache_salt`, which partitions the prefix cache.
-    pub cache_salt: Option<&'a str>,
-    /// The prompt.
-    pub prompt: Prompt<'a>,
-    /// A session id for session affinity (`x-session-token` / `x-session-id`).
-    pub session: Option<&'a str>,
-    /// The proxy's subset hint, resolved to endpoint ids: pick only from it when present.
-    pub subset: Option<&'a EndpointSet>,
-}
-
-impl<'a> Request<'a> {
-    /// A request for `model` with `prompt` and nothing else set.
-    pub fn new(model: &'a str, prompt: Prompt<'a>) -> Self {
-        Self {
-            model,
-            cache_salt: None,
-            prompt,
-            session: None,
-            subset: None,
-        }
-    }
-
-    /// The cache partition the request's blocks live in.
-    pub fn partition(&self) -> Partition<'a> {
-        Partition {
-            model: self.model,
-            cache_salt: self.cache_salt,
-        }
-    }
-}
-
-/// Whether an endpoint's KV events can be trusted for precise prefix scoring.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum EventsState {
-    /// Events flow and the index is in sync with the pod.
-    #[default]
-    Live,
-    /// The subscriber fell behind or lost events and is resynchronising.
-    Stale,
-    /// The endpoint publishes no KV events.
-    Absent,
-}
-
-/// One endpoint the request may go to, with what is known of it now.
-#[derive(Clone, Copy, Debug)]
-pub struct Candidate<'a> {
-    /// Who it is.
-    pub endpoint: &'a Endpoint,
-    /// Its latest scraped signals.
-    pub signals: &'a PodSignals,
-    /// Whether its KV events are trustworthy.
-    pub events: EventsState,
-}
-
-/// One ranked endpoint of a decision.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Ranked {
-    /// The endpoint.
-    pub endpoint: EndpointId,
-    /// Its weighted total score.
-    pub score: f64,
-    /// Its score from each scorer, in the order of [`Scheduler::scorer_names`].
-    pub scores: Vec<f64>,
-}
-
-/// Where to send a request, and why.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Decision {
-    /// Endpoints in order of preference: the first is the primary, the rest are fallbacks.
-    pub ranked: Vec<Ranked>,
-    /// Blocks of the prompt the primary holds.
-    pub matched_blocks: u32,
-    /// Full blocks in the prompt.
-    pub total_blocks: u32,
-}
-
-impl Decision {
-    /// The primary endpoint.
-    pub fn primary(&self) -> Option<EndpointId> {
-        self.ranked.first().map(|r| r.endpoint)
-    }
-}
-
-/// The scheduling pipeline, shared by every request.
+/// The scheduling pipeline of one profile, shared by every request (`Send + Sync`).
 #[derive(Debug)]
 pub struct Scheduler {
     index: Arc<KvIndex>,
+    config: PickerConfig,
+    filters: Vec<FilterSpec>,
+    scorers: Vec<Box<dyn Scorer>>,
+    weights: Vec<f64>,
+    weight_sum: f64,
     scorer_names: Vec<Arc<str>>,
+    picker: Picker,
+    needs: Needs,
 }
 
 impl Scheduler {
-    /// A scheduler reading prefixes from `index`.
+    /// A scheduler with the default config ([`PickerConfig::default`]) over `index`, whose own
+    /// settings replace the config's `index` section.
     pub fn new(index: Arc<KvIndex>) -> Self {
+        let mut config = PickerConfig::default();
+        config.index = index.config().clone();
+        Self::build(config, index)
+    }
+
+    /// A scheduler running `config`'s profile over `index`. Fails when the index was built with
+    /// another block size than the config's (keys would never meet).
+    pub fn with_config(config: PickerConfig, index: Arc<KvIndex>) -> Result<Self, Error> {
+        if config.index.block_size != index.block_size() {
+            return Err(Error::InvalidConfig(format!(
+                "index.blockSize: {} does not match the KV index's block size {}",
+                config.index.block_size,
+                index.block_size()
+            )));
+        }
+        Ok(Self::build(config, index))
+    }
+
+    fn build(config: PickerConfig, index: Arc<KvIndex>) -> Self {
+        let profile = &config.profile;
+        let scorers: Vec<Box<dyn Scorer>> =
+            profile.scorers.iter().map(|s| s.spec.build()).collect();
+        let weights: Vec<f64> = profile.scorers.iter().map(|s| s.weight).collect();
+        let needs = scorers
+            .iter()
+            .fold(Needs::default(), |n, s| n.union(s.needs()));
         Self {
+            filters: profile.filters.iter().map(|f| f.spec.clone()).collect(),
+            weight_sum: weights.iter().sum(),
+            weights,
+            scorer_names: profile
+                .scorers
+                .iter()
+                .map(|s| Arc::from(s.name.as_str()))
+                .collect(),
+            picker: Picker::new(profile.picker.spec.clone()),
+            scorers,
+            needs,
             index,
-            scorer_names: vec!["prefix".into(), "queue".into()],
+            config,
         }
     }
 
@@ -131,66 +91,126 @@ impl Scheduler {
         &self.index
     }
 
+    /// The config it runs.
+    pub fn config(&self) -> &PickerConfig {
+        &self.config
+    }
+
     /// Names of the scorers, in the order of [`Ranked::scores`].
     pub fn scorer_names(&self) -> &[Arc<str>] {
         &self.scorer_names
     }
 
-    /// Ranks the eligible candidates for `request`.
+    /// Forgets what the scorers learnt about `endpoint` (routing history, sessions). Call it when
+    /// the endpoint goes away, before its id is reused; its KV-index entries are the index's
+    /// business ([`KvIndex::clear_endpoint`]).
+    pub fn forget_endpoint(&self, endpoint: EndpointId) {
+        for scorer in &self.scorers {
+            scorer.forget(endpoint);
+        }
+    }
+
+    /// Ranks the eligible candidates for `request`: primary first, then fallbacks. Candidates
+    /// name distinct endpoints.
+    ///
+    /// Fails with [`Error::NoEndpoint`] when no candidate is eligible; its reason names the
+    /// filter that emptied the set ([`crate::filters`]).
     pub fn pick(
         &self,
         request: &Request<'_>,
         candidates: &[Candidate<'_>],
-        _now: Timestamp,
+        now: Timestamp,
     ) -> Result<Decision, Error> {
-        let eligible: Vec<&Candidate<'_>> = candidates
-            .iter()
-            .filter(|c| request.subset.is_none_or(|s| s.contains(c.endpoint.id)))
-            .collect();
-        if eligible.is_empty() {
-            return Err(Error::NoEndpoint("no candidate is eligible"));
-        }
+        let mut eligible = candidates.to_vec();
+        filters::apply(request, &self.filters, &mut eligible)?;
+        self.config.staleness.apply(&mut eligible, now);
+        let mut positions = Vec::new();
+        positions_of(&eligible, &mut positions);
+
+        let block_size = self.index.block_size();
+        let (keys, total_blocks) = match request.prompt {
+            Prompt::Tokens(tokens) => {
+                let total = u32::try_from(block_size.full_blocks(tokens.len())).unwrap_or(u32::MAX);
+                let keys: Vec<BlockKey> = if self.needs.keys || self.needs.lookup {
+                    block_keys(request.partition().root(), tokens, block_size).collect()
+                } else {
+                    Vec::new()
+                };
+                (keys, total)
+            }
+            Prompt::Text(_) | Prompt::Empty => (Vec::new(), 0),
+        };
         let mut matches = PrefixMatches::default();
-        if let Prompt::Tokens(tokens) = request.prompt {
-            let keys: Vec<_> =
-                block_keys(request.partition().root(), tokens, self.index.block_size()).collect();
-            let set: EndpointSet = eligible.iter().map(|c| c.endpoint.id).collect();
-            self.index.lookup(&keys, &set, &mut matches);
+        if self.needs.lookup && !keys.is_empty() {
+            let live: EndpointSet = eligible
+                .iter()
+                .filter(|c| c.events == EventsState::Live)
+                .map(|c| c.endpoint.id)
+                .collect();
+            if !live.is_empty() {
+                self.index.lookup(&keys, &live, &mut matches);
+            }
         }
-        let total = matches.total_blocks.max(1) as f64;
-        let max_waiting = eligible
+        let ctx = ScoreContext {
+            request,
+            candidates: &eligible,
+            keys: &keys,
+            block_size,
+            matches: &matches,
+            looked_up: self.needs.lookup,
+            positions: &positions,
+            now,
+        };
+
+        let n = eligible.len();
+        let mut scores = vec![0.0; n * self.scorers.len()];
+        let mut totals = vec![0.0; n];
+        for ((scorer, &weight), column) in self
+            .scorers
             .iter()
-            .map(|c| c.signals.waiting)
-            .max()
-            .unwrap_or(0)
-            .max(1) as f64;
-        let mut ranked: Vec<Ranked> = eligible
+            .zip(&self.weights)
+            .zip(scores.chunks_exact_mut(n))
+        {
+            scorer.score(&ctx, column);
+            for (total, s) in totals.iter_mut().zip(column.iter_mut()) {
+                // A scorer's contract is [0, 1]; hold it to it rather than let NaN rank.
+                *s = if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) };
+                *total += weight * *s;
+            }
+        }
+        if self.weight_sum > 0.0 {
+            for t in &mut totals {
+                *t /= self.weight_sum;
+            }
+        }
+
+        let mut order = Vec::with_capacity(n);
+        self.picker.rank(&totals, &mut order);
+        let ranked: Vec<Ranked> = order
             .iter()
-            .map(|c| {
-                let prefix = matches
-                    .get(c.endpoint.id)
-                    .map_or(0.0, |m| m.weighted as f64 / total);
-                let queue = 1.0 - c.signals.waiting as f64 / max_waiting;
-                Ranked {
-                    endpoint: c.endpoint.id,
-                    score: 2.0 * prefix + queue,
-                    scores: vec![prefix, queue],
-                }
+            .map(|&i| Ranked {
+                endpoint: eligible[i].endpoint.id,
+                score: totals[i],
+                scores: scores.iter().skip(i).step_by(n).copied().collect(),
             })
             .collect();
-        ranked.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then(a.endpoint.cmp(&b.endpoint))
-        });
-        let matched_blocks = ranked
-            .first()
-            .and_then(|r| matches.get(r.endpoint))
-            .map_or(0, |m| m.blocks);
+        let Some(primary) = ranked.first().map(|r| r.endpoint) else {
+            return Err(Error::NoEndpoint(filters::NO_CANDIDATES));
+        };
+        for scorer in &self.scorers {
+            scorer.observe(&ctx, primary);
+        }
         Ok(Decision {
+            matched_blocks: matches
+                .matches
+                .iter()
+                .find(|m| m.endpoint == primary)
+                .map_or(0, |m| m.blocks),
+            total_blocks,
             ranked,
-            matched_blocks,
-            total_blocks: matches.total_blocks,
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -137,6 +137,7 @@ impl Exchange {
         self.subset = reply::subset_hint(metadata);
         if h.end_of_stream {
             // No body (e.g. GET /v1/models): decide on load alone, at once.
+            let start = Instant::now();
             let routing = self.route(|picker, subset, session| {
                 picker.route(&RouteRequest {
                     model: "",
@@ -146,6 +147,7 @@ impl Exchange {
                     subset,
                 })
             });
+            metrics::histogram!(t::SCHEDULING).record(start.elapsed().as_secs_f64());
             match routing {
                 Ok(r) => {
                     self.outcome = "headers_only";
@@ -161,7 +163,8 @@ impl Exchange {
         }
         self.phase = Phase::Body;
         if self.request_mode == Mode::Buffered {
-            out.push(reply::request_headers(Some(reply::strip_mutation()), None));
+            // Envoy's BUFFERED contract: an empty answer now, the mutation on the body answer.
+            out.push(reply::request_headers(None, None));
         }
         Ok(())
     }
@@ -213,6 +216,7 @@ impl Exchange {
     /// Parses the whole body, picks, and answers.
     fn decide(&mut self, out: &mut Vec<pb::ProcessingResponse>, trailers_follow: bool) {
         let body = std::mem::take(&mut self.body);
+        let start = Instant::now();
         let routed = request::parse(&body).and_then(|req| {
             let tokens = Tokenized::new(&*self.shared.tokenizer, &req.model, &req.prompt);
             let prompt = tokens.prompt(&req.prompt);
@@ -226,6 +230,7 @@ impl Exchange {
                 })
             })
         });
+        metrics::histogram!(t::SCHEDULING).record(start.elapsed().as_secs_f64());
         let r = match routed {
             Ok(r) => r,
             Err(e) => return self.refuse(&e, out),
@@ -262,7 +267,7 @@ impl Exchange {
         self.phase = Phase::Decided;
     }
 
-    /// Runs `pick` with this stream's subset hint and session, timing it and counting the pick.
+    /// Runs `pick` with this stream's subset hint and session, and counts the pick.
     fn route(
         &mut self,
         pick: impl FnOnce(
@@ -271,13 +276,11 @@ impl Exchange {
             Option<&str>,
         ) -> Result<Routing, Error>,
     ) -> Result<Routing, Error> {
-        let start = Instant::now();
         let r = pick(
             &self.shared.picker,
             self.subset.as_deref(),
             self.session.as_deref(),
         );
-        metrics::histogram!(t::SCHEDULING).record(start.elapsed().as_secs_f64());
         if let Ok(r) = &r {
             self.primary = Some(r.primary);
             metrics::counter!(t::PICKS, "endpoint" => r.primary.to_string()).increment(1);

@@ -52,14 +52,6 @@ pub fn routing_mutation(routing: &Routing, content_length: Option<usize>) -> pb:
     }
 }
 
-/// A mutation that only strips a client-sent destination header.
-pub fn strip_mutation() -> pb::HeaderMutation {
-    pb::HeaderMutation {
-        set_headers: Vec::new(),
-        remove_headers: vec![DESTINATION.to_owned()],
-    }
-}
-
 fn string(s: impl Into<String>) -> Value {
     Value {
         kind: Some(Kind::StringValue(s.into())),

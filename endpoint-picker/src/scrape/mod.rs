@@ -176,7 +176,13 @@ impl Job {
         let body = Limited::new(response.into_body(), self.config.max_bytes)
             .collect()
             .await
-            .map_err(|_| "body")?
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    "too_large"
+                } else {
+                    "body"
+                }
+            })?
             .to_bytes();
         let page = std::str::from_utf8(&body).map_err(|_| "utf8")?;
         let parsed = prometheus::parse(page);

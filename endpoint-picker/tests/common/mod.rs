@@ -17,6 +17,7 @@ use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use kvpick_epp::discovery::{Discovered, EndpointSpec};
 use kvpick_epp::{Server, Settings};
 use kvpick_scheduler::events::{BlockStored, EventBatch, KvEvent};
+use kvpick_scheduler::scheduler::EventsState;
 use kvpick_scheduler::{EndpointId, KvIndex};
 use pb::external_processor_client::ExternalProcessorClient;
 use pb::processing_request::Request as In;
@@ -76,6 +77,15 @@ impl Picker {
         self.shared.picker.scheduler().index()
     }
 
+    pub fn live(&self, address: &str) -> Arc<kvpick_epp::pool::Live> {
+        self.pool
+            .view()
+            .by_address(&address.parse().unwrap())
+            .unwrap()
+            .live
+            .clone()
+    }
+
     pub fn id(&self, address: &str) -> EndpointId {
         self.pool
             .view()
@@ -104,6 +114,8 @@ impl Picker {
         };
         let report = self.index().apply(self.id(address), "m", &batch);
         assert_eq!(report.stored, blocks as u64);
+        // ...and, like the subscriber, vouches that the endpoint's events are flowing.
+        self.live(address).set_events(EventsState::Live);
     }
 
     pub async fn client(&self) -> ExternalProcessorClient<tonic::transport::Channel> {

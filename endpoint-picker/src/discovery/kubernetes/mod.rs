@@ -115,5 +115,9 @@ impl KubeSettings {
 pub async fn client() -> Result<kube::Client, Error> {
     kube::Client::try_default()
         .await
-        .map_err(|e| Error::Kubernetes(format!("no Kubernetes client configuration: {e}")))
+        .map_err(|e| {
+            Error::Kubernetes(format!(
+                "Kubernetes discovery needs a cluster: no service account or KUBECONFIG ({e})"
+            ))
+        })
 }

@@ -1,0 +1,74 @@
+//! What a request asks for and who could serve it: the inputs of [`crate::Scheduler::pick`].
+
+use crate::keys::Partition;
+use crate::pods::{Endpoint, EndpointSet, PodSignals};
+
+/// The prompt as the caller could read it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Prompt<'a> {
+    /// Token ids, exactly as the pod will see them (token-array prompts, or tokenized text).
+    Tokens(&'a [u32]),
+    /// Text that could not be tokenized; only the approximate prefix scorer can use it.
+    Text(&'a str),
+    /// Nothing to match on (e.g. a headers-only request).
+    Empty,
+}
+
+/// What the scheduler needs to know about one request.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The `model` field: a base model, or a LoRA adapter served on top of one.
+    pub model: &'a str,
+    /// vLLM's `cache_salt`, which partitions the prefix cache.
+    pub cache_salt: Option<&'a str>,
+    /// The prompt.
+    pub prompt: Prompt<'a>,
+    /// A session id for session affinity (`x-session-token` / `x-session-id`).
+    pub session: Option<&'a str>,
+    /// The proxy's subset hint, resolved to endpoint ids: pick only from it when present.
+    pub subset: Option<&'a EndpointSet>,
+}
+
+impl<'a> Request<'a> {
+    /// A request for `model` with `prompt` and nothing else set.
+    pub fn new(model: &'a str, prompt: Prompt<'a>) -> Self {
+        Self {
+            model,
+            cache_salt: None,
+            prompt,
+            session: None,
+            subset: None,
+        }
+    }
+
+    /// The cache partition the request's blocks live in.
+    pub fn partition(&self) -> Partition<'a> {
+        Partition {
+            model: self.model,
+            cache_salt: self.cache_salt,
+        }
+    }
+}
+
+/// Whether an endpoint's KV events can be trusted for precise prefix scoring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum EventsState {
+    /// Events flow and the index is in sync with the pod.
+    #[default]
+    Live,
+    /// The subscriber fell behind or lost events and is resynchronising.
+    Stale,
+    /// The endpoint publishes no KV events.
+    Absent,
+}
+
+/// One endpoint the request may go to, with what is known of it now.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate<'a> {
+    /// Who it is.
+    pub endpoint: &'a Endpoint,
+    /// Its latest scraped signals.
+    pub signals: &'a PodSignals,
+    /// Whether its KV events are trustworthy.
+    pub events: EventsState,
+}

@@ -1,0 +1,376 @@
+//! The discrete-event loop: arrivals, engine steps, KV-event deliveries and metric scrapes on one
+//! simulated clock, ordered by a binary heap of (time, sequence number). Deterministic for a seed:
+//! ties are broken by insertion order and every random choice comes from seeded generators.
+//!
+//! Staleness is part of the result: the router sees engine signals as of the last scrape (every
+//! `metrics_interval`) and the precise index sees KV events `kv_event_latency` after the step that
+//! produced them.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kvpick_scheduler::PodSignals;
+use kvpick_scheduler::events::EventBatch;
+
+use crate::clock::SimTime;
+use crate::engine::{Engine, EngineRequest, EngineStats, Profile, RequestId};
+use crate::error::SimError;
+use crate::metrics::{LogHistogram, Recorder, RequestRecord, Sample};
+use crate::policy::{PolicySpec, PoolShape, Router};
+use crate::trace::Trace;
+
+/// How the simulated pool and its observation are set up.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Number of engines.
+    pub engines: usize,
+    /// Every engine's profile.
+    pub profile: Profile,
+    /// The served model (cache partition of requests without a LoRA).
+    pub model: Arc<str>,
+    /// How often the router's view of engine signals is refreshed (µs); 0 = always fresh.
+    pub metrics_interval_us: u64,
+    /// Delay from a step's end to its KV events reaching the index (µs).
+    pub kv_event_latency_us: u64,
+    /// Timeline sampling period (µs); 0 = no timeline.
+    pub sample_interval_us: u64,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Check every engine's bookkeeping after each step (slow; for tests).
+    pub check_invariants: bool,
+}
+
+/// Everything one policy's run produced.
+#[derive(Debug)]
+pub struct RunResult {
+    /// The policy's name.
+    pub policy: String,
+    /// Per-request records, in trace order.
+    pub records: Vec<RequestRecord>,
+    /// Inter-token gaps.
+    pub itl: LogHistogram,
+    /// Timeline samples.
+    pub timeline: Vec<Sample>,
+    /// Per-engine counters.
+    pub engines: Vec<EngineStats>,
+    /// When the last event happened.
+    pub end: SimTime,
+    /// KV-event batches applied to the precise index.
+    pub event_batches: u64,
+    /// Blocks each engine holds in its prefix cache at the end.
+    pub engine_cached_blocks: Vec<usize>,
+    /// Entries the precise index holds per engine at the end (fed only by KV events).
+    pub index_entries: Option<Vec<usize>>,
+    /// The first broken engine invariant, when checking was on.
+    pub violation: Option<String>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    StepDone(u32),
+    Deliver(u32),
+    Scrape,
+    Sample,
+}
+
+struct Loop<'a> {
+    trace: &'a Trace,
+    cfg: &'a SimConfig,
+    router: Router,
+    engines: Vec<Engine>,
+    busy: Vec<bool>,
+    signals: Vec<PodSignals>,
+    inflight: Vec<VecDeque<EventBatch>>,
+    pending_deliveries: usize,
+    heap: BinaryHeap<Reverse<(SimTime, u64, Event)>>,
+    seq: u64,
+    rec: Recorder,
+    timeline: Vec<Sample>,
+    event_batches: u64,
+    tokens: Vec<u32>,
+    violation: Option<String>,
+}
+
+/// Replays `trace` through `policy`; `progress` (if any) counts arrivals handled.
+pub fn run(
+    trace: &Trace,
+    policy: &PolicySpec,
+    cfg: &SimConfig,
+    progress: Option<&AtomicU64>,
+) -> Result<RunResult, SimError> {
+    if cfg.engines == 0 {
+        return Err(SimError::InvalidConfig(
+            "--engines must be at least 1".into(),
+        ));
+    }
+    let shape = PoolShape {
+        engines: cfg.engines,
+        model: cfg.model.clone(),
+        block_size: kvpick_scheduler::BlockSize::new(cfg.profile.block_size)
+            .ok_or_else(|| SimError::InvalidConfig("block size must be positive".into()))?,
+    };
+    let router = Router::new(policy, &shape, cfg.seed)?;
+    let engines = (0..cfg.engines)
+        .map(|i| {
+            let seed = crate::trace::tokens::content_id("engine-hash-seed", &[cfg.seed, i as u64]);
+            Engine::new(cfg.profile.clone(), cfg.model.clone(), seed)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let records = trace
+        .requests
+        .iter()
+        .map(|r| RequestRecord {
+            arrival: r.arrival,
+            input_tokens: r.input_tokens(),
+            output_target: r.output_tokens,
+            ..Default::default()
+        })
+        .collect();
+    let mut l = Loop {
+        trace,
+        cfg,
+        router,
+        busy: vec![false; cfg.engines],
+        signals: engines.iter().map(|e| e.signals(SimTime::ZERO)).collect(),
+        engines,
+        inflight: vec![VecDeque::new(); cfg.engines],
+        pending_deliveries: 0,
+        heap: BinaryHeap::new(),
+        seq: 0,
+        rec: Recorder {
+            records,
+            ..Default::default()
+        },
+        timeline: Vec::new(),
+        event_batches: 0,
+        tokens: Vec::new(),
+        violation: None,
+    };
+    if cfg.metrics_interval_us > 0 {
+        l.push(SimTime::ZERO, Event::Scrape);
+    }
+    if cfg.sample_interval_us > 0 {
+        l.push(SimTime::ZERO, Event::Sample);
+    }
+    let end = l.run(progress)?;
+    Ok(RunResult {
+        policy: policy.name(),
+        records: l.rec.records,
+        itl: l.rec.itl,
+        timeline: l.timeline,
+        engines: l.engines.iter().map(Engine::stats).collect(),
+        end,
+        event_batches: l.event_batches,
+        engine_cached_blocks: l
+            .engines
+            .iter()
+            .map(|e| e.cache().cached_blocks())
+            .collect(),
+        index_entries: l.router.index_entries(),
+        violation: l.violation,
+    })
+}
+
+impl Loop<'_> {
+    fn push(&mut self, t: SimTime, e: Event) {
+        self.seq += 1;
+        self.heap.push(Reverse((t, self.seq, e)));
+    }
+
+    fn active(&self, next_arrival: usize) -> bool {
+        next_arrival < self.trace.requests.len()
+            || self.busy.iter().any(|&b| b)
+            || self.pending_deliveries > 0
+    }
+
+    fn run(&mut self, progress: Option<&AtomicU64>) -> Result<SimTime, SimError> {
+        let mut next = 0usize;
+        let mut now = SimTime::ZERO;
+        let mut unreported = 0u64;
+        loop {
+            let arrival = self.trace.requests.get(next).map(|r| r.arrival);
+            let top = self.heap.peek().map(|Reverse((t, _, _))| *t);
+            let take_arrival = match (arrival, top) {
+                (Some(a), Some(t)) => a <= t,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_arrival {
+                now = arrival.unwrap_or(now);
+                self.arrive(next, now)?;
+                next += 1;
+                unreported += 1;
+                if unreported == 256 {
+                    if let Some(p) = progress {
+                        p.fetch_add(unreported, Ordering::Relaxed);
+                    }
+                    unreported = 0;
+                }
+            } else if let Some(Reverse((t, _, e))) = self.heap.pop() {
+                now = t;
+                self.handle(e, now, next);
+            }
+            // Only the periodic scrape and sample can be left: nothing will change any more.
+            if !self.active(next) {
+                break;
+            }
+        }
+        if let Some(p) = progress {
+            p.fetch_add(unreported, Ordering::Relaxed);
+        }
+        Ok(now)
+    }
+
+    fn arrive(&mut self, i: usize, now: SimTime) -> Result<(), SimError> {
+        let req = &self.trace.requests[i];
+        req.prompt.materialize(&mut self.tokens);
+        if self.cfg.metrics_interval_us == 0 {
+            for (s, e) in self.signals.iter_mut().zip(&self.engines) {
+                *s = e.signals(now);
+            }
+        }
+        let e = self.router.pick(
+            &self.tokens,
+            req.lora.as_deref(),
+            req.session.as_deref(),
+            &self.signals,
+            now,
+        )?;
+        self.rec.records[i].engine = e as u32;
+        let engine_req = EngineRequest {
+            id: RequestId(i as u32),
+            prompt: std::mem::take(&mut self.tokens),
+            output_tokens: req.output_tokens,
+            output_id: req.output_id,
+            lora: req.lora.clone(),
+        };
+        if self.engines[e].add_request(engine_req).is_err() {
+            self.rec.records[i].unfit = true;
+            return Ok(());
+        }
+        if !self.busy[e] {
+            self.start_step(e, now);
+        }
+        Ok(())
+    }
+
+    fn start_step(&mut self, e: usize, now: SimTime) {
+        match self.engines[e].start_step(now, &mut self.rec) {
+            Some(us) => {
+                self.busy[e] = true;
+                self.push(now.plus_micros(us), Event::StepDone(e as u32));
+            }
+            None => self.busy[e] = false,
+        }
+    }
+
+    fn handle(&mut self, ev: Event, now: SimTime, next_arrival: usize) {
+        match ev {
+            Event::StepDone(e) => {
+                let e = e as usize;
+                self.engines[e].finish_step(now, &mut self.rec);
+                if self.cfg.check_invariants && self.violation.is_none() {
+                    self.violation = self.engines[e]
+                        .check_invariants()
+                        .err()
+                        .map(|v| format!("engine {e} at {now:?}: {v}"));
+                }
+                let wants = self.router.wants_events();
+                for batch in std::mem::take(&mut self.rec.outbox) {
+                    if !wants {
+                        continue;
+                    }
+                    if self.cfg.kv_event_latency_us == 0 {
+                        self.router.apply_events(e, &batch);
+                        self.event_batches += 1;
+                    } else {
+                        self.inflight[e].push_back(batch);
+                        self.pending_deliveries += 1;
+                        self.push(
+                            now.plus_micros(self.cfg.kv_event_latency_us),
+                            Event::Deliver(e as u32),
+                        );
+                    }
+                }
+                self.start_step(e, now);
+            }
+            Event::Deliver(e) => {
+                let e = e as usize;
+                if let Some(batch) = self.inflight[e].pop_front() {
+                    self.router.apply_events(e, &batch);
+                    self.event_batches += 1;
+                    self.pending_deliveries -= 1;
+                }
+            }
+            Event::Scrape => {
+                for (s, e) in self.signals.iter_mut().zip(&self.engines) {
+                    *s = e.signals(now);
+                }
+                if self.active(next_arrival) {
+                    self.push(now.plus_micros(self.cfg.metrics_interval_us), Event::Scrape);
+                }
+            }
+            Event::Sample => {
+                let (input, cached) = (self.rec.window_input, self.rec.window_cached);
+                self.rec.window_input = 0;
+                self.rec.window_cached = 0;
+                self.timeline.push(Sample {
+                    t: now,
+                    waiting: self.engines.iter().map(|e| e.waiting() as u32).collect(),
+                    running: self.engines.iter().map(|e| e.running() as u32).collect(),
+                    kv_usage: self.engines.iter().map(Engine::kv_usage).collect(),
+                    admitted_tokens: input,
+                    cached_tokens: cached,
+                });
+                if self.active(next_arrival) {
+                    self.push(now.plus_micros(self.cfg.sample_interval_us), Event::Sample);
+                }
+            }
+        }
+    }
+}
+
+/// Runs every policy over the same trace, up to `threads` at a time; results in `policies` order.
+pub fn run_many(
+    trace: &Trace,
+    policies: &[PolicySpec],
+    cfg: &SimConfig,
+    threads: usize,
+    progress: Option<&AtomicU64>,
+) -> Vec<Result<RunResult, SimError>> {
+    let next = AtomicU64::new(0);
+    let mut slots: Vec<Option<Result<RunResult, SimError>>> =
+        policies.iter().map(|_| None).collect();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.clamp(1, policies.len().max(1)))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(p) = policies.get(i) else { break };
+                        done.push((i, run(trace, p, cfg, progress)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        for w in workers {
+            match w.join() {
+                Ok(done) => {
+                    for (i, r) in done {
+                        slots[i] = Some(r);
+                    }
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+    });
+    slots
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(SimError::InvalidConfig("policy run lost".into()))))
+        .collect()
+}

@@ -1,0 +1,27 @@
+//! `kvpick-sim`: replays request traces through kvpick's own scheduling code (`kvpick-scheduler`,
+//! unchanged) against simulated vLLM engines.
+//!
+//! - [`trace`]: requests with arrival times and prompts, loaded (Mooncake, Azure, kvpick JSONL) or
+//!   generated (shared-prefix groups, multi-turn chat).
+//! - [`engine`]: one simulated vLLM engine, a pure state machine: continuous batching with chunked
+//!   prefill, a paged KV cache with automatic prefix caching, preemption by recompute, KV events.
+//! - [`policy`]: the routing policies under test, config-driven ones through `Scheduler::pick`.
+//! - [`des`]: the discrete-event loop that wires trace, policy and engines together in simulated time.
+//! - [`metrics`] and [`report`]: what a run measured, as a table, JSON and SVG plots.
+//! - [`cache_hit`]: the single global prefix-cache analysis of a trace.
+#![forbid(unsafe_code)]
+
+pub mod cache_hit;
+pub mod clock;
+pub mod des;
+pub mod engine;
+pub mod error;
+pub mod lru;
+pub mod metrics;
+pub mod policy;
+pub mod prehashed;
+pub mod report;
+pub mod trace;
+
+pub use clock::SimTime;
+pub use error::SimError;

@@ -1,0 +1,104 @@
+//! The policy comparison as a plain-text table for the terminal (and Markdown, for BENCHMARKS.md).
+
+use std::fmt::Write;
+
+use super::Summary;
+
+fn columns() -> [&'static str; 13] {
+    [
+        "policy",
+        "done",
+        "unfit",
+        "TTFT p50 s",
+        "TTFT p90 s",
+        "TTFT p99 s",
+        "ITL p50 ms",
+        "TPOT p90 ms",
+        "E2E p90 s",
+        "queue p90 s",
+        "out tok/s",
+        "in tok/s",
+        "hit %",
+    ]
+}
+
+fn extra() -> [&'static str; 2] {
+    ["imbalance", "preempt"]
+}
+
+fn row(s: &Summary) -> Vec<String> {
+    vec![
+        s.policy.clone(),
+        s.completed.to_string(),
+        s.unfit.to_string(),
+        format!("{:.3}", s.ttft.p50),
+        format!("{:.3}", s.ttft.p90),
+        format!("{:.3}", s.ttft.p99),
+        format!("{:.1}", s.itl.p50 * 1e3),
+        format!("{:.1}", s.tpot.p90 * 1e3),
+        format!("{:.2}", s.e2e.p90),
+        format!("{:.3}", s.queue.p90),
+        format!("{:.0}", s.output_tok_s),
+        format!("{:.0}", s.input_tok_s),
+        format!("{:.1}", s.hit_rate * 100.0),
+        format!("{:.2}", s.imbalance),
+        s.preemptions.to_string(),
+    ]
+}
+
+fn headers() -> Vec<&'static str> {
+    columns().into_iter().chain(extra()).collect()
+}
+
+/// An aligned text table, one row per policy.
+pub fn render(summaries: &[Summary]) -> String {
+    let headers = headers();
+    let rows: Vec<Vec<String>> = summaries.iter().map(row).collect();
+    let widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == 0 {
+                let _ = write!(out, "{c:<w$}");
+            } else {
+                let _ = write!(out, "  {c:>w$}");
+            }
+        }
+        out.push('\n');
+    };
+    line(headers.clone(), &mut out);
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    line(rule.iter().map(String::as_str).collect(), &mut out);
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+/// The same table in Markdown.
+pub fn markdown(summaries: &[Summary]) -> String {
+    let headers = headers();
+    let mut out = format!("| {} |\n", headers.join(" | "));
+    out += &format!(
+        "|{}\n",
+        headers
+            .iter()
+            .enumerate()
+            .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
+            .collect::<String>()
+    );
+    for s in summaries {
+        out += &format!("| {} |\n", row(s).join(" | "));
+    }
+    out
+}
