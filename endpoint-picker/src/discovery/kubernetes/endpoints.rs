@@ -49,7 +49,10 @@ impl Selector {
                 .split_once("==")
                 .or_else(|| part.split_once('='))
                 .ok_or_else(|| format!("{part:?} is not key=value (only equality selectors)"))?;
-            if pairs.insert(k.trim().to_owned(), v.trim().to_owned()).is_some() {
+            if pairs
+                .insert(k.trim().to_owned(), v.trim().to_owned())
+                .is_some()
+            {
                 return Err(format!("label {:?} appears twice", k.trim()));
             }
         }
@@ -107,7 +110,11 @@ impl Scope {
 
     /// The scope an InferencePool describes.
     pub fn from_pool(spec: &InferencePoolSpec) -> Result<Self, String> {
-        if spec.target_ports.iter().any(|p| !(1..=65535).contains(&p.number)) {
+        if spec
+            .target_ports
+            .iter()
+            .any(|p| !(1..=65535).contains(&p.number))
+        {
             return Err("a target port is outside 1..=65535".into());
         }
         Self::new(
@@ -208,7 +215,10 @@ pub fn endpoints<'a>(
     let mut seen = HashSet::new();
     for pod in pods {
         let Some(ip) = pod.ip else { continue };
-        let annotated = pod.annotations.get(MODEL_ANNOTATION).filter(|m| !m.is_empty());
+        let annotated = pod
+            .annotations
+            .get(MODEL_ANNOTATION)
+            .filter(|m| !m.is_empty());
         let model = match (annotated, &defaults.model) {
             (Some(m), _) => Arc::from(m.as_str()),
             (None, Some(m)) => m.clone(),
@@ -220,8 +230,18 @@ pub fn endpoints<'a>(
                 continue;
             }
         };
-        let events = port_of(pod, KV_EVENTS_PORT_ANNOTATION, defaults.kv_events_port, &mut out);
-        let replay = port_of(pod, KV_REPLAY_PORT_ANNOTATION, defaults.kv_replay_port, &mut out);
+        let events = port_of(
+            pod,
+            KV_EVENTS_PORT_ANNOTATION,
+            defaults.kv_events_port,
+            &mut out,
+        );
+        let replay = port_of(
+            pod,
+            KV_REPLAY_PORT_ANNOTATION,
+            defaults.kv_replay_port,
+            &mut out,
+        );
         for (rank, &port) in scope.target_ports.iter().enumerate() {
             let address = SocketAddr::new(ip, port);
             if !seen.insert(address) {

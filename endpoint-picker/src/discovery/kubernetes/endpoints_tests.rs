@@ -73,7 +73,8 @@ fn one_endpoint_per_ready_pod_and_target_port_with_ranked_event_ports() {
 #[test]
 fn annotations_override_and_bad_ones_are_reported() {
     let mut a = pod("a", "fd00::1", true);
-    a.annotations.insert(MODEL_ANNOTATION.into(), "org/other".into());
+    a.annotations
+        .insert(MODEL_ANNOTATION.into(), "org/other".into());
     a.annotations
         .insert(KV_EVENTS_PORT_ANNOTATION.into(), "0".into());
     let mut b = pod("b", "10.0.0.2", true);
@@ -111,7 +112,11 @@ fn pods_without_a_model_or_with_a_taken_address_are_skipped() {
 fn only_pods_matching_the_selector_count() {
     let mut other = pod("o", "10.0.0.9", true);
     other.labels.insert("app".into(), "other".into());
-    let o = endpoints(&scope(&[8000]), &defaults(), &[other, pod("a", "10.0.0.1", true)]);
+    let o = endpoints(
+        &scope(&[8000]),
+        &defaults(),
+        &[other, pod("a", "10.0.0.1", true)],
+    );
     assert_eq!(addresses(&o), ["10.0.0.1:8000"]);
 }
 
@@ -151,10 +156,7 @@ fn pods_reduce_to_what_discovery_needs() {
         metadata: ObjectMeta {
             name: Some("p".into()),
             labels: Some(labels(&[("app", "vllm")])),
-            annotations: Some(labels(&[
-                (MODEL_ANNOTATION, "m"),
-                ("unrelated.io/x", "y"),
-            ])),
+            annotations: Some(labels(&[(MODEL_ANNOTATION, "m"), ("unrelated.io/x", "y")])),
             ..ObjectMeta::default()
         },
         spec: None,

@@ -93,12 +93,20 @@ impl KubeSettings {
         }
         let kv_events_port = cli
             .kv_events_port
-            .unwrap_or(if cli.kv_events_bind.is_some() { 0 } else { 5557 });
+            .unwrap_or(if cli.kv_events_bind.is_some() {
+                0
+            } else {
+                5557
+            });
         Ok(Some(Self {
             namespace: cli.pool_namespace.clone(),
             target,
             defaults: EndpointDefaults {
-                model: cli.model.as_deref().filter(|m| !m.is_empty()).map(Arc::from),
+                model: cli
+                    .model
+                    .as_deref()
+                    .filter(|m| !m.is_empty())
+                    .map(Arc::from),
                 kv_events_port,
                 kv_replay_port: cli.kv_replay_port,
             },
@@ -113,11 +121,9 @@ impl KubeSettings {
 /// A client from the environment: in a pod its service account, else `$KUBECONFIG` or
 /// `~/.kube/config`.
 pub async fn client() -> Result<kube::Client, Error> {
-    kube::Client::try_default()
-        .await
-        .map_err(|e| {
-            Error::Kubernetes(format!(
-                "Kubernetes discovery needs a cluster: no service account or KUBECONFIG ({e})"
-            ))
-        })
+    kube::Client::try_default().await.map_err(|e| {
+        Error::Kubernetes(format!(
+            "Kubernetes discovery needs a cluster: no service account or KUBECONFIG ({e})"
+        ))
+    })
 }
