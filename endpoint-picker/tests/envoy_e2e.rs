@@ -53,6 +53,7 @@ impl Fleet {
         settings.endpoints_poll = Duration::from_millis(200);
         settings.metrics = Some("127.0.0.1:0".parse().unwrap());
         settings.picker.staleness = STALENESS;
+        settings.limits.max_body_bytes = 100_000;
         settings.scrape.staleness = STALENESS;
         settings.scrape.timeout = Duration::from_millis(200);
         let server = Server::bind(settings).await.unwrap();
@@ -246,6 +247,11 @@ async fn bad_requests_get_400_through_envoy() {
             "{json}"
         );
     }
+    // Larger than --max-body-bytes: refused while the body is still streaming in.
+    let big = serde_json::json!({"model": "m", "prompt": "x".repeat(300_000)}).to_string();
+    let (status, _, answer) = envoy::post(&f.envoy, "/v1/completions", big.as_bytes(), &[]).await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&answer));
+    assert!(String::from_utf8_lossy(&answer).contains("exceeds 100000 bytes"));
     assert!(
         f.pods
             .iter()

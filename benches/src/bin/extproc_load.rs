@@ -25,11 +25,11 @@ use clap::Parser;
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
+use kvpick_benches::probe::{Probe, Samples, thread_cpu};
 use kvpick_epp::discovery::{Discovered, EndpointSpec};
 use kvpick_epp::{Server, Settings};
 use kvpick_scheduler::events::{BlockStored, EngineHash, EventBatch, KvEvent};
 use kvpick_scheduler::{PodSignals, Timestamp};
-use parking_lot::Mutex;
 use pb::external_processor_client::ExternalProcessorClient;
 use pb::processing_request::Request as In;
 use pb::processing_response::Response as Out;
@@ -67,90 +67,6 @@ struct Args {
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
-}
-
-/// CPU seconds used so far by this process's threads whose name starts with `prefix`
-/// (from `/proc/self/task/*/stat`, in clock ticks of 1/100 s).
-fn thread_cpu(prefix: &str) -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return f64::NAN;
-    };
-    let mut ticks = 0u64;
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        if !stat[open + 1..close].starts_with(prefix) {
-            continue;
-        }
-        // After the name: state is field 3; utime and stime are fields 14 and 15.
-        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        ticks += fields
-            .get(11)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        ticks += fields
-            .get(12)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    ticks as f64 / 100.0
-}
-
-/// Collects the server's scheduling-latency samples; every other metric is dropped.
-#[derive(Default)]
-struct Samples(Mutex<Vec<f64>>);
-
-impl metrics::HistogramFn for Samples {
-    fn record(&self, value: f64) {
-        self.0.lock().push(value);
-    }
-}
-
-struct Probe(Arc<Samples>);
-
-impl metrics::Recorder for Probe {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        metrics::Counter::noop()
-    }
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-    fn register_histogram(
-        &self,
-        key: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        if key.name() == kvpick_epp::telemetry::SCHEDULING {
-            metrics::Histogram::from_arc(self.0.clone())
-        } else {
-            metrics::Histogram::noop()
-        }
-    }
 }
 
 fn headers(pairs: &[(&str, &str)]) -> Option<HeaderMap> {
@@ -259,7 +175,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let samples = Arc::new(Samples::default());
-    metrics::set_global_recorder(Probe(samples.clone())).map_err(|e| anyhow::anyhow!("{e}"))?;
+    metrics::set_global_recorder(Probe::new(
+        kvpick_epp::telemetry::SCHEDULING,
+        samples.clone(),
+    ))
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     // The picker and the load generator on separate runtimes, so the picker's CPU can be told
     // apart (by thread name) and the two do not steal each other's worker threads.
     let server_rt = tokio::runtime::Builder::new_multi_thread()
@@ -348,7 +268,7 @@ fn main() -> anyhow::Result<()> {
         client_rt.block_on(load(&args, url, bodies, &samples))?;
     let _ = stop_tx.send(());
     server_rt.block_on(serving)??;
-    let mut sched = std::mem::take(&mut *samples.0.lock());
+    let mut sched = samples.take();
     sched.sort_by(f64::total_cmp);
     let us = |v: f64| v * 1e6;
     println!(
@@ -439,7 +359,7 @@ async fn load(
         });
     }
     tokio::time::sleep_until(warmup_end).await;
-    samples.0.lock().clear();
+    samples.clear();
     let cpu_start = thread_cpu("epp-server");
     let mut total = 0u64;
     let mut client_lat = Vec::new();
