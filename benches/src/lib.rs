@@ -1,4 +1,5 @@
 //! Shared workload builders for kvpick's benchmarks.
 #![forbid(unsafe_code)]
 
+pub mod index_workload;
 pub mod probe;

@@ -1,0 +1,355 @@
+//! CPU cost of tokenizing chat requests: 8k-, 32k- and 100k-token conversations, cold (nothing
+//! cached) and warm (the next turn of the same conversation, its history cached), through the same
+//! `ModelTokenizer::tokenize` the endpoint picker calls (render the chat template, cut at added
+//! tokens, splice cached segments, encode the rest).
+//!
+//! Tokenizers: the byte-level BPE + ChatML fixture of kvpick-tokenize (3,000-token vocabulary, NFC,
+//! a Llama-3/Qwen2 split regex) at three sizes, and the Metaspace/byte-fallback + Mistral-template
+//! fixture at 100k. Text: generated pseudo-English with code and Unicode, Zipf-distributed
+//! words. Measured in CPU time of the process (all threads), not wall time: the machine is shared.
+#![allow(clippy::expect_used)] // a benchmark without its fixture has nothing to measure
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use kvpick_tokenize::{ChatRequest, ModelTokenizer, TokenCache, TokenizeInput};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+const COMMON: &[&str] = &[
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "with",
+    "was",
+    "on",
+    "be",
+    "by",
+    "this",
+    "are",
+    "from",
+    "at",
+    "or",
+    "an",
+    "not",
+    "have",
+    "which",
+    "but",
+    "all",
+    "they",
+    "were",
+    "model",
+    "token",
+    "cache",
+    "request",
+    "prefix",
+    "block",
+    "memory",
+    "server",
+    "latency",
+    "router",
+    "question",
+    "answer",
+    "because",
+    "however",
+    "performance",
+    "configuration",
+    "implementation",
+];
+const EXTRAS: &[&str] = &[
+    "\n\n",
+    "\n",
+    "```python\ndef f(x):\n    return x * 2\n```\n",
+    "中文文本",
+    "café",
+    "😀",
+    "    ",
+    "{\"key\": [1, 2, 3]}",
+    "https://example.com/a?b=c",
+];
+
+/// Pseudo-English: common words plus a Zipf-distributed vocabulary of syllable words.
+struct Prose {
+    rng: SmallRng,
+    vocab: Vec<String>,
+}
+
+impl Prose {
+    fn new(seed: u64) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let syllables = [
+            "ka", "lo", "mi", "ter", "san", "vo", "rin", "del", "qua", "ph", "ex", "ing", "tion",
+        ];
+        let vocab = (0..5000)
+            .map(|_| {
+                let n = rng.random_range(1..5);
+                (0..n)
+                    .map(|_| syllables[rng.random_range(0..syllables.len())])
+                    .collect()
+            })
+            .collect();
+        Self { rng, vocab }
+    }
+
+    fn text(&mut self, words: usize) -> String {
+        let mut out = String::new();
+        for i in 0..words {
+            let r: f64 = self.rng.random();
+            if r < 0.55 {
+                out.push_str(COMMON[self.rng.random_range(0..COMMON.len())]);
+            } else if r < 0.97 {
+                // Zipf-like: rank ~ 1/u.
+                let u: f64 = self.rng.random_range(0.0002..1.0);
+                let rank = ((1.0 / u) as usize).min(self.vocab.len()) - 1;
+                out.push_str(&self.vocab[rank]);
+            } else if r < 0.985 {
+                out.push_str(&self.rng.random_range(0..100_000).to_string());
+            } else {
+                out.push_str(EXTRAS[self.rng.random_range(0..EXTRAS.len())]);
+            }
+            let p: f64 = self.rng.random();
+            out.push_str(if p < 0.06 {
+                ". "
+            } else if p < 0.1 {
+                ", "
+            } else if i + 1 < words {
+                " "
+            } else {
+                "."
+            });
+        }
+        out
+    }
+}
+
+fn model(name: &str) -> ModelTokenizer {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../endpoint-picker/tokenize/tests/fixtures")
+        .join(name);
+    ModelTokenizer::load(&dir).expect("the fixture loads")
+}
+
+fn chat(messages: &[Value]) -> TokenizeInput {
+    TokenizeInput::Chat(ChatRequest::new(messages.to_vec()))
+}
+
+/// A conversation whose rendered prompt has about `target` tokens, ending with a user turn.
+fn conversation(model: &ModelTokenizer, target: usize, prose: &mut Prose) -> Vec<Value> {
+    let mut messages = vec![json!({"role": "system", "content": prose.text(60)})];
+    // Our own cache keeps this loop linear: each check encodes only the new messages.
+    let cache = TokenCache::new(256 << 20);
+    loop {
+        let words = 150 + prose.rng.random_range(0..300);
+        messages.push(json!({"role": "user", "content": prose.text(words)}));
+        let n = model
+            .tokenize(&chat(&messages), &cache)
+            .map(|e| e.ids.len())
+            .unwrap_or(0);
+        if n >= target {
+            return messages;
+        }
+        let words = 200 + prose.rng.random_range(0..500);
+        messages.push(json!({"role": "assistant", "content": prose.text(words)}));
+    }
+}
+
+fn tokenize(c: &mut Criterion<cpu_time::CpuTime>) {
+    // The byte-level family at three sizes; the sentencepiece-style (Metaspace) one at 100k.
+    let runs = [
+        ("chatml", "8k", 8_000),
+        ("chatml", "32k", 32_000),
+        ("chatml", "100k", 100_000),
+        ("mistral", "100k", 100_000),
+    ];
+    let mut group = c.benchmark_group("tokenize_chat");
+    group.sample_size(10);
+    for (name, size, target) in runs {
+        let model = model(name);
+        let mut prose = Prose::new(7);
+        let label = if name == "chatml" {
+            size.to_string()
+        } else {
+            format!("{name}_{size}")
+        };
+        let messages = conversation(&model, target, &mut prose);
+        let label = label.as_str();
+        let request = chat(&messages);
+        let n = model
+            .tokenize(&request, &TokenCache::new(0))
+            .map(|e| e.ids.len())
+            .unwrap_or(0);
+        let bytes = match &request {
+            TokenizeInput::Chat(req) => model.render_chat(req).map(|t| t.len()).unwrap_or(0),
+            TokenizeInput::Prompt { text, .. } => text.len(),
+        };
+        eprintln!(
+            "{label}: {} messages, {n} tokens, {bytes} bytes rendered",
+            messages.len()
+        );
+
+        group.bench_function(format!("{label}/render_only"), |b| {
+            let TokenizeInput::Chat(req) = &request else {
+                return;
+            };
+            b.iter(|| model.render_chat(black_box(req)).map(|t| t.len()))
+        });
+        // The straightforward way, as a baseline in the same process: render, then HF `encode`.
+        group.bench_function(format!("{label}/baseline_hf_encode"), |b| {
+            let TokenizeInput::Chat(req) = &request else {
+                return;
+            };
+            b.iter(|| {
+                let text = model.render_chat(black_box(req)).expect("renders");
+                model
+                    .tokenizer()
+                    .encode(text.as_str(), false)
+                    .map(|e| e.len())
+            })
+        });
+        group.bench_function(format!("{label}/uncached"), |b| {
+            let off = TokenCache::new(0);
+            b.iter(|| {
+                model
+                    .tokenize(black_box(&request), &off)
+                    .map(|e| e.ids.len())
+            })
+        });
+        group.bench_function(format!("{label}/cold"), |b| {
+            b.iter_batched(
+                || TokenCache::new(256 << 20),
+                |cache| {
+                    model
+                        .tokenize(black_box(&request), &cache)
+                        .map(|e| e.ids.len())
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        // The next turn: the assistant answered, the user asked again; the history is cached.
+        let cache = TokenCache::new(256 << 20);
+        let _ = model.tokenize(&request, &cache);
+        let mut next = messages.clone();
+        next.push(json!({"role": "assistant", "content": prose.text(300)}));
+        let question = prose.text(100);
+        let mut turn = 0u64;
+        group.bench_function(format!("{label}/warm_next_turn"), |b| {
+            b.iter(|| {
+                // A different new question each time, so only the history hits.
+                turn += 1;
+                let mut m = next.clone();
+                m.push(json!({"role": "user", "content": format!("{question} ({turn})")}));
+                model
+                    .tokenize(black_box(&chat(&m)), &cache)
+                    .map(|e| e.ids.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+mod cpu_time {
+    //! A criterion measurement of CPU time: the run time of every thread of the process, from
+    //! `/proc/self/task/*/schedstat` (nanoseconds). On a shared, loaded machine wall time mostly
+    //! measures the neighbours; CPU time is the cost the benchmark asks about ("core·s per request").
+
+    use criterion::Throughput;
+    use criterion::measurement::{Measurement, ValueFormatter};
+
+    /// CPU time of the whole process, in nanoseconds.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct CpuTime;
+
+    /// Total CPU nanoseconds used so far by all live threads of this process.
+    pub fn process_cpu_ns() -> u64 {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    impl Measurement for CpuTime {
+        type Intermediate = u64;
+        type Value = u64;
+
+        fn start(&self) -> u64 {
+            process_cpu_ns()
+        }
+        fn end(&self, start: u64) -> u64 {
+            process_cpu_ns().saturating_sub(start)
+        }
+        fn add(&self, a: &u64, b: &u64) -> u64 {
+            a + b
+        }
+        fn zero(&self) -> u64 {
+            0
+        }
+        fn to_f64(&self, v: &u64) -> f64 {
+            *v as f64
+        }
+        fn formatter(&self) -> &dyn ValueFormatter {
+            &CpuFormatter
+        }
+    }
+
+    struct CpuFormatter;
+
+    impl ValueFormatter for CpuFormatter {
+        fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
+            let (div, unit) = if typical < 1e3 {
+                (1.0, "ns cpu")
+            } else if typical < 1e6 {
+                (1e3, "µs cpu")
+            } else if typical < 1e9 {
+                (1e6, "ms cpu")
+            } else {
+                (1e9, "s cpu")
+            };
+            for v in values {
+                *v /= div;
+            }
+            unit
+        }
+        fn scale_throughputs(
+            &self,
+            typical: f64,
+            throughput: &Throughput,
+            values: &mut [f64],
+        ) -> &'static str {
+            let per = match throughput {
+                Throughput::Elements(n)
+                | Throughput::Bytes(n)
+                | Throughput::BytesDecimal(n)
+                | Throughput::Bits(n) => *n as f64,
+                Throughput::ElementsAndBytes { elements, .. } => *elements as f64,
+            };
+            let _ = typical;
+            for v in values {
+                *v = per * 1e9 / *v;
+            }
+            "elem/cpu·s"
+        }
+        fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+            "ns cpu"
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(cpu_time::CpuTime);
+    targets = tokenize
+}
+criterion_main!(benches);
