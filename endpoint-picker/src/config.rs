@@ -59,6 +59,23 @@ pub struct Cli {
     /// Bind a ZMQ SUB socket here (e.g. tcp://*:5557) for pods that connect to publish KV events.
     #[arg(long, env = "KVPICK_KV_EVENTS_BIND")]
     pub kv_events_bind: Option<String>,
+    /// Kubernetes discovery without a pool: pods matching these labels (`k=v,k2=v2`) in --pool-namespace.
+    #[arg(long, env = "KVPICK_ENDPOINT_SELECTOR")]
+    pub endpoint_selector: Option<String>,
+    /// With --endpoint-selector: the pods' serving ports (`8000,8001`); rank N is the Nth port.
+    #[arg(long, env = "KVPICK_ENDPOINT_TARGET_PORTS", value_delimiter = ',')]
+    pub endpoint_target_ports: Vec<u16>,
+    /// Model of discovered pods without a `kvpick.io/model` annotation (Kubernetes discovery).
+    #[arg(long, env = "KVPICK_MODEL")]
+    pub model: Option<String>,
+    /// Base port of the pods' KV-event publishers, rank N on base+N (annotation `kvpick.io/kv-events-port`
+    /// overrides); 0: none. Default 5557, or 0 with --kv-events-bind.
+    #[arg(long, env = "KVPICK_KV_EVENTS_PORT")]
+    pub kv_events_port: Option<u16>,
+    /// Base port of the pods' KV-event replay sockets, rank N on base+N (annotation
+    /// `kvpick.io/kv-replay-port` overrides); 0: none.
+    #[arg(long, env = "KVPICK_KV_REPLAY_PORT", default_value_t = 0)]
+    pub kv_replay_port: u16,
     /// KV block size in tokens, when neither --config nor the endpoints file gives one.
     #[arg(long, env = "KVPICK_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: u32,
@@ -228,11 +245,7 @@ fn injected_flags<'a>(
 impl Cli {
     /// Checks what clap cannot: combinations and features not built yet.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.pool_name.is_some() || self.pool_namespace.is_some() {
-            return Err(Error::NotBuilt(
-                "Kubernetes discovery (--pool-name/--pool-namespace); use --endpoints-file",
-            ));
-        }
+        crate::discovery::kubernetes::KubeSettings::from_cli(self)?;
         if self.block_size == 0 {
             return Err(Error::Config("--block-size must be positive".into()));
         }
@@ -294,8 +307,8 @@ mod tests {
         assert!(cli(&[], &[("KVPICK_GRPC_PORT", "x")]).is_err());
         assert!(cli(&["--refresh-metrics-interval", "50"], &[]).is_err());
         assert!(cli(&["--cert-path", "c.pem"], &[]).is_err(), "key required");
-        let c = cli(&["--pool-name", "p"], &[]).unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("Kubernetes"));
+        let c = cli(&["--pool-name", "p", "--endpoints-file", "e.yaml"], &[]).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("exclude"));
     }
 
     #[test]

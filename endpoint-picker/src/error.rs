@@ -73,6 +73,9 @@ pub enum Error {
     /// A server task panicked.
     #[error("task failed: {0}")]
     Task(String),
+    /// Kubernetes discovery could not start (no client configuration).
+    #[error("{0}")]
+    Kubernetes(String),
     /// A feature that is accepted on the command line but not built yet.
     #[error("{0} is not built yet")]
     NotBuilt(&'static str),
@@ -97,6 +100,7 @@ impl Error {
             Error::Serve(_) => "serve",
             Error::Scheduler(e) => e.label(),
             Error::NotBuilt(_) => "not_built",
+            Error::Kubernetes(_) => "kubernetes",
             Error::BodyTooLarge { .. } => "body_too_large",
             Error::InvalidBody(_) => "invalid_body",
             Error::MissingModel => "missing_model",

@@ -11,7 +11,7 @@
 //! What the picker knows, and where it comes from:
 //! - [`pool`]: endpoints, their ids and live signals; its `watch` of views is the seam for KV-event
 //!   ingestion ([`Ingestion`]).
-//! - [`discovery`]: where endpoints come from ([`discovery::file`] today).
+//! - [`discovery`]: where endpoints come from ([`discovery::file`], [`discovery::kubernetes`]).
 //! - [`scrape`]: per-endpoint `/metrics` loops; [`scrape::prometheus`] is the pure page scanner.
 //!
 //! Around it: [`query`] (kvpick's own `kvpick.v1.Index` API), [`health`] (gRPC health),

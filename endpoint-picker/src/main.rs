@@ -22,8 +22,8 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         let settings = Settings::from_cli(&cli)?;
-        if settings.endpoints_file.is_none() {
-            tracing::warn!("no --endpoints-file: the pool is empty and every request gets 503");
+        if settings.endpoints_file.is_none() && settings.kubernetes.is_none() {
+            tracing::warn!("no --endpoints-file, --pool-name or --endpoint-selector: the pool is empty and every request gets 503");
         }
         let server = Server::bind(settings)
             .await

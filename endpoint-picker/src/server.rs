@@ -59,6 +59,8 @@ pub struct Settings {
     pub scrape: ScrapeConfig,
     /// `--kv-events-bind`, passed through to ingestion.
     pub kv_events_bind: Option<String>,
+    /// Kubernetes discovery (`--pool-name` or `--endpoint-selector`); ready only once synced.
+    pub kubernetes: Option<discovery::kubernetes::KubeSettings>,
     /// How long open streams may finish after shutdown begins before they are cut.
     pub shutdown_grace: Duration,
 }
@@ -93,6 +95,7 @@ impl Settings {
                 staleness: cli.metrics_staleness_threshold,
             },
             kv_events_bind: cli.kv_events_bind.clone(),
+            kubernetes: discovery::kubernetes::KubeSettings::from_cli(cli)?,
             shutdown_grace: cli.shutdown_grace,
         })
     }
@@ -120,6 +123,7 @@ impl Settings {
                 staleness: Duration::from_secs(2),
             },
             kv_events_bind: None,
+            kubernetes: None,
             shutdown_grace: Duration::from_secs(1),
         }
     }
@@ -136,6 +140,7 @@ pub struct Server {
     shared: Arc<Shared>,
     pool: Arc<Pool>,
     index: Arc<KvIndex>,
+    kubernetes: Option<discovery::kubernetes::Discovery>,
 }
 
 /// Reads and validates a picker config file.
@@ -201,6 +206,13 @@ impl Server {
             limits: settings.limits,
             clock,
         });
+        let kubernetes = match &settings.kubernetes {
+            Some(k) => Some(discovery::kubernetes::Discovery::new(
+                discovery::kubernetes::client().await?,
+                k.clone(),
+            )),
+            None => None,
+        };
         let metrics = match settings.metrics {
             Some(addr) => Some(listen(addr).await?),
             None => None,
@@ -213,6 +225,7 @@ impl Server {
             shared,
             pool,
             index,
+            kubernetes,
             settings,
         })
     }
@@ -320,8 +333,25 @@ impl Server {
             tracing::warn!(%bind, "KV-event ingestion is not built into this binary yet; --kv-events-bind is noted only");
         }
 
-        // Discovery synced in `bind`: ready.
-        health.ready().await;
+        if let Some(kube) = self.kubernetes {
+            // Ready once the pool and its pods have been listed (and until shutdown).
+            let (synced, mut is_synced) = tokio::sync::watch::channel(false);
+            tasks.spawn(ok(kube.run(self.pool.clone(), synced, stop.clone())));
+            let (health, stop) = (health.clone(), stop.clone());
+            tasks.spawn(ok(async move {
+                let synced = tokio::select! {
+                    _ = stop.cancelled() => false,
+                    r = is_synced.wait_for(|s| *s) => r.is_ok(),
+                };
+                if synced {
+                    health.ready().await;
+                }
+                stop.cancelled().await
+            }));
+        } else {
+            // Discovery synced in `bind`: ready.
+            health.ready().await;
+        }
         tracing::info!(grpc = ?self.settings.grpc, "kvpick-epp serving");
 
         let mut result = Ok(());

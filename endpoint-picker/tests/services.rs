@@ -325,7 +325,10 @@ fn the_binary_explains_its_flags_and_refuses_what_is_not_built() {
             "{needle} missing from --help:\n{text}"
         );
     }
+    // Without a cluster configuration, Kubernetes discovery fails at startup, not later.
     let k8s = Command::new(env!("CARGO_BIN_EXE_kvpick-epp"))
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .args([
             "--pool-name",
             "p",

@@ -1,6 +1,6 @@
 //! Endpoint discovery: where the pool's endpoints come from.
 //!
-//! A discovery source produces a [`Discovered`] set (file discovery today, Kubernetes later) and
+//! A discovery source produces a [`Discovered`] set ([`file`] or [`kubernetes`]) and
 //! hands it to [`crate::pool::Pool::reconcile`], which gives endpoints their ids and publishes the
 //! resulting [`crate::pool::PoolView`] on a `watch` channel. That channel is the seam for the
 //! KV-event subscriber manager: each view carries every endpoint's id, model and KV-event
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use kvpick_scheduler::BlockSize;
 
 pub mod file;
+pub mod kubernetes;
 
 /// One endpoint as discovery describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
