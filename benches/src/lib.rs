@@ -2,3 +2,4 @@
 #![forbid(unsafe_code)]
 
 pub mod index_workload;
+pub mod probe;

