@@ -40,6 +40,14 @@ impl Limits {
     }
 }
 
+/// Where and why a stream broke a limit.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cut {
+    /// Bytes of the scanned chunk before the offending one.
+    pub clean: usize,
+    pub violation: Violation,
+}
+
 /// Why a connection was cut.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Violation {
@@ -85,8 +93,18 @@ impl FrameScanner {
         }
     }
 
-    /// Checks the next bytes of the stream.
-    pub fn scan(&mut self, mut bytes: &[u8]) -> Result<(), Violation> {
+    /// Checks the next bytes of the stream. On a violation, says how many of them came before
+    /// it (those may be forwarded: they complete what the peer sent before breaking a limit).
+    pub fn scan(&mut self, bytes: &[u8]) -> Result<(), Cut> {
+        let mut rest = bytes;
+        self.advance(&mut rest).map_err(|violation| Cut {
+            clean: bytes.len() - rest.len(),
+            violation,
+        })
+    }
+
+    /// Consumes `bytes`; on error it is left at the offending byte.
+    fn advance(&mut self, bytes: &mut &[u8]) -> Result<(), Violation> {
         while let Some((&byte, rest)) = bytes.split_first() {
             match self.state {
                 State::Greeting(seen) => {
@@ -129,12 +147,12 @@ impl FrameScanner {
                 }
                 State::Body { flags, left } => {
                     let n = left.min(bytes.len() as u64);
-                    bytes = &bytes[n as usize..];
+                    *bytes = &bytes[n as usize..];
                     self.state = self.after_body(flags, left - n);
                     continue;
                 }
             }
-            bytes = rest;
+            *bytes = rest;
         }
         Ok(())
     }
@@ -195,8 +213,9 @@ pub(crate) async fn relay(
                 Ok(0) | Err(_) => return RelayEnd::Closed,
                 Ok(n) => n,
             };
-            if let Err(v) = scanner.scan(&buf[..n]) {
-                return RelayEnd::Violation(v);
+            if let Err(cut) = scanner.scan(&buf[..n]) {
+                let _ = local_tx.write_all(&buf[..cut.clean]).await;
+                return RelayEnd::Violation(cut.violation);
             }
             if local_tx.write_all(&buf[..n]).await.is_err() {
                 return RelayEnd::Closed;
@@ -231,12 +250,13 @@ impl Link {
         self.end.unwrap_or(RelayEnd::Closed)
     }
 
-    /// Ends the relay and waits for it.
-    pub async fn close(mut self) {
+    /// Ends the relay, waits for it, and says how it ended (a violation, if it came first).
+    pub async fn close(mut self) -> RelayEnd {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {
-            let _ = task.await;
+            self.end = Some(task.await.unwrap_or(RelayEnd::Closed));
         }
+        self.end.unwrap_or(RelayEnd::Closed)
     }
 }
 

@@ -39,7 +39,10 @@ const LIMITS: Limits = Limits {
 /// Scans `bytes` cut into pieces of `chunk` bytes: the verdict must not depend on the cuts.
 fn verdict(bytes: &[u8], chunk: usize) -> Result<(), Violation> {
     let mut s = FrameScanner::new(LIMITS);
-    bytes.chunks(chunk).try_for_each(|c| s.scan(c))
+    bytes
+        .chunks(chunk)
+        .try_for_each(|c| s.scan(c))
+        .map_err(|cut| cut.violation)
 }
 
 fn all_cuts(bytes: &[u8]) -> Result<(), Violation> {
@@ -92,4 +95,22 @@ fn cuts_too_many_frames_bad_flags_and_bad_greetings() {
 fn message_budget_resets_between_messages() {
     let parts: Vec<_> = (0..20).map(|_| frame(0, 900)).collect();
     assert_eq!(all_cuts(&stream(&parts)), Ok(()));
+}
+
+#[test]
+fn says_how_much_came_before_the_violation() {
+    let mut bytes = stream(&[frame(COMMAND, 30), frame(0, 10)]);
+    let clean = bytes.len();
+    bytes.extend(huge_header());
+    let mut s = FrameScanner::new(LIMITS);
+    let cut = s.scan(&bytes).unwrap_err();
+    // Everything up to the offending length byte may be forwarded.
+    assert_eq!(cut.violation, Violation::Oversized);
+    assert_eq!(cut.clean, clean + 8);
+}
+
+fn huge_header() -> Vec<u8> {
+    let mut h = vec![LONG];
+    h.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    h
 }

@@ -12,7 +12,9 @@ use tokio::time::Instant;
 use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
 use super::guard::{self, Limits};
+use super::metrics::IngestMetrics;
 use super::sequencer::Batch;
+use super::subscriber::count_end;
 
 /// Bounds of one replay.
 #[derive(Copy, Clone, Debug)]
@@ -30,13 +32,14 @@ pub(crate) async fn fetch(
     addr: SocketAddr,
     from: u64,
     bounds: ReplayBounds,
+    metrics: &IngestMetrics,
 ) -> Result<Vec<Batch>, String> {
     let deadline = Instant::now() + bounds.timeout;
     let link = guard::dial(addr, bounds.limits, bounds.connect_timeout)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
     let result = tokio::time::timeout_at(deadline, exchange(&link.endpoint, from, bounds)).await;
-    link.close().await;
+    count_end(metrics, link.close().await);
     result.map_err(|_| format!("no end marker from {addr} within {:?}", bounds.timeout))?
 }
 

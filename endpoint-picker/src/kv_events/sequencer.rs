@@ -129,6 +129,9 @@ pub(crate) struct Sequencer {
     /// Bind mode: no connection to watch, and silence means "publishes nothing".
     bind_mode: bool,
     last: Option<(u64, Bytes)>,
+    /// A replay from 0 found nothing, so the pod's first batch is seq 0: a later first seq
+    /// means the batches before it were lost (e.g. published before our subscription took).
+    expect_zero: bool,
     connected: bool,
     confirmed: bool,
     heard: bool,
@@ -150,6 +153,7 @@ impl Sequencer {
             hold_capacity: hold_capacity.max(1),
             bind_mode,
             last: None,
+            expect_zero: false,
             connected: bind_mode,
             confirmed: false,
             heard: false,
@@ -283,6 +287,7 @@ impl Sequencer {
                 }
             }
         }
+        self.expect_zero = anchor.is_none() && batches.peek().is_none() && held.is_empty();
         for batch in batches {
             replayed.insert(batch.seq, batch.payload.clone());
             self.on_batch(batch, now, fx);
@@ -315,6 +320,10 @@ impl Sequencer {
 
     fn stream(&mut self, batch: Batch, now: Instant, fx: &mut impl Effects) {
         let Some((last, payload)) = &self.last else {
+            if self.expect_zero && batch.seq > 0 && self.replay_allowed(now) {
+                fx.note(Note::Gap);
+                return self.begin_replay(None, BTreeMap::from([(batch.seq, batch)]), fx);
+            }
             return self.apply(batch, fx);
         };
         let last = *last;
@@ -348,6 +357,7 @@ impl Sequencer {
     }
 
     fn apply(&mut self, batch: Batch, fx: &mut impl Effects) {
+        self.expect_zero = false;
         self.last = Some((batch.seq, batch.payload.clone()));
         self.confirmed = self.connected;
         fx.apply(batch);
@@ -355,6 +365,7 @@ impl Sequencer {
 
     fn reset(&mut self, why: Reset, fx: &mut impl Effects) {
         self.last = None;
+        self.expect_zero = false;
         self.confirmed = false;
         fx.clear(why);
     }

@@ -268,3 +268,16 @@ fn bind_mode_is_absent_until_heard() {
     s.on_batch(b(3), now, &mut fx);
     assert_eq!(s.state(), EventsState::Live);
 }
+
+#[test]
+fn batches_lost_before_the_first_one_seen_are_replayed_when_the_pod_had_none_buffered() {
+    let (mut s, mut fx, now) = connected(true);
+    s.on_replay(0, done([]), now, &mut fx);
+    assert_eq!(s.state(), EventsState::Live);
+    fx.take();
+    s.on_batch(b(3), now, &mut fx);
+    assert_eq!(fx.take(), [Fx::Note(Note::Gap), Fx::Replay(1, 0)]);
+    // The pod buffers nothing after all: take what comes.
+    s.on_replay(1, done([]), now, &mut fx);
+    assert_eq!(fx.take(), [Fx::Apply(3)]);
+}

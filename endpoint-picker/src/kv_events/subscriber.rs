@@ -73,15 +73,17 @@ impl Subscriber {
         };
         if let Err(e) = ready.await {
             tracing::debug!(publisher = %self.publisher, error = %e, "KV-event handshake failed");
-            link.close().await;
+            count_end(&self.shared.metrics, link.close().await);
             return false;
         }
         tracing::debug!(publisher = %self.publisher, "KV-event publisher connected");
         self.push(Item::Connected);
+        let mut ended = false;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 end = link.ended() => {
+                    ended = true;
                     count_end(&self.shared.metrics, end);
                     // Deliver what the pod sent before it closed.
                     while let Ok(Ok(message)) = tokio::time::timeout(DRAIN, sub.recv()).await {
@@ -97,7 +99,11 @@ impl Subscriber {
         }
         self.push(Item::Disconnected);
         drop(sub);
-        link.close().await;
+        if !ended {
+            count_end(&self.shared.metrics, link.close().await);
+        } else {
+            link.close().await;
+        }
         true
     }
 

@@ -269,7 +269,7 @@ impl Effects for Fx<'_> {
                 () = cancel.cancelled() => return,
                 fetched = async {
                     let _slot = shared.replay_slots.acquire().await;
-                    replay::fetch(addr, request.from, shared.replay_bounds()).await
+                    replay::fetch(addr, request.from, shared.replay_bounds(), &shared.metrics).await
                 } => fetched,
             };
             let outcome = match fetched {
