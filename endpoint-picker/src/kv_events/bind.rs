@@ -9,6 +9,8 @@
 //! 3. else the endpoint at `ip:(P + r)` (discovery that does not know ranks).
 //!
 //! A topic naming no known endpoint is dropped and counted: strangers cannot fill the index.
+//! The SUB subscribes to `kv@` only, so publishers filter out other topics themselves (vLLM's
+//! default topic is empty: bind mode needs the convention, since the topic is the identity).
 //! The payload is decoded here only when the pod's IP has several endpoints (its ranks); the
 //! worker then reuses the decoded batch.
 

@@ -198,7 +198,7 @@ pub struct Publisher {
     pub topic: String,
     pub opts: EncodeOptions,
     pub rank: Option<u32>,
-    next_seq: u64,
+    pub next_seq: u64,
     pub history: History,
     replay: Option<(SocketAddr, JoinHandle<()>)>,
 }
