@@ -1,6 +1,8 @@
 //! KV-event ingestion in connect mode, against real ZMQ publishers on 127.0.0.1 that speak
 //! vLLM's wire format (the codec's encoder) and run a vLLM-like replay ROUTER.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod kv_events_common;
 
 use std::time::Duration;
@@ -28,8 +30,10 @@ async fn stores_removes_clears_and_tiers_in_every_encoding() {
         pubs.push(p);
     }
     // Configured tier weights reach the index.
-    let mut index = IndexConfig::default();
-    index.tier_weights = parse_tier_weights("1,0.25,0.125").unwrap();
+    let index = IndexConfig {
+        tier_weights: parse_tier_weights("1,0.25,0.125").unwrap(),
+        ..IndexConfig::default()
+    };
     let h = Harness::with_index(config(), index, sources).await;
     for (n, p) in (0u32..).zip(&mut pubs) {
         p.sync(&h, n).await;

@@ -1,6 +1,8 @@
 //! KV-event ingestion in bind mode: pods' PUB sockets connect to kvpick's bound SUB; the topic
 //! names the pod and the rank picks its endpoint. Real sockets on 127.0.0.1.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod kv_events_common;
 
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! What the KV-event ingestion tests share: a harness around [`KvEvents`], a publisher that
 //! speaks vLLM's wire format through the codec's encoder (PUB plus a ROUTER replay server that
 //! behaves like vLLM's), batch builders and index probes. Real sockets on 127.0.0.1 only.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
