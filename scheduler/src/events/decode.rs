@@ -17,10 +17,15 @@
 //! Memory: nothing is reserved before its length header is checked against the bytes left, and
 //! the limits below bound what one payload can make the decoder allocate.
 
+use super::extra_keys::{self, Budget};
 use super::msgpack::{Fault, Head, Reader};
 use super::schema::{self, Field, Kind};
-use super::{BlockRemoved, BlockStored, EngineHash, EventBatch, ExtraKey, KvEvent, Medium};
+use super::{BlockRemoved, BlockStored, EngineHash, EventBatch, KvEvent, Medium};
 use crate::Error;
+
+#[cfg(test)]
+#[rustfmt::skip]
+mod fixtures;
 
 /// Events in one batch. vLLM publishes one batch per engine step; a step stores and evicts at
 /// most a few thousand blocks' worth of events.
@@ -29,17 +34,12 @@ pub const MAX_EVENTS_PER_BATCH: usize = 1 << 16;
 pub const MAX_BLOCKS_PER_EVENT: usize = 1 << 20;
 /// Token ids in one `BlockStored`.
 pub const MAX_TOKENS_PER_EVENT: usize = 1 << 24;
-/// Extra-key values (per-block tuples, their elements, nested values) in one batch. One byte on
-/// the wire can become a 32-byte [`ExtraKey`], so this, not the payload size, bounds them.
-pub const MAX_EXTRA_KEY_VALUES: usize = 1 << 20;
-/// Nesting of extra-key values inside a block's tuple (vLLM nests two levels).
-pub const MAX_EXTRA_KEY_DEPTH: usize = 16;
 
 /// Decodes one payload (the last frame of a PUB message or of a replay reply).
 pub fn decode_batch(payload: &[u8]) -> Result<EventBatch, Error> {
     let mut d = Decoder {
         r: Reader::new(payload),
-        extra_budget: MAX_EXTRA_KEY_VALUES,
+        extra: Budget::default(),
     };
     let batch = d.batch()?;
     if d.r.remaining() > 0 {
@@ -77,7 +77,7 @@ enum Partial {
 struct Decoder<'a> {
     r: Reader<'a>,
     /// Extra-key values this batch may still create.
-    extra_budget: usize,
+    extra: Budget,
 }
 
 impl<'a> Decoder<'a> {
@@ -274,7 +274,9 @@ impl<'a> Decoder<'a> {
                 Field::LoraId => self.opt(|d| d.r.int("an i64")).map(|v| s.lora_id = v),
                 Field::Medium => self.medium().map(|v| s.medium = v),
                 Field::LoraName => self.string().map(|v| s.lora_name = v),
-                Field::ExtraKeys => self.extra_keys().map(|v| s.extra_keys = v),
+                Field::ExtraKeys => {
+                    extra_keys::read(&mut self.r, &mut self.extra).map(|v| s.extra_keys = v)
+                }
                 Field::GroupIdx => self.opt(|d| d.r.int("a u32")).map(|v| s.group_idx = v),
                 Field::KvCacheSpecKind => self.string().map(|v| s.kv_cache_spec_kind = v),
                 Field::KvCacheSpecSlidingWindow => self
@@ -335,84 +337,9 @@ impl<'a> Decoder<'a> {
         }
         Ok(out)
     }
-
-    /// Takes `n` values from the batch's extra-key budget.
-    fn spend(&mut self, n: usize, at: usize) -> Result<(), Fault> {
-        self.extra_budget = self.extra_budget.checked_sub(n).ok_or(Fault::Limit {
-            claimed: n,
-            limit: MAX_EXTRA_KEY_VALUES,
-            at,
-        })?;
-        Ok(())
-    }
-
-    fn extra_keys(&mut self) -> Result<Option<Vec<Option<Vec<ExtraKey>>>>, Fault> {
-        if self.r.nil() {
-            return Ok(None);
-        }
-        let at = self.r.pos();
-        let n = self.r.array_len()?;
-        self.spend(n, at)?;
-        let mut blocks = Vec::with_capacity(n);
-        for _ in 0..n {
-            if self.r.nil() {
-                blocks.push(None);
-                continue;
-            }
-            let at = self.r.pos();
-            let m = self.r.array_len()?;
-            self.spend(m, at)?;
-            let mut keys = Vec::with_capacity(m);
-            for _ in 0..m {
-                keys.push(self.extra_key(1)?);
-            }
-            blocks.push(Some(keys));
-        }
-        Ok(Some(blocks))
-    }
-
-    /// One value of a block's tuple, `depth` levels inside it.
-    fn extra_key(&mut self, depth: usize) -> Result<ExtraKey, Fault> {
-        let at = self.r.pos();
-        let head = self.r.head()?;
-        if matches!(head, Head::Array(_) | Head::Map(_)) && depth >= MAX_EXTRA_KEY_DEPTH {
-            return Err(Fault::Depth {
-                limit: MAX_EXTRA_KEY_DEPTH,
-                at,
-            });
-        }
-        Ok(match head {
-            Head::Nil => ExtraKey::Nil,
-            Head::Bool(b) => ExtraKey::Bool(b),
-            Head::Int(v) => match i64::try_from(v) {
-                Ok(v) => ExtraKey::Int(v),
-                Err(_) => ExtraKey::UInt(v as u64),
-            },
-            Head::Float(v) => ExtraKey::Float(v),
-            Head::Str(s) => ExtraKey::Str(s.to_owned()),
-            Head::Bin(b) => ExtraKey::Bytes(b.to_vec()),
-            Head::Array(n) => {
-                self.spend(n, at)?;
-                let mut items = Vec::with_capacity(n);
-                for _ in 0..n {
-                    items.push(self.extra_key(depth + 1)?);
-                }
-                ExtraKey::Array(items)
-            }
-            Head::Map(n) => {
-                self.spend(2 * n, at)?;
-                let mut pairs = Vec::with_capacity(n);
-                for _ in 0..n {
-                    pairs.push((self.extra_key(depth + 1)?, self.extra_key(depth + 1)?));
-                }
-                ExtraKey::Map(pairs)
-            }
-            Head::Ext => return Err(self.r.type_fault("an extra-key value (not an ext)", at)),
-        })
-    }
 }
 
-fn limit(n: usize, limit: usize, at: usize) -> Result<(), Fault> {
+pub(super) fn limit(n: usize, limit: usize, at: usize) -> Result<(), Fault> {
     if n > limit {
         return Err(Fault::Limit {
             claimed: n,

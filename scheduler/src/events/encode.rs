@@ -11,13 +11,11 @@
 //! The encoder refuses what the decoder would refuse (the `MAX_*` limits), so whatever kvpick
 //! emits, kvpick reads back.
 
-use super::decode::{
-    MAX_BLOCKS_PER_EVENT, MAX_EVENTS_PER_BATCH, MAX_EXTRA_KEY_DEPTH, MAX_EXTRA_KEY_VALUES,
-    MAX_TOKENS_PER_EVENT,
-};
+use super::decode::{MAX_BLOCKS_PER_EVENT, MAX_EVENTS_PER_BATCH, MAX_TOKENS_PER_EVENT};
+use super::extra_keys::{self, Budget};
 use super::msgpack::write;
 use super::schema::{self, Field, Kind};
-use super::{BlockRemoved, BlockStored, EngineHash, EventBatch, ExtraKey, KvEvent, Medium};
+use super::{BlockRemoved, BlockStored, EngineHash, EventBatch, KvEvent, Medium};
 use crate::Error;
 
 /// How a struct is laid out on the wire.
@@ -96,7 +94,7 @@ pub fn encode_batch_into(
     let mut e = Encoder {
         out,
         opts,
-        extra_budget: MAX_EXTRA_KEY_VALUES,
+        extra: Budget::default(),
     };
     let done = e.batch(batch);
     if done.is_err() {
@@ -108,7 +106,7 @@ pub fn encode_batch_into(
 struct Encoder<'o> {
     out: &'o mut Vec<u8>,
     opts: EncodeOptions,
-    extra_budget: usize,
+    extra: Budget,
 }
 
 /// Why an event cannot be encoded.
@@ -120,7 +118,7 @@ fn refuse(i: usize, kind: Kind, field: &str, what: impl std::fmt::Display) -> Er
 }
 
 /// A length msgpack can carry that the decoder also accepts.
-fn len(n: usize, limit: usize) -> Result<u32, String> {
+pub(super) fn len(n: usize, limit: usize) -> Result<u32, String> {
     match u32::try_from(n) {
         Ok(n32) if n <= limit => Ok(n32),
         _ => Err(format!("{n} elements exceed the limit of {limit}")),
@@ -217,7 +215,9 @@ impl Encoder<'_> {
             Field::LoraId => self.opt(s.lora_id, write::int),
             Field::Medium => self.medium(s.medium),
             Field::LoraName => self.string(s.lora_name.as_deref())?,
-            Field::ExtraKeys => self.extra_keys(s.extra_keys.as_deref())?,
+            Field::ExtraKeys => {
+                extra_keys::write(self.out, s.extra_keys.as_deref(), &mut self.extra)?
+            }
             Field::GroupIdx => self.opt(s.group_idx, |out, v| write::uint(out, v.into())),
             Field::KvCacheSpecKind => self.string(s.kv_cache_spec_kind.as_deref())?,
             Field::KvCacheSpecSlidingWindow => self
@@ -268,73 +268,6 @@ impl Encoder<'_> {
             len(s.len(), u32::MAX as usize)?;
         }
         self.opt(s, write::str);
-        Ok(())
-    }
-
-    fn spend(&mut self, n: usize) -> Result<u32, String> {
-        self.extra_budget = self.extra_budget.checked_sub(n).ok_or_else(|| {
-            format!("more than {MAX_EXTRA_KEY_VALUES} extra-key values in the batch")
-        })?;
-        len(n, MAX_EXTRA_KEY_VALUES)
-    }
-
-    fn extra_keys(&mut self, blocks: Option<&[Option<Vec<ExtraKey>>]>) -> Result<(), String> {
-        let Some(blocks) = blocks else {
-            write::nil(self.out);
-            return Ok(());
-        };
-        let n = self.spend(blocks.len())?;
-        write::array(self.out, n);
-        for block in blocks {
-            match block {
-                None => write::nil(self.out),
-                Some(keys) => {
-                    let n = self.spend(keys.len())?;
-                    write::array(self.out, n);
-                    for key in keys {
-                        self.extra_key(key, 1)?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// One value `depth` levels inside a block's tuple (the decoder's rule for nesting).
-    fn extra_key(&mut self, key: &ExtraKey, depth: usize) -> Result<(), String> {
-        let nested = matches!(key, ExtraKey::Array(_) | ExtraKey::Map(_));
-        if nested && depth >= MAX_EXTRA_KEY_DEPTH {
-            return Err(format!(
-                "extra key nested deeper than {MAX_EXTRA_KEY_DEPTH} levels"
-            ));
-        }
-        match key {
-            ExtraKey::Nil => write::nil(self.out),
-            ExtraKey::Bool(b) => write::bool(self.out, *b),
-            ExtraKey::Int(v) => write::int(self.out, *v),
-            ExtraKey::UInt(v) => write::uint(self.out, *v),
-            ExtraKey::Float(v) => write::float(self.out, *v),
-            ExtraKey::Str(s) => self.string(Some(s))?,
-            ExtraKey::Bytes(b) => {
-                len(b.len(), u32::MAX as usize)?;
-                write::bin(self.out, b);
-            }
-            ExtraKey::Array(items) => {
-                let n = self.spend(items.len())?;
-                write::array(self.out, n);
-                for item in items {
-                    self.extra_key(item, depth + 1)?;
-                }
-            }
-            ExtraKey::Map(pairs) => {
-                self.spend(pairs.len().saturating_mul(2))?;
-                write::map(self.out, len(pairs.len(), MAX_EXTRA_KEY_VALUES)?);
-                for (k, v) in pairs {
-                    self.extra_key(k, depth + 1)?;
-                    self.extra_key(v, depth + 1)?;
-                }
-            }
-        }
         Ok(())
     }
 }

@@ -202,3 +202,120 @@ impl<'a> Topic<'a> {
         Ok((host, port))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pub_frames() {
+        let frames = [&b"kv@10.0.0.5:8000@m"[..], &seq_frame(7), b"\x92\x00\x90"];
+        let msg = parse_message(&frames).expect("parses");
+        assert_eq!((msg.topic, msg.seq, msg.payload), (frames[0], 7, frames[2]));
+
+        let err = |frames: &[&[u8]]| match parse_message(frames) {
+            Err(Error::MalformedMessage(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(err(&[b"t", b"\0\0\0\0\0\0\0\x01"]).contains("2 frames, expected 3"));
+        assert!(err(&[b"t", b"\0\x01", b""]).contains("2 bytes, expected 8"));
+    }
+
+    #[test]
+    fn replay_replies() {
+        let seq = seq_frame(41);
+        let end = seq_frame(REPLAY_END_SEQ);
+        let batch = |topic: &'static [u8]| {
+            ReplayReply::Batch(Message {
+                topic,
+                seq: 41,
+                payload: b"\x90",
+            })
+        };
+        // vLLM's ROUTER: ["", seq, payload]; with the topic; delimiter already stripped.
+        assert_eq!(
+            parse_replay_reply(&[&b""[..], &seq, b"\x90"]),
+            Ok(batch(b""))
+        );
+        assert_eq!(
+            parse_replay_reply(&[&b""[..], b"kv@a@m", &seq, b"\x90"]),
+            Ok(batch(b"kv@a@m"))
+        );
+        assert_eq!(parse_replay_reply(&[&seq[..], b"\x90"]), Ok(batch(b"")));
+        // The end marker: seq -1 as a signed big-endian int, empty payload.
+        assert_eq!(end, (-1i64).to_be_bytes());
+        assert_eq!(
+            parse_replay_reply(&[&b""[..], &end, b""]),
+            Ok(ReplayReply::End)
+        );
+        assert_eq!(
+            parse_replay_reply(&[&b""[..], b"t", &end, b""]),
+            Ok(ReplayReply::End)
+        );
+
+        let err = |frames: &[&[u8]]| match parse_replay_reply(frames) {
+            Err(Error::MalformedMessage(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(err(&[b"x", &seq, b"\x90"]).contains("expected the empty delimiter"));
+        assert!(err(&[b"", &end, b"\x90"]).contains("end marker"));
+        assert!(err(&[b"", b"1234", b"\x90"]).contains("4 bytes, expected 8"));
+        assert!(err(&[b""]).contains("1 frames"));
+    }
+
+    #[test]
+    fn replay_request_frames() {
+        let [delimiter, start] = replay_request(0x0102);
+        assert!(delimiter.is_empty());
+        assert_eq!(start, [0, 0, 0, 0, 0, 0, 1, 2]);
+    }
+
+    #[test]
+    fn topics() {
+        let t = Topic::parse(b"kv@10.0.0.5:8000@meta-llama/Llama-3.1-8B").expect("parses");
+        assert_eq!(
+            (t.endpoint, t.model),
+            ("10.0.0.5:8000", "meta-llama/Llama-3.1-8B")
+        );
+        assert_eq!((t.host(), t.port()), ("10.0.0.5", Some(8000)));
+        assert_eq!(t.socket_addr(), "10.0.0.5:8000".parse().ok());
+
+        let t = Topic::parse(b"kv@[::1]:8000@org/model@v2").expect("parses");
+        assert_eq!(
+            (t.host(), t.port(), t.model),
+            ("::1", Some(8000), "org/model@v2")
+        );
+        assert_eq!(t.socket_addr(), "[::1]:8000".parse().ok());
+
+        let t = Topic::parse(b"kv@fd00::5@m").expect("bare IPv6");
+        assert_eq!(
+            (t.host(), t.port(), t.ip()),
+            ("fd00::5", None, "fd00::5".parse().ok())
+        );
+        let t = Topic::parse(b"kv@vllm-pod-3@").expect("pod name, empty model");
+        assert_eq!(
+            (t.host(), t.port(), t.ip(), t.model),
+            ("vllm-pod-3", None, None, "")
+        );
+        let t = Topic::parse(b"kv@[fe80::1]@m").expect("bracketed, no port");
+        assert_eq!((t.host(), t.port()), ("fe80::1", None));
+
+        assert_eq!(Topic::format("[::1]:8000", "m@x"), "kv@[::1]:8000@m@x");
+        for bad in [
+            &b"kv-events"[..],
+            b"kv@10.0.0.5",
+            b"kv@@m",
+            b"kv@10.0.0.5:99999@m",
+            b"kv@[::1@m",
+            b"kv@[::1]x@m",
+            b"kv@a b@m",
+            b"kv@\xff@m",
+        ] {
+            assert!(
+                matches!(Topic::parse(bad), Err(Error::MalformedMessage(_))),
+                "{:?} should not parse",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -17,15 +17,14 @@
 
 mod decode;
 mod encode;
+mod extra_keys;
 mod message;
 mod msgpack;
 mod schema;
 
-pub use decode::{
-    MAX_BLOCKS_PER_EVENT, MAX_EVENTS_PER_BATCH, MAX_EXTRA_KEY_DEPTH, MAX_EXTRA_KEY_VALUES,
-    MAX_TOKENS_PER_EVENT, decode_batch,
-};
+pub use decode::{MAX_BLOCKS_PER_EVENT, MAX_EVENTS_PER_BATCH, MAX_TOKENS_PER_EVENT, decode_batch};
 pub use encode::{EncodeOptions, Encoding, HashEncoding, encode_batch, encode_batch_into};
+pub use extra_keys::{MAX_EXTRA_KEY_DEPTH, MAX_EXTRA_KEY_VALUES};
 pub use message::{
     Message, REPLAY_END_SEQ, ReplayReply, Topic, parse_message, parse_replay_reply, replay_request,
     seq_frame,
