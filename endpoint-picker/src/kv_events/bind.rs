@@ -154,7 +154,11 @@ async fn accept(
                 count_end(&shared.metrics, end.unwrap_or(RelayEnd::Closed));
             }
             accepted = listener.accept() => {
-                let Ok((peer, _)) = accepted else { continue };
+                let Ok((peer, _)) = accepted else {
+                    // Out of descriptors, typically: let relays finish rather than spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                };
                 let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
                     shared.metrics.dropped(DropReason::TooManyConnections);
                     continue;

@@ -113,15 +113,21 @@ pub trait KvSourceView {
     fn kv_sources(&self) -> Vec<KvSource>;
 }
 
+impl KvSourceView for [KvSource] {
+    fn kv_sources(&self) -> Vec<KvSource> {
+        self.to_vec()
+    }
+}
+
 impl KvSourceView for Vec<KvSource> {
     fn kv_sources(&self) -> Vec<KvSource> {
         self.clone()
     }
 }
 
-impl KvSourceView for Arc<[KvSource]> {
+impl<T: KvSourceView + ?Sized> KvSourceView for Arc<T> {
     fn kv_sources(&self) -> Vec<KvSource> {
-        self.to_vec()
+        T::kv_sources(self)
     }
 }
 
@@ -217,7 +223,8 @@ pub struct KvEvents {
 
 impl KvEvents {
     /// Binds (bind mode), then runs ingestion for the endpoints `sources` lists, following its
-    /// changes, until `shutdown` fires. Fails only on configuration and bind errors.
+    /// changes, until `shutdown` fires. Fails only on configuration and bind errors. `V` is the
+    /// endpoint set's snapshot type, e.g. `Vec<KvSource>` or `Arc<PoolView>`.
     pub async fn start<V>(
         config: KvEventsConfig,
         index: Arc<KvIndex>,
@@ -260,5 +267,60 @@ impl KvEvents {
     /// Waits for every task to end (after the shutdown token fired).
     pub async fn join(mut self) {
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(kv_events: Option<&str>, kv_replay: Option<&str>, rank: u32) -> KvSource {
+        KvSource {
+            endpoint: EndpointId::new(0).unwrap_or_else(|| unreachable!()),
+            address: SocketAddr::from(([10, 0, 0, 5], 8000 + rank as u16)),
+            model: "m".into(),
+            kv_events: kv_events.map(String::from),
+            kv_replay: kv_replay.map(String::from),
+            rank,
+        }
+    }
+
+    #[test]
+    fn publisher_and_replay_addresses() {
+        let none = KvEventsConfig::default();
+        let ports = KvEventsConfig {
+            publisher_port: Some(6000),
+            replay_port: Some(7000),
+            ..KvEventsConfig::default()
+        };
+        let addr = |s: &str| s.parse::<SocketAddr>().ok();
+        // Explicit addresses win; a missing port is vLLM's default plus the rank.
+        let explicit = src(Some("tcp://10.0.0.9:5600"), Some("tcp://10.0.0.9:5700"), 2);
+        assert_eq!(explicit.publisher(&ports), addr("10.0.0.9:5600"));
+        assert_eq!(explicit.replay(&ports), addr("10.0.0.9:5700"));
+        assert_eq!(
+            src(Some("tcp://10.0.0.9"), None, 2).publisher(&none),
+            addr("10.0.0.9:5559")
+        );
+        // Configured ports apply to the endpoint's IP, offset by its rank.
+        assert_eq!(src(None, None, 3).publisher(&ports), addr("10.0.0.5:6003"));
+        assert_eq!(src(None, None, 3).replay(&ports), addr("10.0.0.5:7003"));
+        assert_eq!(src(None, None, 0).publisher(&none), None);
+        assert_eq!(
+            src(Some("tcp://pod-name:1"), None, 0).publisher(&none),
+            None
+        );
+        assert_eq!(src(None, Some("tcp://10.0.0.9"), 0).replay(&none), None);
+    }
+
+    #[test]
+    fn states_round_trip() {
+        let t = StateTable::new();
+        let id = EndpointId::new(EndpointId::MAX as u32 - 1).unwrap_or_else(|| unreachable!());
+        assert_eq!(t.get(id), EventsState::Absent);
+        for s in [EventsState::Live, EventsState::Stale, EventsState::Absent] {
+            t.set(id, s);
+            assert_eq!(t.get(id), s);
+        }
     }
 }
