@@ -243,7 +243,7 @@ mod tests {
         Route {
             address: addr.parse().unwrap(),
             rank,
-            mailbox: Mailbox::new(endpoint, 1, Arc::new(RunQueue::default())),
+            mailbox: Mailbox::new(endpoint, 1, 1, Arc::new(RunQueue::default())),
             metrics: Arc::new(EndpointMetrics::for_tests()),
             connect_mode: false,
         }

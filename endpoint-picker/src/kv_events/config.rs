@@ -29,6 +29,8 @@ pub struct KvEventsConfig {
     pub workers: usize,
     /// Batches queued per endpoint before it is declared behind, marked stale and resynced.
     pub queue_capacity: usize,
+    /// Payload bytes queued per endpoint, likewise.
+    pub queue_bytes: usize,
     /// Largest ZMQ message (all frames) accepted from a peer; a peer announcing a bigger frame
     /// is disconnected before a byte of it is buffered.
     pub max_message_bytes: usize,
@@ -61,13 +63,14 @@ impl Default for KvEventsConfig {
             replay_port: None,
             workers: 2,
             queue_capacity: 4096,
+            queue_bytes: 128 << 20,
             max_message_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(2),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(2),
             replay_timeout: Duration::from_secs(5),
             replay_cooldown: Duration::from_secs(5),
-            max_replay_bytes: 512 << 20,
+            max_replay_bytes: 256 << 20,
             max_replays_in_flight: 16,
             max_bind_connections: 4096,
             stats_interval: Duration::from_secs(1),
@@ -87,6 +90,11 @@ impl KvEventsConfig {
         }
         if self.max_message_bytes < 1024 {
             return fail("max message bytes must be at least 1024");
+        }
+        if self.queue_bytes < self.max_message_bytes
+            || self.max_replay_bytes < self.max_message_bytes
+        {
+            return fail("queue and replay byte bounds must hold at least one message");
         }
         if self.bind_ranks == 0 || self.bind_ranks > 64 {
             return fail("bind ranks must be in 1..=64");

@@ -55,6 +55,8 @@ pub(crate) struct Slice {
 #[derive(Debug, Default)]
 struct Inbox {
     items: VecDeque<Item>,
+    /// Payload bytes of the queued batches.
+    bytes: usize,
     replay: Option<ReplayDone>,
     overflowed: bool,
     scheduled: bool,
@@ -72,15 +74,23 @@ impl Inbox {
 pub(crate) struct Mailbox {
     pub endpoint: EndpointId,
     capacity: usize,
+    max_bytes: usize,
     inbox: Mutex<Inbox>,
     run: Arc<RunQueue>,
 }
 
 impl Mailbox {
-    pub fn new(endpoint: EndpointId, capacity: usize, run: Arc<RunQueue>) -> Arc<Self> {
+    /// A mailbox holding at most `capacity` items and `max_bytes` bytes of payload.
+    pub fn new(
+        endpoint: EndpointId,
+        capacity: usize,
+        max_bytes: usize,
+        run: Arc<RunQueue>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             endpoint,
             capacity: capacity.max(1),
+            max_bytes,
             inbox: Mutex::new(Inbox::default()),
             run,
         })
@@ -92,10 +102,12 @@ impl Mailbox {
         if inbox.closed {
             return Pushed::Closed;
         }
-        let pushed = if inbox.items.len() >= self.capacity {
+        let size = item_bytes(&item);
+        let pushed = if inbox.items.len() >= self.capacity || inbox.bytes + size > self.max_bytes {
             inbox.overflowed = true;
             Pushed::Overflow
         } else {
+            inbox.bytes += size;
             inbox.items.push_back(item);
             Pushed::Queued
         };
@@ -116,10 +128,12 @@ impl Mailbox {
     pub fn take(&self, max: usize) -> Slice {
         let mut inbox = self.inbox.lock();
         let n = inbox.items.len().min(max);
+        let items: Vec<Item> = inbox.items.drain(..n).collect();
+        inbox.bytes -= items.iter().map(item_bytes).sum::<usize>();
         Slice {
             overflowed: std::mem::take(&mut inbox.overflowed),
             replay: inbox.replay.take(),
-            items: inbox.items.drain(..n).collect(),
+            items,
             remaining: inbox.items.len(),
         }
     }
@@ -138,6 +152,7 @@ impl Mailbox {
         let mut inbox = self.inbox.lock();
         inbox.closed = true;
         inbox.items = VecDeque::new();
+        inbox.bytes = 0;
         inbox.replay = None;
     }
 
@@ -153,6 +168,13 @@ impl Mailbox {
             self.run.ready.lock().push_back(Arc::clone(self));
             self.run.notify.notify_one();
         }
+    }
+}
+
+fn item_bytes(item: &Item) -> usize {
+    match item {
+        Item::Batch(batch) => batch.payload.len(),
+        Item::Connected | Item::Disconnected => 0,
     }
 }
 
@@ -199,8 +221,8 @@ mod tests {
         let run = Arc::new(RunQueue::default());
         let id = |n| EndpointId::new(n).unwrap();
         let (a, b) = (
-            Mailbox::new(id(1), 3, run.clone()),
-            Mailbox::new(id(2), 3, run.clone()),
+            Mailbox::new(id(1), 3, 1 << 20, run.clone()),
+            Mailbox::new(id(2), 3, 1 << 20, run.clone()),
         );
         for seq in 0..4 {
             let want = if seq < 3 {
@@ -222,6 +244,14 @@ mod tests {
         let again = run.next().await;
         assert_eq!(seqs(&again.take(8)), vec![2]);
         again.finish_turn();
+        // Bytes bound too: 2 items of 6 bytes fit in 12, a third does not.
+        let c = Mailbox::new(id(3), 10, 12, run.clone());
+        let sized = |n: usize| Item::Batch(Batch::new(0, Bytes::from(vec![0u8; n])));
+        assert_eq!(c.push(sized(6)), Pushed::Queued);
+        assert_eq!(c.push(sized(6)), Pushed::Queued);
+        assert_eq!(c.push(sized(1)), Pushed::Overflow);
+        assert_eq!(c.take(1).items.len(), 1);
+        assert_eq!(c.push(sized(6)), Pushed::Queued);
         a.close();
         assert_eq!(a.push(batch(9)), Pushed::Closed);
         assert_eq!(a.depth(), 0);

@@ -152,7 +152,12 @@ impl Manager {
             let worker = &self.workers[id.index() % self.workers.len()];
             let source = &registered.source;
             let metrics = self.shared.metrics.register(id, source.address.to_string());
-            let mailbox = Mailbox::new(id, config.queue_capacity, Arc::clone(&worker.run));
+            let mailbox = Mailbox::new(
+                id,
+                config.queue_capacity,
+                config.queue_bytes,
+                Arc::clone(&worker.run),
+            );
             let cancel = self.cancel.child_token();
             let state = if bind_mode {
                 EventsState::Absent

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use kvpick_scheduler::EventBatch;
 use kvpick_scheduler::scheduler::EventsState;
 use tokio::time::Instant;
+use xxhash_rust::xxh3::xxh3_64;
 
 /// One batch as it arrived: the publisher's sequence number, its payload, and the payload
 /// decoded when routing already needed it.
@@ -33,6 +34,17 @@ impl Batch {
             payload,
             decoded: None,
         }
+    }
+}
+
+/// Identifies a batch's payload without keeping it (a kept `Bytes` would pin the whole receive
+/// buffer it was cut from).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct Fingerprint(usize, u64);
+
+impl Fingerprint {
+    fn of(payload: &[u8]) -> Self {
+        Self(payload.len(), xxh3_64(payload))
     }
 }
 
@@ -128,7 +140,7 @@ pub(crate) struct Sequencer {
     hold_capacity: usize,
     /// Bind mode: no connection to watch, and silence means "publishes nothing".
     bind_mode: bool,
-    last: Option<(u64, Bytes)>,
+    last: Option<(u64, Fingerprint)>,
     /// A replay from 0 found nothing, so the pod's first batch is seq 0: a later first seq
     /// means the batches before it were lost (e.g. published before our subscription took).
     expect_zero: bool,
@@ -271,7 +283,7 @@ impl Sequencer {
         let mut replayed = BTreeMap::new();
         if let Some(anchor) = anchor {
             let first = batches.peek().map(|b| (b.seq, &b.payload));
-            let same = |p: &Bytes| self.last.as_ref().is_some_and(|(_, l)| l == p);
+            let same = |p: &Bytes| self.last.is_some_and(|(_, l)| l == Fingerprint::of(p));
             match first {
                 Some((seq, payload)) if seq == anchor && same(payload) => {
                     // Continuity proven: the pod is the one we followed.
@@ -329,7 +341,7 @@ impl Sequencer {
         let last = *last;
         if batch.seq == last.wrapping_add(1) {
             self.apply(batch, fx);
-        } else if batch.seq == last && *payload == batch.payload {
+        } else if batch.seq == last && *payload == Fingerprint::of(&batch.payload) {
             fx.note(Note::Duplicate);
         } else if batch.seq <= last {
             fx.note(Note::Restart);
@@ -358,7 +370,7 @@ impl Sequencer {
 
     fn apply(&mut self, batch: Batch, fx: &mut impl Effects) {
         self.expect_zero = false;
-        self.last = Some((batch.seq, batch.payload.clone()));
+        self.last = Some((batch.seq, Fingerprint::of(&batch.payload)));
         self.confirmed = self.connected;
         fx.apply(batch);
     }
