@@ -260,6 +260,13 @@ impl Link {
     }
 }
 
+impl Drop for Link {
+    /// A link dropped unclosed (its owner was cancelled) still ends its relay at once.
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
 /// Connects to `remote` (bounded by `timeout`) and relays it to a one-shot loopback listener.
 pub(crate) async fn dial(
     remote: SocketAddr,

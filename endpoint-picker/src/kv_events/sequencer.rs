@@ -129,7 +129,16 @@ enum Phase {
         /// The seq of the last batch applied, when the replay must first prove continuity.
         anchor: Option<u64>,
         held: BTreeMap<u64, Batch>,
+        /// Payload bytes in `held`.
+        bytes: usize,
     },
+}
+
+/// How much a replay may hold back.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct HoldLimits {
+    pub batches: usize,
+    pub bytes: usize,
 }
 
 /// One endpoint's ordering state.
@@ -137,7 +146,7 @@ pub(crate) struct Sequencer {
     can_replay: bool,
     cooldown: Duration,
     cooldown_until: Option<Instant>,
-    hold_capacity: usize,
+    hold: HoldLimits,
     /// Bind mode: no connection to watch, and silence means "publishes nothing".
     bind_mode: bool,
     last: Option<(u64, Fingerprint)>,
@@ -152,17 +161,12 @@ pub(crate) struct Sequencer {
 }
 
 impl Sequencer {
-    pub fn new(
-        can_replay: bool,
-        bind_mode: bool,
-        hold_capacity: usize,
-        cooldown: Duration,
-    ) -> Self {
+    pub fn new(can_replay: bool, bind_mode: bool, hold: HoldLimits, cooldown: Duration) -> Self {
         Self {
             can_replay,
             cooldown,
             cooldown_until: None,
-            hold_capacity: hold_capacity.max(1),
+            hold,
             bind_mode,
             last: None,
             expect_zero: false,
@@ -228,7 +232,7 @@ impl Sequencer {
     /// A live batch.
     pub fn on_batch(&mut self, batch: Batch, now: Instant, fx: &mut impl Effects) {
         self.heard = true;
-        let Phase::Replaying { held, .. } = &mut self.phase else {
+        let Phase::Replaying { held, bytes, .. } = &mut self.phase else {
             return self.stream(batch, now, fx);
         };
         if let Some((&max, _)) = held.last_key_value()
@@ -241,13 +245,16 @@ impl Sequencer {
             fx.note(Note::Restart);
             return self.restart(batch, now, fx);
         }
-        if held.len() >= self.hold_capacity && !held.contains_key(&batch.seq) {
+        if held.contains_key(&batch.seq) {
+            return fx.note(Note::Duplicate);
+        }
+        let size = batch.payload.len();
+        if held.len() >= self.hold.batches || *bytes + size > self.hold.bytes {
             self.on_overflow(now, fx);
             return self.on_batch(batch, now, fx);
         }
-        if held.insert(batch.seq, batch).is_some() {
-            fx.note(Note::Duplicate);
-        }
+        *bytes += size;
+        held.insert(batch.seq, batch);
     }
 
     /// The outcome of replay `id` (answers to abandoned requests are ignored).
@@ -391,7 +398,13 @@ impl Sequencer {
         let id = self.next_request;
         self.next_request += 1;
         self.confirmed = false;
-        self.phase = Phase::Replaying { id, anchor, held };
+        let bytes = held.values().map(|b| b.payload.len()).sum();
+        self.phase = Phase::Replaying {
+            id,
+            anchor,
+            held,
+            bytes,
+        };
         fx.replay(ReplayRequest {
             id,
             from: anchor.unwrap_or(0),

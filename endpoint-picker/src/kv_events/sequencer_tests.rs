@@ -45,10 +45,14 @@ fn done(seqs: impl IntoIterator<Item = u64>) -> ReplayOutcome {
 }
 
 const COOL: Duration = Duration::from_secs(5);
+const HOLD: HoldLimits = HoldLimits {
+    batches: 8,
+    bytes: 1 << 20,
+};
 
 fn connected(replay: bool) -> (Sequencer, Rec, Instant) {
     let now = Instant::now();
-    let mut s = Sequencer::new(replay, false, 8, COOL);
+    let mut s = Sequencer::new(replay, false, HOLD, COOL);
     let mut fx = Rec::default();
     s.on_connected(now, &mut fx);
     (s, fx, now)
@@ -262,7 +266,7 @@ fn held_overflow_resets_and_stops_replaying_for_a_while() {
 #[test]
 fn bind_mode_is_absent_until_heard() {
     let now = Instant::now();
-    let mut s = Sequencer::new(false, true, 8, COOL);
+    let mut s = Sequencer::new(false, true, HOLD, COOL);
     let mut fx = Rec::default();
     assert_eq!(s.state(), EventsState::Absent);
     s.on_batch(b(3), now, &mut fx);
@@ -280,4 +284,23 @@ fn batches_lost_before_the_first_one_seen_are_replayed_when_the_pod_had_none_buf
     // The pod buffers nothing after all: take what comes.
     s.on_replay(1, done([]), now, &mut fx);
     assert_eq!(fx.take(), [Fx::Apply(3)]);
+}
+
+#[test]
+fn held_bytes_are_bounded_too() {
+    let now = Instant::now();
+    let hold = HoldLimits {
+        batches: 100,
+        bytes: 10,
+    };
+    let mut s = Sequencer::new(true, false, hold, COOL);
+    let mut fx = Rec::default();
+    s.on_connected(now, &mut fx);
+    s.on_batch(Batch::new(1, Bytes::from(vec![0u8; 6])), now, &mut fx);
+    assert_eq!(s.held(), 1);
+    s.on_batch(Batch::new(2, Bytes::from(vec![0u8; 6])), now, &mut fx);
+    assert_eq!(
+        fx.take(),
+        [Fx::Replay(0, 0), Fx::Clear(Reset::Overflow), Fx::Apply(2)]
+    );
 }

@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use super::mailbox::{Item, Mailbox, ReplayDone, RunQueue, Slice};
 use super::metrics::EndpointMetrics;
 use super::replay;
-use super::sequencer::{Batch, Effects, Note, ReplayOutcome, ReplayRequest, Reset, Sequencer};
+use super::sequencer::{
+    Batch, Effects, HoldLimits, Note, ReplayOutcome, ReplayRequest, Reset, Sequencer,
+};
 use super::{DropReason, Shared};
 
 /// Items taken from one mailbox per turn: bounds how long one endpoint holds its worker.
@@ -98,10 +100,14 @@ impl Worker {
         match control {
             Control::Open(reg) => {
                 let config = &self.shared.config;
+                let hold = HoldLimits {
+                    batches: config.queue_capacity,
+                    bytes: config.queue_bytes,
+                };
                 let mut seq = Sequencer::new(
                     reg.replay.is_some(),
                     reg.bind_mode,
-                    config.queue_capacity,
+                    hold,
                     config.replay_cooldown,
                 );
                 if reg.bind_mode {
