@@ -112,8 +112,9 @@ fn index() -> Arc<KvIndex> {
     Arc::new(KvIndex::new(IndexConfig::default()))
 }
 
-/// Decode + apply on one thread, no sockets: the ceiling the pipeline is compared with.
-fn baseline(pods: &[Vec<Bytes>]) -> Result<(u64, Duration), Box<dyn Error>> {
+/// Decode + apply on one thread, no sockets: the ceiling the pipeline is compared with. Also
+/// times decoding alone and applying alone (pre-decoded batches, fresh index).
+fn baseline(pods: &[Vec<Bytes>]) -> Result<[(u64, Duration); 3], Box<dyn Error>> {
     let index = index();
     let start = Instant::now();
     let mut stored = 0;
@@ -123,7 +124,23 @@ fn baseline(pods: &[Vec<Bytes>]) -> Result<(u64, Duration), Box<dyn Error>> {
             stored += index.apply(id, MODEL, &decode_batch(payload)?).stored;
         }
     }
-    Ok((stored, start.elapsed()))
+    let both = (stored, start.elapsed());
+    let start = Instant::now();
+    let mut decoded = Vec::new();
+    for payloads in pods {
+        decoded.push(payloads.iter().map(|p| decode_batch(p)).collect::<Result<Vec<_>, _>>()?);
+    }
+    let decode = (stored, start.elapsed());
+    let index = self::index();
+    let start = Instant::now();
+    for (p, batches) in decoded.iter().enumerate() {
+        let id = EndpointId::new(p as u32).ok_or("too many pods")?;
+        for batch in batches {
+            index.apply(id, MODEL, batch);
+        }
+    }
+    let apply = (stored, start.elapsed());
+    Ok([both, decode, apply])
 }
 
 struct Pod {
@@ -253,9 +270,14 @@ fn main() -> Result<(), Box<dyn Error>> {
         bytes as f64 / (1 << 20) as f64,
         bytes as u64 / (batches * u64::from(a.blocks)),
     );
-    let (stored, took) = baseline(&pods)?;
-    let base = rate(stored, took);
-    println!("baseline decode+apply, 1 thread, no sockets: {:.2} M blocks/s", base / 1e6);
+    let [both, decode, apply] = baseline(&pods)?;
+    let base = rate(both.0, both.1);
+    println!(
+        "baseline decode+apply, 1 thread, no sockets: {:.2} M blocks/s (decode alone {:.2}, apply alone {:.2})",
+        base / 1e6,
+        rate(decode.0, decode.1) / 1e6,
+        rate(apply.0, apply.1) / 1e6,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -300,8 +300,9 @@ impl KvIndex {
 
     /// Sizes, for gauges.
     pub fn stats(&self) -> IndexStats {
-        let holders = self.holders.read();
+        // Same lock order as `store`/`remove` (endpoints, then holders), or the two deadlock.
         let endpoints = self.endpoints.read();
+        let holders = self.holders.read();
         IndexStats {
             keys: holders.len(),
             entries: holders.values().map(Vec::len).sum(),
