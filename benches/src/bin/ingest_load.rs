@@ -243,6 +243,21 @@ async fn round(a: Args, pods: &[Vec<Bytes>]) -> Result<(u64, Duration, String), 
     Ok((totals.blocks_stored, elapsed, note))
 }
 
+/// CPU time this process has used (user + system), from `/proc/self/stat`: with other work
+/// on the machine, CPU per block is steadier than wall-clock rates.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -270,13 +285,16 @@ fn main() -> Result<(), Box<dyn Error>> {
         bytes as f64 / (1 << 20) as f64,
         bytes as u64 / (batches * u64::from(a.blocks)),
     );
+    let cpu = cpu_time();
     let [both, decode, apply] = baseline(&pods)?;
+    let base_cpu = cpu_time().saturating_sub(cpu);
     let base = rate(both.0, both.1);
     println!(
-        "baseline decode+apply, 1 thread, no sockets: {:.2} M blocks/s (decode alone {:.2}, apply alone {:.2})",
+        "baseline decode+apply, 1 thread, no sockets: {:.2} M blocks/s (decode alone {:.2}, apply alone {:.2}; {:.2} CPU-us/block for all three passes)",
         base / 1e6,
         rate(decode.0, decode.1) / 1e6,
         rate(apply.0, apply.1) / 1e6,
+        base_cpu.as_secs_f64() * 1e6 / both.0 as f64,
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -284,14 +302,17 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build()?;
     let mut rates = Vec::new();
     for r in 0..a.rounds {
+        let cpu = cpu_time();
         let (stored, took, note) = runtime.block_on(round(a, &pods))?;
+        let used = cpu_time().saturating_sub(cpu);
         let e2e = rate(stored, took);
         println!(
-            "round {r}: {stored} blocks in {:.1} ms: {:.2} M blocks/s end to end ({:.0}% of baseline; {:.0} batches/s; {note})",
+            "round {r}: {stored} blocks in {:.1} ms: {:.2} M blocks/s end to end ({:.0}% of baseline; {:.0} batches/s; {:.2} CPU-us/block incl. publisher and setup; {note})",
             took.as_secs_f64() * 1e3,
             e2e / 1e6,
             100.0 * e2e / base,
             batches as f64 / took.as_secs_f64(),
+            used.as_secs_f64() * 1e6 / stored as f64,
         );
         rates.push(e2e);
     }
