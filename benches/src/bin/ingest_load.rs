@@ -128,7 +128,12 @@ fn baseline(pods: &[Vec<Bytes>]) -> Result<[(u64, Duration); 3], Box<dyn Error>>
     let start = Instant::now();
     let mut decoded = Vec::new();
     for payloads in pods {
-        decoded.push(payloads.iter().map(|p| decode_batch(p)).collect::<Result<Vec<_>, _>>()?);
+        decoded.push(
+            payloads
+                .iter()
+                .map(|p| decode_batch(p))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
     }
     let decode = (stored, start.elapsed());
     let index = self::index();
@@ -164,7 +169,11 @@ impl Pod {
     }
 
     async fn send(&mut self, payload: Bytes) -> Result<(), Box<dyn Error + Send + Sync>> {
-        let frames = vec![Bytes::new(), Bytes::copy_from_slice(&seq_frame(self.seq)), payload];
+        let frames = vec![
+            Bytes::new(),
+            Bytes::copy_from_slice(&seq_frame(self.seq)),
+            payload,
+        ];
         self.seq += 1;
         let message = ZmqMessage::try_from(frames).map_err(|_| "empty message")?;
         self.socket.send(message).await?;
@@ -234,7 +243,10 @@ async fn round(a: Args, pods: &[Vec<Bytes>]) -> Result<(u64, Duration, String), 
     }
     let elapsed = start.elapsed();
     let totals = handle.totals();
-    let note = format!("resets {} rejected {}", totals.resets, totals.blocks_rejected);
+    let note = format!(
+        "resets {} rejected {}",
+        totals.resets, totals.blocks_rejected
+    );
     while let Some(done) = senders.join_next().await {
         done?.map_err(|e| e.to_string())?;
     }
