@@ -320,21 +320,17 @@ impl<'a> Decoder<'a> {
         let at = self.r.pos();
         let n = self.r.array_len()?;
         limit(n, MAX_BLOCKS_PER_EVENT, at)?;
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            out.push(EngineHash(self.r.hash()?));
-        }
-        Ok(out)
+        let mut raw = Vec::new();
+        self.r.hashes(n, &mut raw)?;
+        Ok(raw.into_iter().map(EngineHash).collect())
     }
 
     fn tokens(&mut self) -> Result<Vec<u32>, Fault> {
         let at = self.r.pos();
         let n = self.r.array_len()?;
         limit(n, MAX_TOKENS_PER_EVENT, at)?;
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            out.push(self.r.u32()?);
-        }
+        let mut out = Vec::new();
+        self.r.u32s(n, &mut out)?;
         Ok(out)
     }
 }

@@ -130,6 +130,15 @@ impl Encoder<'_> {
         let events = len(batch.events.len(), MAX_EVENTS_PER_BATCH)
             .map_err(|what| Error::MalformedEvent(format!("cannot encode batch events: {what}")))?;
         let dp = batch.data_parallel_rank;
+        // Token ids and hashes are nearly all of it: at most 5 and 9 bytes each.
+        let bulk: usize = (batch.events.iter())
+            .map(|e| match e {
+                KvEvent::BlockStored(s) => 5 * s.token_ids.len() + 9 * s.block_hashes.len(),
+                KvEvent::BlockRemoved(r) => 9 * r.block_hashes.len(),
+                KvEvent::AllBlocksCleared => 0,
+            })
+            .sum();
+        self.out.reserve(bulk + 64 * batch.events.len() + 32);
         match self.opts.batch {
             Encoding::Array => write::array(self.out, 3),
             Encoding::Map => {

@@ -4,8 +4,10 @@
 //!
 //! Facts (vLLM `ZmqEventPublisher`): PUB sends `[topic, seq, payload]`, `seq` a u64 big-endian
 //! counting from 0; the replay ROUTER takes `["", start_seq]` (8 bytes big-endian) and answers
-//! every buffered batch with `seq >= start_seq` as `["", seq, payload]`, then the end marker
-//! `["", -1 as 8 bytes, ""]`. Some versions put the topic after the delimiter; both are read.
+//! every buffered batch with `seq >= start_seq`, then an end marker with seq -1 (8 bytes) and an
+//! empty payload. Older vLLM answers `["", seq, payload]` and ends with `["", -1, ""]`; newer
+//! vLLM puts the topic after the delimiter, `["", topic, seq, payload]`, and ends with
+//! `["", "", -1, ""]`. Both are read.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -249,7 +251,7 @@ mod tests {
             Ok(ReplayReply::End)
         );
         assert_eq!(
-            parse_replay_reply(&[&b""[..], b"t", &end, b""]),
+            parse_replay_reply(&[&b""[..], b"", &end, b""]),
             Ok(ReplayReply::End)
         );
 

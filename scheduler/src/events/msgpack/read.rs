@@ -2,6 +2,22 @@
 
 use super::{Fault, Head};
 
+/// For each msgpack marker, how a u32 token id in that form sits in the 5-byte window that
+/// starts at the marker (read as a big-endian 40-bit int): (encoded length, right shift,
+/// mask). Length 0: not a form the fast path reads.
+const TOKEN_FORMS: [(u8, u8, u32); 256] = {
+    let mut forms = [(0, 0, 0); 256];
+    let mut m = 0;
+    while m < 0x80 {
+        forms[m] = (1, 32, 0x7f); // positive fixint: the marker is the value
+        m += 1;
+    }
+    forms[0xcc] = (2, 24, 0xff);
+    forms[0xcd] = (3, 16, 0xffff);
+    forms[0xce] = (5, 0, u32::MAX);
+    forms
+};
+
 /// A cursor over one payload.
 #[derive(Clone, Debug)]
 pub(crate) struct Reader<'a> {
@@ -237,42 +253,54 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A token id. Hot: the common encodings are read inline.
-    #[inline]
-    pub(crate) fn u32(&mut self) -> Result<u32, Fault> {
-        let at = self.pos;
-        match self.buf.get(at) {
-            Some(&m) if m < 0x80 => {
-                self.pos += 1;
-                Ok(u32::from(m))
+    /// `n` token ids (the array header already read), appended to `out`. The hot loop of the
+    /// whole codec. Token ids of a real vocabulary mix uint16 and uint32 forms at random, so a
+    /// branch per form mispredicts about every other token; instead the marker indexes
+    /// [`TOKEN_FORMS`] and the value is shifted out of the 5-byte window it starts. Other forms
+    /// (and the last few bytes of the payload) go through [`Reader::int`].
+    pub(crate) fn u32s(&mut self, n: usize, out: &mut Vec<u32>) -> Result<(), Fault> {
+        let buf = self.buf;
+        let mut pos = self.pos;
+        out.reserve(n);
+        for _ in 0..n {
+            if let Some(&[m, a, b, c, d]) = buf.get(pos..pos + 5) {
+                let (len, shift, mask) = TOKEN_FORMS[usize::from(m)];
+                if len > 0 {
+                    let window = u64::from_be_bytes([0, 0, 0, m, a, b, c, d]);
+                    out.push((window >> shift) as u32 & mask);
+                    pos += usize::from(len);
+                    continue;
+                }
             }
-            Some(&0xcd) if at + 3 <= self.buf.len() => {
-                self.pos += 3;
-                Ok(u32::from(u16::from_be_bytes([
-                    self.buf[at + 1],
-                    self.buf[at + 2],
-                ])))
-            }
-            Some(&0xce) if at + 5 <= self.buf.len() => {
-                self.pos += 5;
-                let b = &self.buf[at + 1..at + 5];
-                Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            }
-            _ => self.int("a u32 token id"),
+            self.pos = pos;
+            out.push(self.int("a u32 token id")?);
+            pos = self.pos;
         }
+        self.pos = pos;
+        Ok(())
+    }
+
+    /// `n` block hashes (the array header already read), appended to `out`; uint64, the form
+    /// of nearly every int hash, is read inline.
+    pub(crate) fn hashes(&mut self, n: usize, out: &mut Vec<u64>) -> Result<(), Fault> {
+        out.reserve(n);
+        for _ in 0..n {
+            let v = match self.buf.get(self.pos..) {
+                Some(&[0xcf, a, b, c, d, e, f, g, h, ..]) => {
+                    self.pos += 9;
+                    u64::from_be_bytes([a, b, c, d, e, f, g, h])
+                }
+                _ => self.hash()?,
+            };
+            out.push(v);
+        }
+        Ok(())
     }
 
     /// A block hash: an int of any encoding (negative ones keep their 64-bit pattern) or bytes,
     /// folded by [`crate::events::EngineHash::from_bytes`].
-    #[inline]
     pub(crate) fn hash(&mut self) -> Result<u64, Fault> {
         let at = self.pos;
-        if let (Some(&0xcf), true) = (self.buf.get(at), at + 9 <= self.buf.len()) {
-            let mut be = [0u8; 8];
-            be.copy_from_slice(&self.buf[at + 1..at + 9]);
-            self.pos += 9;
-            return Ok(u64::from_be_bytes(be));
-        }
         match self.head()? {
             Head::Int(v) if v < 0 => Ok(v as i64 as u64),
             Head::Int(v) => Ok(v as u64),

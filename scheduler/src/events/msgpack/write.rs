@@ -11,6 +11,7 @@ pub(crate) fn bool(out: &mut Vec<u8>, v: bool) {
 }
 
 /// A non-negative int in its smallest unsigned form.
+#[inline]
 pub(crate) fn uint(out: &mut Vec<u8>, v: u64) {
     if v < 0x80 {
         out.push(v as u8);
@@ -29,6 +30,7 @@ pub(crate) fn uint(out: &mut Vec<u8>, v: u64) {
 }
 
 /// An int: unsigned forms when non-negative (as msgspec does), else the smallest signed one.
+#[inline]
 pub(crate) fn int(out: &mut Vec<u8>, v: i64) {
     if v >= 0 {
         uint(out, v as u64);
