@@ -1,6 +1,7 @@
 //! The crate's one error type. Variant names double as metric labels (see [`Error::label`]).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// Everything the endpoint picker library can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -9,6 +10,28 @@ pub enum Error {
     /// A flag or environment variable that does not parse or validate.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The endpoints file could not be read.
+    #[error("cannot read endpoints file {path}: {source}")]
+    EndpointsFileRead {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The endpoints file does not validate; the message names the entry.
+    #[error("invalid endpoints file {path}: {message}")]
+    EndpointsFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the entry.
+        message: String,
+    },
+    /// More endpoints than the scheduler can track at once.
+    #[error("too many endpoints: at most {max} are supported")]
+    TooManyEndpoints {
+        /// The limit.
+        max: usize,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -17,6 +40,48 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A gRPC server failed while serving.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// The scheduling core refused.
+    #[error(transparent)]
+    Scheduler(#[from] kvpick_scheduler::Error),
+    /// A request body larger than `--max-body-bytes`.
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A request body that is not the JSON of an OpenAI-style request; the message says where.
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    /// A request without a `model`.
+    #[error("the request has no \"model\" field")]
+    MissingModel,
+    /// No endpoint can take the request (none discovered, none in the subset hint, none eligible).
+    #[error("no endpoint available: {0}")]
+    NoEndpoint(String),
+    /// The gateway broke the ext_proc protocol (e.g. a body before headers).
+    #[error("ext_proc protocol: {0}")]
+    Protocol(&'static str),
+    /// A `kvpick-epp query` call failed.
+    #[error("query failed: {0}")]
+    Query(#[from] Box<tonic::Status>),
+    /// A server task panicked.
+    #[error("task failed: {0}")]
+    Task(String),
+    /// A feature that is accepted on the command line but not built yet.
+    #[error("{0} is not built yet")]
+    NotBuilt(&'static str),
+}
+
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Self {
+        Error::Query(Box::new(s))
+    }
 }
 
 impl Error {
@@ -24,7 +89,40 @@ impl Error {
     pub fn label(&self) -> &'static str {
         match self {
             Error::Config(_) => "config",
+            Error::EndpointsFileRead { .. } => "endpoints_file_read",
+            Error::EndpointsFile { .. } => "endpoints_file",
+            Error::TooManyEndpoints { .. } => "too_many_endpoints",
             Error::Bind { .. } => "bind",
+            Error::Tls(_) => "tls",
+            Error::Serve(_) => "serve",
+            Error::Scheduler(e) => e.label(),
+            Error::NotBuilt(_) => "not_built",
+            Error::BodyTooLarge { .. } => "body_too_large",
+            Error::InvalidBody(_) => "invalid_body",
+            Error::MissingModel => "missing_model",
+            Error::NoEndpoint(_) => "no_endpoint",
+            Error::Protocol(_) => "protocol",
+            Error::Query(_) => "query",
+            Error::Task(_) => "task",
+        }
+    }
+
+    /// The HTTP status the client gets when a request fails with this error.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::BodyTooLarge { .. } | Error::InvalidBody(_) | Error::MissingModel => 400,
+            Error::NoEndpoint(_) => 503,
+            Error::Scheduler(kvpick_scheduler::Error::NoEndpoint(_)) => 503,
+            _ => 500,
+        }
+    }
+
+    /// The OpenAI-style error `type` field for this error.
+    pub fn openai_type(&self) -> &'static str {
+        match self.http_status() {
+            400 => "invalid_request_error",
+            503 => "service_unavailable",
+            _ => "internal_error",
         }
     }
 }

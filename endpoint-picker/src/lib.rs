@@ -1,7 +1,82 @@
-//! kvpick-epp's library: everything `main.rs` wires together.
+//! kvpick's endpoint picker: an Envoy ext_proc server that sends each inference request to the
+//! vLLM endpoint that will serve it fastest.
+//!
+//! Request path, in the order a request meets it:
+//! - [`extproc`]: the ext_proc gRPC service; [`extproc::exchange`] is one stream's state machine,
+//!   [`extproc::reply`] builds Envoy's messages.
+//! - [`request`]: pure parser of OpenAI-style bodies; [`prompt`]: the tokenizer seam.
+//! - [`picker`]: candidates from the pool, then `kvpick_scheduler::Scheduler::pick`.
+//! - [`usage`]: token usage read from responses as they stream past.
+//!
+//! What the picker knows, and where it comes from:
+//! - [`pool`]: endpoints, their ids and live signals; its `watch` of views is the seam for KV-event
+//!   ingestion ([`Ingestion`], served by [`kv_events`]).
+//! - [`discovery`]: where endpoints come from ([`discovery::file`] today).
+//! - [`scrape`]: per-endpoint `/metrics` loops; [`scrape::prometheus`] is the pure page scanner.
+//!
+//! Around it: [`query`] (kvpick's own `kvpick.v1.Index` API), [`health`] (gRPC health),
+//! [`telemetry`] (kvpick's Prometheus metrics), [`config`] (flags and environment), [`server`]
+//! (binds and runs it all, with a shutdown path), [`clock`] and [`error`].
 #![forbid(unsafe_code)]
 
+use std::sync::Arc;
+
+use kvpick_scheduler::KvIndex;
+use tokio::sync::watch;
+
+pub mod clock;
+pub mod config;
+pub mod discovery;
 pub mod error;
+pub mod extproc;
+pub mod health;
 pub mod kv_events;
+pub mod picker;
+pub mod pool;
+pub mod prompt;
+pub mod query;
+pub mod request;
+pub mod scrape;
+pub mod server;
+pub mod telemetry;
+pub mod usage;
 
 pub use error::Error;
+pub use server::{Server, Settings};
+
+/// Bounds on what one request may cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// State shared by every stream and every query: the picker and what it needs.
+#[derive(Debug)]
+pub struct Shared {
+    /// Decides where requests go.
+    pub picker: picker::Picker,
+    /// Tokenizes text prompts (declines until one is configured).
+    pub tokenizer: Arc<dyn prompt::Tokenize>,
+    /// Per-request bounds.
+    pub limits: Limits,
+    /// The clock signals and decisions are timed with.
+    pub clock: clock::Clock,
+}
+
+/// What KV-event ingestion (`kv_events`, built separately) receives from the picker: the pool's
+/// views (each member's id, model, `kvEvents` and `kvReplay` addresses, and its
+/// [`pool::Live`] cell to report [`kvpick_scheduler::scheduler::EventsState`] in), the index to
+/// apply events to, and the `--kv-events-bind` address. A subscriber must stop writing for an
+/// endpoint within [`pool::DRAIN_GRACE`] of it leaving a view.
+#[derive(Debug, Clone)]
+pub struct Ingestion {
+    /// Pool views as they change.
+    pub views: watch::Receiver<Arc<pool::PoolView>>,
+    /// The index events are applied to.
+    pub index: Arc<KvIndex>,
+    /// Where to bind a SUB socket for pods that connect (`--kv-events-bind`).
+    pub bind: Option<String>,
+    /// The picker's clock.
+    pub clock: clock::Clock,
+}

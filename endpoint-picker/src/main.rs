@@ -1,28 +1,77 @@
-//! `kvpick-epp`: the endpoint picker sidecar. Wiring only; the logic lives in the library.
+//! `kvpick-epp`: the endpoint picker sidecar. Wiring only: flags → settings → serve until a signal.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
-
-/// KV-cache-aware endpoint picker for vLLM pools behind an Envoy-based gateway.
-///
-/// The gateway calls kvpick-epp over Envoy's ext_proc protocol for every inference request;
-/// kvpick-epp answers with the vLLM pod that already holds the longest prefix of the prompt in its
-/// KV cache, unless that pod is overloaded.
-#[derive(Debug, Parser)]
-#[command(name = "kvpick-epp", version)]
-struct Args {
-    /// Port of the ext_proc gRPC server the gateway calls.
-    #[arg(long, env = "KVPICK_GRPC_PORT", default_value_t = 9002)]
-    grpc_port: u16,
-    /// Port of the gRPC health service (liveness, readiness, ext_proc).
-    #[arg(long, env = "KVPICK_HEALTH_PORT", default_value_t = 9003)]
-    health_port: u16,
-    /// Port of the Prometheus `/metrics` endpoint.
-    #[arg(long, env = "KVPICK_METRICS_PORT", default_value_t = 9090)]
-    metrics_port: u16,
-}
+use anyhow::Context;
+use kvpick_epp::config::{self, Command};
+use kvpick_epp::{Server, Settings};
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    anyhow::bail!("kvpick-epp is not wired yet: {args:?}")
+    let cli = match config::parse(std::env::args_os(), |k| std::env::var_os(k)) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    init_logging(&cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        if let Some(Command::Query { server, what }) = cli.command {
+            let text = kvpick_epp::query::client::run(server, what).await?;
+            print!("{text}");
+            return Ok(());
+        }
+        let settings = Settings::from_cli(&cli)?;
+        if settings.endpoints_file.is_none() {
+            tracing::warn!("no --endpoints-file: the pool is empty and every request gets 503");
+        }
+        let server = Server::bind(settings)
+            .await
+            .context("starting kvpick-epp")?;
+        tracing::info!(
+            grpc = ?server.grpc_addr(),
+            health = ?server.health_addr(),
+            metrics = ?server.metrics_addr(),
+            "listening"
+        );
+        server
+            .run(shutdown_signal())
+            .await
+            .context("kvpick-epp failed")
+    })
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }

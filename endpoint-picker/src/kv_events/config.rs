@@ -129,12 +129,10 @@ pub fn parse_tcp_address(text: &str, default_port: Option<u16>) -> Result<Socket
     Ok(SocketAddr::new(ip, port))
 }
 
-/// The ingestion flags, for `main.rs` to `#[command(flatten)]`.
+/// The ingestion flags, for the CLI to `#[command(flatten)]` (`--kv-events-bind` itself is the
+/// server's, passed in through [`crate::Ingestion`]).
 #[derive(Clone, Debug, clap::Args)]
 pub struct KvEventsArgs {
-    /// Bind mode: listen for pods' KV-event publishers here (e.g. tcp://0.0.0.0:5557).
-    #[arg(long, env = "KVPICK_KV_EVENTS_BIND")]
-    pub kv_events_bind: Option<String>,
     /// Bind mode: ports to listen on from the bind port, one per data-parallel rank.
     #[arg(long, env = "KVPICK_KV_EVENTS_BIND_RANKS", default_value_t = 1)]
     pub kv_events_bind_ranks: u16,
@@ -162,14 +160,9 @@ pub struct KvEventsArgs {
 }
 
 impl KvEventsArgs {
-    /// The ingestion settings these flags describe.
+    /// The ingestion settings these flags describe (bind mode comes with the bind address).
     pub fn config(&self) -> Result<KvEventsConfig, Error> {
-        let bind = match &self.kv_events_bind {
-            Some(text) => Some(parse_tcp_address(text, Some(DEFAULT_PUBLISHER_PORT))?),
-            None => None,
-        };
         let config = KvEventsConfig {
-            bind,
             bind_ranks: self.kv_events_bind_ranks,
             publisher_port: self.kv_events_port,
             replay_port: self.kv_replay_port,

@@ -16,13 +16,15 @@
 //! - [`sequencer`]: ordering, gap and restart handling, replay merge (pure).
 //! - [`replay`]: the replay client. [`metrics`]: counters and gauges.
 //!
-//! The seam for the binary: [`KvEvents::start`] with a `watch` of the endpoint set (anything
-//! implementing [`KvSourceView`]) and the shutdown token, then [`KvEventsHandle::state`] for
-//! each candidate's [`EventsState`], and [`KvEvents::join`] after shutdown.
+//! The seam for the binary: [`KvEvents::start_for`] with the server's [`crate::Ingestion`] (pool
+//! views in, each member's `Live` events state out), or [`KvEvents::start`] with a `watch` of
+//! anything implementing [`KvSourceView`] (then read states with [`KvEventsHandle::state`]);
+//! [`KvEvents::join`] after the shutdown token fired. Flags: [`KvEventsArgs`].
 
 mod bind;
 mod config;
 mod guard;
+mod ingestion;
 mod mailbox;
 mod manager;
 mod metrics;
@@ -48,6 +50,7 @@ pub use metrics::{DropReason, EndpointStats, describe as describe_metrics};
 
 use crate::error::Error;
 use guard::Limits;
+use ingestion::StateSink;
 use metrics::IngestMetrics;
 use replay::ReplayBounds;
 
@@ -131,13 +134,19 @@ impl<T: KvSourceView + ?Sized> KvSourceView for Arc<T> {
     }
 }
 
-/// Each endpoint's [`EventsState`], lock-free, indexed by id.
+/// Each endpoint's [`EventsState`], lock-free, indexed by id; changes go to the sink, if any.
 #[derive(Debug)]
-struct StateTable(Box<[AtomicU8]>);
+struct StateTable {
+    states: Box<[AtomicU8]>,
+    sink: Option<StateSink>,
+}
 
 impl StateTable {
-    fn new() -> Self {
-        Self((0..EndpointId::MAX).map(|_| AtomicU8::new(0)).collect())
+    fn new(sink: Option<StateSink>) -> Self {
+        Self {
+            states: (0..EndpointId::MAX).map(|_| AtomicU8::new(0)).collect(),
+            sink,
+        }
     }
 
     fn set(&self, id: EndpointId, state: EventsState) {
@@ -146,13 +155,22 @@ impl StateTable {
             EventsState::Stale => 1,
             EventsState::Live => 2,
         };
-        if let Some(slot) = self.0.get(id.index()) {
-            slot.store(v, Ordering::Relaxed);
+        let Some(slot) = self.states.get(id.index()) else {
+            return;
+        };
+        if slot.swap(v, Ordering::Relaxed) != v
+            && let Some(sink) = &self.sink
+        {
+            sink.call(id, state);
         }
     }
 
     fn get(&self, id: EndpointId) -> EventsState {
-        match self.0.get(id.index()).map(|s| s.load(Ordering::Relaxed)) {
+        match self
+            .states
+            .get(id.index())
+            .map(|s| s.load(Ordering::Relaxed))
+        {
             Some(2) => EventsState::Live,
             Some(1) => EventsState::Stale,
             _ => EventsState::Absent,
@@ -234,12 +252,25 @@ impl KvEvents {
     where
         V: KvSourceView + Send + Sync + 'static,
     {
+        Self::start_with(config, index, sources, shutdown, None).await
+    }
+
+    async fn start_with<V>(
+        config: KvEventsConfig,
+        index: Arc<KvIndex>,
+        sources: watch::Receiver<V>,
+        shutdown: CancellationToken,
+        sink: Option<StateSink>,
+    ) -> Result<Self, Error>
+    where
+        V: KvSourceView + Send + Sync + 'static,
+    {
         config.validate()?;
         let shared = Arc::new(Shared {
             replay_slots: Semaphore::new(config.max_replays_in_flight),
             config,
             index,
-            states: StateTable::new(),
+            states: StateTable::new(sink),
             metrics: IngestMetrics::default(),
         });
         let mut tasks = JoinSet::new();
@@ -315,7 +346,7 @@ mod tests {
 
     #[test]
     fn states_round_trip() {
-        let t = StateTable::new();
+        let t = StateTable::new(None);
         let id = EndpointId::new(EndpointId::MAX as u32 - 1).unwrap_or_else(|| unreachable!());
         assert_eq!(t.get(id), EventsState::Absent);
         for s in [EventsState::Live, EventsState::Stale, EventsState::Absent] {

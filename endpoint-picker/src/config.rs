@@ -1,0 +1,354 @@
+//! Command line and environment: every flag `--x-y` is also `KVPICK_X_Y`; a flag beats its variable.
+//!
+//! [`parse`] is a pure function of the arguments and an environment lookup, so tests never touch
+//! the process environment; `main` passes `std::env::var_os`.
+
+use std::ffi::{OsStr, OsString};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::error::Error;
+
+/// KV-cache-aware endpoint picker for vLLM pools behind an Envoy-based gateway.
+///
+/// The gateway calls kvpick-epp over Envoy's ext_proc protocol for every inference request;
+/// kvpick-epp answers with the vLLM pod that already holds the longest prefix of the prompt in
+/// its KV cache, unless that pod is overloaded. Every flag can also be set through the environment
+/// variable shown with it; a flag on the command line wins.
+#[derive(Debug, Parser)]
+#[command(name = "kvpick-epp", version)]
+pub struct Cli {
+    /// Address the servers listen on.
+    #[arg(long, env = "KVPICK_LISTEN_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub listen_address: IpAddr,
+    /// Port of the ext_proc gRPC server the gateway calls (also serves kvpick.v1.Index).
+    #[arg(long, env = "KVPICK_GRPC_PORT", default_value_t = 9002)]
+    pub grpc_port: u16,
+    /// Port of the gRPC health service (liveness, readiness, ext_proc).
+    #[arg(long, env = "KVPICK_HEALTH_PORT", default_value_t = 9003)]
+    pub health_port: u16,
+    /// Port of the Prometheus `/metrics` endpoint.
+    #[arg(long, env = "KVPICK_METRICS_PORT", default_value_t = 9090)]
+    pub metrics_port: u16,
+    /// TLS certificate (PEM) for the ext_proc port; with --key-path, serves TLS instead of plaintext.
+    #[arg(long, env = "KVPICK_CERT_PATH", requires = "key_path")]
+    pub cert_path: Option<PathBuf>,
+    /// TLS private key (PEM) for the ext_proc port.
+    #[arg(long, env = "KVPICK_KEY_PATH", requires = "cert_path")]
+    pub key_path: Option<PathBuf>,
+    /// Picker configuration file (filters, scorers, weights, picker), llm-d style YAML.
+    #[arg(long, env = "KVPICK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Endpoints file for file discovery (YAML; re-read when it changes; format in README.md).
+    #[arg(long, env = "KVPICK_ENDPOINTS_FILE")]
+    pub endpoints_file: Option<PathBuf>,
+    /// How often the endpoints file is checked for changes.
+    #[arg(long, env = "KVPICK_ENDPOINTS_POLL_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub endpoints_poll_interval: Duration,
+    /// InferencePool name, for Kubernetes discovery.
+    #[arg(long, env = "KVPICK_POOL_NAME")]
+    pub pool_name: Option<String>,
+    /// InferencePool namespace, for Kubernetes discovery.
+    #[arg(long, env = "KVPICK_POOL_NAMESPACE")]
+    pub pool_namespace: Option<String>,
+    /// Bind a ZMQ SUB socket here (e.g. tcp://*:5557) for pods that connect to publish KV events.
+    #[arg(long, env = "KVPICK_KV_EVENTS_BIND")]
+    pub kv_events_bind: Option<String>,
+    /// KV block size in tokens, when the endpoints file does not give `blockSize`.
+    #[arg(long, env = "KVPICK_BLOCK_SIZE", default_value_t = 16)]
+    pub block_size: u32,
+    /// Fallback endpoints listed after the primary (`ip:port,ip:port`); needs Envoy's override_host policy.
+    #[arg(long, env = "KVPICK_FALLBACKS", default_value_t = 0)]
+    pub fallbacks: usize,
+    /// Put each candidate's scores in the `kvpick.scores` dynamic metadata (debugging).
+    #[arg(long, env = "KVPICK_EMIT_SCORES", action = ArgAction::SetTrue)]
+    pub emit_scores: bool,
+    /// Largest request body accepted, in bytes; larger bodies get a 400.
+    #[arg(long, env = "KVPICK_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    pub max_body_bytes: usize,
+    /// How often each endpoint's /metrics is scraped (e.g. 50ms, 1s).
+    #[arg(long, env = "KVPICK_REFRESH_METRICS_INTERVAL", default_value = "50ms", value_parser = duration)]
+    pub refresh_metrics_interval: Duration,
+    /// Timeout of one /metrics scrape.
+    #[arg(long, env = "KVPICK_SCRAPE_TIMEOUT", default_value = "1s", value_parser = duration)]
+    pub scrape_timeout: Duration,
+    /// Signals older than this mark an endpoint stale; stale endpoints are avoided while others are fresh.
+    #[arg(long, env = "KVPICK_METRICS_STALENESS_THRESHOLD", default_value = "2s", value_parser = duration)]
+    pub metrics_staleness_threshold: Duration,
+    /// How long open streams may finish after SIGTERM before they are cut.
+    #[arg(long, env = "KVPICK_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+    /// Log format: text or json (filter with RUST_LOG, default info).
+    #[arg(long, env = "KVPICK_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Query a running kvpick-epp instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ask a running kvpick-epp (its kvpick.v1.Index API) without routing anything.
+    Query {
+        /// The server's gRPC URL.
+        #[arg(
+            long,
+            env = "KVPICK_QUERY_SERVER",
+            default_value = "http://127.0.0.1:9002"
+        )]
+        server: String,
+        /// What to ask.
+        #[command(subcommand)]
+        what: Query,
+    },
+}
+
+/// Queries.
+#[derive(Debug, Subcommand)]
+pub enum Query {
+    /// Each endpoint's matched blocks and scores for a prompt.
+    Score {
+        /// The model (or LoRA adapter) the prompt is for.
+        #[arg(long)]
+        model: String,
+        /// The prompt as comma-separated token ids.
+        #[arg(long, value_delimiter = ',', conflicts_with = "text")]
+        tokens: Vec<u32>,
+        /// The prompt as text.
+        #[arg(long)]
+        text: Option<String>,
+        /// vLLM cache_salt.
+        #[arg(long)]
+        cache_salt: Option<String>,
+        /// Only these endpoints (ip:port, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        candidates: Vec<String>,
+    },
+    /// Every endpoint with its signals, staleness and blocks held.
+    Endpoints,
+}
+
+/// Parses `"50ms"`, `"2s"`, `"1m"` or `"1.5s"`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{s:?} has no unit (use ms, s or m)"))?;
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number with a unit"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Parses `args` (program name first) with `env` standing in for the process environment.
+pub fn parse<I, T>(args: I, env: impl Fn(&OsStr) -> Option<OsString>) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut cmd = Cli::command();
+    // Resolve variables here rather than in clap (which reads the process environment): a
+    // variable becomes `--flag=value` unless the flag is already on the command line.
+    let given: Vec<String> = args
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .map(|a| a.split('=').next().unwrap_or(a).to_owned())
+        .collect();
+    let sub = args.iter().position(|a| a == "query");
+    let top = injected_flags(cmd.get_arguments(), &given, &env);
+    let query = match (sub, cmd.find_subcommand("query")) {
+        (Some(_), Some(q)) => injected_flags(q.get_arguments(), &given, &env),
+        _ => Vec::new(),
+    };
+    // Top-level flags go before the subcommand, the subcommand's right after its name.
+    if let Some(at) = sub {
+        args.splice(at + 1..at + 1, query);
+    }
+    let at = sub.unwrap_or(args.len()).max(1);
+    args.splice(at..at, top);
+    cmd = cmd.mut_args(env_in_help_only);
+    cmd = cmd.mut_subcommands(|s| s.mut_args(env_in_help_only));
+    let matches = cmd.try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
+/// Drops clap's own environment lookup but keeps the variable's name in `--help`.
+fn env_in_help_only(arg: clap::Arg) -> clap::Arg {
+    let Some(var) = arg.get_env().map(|v| v.to_string_lossy().into_owned()) else {
+        return arg;
+    };
+    let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+    arg.env(None::<&str>).help(format!("{help} [env: {var}]"))
+}
+
+fn injected_flags<'a>(
+    args: impl Iterator<Item = &'a clap::Arg>,
+    given: &[String],
+    env: &impl Fn(&OsStr) -> Option<OsString>,
+) -> Vec<OsString> {
+    let mut injected = Vec::new();
+    for arg in args {
+        let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let flag = format!("--{long}");
+        if given.contains(&flag) {
+            continue;
+        }
+        let Some(value) = env(var) else { continue };
+        if matches!(arg.get_action(), ArgAction::SetTrue) {
+            let v = value.to_string_lossy().to_ascii_lowercase();
+            if matches!(v.as_str(), "1" | "true" | "yes" | "on") {
+                injected.push(OsString::from(flag));
+            }
+        } else {
+            let mut f = OsString::from(format!("{flag}="));
+            f.push(&value);
+            injected.push(f);
+        }
+    }
+    injected
+}
+
+impl Cli {
+    /// Checks what clap cannot: combinations and features not built yet.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.pool_name.is_some() || self.pool_namespace.is_some() {
+            return Err(Error::NotBuilt(
+                "Kubernetes discovery (--pool-name/--pool-namespace); use --endpoints-file",
+            ));
+        }
+        if self.config.is_some() {
+            return Err(Error::NotBuilt("the picker config file (--config)"));
+        }
+        if self.block_size == 0 {
+            return Err(Error::Config("--block-size must be positive".into()));
+        }
+        if self.refresh_metrics_interval.is_zero() || self.endpoints_poll_interval.is_zero() {
+            return Err(Error::Config("intervals must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cli(args: &[&str], env: &[(&str, &str)]) -> Result<Cli, clap::Error> {
+        let env: HashMap<OsString, OsString> =
+            env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        parse(
+            std::iter::once("kvpick-epp").chain(args.iter().copied()),
+            |k| env.get(k).cloned(),
+        )
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cli(&[], &[]).unwrap();
+        assert_eq!(
+            (c.grpc_port, c.health_port, c.metrics_port),
+            (9002, 9003, 9090)
+        );
+        assert_eq!(c.refresh_metrics_interval, Duration::from_millis(50));
+        assert_eq!(c.max_body_bytes, 16 << 20);
+        assert!(!c.emit_scores && c.command.is_none());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn env_fills_in_and_flags_win() {
+        let c = cli(
+            &["--grpc-port", "7000"],
+            &[
+                ("KVPICK_GRPC_PORT", "1"),
+                ("KVPICK_HEALTH_PORT", "7001"),
+                ("KVPICK_EMIT_SCORES", "true"),
+                ("KVPICK_METRICS_STALENESS_THRESHOLD", "250ms"),
+                ("KVPICK_ENDPOINTS_FILE", "/tmp/e.yaml"),
+            ],
+        )
+        .unwrap();
+        assert_eq!((c.grpc_port, c.health_port), (7000, 7001));
+        assert!(c.emit_scores);
+        assert_eq!(c.metrics_staleness_threshold, Duration::from_millis(250));
+        assert_eq!(c.endpoints_file, Some(PathBuf::from("/tmp/e.yaml")));
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(cli(&[], &[("KVPICK_GRPC_PORT", "x")]).is_err());
+        assert!(cli(&["--refresh-metrics-interval", "50"], &[]).is_err());
+        assert!(cli(&["--cert-path", "c.pem"], &[]).is_err(), "key required");
+        let c = cli(&["--pool-name", "p"], &[]).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("Kubernetes"));
+    }
+
+    #[test]
+    fn query_subcommand() {
+        let c = cli(
+            &[
+                "query",
+                "--server",
+                "http://h:1",
+                "score",
+                "--model",
+                "m",
+                "--tokens",
+                "1,2,3",
+            ],
+            &[
+                ("KVPICK_GRPC_PORT", "7000"),
+                ("KVPICK_QUERY_SERVER", "http://ignored:2"),
+            ],
+        )
+        .unwrap();
+        let Some(Command::Query {
+            server,
+            what: Query::Score { tokens, model, .. },
+        }) = c.command
+        else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            (server.as_str(), model.as_str(), tokens),
+            ("http://h:1", "m", vec![1, 2, 3])
+        );
+        assert_eq!(c.grpc_port, 7000);
+        let c = cli(
+            &["query", "endpoints"],
+            &[("KVPICK_QUERY_SERVER", "http://e:3")],
+        )
+        .unwrap();
+        let Some(Command::Query {
+            server,
+            what: Query::Endpoints,
+        }) = c.command
+        else {
+            panic!()
+        };
+        assert_eq!(server, "http://e:3");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(duration("5h").is_err() && duration("ms").is_err());
+    }
+}

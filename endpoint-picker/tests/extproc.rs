@@ -1,0 +1,403 @@
+//! The ext_proc protocol over real gRPC: a tonic client plays Envoy against an in-process picker.
+
+mod common;
+
+use common::*;
+use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
+use kvpick_epp::Settings;
+use pb::processing_response::Response as Out;
+
+const A: &str = "127.0.0.1:40001";
+const B: &str = "127.0.0.1:40002";
+const C: &str = "127.0.0.1:40003";
+
+fn prompt(n: u32, seed: u32) -> Vec<u32> {
+    (0..n)
+        .map(|i| i.wrapping_mul(2_654_435_761) ^ seed)
+        .collect()
+}
+
+/// Reads the duplex answer to a whole request: headers, then body chunks to end of stream.
+async fn duplex_answer(s: &mut Stream) -> (pb::ProcessingResponse, Vec<u8>, usize) {
+    let headers = s.recv().await;
+    assert!(
+        matches!(headers.response, Some(Out::RequestHeaders(_))),
+        "{headers:?}"
+    );
+    let (mut body, mut chunks) = (Vec::new(), 0);
+    loop {
+        let (chunk, eos) = streamed(&s.recv().await);
+        assert!(chunk.len() <= 62_000);
+        body.extend_from_slice(&chunk);
+        chunks += 1;
+        if eos {
+            return (headers, body, chunks);
+        }
+    }
+}
+
+#[tokio::test]
+async fn duplex_token_prompt_goes_to_the_prefix_holder() {
+    let p = Picker::start(Settings::loopback(), &[A, B, C]).await;
+    let tokens = prompt(256, 7);
+    p.store(B, &tokens[..128]);
+    let body = token_body(&tokens);
+    let mut s = p.stream().await;
+    s.send(request_headers(duplex(), "POST", &[], false, None))
+        .await;
+    // The headers answer is held until the body is complete.
+    s.silent(100).await;
+    let (first, rest) = body.split_at(body.len() / 3);
+    s.send(request_body(first, false)).await;
+    s.silent(50).await;
+    s.send(request_body(rest, true)).await;
+    let (headers, echoed, _) = duplex_answer(&mut s).await;
+    let m = mutation(&headers);
+    assert_eq!(set_header(m, "x-gateway-destination-endpoint"), Some(B));
+    assert_eq!(
+        set_header(m, "content-length"),
+        Some(body.len().to_string().as_str())
+    );
+    assert_eq!(lb_destination(&headers).as_deref(), Some(B));
+    assert_eq!(echoed, body);
+    // Shutdown completes even with the stream still open (cut after the grace period).
+    let started = tokio::time::Instant::now();
+    p.stop().await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    drop(s);
+}
+
+#[tokio::test]
+async fn large_bodies_are_resent_in_bounded_chunks() {
+    let p = Picker::start(Settings::loopback(), &[A, B]).await;
+    let tokens = prompt(40_000, 3);
+    p.store(A, &tokens[..4096]);
+    let body = token_body(&tokens);
+    assert!(body.len() > 3 * 62_000);
+    let mut s = p.stream().await;
+    s.send(request_headers(duplex(), "POST", &[], false, None))
+        .await;
+    for chunk in body.chunks(16_384) {
+        s.send(request_body(chunk, false)).await;
+    }
+    s.send(request_body(b"", true)).await;
+    let (headers, echoed, chunks) = duplex_answer(&mut s).await;
+    assert_eq!(
+        set_header(mutation(&headers), "x-gateway-destination-endpoint"),
+        Some(A)
+    );
+    assert_eq!(echoed, body);
+    assert_eq!(chunks, body.len().div_ceil(62_000));
+    drop(s);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn buffered_mode_answers_headers_empty_and_routes_on_the_body() {
+    let p = Picker::start(Settings::loopback(), &[A, B]).await;
+    let tokens = prompt(64, 11);
+    p.store(A, &tokens);
+    let mut s = p.stream().await;
+    s.send(request_headers(
+        buffered(),
+        "POST",
+        &[("x-gateway-destination-endpoint", "6.6.6.6:1")],
+        false,
+        None,
+    ))
+    .await;
+    let h = s.recv().await;
+    let m = mutation(&h);
+    assert!(m.set_headers.is_empty());
+    assert_eq!(m.remove_headers, vec!["x-gateway-destination-endpoint"]);
+    s.send(request_body(&token_body(&tokens), true)).await;
+    let b = s.recv().await;
+    assert!(matches!(b.response, Some(Out::RequestBody(_))));
+    assert_eq!(
+        set_header(mutation(&b), "x-gateway-destination-endpoint"),
+        Some(A)
+    );
+    assert_eq!(
+        set_header(mutation(&b), "content-length"),
+        None,
+        "the body is not re-sent"
+    );
+    assert_eq!(lb_destination(&b).as_deref(), Some(A));
+}
+
+#[tokio::test]
+async fn a_forged_destination_never_survives() {
+    let p = Picker::start(Settings::loopback(), &[A]).await;
+    let mut s = p.stream().await;
+    s.send(request_headers(
+        duplex(),
+        "POST",
+        &[("x-gateway-destination-endpoint", "6.6.6.6:1")],
+        false,
+        None,
+    ))
+    .await;
+    s.send(request_body(br#"{"model":"m","prompt":"hi"}"#, true))
+        .await;
+    let (h, _, _) = duplex_answer(&mut s).await;
+    let m = mutation(&h);
+    assert!(
+        m.remove_headers
+            .iter()
+            .any(|r| r == "x-gateway-destination-endpoint")
+    );
+    assert_eq!(set_header(m, "x-gateway-destination-endpoint"), Some(A));
+}
+
+#[tokio::test]
+async fn text_and_chat_prompts_route() {
+    let p = Picker::start(Settings::loopback(), &[A, B]).await;
+    for body in [
+        r#"{"model":"m","prompt":"Once upon a time","stream":true}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hello"}],"cache_salt":"s"}"#,
+        r#"{"model":"m","prompt":[[1,2,3],[4,5]]}"#,
+    ] {
+        let mut s = p.stream().await;
+        s.send(request_headers(
+            duplex(),
+            "POST",
+            &[("x-session-id", "abc")],
+            false,
+            None,
+        ))
+        .await;
+        s.send(request_body(body.as_bytes(), true)).await;
+        let (h, echoed, _) = duplex_answer(&mut s).await;
+        let dest = set_header(mutation(&h), "x-gateway-destination-endpoint")
+            .unwrap()
+            .to_owned();
+        assert!(dest == A || dest == B, "{dest}");
+        assert_eq!(echoed, body.as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_400_with_an_openai_error() {
+    let p = Picker::start(
+        Settings {
+            limits: kvpick_epp::Limits {
+                max_body_bytes: 1000,
+            },
+            ..Settings::loopback()
+        },
+        &[A],
+    )
+    .await;
+    for (body, needle) in [
+        (&br#"{"model":"m","prompt":"#[..], "truncated"),
+        (b"not json", "malformed JSON"),
+        (br#"{"prompt":"x"}"#, "model"),
+        (br#"{"model":"m","prompt":[1,-1]}"#, "negative"),
+    ] {
+        let mut s = p.stream().await;
+        s.send(request_headers(duplex(), "POST", &[], false, None))
+            .await;
+        s.send(request_body(body, true)).await;
+        let (status, json) = immediate(&s.recv().await);
+        assert_eq!(status, 400);
+        let msg = json["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{msg}");
+        assert_eq!(json["error"]["type"], "invalid_request_error");
+    }
+    // Oversize: refused as soon as the count passes the limit, before the body ends.
+    let mut s = p.stream().await;
+    s.send(request_headers(duplex(), "POST", &[], false, None))
+        .await;
+    s.send(request_body(&[b' '; 600], false)).await;
+    s.silent(50).await;
+    s.send(request_body(&[b' '; 600], false)).await;
+    let (status, json) = immediate(&s.recv().await);
+    assert_eq!(status, 400);
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds 1000 bytes")
+    );
+}
+
+#[tokio::test]
+async fn subset_hints_restrict_and_empty_ones_refuse() {
+    let p = Picker::start(Settings::loopback(), &[A, B, C]).await;
+    let tokens = prompt(64, 5);
+    p.store(A, &tokens);
+    let body = token_body(&tokens);
+    let cases: [(&[&str], Option<&str>); 4] = [
+        (&[C], Some(C)),
+        (&[B, C, "10.9.9.9:1"], None),
+        (&[], None),
+        (&["10.9.9.9:1"], None),
+    ];
+    for (hint, want) in cases {
+        let mut s = p.stream().await;
+        s.send(request_headers(
+            duplex(),
+            "POST",
+            &[],
+            false,
+            Some(subset_hint(hint)),
+        ))
+        .await;
+        s.send(request_body(&body, true)).await;
+        let r = s.recv().await;
+        if hint.len() == 3 {
+            let dest = set_header(mutation(&r), "x-gateway-destination-endpoint")
+                .unwrap()
+                .to_owned();
+            assert!(
+                dest == B || dest == C,
+                "never A, which is outside the hint: {dest}"
+            );
+            continue;
+        }
+        match want {
+            Some(w) => assert_eq!(
+                set_header(mutation(&r), "x-gateway-destination-endpoint"),
+                Some(w)
+            ),
+            None => assert_eq!(immediate(&r).0, 503, "{hint:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn headers_only_requests_are_answered_at_once() {
+    let p = Picker::start(Settings::loopback(), &[A, B]).await;
+    let mut s = p.stream().await;
+    s.send(request_headers(
+        duplex(),
+        "GET",
+        &[("x-gateway-destination-endpoint", "6.6.6.6:1")],
+        true,
+        None,
+    ))
+    .await;
+    let h = s.recv().await;
+    let dest = set_header(mutation(&h), "x-gateway-destination-endpoint")
+        .unwrap()
+        .to_owned();
+    assert!(dest == A || dest == B);
+    assert_eq!(lb_destination(&h).as_deref(), Some(dest.as_str()));
+}
+
+#[tokio::test]
+async fn no_endpoint_is_503() {
+    let p = Picker::start(Settings::loopback(), &[]).await;
+    let mut s = p.stream().await;
+    s.send(request_headers(duplex(), "POST", &[], false, None))
+        .await;
+    s.send(request_body(br#"{"model":"m","prompt":"x"}"#, true))
+        .await;
+    let (status, json) = immediate(&s.recv().await);
+    assert_eq!(status, 503);
+    assert_eq!(json["error"]["type"], "service_unavailable");
+}
+
+#[tokio::test]
+async fn fallbacks_are_listed_in_order() {
+    let settings = Settings {
+        picker: kvpick_epp::picker::PickerConfig {
+            fallbacks: 2,
+            emit_scores: true,
+            ..Default::default()
+        },
+        ..Settings::loopback()
+    };
+    let p = Picker::start(settings, &[A, B, C]).await;
+    let tokens = prompt(64, 9);
+    p.store(C, &tokens);
+    p.store(B, &tokens[..32]);
+    let mut s = p.stream().await;
+    s.send(request_headers(duplex(), "POST", &[], false, None))
+        .await;
+    s.send(request_body(&token_body(&tokens), true)).await;
+    let (h, _, _) = duplex_answer(&mut s).await;
+    let want = format!("{C},{B},{A}");
+    assert_eq!(
+        set_header(mutation(&h), "x-gateway-destination-endpoint"),
+        Some(want.as_str())
+    );
+    assert_eq!(lb_destination(&h), Some(want));
+    assert!(
+        h.dynamic_metadata
+            .as_ref()
+            .unwrap()
+            .fields
+            .contains_key("kvpick.scores")
+    );
+}
+
+#[tokio::test]
+async fn request_trailers_end_the_body_in_duplex() {
+    let p = Picker::start(Settings::loopback(), &[A]).await;
+    let mut s = p.stream().await;
+    s.send(request_headers(duplex(), "POST", &[], false, None))
+        .await;
+    let body = br#"{"model":"m","prompt":"x"}"#;
+    s.send(request_body(body, false)).await;
+    s.send(pb::ProcessingRequest {
+        request: Some(pb::processing_request::Request::RequestTrailers(
+            pb::HttpTrailers::default(),
+        )),
+        ..Default::default()
+    })
+    .await;
+    assert!(matches!(
+        s.recv().await.response,
+        Some(Out::RequestHeaders(_))
+    ));
+    assert_eq!(streamed(&s.recv().await), (body.to_vec(), false));
+    assert!(matches!(
+        s.recv().await.response,
+        Some(Out::RequestTrailers(_))
+    ));
+}
+
+#[tokio::test]
+async fn response_bodies_stream_back_in_order_and_usage_is_read() {
+    let handle = kvpick_epp::telemetry::install();
+    let p = Picker::start(Settings::loopback(), &[A]).await;
+    let mut s = p.stream().await;
+    s.send(request_headers(duplex(), "POST", &[], false, None))
+        .await;
+    s.send(request_body(
+        br#"{"model":"m","prompt":"x","stream":true}"#,
+        true,
+    ))
+    .await;
+    duplex_answer(&mut s).await;
+    s.send(response_headers(
+        &[(":status", "200"), ("content-type", "text/event-stream")],
+        None,
+    ))
+    .await;
+    assert!(matches!(
+        s.recv().await.response,
+        Some(Out::ResponseHeaders(_))
+    ));
+    let events = [
+        "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":null}\n\n".to_owned(),
+        "data: {\"choices\":[{\"text\":\"b\"}],\"usage\":null}\n\n".to_owned(),
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7771,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":5}}}\n\ndata: [DONE]\n\n".to_owned(),
+    ];
+    for (i, e) in events.iter().enumerate() {
+        let last = i + 1 == events.len();
+        s.send(response_body(e.as_bytes(), last)).await;
+        // Each chunk comes back before the next is sent: nothing is held.
+        assert_eq!(streamed(&s.recv().await), (e.as_bytes().to_vec(), last));
+    }
+    drop(s);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let text = handle.render();
+    assert!(
+        text.contains("kvpick_tokens_total{kind=\"input\"} 7771"),
+        "{text}"
+    );
+    assert!(text.contains("kvpick_tokens_total{kind=\"cached\"} 5"));
+    assert!(text.contains("kvpick_time_to_first_byte_seconds_count"));
+}
