@@ -1,2 +1,4 @@
 //! Shared workload builders for kvpick's benchmarks.
 #![forbid(unsafe_code)]
+
+pub mod index_workload;

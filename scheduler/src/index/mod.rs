@@ -1,24 +1,49 @@
 //! The KV block index: which endpoint holds which block, built from the endpoints' own KV events.
 //!
-//! PROVISIONAL: a straightforward, correct implementation that fixes the public API; the compact
-//! sharded table replaces it (see the index issue). Keep the API; change the insides.
+//! Layout (bytes per (endpoint, block) entry in parentheses, at full load):
+//!
+//! - [`table`]: 64 shards of key → holders, each an open-addressing table of 256-byte buckets of
+//!   16-byte slots (16 per distinct key, shared by all its holders). Up to two holders sit inline in
+//!   the slot; three or more go to a bitset over endpoint ids in the shard's slab.
+//! - [`engine_map`]: per endpoint, engine hash → (key, chain position) (20), which is also the
+//!   endpoint's key set: removing it or `AllBlocksCleared` costs O(its entries).
+//! - [`position`]: blocks are placed by chain position, not by their own key, so that the 8 blocks
+//!   of a group share a bucket and the 32 blocks of a window share a shard: a 128-block lookup
+//!   touches 16 buckets under 4 read locks.
+//!
+//! Writers: one per endpoint at a time (the endpoint's mutex), taking one shard write lock at a
+//! time. Readers: shard read locks, several at most in shard order, never an endpoint lock.
 
-use std::collections::{HashMap, HashSet};
+mod apply;
+mod engine_map;
+mod evict;
+mod holders;
+mod lookup;
+pub mod partition;
+mod position;
+mod table;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::events::{
-    BlockRemoved, BlockStored, EngineHash, EventBatch, FULL_ATTENTION, KvEvent, Medium,
-};
-use crate::keys::{BlockKey, BlockSize, Partition};
-use crate::pods::{EndpointId, EndpointSet};
+use crate::events::{EventBatch, KvEvent, Medium};
+use crate::keys::{BlockKey, BlockSize};
+use crate::pods::EndpointId;
+
+use apply::Writer;
+use engine_map::EngineMap;
+use position::SHARDS;
+use table::Table;
 
 /// How much a hit is worth per medium, and how big the index may grow.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IndexConfig {
     /// Tokens per block; requests and events are keyed at this granularity.
     pub block_size: BlockSize,
-    /// Most (endpoint, block) entries held at once; past it, entries are evicted.
+    /// Most (endpoint, block) entries held at once; past it, entries are evicted from the
+    /// endpoint holding the most (see [`KvIndex::apply`]).
     pub capacity: usize,
     /// Weight of a hit per medium, indexed by [`Medium::tier`].
     pub tier_weights: [f32; 3],
@@ -39,13 +64,15 @@ impl Default for IndexConfig {
 pub struct ApplyReport {
     /// (endpoint, block) entries added.
     pub stored: u64,
-    /// (endpoint, block) entries removed by `BlockRemoved`.
+    /// (endpoint, block) entries removed by `BlockRemoved` (or by a hash re-stored with other
+    /// content).
     pub removed: u64,
     /// Entries dropped by `AllBlocksCleared`.
     pub cleared: u64,
     /// Blocks dropped because their parent was unknown for the endpoint.
     pub unknown_parent: u64,
-    /// Blocks dropped because their block size does not divide or multiply the index's.
+    /// Event blocks dropped because their block size neither divides nor is a multiple of the
+    /// index's, or because they do not complete an aligned index block after re-chunking.
     pub block_size_mismatch: u64,
     /// Blocks ignored because they belong to a group that cannot prove a prefix (sliding window).
     pub non_prefix_group: u64,
@@ -53,6 +80,11 @@ pub struct ApplyReport {
     pub unknown_removed: u64,
     /// Entries evicted to stay within capacity.
     pub evicted: u64,
+    /// Blocks dropped because they name a LoRA adapter only by id: their cache partition is
+    /// unknown.
+    pub unknown_lora: u64,
+    /// Block hashes without their tokens in the event.
+    pub malformed: u64,
 }
 
 /// Sizes, for gauges.
@@ -98,16 +130,53 @@ impl PrefixMatches {
     }
 }
 
-#[derive(Default)]
-struct EndpointBlocks {
-    by_hash: HashMap<EngineHash, BlockKey>,
+/// The media an endpoint holds a block in, as a bit per [`Medium::tier`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Tiers(u8);
+
+impl Tiers {
+    /// The set with only `medium`.
+    pub const fn of(medium: Medium) -> Self {
+        Self(1 << medium.tier())
+    }
+
+    /// The raw mask (bit `i` = tier `i`).
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// Whether `medium` is in the set.
+    pub const fn contains(self, medium: Medium) -> bool {
+        self.0 & (1 << medium.tier()) != 0
+    }
+}
+
+/// One endpoint's writer-side state.
+#[derive(Debug, Default)]
+struct EndpointState {
+    map: EngineMap,
+    /// KV-cache groups that announced a non-full-attention kind: their removes are ignored.
+    non_prefix_groups: Vec<u32>,
+    /// Index blocks per event block, last seen (for `BlockRemoved`, which carries no size).
+    split: u32,
+}
+
+#[derive(Debug, Default)]
+struct EndpointSlot {
+    state: Mutex<EndpointState>,
+    /// Entries, readable without the state lock (eviction picks the largest).
+    entries: AtomicUsize,
 }
 
 /// The index. `Send + Sync`: one writer per endpoint, any number of concurrent readers.
 pub struct KvIndex {
     config: IndexConfig,
-    holders: RwLock<HashMap<BlockKey, Vec<(EndpointId, u8)>>>,
-    endpoints: RwLock<HashMap<EndpointId, Mutex<EndpointBlocks>>>,
+    /// Weight of a hit per tier mask (best medium in the mask).
+    weights: [f32; 8],
+    shards: Box<[RwLock<Table>]>,
+    endpoints: RwLock<Vec<Option<Arc<EndpointSlot>>>>,
+    entries: AtomicUsize,
+    evicting: Mutex<()>,
 }
 
 impl std::fmt::Debug for KvIndex {
@@ -122,10 +191,21 @@ impl std::fmt::Debug for KvIndex {
 impl KvIndex {
     /// An empty index.
     pub fn new(config: IndexConfig) -> Self {
+        let mut weights = [0.0f32; 8];
+        for (mask, w) in weights.iter_mut().enumerate() {
+            *w = Medium::ALL
+                .iter()
+                .filter(|m| mask & (1 << m.tier()) != 0)
+                .map(|m| config.tier_weights[m.tier()])
+                .fold(0.0f32, f32::max);
+        }
         Self {
             config,
-            holders: RwLock::new(HashMap::new()),
-            endpoints: RwLock::new(HashMap::new()),
+            weights,
+            shards: (0..SHARDS).map(|_| RwLock::new(Table::default())).collect(),
+            endpoints: RwLock::new(Vec::new()),
+            entries: AtomicUsize::new(0),
+            evicting: Mutex::new(()),
         }
     }
 
@@ -141,183 +221,132 @@ impl KvIndex {
 
     /// Applies one batch of `endpoint`'s events. `model` is the endpoint's served model: the cache
     /// partition of blocks stored without a LoRA name.
+    ///
+    /// Past [`IndexConfig::capacity`], entries are evicted from whichever endpoint holds the most
+    /// (so a pod flooding events evicts its own blocks first), at its engine-hash map's clock hand.
+    /// Evicting a block in the middle of a chain only shortens matches: never a false hit.
     pub fn apply(&self, endpoint: EndpointId, model: &str, batch: &EventBatch) -> ApplyReport {
         let mut report = ApplyReport::default();
-        for event in &batch.events {
-            match event {
-                KvEvent::BlockStored(stored) => self.store(endpoint, model, stored, &mut report),
-                KvEvent::BlockRemoved(removed) => self.remove(endpoint, removed, &mut report),
-                KvEvent::AllBlocksCleared => report.cleared += self.clear_endpoint(endpoint) as u64,
+        let slot = self.slot(endpoint);
+        {
+            let mut state = slot.state.lock();
+            let mut writer = Writer::new(self, endpoint, &mut state, &mut report);
+            for event in &batch.events {
+                match event {
+                    KvEvent::BlockStored(stored) => writer.stored(model, stored),
+                    KvEvent::BlockRemoved(removed) => writer.removed(removed),
+                    KvEvent::AllBlocksCleared => writer.cleared(),
+                }
             }
+            drop(writer);
+            self.account(&slot, &report);
+        }
+        if self.entries.load(Ordering::Relaxed) > self.config.capacity {
+            self.evict(&mut report);
         }
         report
     }
 
-    fn store(&self, endpoint: EndpointId, model: &str, ev: &BlockStored, report: &mut ApplyReport) {
-        let n = ev.block_hashes.len() as u64;
-        if ev
-            .kv_cache_spec_kind
-            .as_deref()
-            .is_some_and(|k| k != FULL_ATTENTION)
-        {
-            report.non_prefix_group += n;
-            return;
-        }
-        if ev.block_size != self.config.block_size.get() {
-            report.block_size_mismatch += n;
-            return;
-        }
-        let mut endpoints = self.endpoints.write();
-        let blocks = endpoints.entry(endpoint).or_default().get_mut();
-        let mut parent = match ev.parent_block_hash {
-            None => Partition::model(ev.lora_name.as_deref().unwrap_or(model)).root(),
-            Some(h) => match blocks.by_hash.get(&h) {
-                Some(&k) => k,
-                None => {
-                    report.unknown_parent += n;
-                    return;
-                }
-            },
-        };
-        let tier = 1u8 << ev.medium.unwrap_or_default().tier();
-        let mut holders = self.holders.write();
-        for (hash, tokens) in ev
-            .block_hashes
-            .iter()
-            .zip(ev.token_ids.chunks_exact(ev.block_size as usize))
-        {
-            parent = parent.chain(tokens);
-            blocks.by_hash.insert(*hash, parent);
-            let set = holders.entry(parent).or_default();
-            match set.iter_mut().find(|(e, _)| *e == endpoint) {
-                Some((_, mask)) => *mask |= tier,
-                None => {
-                    set.push((endpoint, tier));
-                    report.stored += 1;
-                }
-            }
-        }
-    }
-
-    fn remove(&self, endpoint: EndpointId, ev: &BlockRemoved, report: &mut ApplyReport) {
-        let tier = 1u8 << ev.medium.unwrap_or_default().tier();
-        let mut endpoints = self.endpoints.write();
-        let Some(blocks) = endpoints.get_mut(&endpoint).map(Mutex::get_mut) else {
-            report.unknown_removed += ev.block_hashes.len() as u64;
-            return;
-        };
-        let mut holders = self.holders.write();
-        for hash in &ev.block_hashes {
-            let Some(&key) = blocks.by_hash.get(hash) else {
-                report.unknown_removed += 1;
-                continue;
-            };
-            let Some(set) = holders.get_mut(&key) else {
-                continue;
-            };
-            if let Some(pos) = set.iter().position(|(e, _)| *e == endpoint) {
-                set[pos].1 &= !tier;
-                if set[pos].1 == 0 {
-                    set.swap_remove(pos);
-                    blocks.by_hash.remove(hash);
-                    report.removed += 1;
-                }
-            }
-            if set.is_empty() {
-                holders.remove(&key);
-            }
-        }
-    }
-
-    /// Forgets everything `endpoint` holds (`AllBlocksCleared`, endpoint removal, resync).
-    /// Returns how many entries went.
+    /// Forgets everything `endpoint` holds (`AllBlocksCleared`, endpoint removal, resync),
+    /// including what it said about its KV-cache groups. Returns how many entries went.
     pub fn clear_endpoint(&self, endpoint: EndpointId) -> usize {
-        let Some(blocks) = self.endpoints.write().remove(&endpoint) else {
+        let Some(slot) = self.existing(endpoint) else {
             return 0;
         };
-        let keys: HashSet<BlockKey> = blocks.into_inner().by_hash.into_values().collect();
-        let mut holders = self.holders.write();
-        let mut n = 0;
-        for key in keys {
-            if let Some(set) = holders.get_mut(&key) {
-                let before = set.len();
-                set.retain(|(e, _)| *e != endpoint);
-                n += before - set.len();
-                if set.is_empty() {
-                    holders.remove(&key);
-                }
-            }
-        }
-        n
-    }
-
-    /// For each candidate, the longest run of consecutive blocks from block 0 it holds.
-    pub fn lookup(&self, keys: &[BlockKey], candidates: &EndpointSet, out: &mut PrefixMatches) {
-        out.total_blocks = keys.len() as u32;
-        out.matches.clear();
-        let holders = self.holders.read();
-        let mut alive: Vec<PrefixMatch> = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            let Some(set) = holders.get(key) else { break };
-            let weight = |mask: u8| {
-                Medium::ALL
-                    .iter()
-                    .filter(|m| mask & (1 << m.tier()) != 0)
-                    .map(|m| self.config.tier_weights[m.tier()])
-                    .fold(0.0f32, f32::max)
-            };
-            if i == 0 {
-                alive = set
-                    .iter()
-                    .filter(|(e, _)| candidates.contains(*e))
-                    .map(|&(endpoint, mask)| PrefixMatch {
-                        endpoint,
-                        blocks: 1,
-                        weighted: weight(mask),
-                    })
-                    .collect();
-            } else {
-                let mut next = Vec::with_capacity(alive.len());
-                for m in alive.drain(..) {
-                    match set.iter().find(|(e, _)| *e == m.endpoint) {
-                        Some(&(_, mask)) => next.push(PrefixMatch {
-                            blocks: m.blocks + 1,
-                            weighted: m.weighted + weight(mask),
-                            ..m
-                        }),
-                        None => out.matches.push(m),
-                    }
-                }
-                alive = next;
-            }
-            if alive.is_empty() {
-                break;
-            }
-        }
-        out.matches.append(&mut alive);
-        out.matches.sort_by_key(|m| m.endpoint);
+        let mut report = ApplyReport::default();
+        let mut state = slot.state.lock();
+        Writer::new(self, endpoint, &mut state, &mut report).cleared();
+        state.non_prefix_groups.clear();
+        state.split = 0;
+        self.account(&slot, &report);
+        report.cleared as usize
     }
 
     /// Sizes, for gauges.
     pub fn stats(&self) -> IndexStats {
-        // Same lock order as `store`/`remove` (endpoints, then holders), or the two deadlock.
-        let endpoints = self.endpoints.read();
-        let holders = self.holders.read();
+        let (keys, entries) = self.shards.iter().fold((0, 0), |(k, e), s| {
+            let t = s.read();
+            (k + t.keys(), e + t.entries())
+        });
+        let endpoints = self
+            .endpoints
+            .read()
+            .iter()
+            .flatten()
+            .filter(|s| s.entries.load(Ordering::Relaxed) > 0)
+            .count();
         IndexStats {
-            keys: holders.len(),
-            entries: holders.values().map(Vec::len).sum(),
-            endpoints: endpoints
-                .values()
-                .filter(|b| !b.lock().by_hash.is_empty())
-                .count(),
+            keys,
+            entries,
+            endpoints,
         }
     }
 
     /// Entries `endpoint` holds.
     pub fn endpoint_entries(&self, endpoint: EndpointId) -> usize {
-        self.endpoints
+        self.existing(endpoint)
+            .map_or(0, |s| s.entries.load(Ordering::Relaxed))
+    }
+
+    /// The blocks `endpoint` holds and in which media, in no particular order (for debugging,
+    /// index queries and tests). O(its entries).
+    pub fn endpoint_holdings(&self, endpoint: EndpointId) -> Vec<(BlockKey, Tiers)> {
+        let Some(slot) = self.existing(endpoint) else {
+            return Vec::new();
+        };
+        let state = slot.state.lock();
+        let id = endpoint.get() as u16;
+        let mut out: Vec<(BlockKey, Tiers)> = state
+            .map
+            .iter()
+            .filter_map(|(_, key, pos)| {
+                let tiers = self.shards[pos.shard()].read().tiers(key, pos, id);
+                (tiers != 0).then_some((key, Tiers(tiers)))
+            })
+            .collect();
+        out.sort_unstable_by_key(|(k, _)| *k);
+        out.dedup_by_key(|(k, _)| *k);
+        out
+    }
+
+    /// Bytes of the index's own tables (buckets and engine maps; holder-set slabs excluded), for
+    /// a memory gauge. The benchmark measures real allocations instead.
+    pub fn table_bytes(&self) -> usize {
+        let shards: usize = self.shards.iter().map(|s| s.read().bucket_bytes()).sum();
+        let maps: usize = self
+            .endpoints
             .read()
-            .get(&endpoint)
-            .map_or(0, |b| b.lock().by_hash.len())
+            .iter()
+            .flatten()
+            .map(|s| s.state.lock().map.bytes())
+            .sum();
+        shards + maps
+    }
+
+    fn slot(&self, endpoint: EndpointId) -> Arc<EndpointSlot> {
+        if let Some(slot) = self.existing(endpoint) {
+            return slot;
+        }
+        let mut all = self.endpoints.write();
+        if all.len() <= endpoint.index() {
+            all.resize(endpoint.index() + 1, None);
+        }
+        all[endpoint.index()]
+            .get_or_insert_with(|| Arc::new(EndpointSlot::default()))
+            .clone()
+    }
+
+    fn existing(&self, endpoint: EndpointId) -> Option<Arc<EndpointSlot>> {
+        self.endpoints.read().get(endpoint.index())?.clone()
+    }
+
+    /// Moves the batch's net entry change into the counters (caller holds the state lock).
+    fn account(&self, slot: &EndpointSlot, report: &ApplyReport) {
+        let added = report.stored as usize;
+        let gone = (report.removed + report.cleared) as usize;
+        slot.entries.fetch_add(added, Ordering::Relaxed);
+        slot.entries.fetch_sub(gone, Ordering::Relaxed);
+        self.entries.fetch_add(added, Ordering::Relaxed);
+        self.entries.fetch_sub(gone, Ordering::Relaxed);
     }
 }

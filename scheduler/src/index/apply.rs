@@ -1,0 +1,336 @@
+//! Applying one endpoint's events: keys from tokens, re-chunking, groups, partitions, tiers.
+
+use parking_lot::RwLockWriteGuard;
+
+use super::engine_map::EngineRef;
+use super::holders::ALL_TIERS;
+use super::partition::{block_extras, fold_key};
+use super::position::ChainPos;
+use super::table::{Removed, Table};
+use super::{ApplyReport, EndpointState, KvIndex};
+use crate::events::{BlockRemoved, BlockStored, ExtraKey, FULL_ATTENTION};
+use crate::keys::{BlockKey, Partition};
+use crate::pods::EndpointId;
+
+/// How event blocks map onto index blocks.
+#[derive(Copy, Clone, Debug)]
+enum Shape {
+    /// Each event block is `k` index blocks (k = 1: same size).
+    Split(u32),
+    /// `k` event blocks make one index block.
+    Merge(u32),
+}
+
+/// The chain so far: the last index block's key and position; `None` before block 0.
+type Cursor = Option<(BlockKey, ChainPos)>;
+
+/// One endpoint's writer for the span of a batch: holds its state and at most one shard lock.
+pub(super) struct Writer<'a> {
+    index: &'a KvIndex,
+    endpoint: u16,
+    state: &'a mut EndpointState,
+    report: &'a mut ApplyReport,
+    shard: Option<(usize, RwLockWriteGuard<'a, Table>)>,
+}
+
+impl<'a> Writer<'a> {
+    pub(super) fn new(
+        index: &'a KvIndex,
+        endpoint: EndpointId,
+        state: &'a mut EndpointState,
+        report: &'a mut ApplyReport,
+    ) -> Self {
+        Self {
+            index,
+            // Ids are below EndpointId::MAX = 2^16.
+            endpoint: endpoint.get() as u16,
+            state,
+            report,
+            shard: None,
+        }
+    }
+
+    /// The table of `shard`, write-locked (releasing the previously held shard first).
+    fn table(&mut self, shard: usize) -> &mut Table {
+        if self.shard.as_ref().is_none_or(|(s, _)| *s != shard) {
+            self.shard = None;
+            self.shard = Some((shard, self.index.shards[shard].write()));
+        }
+        match &mut self.shard {
+            Some((_, guard)) => guard,
+            None => unreachable!("locked just above"),
+        }
+    }
+
+    pub(super) fn stored(&mut self, model: &str, ev: &BlockStored) {
+        let n = ev.block_hashes.len() as u64;
+        if !self.prefix_group(ev) {
+            self.report.non_prefix_group += n;
+            return;
+        }
+        let index_size = self.index.config.block_size.get();
+        let size = ev.block_size;
+        let shape = if size == index_size {
+            Shape::Split(1)
+        } else if size > index_size && size.is_multiple_of(index_size) {
+            Shape::Split(size / index_size)
+        } else if size > 0 && size < index_size && index_size.is_multiple_of(size) {
+            Shape::Merge(index_size / size)
+        } else {
+            self.report.block_size_mismatch += n;
+            return;
+        };
+        let lora = match (ev.lora_name.as_deref(), ev.lora_id) {
+            (Some(name), _) => Some(name),
+            (None, Some(_)) => {
+                self.report.unknown_lora += n;
+                return;
+            }
+            (None, None) => None,
+        };
+        let complete = ev
+            .block_hashes
+            .len()
+            .min(ev.token_ids.len() / size as usize);
+        self.report.malformed += n - complete as u64;
+        let cursor: Cursor = match ev.parent_block_hash {
+            None => None,
+            Some(parent) => {
+                let part = match shape {
+                    Shape::Split(k) => k - 1,
+                    Shape::Merge(_) => 0,
+                };
+                match self.state.map.get(EngineRef::new(parent.0, part)) {
+                    Some((key, pos)) if pos.boundary() => Some((key, pos)),
+                    Some(_) => {
+                        // The parent ends mid-way through an index block: its tokens are gone.
+                        self.report.block_size_mismatch += complete as u64;
+                        return;
+                    }
+                    None => {
+                        self.report.unknown_parent += complete as u64;
+                        return;
+                    }
+                }
+            }
+        };
+        let ctx = Stored {
+            ev,
+            root_model: lora.unwrap_or(model),
+            tiers: 1 << ev.medium.unwrap_or_default().tier(),
+            complete,
+        };
+        match shape {
+            Shape::Split(k) => {
+                self.state.split = k;
+                self.split(&ctx, k, cursor);
+            }
+            Shape::Merge(k) => self.merge(&ctx, k, cursor),
+        }
+    }
+
+    /// Whether the event's KV-cache group proves prefixes; learns the group's kind on the way.
+    fn prefix_group(&mut self, ev: &BlockStored) -> bool {
+        let groups = &mut self.state.non_prefix_groups;
+        match (ev.kv_cache_spec_kind.as_deref(), ev.group_idx) {
+            (Some(kind), group) if kind != FULL_ATTENTION => {
+                if let Some(g) = group
+                    && !groups.contains(&g)
+                {
+                    groups.push(g);
+                }
+                false
+            }
+            (Some(_), Some(g)) => {
+                groups.retain(|&x| x != g);
+                true
+            }
+            (_, group) => !group.is_some_and(|g| groups.contains(&g)),
+        }
+    }
+
+    /// Event blocks of `k` index blocks each (k = 1: same size).
+    fn split(&mut self, ctx: &Stored<'_>, k: u32, mut cursor: Cursor) {
+        let index_size = self.index.config.block_size.tokens();
+        let size = ctx.ev.block_size as usize;
+        for (j, hash) in ctx.ev.block_hashes[..ctx.complete].iter().enumerate() {
+            let extras = ctx.extras(j, cursor.is_none());
+            let mut parent = match cursor {
+                Some((key, _)) => key,
+                None => ctx.root(extras.salt),
+            };
+            let tokens = &ctx.ev.token_ids[j * size..(j + 1) * size];
+            for (part, chunk) in tokens.chunks_exact(index_size).enumerate() {
+                let mut key = parent.chain(chunk);
+                if part == 0
+                    && let Some(f) = extras.fold
+                {
+                    key = fold_key(key, f);
+                }
+                let pos = next_pos(cursor, key);
+                debug_assert!(part < k as usize);
+                self.put(EngineRef::new(hash.0, part as u32), key, pos);
+                self.hold(key, pos, ctx.tiers);
+                cursor = Some((key, pos));
+                parent = key;
+            }
+        }
+    }
+
+    /// `k` event blocks per index block: only complete groups aligned on the parent form blocks.
+    fn merge(&mut self, ctx: &Stored<'_>, k: u32, mut cursor: Cursor) {
+        let k = k as usize;
+        let size = ctx.ev.block_size as usize;
+        let groups = ctx.complete / k;
+        self.report.block_size_mismatch += (ctx.complete % k) as u64;
+        for g in 0..groups {
+            let first = g * k;
+            let start = cursor.is_none();
+            let mut key = match cursor {
+                Some((key, _)) => key,
+                None => ctx.root(ctx.extras(first, true).salt),
+            };
+            key = key.chain(&ctx.ev.token_ids[first * size..(first + k) * size]);
+            for j in first..first + k {
+                if let Some(f) = ctx.extras(j, start && j == first).fold {
+                    key = fold_key(key, f);
+                }
+            }
+            let pos = next_pos(cursor, key);
+            for (i, hash) in ctx.ev.block_hashes[first..first + k].iter().enumerate() {
+                self.put(
+                    EngineRef::new(hash.0, 0),
+                    key,
+                    pos.with_boundary(i + 1 == k),
+                );
+            }
+            self.hold(key, pos, ctx.tiers);
+            cursor = Some((key, pos));
+        }
+    }
+
+    /// Maps an engine ref; if it named other content before, that holding goes.
+    fn put(&mut self, r: EngineRef, key: BlockKey, pos: ChainPos) {
+        if let Some((old, old_pos)) = self.state.map.insert(r, key, pos)
+            && old != key
+        {
+            let ep = self.endpoint;
+            if self
+                .table(old_pos.shard())
+                .remove(old, old_pos, ep, ALL_TIERS)
+                == Removed::Entry
+            {
+                self.report.removed += 1;
+            }
+        }
+    }
+
+    fn hold(&mut self, key: BlockKey, pos: ChainPos, tiers: u8) {
+        let ep = self.endpoint;
+        if self.table(pos.shard()).add(key, pos, ep, tiers) {
+            self.report.stored += 1;
+        }
+    }
+
+    pub(super) fn removed(&mut self, ev: &BlockRemoved) {
+        if ev
+            .group_idx
+            .is_some_and(|g| self.state.non_prefix_groups.contains(&g))
+        {
+            self.report.non_prefix_group += ev.block_hashes.len() as u64;
+            return;
+        }
+        let tiers = 1 << ev.medium.unwrap_or_default().tier();
+        let parts = self.state.split.max(1);
+        let ep = self.endpoint;
+        for hash in &ev.block_hashes {
+            let mut known = false;
+            for part in 0..parts {
+                let r = EngineRef::new(hash.0, part);
+                let Some((key, pos)) = self.state.map.get(r) else {
+                    continue;
+                };
+                known = true;
+                match self.table(pos.shard()).remove(key, pos, ep, tiers) {
+                    Removed::Reduced => {}
+                    Removed::Entry => {
+                        self.report.removed += 1;
+                        self.state.map.remove(r);
+                    }
+                    Removed::NotHeld => {
+                        self.state.map.remove(r);
+                    }
+                }
+            }
+            if !known {
+                self.report.unknown_removed += 1;
+            }
+        }
+    }
+
+    /// Drops every entry of the endpoint, shard by shard.
+    pub(super) fn cleared(&mut self) {
+        let mut all = self.state.map.drain();
+        self.report.cleared += self.release(&mut all);
+    }
+
+    /// Removes the endpoint's holdings of `blocks` (all tiers), visiting each shard once; returns
+    /// how many entries went.
+    pub(super) fn release(&mut self, blocks: &mut [(BlockKey, ChainPos)]) -> u64 {
+        blocks.sort_unstable_by_key(|(_, pos)| pos.shard());
+        let ep = self.endpoint;
+        let mut n = 0;
+        for &(key, pos) in blocks.iter() {
+            n += u64::from(
+                self.table(pos.shard()).remove(key, pos, ep, ALL_TIERS) == Removed::Entry,
+            );
+        }
+        n
+    }
+
+    /// The endpoint's engine map (for eviction).
+    pub(super) fn state(&mut self) -> &mut EndpointState {
+        self.state
+    }
+}
+
+/// One `BlockStored` being applied.
+struct Stored<'e> {
+    ev: &'e BlockStored,
+    root_model: &'e str,
+    tiers: u8,
+    /// Event blocks that have their tokens.
+    complete: usize,
+}
+
+impl<'e> Stored<'e> {
+    fn extras(&self, block: usize, chain_start: bool) -> super::partition::BlockExtras<'e> {
+        let extra: Option<&'e [ExtraKey]> = self
+            .ev
+            .extra_keys
+            .as_ref()
+            .and_then(|all| all.get(block))
+            .and_then(|keys| keys.as_deref());
+        block_extras(
+            self.ev.lora_name.as_deref(),
+            self.ev.lora_id,
+            extra,
+            chain_start,
+        )
+    }
+
+    fn root(&self, salt: Option<&str>) -> BlockKey {
+        Partition {
+            model: self.root_model,
+            cache_salt: salt,
+        }
+        .root()
+    }
+}
+
+fn next_pos(cursor: Cursor, key: BlockKey) -> ChainPos {
+    match cursor {
+        Some((_, pos)) => pos.next(key),
+        None => ChainPos::first(key),
+    }
+}
