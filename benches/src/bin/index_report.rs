@@ -2,7 +2,7 @@
 //! allocator) and RSS for the published workload, plus the apply rate, as Markdown table rows.
 //!
 //! `cargo run --release -p kvpick-benches --bin index_report -- [ENTRIES] [LOOKUPS]`
-//! (defaults: 12,800,000 entries, 200,000 lookups per shape).
+//! (defaults: 12,800,000 entries, 200,000 lookups per shape; `KVPICK_SHAPES=one|shared` picks one).
 #![allow(
     clippy::disallowed_types,
     clippy::disallowed_methods,
@@ -30,6 +30,14 @@ fn rss_bytes() -> usize {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Nanoseconds this thread has spent on a CPU (to tell the machine's load from our cost).
+fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(i).copied().unwrap_or(0)
@@ -47,12 +55,23 @@ fn main() {
         w::ENDPOINTS,
         w::CHAIN_BLOCKS
     );
+    // `KVPICK_SHAPES=one` or `shared` runs one shape only.
+    let shapes = std::env::var("KVPICK_SHAPES").unwrap_or_default();
     for sharing in [Sharing::OneHolder, Sharing::Shared] {
+        let name = if sharing == Sharing::OneHolder {
+            "one"
+        } else {
+            "shared"
+        };
+        if !shapes.is_empty() && !shapes.split(',').any(|s| s == name) {
+            continue;
+        }
         let (heap0, rss0) = (ALLOC.allocated(), rss_bytes());
         let index = w::index();
-        let t = Instant::now();
+        let (t, cpu0) = (Instant::now(), cpu_ns());
         let pop = w::populate(&index, sharing, entries, |_| {});
         let fill = t.elapsed();
+        let fill_cpu = (cpu_ns() - cpu0) as f64 / 1e9;
         let (heap, rss) = (ALLOC.allocated() - heap0, rss_bytes().saturating_sub(rss0));
         let stats = index.stats();
         let per = |b: usize| b as f64 / stats.entries as f64;
@@ -69,8 +88,9 @@ fn main() {
             per(index.table_bytes())
         );
         println!(
-            "populate: {:.2} M blocks/s ({} blocks applied in {:.2} s, one thread)",
+            "populate (incl. generating tokens and events): {:.2} M blocks/s wall, {:.2} M blocks/s per CPU-second ({} blocks in {:.2} s, one thread)",
             pop.blocks_applied as f64 / fill.as_secs_f64() / 1e6,
+            pop.blocks_applied as f64 / fill_cpu / 1e6,
             pop.blocks_applied,
             fill.as_secs_f64()
         );
@@ -84,6 +104,7 @@ fn main() {
         let mut ns = Vec::with_capacity(lookups);
         let (mut matched, mut blocks) = (0usize, 0u64);
         let mut seed = 0x5EED_u64;
+        let (wall0, cpu0) = (Instant::now(), cpu_ns());
         for _ in 0..lookups {
             seed = w::mix(seed);
             let r = &requests[(seed % requests.len() as u64) as usize];
@@ -93,7 +114,13 @@ fn main() {
             matched += out.matches.len();
             blocks += u64::from(out.longest());
         }
+        let (wall, cpu) = (wall0.elapsed().as_nanos() as f64, (cpu_ns() - cpu0) as f64);
         ns.sort_unstable();
+        println!(
+            "lookup phase: on CPU {:.0}% of wall time (the rest: other processes); {:.0} ns CPU per lookup incl. timing",
+            100.0 * cpu / wall,
+            cpu / lookups as f64
+        );
         println!(
             "lookup: p50 {} ns, p90 {} ns, p99 {} ns, p99.9 {} ns, mean {:.0} ns ({} lookups; {:.1} holders matched, longest {:.1} blocks on average)",
             percentile(&ns, 0.5),
@@ -116,14 +143,16 @@ fn main() {
                     kvpick_scheduler::KvEvent::AllBlocksCleared => 0,
                 })
                 .sum();
-            let t = Instant::now();
+            let (t, cpu0) = (Instant::now(), cpu_ns());
             for (ep, batch) in &stream {
                 index.apply(*ep, w::MODEL, batch);
             }
             let secs = t.elapsed().as_secs_f64();
+            let cpu = (cpu_ns() - cpu0) as f64 / 1e9;
             println!(
-                "apply churn on the populated index: {:.2} M blocks/s ({} batches of store 16 + remove 16, one thread)",
+                "apply churn on the populated index: {:.2} M blocks/s wall, {:.2} M blocks/s per CPU-second ({} batches of store 16 + remove 16, one thread)",
                 blocks as f64 / secs / 1e6,
+                blocks as f64 / cpu / 1e6,
                 stream.len()
             );
         }

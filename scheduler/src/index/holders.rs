@@ -5,7 +5,6 @@
 //! and rank (see [`super::position`]), so that the table can be rebuilt without the endpoints:
 //!
 //! ```text
-//! bit 63      one bit of the bucket's overflow counter (owned by the table)
 //! bits 43..62 group tag (19)          bits 40..43 rank in group (3)
 //! bits 38..40 kind: 0 empty, 1 one holder, 2 two holders, 3 overflow set
 //! bits 0..38  payload: holder 0 (19) | holder 1 (19), or the overflow set's index
@@ -31,8 +30,6 @@ const KIND_SHIFT: u32 = 38;
 const RANK_SHIFT: u32 = 40;
 const TAG_SHIFT: u32 = 43;
 const PAYLOAD_MASK: u64 = (1 << KIND_SHIFT) - 1;
-/// The bit of a word owned by the table's overflow counter.
-pub(crate) const COUNTER_BIT: u64 = 1 << 63;
 
 const _: () = assert!(TAG_SHIFT + TAG_BITS <= 63 && GROUP <= 8);
 
@@ -370,12 +367,11 @@ mod tests {
         ] {
             let w = word((1 << TAG_BITS) - 1, 7, kind);
             assert_eq!(super::kind(w), kind);
-            assert_eq!(super::kind(w | COUNTER_BIT), kind);
             assert_eq!(rank(w), 7);
             assert_eq!(tag(w), (1 << TAG_BITS) - 1);
             assert!(occupied(w));
         }
-        assert!(!occupied(COUNTER_BIT));
+        assert!(!occupied(0));
     }
 
     #[test]

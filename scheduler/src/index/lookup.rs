@@ -1,147 +1,160 @@
 //! Per-candidate longest prefix: a walk over the request's blocks, a window of 32 at a time.
 //!
 //! Per window: one shard read lock; first the home bucket of each of its 4 groups is touched, so
-//! the cache misses overlap; then each group's bucket is probed for its 8 keys; then the
-//! candidates still alive are intersected with each block's holders (`alive &= holders(i)`, a
-//! bitset AND), and those that drop out get their run length. The walk ends at the first block no
-//! live candidate holds, so a miss at block 0 costs one window. Tier weights cost nothing unless
-//! a holder is off-GPU: a run is worth `blocks × w(GPU)` minus per-endpoint deficits.
+//! the cache misses overlap; then each group's bucket is probed for its 8 keys (branch-free); then
+//! the candidates still alive are intersected with each block's holders (`alive &= holders(i)`, a
+//! bitset AND) and those that drop out record the depth they reached. The walk ends at the first
+//! block no live candidate holds, so a miss at block 0 costs one window. Once a single candidate
+//! is left (the common case past the shared part of a prompt), the walk only checks that one
+//! holder per block. Results come out in endpoint order from the block-0 holder set: no sort.
+//! Tier weights cost nothing unless a holder is off-GPU: a run is worth `blocks × w(GPU)` minus
+//! the endpoint's deficits.
 
-use super::holders::{self, GPU_ONLY, Holder, Kind};
+use super::holders::{self, GPU_ONLY, Holder, Kind, Sets};
 use super::position::{GROUP, WINDOW, shard_of, tag_of};
+use super::table::Table;
 use super::{KvIndex, PrefixMatch, PrefixMatches};
 use crate::keys::BlockKey;
 use crate::pods::{EndpointId, EndpointSet};
+use parking_lot::RwLockReadGuard;
+
+/// Windows whose shards are locked together (128 blocks).
+const SPAN: usize = 4;
 
 /// Candidate bitsets up to this many words (512 endpoints) live on the stack.
 const INLINE_WORDS: usize = 8;
 
-/// The walk's state: live candidates and weight deficits.
+/// The walk's state.
 struct Walk<'a> {
+    /// Candidates holding every block so far; words `lo..hi` may be non-zero.
     alive: &'a mut [u64],
-    next: &'a mut [u64],
-    /// Words `lo..hi` may be non-zero.
     lo: usize,
     hi: usize,
+    /// Who held block 0 (the result set).
+    first: &'a mut [u64],
+    /// Per endpoint id (below `64 * hi`): the depth its run ended at, 0 while running.
+    ends: &'a mut [u32],
     /// (endpoint, weight below `blocks × w(GPU)`), for endpoints that held a block off-GPU.
     deficits: Vec<(u16, f64)>,
     weights: &'a [f32; 8],
-    out: &'a mut Vec<PrefixMatch>,
+    /// Tier masks whose weight differs from GPU-only's (bit per mask).
+    off_base: u8,
 }
 
 impl Walk<'_> {
     #[inline]
-    fn emit(&mut self, endpoint: u32, blocks: usize) {
-        let Some(id) = EndpointId::new(endpoint) else {
-            return;
-        };
-        let deficit = self
-            .deficits
-            .iter()
-            .find(|(e, _)| u32::from(*e) == endpoint)
-            .map_or(0.0, |(_, d)| *d);
-        let weighted = blocks as f64 * f64::from(self.weights[usize::from(GPU_ONLY)]) - deficit;
-        self.out.push(PrefixMatch {
-            endpoint: id,
-            blocks: blocks as u32,
-            weighted: weighted as f32,
-        });
-    }
-
-    /// Emits every live candidate with a run of `blocks` (when > 0).
-    fn emit_alive(&mut self, blocks: usize) {
-        if blocks == 0 {
-            return;
-        }
-        for w in self.lo..self.hi {
-            let mut bits = self.alive[w];
-            while bits != 0 {
-                let e = (w * 64) as u32 + bits.trailing_zeros();
-                bits &= bits - 1;
-                self.emit(e, blocks);
-            }
-        }
-    }
-
-    #[inline]
-    fn is_alive(&self, endpoint: u16) -> bool {
-        let e = usize::from(endpoint);
-        self.alive
-            .get(e / 64)
-            .is_some_and(|w| w & (1 << (e % 64)) != 0)
-    }
-
-    /// Keeps `h` in `next` if it is alive; records its deficit if it is off-GPU.
-    #[inline]
-    fn keep(&mut self, h: Holder) {
-        let e = holders::holder_endpoint(h);
-        if self.is_alive(e) {
-            let i = usize::from(e);
-            self.next[i / 64] |= 1 << (i % 64);
-            self.charge(e, holders::holder_tiers(h));
-        }
-    }
-
-    #[inline]
     fn charge(&mut self, endpoint: u16, tiers: u8) {
-        let base = self.weights[usize::from(GPU_ONLY)];
-        let w = self.weights[usize::from(tiers & 7)];
-        if w == base {
+        if self.off_base & (1 << (tiers & 7)) == 0 {
             return;
         }
-        let d = f64::from(base) - f64::from(w);
+        let base = self.weights[usize::from(GPU_ONLY)];
+        let d = f64::from(base) - f64::from(self.weights[usize::from(tiers & 7)]);
         match self.deficits.iter_mut().find(|(e, _)| *e == endpoint) {
             Some((_, acc)) => *acc += d,
             None => self.deficits.push((endpoint, d)),
         }
     }
 
-    /// Steps over block `depth` held per `word`; returns whether any candidate is still alive.
-    fn step(&mut self, depth: usize, word: u64, sets: &holders::Sets) -> bool {
-        for w in &mut self.next[self.lo..self.hi] {
+    #[inline]
+    fn bit(words: &[u64], e: usize) -> bool {
+        words.get(e / 64).is_some_and(|w| w & (1 << (e % 64)) != 0)
+    }
+
+    /// `alive & holders(word)` into `next` (words `lo..hi`), charging off-GPU holders.
+    #[inline]
+    fn intersect(&mut self, word: u64, sets: &Sets, next: &mut [u64]) {
+        for w in &mut next[self.lo..self.hi] {
             *w = 0;
         }
+        let mut keep = |walk: &mut Self, h: Holder| {
+            let e = holders::holder_endpoint(h);
+            let i = usize::from(e);
+            if Self::bit(walk.alive, i) {
+                next[i / 64] |= 1 << (i % 64);
+                walk.charge(e, holders::holder_tiers(h));
+            }
+        };
         match holders::kind(word) {
             Kind::Empty => {}
-            Kind::One(a) => self.keep(a),
+            Kind::One(a) => keep(self, a),
             Kind::Two(a, b) => {
-                self.keep(a);
-                self.keep(b);
+                keep(self, a);
+                keep(self, b);
             }
             Kind::Set(i) => {
                 let set = sets.get(i);
                 let bits = set.bits();
                 let hi = self.hi.min(bits.len());
                 if self.lo < hi {
-                    let (next, alive) = (&mut self.next[self.lo..hi], &self.alive[self.lo..hi]);
-                    for ((n, a), b) in next.iter_mut().zip(alive).zip(&bits[self.lo..hi]) {
+                    let alive = &self.alive[self.lo..hi];
+                    for ((n, a), b) in next[self.lo..hi]
+                        .iter_mut()
+                        .zip(alive)
+                        .zip(&bits[self.lo..hi])
+                    {
                         *n = a & b;
                     }
                 }
-                for &h in set.mixed() {
-                    let e = usize::from(holders::holder_endpoint(h));
-                    if self
-                        .next
-                        .get(e / 64)
-                        .is_some_and(|w| w & (1 << (e % 64)) != 0)
-                    {
-                        self.charge(holders::holder_endpoint(h), holders::holder_tiers(h));
-                    }
-                }
+                self.charge_mixed(set.mixed(), next);
             }
         }
-        // Candidates that do not hold this block end their run here.
+    }
+
+    fn charge_mixed(&mut self, mixed: &[Holder], alive: &[u64]) {
+        for &h in mixed {
+            if Self::bit(alive, usize::from(holders::holder_endpoint(h))) {
+                self.charge(holders::holder_endpoint(h), holders::holder_tiers(h));
+            }
+        }
+    }
+
+    /// Block 0: the candidates holding it start their runs.
+    fn start(&mut self, word: u64, sets: &Sets, next: &mut [u64]) -> bool {
+        self.intersect(word, sets, next);
+        self.alive[self.lo..self.hi].copy_from_slice(&next[self.lo..self.hi]);
+        self.first[self.lo..self.hi].copy_from_slice(&next[self.lo..self.hi]);
+        self.shrink()
+    }
+
+    /// Block `depth` > 0: candidates that do not hold it end their run at `depth`.
+    #[inline]
+    fn step(&mut self, depth: u32, word: u64, sets: &Sets, next: &mut [u64]) -> bool {
+        if let Kind::Set(i) = holders::kind(word) {
+            // The common shared case, fused: one pass of AND and deaths over the live words.
+            let set = sets.get(i);
+            let bits = set.bits();
+            for w in self.lo..self.hi {
+                let a = self.alive[w];
+                let n = a & bits.get(w).copied().unwrap_or(0);
+                let mut dead = a ^ n;
+                while dead != 0 {
+                    self.ends[w * 64 + dead.trailing_zeros() as usize] = depth;
+                    dead &= dead - 1;
+                }
+                self.alive[w] = n;
+            }
+            if !set.mixed().is_empty() {
+                let alive = std::mem::take(&mut self.alive);
+                self.charge_mixed(set.mixed(), alive);
+                self.alive = alive;
+            }
+            return self.shrink();
+        }
+        self.intersect(word, sets, next);
         for w in self.lo..self.hi {
-            let mut dead = self.alive[w] & !self.next[w];
+            let mut dead = self.alive[w] & !next[w];
             while dead != 0 {
-                let e = (w * 64) as u32 + dead.trailing_zeros();
+                self.ends[w * 64 + dead.trailing_zeros() as usize] = depth;
                 dead &= dead - 1;
-                if depth > 0 {
-                    self.emit(e, depth);
-                }
             }
+            self.alive[w] = next[w];
         }
-        std::mem::swap(&mut self.alive, &mut self.next);
+        self.shrink()
+    }
+
+    /// Narrows `lo..hi` to the non-zero words; returns whether any candidate is alive.
+    #[inline]
+    fn shrink(&mut self) -> bool {
         while self.lo < self.hi && self.alive[self.lo] == 0 {
             self.lo += 1;
         }
@@ -149,6 +162,94 @@ impl Walk<'_> {
             self.hi -= 1;
         }
         self.lo < self.hi
+    }
+
+    /// The only live candidate, if exactly one is left.
+    #[inline]
+    fn single(&self) -> Option<u16> {
+        (self.hi == self.lo + 1 && self.alive[self.lo].is_power_of_two())
+            .then(|| (self.lo * 64 + self.alive[self.lo].trailing_zeros() as usize) as u16)
+    }
+
+    /// One candidate left: follows it through `words` from `depth`; returns whether it is alive
+    /// after them.
+    fn follow(&mut self, e: u16, depth: u32, words: &[u64], sets: &Sets) -> bool {
+        for (i, &word) in words.iter().enumerate() {
+            let tiers = match holders::kind(word) {
+                Kind::Empty => 0,
+                Kind::One(a) => tiers_of(a, e),
+                Kind::Two(a, b) => tiers_of(a, e) | tiers_of(b, e),
+                Kind::Set(s) => sets.get(s).tiers(e),
+            };
+            if tiers == 0 {
+                self.ends[usize::from(e)] = depth + i as u32;
+                self.alive[self.lo] = 0;
+                self.hi = self.lo;
+                return false;
+            }
+            self.charge(e, tiers);
+        }
+        true
+    }
+
+    /// Steps over one window's blocks starting at depth `start`; returns whether any candidate
+    /// is still alive.
+    fn window(&mut self, start: usize, words: &[u64], sets: &Sets, next: &mut [u64]) -> bool {
+        let mut i = 0;
+        if start == 0 {
+            if !self.start(words[0], sets, next) {
+                return false;
+            }
+            i = 1;
+        }
+        while i < words.len() {
+            if let Some(e) = self.single() {
+                return self.follow(e, (start + i) as u32, &words[i..], sets);
+            }
+            if !self.step((start + i) as u32, words[i], sets, next) {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// Writes the result: every block-0 holder in endpoint order, with its run and weight.
+    fn finish(&self, total: u32, out: &mut Vec<PrefixMatch>) {
+        let base = f64::from(self.weights[usize::from(GPU_ONLY)]);
+        for (w, &word) in self.first.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let e = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let Some(endpoint) = EndpointId::new(e as u32) else {
+                    continue;
+                };
+                let blocks = match self.ends[e] {
+                    0 => total,
+                    d => d,
+                };
+                let deficit = self
+                    .deficits
+                    .iter()
+                    .find(|(x, _)| usize::from(*x) == e)
+                    .map_or(0.0, |(_, d)| *d);
+                out.push(PrefixMatch {
+                    endpoint,
+                    blocks,
+                    weighted: (f64::from(blocks) * base - deficit) as f32,
+                });
+            }
+        }
+    }
+}
+
+#[inline]
+fn tiers_of(h: Holder, e: u16) -> u8 {
+    if holders::holder_endpoint(h) == e {
+        holders::holder_tiers(h)
+    } else {
+        0
     }
 }
 
@@ -164,55 +265,96 @@ impl KvIndex {
         if keys.is_empty() {
             return;
         }
-        let (mut a, mut b) = ([0u64; INLINE_WORDS], [0u64; INLINE_WORDS]);
-        let (mut heap_a, mut heap_b) = (Vec::new(), Vec::new());
-        let (alive, next): (&mut [u64], &mut [u64]) = if hi <= INLINE_WORDS {
-            a[..hi].copy_from_slice(&cand[..hi]);
-            (&mut a[..hi], &mut b[..hi])
-        } else {
-            heap_a.extend_from_slice(&cand[..hi]);
-            heap_b.resize(hi, 0);
-            (&mut heap_a, &mut heap_b)
-        };
         let lo = cand.iter().position(|&w| w != 0).unwrap_or(0);
+        let mut stack = (
+            [0u64; INLINE_WORDS],
+            [0u64; INLINE_WORDS],
+            [0u64; INLINE_WORDS],
+        );
+        let mut stack_ends = [0u32; INLINE_WORDS * 64];
+        let mut heap: (Vec<u64>, Vec<u64>, Vec<u64>, Vec<u32>) = Default::default();
+        let (alive, next, first, ends): (&mut [u64], &mut [u64], &mut [u64], &mut [u32]) =
+            if hi <= INLINE_WORDS {
+                (
+                    &mut stack.0[..hi],
+                    &mut stack.1[..hi],
+                    &mut stack.2[..hi],
+                    &mut stack_ends[..hi * 64],
+                )
+            } else {
+                heap.0.resize(hi, 0);
+                heap.1.resize(hi, 0);
+                heap.2.resize(hi, 0);
+                heap.3.resize(hi * 64, 0);
+                (&mut heap.0, &mut heap.1, &mut heap.2, &mut heap.3)
+            };
+        alive.copy_from_slice(&cand[..hi]);
+        let base = self.weights[usize::from(GPU_ONLY)];
+        let off_base = (0..8).fold(0u8, |m, t| m | (u8::from(self.weights[t] != base) << t));
         let mut walk = Walk {
             alive,
-            next,
             lo,
             hi,
+            first,
+            ends,
             deficits: Vec::new(),
             weights: &self.weights,
-            out: &mut out.matches,
+            off_base,
         };
-        let done = self.walk(keys, &mut walk);
-        walk.emit_alive(done);
-        out.matches.sort_unstable_by_key(|m| m.endpoint);
+        self.walk(keys, &mut walk, next);
+        walk.finish(keys.len() as u32, &mut out.matches);
     }
 
-    /// Walks the windows; returns the depth reached by the candidates still alive at the end.
-    fn walk(&self, keys: &[BlockKey], walk: &mut Walk<'_>) -> usize {
-        let mut words = [0u64; WINDOW];
-        for (w, window) in keys.chunks(WINDOW).enumerate() {
-            let start = w * WINDOW;
-            let table = self.shards[shard_of(window[0])].read();
-            let mut homes = [0usize; WINDOW / GROUP];
+    /// Walks the request, [`SPAN`] windows at a time: their shards are read-locked up front (in
+    /// shard order; writers hold one shard at a time, so this cannot deadlock) and all their home
+    /// buckets touched before any probe, so the misses of 16 groups overlap and no lock
+    /// instruction waits on an outstanding miss.
+    fn walk(&self, keys: &[BlockKey], walk: &mut Walk<'_>, next: &mut [u64]) {
+        let mut words = [[0u64; GROUP]; SPAN * WINDOW / GROUP];
+        for (sp, span) in keys.chunks(SPAN * WINDOW).enumerate() {
+            let mut shards = [usize::MAX; SPAN];
+            for (w, window) in span.chunks(WINDOW).enumerate() {
+                shards[w] = shard_of(window[0]);
+            }
+            let mut order = shards;
+            order.sort_unstable();
+            let mut guards: [Option<(usize, RwLockReadGuard<'_, Table>)>; SPAN] =
+                Default::default();
+            let mut last = usize::MAX;
+            for (slot, &shard) in guards.iter_mut().zip(&order) {
+                if shard != last && shard != usize::MAX {
+                    *slot = Some((shard, self.shards[shard].read()));
+                    last = shard;
+                }
+            }
+            let table = |shard: usize| {
+                guards
+                    .iter()
+                    .flatten()
+                    .find(|(s, _)| *s == shard)
+                    .map(|(_, t)| &**t)
+            };
+            let mut homes = [0usize; SPAN * WINDOW / GROUP];
             let mut sink = 0u64;
-            for (g, group) in window.chunks(GROUP).enumerate() {
-                homes[g] = table.home(tag_of(group[0]));
-                sink ^= table.touch(homes[g]);
+            for (g, group) in span.chunks(GROUP).enumerate() {
+                if let Some(t) = table(shards[g * GROUP / WINDOW]) {
+                    homes[g] = t.home(tag_of(group[0]));
+                    sink ^= t.touch(homes[g]);
+                }
             }
             std::hint::black_box(sink);
-            words.fill(0);
-            for (g, group) in window.chunks(GROUP).enumerate() {
-                let at = g * GROUP;
-                table.probe(homes[g], group, &mut words[at..at + group.len()]);
-            }
-            for (i, &word) in words[..window.len()].iter().enumerate() {
-                if !walk.step(start + i, word, table.sets()) {
-                    return 0;
+            for (w, window) in span.chunks(WINDOW).enumerate() {
+                let Some(t) = table(shards[w]) else { return };
+                let start = sp * SPAN * WINDOW + w * WINDOW;
+                let g0 = w * WINDOW / GROUP;
+                for (g, group) in window.chunks(GROUP).enumerate() {
+                    t.probe(homes[g0 + g], group, &mut words[g0 + g]);
+                }
+                let flat = &words[g0..g0 + WINDOW / GROUP].as_flattened()[..window.len()];
+                if !walk.window(start, flat, t.sets(), next) {
+                    return;
                 }
             }
         }
-        keys.len()
     }
 }

@@ -32,7 +32,8 @@ const SHARD_SHIFT: u32 = OFFSET_SHIFT + 5;
 const BOUNDARY: u32 = 1 << 30;
 const OCCUPIED: u32 = 1 << 31;
 
-const _: () = assert!(WINDOW == 32 && WINDOW.is_multiple_of(GROUP) && GROUP <= 8);
+const _: () =
+    assert!(WINDOW == 32 && WINDOW.is_multiple_of(GROUP) && GROUP.is_power_of_two() && GROUP <= 8);
 const _: () = assert!(SHARD_SHIFT + SHARD_BITS <= 30);
 
 /// The shard of the window starting with `key`.

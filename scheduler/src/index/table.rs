@@ -2,21 +2,21 @@
 //!
 //! A slot is 16 bytes, the block key and a word (holders, group tag, rank; see
 //! [`super::holders`]). A block goes into the first bucket with a free slot starting at its group's
-//! home bucket, so the 8 blocks of a group usually share one bucket. Every bucket keeps a 16-bit
-//! overflow counter (one bit in each slot's word): how many blocks whose home is at or before it
+//! home bucket, so the 8 blocks of a group usually share one bucket. Every bucket keeps an 8-bit
+//! overflow counter (in a side array, 1 byte per 256): how many blocks whose home is at or before it
 //! were placed after it. A search stops at the first bucket whose counter is 0, and a removal
 //! decrements the counters it had incremented, so there are no tombstones (F14's scheme). The
-//! table grows by 1.25× at 90% load, so it never sits half empty after a doubling.
+//! table grows by 1.25× at 85% load, so it never sits half empty after a doubling.
 
-use super::holders::{self, COUNTER_BIT, Kind, Sets};
-use super::position::{ChainPos, TAG_BITS};
+use super::holders::{self, Kind, Sets};
+use super::position::{ChainPos, GROUP, TAG_BITS};
 use crate::keys::BlockKey;
 
 /// Slots per bucket.
 pub(crate) const BUCKET: usize = 16;
-const MAX_LOAD_PERCENT: usize = 90;
+const MAX_LOAD_PERCENT: usize = 85;
 const MIN_BUCKETS: usize = 4;
-const SATURATED: u16 = u16::MAX;
+const SATURATED: u8 = u8::MAX;
 
 #[derive(Copy, Clone, Default, Debug)]
 struct Slot {
@@ -30,24 +30,18 @@ struct Slot {
 struct Bucket([Slot; BUCKET]);
 
 impl Bucket {
-    #[inline]
-    fn counter(&self) -> u16 {
-        let mut c = 0u16;
-        for (i, s) in self.0.iter().enumerate() {
-            c |= ((s.word >> 63) as u16) << i;
-        }
-        c
-    }
-
-    fn set_counter(&mut self, c: u16) {
-        for (i, s) in self.0.iter_mut().enumerate() {
-            s.word = (s.word & !COUNTER_BIT) | (u64::from((c >> i) & 1) << 63);
-        }
-    }
-
     fn free_slot(&self) -> Option<usize> {
         self.0.iter().position(|s| !holders::occupied(s.word))
     }
+}
+
+/// Where a key is, or where it would be placed.
+enum Seek {
+    Found(usize, usize),
+    Absent {
+        home: usize,
+        free: Option<(usize, usize)>,
+    },
 }
 
 /// What removing tiers from a holding did.
@@ -61,10 +55,12 @@ pub(crate) enum Removed {
     Entry,
 }
 
-/// One shard: buckets, the holder-set slab, and counts.
+/// One shard: buckets, their overflow counters, the holder-set slab, and counts.
 #[derive(Debug)]
 pub(crate) struct Table {
     buckets: Vec<Bucket>,
+    /// Per bucket: keys homed at or before it that were placed after it (saturating).
+    overflow: Vec<u8>,
     sets: Sets,
     keys: usize,
     entries: usize,
@@ -74,6 +70,7 @@ impl Default for Table {
     fn default() -> Self {
         Self {
             buckets: vec![Bucket::default(); MIN_BUCKETS],
+            overflow: vec![0; MIN_BUCKETS],
             sets: Sets::default(),
             keys: 0,
             entries: 0,
@@ -121,52 +118,67 @@ impl Table {
     }
 
     /// Finds the words of a group's keys (`keys[r]` is the key of rank `r`), starting at `home`;
-    /// `out[r]` is the word of `keys[r]`, or 0 where it is absent.
+    /// `out[r]` is the word of `keys[r]`, or 0 where it is absent (entries past `keys.len()` are
+    /// 0 too).
     #[inline]
-    pub(crate) fn probe(&self, home: usize, keys: &[BlockKey], out: &mut [u64]) {
-        let n = keys.len().min(out.len());
-        let mut want = [0u64; 8];
+    pub(crate) fn probe(&self, home: usize, keys: &[BlockKey], out: &mut [u64; GROUP]) {
+        let n = keys.len().min(GROUP);
+        let mut want = [0u64; GROUP];
         for (w, k) in want.iter_mut().zip(keys) {
             *w = k.get();
         }
-        let mut missing: u32 = (1 << n) - 1;
+        *out = [0; GROUP];
         let mut b = home;
         for _ in 0..self.buckets.len() {
             let Some(bucket) = self.buckets.get(b) else {
                 return;
             };
+            // Branch-free; a slot matches at most one rank since keys are unique in a table. An
+            // empty slot has key 0 and word 0 (but for the counter bit): if it "matches" a key 0
+            // it contributes nothing.
             for s in &bucket.0 {
-                let r = holders::rank(s.word);
-                let hit = r < n && s.key == want[r] && holders::occupied(s.word);
-                if hit {
-                    out[r] = s.word;
-                    missing &= !(1 << r);
-                }
+                let r = holders::rank(s.word) & (GROUP - 1);
+                let hit = u64::from(s.key == want[r]).wrapping_neg();
+                out[r] |= s.word & hit;
             }
-            if missing == 0 || bucket.counter() == 0 {
-                return;
+            if out[..n].iter().all(|&w| holders::occupied(w)) || self.overflow[b] == 0 {
+                break;
             }
             b = self.next(b);
+        }
+        for w in out.iter_mut().skip(n) {
+            *w = 0;
         }
     }
 
     fn find(&self, key: BlockKey, tag: u32) -> Option<(usize, usize)> {
-        let mut b = self.home(tag);
+        match self.seek(key, tag) {
+            Seek::Found(b, s) => Some((b, s)),
+            Seek::Absent { .. } => None,
+        }
+    }
+
+    /// One walk from the key's home: where it is, or where it would go.
+    fn seek(&self, key: BlockKey, tag: u32) -> Seek {
+        let home = self.home(tag);
+        let mut b = home;
+        let mut free = None;
         for _ in 0..self.buckets.len() {
             let bucket = &self.buckets[b];
-            if let Some(s) = bucket
-                .0
-                .iter()
-                .position(|s| s.key == key.get() && holders::occupied(s.word))
-            {
-                return Some((b, s));
+            for (s, slot) in bucket.0.iter().enumerate() {
+                if slot.key == key.get() && holders::occupied(slot.word) {
+                    return Seek::Found(b, s);
+                }
+                if free.is_none() && !holders::occupied(slot.word) {
+                    free = Some((b, s));
+                }
             }
-            if bucket.counter() == 0 {
-                return None;
+            if self.overflow[b] == 0 {
+                break;
             }
             b = self.next(b);
         }
-        None
+        Seek::Absent { home, free }
     }
 
     /// The tiers `endpoint` holds `key` in (0 if none).
@@ -179,37 +191,55 @@ impl Table {
 
     /// Adds `tiers` to `endpoint`'s holding of `key`; returns whether the entry is new.
     pub(crate) fn add(&mut self, key: BlockKey, pos: ChainPos, endpoint: u16, tiers: u8) -> bool {
-        if let Some((b, s)) = self.find(key, pos.tag()) {
-            let slot = &mut self.buckets[b].0[s];
-            let (kind, added) = self.sets.add(holders::kind(slot.word), endpoint, tiers);
-            slot.word = (slot.word & COUNTER_BIT) | holders::word(pos.tag(), pos.rank(), kind);
-            self.entries += usize::from(added);
-            return added;
-        }
         if (self.keys + 1) * 100 > self.buckets.len() * BUCKET * MAX_LOAD_PERCENT {
             self.grow();
         }
-        let (kind, _) = self.sets.add(Kind::Empty, endpoint, tiers);
-        self.place(key.get(), holders::word(pos.tag(), pos.rank(), kind));
-        self.keys += 1;
-        self.entries += 1;
-        true
+        match self.seek(key, pos.tag()) {
+            Seek::Found(b, s) => {
+                let slot = &mut self.buckets[b].0[s];
+                let (kind, added) = self.sets.add(holders::kind(slot.word), endpoint, tiers);
+                slot.word = holders::word(pos.tag(), pos.rank(), kind);
+                self.entries += usize::from(added);
+                added
+            }
+            Seek::Absent { home, free } => {
+                let (kind, _) = self.sets.add(Kind::Empty, endpoint, tiers);
+                let word = holders::word(pos.tag(), pos.rank(), kind);
+                match free {
+                    Some((b, s)) => {
+                        self.bump(home, b);
+                        self.buckets[b].0[s] = Slot {
+                            key: key.get(),
+                            word,
+                        };
+                    }
+                    None => self.place(key.get(), word),
+                }
+                self.keys += 1;
+                self.entries += 1;
+                true
+            }
+        }
     }
 
-    /// Places a new key (counter bit of `word` clear) at the first free slot from its home.
+    /// Counts a key homed at `home` and placed in bucket `at` as overflowing the buckets between.
+    fn bump(&mut self, home: usize, at: usize) {
+        let mut b = home;
+        while b != at {
+            self.overflow[b] = self.overflow[b].saturating_add(1);
+            b = self.next(b);
+        }
+    }
+
+    /// Places a new key at the first free slot from its home.
     fn place(&mut self, key: u64, word: u64) {
-        let mut b = self.home(holders::tag(word));
+        let home = self.home(holders::tag(word));
+        let mut b = home;
         loop {
-            let bucket = &mut self.buckets[b];
-            if let Some(s) = bucket.free_slot() {
-                let slot = &mut bucket.0[s];
-                slot.key = key;
-                slot.word = (slot.word & COUNTER_BIT) | word;
+            if let Some(s) = self.buckets[b].free_slot() {
+                self.bump(home, b);
+                self.buckets[b].0[s] = Slot { key, word };
                 return;
-            }
-            let c = bucket.counter();
-            if c != SATURATED {
-                bucket.set_counter(c + 1);
             }
             b = self.next(b);
         }
@@ -233,7 +263,7 @@ impl Table {
             return Removed::NotHeld;
         }
         let tag = holders::tag(slot.word);
-        slot.word = (slot.word & COUNTER_BIT) | holders::word(tag, holders::rank(slot.word), kind);
+        slot.word = holders::word(tag, holders::rank(slot.word), kind);
         if gone {
             self.entries -= 1;
         }
@@ -253,10 +283,8 @@ impl Table {
     fn unplace(&mut self, home: usize, at: usize) {
         let mut b = home;
         while b != at {
-            let bucket = &mut self.buckets[b];
-            let c = bucket.counter();
-            if c != SATURATED && c > 0 {
-                bucket.set_counter(c - 1);
+            if self.overflow[b] != SATURATED {
+                self.overflow[b] -= 1;
             }
             b = self.next(b);
         }
@@ -270,10 +298,11 @@ impl Table {
 
     fn rebuild(&mut self, n: usize) {
         let old = std::mem::replace(&mut self.buckets, vec![Bucket::default(); n]);
+        self.overflow = vec![0; n];
         for bucket in &old {
             for s in &bucket.0 {
                 if holders::occupied(s.word) {
-                    self.place(s.key, s.word & !COUNTER_BIT);
+                    self.place(s.key, s.word);
                 }
             }
         }
@@ -281,7 +310,7 @@ impl Table {
 
     /// Heap bytes of the buckets (the slab is counted by the allocator).
     pub(crate) fn bucket_bytes(&self) -> usize {
-        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+        self.buckets.capacity() * std::mem::size_of::<Bucket>() + self.overflow.capacity()
     }
 }
 
@@ -298,7 +327,7 @@ mod tests {
     fn add_find_remove_through_growth_and_collisions() {
         let mut t = Table::default();
         // Few distinct tags force long overflow chains.
-        let pos = |i: u64| ChainPos::first(key(i % 7));
+        let pos = |i: u64| ChainPos::first(key(i % 61));
         for i in 0..2000u64 {
             assert!(t.add(key(i), pos(i), (i % 5) as u16, GPU_ONLY));
             assert!(!t.add(key(i), pos(i), (i % 5) as u16, 0b10));
@@ -322,10 +351,7 @@ mod tests {
             t.remove(key(i), pos(i), (i % 5) as u16, 0b111);
         }
         assert_eq!((t.keys(), t.entries()), (0, 0));
-        assert!(
-            t.buckets.iter().all(|b| b.counter() == 0),
-            "counters unwound"
-        );
+        assert!(t.overflow.iter().all(|&c| c == 0), "counters unwound");
     }
 
     #[test]
@@ -343,6 +369,14 @@ mod tests {
         }
         let mut out = [0u64; 8];
         t.probe(t.home(ChainPos::first(keys[0]).tag()), &keys, &mut out);
+        let mut short = [0u64; 8];
+        t.probe(
+            t.home(ChainPos::first(keys[0]).tag()),
+            &keys[..3],
+            &mut short,
+        );
+        assert!(short[..3].iter().all(|&w| holders::occupied(w)));
+        assert!(short[3..].iter().all(|&w| w == 0));
         for (i, w) in out.iter().enumerate() {
             assert_eq!(holders::occupied(*w), i != 5, "rank {i}");
         }
