@@ -10,8 +10,9 @@
 //! ```
 //!
 //! Each pod publishes `--batches` batches of one `BlockStored` each, `--blocks` blocks of 16
-//! tokens per event, chained 8 events deep (prefixes of 8 × blocks), int hashes, vLLM's current
-//! layout (array batch, map events). All blocks are distinct, so every block is an index insert.
+//! tokens per event, chained 8 events deep (prefixes of 8 × blocks), int hashes spread like
+//! digests, vLLM's current layout (array batch, map events). All blocks are distinct, so every
+//! block is an index insert.
 #![forbid(unsafe_code)]
 
 use std::error::Error;
@@ -82,7 +83,7 @@ fn payloads(a: Args) -> Result<Vec<Vec<Bytes>>, Box<dyn Error>> {
             let block_hashes: Vec<EngineHash> = (0..a.blocks)
                 .map(|_| {
                     hash += 1;
-                    EngineHash(hash)
+                    EngineHash(splitmix64(hash))
                 })
                 .collect();
             let n = a.blocks * BLOCK;
@@ -106,6 +107,14 @@ fn payloads(a: Args) -> Result<Vec<Vec<Bytes>>, Box<dyn Error>> {
         pods.push(out);
     }
     Ok(pods)
+}
+
+/// vLLM's int block hashes are the low 64 bits of a digest: uniformly spread, like these.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn index() -> Arc<KvIndex> {
