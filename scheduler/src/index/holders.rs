@@ -75,6 +75,16 @@ pub(crate) fn kind(word: u64) -> Kind {
     }
 }
 
+/// The holder part of a word (kind and payload), without tag and rank.
+pub(crate) const HOLDERS_MASK: u64 = (1 << RANK_SHIFT) - 1;
+
+/// The holder part of a word held by exactly `h`: lets a lookup test "held by this endpoint on GPU
+/// only" with one AND and one compare.
+#[inline]
+pub(crate) fn only(h: Holder) -> u64 {
+    (1 << KIND_SHIFT) | u64::from(h)
+}
+
 /// Whether the slot holding `word` is occupied.
 #[inline]
 pub(crate) fn occupied(word: u64) -> bool {
@@ -108,10 +118,18 @@ pub(crate) fn word(tag: u32, rank: usize, kind: Kind) -> u64 {
     (u64::from(tag) << TAG_SHIFT) | ((rank as u64) << RANK_SHIFT) | (k << KIND_SHIFT) | payload
 }
 
+/// Words of a holder bitset kept inside the set itself (endpoint ids below 256): a lookup then
+/// reaches the bits with one memory access instead of two.
+const INLINE_WORDS: usize = 4;
+
 /// Three or more holders: a bitset over endpoint ids, plus the holders that are not GPU-only.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct HolderSet {
-    bits: Vec<u64>,
+    /// The bitset while it fits (`words` of them used).
+    inline: [u64; INLINE_WORDS],
+    /// The bitset once an id of 256 or more holds the block (then `inline` is unused).
+    heap: Vec<u64>,
+    words: u8,
     mixed: Vec<Holder>,
     len: u32,
 }
@@ -120,7 +138,26 @@ impl HolderSet {
     /// Endpoints holding the block, as bitset words from id 0.
     #[inline]
     pub(crate) fn bits(&self) -> &[u64] {
-        &self.bits
+        if self.heap.is_empty() {
+            &self.inline[..usize::from(self.words).min(INLINE_WORDS)]
+        } else {
+            &self.heap
+        }
+    }
+
+    fn bits_mut(&mut self, need: usize) -> &mut [u64] {
+        if self.heap.is_empty() && need <= INLINE_WORDS {
+            self.words = self.words.max(need as u8);
+            return &mut self.inline[..usize::from(self.words)];
+        }
+        if self.heap.is_empty() {
+            self.heap = self.inline[..usize::from(self.words)].to_vec();
+            self.inline = [0; INLINE_WORDS];
+        }
+        if self.heap.len() < need {
+            self.heap.resize(need, 0);
+        }
+        &mut self.heap
     }
 
     /// Holders whose tiers are not exactly GPU (for tier weights).
@@ -138,7 +175,7 @@ impl HolderSet {
     pub(crate) fn tiers(&self, endpoint: u16) -> u8 {
         let e = usize::from(endpoint);
         if self
-            .bits
+            .bits()
             .get(e / 64)
             .is_none_or(|w| w & (1 << (e % 64)) == 0)
         {
@@ -173,22 +210,15 @@ impl HolderSet {
         let (w, bit) = (e / 64, 1u64 << (e % 64));
         self.mixed.retain(|&h| holder_endpoint(h) != endpoint);
         if tiers == 0 {
-            if let Some(word) = self.bits.get_mut(w)
-                && *word & bit != 0
-            {
-                *word &= !bit;
+            if self.bits().get(w).is_some_and(|word| word & bit != 0) {
+                self.bits_mut(w + 1)[w] &= !bit;
                 self.len -= 1;
-            }
-            while self.bits.last() == Some(&0) {
-                self.bits.pop();
             }
             return;
         }
-        if self.bits.len() <= w {
-            self.bits.resize(w + 1, 0);
-        }
-        if self.bits[w] & bit == 0 {
-            self.bits[w] |= bit;
+        let bits = self.bits_mut(w + 1);
+        if bits[w] & bit == 0 {
+            bits[w] |= bit;
             self.len += 1;
         }
         if tiers != GPU_ONLY {
@@ -198,7 +228,7 @@ impl HolderSet {
 
     /// All holders, in endpoint order.
     pub(crate) fn holders(&self) -> impl Iterator<Item = Holder> + '_ {
-        self.bits.iter().enumerate().flat_map(move |(w, &word)| {
+        self.bits().iter().enumerate().flat_map(move |(w, &word)| {
             let mut rest = word;
             std::iter::from_fn(move || {
                 if rest == 0 {
@@ -225,7 +255,9 @@ impl Sets {
     #[inline]
     pub(crate) fn get(&self, index: u32) -> &HolderSet {
         static EMPTY: HolderSet = HolderSet {
-            bits: Vec::new(),
+            inline: [0; INLINE_WORDS],
+            heap: Vec::new(),
+            words: 0,
             mixed: Vec::new(),
             len: 0,
         };

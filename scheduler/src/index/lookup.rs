@@ -120,25 +120,32 @@ impl Walk<'_> {
     #[inline]
     fn step(&mut self, depth: u32, word: u64, sets: &Sets, next: &mut [u64]) -> bool {
         if let Kind::Set(i) = holders::kind(word) {
-            // The common shared case, fused: one pass of AND and deaths over the live words.
+            // The common shared case: usually every live candidate holds the block.
             let set = sets.get(i);
             let bits = set.bits();
+            let word_of = |w: usize| bits.get(w).copied().unwrap_or(0);
+            let mut dying = 0;
             for w in self.lo..self.hi {
-                let a = self.alive[w];
-                let n = a & bits.get(w).copied().unwrap_or(0);
-                let mut dead = a ^ n;
-                while dead != 0 {
-                    self.ends[w * 64 + dead.trailing_zeros() as usize] = depth;
-                    dead &= dead - 1;
+                dying |= self.alive[w] & !word_of(w);
+            }
+            if dying != 0 {
+                for w in self.lo..self.hi {
+                    let a = self.alive[w];
+                    let n = a & word_of(w);
+                    let mut dead = a ^ n;
+                    while dead != 0 {
+                        self.ends[w * 64 + dead.trailing_zeros() as usize] = depth;
+                        dead &= dead - 1;
+                    }
+                    self.alive[w] = n;
                 }
-                self.alive[w] = n;
             }
             if !set.mixed().is_empty() {
                 let alive = std::mem::take(&mut self.alive);
                 self.charge_mixed(set.mixed(), alive);
                 self.alive = alive;
             }
-            return self.shrink();
+            return dying == 0 || self.shrink();
         }
         self.intersect(word, sets, next);
         for w in self.lo..self.hi {
@@ -174,7 +181,16 @@ impl Walk<'_> {
     /// One candidate left: follows it through `words` from `depth`; returns whether it is alive
     /// after them.
     fn follow(&mut self, e: u16, depth: u32, words: &[u64], sets: &Sets) -> bool {
-        for (i, &word) in words.iter().enumerate() {
+        // Fast path: blocks held by `e` alone, on GPU only (one AND and one compare per block).
+        let alone = holders::only(holders::holder(e, GPU_ONLY));
+        let mut i = 0;
+        while i < words.len() {
+            let run = words[i..]
+                .iter()
+                .take_while(|&&w| w & holders::HOLDERS_MASK == alone)
+                .count();
+            i += run;
+            let Some(&word) = words.get(i) else { break };
             let tiers = match holders::kind(word) {
                 Kind::Empty => 0,
                 Kind::One(a) => tiers_of(a, e),
@@ -188,6 +204,7 @@ impl Walk<'_> {
                 return false;
             }
             self.charge(e, tiers);
+            i += 1;
         }
         true
     }
@@ -351,6 +368,14 @@ impl KvIndex {
                     t.probe(homes[g0 + g], group, &mut words[g0 + g]);
                 }
                 let flat = &words[g0..g0 + WINDOW / GROUP].as_flattened()[..window.len()];
+                // Holder sets live apart from the slots: start their misses together too.
+                let mut sink = 0u64;
+                for &word in flat {
+                    if let Kind::Set(i) = holders::kind(word) {
+                        sink ^= t.sets().get(i).bits().first().copied().unwrap_or(0);
+                    }
+                }
+                std::hint::black_box(sink);
                 if !walk.window(start, flat, t.sets(), next) {
                     return;
                 }

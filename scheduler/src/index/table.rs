@@ -110,11 +110,20 @@ impl Table {
         }
     }
 
-    /// Reads one word of the home bucket, so that its cache lines are on their way before the
-    /// probe needs them; returns it so the read is not optimised away.
+    /// Reads one word per cache line of the home bucket (and of the next bucket when keys
+    /// overflowed into it), so that every line a probe will need is on its way before the probe
+    /// runs; returns them combined so the reads are not optimised away.
     #[inline]
     pub(crate) fn touch(&self, home: usize) -> u64 {
-        self.buckets.get(home).map_or(0, |b| b.0[0].word)
+        let line = |b: &Bucket| b.0[0].word ^ b.0[4].word ^ b.0[8].word ^ b.0[12].word;
+        let Some(bucket) = self.buckets.get(home) else {
+            return 0;
+        };
+        let mut sink = line(bucket);
+        if self.overflow.get(home).is_some_and(|&c| c != 0) {
+            sink ^= self.buckets.get(self.next(home)).map_or(0, line);
+        }
+        sink
     }
 
     /// Finds the words of a group's keys (`keys[r]` is the key of rank `r`), starting at `home`;
