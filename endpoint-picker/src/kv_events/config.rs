@@ -151,9 +151,9 @@ pub struct KvEventsArgs {
     /// Largest KV-event message accepted from a pod, in bytes.
     #[arg(long, env = "KVPICK_KV_EVENTS_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub kv_events_max_message_bytes: usize,
-    /// Bound on one replay request, in milliseconds.
-    #[arg(long, env = "KVPICK_KV_REPLAY_TIMEOUT_MS", default_value_t = 5000)]
-    pub kv_replay_timeout_ms: u64,
+    /// Bound on one replay request, from request to end marker.
+    #[arg(long, env = "KVPICK_KV_REPLAY_TIMEOUT", default_value = "5s", value_parser = crate::config::duration)]
+    pub kv_replay_timeout: Duration,
     /// Weight of a prefix hit per tier: GPU,CPU,STORAGE (vLLM's `medium`).
     #[arg(long, env = "KVPICK_KV_TIER_WEIGHTS", default_value = "1.0,0.8,0.5")]
     pub kv_tier_weights: String,
@@ -169,7 +169,7 @@ impl KvEventsArgs {
             workers: self.kv_events_workers,
             queue_capacity: self.kv_events_queue,
             max_message_bytes: self.kv_events_max_message_bytes,
-            replay_timeout: Duration::from_millis(self.kv_replay_timeout_ms),
+            replay_timeout: self.kv_replay_timeout,
             ..KvEventsConfig::default()
         };
         config.validate()?;
@@ -234,6 +234,33 @@ mod tests {
         for bad in ["1,2,0", "1,0.5", "1,0.5,0,0", "a,b,c", "NaN,1,1"] {
             assert!(parse_tier_weights(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn flags() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            kv: KvEventsArgs,
+        }
+        let args = [
+            "kvpick-epp",
+            "--kv-events-bind-ranks=2",
+            "--kv-events-port=6000",
+            "--kv-replay-timeout=1.5s",
+            "--kv-tier-weights=1,0.5,0.25",
+        ];
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"));
+        let config = cli.kv.config().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.bind_ranks, 2);
+        assert_eq!(config.publisher_port, Some(6000));
+        assert_eq!(config.replay_timeout, Duration::from_millis(1500));
+        let mut index = IndexConfig::default();
+        assert!(cli.kv.apply_tier_weights(&mut index).is_ok());
+        assert_eq!(index.tier_weights, [1.0, 0.5, 0.25]);
+        let bad = Cli::try_parse_from(["kvpick-epp", "--kv-events-workers=0"]);
+        assert!(bad.is_ok_and(|c| c.kv.config().is_err()));
     }
 
     #[test]
