@@ -229,7 +229,12 @@ impl Receiver {
         if route.connect_mode {
             return metrics.dropped(DropReason::DuplicateSource);
         }
-        push(&route.mailbox, Item::Batch(batch), &route.metrics, metrics);
+        push(
+            &route.mailbox,
+            Item::Batch(batch),
+            &route.metrics,
+            &self.shared,
+        );
     }
 }
 

@@ -156,6 +156,11 @@ impl Mailbox {
         inbox.replay = None;
     }
 
+    /// Whether items were refused since the last [`Mailbox::take`].
+    pub fn overflow_pending(&self) -> bool {
+        self.inbox.lock().overflowed
+    }
+
     /// Items queued now.
     #[cfg(test)]
     pub fn depth(&self) -> usize {

@@ -21,6 +21,7 @@ use super::mailbox::{Item, Mailbox, Pushed};
 use super::metrics::{EndpointMetrics, IngestMetrics};
 use super::sequencer::Batch;
 use super::{DropReason, Shared};
+use kvpick_scheduler::scheduler::EventsState;
 
 /// After the pod closed the connection, how long to keep reading what `zeromq` still holds.
 const DRAIN: Duration = Duration::from_millis(50);
@@ -119,15 +120,17 @@ impl Subscriber {
     }
 
     fn push(&self, item: Item) {
-        push(&self.mailbox, item, &self.metrics, &self.shared.metrics);
+        push(&self.mailbox, item, &self.metrics, &self.shared);
     }
 }
 
-/// Queues an item for an endpoint, counting a refusal.
-pub(crate) fn push(mailbox: &Arc<Mailbox>, item: Item, ep: &EndpointMetrics, all: &IngestMetrics) {
+/// Queues an item for an endpoint. A refusal is counted and marks the endpoint stale at once:
+/// its worker is behind, and will resynchronise it when it gets to the mailbox.
+pub(crate) fn push(mailbox: &Arc<Mailbox>, item: Item, ep: &EndpointMetrics, shared: &Shared) {
     if mailbox.push(item) == Pushed::Overflow {
         ep.overflow();
-        all.dropped(DropReason::QueueFull);
+        shared.metrics.dropped(DropReason::QueueFull);
+        shared.states.set(mailbox.endpoint, EventsState::Stale);
     }
 }
 

@@ -146,7 +146,15 @@ impl Worker {
                 served.reg.metrics.queue_depth(slice.remaining);
                 let mut fx = Fx::new(&self.shared, &served.reg, &mut self.replays);
                 serve(slice, &mut served.seq, &mut fx);
-                publish_state(&self.shared, &served.reg, &served.seq);
+                if mailbox.overflow_pending() {
+                    // Batches were refused since this turn began: not in step, whatever it says.
+                    self.shared
+                        .states
+                        .set(served.reg.endpoint, EventsState::Stale);
+                    served.reg.metrics.state(EventsState::Stale);
+                } else {
+                    publish_state(&self.shared, &served.reg, &served.seq);
+                }
             }
         }
         mailbox.finish_turn();
