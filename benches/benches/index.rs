@@ -24,7 +24,12 @@ fn entries() -> usize {
 }
 
 fn apply(c: &mut Criterion) {
-    let stream = w::churn(32_768, 4_096);
+    let (batches, lag) = if cfg!(debug_assertions) {
+        (2_048, 512)
+    } else {
+        (32_768, 4_096)
+    };
+    let stream = w::churn(batches, lag);
     let blocks: usize = stream
         .iter()
         .map(|(_, b)| {
@@ -41,7 +46,7 @@ fn apply(c: &mut Criterion) {
     let mut group = c.benchmark_group("index_apply");
     group.throughput(Throughput::Elements(blocks as u64));
     group.sample_size(10);
-    group.bench_function("churn_32k_batches_store16_remove16", |b| {
+    group.bench_function(format!("churn_{batches}_batches_store16_remove16"), |b| {
         b.iter_batched(
             w::index,
             |index| {

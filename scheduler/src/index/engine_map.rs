@@ -94,20 +94,29 @@ impl EngineMap {
     }
 
     fn find(&self, r: EngineRef) -> Option<usize> {
+        self.seek(r).ok()
+    }
+
+    /// One walk from the home of `r`: its index, or the first free index on the way (if any).
+    fn seek(&self, r: EngineRef) -> Result<usize, Option<usize>> {
         let mut b = self.home(r);
+        let mut free = None;
         for _ in 0..self.overflow.len() {
             let base = b * BUCKET;
             for i in base..base + BUCKET {
                 if self.hashes[i] == r.0 && self.pos[i] != 0 {
-                    return Some(i);
+                    return Ok(i);
                 }
             }
+            if free.is_none() {
+                free = (base..base + BUCKET).find(|&i| self.pos[i] == 0);
+            }
             if self.overflow[b] == 0 {
-                return None;
+                break;
             }
             b = self.next(b);
         }
-        None
+        Err(free)
     }
 
     /// The key and position of `r`.
@@ -126,22 +135,39 @@ impl EngineMap {
         key: BlockKey,
         pos: ChainPos,
     ) -> Option<(BlockKey, ChainPos)> {
-        if let Some(i) = self.find(r) {
-            let old = (
-                BlockKey::from_raw(self.keys[i]),
-                ChainPos::from_raw(self.pos[i])?,
-            );
-            self.keys[i] = key.get();
-            self.pos[i] = pos.raw();
-            return Some(old);
-        }
         if (self.len + 1) * 100 > self.overflow.len() * BUCKET * MAX_LOAD_PERCENT {
             let n = self.overflow.len() + (self.overflow.len() / 4).max(1);
             self.rebuild(n);
         }
-        self.place(r.0, key.get(), pos.raw());
-        self.len += 1;
-        None
+        match self.seek(r) {
+            Ok(i) => {
+                let old = (
+                    BlockKey::from_raw(self.keys[i]),
+                    ChainPos::from_raw(self.pos[i])?,
+                );
+                self.keys[i] = key.get();
+                self.pos[i] = pos.raw();
+                Some(old)
+            }
+            Err(Some(i)) => {
+                let (home, at) = (self.home(r), i / BUCKET);
+                let mut b = home;
+                while b != at {
+                    self.overflow[b] = self.overflow[b].saturating_add(1);
+                    b = self.next(b);
+                }
+                self.hashes[i] = r.0;
+                self.keys[i] = key.get();
+                self.pos[i] = pos.raw();
+                self.len += 1;
+                None
+            }
+            Err(None) => {
+                self.place(r.0, key.get(), pos.raw());
+                self.len += 1;
+                None
+            }
+        }
     }
 
     fn place(&mut self, hash: u64, key: u64, pos: u32) {

@@ -148,13 +148,14 @@ impl Walk<'_> {
             return dying == 0 || self.shrink();
         }
         self.intersect(word, sets, next);
-        for w in self.lo..self.hi {
-            let mut dead = self.alive[w] & !next[w];
+        let lo = self.lo;
+        for (w, &n) in next.iter().enumerate().take(self.hi).skip(lo) {
+            let mut dead = self.alive[w] & !n;
             while dead != 0 {
                 self.ends[w * 64 + dead.trailing_zeros() as usize] = depth;
                 dead &= dead - 1;
             }
-            self.alive[w] = next[w];
+            self.alive[w] = n;
         }
         self.shrink()
     }
@@ -360,23 +361,29 @@ impl KvIndex {
                 }
             }
             std::hint::black_box(sink);
-            for (w, window) in span.chunks(WINDOW).enumerate() {
+            // Probe every group of the span (a request missing at block 0 stops after one),
+            // then start the holder-set misses of all its blocks together, then step.
+            for (g, group) in span.chunks(GROUP).enumerate() {
+                let Some(t) = table(shards[g * GROUP / WINDOW]) else {
+                    return;
+                };
+                t.probe(homes[g], group, &mut words[g]);
+                if sp == 0 && g == 0 && !holders::occupied(words[0][0]) {
+                    return;
+                }
+            }
+            let flat = &words.as_flattened()[..span.len()];
+            let mut sink = 0u64;
+            for (i, &word) in flat.iter().enumerate() {
+                if let (Kind::Set(s), Some(t)) = (holders::kind(word), table(shards[i / WINDOW])) {
+                    sink ^= t.sets().get(s).bits().first().copied().unwrap_or(0);
+                }
+            }
+            std::hint::black_box(sink);
+            for (w, window) in flat.chunks(WINDOW).enumerate() {
                 let Some(t) = table(shards[w]) else { return };
                 let start = sp * SPAN * WINDOW + w * WINDOW;
-                let g0 = w * WINDOW / GROUP;
-                for (g, group) in window.chunks(GROUP).enumerate() {
-                    t.probe(homes[g0 + g], group, &mut words[g0 + g]);
-                }
-                let flat = &words[g0..g0 + WINDOW / GROUP].as_flattened()[..window.len()];
-                // Holder sets live apart from the slots: start their misses together too.
-                let mut sink = 0u64;
-                for &word in flat {
-                    if let Kind::Set(i) = holders::kind(word) {
-                        sink ^= t.sets().get(i).bits().first().copied().unwrap_or(0);
-                    }
-                }
-                std::hint::black_box(sink);
-                if !walk.window(start, flat, t.sets(), next) {
+                if !walk.window(start, window, t.sets(), next) {
                     return;
                 }
             }

@@ -350,3 +350,6 @@ impl KvIndex {
         self.entries.fetch_sub(gone, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;
