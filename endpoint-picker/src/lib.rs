@@ -10,7 +10,7 @@
 //!
 //! What the picker knows, and where it comes from:
 //! - [`pool`]: endpoints, their ids and live signals; its `watch` of views is the seam for KV-event
-//!   ingestion ([`Ingestion`]).
+//!   ingestion ([`Ingestion`], served by [`kv_events`]).
 //! - [`discovery`]: where endpoints come from ([`discovery::file`], [`discovery::kubernetes`]).
 //! - [`scrape`]: per-endpoint `/metrics` loops; [`scrape::prometheus`] is the pure page scanner.
 //!
@@ -30,6 +30,7 @@ pub mod discovery;
 pub mod error;
 pub mod extproc;
 pub mod health;
+pub mod kv_events;
 pub mod picker;
 pub mod pool;
 pub mod prompt;

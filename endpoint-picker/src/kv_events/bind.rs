@@ -1,0 +1,275 @@
+//! Bind mode: pods connect to kvpick. One guarded listener and one SUB per data-parallel rank
+//! port (vLLM's rank N connects to the configured port + N); the topic `kv@<ip[:port]>@<model>`
+//! says which pod a batch comes from, the rank which of its endpoints.
+//!
+//! Endpoint resolution, for topic host `ip`, optional port `P`, and rank `r` (the batch's
+//! `data_parallel_rank`, else the rank of the port it arrived on):
+//! 1. the endpoint at `ip:(P + r)` whose rank is `r` (vLLM's port convention);
+//! 2. else the one endpoint at `ip` whose rank is `r`;
+//! 3. else the endpoint at `ip:(P + r)` (discovery that does not know ranks).
+//!
+//! A topic naming no known endpoint is dropped and counted: strangers cannot fill the index.
+//! The SUB subscribes to `kv@` only, so publishers filter out other topics themselves (vLLM's
+//! default topic is empty: bind mode needs the convention, since the topic is the identity).
+//! The payload is decoded here only when the pod's IP has several endpoints (its ranks); the
+//! worker then reuses the decoded batch.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kvpick_scheduler::events::{Topic, decode_batch, parse_message};
+use parking_lot::RwLock;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use zeromq::{Endpoint, Socket, SocketRecv, SubSocket, ZmqMessage};
+
+use super::guard::{self, RelayEnd};
+use super::mailbox::{Item, Mailbox};
+use super::metrics::EndpointMetrics;
+use super::sequencer::Batch;
+use super::subscriber::{count_end, push};
+use super::{DropReason, Shared};
+use crate::error::Error;
+
+/// An endpoint as bind mode can reach it.
+#[derive(Clone, Debug)]
+pub(crate) struct Route {
+    pub address: SocketAddr,
+    pub rank: u32,
+    pub mailbox: Arc<Mailbox>,
+    pub metrics: Arc<EndpointMetrics>,
+    /// kvpick also subscribes to it in connect mode; two paths would break its ordering.
+    pub connect_mode: bool,
+}
+
+/// Every endpoint by IP, swapped whole when the endpoint set changes.
+#[derive(Debug, Default)]
+pub(crate) struct Routes {
+    by_ip: HashMap<IpAddr, Vec<Route>>,
+}
+
+impl Routes {
+    pub fn new(routes: impl IntoIterator<Item = Route>) -> Self {
+        let mut by_ip: HashMap<IpAddr, Vec<Route>> = HashMap::new();
+        for route in routes {
+            by_ip.entry(route.address.ip()).or_default().push(route);
+        }
+        Self { by_ip }
+    }
+
+    fn pod(&self, topic: &Topic<'_>) -> Option<&[Route]> {
+        self.by_ip.get(&topic.ip()?).map(Vec::as_slice)
+    }
+}
+
+fn resolve(pod: &[Route], port: Option<u16>, rank: u32) -> Option<&Route> {
+    let convention = port.and_then(|p| u16::try_from(u32::from(p) + rank).ok());
+    let at_port = |r: &&Route| Some(r.address.port()) == convention;
+    if let Some(route) = pod.iter().filter(at_port).find(|r| r.rank == rank) {
+        return Some(route);
+    }
+    let mut ranked = pod.iter().filter(|r| r.rank == rank);
+    match (ranked.next(), ranked.next()) {
+        (Some(route), None) => Some(route),
+        _ => pod.iter().find(at_port),
+    }
+}
+
+/// The routes the receivers read, replaced by the manager.
+pub(crate) type SharedRoutes = Arc<RwLock<Arc<Routes>>>;
+
+/// Binds one guarded listener per rank port and starts their accept loops and receivers.
+/// Returns the addresses bound (ports resolved).
+pub(crate) async fn start(
+    shared: &Arc<Shared>,
+    routes: &SharedRoutes,
+    tasks: &mut JoinSet<()>,
+    cancel: &CancellationToken,
+) -> Result<Vec<SocketAddr>, Error> {
+    let Some(base) = shared.config.bind else {
+        return Ok(Vec::new());
+    };
+    let mut bound = Vec::new();
+    for rank in 0..u32::from(shared.config.bind_ranks) {
+        let port = match base.port() {
+            0 => 0,
+            p => u16::try_from(u32::from(p) + rank)
+                .map_err(|_| Error::Config(format!("bind port {p} + rank {rank} overflows")))?,
+        };
+        let addr = SocketAddr::new(base.ip(), port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        let public = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        let mut sub = SubSocket::new();
+        let bind_err = |e: zeromq::ZmqError| Error::Bind {
+            addr: public,
+            source: std::io::Error::other(e.to_string()),
+        };
+        sub.subscribe(Topic::PREFIX).await.map_err(bind_err)?;
+        let upstream = match sub.bind("tcp://127.0.0.1:0").await.map_err(bind_err)? {
+            Endpoint::Tcp(_, port) => SocketAddr::from(([127, 0, 0, 1], port)),
+            _ => {
+                return Err(bind_err(zeromq::ZmqError::Other(
+                    "bound a non-TCP endpoint",
+                )));
+            }
+        };
+        tasks.spawn(accept(
+            listener,
+            upstream,
+            Arc::clone(shared),
+            cancel.clone(),
+        ));
+        let receiver = Receiver {
+            rank,
+            routes: Arc::clone(routes),
+            shared: Arc::clone(shared),
+        };
+        tasks.spawn(receiver.run(sub, cancel.clone()));
+        bound.push(public);
+    }
+    Ok(bound)
+}
+
+/// Accepts pods and relays each, frame-checked, to the rank's SUB.
+async fn accept(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.max_bind_connections));
+    let mut relays: JoinSet<RelayEnd> = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            Some(end) = relays.join_next(), if !relays.is_empty() => {
+                count_end(&shared.metrics, end.unwrap_or(RelayEnd::Closed));
+            }
+            accepted = listener.accept() => {
+                let Ok((peer, _)) = accepted else {
+                    // Out of descriptors, typically: let relays finish rather than spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                };
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    shared.metrics.dropped(DropReason::TooManyConnections);
+                    continue;
+                };
+                let (limits, token) = (shared.limits(), cancel.clone());
+                relays.spawn(async move {
+                    let _slot = slot;
+                    let _ = peer.set_nodelay(true);
+                    match TcpStream::connect(upstream).await {
+                        Ok(local) => guard::relay(peer, local, limits, token).await,
+                        Err(_) => RelayEnd::Closed,
+                    }
+                });
+            }
+        }
+    }
+    relays.shutdown().await;
+}
+
+struct Receiver {
+    rank: u32,
+    routes: SharedRoutes,
+    shared: Arc<Shared>,
+}
+
+impl Receiver {
+    async fn run(self, mut sub: SubSocket, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                received = sub.recv() => match received {
+                    Ok(message) => self.route(message),
+                    Err(e) => tracing::debug!(error = %e, "KV-event bind socket: peer error"),
+                },
+            }
+        }
+    }
+
+    fn route(&self, message: ZmqMessage) {
+        let metrics = &self.shared.metrics;
+        let frames = message.into_vec();
+        let Ok(parsed) = parse_message(&frames) else {
+            return metrics.dropped(DropReason::Malformed);
+        };
+        let Ok(topic) = Topic::parse(parsed.topic) else {
+            return metrics.dropped(DropReason::BadTopic);
+        };
+        let routes = Arc::clone(&self.routes.read());
+        let Some(pod) = routes.pod(&topic) else {
+            return metrics.dropped(DropReason::UnknownTopic);
+        };
+        let payload = frames.get(2).cloned().unwrap_or_else(Bytes::new);
+        let mut batch = Batch::new(parsed.seq, payload);
+        let mut rank = self.rank;
+        if pod.len() > 1 {
+            // Several endpoints behind this IP: the batch's own rank picks one.
+            match decode_batch(&batch.payload) {
+                Ok(decoded) => {
+                    rank = decoded.data_parallel_rank.unwrap_or(rank);
+                    batch.decoded = Some(Box::new(decoded));
+                }
+                Err(_) => return metrics.dropped(DropReason::Malformed),
+            }
+        }
+        let Some(route) = resolve(pod, topic.port(), rank) else {
+            return metrics.dropped(DropReason::UnknownTopic);
+        };
+        if route.connect_mode {
+            return metrics.dropped(DropReason::DuplicateSource);
+        }
+        push(
+            &route.mailbox,
+            Item::Batch(batch),
+            &route.metrics,
+            &self.shared,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_events::mailbox::RunQueue;
+
+    fn route(addr: &str, rank: u32) -> Route {
+        let endpoint = kvpick_scheduler::EndpointId::new(0).unwrap();
+        Route {
+            address: addr.parse().unwrap(),
+            rank,
+            mailbox: Mailbox::new(endpoint, 1, 1, Arc::new(RunQueue::default())),
+            metrics: Arc::new(EndpointMetrics::for_tests()),
+            connect_mode: false,
+        }
+    }
+
+    #[test]
+    fn resolution_follows_the_documented_rules() {
+        let pod = [
+            route("10.0.0.1:8000", 0),
+            route("10.0.0.1:8001", 1),
+            route("10.0.0.1:9000", 0),
+        ];
+        let port = |r: Option<&Route>| r.map(|r| r.address.port());
+        assert_eq!(port(resolve(&pod, Some(8000), 1)), Some(8001));
+        assert_eq!(port(resolve(&pod, Some(9000), 0)), Some(9000));
+        // Two rank-0 endpoints and no port: ambiguous.
+        assert_eq!(port(resolve(&pod, None, 0)), None);
+        assert_eq!(port(resolve(&pod, None, 1)), Some(8001));
+        assert_eq!(port(resolve(&pod, Some(7000), 5)), None);
+        // Ranks unknown to discovery (all 0): the port convention decides.
+        let flat = [route("10.0.0.2:8000", 0), route("10.0.0.2:8001", 0)];
+        assert_eq!(port(resolve(&flat, Some(8000), 1)), Some(8001));
+    }
+}
