@@ -267,6 +267,7 @@ impl Server {
 
     /// Serves until `shutdown` resolves or a server fails; then drains and joins every task.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let ingestion = self.ingestion();
         let stop = CancellationToken::new();
         let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
 
@@ -329,9 +330,18 @@ impl Server {
             stop.clone(),
         );
         tasks.spawn(ok(supervise));
-        if let Some(bind) = &self.settings.kv_events_bind {
-            tracing::warn!(%bind, "KV-event ingestion is not built into this binary yet; --kv-events-bind is noted only");
-        }
+        // KV-event ingestion: connect mode for every endpoint with a publisher address, bind mode
+        // at --kv-events-bind; it stops with `stop`.
+        let kv = crate::kv_events::KvEvents::start_for(
+            ingestion,
+            crate::kv_events::KvEventsConfig::default(),
+            stop.clone(),
+        )
+        .await?;
+        tasks.spawn(async move {
+            kv.join().await;
+            Ok(())
+        });
 
         if let Some(kube) = self.kubernetes {
             // Ready once the pool and its pods have been listed (and until shutdown).
