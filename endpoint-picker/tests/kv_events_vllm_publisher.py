@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A stand-in for a vLLM pod's KV-event publisher, for kvpick's interop tests.
 
-It defines the msgspec structs the way vLLM's `vllm.distributed.kv_events` does (in the
+It uses the msgspec structs declared the way vLLM's `vllm.distributed.kv_events` does (in the
 array_like layout of older vLLM, the map layout of newer vLLM, or the mixed one) and publishes
 the way vLLM's `ZmqEventPublisher` does, with pyzmq (libzmq): a PUB socket that binds (connect
 mode: kvpick connects to it) or connects (bind mode: kvpick binds), multipart
@@ -23,54 +23,14 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any
+from pathlib import Path
 
 import msgspec
 import zmq
 
-ExternalBlockHash = bytes | int
-
-
-def vllm_structs(batch_array: bool, event_array: bool):
-    """vLLM's KV-event structs, with the layout chosen per level."""
-
-    class EventBatch(
-        msgspec.Struct, array_like=batch_array, omit_defaults=True, gc=False
-    ):
-        ts: float
-        events: list[Any]
-        data_parallel_rank: int | None = None
-
-    class KVCacheEvent(
-        msgspec.Struct, array_like=event_array, omit_defaults=True, gc=False, tag=True
-    ):
-        """Base class for all KV cache-related events"""
-
-    class BlockStored(KVCacheEvent):
-        block_hashes: list[ExternalBlockHash]
-        parent_block_hash: ExternalBlockHash | None
-        token_ids: list[int]
-        block_size: int
-        lora_id: int | None
-        medium: str | None
-        lora_name: str | None
-        extra_keys: list[tuple[Any, ...] | None] | None = None
-        group_idx: int | None = None
-        kv_cache_spec_kind: str | None = None
-        kv_cache_spec_sliding_window: int | None = None
-
-    class BlockRemoved(KVCacheEvent):
-        block_hashes: list[ExternalBlockHash]
-        medium: str | None
-        group_idx: int | None = None
-
-    class AllBlocksCleared(KVCacheEvent):
-        pass
-
-    class KVEventBatch(EventBatch):
-        events: list[BlockStored | BlockRemoved | AllBlocksCleared]
-
-    return KVEventBatch, BlockStored, BlockRemoved, AllBlocksCleared
+# vLLM's struct declarations, shared with kvpick's other Python peers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scheduler" / "tests"))
+from vllm_kv_events import ExternalBlockHash, structs  # noqa: E402
 
 
 class Publisher:
@@ -149,8 +109,8 @@ def block_hash(h: int, as_bytes: bool) -> ExternalBlockHash:
     return hashlib.sha256(str(h).encode()).digest()[:24] + h.to_bytes(8, "big")
 
 
-def to_event(e: dict, structs, as_bytes: bool):
-    _, BlockStored, BlockRemoved, AllBlocksCleared = structs
+def to_event(e: dict, types, as_bytes: bool):
+    _, BlockStored, BlockRemoved, AllBlocksCleared = types
     hashes = [block_hash(h, as_bytes) for h in e.get("block_hashes", [])]
     if e["type"] == "BlockStored":
         parent = e.get("parent_block_hash")
@@ -179,7 +139,7 @@ def main() -> None:
     p.add_argument("--replay-topic", action="store_true", help='reply ["", topic, seq, payload]')
     args = p.parse_args()
     batch_array = args.layout in ("array", "mixed")
-    structs = vllm_structs(batch_array, args.layout == "array")
+    types = structs(batch_array, args.layout == "array")
     as_bytes = args.hashes == "bytes"
     publisher = Publisher(args)
     print(f"READY {publisher.pub_endpoint} {publisher.replay_endpoint}", flush=True)
@@ -189,7 +149,7 @@ def main() -> None:
             break
         for events in command.get("publish", []):
             publisher.publish(
-                structs[0](ts=time.time(), events=[to_event(e, structs, as_bytes) for e in events])
+                types[0](ts=time.time(), events=[to_event(e, types, as_bytes) for e in events])
             )
     publisher.shutdown()
 

@@ -23,78 +23,16 @@ use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 
-/// vLLM's declarations (`vllm/distributed/kv_events.py`, `ExternalBlockHash` from
-/// `vllm/v1/core/kv_cache_utils.py`), per schema generation, with the layout as a parameter.
+/// Builds and checks batches with vLLM's declarations (`tests/vllm_kv_events.py`, shared with the
+/// endpoint picker's and the fleet's Python peers).
 const PYTHON: &str = r#"
 import json, sys
-from typing import Any
 try:
     import msgspec
 except ImportError:
     sys.exit("msgspec is not installed: run .ci/setup (pip install msgspec)")
 
-ExternalBlockHash = bytes | int
-
-def structs(schema, batch_array, event_array):
-    o = dict(omit_defaults=True, gc=False)
-    if schema == "v0":
-        class EventBatch(msgspec.Struct, array_like=batch_array, **o):
-            ts: float
-            events: list[Any]
-    else:
-        class EventBatch(msgspec.Struct, array_like=batch_array, **o):
-            ts: float
-            events: list[Any]
-            data_parallel_rank: int | None = None
-
-    class KVCacheEvent(msgspec.Struct, array_like=event_array, tag=True, **o):
-        """Base class for all KV cache-related events"""
-
-    if schema == "v0":
-        class BlockStored(KVCacheEvent):
-            block_hashes: list[int]
-            parent_block_hash: int | None
-            token_ids: list[int]
-            block_size: int
-            lora_id: int | None
-        class BlockRemoved(KVCacheEvent):
-            block_hashes: list[int]
-    elif schema == "v1":
-        class BlockStored(KVCacheEvent):
-            block_hashes: list[int]
-            parent_block_hash: int | None
-            token_ids: list[int]
-            block_size: int
-            lora_id: int | None
-            medium: str | None
-        class BlockRemoved(KVCacheEvent):
-            block_hashes: list[int]
-            medium: str | None
-    else:
-        class BlockStored(KVCacheEvent):
-            block_hashes: list[ExternalBlockHash]
-            parent_block_hash: ExternalBlockHash | None
-            token_ids: list[int]
-            block_size: int
-            lora_id: int | None
-            medium: str | None
-            lora_name: str | None
-            extra_keys: list[tuple[Any, ...] | None] | None = None
-            group_idx: int | None = None
-            kv_cache_spec_kind: str | None = None
-            kv_cache_spec_sliding_window: int | None = None
-        class BlockRemoved(KVCacheEvent):
-            block_hashes: list[ExternalBlockHash]
-            medium: str | None
-            group_idx: int | None = None
-
-    class AllBlocksCleared(KVCacheEvent):
-        pass
-
-    class KVEventBatch(EventBatch):
-        events: list[BlockStored | BlockRemoved | AllBlocksCleared]
-
-    return KVEventBatch, BlockStored, BlockRemoved, AllBlocksCleared
+from vllm_kv_events import structs
 
 def extra(v):
     (kind, x), = v.items()
@@ -143,7 +81,8 @@ for line in sys.stdin.read().splitlines():
     case = json.loads(line)
     key = (case["schema"], case["batch"] == "array", case["events"] == "array")
     if key not in cache:
-        cache[key] = structs(*key)
+        schema, batch_array, event_array = key
+        cache[key] = structs(batch_array, event_array, schema)
     types = cache[key]
     obj = build(case["desc"], case["schema"], types, case["hashes"] == "bytes")
     reply = {"ref": enc.encode(obj).hex()}
@@ -333,6 +272,7 @@ fn msgspec_agrees_byte_for_byte() {
 
     let mut child = Command::new("python3")
         .args(["-c", PYTHON])
+        .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/tests"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

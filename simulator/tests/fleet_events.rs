@@ -22,44 +22,18 @@ use kvpick_sim::fleet::{Fleet, KvLayout};
 use serde_json::{Value, json};
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
-/// vLLM's declarations (`vllm/distributed/kv_events.py`), layout as a parameter.
+/// A pyzmq subscriber decoding with vLLM's declarations (`scheduler/tests/vllm_kv_events.py`),
+/// layout as a parameter.
 const PYTHON: &str = r#"
 import json, sys, time
-from typing import Any
 try:
     import msgspec, zmq
 except ImportError as e:
     sys.exit(f"{e}: run .ci/setup (pip install pyzmq msgspec)")
 
 batch_array, event_array = sys.argv[1] == "array", sys.argv[2] == "array"
-ExternalBlockHash = bytes | int
-o = dict(omit_defaults=True, gc=False)
-class EventBatch(msgspec.Struct, array_like=batch_array, **o):
-    ts: float
-    events: list[Any]
-    data_parallel_rank: int | None = None
-class KVCacheEvent(msgspec.Struct, array_like=event_array, tag=True, **o):
-    pass
-class BlockStored(KVCacheEvent):
-    block_hashes: list[ExternalBlockHash]
-    parent_block_hash: ExternalBlockHash | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None
-    medium: str | None
-    lora_name: str | None
-    extra_keys: list[tuple[Any, ...] | None] | None = None
-    group_idx: int | None = None
-    kv_cache_spec_kind: str | None = None
-    kv_cache_spec_sliding_window: int | None = None
-class BlockRemoved(KVCacheEvent):
-    block_hashes: list[ExternalBlockHash]
-    medium: str | None
-    group_idx: int | None = None
-class AllBlocksCleared(KVCacheEvent):
-    pass
-class KVEventBatch(EventBatch):
-    events: list[BlockStored | BlockRemoved | AllBlocksCleared]
+from vllm_kv_events import structs
+KVEventBatch, BlockStored, BlockRemoved, AllBlocksCleared = structs(batch_array, event_array)
 
 dec = msgspec.msgpack.Decoder(KVEventBatch)
 h = lambda x: None if x is None else (int.from_bytes(x, "big") if isinstance(x, bytes) else x)
@@ -151,6 +125,10 @@ async fn conformance(layout: KvLayout, bytes_hashes: bool, dp: u32, py: (&str, &
     let fleet = Fleet::start(cfg).await.unwrap();
     let mut child = Command::new("python3")
         .args(["-c", PYTHON, py.0, py.1])
+        .env(
+            "PYTHONPATH",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../scheduler/tests"),
+        )
         .args(fleet.servers().iter().map(|s| s.kv_events.clone()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
