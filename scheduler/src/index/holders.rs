@@ -85,6 +85,12 @@ pub(crate) fn only(h: Holder) -> u64 {
     (1 << KIND_SHIFT) | u64::from(h)
 }
 
+/// 1 if `word` refers to a holder set, else 0 (branch-free, for folding over many words).
+#[inline]
+pub(crate) fn set_bit(word: u64) -> u64 {
+    (word >> KIND_SHIFT) & (word >> (KIND_SHIFT + 1)) & 1
+}
+
 /// Whether the slot holding `word` is occupied.
 #[inline]
 pub(crate) fn occupied(word: u64) -> bool {
@@ -120,7 +126,7 @@ pub(crate) fn word(tag: u32, rank: usize, kind: Kind) -> u64 {
 
 /// Words of a holder bitset kept inside the set itself (endpoint ids below 256): a lookup then
 /// reaches the bits with one memory access instead of two.
-const INLINE_WORDS: usize = 4;
+pub(crate) const INLINE_WORDS: usize = 4;
 
 /// What rarely exists: a bitset past id 255, and holders that are not GPU-only.
 #[derive(Clone, Debug, Default)]
@@ -153,6 +159,12 @@ impl HolderSet {
             Some(spill) if self.spilled => &spill.bits,
             _ => &self.inline[..usize::from(self.words).min(INLINE_WORDS)],
         }
+    }
+
+    /// The whole bitset as [`INLINE_WORDS`] words, while no id of 256 or more holds the block.
+    #[inline]
+    pub(crate) fn small(&self) -> Option<&[u64; INLINE_WORDS]> {
+        (!self.spilled).then_some(&self.inline)
     }
 
     fn bits_mut(&mut self, need: usize) -> &mut [u64] {

@@ -1,14 +1,16 @@
-//! Per-candidate longest prefix: a walk over the request's blocks, a window of 32 at a time.
+//! Lookup: for each candidate, the longest run of consecutive blocks from block 0 it holds.
 //!
-//! Per window: one shard read lock; first the home bucket of each of its 4 groups is touched, so
-//! the cache misses overlap; then each group's bucket is probed for its 8 keys (branch-free); then
-//! the candidates still alive are intersected with each block's holders (`alive &= holders(i)`, a
-//! bitset AND) and those that drop out record the depth they reached. The walk ends at the first
-//! block no live candidate holds, so a miss at block 0 costs one window. Once a single candidate
-//! is left (the common case past the shared part of a prompt), the walk only checks that one
-//! holder per block. Results come out in endpoint order from the block-0 holder set: no sort.
-//! Tier weights cost nothing unless a holder is off-GPU: a run is worth `blocks × w(GPU)` minus
-//! the endpoint's deficits.
+//! The request is walked 128 blocks (one [`WINDOW`], one shard, one read lock) at a time, in
+//! three passes so that cache misses overlap instead of queueing behind each other: first every
+//! line of the 16 home buckets is touched, then each group is probed (16 compares, no scan), then
+//! the holder sets of the window's shared blocks are touched, and only then are the blocks
+//! stepped. Candidates are a bitset; each block intersects the live ones with its holders, and
+//! those that drop out write the depth they reached straight into their result entry (found by a
+//! rank in the block-0 bitset, so results come out in endpoint order without a sort). The walk
+//! ends at the first block no live candidate holds. When a single candidate is left (the common
+//! case past the shared part of a prompt), a block costs one AND and one compare. Tier weights
+//! cost nothing unless a holder is off-GPU: a run is worth `blocks × w(GPU)` minus the
+//! endpoint's deficits.
 
 use super::holders::{self, GPU_ONLY, Holder, Kind, Sets};
 use super::position::{GROUP, WINDOW, shard_of, tag_of};
@@ -16,32 +18,31 @@ use super::table::Table;
 use super::{KvIndex, PrefixMatch, PrefixMatches};
 use crate::keys::BlockKey;
 use crate::pods::{EndpointId, EndpointSet};
-use parking_lot::RwLockReadGuard;
 
-/// Windows whose shards are locked together (128 blocks).
-const SPAN: usize = 4;
+/// Groups per window.
+const GROUPS: usize = WINDOW / GROUP;
 
-/// Candidate bitsets up to this many words (512 endpoints) live on the stack.
-const INLINE_WORDS: usize = 8;
-
-/// The walk's state.
-struct Walk<'a> {
-    /// Candidates holding every block so far; words `lo..hi` may be non-zero.
-    alive: &'a mut [u64],
+/// The walk's state, for candidate ids below `64 * N`.
+struct Walk<'a, const N: usize> {
+    /// Candidates holding every block so far; only words `lo..hi` may be non-zero.
+    alive: [u64; N],
     lo: usize,
     hi: usize,
-    /// Who held block 0 (the result set).
-    first: &'a mut [u64],
-    /// Per endpoint id (below `64 * hi`): the depth its run ended at, 0 while running.
-    ends: &'a mut [u32],
+    /// Who held block 0, and per word the number of block-0 holders in the words before it: the
+    /// index of an endpoint's entry in the result.
+    first: [u64; N],
+    base: [u32; N],
     /// (endpoint, weight below `blocks × w(GPU)`), for endpoints that held a block off-GPU.
     deficits: Vec<(u16, f64)>,
     weights: &'a [f32; 8],
     /// Tier masks whose weight differs from GPU-only's (bit per mask).
     off_base: u8,
+    out: &'a mut Vec<PrefixMatch>,
+    /// Blocks in the request: a run that never ends is this long.
+    total: u32,
 }
 
-impl Walk<'_> {
+impl<const N: usize> Walk<'_, N> {
     #[inline]
     fn charge(&mut self, endpoint: u16, tiers: u8) {
         if self.off_base & (1 << (tiers & 7)) == 0 {
@@ -56,113 +57,51 @@ impl Walk<'_> {
     }
 
     #[inline]
-    fn bit(words: &[u64], e: usize) -> bool {
-        words.get(e / 64).is_some_and(|w| w & (1 << (e % 64)) != 0)
+    fn alive(&self, e: usize) -> bool {
+        self.alive
+            .get(e / 64)
+            .is_some_and(|w| w & (1 << (e % 64)) != 0)
     }
 
-    /// `alive & holders(word)` into `next` (words `lo..hi`), charging off-GPU holders.
+    /// Ends the runs of the endpoints in `dead` (bits of word `w`) at `depth`.
     #[inline]
-    fn intersect(&mut self, word: u64, sets: &Sets, next: &mut [u64]) {
-        for w in &mut next[self.lo..self.hi] {
-            *w = 0;
-        }
-        let mut keep = |walk: &mut Self, h: Holder| {
-            let e = holders::holder_endpoint(h);
-            let i = usize::from(e);
-            if Self::bit(walk.alive, i) {
-                next[i / 64] |= 1 << (i % 64);
-                walk.charge(e, holders::holder_tiers(h));
-            }
+    fn bury(&mut self, w: usize, mut dead: u64, depth: u32) {
+        let (Some(&first), Some(&base)) = (self.first.get(w), self.base.get(w)) else {
+            return;
         };
-        match holders::kind(word) {
-            Kind::Empty => {}
-            Kind::One(a) => keep(self, a),
-            Kind::Two(a, b) => {
-                keep(self, a);
-                keep(self, b);
+        while dead != 0 {
+            let below = first & ((1u64 << dead.trailing_zeros()) - 1);
+            if let Some(m) = self
+                .out
+                .get_mut(base as usize + below.count_ones() as usize)
+            {
+                m.blocks = depth;
             }
-            Kind::Set(i) => {
-                let set = sets.get(i);
-                let bits = set.bits();
-                let hi = self.hi.min(bits.len());
-                if self.lo < hi {
-                    let alive = &self.alive[self.lo..hi];
-                    for ((n, a), b) in next[self.lo..hi]
-                        .iter_mut()
-                        .zip(alive)
-                        .zip(&bits[self.lo..hi])
-                    {
-                        *n = a & b;
-                    }
-                }
-                self.charge_mixed(set.mixed(), next);
-            }
+            dead &= dead - 1;
         }
     }
 
-    fn charge_mixed(&mut self, mixed: &[Holder], alive: &[u64]) {
-        for &h in mixed {
-            if Self::bit(alive, usize::from(holders::holder_endpoint(h))) {
-                self.charge(holders::holder_endpoint(h), holders::holder_tiers(h));
-            }
-        }
-    }
-
-    /// Block 0: the candidates holding it start their runs.
-    fn start(&mut self, word: u64, sets: &Sets, next: &mut [u64]) -> bool {
-        self.intersect(word, sets, next);
-        self.alive[self.lo..self.hi].copy_from_slice(&next[self.lo..self.hi]);
-        self.first[self.lo..self.hi].copy_from_slice(&next[self.lo..self.hi]);
-        self.shrink()
-    }
-
-    /// Block `depth` > 0: candidates that do not hold it end their run at `depth`.
+    /// Keeps the live candidates whose bit is set in `holds[w]`; ends the others' runs at `depth`
+    /// (none before block 0's holders have entries). Returns whether any is left.
     #[inline]
-    fn step(&mut self, depth: u32, word: u64, sets: &Sets, next: &mut [u64]) -> bool {
-        if let Kind::Set(i) = holders::kind(word) {
-            // The common shared case: usually every live candidate holds the block.
-            let set = sets.get(i);
-            let bits = set.bits();
-            let word_of = |w: usize| bits.get(w).copied().unwrap_or(0);
-            let mut dying = 0;
-            for w in self.lo..self.hi {
-                dying |= self.alive[w] & !word_of(w);
-            }
-            if dying != 0 {
-                for w in self.lo..self.hi {
-                    let a = self.alive[w];
-                    let n = a & word_of(w);
-                    let mut dead = a ^ n;
-                    while dead != 0 {
-                        self.ends[w * 64 + dead.trailing_zeros() as usize] = depth;
-                        dead &= dead - 1;
-                    }
-                    self.alive[w] = n;
-                }
-            }
-            if !set.mixed().is_empty() {
-                let alive = std::mem::take(&mut self.alive);
-                self.charge_mixed(set.mixed(), alive);
-                self.alive = alive;
-            }
-            return dying == 0 || self.shrink();
+    fn keep(&mut self, depth: u32, holds: &[u64; N]) -> bool {
+        let (lo, hi) = (self.lo, self.hi.min(N));
+        let mut dying = 0;
+        for (a, h) in self.alive[lo..hi].iter().zip(&holds[lo..hi]) {
+            dying |= a & !h;
         }
-        self.intersect(word, sets, next);
-        let lo = self.lo;
-        for (w, &n) in next.iter().enumerate().take(self.hi).skip(lo) {
-            let mut dead = self.alive[w] & !n;
-            while dead != 0 {
-                self.ends[w * 64 + dead.trailing_zeros() as usize] = depth;
-                dead &= dead - 1;
+        if dying == 0 {
+            return true;
+        }
+        let started = !self.out.is_empty();
+        for (w, &h) in holds.iter().enumerate().take(hi).skip(lo) {
+            let a = self.alive[w];
+            let n = a & h;
+            if n != a && started {
+                self.bury(w, a ^ n, depth);
             }
             self.alive[w] = n;
         }
-        self.shrink()
-    }
-
-    /// Narrows `lo..hi` to the non-zero words; returns whether any candidate is alive.
-    #[inline]
-    fn shrink(&mut self) -> bool {
         while self.lo < self.hi && self.alive[self.lo] == 0 {
             self.lo += 1;
         }
@@ -172,6 +111,84 @@ impl Walk<'_> {
         self.lo < self.hi
     }
 
+    /// Intersects the live candidates with the holders of a block at `depth`, charging off-GPU
+    /// holdings. Returns whether any candidate is left.
+    fn step(&mut self, depth: u32, word: u64, sets: &Sets) -> bool {
+        let mut holds = [0u64; N];
+        match holders::kind(word) {
+            Kind::Empty => {}
+            Kind::One(a) => return self.keep_holders(depth, &[a]),
+            Kind::Two(a, b) => return self.keep_holders(depth, &[a, b]),
+            Kind::Set(i) => {
+                let set = sets.get(i);
+                match set.small() {
+                    Some(small) => {
+                        for (h, b) in holds.iter_mut().zip(small) {
+                            *h = *b;
+                        }
+                    }
+                    None => {
+                        for (h, b) in holds.iter_mut().zip(set.bits()) {
+                            *h = *b;
+                        }
+                    }
+                }
+                let left = self.keep(depth, &holds);
+                for &h in set.mixed() {
+                    if self.alive(usize::from(holders::holder_endpoint(h))) {
+                        self.charge(holders::holder_endpoint(h), holders::holder_tiers(h));
+                    }
+                }
+                return left;
+            }
+        }
+        self.keep(depth, &holds)
+    }
+
+    fn keep_holders(&mut self, depth: u32, hs: &[Holder]) -> bool {
+        let bit = |h: Holder| usize::from(holders::holder_endpoint(h));
+        let mut holds = [0u64; N];
+        for &h in hs {
+            if let Some(w) = holds.get_mut(bit(h) / 64) {
+                *w |= 1 << (bit(h) % 64);
+            }
+        }
+        let left = self.keep(depth, &holds);
+        for &h in hs {
+            if self.alive(bit(h)) {
+                self.charge(holders::holder_endpoint(h), holders::holder_tiers(h));
+            }
+        }
+        left
+    }
+
+    /// Block 0: the candidates holding it start their runs, one result entry each, in endpoint
+    /// order. Returns whether any did.
+    fn start(&mut self, word: u64, sets: &Sets) -> bool {
+        if !self.step(0, word, sets) {
+            return false;
+        }
+        let mut count = 0u32;
+        for w in 0..N {
+            self.first[w] = self.alive[w];
+            self.base[w] = count;
+            count += self.alive[w].count_ones();
+            let mut bits = self.alive[w];
+            while bits != 0 {
+                let e = w as u32 * 64 + bits.trailing_zeros();
+                bits &= bits - 1;
+                if let Some(endpoint) = EndpointId::new(e) {
+                    self.out.push(PrefixMatch {
+                        endpoint,
+                        blocks: self.total,
+                        weighted: 0.0,
+                    });
+                }
+            }
+        }
+        true
+    }
+
     /// The only live candidate, if exactly one is left.
     #[inline]
     fn single(&self) -> Option<u16> {
@@ -179,95 +196,92 @@ impl Walk<'_> {
             .then(|| (self.lo * 64 + self.alive[self.lo].trailing_zeros() as usize) as u16)
     }
 
-    /// One candidate left: follows it through `words` from `depth`; returns whether it is alive
+    /// Steps over `words`, the blocks from `depth`; returns whether any candidate is still alive
     /// after them.
-    fn follow(&mut self, e: u16, depth: u32, words: &[u64], sets: &Sets) -> bool {
-        // Fast path: blocks held by `e` alone, on GPU only (one AND and one compare per block).
-        let alone = holders::only(holders::holder(e, GPU_ONLY));
+    fn blocks(&mut self, mut depth: u32, words: &[u64], sets: &Sets) -> bool {
         let mut i = 0;
-        while i < words.len() {
-            let run = words[i..]
-                .iter()
-                .take_while(|&&w| w & holders::HOLDERS_MASK == alone)
-                .count();
-            i += run;
-            let Some(&word) = words.get(i) else { break };
-            let tiers = match holders::kind(word) {
-                Kind::Empty => 0,
-                Kind::One(a) => tiers_of(a, e),
-                Kind::Two(a, b) => tiers_of(a, e) | tiers_of(b, e),
-                Kind::Set(s) => sets.get(s).tiers(e),
-            };
-            if tiers == 0 {
-                self.ends[usize::from(e)] = depth + i as u32;
-                self.alive[self.lo] = 0;
-                self.hi = self.lo;
-                return false;
-            }
-            self.charge(e, tiers);
-            i += 1;
-        }
-        true
-    }
-
-    /// Steps over one window's blocks starting at depth `start`; returns whether any candidate
-    /// is still alive.
-    fn window(&mut self, start: usize, words: &[u64], sets: &Sets, next: &mut [u64]) -> bool {
-        let mut i = 0;
-        if start == 0 {
-            if !self.start(words[0], sets, next) {
-                return false;
-            }
-            i = 1;
-        }
         while i < words.len() {
             if let Some(e) = self.single() {
-                return self.follow(e, (start + i) as u32, &words[i..], sets);
-            }
-            if !self.step((start + i) as u32, words[i], sets, next) {
+                // Blocks held by `e` alone, on GPU only: one AND and one compare each.
+                let alone = holders::only(holders::holder(e, GPU_ONLY));
+                let run = words[i..]
+                    .iter()
+                    .take_while(|&&w| w & holders::HOLDERS_MASK == alone)
+                    .count();
+                i += run;
+                depth += run as u32;
+                let Some(&word) = words.get(i) else { break };
+                if !self.step(depth, word, sets) {
+                    return false;
+                }
+            } else if !self.step(depth, words[i], sets) {
                 return false;
             }
             i += 1;
+            depth += 1;
         }
         true
     }
 
-    /// Writes the result: every block-0 holder in endpoint order, with its run and weight.
-    fn finish(&self, total: u32, out: &mut Vec<PrefixMatch>) {
-        let base = f64::from(self.weights[usize::from(GPU_ONLY)]);
-        for (w, &word) in self.first.iter().enumerate() {
-            let mut bits = word;
-            while bits != 0 {
-                let e = w * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                let Some(endpoint) = EndpointId::new(e as u32) else {
-                    continue;
-                };
-                let blocks = match self.ends[e] {
-                    0 => total,
-                    d => d,
-                };
-                let deficit = self
-                    .deficits
-                    .iter()
-                    .find(|(x, _)| usize::from(*x) == e)
-                    .map_or(0.0, |(_, d)| *d);
-                out.push(PrefixMatch {
-                    endpoint,
-                    blocks,
-                    weighted: (f64::from(blocks) * base - deficit) as f32,
-                });
+    /// Walks the request window by window, then fills in the weights.
+    fn run(&mut self, index: &KvIndex, keys: &[BlockKey]) {
+        for (w, window) in keys.chunks(WINDOW).enumerate() {
+            let table = index.shards[shard_of(window[0])].read();
+            if !self.window(&table, window, (w * WINDOW) as u32) {
+                break;
             }
         }
+        let base = f64::from(self.weights[usize::from(GPU_ONLY)]);
+        for m in self.out.iter_mut() {
+            let e = m.endpoint.get() as u16;
+            let deficit = self
+                .deficits
+                .iter()
+                .find(|(x, _)| *x == e)
+                .map_or(0.0, |(_, d)| *d);
+            m.weighted = (f64::from(m.blocks) * base - deficit) as f32;
+        }
     }
-}
 
-#[inline]
-fn tiers_of(h: Holder, e: u16) -> u8 {
-    if holders::holder_endpoint(h) == e {
-        holders::holder_tiers(h)
-    } else {
-        0
+    /// Walks one window of up to 128 blocks starting at `depth`: touches every home bucket,
+    /// probes every group, touches the holder sets, then steps. Returns whether any candidate is
+    /// alive after it.
+    fn window(&mut self, table: &Table, window: &[BlockKey], depth: u32) -> bool {
+        let mut homes = [0usize; GROUPS];
+        let mut sink = 0u64;
+        // Home buckets first (their addresses need nothing from memory), then the buckets the
+        // overflow counters point to.
+        for (home, group) in homes.iter_mut().zip(window.chunks(GROUP)) {
+            *home = table.home(tag_of(group[0]));
+            sink ^= table.touch_home(*home);
+        }
+        for &home in &homes[..window.len().div_ceil(GROUP)] {
+            sink ^= table.touch(home);
+        }
+        std::hint::black_box(sink);
+        let mut words = [[0u64; GROUP]; GROUPS];
+        for (g, group) in window.chunks(GROUP).enumerate() {
+            table.probe(homes[g], group, &mut words[g]);
+            if depth == 0 && g == 0 && !holders::occupied(words[0][0]) {
+                // Nobody holds block 0: nothing else matters.
+                return false;
+            }
+        }
+        let words = &words.as_flattened()[..window.len()];
+        let sets = table.sets();
+        if words.iter().fold(0, |m, &w| m | holders::set_bit(w)) != 0 {
+            let mut sink = 0u64;
+            for &word in words {
+                if let Kind::Set(s) = holders::kind(word) {
+                    sink ^= sets.get(s).bits().first().copied().unwrap_or(0);
+                }
+            }
+            std::hint::black_box(sink);
+        }
+        if depth == 0 {
+            return self.start(words[0], sets) && self.blocks(1, &words[1..], sets);
+        }
+        self.blocks(depth, words, sets)
     }
 }
 
@@ -283,110 +297,34 @@ impl KvIndex {
         if keys.is_empty() {
             return;
         }
-        let lo = cand.iter().position(|&w| w != 0).unwrap_or(0);
-        let mut stack = (
-            [0u64; INLINE_WORDS],
-            [0u64; INLINE_WORDS],
-            [0u64; INLINE_WORDS],
-        );
-        let mut stack_ends = [0u32; INLINE_WORDS * 64];
-        let mut heap: (Vec<u64>, Vec<u64>, Vec<u64>, Vec<u32>) = Default::default();
-        let (alive, next, first, ends): (&mut [u64], &mut [u64], &mut [u64], &mut [u32]) =
-            if hi <= INLINE_WORDS {
-                (
-                    &mut stack.0[..hi],
-                    &mut stack.1[..hi],
-                    &mut stack.2[..hi],
-                    &mut stack_ends[..hi * 64],
-                )
-            } else {
-                heap.0.resize(hi, 0);
-                heap.1.resize(hi, 0);
-                heap.2.resize(hi, 0);
-                heap.3.resize(hi * 64, 0);
-                (&mut heap.0, &mut heap.1, &mut heap.2, &mut heap.3)
-            };
-        alive.copy_from_slice(&cand[..hi]);
-        let base = self.weights[usize::from(GPU_ONLY)];
-        let off_base = (0..8).fold(0u8, |m, t| m | (u8::from(self.weights[t] != base) << t));
-        let mut walk = Walk {
+        match hi {
+            0..=4 => self.walk::<4>(keys, cand, &mut out.matches),
+            5..=16 => self.walk::<16>(keys, cand, &mut out.matches),
+            _ => self.walk::<{ EndpointId::MAX / 64 }>(keys, cand, &mut out.matches),
+        }
+    }
+
+    fn walk<const N: usize>(&self, keys: &[BlockKey], cand: &[u64], out: &mut Vec<PrefixMatch>) {
+        let mut alive = [0u64; N];
+        for (a, c) in alive.iter_mut().zip(cand) {
+            *a = *c;
+        }
+        let hi = alive.iter().rposition(|&w| w != 0).map_or(0, |i| i + 1);
+        let lo = alive.iter().position(|&w| w != 0).unwrap_or(hi);
+        let gpu = self.weights[usize::from(GPU_ONLY)];
+        let off_base = (0..8).fold(0u8, |m, t| m | (u8::from(self.weights[t] != gpu) << t));
+        Walk::<N> {
             alive,
             lo,
             hi,
-            first,
-            ends,
+            first: [0; N],
+            base: [0; N],
             deficits: Vec::new(),
             weights: &self.weights,
             off_base,
-        };
-        self.walk(keys, &mut walk, next);
-        walk.finish(keys.len() as u32, &mut out.matches);
-    }
-
-    /// Walks the request, [`SPAN`] windows at a time: their shards are read-locked up front (in
-    /// shard order; writers hold one shard at a time, so this cannot deadlock) and all their home
-    /// buckets touched before any probe, so the misses of 16 groups overlap and no lock
-    /// instruction waits on an outstanding miss.
-    fn walk(&self, keys: &[BlockKey], walk: &mut Walk<'_>, next: &mut [u64]) {
-        let mut words = [[0u64; GROUP]; SPAN * WINDOW / GROUP];
-        for (sp, span) in keys.chunks(SPAN * WINDOW).enumerate() {
-            let mut shards = [usize::MAX; SPAN];
-            for (w, window) in span.chunks(WINDOW).enumerate() {
-                shards[w] = shard_of(window[0]);
-            }
-            let mut order = shards;
-            order.sort_unstable();
-            let mut guards: [Option<(usize, RwLockReadGuard<'_, Table>)>; SPAN] =
-                Default::default();
-            let mut last = usize::MAX;
-            for (slot, &shard) in guards.iter_mut().zip(&order) {
-                if shard != last && shard != usize::MAX {
-                    *slot = Some((shard, self.shards[shard].read()));
-                    last = shard;
-                }
-            }
-            let table = |shard: usize| {
-                guards
-                    .iter()
-                    .flatten()
-                    .find(|(s, _)| *s == shard)
-                    .map(|(_, t)| &**t)
-            };
-            let mut homes = [0usize; SPAN * WINDOW / GROUP];
-            let mut sink = 0u64;
-            for (g, group) in span.chunks(GROUP).enumerate() {
-                if let Some(t) = table(shards[g * GROUP / WINDOW]) {
-                    homes[g] = t.home(tag_of(group[0]));
-                    sink ^= t.touch(homes[g]);
-                }
-            }
-            std::hint::black_box(sink);
-            // Probe every group of the span (a request missing at block 0 stops after one),
-            // then start the holder-set misses of all its blocks together, then step.
-            for (g, group) in span.chunks(GROUP).enumerate() {
-                let Some(t) = table(shards[g * GROUP / WINDOW]) else {
-                    return;
-                };
-                t.probe(homes[g], group, &mut words[g]);
-                if sp == 0 && g == 0 && !holders::occupied(words[0][0]) {
-                    return;
-                }
-            }
-            let flat = &words.as_flattened()[..span.len()];
-            let mut sink = 0u64;
-            for (i, &word) in flat.iter().enumerate() {
-                if let (Kind::Set(s), Some(t)) = (holders::kind(word), table(shards[i / WINDOW])) {
-                    sink ^= t.sets().get(s).bits().first().copied().unwrap_or(0);
-                }
-            }
-            std::hint::black_box(sink);
-            for (w, window) in flat.chunks(WINDOW).enumerate() {
-                let Some(t) = table(shards[w]) else { return };
-                let start = sp * SPAN * WINDOW + w * WINDOW;
-                if !walk.window(start, window, t.sets(), next) {
-                    return;
-                }
-            }
+            out,
+            total: keys.len() as u32,
         }
+        .run(self, keys);
     }
 }

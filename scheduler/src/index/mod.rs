@@ -2,28 +2,28 @@
 //!
 //! Layout (bytes per (endpoint, block) entry in parentheses, at full load):
 //!
-//! - `table`: 64 shards of key → holders, each an open-addressing table of 256-byte buckets of
-//!   16-byte slots (16 per distinct key, shared by all its holders). Up to two holders sit inline in
-//!   the slot; three or more go to a bitset over endpoint ids in the shard's slab (one 64-byte
-//!   line per key for ids below 256).
+//! - `table`: 16 shards of key → holders, each an open-addressing table of 256-byte buckets with
+//!   two 16-byte slots per rank (16 per distinct key, shared by all its holders), on huge pages
+//!   (`pages`). Up to two holders sit inline in the slot; three or more go to a bitset over
+//!   endpoint ids in the shard's slab (one 64-byte line per key for ids below 256).
 //! - `engine_map`: per endpoint, engine hash → (key, chain position) (20), which is also the
 //!   endpoint's key set: removing it or `AllBlocksCleared` costs O(its entries).
 //! - `position`: blocks are placed by chain position, not by their own key, so that the 8 blocks
-//!   of a group share a bucket and the 32 blocks of a window share a shard: a 128-block lookup
-//!   touches 16 buckets under 4 read locks.
+//!   of a group share a bucket (each in the slots of its rank) and the 128 blocks of a window
+//!   share a shard: a 128-block lookup reads 16 buckets under one read lock.
 //!
 //! Measured (BENCHMARKS.md): 47.5 bytes per entry when every block is unique to one endpoint,
 //! 29.5 with heavy sharing, counted by the allocator.
 //!
 //! Writers: one per endpoint at a time (the endpoint's mutex), taking one shard write lock at a
-//! time. Readers: the shard read locks of up to 4 windows, taken together in shard order before
-//! any probe; never an endpoint lock.
+//! time. Readers: one shard read lock at a time, one per 128 blocks; never an endpoint lock.
 
 mod apply;
 mod engine_map;
 mod evict;
 mod holders;
 mod lookup;
+mod pages;
 pub mod partition;
 mod position;
 mod table;
@@ -326,6 +326,12 @@ impl KvIndex {
             .map(|s| s.state.lock().map.bytes())
             .sum();
         shards + maps
+    }
+
+    /// Bytes of tables mapped outside the global allocator (the holder tables' huge-page
+    /// arrays; included in [`KvIndex::table_bytes`]), for memory accounting.
+    pub fn mapped_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.read().mapped_bytes()).sum()
     }
 
     fn slot(&self, endpoint: EndpointId) -> Arc<EndpointSlot> {

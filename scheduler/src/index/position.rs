@@ -4,36 +4,42 @@
 //! cache lines it misses. So blocks are not placed by their own key (128 random lines for a
 //! 128-block request) but by their chain position:
 //!
-//! - every [`WINDOW`] consecutive blocks of a chain (depths `32w..32w+31`) live in one shard, chosen
-//!   by the key of the window's first block: one shard lock per window;
+//! - every [`WINDOW`] consecutive blocks of a chain (depths `128w..128w+127`) live in one shard,
+//!   chosen by the key of the window's first block: one shard lock per 128 blocks;
 //! - every [`GROUP`] consecutive blocks (depths `8g..8g+7`) share one home bucket, chosen by a tag
-//!   taken from the key of the group's first block: one 256-byte bucket per 8 blocks.
+//!   taken from the key of the group's first block, each block in the slot of its rank: one
+//!   256-byte bucket per 8 blocks, found without scanning.
 //!
-//! A 128-block lookup therefore touches 16 buckets in 4 shards instead of 128 random slots. Both a
+//! A 128-block lookup therefore touches 16 buckets under one lock instead of 128 random slots. Both a
 //! request and an event can derive the placement: the request from its own keys, an event from its
 //! parent's [`ChainPos`], which the endpoint's engine-hash map keeps next to each key.
 
 use crate::keys::BlockKey;
 
 /// Consecutive blocks of a chain kept in one shard (one lock per window at lookup).
-pub(crate) const WINDOW: usize = 32;
+pub(crate) const WINDOW: usize = 128;
 /// Consecutive blocks of a chain sharing one home bucket.
 pub(crate) const GROUP: usize = 8;
-/// Bits of a group tag: enough to spread homes over 2^19 buckets per shard.
+/// Bits of a group tag: enough to spread homes over 2^19 buckets (2^23 blocks) per shard.
 pub(crate) const TAG_BITS: u32 = 19;
 /// Bits choosing a shard.
-pub(crate) const SHARD_BITS: u32 = 6;
+pub(crate) const SHARD_BITS: u32 = 4;
 /// Number of holder-table shards.
 pub(crate) const SHARDS: usize = 1 << SHARD_BITS;
 
 const TAG_MASK: u32 = (1 << TAG_BITS) - 1;
 const OFFSET_SHIFT: u32 = TAG_BITS;
-const SHARD_SHIFT: u32 = OFFSET_SHIFT + 5;
+const OFFSET_BITS: u32 = WINDOW.trailing_zeros();
+const SHARD_SHIFT: u32 = OFFSET_SHIFT + OFFSET_BITS;
 const BOUNDARY: u32 = 1 << 30;
 const OCCUPIED: u32 = 1 << 31;
 
-const _: () =
-    assert!(WINDOW == 32 && WINDOW.is_multiple_of(GROUP) && GROUP.is_power_of_two() && GROUP <= 8);
+const _: () = assert!(
+    WINDOW.is_power_of_two()
+        && WINDOW.is_multiple_of(GROUP)
+        && GROUP.is_power_of_two()
+        && GROUP <= 8
+);
 const _: () = assert!(SHARD_SHIFT + SHARD_BITS <= 30);
 
 /// The shard of the window starting with `key`.
@@ -126,7 +132,7 @@ impl ChainPos {
     /// Depth modulo [`WINDOW`].
     #[inline]
     pub(crate) fn offset(self) -> usize {
-        ((self.0 >> OFFSET_SHIFT) & 31) as usize
+        ((self.0 >> OFFSET_SHIFT) as usize) & (WINDOW - 1)
     }
 
     /// Depth modulo [`GROUP`]: which key of its group the block is.
@@ -149,7 +155,7 @@ mod tests {
 
     #[test]
     fn positions_follow_the_request_side_rules() {
-        let keys: Vec<BlockKey> = (0..100u64)
+        let keys: Vec<BlockKey> = (0..300u64)
             .map(|i| BlockKey::from_raw(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x1234_5678))
             .collect();
         let mut pos = ChainPos::first(keys[0]);

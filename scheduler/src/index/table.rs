@@ -1,39 +1,39 @@
-//! One shard of the key → holders table: open addressing over 256-byte buckets of 16 slots.
+//! One shard of the key → holders table: open addressing over 256-byte buckets, rank-indexed.
 //!
-//! A slot is 16 bytes, the block key and a word (holders, group tag, rank; see
-//! [`super::holders`]). A block goes into the first bucket with a free slot starting at its group's
-//! home bucket, so the 8 blocks of a group usually share one bucket. Every bucket keeps an 8-bit
-//! overflow counter (in a side array, 1 byte per 256): how many blocks whose home is at or before it
-//! were placed after it. A search stops at the first bucket whose counter is 0, and a removal
-//! decrements the counters it had incremented, so there are no tombstones (F14's scheme). The
-//! table grows by 1.25× at 85% load, so it never sits half empty after a doubling.
+//! A bucket has 16 slots, two per rank: the block of rank `r` in its group (depth mod 8) can only
+//! sit in slot `s` or `8 + s`, `s = (r + tag) mod 8`. (Rotating by the group tag keeps the ranks
+//! balanced when chains are short: rank 0 is the most common, and without it every chain's first
+//! block would compete for the same two slots.) Keys and words are stored apart, so a bucket is
+//! four cache lines: the keys of slots 0–7, of slots 8–15, then their words (holders, group tag,
+//! rank; see [`super::holders`]). A lookup of a group compares each of its 8 keys with the two
+//! keys of its rank and picks the word of the one that matches: 16 compares, no scan, no branch.
+//!
+//! A block goes into the first bucket from its group's home with a free slot of its rank. Every
+//! bucket keeps an 8-bit overflow counter (in a side array, 1 byte per 256, small enough to stay
+//! cached): how many blocks whose home is at or before it were placed after it. A search stops at
+//! the first bucket whose counter is 0, and a removal decrements the counters it had incremented,
+//! so there are no tombstones (F14's scheme). The table grows by 1.25× when the slots of any rank
+//! reach [`MAX_LOAD_PERCENT`], so it never sits half empty after a doubling, and a free slot of
+//! every rank always exists; large tables grow in whole huge pages.
 
 use super::holders::{self, Kind, Sets};
-use super::position::{ChainPos, GROUP, TAG_BITS};
+use super::pages::{HUGE, Words};
+use super::position::{ChainPos, GROUP, TAG_BITS, tag_of};
 use crate::keys::BlockKey;
 
-/// Slots per bucket.
-pub(crate) const BUCKET: usize = 16;
-const MAX_LOAD_PERCENT: usize = 85;
+/// Slots per bucket: two per rank.
+const SLOTS: usize = 2 * GROUP;
+/// `u64`s per bucket: keys, then words.
+const CELLS: usize = 2 * SLOTS;
+/// Buckets per huge page.
+const HUGE_BUCKETS: usize = HUGE / (CELLS * 8);
+const MAX_LOAD_PERCENT: usize = 75;
+/// Buckets a lookup touches ahead per group, at most.
+const TOUCH: usize = 3;
 const MIN_BUCKETS: usize = 4;
 const SATURATED: u8 = u8::MAX;
 
-#[derive(Copy, Clone, Default, Debug)]
-struct Slot {
-    key: u64,
-    word: u64,
-}
-
-/// 16 slots, aligned so that a bucket is two adjacent-line prefetch pairs.
-#[derive(Copy, Clone, Default, Debug)]
-#[repr(C, align(128))]
-struct Bucket([Slot; BUCKET]);
-
-impl Bucket {
-    fn free_slot(&self) -> Option<usize> {
-        self.0.iter().position(|s| !holders::occupied(s.word))
-    }
-}
+type Bucket = [u64; CELLS];
 
 /// Where a key is, or where it would be placed.
 enum Seek {
@@ -58,27 +58,69 @@ pub(crate) enum Removed {
 /// One shard: buckets, their overflow counters, the holder-set slab, and counts.
 #[derive(Debug)]
 pub(crate) struct Table {
-    buckets: Vec<Bucket>,
+    cells: Words,
+    buckets: usize,
     /// Per bucket: keys homed at or before it that were placed after it (saturating).
     overflow: Vec<u8>,
     sets: Sets,
     keys: usize,
     entries: usize,
+    /// Keys per slot rank.
+    per_rank: [usize; GROUP],
 }
 
 impl Default for Table {
     fn default() -> Self {
-        Self {
-            buckets: vec![Bucket::default(); MIN_BUCKETS],
-            overflow: vec![0; MIN_BUCKETS],
-            sets: Sets::default(),
-            keys: 0,
-            entries: 0,
-        }
+        Self::with_buckets(MIN_BUCKETS)
     }
 }
 
+/// The slot rank of the block of rank `rank` in the group of tag `tag`.
+#[inline]
+fn slot_rank(tag: u32, rank: usize) -> usize {
+    (rank + tag as usize) % GROUP
+}
+
+/// ORs into `got[s]` the word of the slot of `bucket` of slot rank `s` that holds `want[s]`
+/// (nothing if neither does). Keys are unique in a table, so at most one slot matches; an empty
+/// slot has key 0 and word 0, so if it "matches" it contributes nothing. No branch; the four
+/// lines are read as four arrays, which the compiler vectorises.
+#[inline]
+fn match_bucket(bucket: &Bucket, want: &[u64; GROUP], got: &mut [u64; GROUP]) {
+    let (lines, _) = bucket.as_chunks::<GROUP>();
+    let [keys0, keys1, words0, words1] = lines else {
+        return;
+    };
+    for s in 0..GROUP {
+        let m0 = u64::from(keys0[s] == want[s]).wrapping_neg();
+        let m1 = u64::from(keys1[s] == want[s]).wrapping_neg();
+        got[s] |= (words0[s] & m0) | (words1[s] & m1);
+    }
+}
+
+#[inline]
+fn key_of(bucket: &Bucket, slot: usize) -> u64 {
+    bucket[slot]
+}
+
+#[inline]
+fn word_of(bucket: &Bucket, slot: usize) -> u64 {
+    bucket[SLOTS + slot]
+}
+
 impl Table {
+    fn with_buckets(n: usize) -> Self {
+        Self {
+            cells: Words::zeroed(n * CELLS),
+            buckets: n,
+            overflow: vec![0; n],
+            sets: Sets::default(),
+            keys: 0,
+            entries: 0,
+            per_rank: [0; GROUP],
+        }
+    }
+
     /// Distinct keys held.
     pub(crate) fn keys(&self) -> usize {
         self.keys
@@ -95,33 +137,51 @@ impl Table {
         &self.sets
     }
 
+    #[inline]
+    fn all(&self) -> &[Bucket] {
+        self.cells.get().as_chunks().0
+    }
+
+    #[inline]
+    fn all_mut(&mut self) -> &mut [Bucket] {
+        self.cells.get_mut().as_chunks_mut().0
+    }
+
     /// The home bucket of a group tag.
     #[inline]
     pub(crate) fn home(&self, tag: u32) -> usize {
-        ((u64::from(tag) * self.buckets.len() as u64) >> TAG_BITS) as usize
+        ((u64::from(tag) * self.buckets as u64) >> TAG_BITS) as usize
     }
 
     #[inline]
     fn next(&self, b: usize) -> usize {
-        if b + 1 == self.buckets.len() {
-            0
-        } else {
-            b + 1
-        }
+        if b + 1 == self.buckets { 0 } else { b + 1 }
     }
 
-    /// Reads one word per cache line of the home bucket (and of the next bucket when keys
-    /// overflowed into it), so that every line a probe will need is on its way before the probe
-    /// runs; returns them combined so the reads are not optimised away.
+    /// Reads one word per cache line of the home bucket.
+    #[inline]
+    pub(crate) fn touch_home(&self, home: usize) -> u64 {
+        self.all()
+            .get(home)
+            .map_or(0, |b| b[0] ^ b[8] ^ b[16] ^ b[24])
+    }
+
+    /// Reads one word per cache line of the buckets after the home bucket that keys
+    /// homed there may have overflowed into (up to [`TOUCH`] of them, as the counters say), so
+    /// that every line a probe will need is on its way before the probe runs; returns them
+    /// combined so the reads are not optimised away.
     #[inline]
     pub(crate) fn touch(&self, home: usize) -> u64 {
-        let line = |b: &Bucket| b.0[0].word ^ b.0[4].word ^ b.0[8].word ^ b.0[12].word;
-        let Some(bucket) = self.buckets.get(home) else {
-            return 0;
-        };
-        let mut sink = line(bucket);
-        if self.overflow.get(home).is_some_and(|&c| c != 0) {
-            sink ^= self.buckets.get(self.next(home)).map_or(0, line);
+        let all = self.all();
+        let lines = |b: &Bucket| b[0] ^ b[8] ^ b[16] ^ b[24];
+        let mut sink = 0;
+        let mut b = home;
+        for _ in 0..TOUCH.min(self.buckets) {
+            if self.overflow.get(b).is_none_or(|&c| c == 0) {
+                break;
+            }
+            b = self.next(b);
+            sink ^= all.get(b).map_or(0, lines);
         }
         sink
     }
@@ -131,54 +191,56 @@ impl Table {
     /// 0 too).
     #[inline]
     pub(crate) fn probe(&self, home: usize, keys: &[BlockKey], out: &mut [u64; GROUP]) {
-        let n = keys.len().min(GROUP);
-        let mut want = [0u64; GROUP];
-        for (w, k) in want.iter_mut().zip(keys) {
-            *w = k.get();
+        let Some(first) = keys.first() else { return };
+        // Slot order: `want[s]` is the key expected in slots `s` and `8 + s`, i.e. the keys
+        // rotated by the tag, read out of a doubled copy (missing ranks stay 0).
+        let turn = tag_of(*first) as usize % GROUP;
+        let mut twice = [0u64; 2 * GROUP];
+        for (r, k) in keys.iter().enumerate().take(GROUP) {
+            twice[r] = k.get();
+            twice[r + GROUP] = k.get();
         }
-        *out = [0; GROUP];
+        let mut want = [0u64; GROUP];
+        want.copy_from_slice(&twice[GROUP - turn..2 * GROUP - turn]);
+        let mut got = [0u64; GROUP];
+        let all = self.all();
         let mut b = home;
-        for _ in 0..self.buckets.len() {
-            let Some(bucket) = self.buckets.get(b) else {
-                return;
-            };
-            // Branch-free; a slot matches at most one rank since keys are unique in a table. An
-            // empty slot has key 0 and word 0 (but for the counter bit): if it "matches" a key 0
-            // it contributes nothing.
-            for s in &bucket.0 {
-                let r = holders::rank(s.word) & (GROUP - 1);
-                let hit = u64::from(s.key == want[r]).wrapping_neg();
-                out[r] |= s.word & hit;
-            }
-            if out[..n].iter().all(|&w| holders::occupied(w)) || self.overflow[b] == 0 {
+        for _ in 0..self.buckets {
+            let Some(bucket) = all.get(b) else { break };
+            match_bucket(bucket, &want, &mut got);
+            if self.overflow[b] == 0
+                || got
+                    .iter()
+                    .zip(&want)
+                    .all(|(&w, &k)| k == 0 || holders::occupied(w))
+            {
                 break;
             }
             b = self.next(b);
         }
-        for w in out.iter_mut().skip(n) {
+        // Back to rank order.
+        twice[..GROUP].copy_from_slice(&got);
+        twice[GROUP..].copy_from_slice(&got);
+        out.copy_from_slice(&twice[turn..turn + GROUP]);
+        for w in out.iter_mut().skip(keys.len()) {
             *w = 0;
         }
     }
 
-    fn find(&self, key: BlockKey, tag: u32) -> Option<(usize, usize)> {
-        match self.seek(key, tag) {
-            Seek::Found(b, s) => Some((b, s)),
-            Seek::Absent { .. } => None,
-        }
-    }
-
     /// One walk from the key's home: where it is, or where it would go.
-    fn seek(&self, key: BlockKey, tag: u32) -> Seek {
-        let home = self.home(tag);
+    fn seek(&self, key: BlockKey, pos: ChainPos) -> Seek {
+        let (home, rank) = (self.home(pos.tag()), slot_rank(pos.tag(), pos.rank()));
+        let all = self.all();
         let mut b = home;
         let mut free = None;
-        for _ in 0..self.buckets.len() {
-            let bucket = &self.buckets[b];
-            for (s, slot) in bucket.0.iter().enumerate() {
-                if slot.key == key.get() && holders::occupied(slot.word) {
+        for _ in 0..self.buckets {
+            let bucket = &all[b];
+            for s in [rank, GROUP + rank] {
+                let occupied = holders::occupied(word_of(bucket, s));
+                if occupied && key_of(bucket, s) == key.get() {
                     return Seek::Found(b, s);
                 }
-                if free.is_none() && !holders::occupied(slot.word) {
+                if free.is_none() && !occupied {
                     free = Some((b, s));
                 }
             }
@@ -192,22 +254,32 @@ impl Table {
 
     /// The tiers `endpoint` holds `key` in (0 if none).
     pub(crate) fn tiers(&self, key: BlockKey, pos: ChainPos, endpoint: u16) -> u8 {
-        self.find(key, pos.tag()).map_or(0, |(b, s)| {
-            let kind = holders::kind(self.buckets[b].0[s].word);
-            self.sets.tiers(kind, endpoint)
-        })
+        match self.seek(key, pos) {
+            Seek::Found(b, s) => {
+                let kind = holders::kind(word_of(&self.all()[b], s));
+                self.sets.tiers(kind, endpoint)
+            }
+            Seek::Absent { .. } => 0,
+        }
+    }
+
+    fn set(&mut self, b: usize, s: usize, key: u64, word: u64) {
+        let bucket = &mut self.all_mut()[b];
+        bucket[s] = key;
+        bucket[SLOTS + s] = word;
     }
 
     /// Adds `tiers` to `endpoint`'s holding of `key`; returns whether the entry is new.
     pub(crate) fn add(&mut self, key: BlockKey, pos: ChainPos, endpoint: u16, tiers: u8) -> bool {
-        if (self.keys + 1) * 100 > self.buckets.len() * BUCKET * MAX_LOAD_PERCENT {
+        let rank = slot_rank(pos.tag(), pos.rank());
+        if (self.per_rank[rank] + 1) * 100 > self.buckets * 2 * MAX_LOAD_PERCENT {
             self.grow();
         }
-        match self.seek(key, pos.tag()) {
+        match self.seek(key, pos) {
             Seek::Found(b, s) => {
-                let slot = &mut self.buckets[b].0[s];
-                let (kind, added) = self.sets.add(holders::kind(slot.word), endpoint, tiers);
-                slot.word = holders::word(pos.tag(), pos.rank(), kind);
+                let old = holders::kind(word_of(&self.all()[b], s));
+                let (kind, added) = self.sets.add(old, endpoint, tiers);
+                self.set(b, s, key.get(), holders::word(pos.tag(), pos.rank(), kind));
                 self.entries += usize::from(added);
                 added
             }
@@ -217,14 +289,12 @@ impl Table {
                 match free {
                     Some((b, s)) => {
                         self.bump(home, b);
-                        self.buckets[b].0[s] = Slot {
-                            key: key.get(),
-                            word,
-                        };
+                        self.set(b, s, key.get(), word);
                     }
                     None => self.place(key.get(), word),
                 }
                 self.keys += 1;
+                self.per_rank[rank] += 1;
                 self.entries += 1;
                 true
             }
@@ -240,14 +310,19 @@ impl Table {
         }
     }
 
-    /// Places a new key at the first free slot from its home.
+    /// Places a new key at the first free slot of its rank from its home.
     fn place(&mut self, key: u64, word: u64) {
-        let home = self.home(holders::tag(word));
+        let tag = holders::tag(word);
+        let (home, rank) = (self.home(tag), slot_rank(tag, holders::rank(word)));
         let mut b = home;
         loop {
-            if let Some(s) = self.buckets[b].free_slot() {
+            let bucket = &self.all()[b];
+            if let Some(s) = [rank, GROUP + rank]
+                .into_iter()
+                .find(|&s| !holders::occupied(word_of(bucket, s)))
+            {
                 self.bump(home, b);
-                self.buckets[b].0[s] = Slot { key, word };
+                self.set(b, s, key, word);
                 return;
             }
             b = self.next(b);
@@ -262,26 +337,30 @@ impl Table {
         endpoint: u16,
         tiers: u8,
     ) -> Removed {
-        let Some((b, s)) = self.find(key, pos.tag()) else {
+        let Seek::Found(b, s) = self.seek(key, pos) else {
             return Removed::NotHeld;
         };
-        let slot = &mut self.buckets[b].0[s];
-        let old = holders::kind(slot.word);
-        let (kind, held, gone) = self.sets.remove(old, endpoint, tiers);
+        let word = word_of(&self.all()[b], s);
+        let (kind, held, gone) = self.sets.remove(holders::kind(word), endpoint, tiers);
         if !held {
             return Removed::NotHeld;
         }
-        let tag = holders::tag(slot.word);
-        slot.word = holders::word(tag, holders::rank(slot.word), kind);
+        let tag = holders::tag(word);
+        if kind == Kind::Empty {
+            self.set(b, s, 0, 0);
+            self.keys -= 1;
+            self.per_rank[s % GROUP] -= 1;
+            self.unplace(self.home(tag), b);
+        } else {
+            self.set(
+                b,
+                s,
+                key.get(),
+                holders::word(tag, holders::rank(word), kind),
+            );
+        }
         if gone {
             self.entries -= 1;
-        }
-        if kind == Kind::Empty {
-            slot.key = 0;
-            self.keys -= 1;
-            self.unplace(self.home(tag), b);
-        }
-        if gone {
             Removed::Entry
         } else {
             Removed::Reduced
@@ -299,27 +378,35 @@ impl Table {
         }
     }
 
-    /// Rebuilds into 1.25× the buckets (tags in the words give every key's home).
+    /// Rebuilds into about 1.25× the buckets (tags in the words give every key's home), in whole
+    /// huge pages once the table fills more than one.
     fn grow(&mut self) {
-        let n = self.buckets.len() + (self.buckets.len() / 4).max(1);
-        self.rebuild(n);
-    }
-
-    fn rebuild(&mut self, n: usize) {
-        let old = std::mem::replace(&mut self.buckets, vec![Bucket::default(); n]);
-        self.overflow = vec![0; n];
-        for bucket in &old {
-            for s in &bucket.0 {
-                if holders::occupied(s.word) {
-                    self.place(s.key, s.word);
+        let mut n = self.buckets + (self.buckets / 4).max(1);
+        if n > HUGE_BUCKETS {
+            n = n.div_ceil(HUGE_BUCKETS) * HUGE_BUCKETS;
+        }
+        let mut new = Self::with_buckets(n);
+        for bucket in self.all() {
+            for s in 0..SLOTS {
+                let word = word_of(bucket, s);
+                if holders::occupied(word) {
+                    new.place(key_of(bucket, s), word);
                 }
             }
         }
+        self.cells = new.cells;
+        self.buckets = new.buckets;
+        self.overflow = new.overflow;
     }
 
-    /// Heap bytes of the buckets (the slab is counted by the allocator).
+    /// Bytes of the buckets and counters (the slab is counted by the allocator).
     pub(crate) fn bucket_bytes(&self) -> usize {
-        self.buckets.capacity() * std::mem::size_of::<Bucket>() + self.overflow.capacity()
+        self.buckets * CELLS * 8 + self.overflow.capacity()
+    }
+
+    /// Bytes of the buckets mapped outside the global allocator.
+    pub(crate) fn mapped_bytes(&self) -> usize {
+        self.cells.mapped_bytes()
     }
 }
 
@@ -335,59 +422,82 @@ mod tests {
     #[test]
     fn add_find_remove_through_growth_and_collisions() {
         let mut t = Table::default();
-        // Few distinct tags force long overflow chains.
-        let pos = |i: u64| ChainPos::first(key(i % 61));
-        for i in 0..2000u64 {
+        // Few distinct tags, all of rank 0, force overflow chains.
+        let pos = |i: u64| ChainPos::first(key(i % 1499));
+        for i in 0..3000u64 {
             assert!(t.add(key(i), pos(i), (i % 5) as u16, GPU_ONLY));
             assert!(!t.add(key(i), pos(i), (i % 5) as u16, 0b10));
         }
-        assert_eq!((t.keys(), t.entries()), (2000, 2000));
-        for i in 0..2000u64 {
+        assert_eq!((t.keys(), t.entries()), (3000, 3000));
+        for i in 0..3000u64 {
             assert_eq!(t.tiers(key(i), pos(i), (i % 5) as u16), 0b11);
         }
-        for i in (0..2000u64).step_by(2) {
+        for i in (0..3000u64).step_by(2) {
             let e = (i % 5) as u16;
             assert_eq!(t.remove(key(i), pos(i), e, GPU_ONLY), Removed::Reduced);
             assert_eq!(t.remove(key(i), pos(i), e, 0b10), Removed::Entry);
             assert_eq!(t.remove(key(i), pos(i), e, 0b10), Removed::NotHeld);
         }
-        assert_eq!((t.keys(), t.entries()), (1000, 1000));
-        for i in 0..2000u64 {
+        assert_eq!((t.keys(), t.entries()), (1500, 1500));
+        for i in 0..3000u64 {
             let want = if i % 2 == 0 { 0 } else { 0b11 };
             assert_eq!(t.tiers(key(i), pos(i), (i % 5) as u16), want, "key {i}");
         }
-        for i in (1..2000u64).step_by(2) {
+        for i in (1..3000u64).step_by(2) {
             t.remove(key(i), pos(i), (i % 5) as u16, 0b111);
         }
         assert_eq!((t.keys(), t.entries()), (0, 0));
-        assert!(t.overflow.iter().all(|&c| c == 0), "counters unwound");
+        assert!(
+            t.overflow.iter().all(|&c| c == 0),
+            "counters unwound: {:?} {:?}",
+            t.overflow.iter().filter(|&&c| c != 0).collect::<Vec<_>>(),
+            t.per_rank
+        );
     }
 
     #[test]
-    fn probe_finds_a_group_by_rank() {
+    fn probe_finds_a_group_by_rank_past_full_buckets() {
         let mut t = Table::default();
-        let keys: Vec<BlockKey> = (0..8).map(key).collect();
-        let mut pos = ChainPos::first(keys[0]);
-        for (i, k) in keys.iter().enumerate() {
-            if i > 0 {
-                pos = pos.next(*k);
+        // Three groups with one home: the third overflows into the next bucket.
+        let mut groups = Vec::new();
+        for g in 0..3u64 {
+            let mut keys: Vec<BlockKey> = (0..8).map(|i| key(g * 100 + i)).collect();
+            keys[0] = BlockKey::from_raw(keys[0].get() & !(((1 << TAG_BITS) - 1) << 20));
+            let lead = keys[0];
+            let mut pos = ChainPos::first(lead);
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    pos = pos.next(*k);
+                }
+                if !(g == 2 && i == 5) {
+                    t.add(*k, pos, g as u16, GPU_ONLY);
+                }
             }
-            if i != 5 {
-                t.add(*k, pos, 3, GPU_ONLY);
+            groups.push((t.home(ChainPos::first(lead).tag()), keys));
+        }
+        for (g, (home, keys)) in groups.iter().enumerate() {
+            let mut out = [0u64; 8];
+            t.probe(*home, keys, &mut out);
+            for (i, w) in out.iter().enumerate() {
+                assert_eq!(
+                    holders::occupied(*w),
+                    !(g == 2 && i == 5),
+                    "group {g} rank {i}"
+                );
             }
+            let mut short = [0u64; 8];
+            t.probe(*home, &keys[..3], &mut short);
+            assert!(short[..3].iter().all(|&w| holders::occupied(w)));
+            assert!(short[3..].iter().all(|&w| w == 0));
         }
-        let mut out = [0u64; 8];
-        t.probe(t.home(ChainPos::first(keys[0]).tag()), &keys, &mut out);
-        let mut short = [0u64; 8];
-        t.probe(
-            t.home(ChainPos::first(keys[0]).tag()),
-            &keys[..3],
-            &mut short,
-        );
-        assert!(short[..3].iter().all(|&w| holders::occupied(w)));
-        assert!(short[3..].iter().all(|&w| w == 0));
-        for (i, w) in out.iter().enumerate() {
-            assert_eq!(holders::occupied(*w), i != 5, "rank {i}");
-        }
+    }
+
+    #[test]
+    fn large_tables_grow_in_whole_huge_pages() {
+        let mut t = Table::with_buckets(HUGE_BUCKETS);
+        assert_eq!(t.mapped_bytes(), HUGE);
+        t.grow();
+        assert_eq!(t.buckets, 2 * HUGE_BUCKETS);
+        assert_eq!(t.mapped_bytes(), 2 * HUGE);
     }
 }
