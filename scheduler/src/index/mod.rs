@@ -12,8 +12,8 @@
 //!   of a group share a bucket (each in the slots of its rank) and the 128 blocks of a window
 //!   share a shard: a 128-block lookup reads 16 buckets under one read lock.
 //!
-//! Measured (BENCHMARKS.md): 47.5 bytes per entry when every block is unique to one endpoint,
-//! 29.5 with heavy sharing, counted by the allocator.
+//! Measured (BENCHMARKS.md): 45.8 bytes per entry when every block is unique to one endpoint,
+//! 26.4 with heavy sharing (heap plus mapped tables).
 //!
 //! Writers: one per endpoint at a time (the endpoint's mutex), taking one shard write lock at a
 //! time. Readers: one shard read lock at a time, one per 128 blocks; never an endpoint lock.
