@@ -2,11 +2,12 @@
 
 use parking_lot::RwLockWriteGuard;
 
+use super::edit::Removed;
 use super::engine_map::EngineRef;
-use super::holders::ALL_TIERS;
+use super::holder::ALL_TIERS;
 use super::partition::{block_extras, fold_key};
-use super::position::ChainPos;
-use super::table::{Removed, Table};
+use super::position::{ChainPos, Slot};
+use super::table::Table;
 use super::{ApplyReport, EndpointState, KvIndex};
 use crate::events::{BlockRemoved, BlockStored, ExtraKey, FULL_ATTENTION};
 use crate::keys::{BlockKey, Partition};
@@ -167,10 +168,10 @@ impl<'a> Writer<'a> {
                 {
                     key = fold_key(key, f);
                 }
-                let pos = next_pos(cursor, key);
                 debug_assert!(part < k as usize);
-                self.put(EngineRef::new(hash.0, part as u32), key, pos);
-                self.hold(key, pos, ctx.tiers);
+                let pos = self.hold(key, cursor, ctx.tiers, |w, pos, added| {
+                    w.put(EngineRef::new(hash.0, part as u32), key, pos, added);
+                });
                 cursor = Some((key, pos));
                 parent = key;
             }
@@ -196,40 +197,71 @@ impl<'a> Writer<'a> {
                     key = fold_key(key, f);
                 }
             }
-            let pos = next_pos(cursor, key);
-            for (i, hash) in ctx.ev.block_hashes[first..first + k].iter().enumerate() {
-                self.put(
-                    EngineRef::new(hash.0, 0),
-                    key,
-                    pos.with_boundary(i + 1 == k),
-                );
-            }
-            self.hold(key, pos, ctx.tiers);
+            let pos = self.hold(key, cursor, ctx.tiers, |w, pos, _| {
+                // The parts of one index block: none is a copy of it, so none counts as an
+                // extra reference.
+                for (i, hash) in ctx.ev.block_hashes[first..first + k].iter().enumerate() {
+                    w.put(
+                        EngineRef::new(hash.0, 0),
+                        key,
+                        pos.with_boundary(i + 1 == k),
+                        true,
+                    );
+                }
+            });
             cursor = Some((key, pos));
         }
     }
 
-    /// Maps an engine ref; if it named other content before, that holding goes.
-    fn put(&mut self, r: EngineRef, key: BlockKey, pos: ChainPos) {
-        if let Some((old, old_pos)) = self.state.map.insert(r, key, pos)
-            && old != key
-        {
-            let ep = self.endpoint;
-            if self
-                .table(old_pos.shard())
-                .remove(old, old_pos, ep, ALL_TIERS)
-                == Removed::Entry
-            {
-                self.report.removed += 1;
+    /// Maps an engine ref to a block the endpoint holds (`added`: it did not before); if the ref
+    /// named other content before, that reference goes. A new ref to a block the endpoint already
+    /// held is another engine block containing it (e.g. two larger engine blocks that diverge
+    /// after it): counted, so that the block stays held until its last container goes.
+    fn put(&mut self, r: EngineRef, key: BlockKey, pos: ChainPos, added: bool) {
+        let old = self.state.map.insert(r, key, pos);
+        match old {
+            Some((k, _)) if k == key => return,
+            Some((k, p)) => {
+                if self.unref(k, p, ALL_TIERS) == Removed::Entry {
+                    self.report.removed += 1;
+                }
             }
+            None => {}
+        }
+        if !added {
+            *self.state.extra.entry(key).or_default() += 1;
         }
     }
 
-    fn hold(&mut self, key: BlockKey, pos: ChainPos, tiers: u8) {
-        let ep = self.endpoint;
-        if self.table(pos.shard()).add(key, pos, ep, tiers) {
-            self.report.stored += 1;
+    /// Drops one reference to `key`: if others remain the holding stays, else `tiers` go.
+    fn unref(&mut self, key: BlockKey, pos: ChainPos, tiers: u8) -> Removed {
+        if let Some(n) = self.state.extra.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.state.extra.remove(&key);
+            }
+            return Removed::NotHeld;
         }
+        let ep = self.endpoint;
+        self.table(pos.shard()).remove(key, pos, ep, tiers)
+    }
+
+    /// Adds the endpoint's holding of `key`, the block after `cursor`, then lets `refs` map its
+    /// engine refs (given the position and whether the holding is new); returns the position.
+    fn hold(
+        &mut self,
+        key: BlockKey,
+        cursor: Cursor,
+        tiers: u8,
+        refs: impl FnOnce(&mut Self, ChainPos, bool),
+    ) -> ChainPos {
+        let ep = self.endpoint;
+        let slot = Slot::after(cursor, key);
+        let (tag, added) = self.table(slot.shard).add(key, &slot, ep, tiers);
+        self.report.stored += u64::from(added);
+        let pos = slot.at(tag);
+        refs(self, pos, added);
+        pos
     }
 
     pub(super) fn removed(&mut self, ev: &BlockRemoved) {
@@ -251,6 +283,12 @@ impl<'a> Writer<'a> {
                     continue;
                 };
                 known = true;
+                if self.state.extra.contains_key(&key) {
+                    // Another engine block still contains it: only this reference goes.
+                    self.unref(key, pos, tiers);
+                    self.state.map.remove(r);
+                    continue;
+                }
                 match self.table(pos.shard()).remove(key, pos, ep, tiers) {
                     Removed::Reduced => {}
                     Removed::Entry => {
@@ -270,14 +308,18 @@ impl<'a> Writer<'a> {
 
     /// Drops every entry of the endpoint, shard by shard.
     pub(super) fn cleared(&mut self) {
+        self.state.extra.clear();
         let mut all = self.state.map.drain();
         self.report.cleared += self.release(&mut all);
     }
 
-    /// Removes the endpoint's holdings of `blocks` (all tiers), visiting each shard once; returns
-    /// how many entries went.
+    /// Removes the endpoint's holdings of `blocks` (all tiers), visiting each shard once and each
+    /// record's blocks from the last (so that a nested record stays nested); returns how many
+    /// entries went.
     pub(super) fn release(&mut self, blocks: &mut [(BlockKey, ChainPos)]) -> u64 {
-        blocks.sort_unstable_by_key(|(_, pos)| pos.shard());
+        blocks.sort_unstable_by_key(|(_, pos)| {
+            (pos.shard(), pos.tag(), std::cmp::Reverse(pos.rank()))
+        });
         let ep = self.endpoint;
         let mut n = 0;
         for &(key, pos) in blocks.iter() {
@@ -325,12 +367,5 @@ impl<'e> Stored<'e> {
             cache_salt: salt,
         }
         .root()
-    }
-}
-
-fn next_pos(cursor: Cursor, key: BlockKey) -> ChainPos {
-    match cursor {
-        Some((_, pos)) => pos.next(key),
-        None => ChainPos::first(key),
     }
 }

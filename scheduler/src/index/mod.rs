@@ -19,15 +19,20 @@
 //! time. Readers: one shard read lock at a time, one per 128 blocks; never an endpoint lock.
 
 mod apply;
+mod edit;
 mod engine_map;
 mod evict;
-mod holders;
+mod holder;
 mod lookup;
 mod pages;
 pub mod partition;
 mod position;
+mod record;
+mod sets;
 mod table;
+mod walk;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -160,6 +165,9 @@ impl Tiers {
 #[derive(Debug, Default)]
 struct EndpointState {
     map: EngineMap,
+    /// Blocks that several of the endpoint's engine blocks contain (larger engine blocks that
+    /// diverge after them): references beyond the first. Rare.
+    extra: HashMap<BlockKey, u32>,
     /// KV-cache groups that announced a non-full-attention kind: their removes are ignored.
     non_prefix_groups: Vec<u32>,
     /// Index blocks per event block, last seen (for `BlockRemoved`, which carries no size).
@@ -178,6 +186,8 @@ pub struct KvIndex {
     config: IndexConfig,
     /// Weight of a hit per tier mask (best medium in the mask).
     weights: [f32; 8],
+    /// Tier masks whose weight differs from GPU-only's (bit per mask).
+    off_base: u8,
     shards: Box<[RwLock<Table>]>,
     endpoints: RwLock<Vec<Option<Arc<EndpointSlot>>>>,
     entries: AtomicUsize,
@@ -204,9 +214,12 @@ impl KvIndex {
                 .map(|m| config.tier_weights[m.tier()])
                 .fold(0.0f32, f32::max);
         }
+        let gpu = weights[1];
+        let off_base = (0..8).fold(0u8, |m, t| m | (u8::from(weights[t] != gpu) << t));
         Self {
             config,
             weights,
+            off_base,
             shards: (0..SHARDS).map(|_| RwLock::new(Table::default())).collect(),
             endpoints: RwLock::new(Vec::new()),
             entries: AtomicUsize::new(0),
@@ -263,6 +276,7 @@ impl KvIndex {
         Writer::new(self, endpoint, &mut state, &mut report).cleared();
         state.non_prefix_groups.clear();
         state.split = 0;
+        state.extra.clear();
         self.account(&slot, &report);
         report.cleared as usize
     }
@@ -314,10 +328,17 @@ impl KvIndex {
         out
     }
 
-    /// Bytes of the index's own tables (buckets and engine maps; holder-set slabs excluded), for
-    /// a memory gauge. The benchmark measures real allocations instead.
+    /// Bytes of the index's own tables (records, directories, holder-set slabs and engine maps),
+    /// for a memory gauge. The benchmark measures real allocations instead.
     pub fn table_bytes(&self) -> usize {
-        let shards: usize = self.shards.iter().map(|s| s.read().bucket_bytes()).sum();
+        let shards: usize = self
+            .shards
+            .iter()
+            .map(|s| {
+                let t = s.read();
+                t.bucket_bytes() + t.sets().bytes()
+            })
+            .sum();
         let maps: usize = self
             .endpoints
             .read()

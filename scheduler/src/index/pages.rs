@@ -12,15 +12,26 @@ use memmap2::MmapMut;
 /// Bytes of one huge page; mapped arrays are sized in multiples of it.
 pub(crate) const HUGE: usize = 2 << 20;
 
-/// A fixed-length array of `u64`, zeroed at creation.
+/// Alignment of heap arrays, in words (128 bytes: a record never straddles more lines than it
+/// covers).
+const ALIGN_WORDS: usize = 16;
+
+/// A fixed-length array of `u64`, zeroed at creation, aligned to 128 bytes.
 pub(crate) struct Words {
     storage: Storage,
     len: usize,
 }
 
 enum Storage {
-    Heap(Vec<u64>),
-    Mapped { map: MmapMut, offset: usize },
+    /// A vector a little longer than needed, used from the first aligned word.
+    Heap {
+        vec: Vec<u64>,
+        offset: usize,
+    },
+    Mapped {
+        map: MmapMut,
+        offset: usize,
+    },
 }
 
 impl std::fmt::Debug for Words {
@@ -42,8 +53,11 @@ impl Words {
         {
             return Self { storage, len };
         }
+        let vec = vec![0; len + ALIGN_WORDS];
+        let misalign = (vec.as_ptr() as usize / 8) % ALIGN_WORDS;
+        let offset = (ALIGN_WORDS - misalign) % ALIGN_WORDS;
         Self {
-            storage: Storage::Heap(vec![0; len]),
+            storage: Storage::Heap { vec, offset },
             len,
         }
     }
@@ -52,7 +66,7 @@ impl Words {
     #[inline]
     pub(crate) fn get(&self) -> &[u64] {
         match &self.storage {
-            Storage::Heap(v) => v,
+            Storage::Heap { vec, offset } => &vec[*offset..*offset + self.len],
             Storage::Mapped { map, offset } => {
                 bytemuck::cast_slice(&map[*offset..*offset + self.len * 8])
             }
@@ -63,7 +77,7 @@ impl Words {
     #[inline]
     pub(crate) fn get_mut(&mut self) -> &mut [u64] {
         match &mut self.storage {
-            Storage::Heap(v) => v,
+            Storage::Heap { vec, offset } => &mut vec[*offset..*offset + self.len],
             Storage::Mapped { map, offset } => {
                 bytemuck::cast_slice_mut(&mut map[*offset..*offset + self.len * 8])
             }
@@ -73,7 +87,7 @@ impl Words {
     /// Bytes held outside the global allocator (mapped), for memory accounting.
     pub(crate) fn mapped_bytes(&self) -> usize {
         match &self.storage {
-            Storage::Heap(_) => 0,
+            Storage::Heap { .. } => 0,
             Storage::Mapped { .. } => self.len * 8,
         }
     }
@@ -102,6 +116,8 @@ mod tests {
     fn small_arrays_live_on_the_heap_large_ones_are_mapped_and_aligned() {
         let mut small = Words::zeroed(1000);
         assert_eq!(small.mapped_bytes(), 0);
+        assert_eq!(small.get().as_ptr() as usize % 128, 0);
+        assert_eq!(small.get().len(), 1000);
         small.get_mut()[999] = 7;
         assert_eq!(small.get()[999], 7);
         let mut large = Words::zeroed(HUGE / 8 * 2);
