@@ -93,6 +93,14 @@ impl<'a> Writer<'a> {
             .block_hashes
             .len()
             .min(ev.token_ids.len() / size as usize);
+        // New blocks: their engine-map lines are cold; start all the misses at once.
+        std::hint::black_box(
+            self.state.map.warm(
+                ev.block_hashes[..complete]
+                    .iter()
+                    .map(|h| EngineRef::new(h.0, 0)),
+            ),
+        );
         self.report.malformed += n - complete as u64;
         let cursor: Cursor = match ev.parent_block_hash {
             None => None,
@@ -275,6 +283,11 @@ impl<'a> Writer<'a> {
         let tiers = 1 << ev.medium.unwrap_or_default().tier();
         let parts = self.state.split.max(1);
         let ep = self.endpoint;
+        std::hint::black_box(
+            self.state
+                .map
+                .warm(ev.block_hashes.iter().map(|h| EngineRef::new(h.0, 0))),
+        );
         for hash in &ev.block_hashes {
             let mut known = false;
             for part in 0..parts {

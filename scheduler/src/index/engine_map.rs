@@ -56,6 +56,8 @@ fn mix(x: u64) -> u64 {
 #[derive(Debug)]
 pub(crate) struct EngineMap {
     lines: Words,
+    /// Lines in `lines` (kept: the hot paths would otherwise re-derive it from the storage).
+    n_lines: usize,
     len: usize,
     hand: usize,
 }
@@ -73,13 +75,15 @@ impl EngineMap {
     fn with_lines(n: usize) -> Self {
         Self {
             lines: Words::zeroed(n * LINE),
+            n_lines: n,
             len: 0,
             hand: 0,
         }
     }
 
+    #[inline]
     fn n_lines(&self) -> usize {
-        self.lines.get().len() / LINE
+        self.n_lines
     }
 
     #[inline]
@@ -169,6 +173,7 @@ impl EngineMap {
     }
 
     /// One walk from the home of `r`: where it is, or the first free place on the way (if any).
+    #[inline]
     fn seek(&self, r: EngineRef) -> Result<At, Option<At>> {
         let mut l = self.home(r.0);
         let mut free = None;
@@ -189,6 +194,13 @@ impl EngineMap {
             l = self.next(l);
         }
         Err(free)
+    }
+
+    /// Reads the home line of each of `refs` and folds their headers: a batch's misses then
+    /// overlap instead of each waiting for the one before (the caller hands the fold to
+    /// `black_box` so the loads are kept). Only worth it for refs not already cached.
+    pub(crate) fn warm(&self, refs: impl Iterator<Item = EngineRef>) -> u64 {
+        refs.fold(0, |acc, r| acc ^ self.line(self.home(r.0))[7])
     }
 
     /// The key and position of `r`.
