@@ -227,14 +227,11 @@ impl<'a> Writer<'a> {
     /// after it): counted, so that the block stays held until its last container goes.
     fn put(&mut self, r: EngineRef, key: BlockKey, pos: ChainPos, added: bool) {
         let old = self.state.map.insert(r, key, pos);
-        match old {
-            Some((k, _)) if k == key => return,
-            Some((k, p)) => {
-                if self.unref(k, p, ALL_TIERS) == Removed::Entry {
-                    self.report.removed += 1;
-                }
+        if let Some((k, p)) = old {
+            if k == key {
+                return;
             }
-            None => {}
+            self.report.removed += u64::from(self.unref(k, p, ALL_TIERS) == Removed::Entry);
         }
         if !added {
             *self.state.extra.entry(key).or_default() += 1;

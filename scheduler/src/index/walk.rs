@@ -109,10 +109,9 @@ impl<'a, const N: usize> Walk<'a, N> {
             return self.keep(depth, holds);
         }
         let (mut dead, mut left) = (0, 0);
-        for w in 0..N.min(INLINE_WORDS) {
-            let a = self.alive[w];
-            dead |= a & !holds[w];
-            left |= a & holds[w];
+        for (&a, &h) in self.alive.iter().zip(holds) {
+            dead |= a & !h;
+            left |= a & h;
         }
         if dead != 0 {
             return self.keep(depth, holds);

@@ -85,14 +85,11 @@ impl Model {
             .or_default()
             .refs
             .insert(r, (key, boundary));
-        match old {
-            Some((old, _)) if old == key => return,
-            Some((old, _)) => {
-                if self.unref(ep, old, 7) == Some(true) {
-                    rep.removed += 1;
-                }
+        if let Some((old, _)) = old {
+            if old == key {
+                return;
             }
-            None => {}
+            rep.removed += u64::from(self.unref(ep, old, 7) == Some(true));
         }
         if counted {
             *self
