@@ -1,19 +1,21 @@
 //! The KV block index: which endpoint holds which block, built from the endpoints' own KV events.
 //!
-//! Layout (bytes per (endpoint, block) entry in parentheses, at full load):
+//! Layout:
 //!
-//! - `table`: 16 shards of key → holders, each an open-addressing table of 256-byte buckets with
-//!   two 16-byte slots per rank (16 per distinct key, shared by all its holders), on huge pages
-//!   (`pages`). Up to two holders sit inline in the slot; three or more go to a bitset over
-//!   endpoint ids in the shard's slab (one 64-byte line per key for ids below 256).
-//! - `engine_map`: per endpoint, engine hash → (key, chain position) (20), which is also the
-//!   endpoint's key set: removing it or `AllBlocksCleared` costs O(its entries).
+//! - `table`: 16 shards of key → holders. A group of 8 consecutive blocks of a chain lives in one
+//!   128-byte `record` (a line of keys, a line of holders), found through a directory of 1-byte
+//!   tag fingerprints (`table`); the holders line is either nested runs (the usual prefix-cache
+//!   shape) or one `holder` word per slot; three or more holders per block go to a shared set in
+//!   the shard's slab (`sets`). Large arrays are on huge pages (`pages`).
+//! - `engine_map`: per endpoint, engine hash → (key, chain position), three per 64-byte line,
+//!   which is also the endpoint's key set: removing it or `AllBlocksCleared` costs O(its
+//!   entries).
 //! - `position`: blocks are placed by chain position, not by their own key, so that the 8 blocks
-//!   of a group share a bucket (each in the slots of its rank) and the 128 blocks of a window
-//!   share a shard: a 128-block lookup reads 16 buckets under one read lock.
+//!   of a group share a record and the 128 blocks of a window share a shard: a 128-block lookup
+//!   reads 16 records under one read lock (`lookup`, `walk`).
 //!
-//! Measured (BENCHMARKS.md): 45.8 bytes per entry when every block is unique to one endpoint,
-//! 26.4 with heavy sharing (heap plus mapped tables).
+//! Measured (BENCHMARKS.md): 43.8 bytes per entry when every block is unique to one endpoint,
+//! 25.9 with heavy sharing (heap plus mapped tables).
 //!
 //! Writers: one per endpoint at a time (the endpoint's mutex), taking one shard write lock at a
 //! time. Readers: one shard read lock at a time, one per 128 blocks; never an endpoint lock.
