@@ -285,28 +285,30 @@ impl<'a> Writer<'a> {
                 .map
                 .warm(ev.block_hashes.iter().map(|h| EngineRef::new(h.0, 0))),
         );
-        for hash in &ev.block_hashes {
+        // Last block first: a chain's run then shrinks from its end, which a record edits in
+        // place (the blocks are independent, so the order changes nothing else).
+        for hash in ev.block_hashes.iter().rev() {
             let mut known = false;
             for part in 0..parts {
                 let r = EngineRef::new(hash.0, part);
-                let Some((key, pos)) = self.state.map.get(r) else {
+                let Some((at, key, pos)) = self.state.map.find(r) else {
                     continue;
                 };
                 known = true;
                 if self.state.extra.contains_key(&key) {
                     // Another engine block still contains it: only this reference goes.
                     self.unref(key, pos, tiers);
-                    self.state.map.remove(r);
+                    self.state.map.remove_found(at);
                     continue;
                 }
                 match self.table(pos.shard()).remove(key, pos, ep, tiers) {
                     Removed::Reduced => {}
                     Removed::Entry => {
                         self.report.removed += 1;
-                        self.state.map.remove(r);
+                        self.state.map.remove_found(at);
                     }
                     Removed::NotHeld => {
-                        self.state.map.remove(r);
+                        self.state.map.remove_found(at);
                     }
                 }
             }

@@ -6,7 +6,7 @@
 //! and never moves while its record lives; so both the writer (from the parent's [`ChainPos`])
 //! and a lookup (from the request's keys) find it again.
 
-use super::holder::{self, ALL_TIERS};
+use super::holder::{self, ALL_TIERS, GPU_ONLY};
 use super::position::{ChainPos, Slot, tag_of};
 use super::record;
 use super::table::Table;
@@ -86,6 +86,28 @@ impl Table {
     /// Applies `f` to the tiers `endpoint` holds slot `r` of record `i` in; returns them before
     /// and after. Frees the record if no holder is left in it.
     fn edit(&mut self, i: usize, r: usize, endpoint: u16, f: impl Fn(u8) -> u8) -> (u8, u8) {
+        if usize::from(endpoint) < 256 && record::nested(self.record(i)) {
+            // A one-holder run growing or shrinking at its end: edited in place.
+            let old = record::tiers(self.record(i), r, endpoint, &self.sets);
+            let new = f(old) & ALL_TIERS;
+            if new == old {
+                return (old, new);
+            }
+            let done = match (old, new) {
+                (0, GPU_ONLY) => record::solo_extend(self.record_mut(i), r, endpoint),
+                (GPU_ONLY, 0) => record::solo_truncate(self.record_mut(i), r, endpoint),
+                _ => false,
+            };
+            if done {
+                // The slot had no other holder, before or after.
+                let (before, after) = (usize::from(old != 0), usize::from(new != 0));
+                self.count(old, new, before, after);
+                if after == 0 && record::is_empty(self.record(i)) {
+                    self.free(i);
+                }
+                return (old, new);
+            }
+        }
         let small = if usize::from(endpoint) < 256 {
             record::decode(self.record(i), &self.sets)
         } else {
@@ -124,14 +146,19 @@ impl Table {
                 (old, new, before, self.sets.count(kind))
             }
         };
-        self.entries += usize::from(old == 0);
-        self.entries -= usize::from(new == 0);
-        self.keys += usize::from(before == 0 && after > 0);
-        self.keys -= usize::from(before > 0 && after == 0);
+        self.count(old, new, before, after);
         if after == 0 && record::is_empty(self.record(i)) {
             self.free(i);
         }
         (old, new)
+    }
+
+    /// Counts an edit: `old`/`new` the endpoint's tiers, `before`/`after` the slot's holders.
+    fn count(&mut self, old: u8, new: u8, before: usize, after: usize) {
+        self.entries += usize::from(old == 0);
+        self.entries -= usize::from(new == 0);
+        self.keys += usize::from(before == 0 && after > 0);
+        self.keys -= usize::from(before > 0 && after == 0);
     }
 
     /// Turns a nested record into per-slot form (to hold an endpoint id of 256 or more).

@@ -71,6 +71,10 @@ impl Default for EngineMap {
 /// An entry's place: line and slot.
 type At = (usize, usize);
 
+/// Where [`EngineMap::find`] found an entry.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Found(At);
+
 impl EngineMap {
     fn with_lines(n: usize) -> Self {
         Self {
@@ -210,6 +214,18 @@ impl EngineMap {
         Some((key, pos))
     }
 
+    /// The key and position of `r`, with where it is (for [`Self::remove_found`]).
+    pub(crate) fn find(&self, r: EngineRef) -> Option<(Found, BlockKey, ChainPos)> {
+        let (l, s) = self.seek(r).ok()?;
+        let (_, key, pos) = Self::entry(self.line(l), s);
+        Some((Found((l, s)), key, pos))
+    }
+
+    /// Unmaps the entry `find` found (the map unchanged since), without searching again.
+    pub(crate) fn remove_found(&mut self, at: Found) {
+        self.take(at.0);
+    }
+
     /// Maps `r` to (`key`, `pos`); returns what it mapped to before.
     pub(crate) fn insert(
         &mut self,
@@ -264,6 +280,7 @@ impl EngineMap {
     }
 
     /// Unmaps `r`; returns what it mapped to.
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, r: EngineRef) -> Option<(BlockKey, ChainPos)> {
         let at = self.seek(r).ok()?;
         let (_, key, pos) = self.take(at);

@@ -204,8 +204,13 @@ pub(crate) fn release_sets(rec: &Record, sets: &mut Sets) {
 /// Writes `small` as the record's holders, nested if it can be and `nested_ok` (the old holders'
 /// sets must have been released).
 pub(crate) fn encode(rec: &mut Record, small: &Small, sets: &mut Sets, nested_ok: bool) {
-    let used: Vec<usize> = (0..GROUP).filter(|&r| rec[r] != 0).collect();
-    if nested_ok && let Some(words) = nested_words(small, &used) {
+    let mut used = [0usize; GROUP];
+    let mut n = 0;
+    for r in (0..GROUP).filter(|&r| rec[r] != 0) {
+        used[n] = r;
+        n += 1;
+    }
+    if nested_ok && let Some(words) = nested_words(small, &used[..n]) {
         rec[GROUP..].copy_from_slice(&words);
         return;
     }
@@ -313,6 +318,52 @@ fn nested_words(small: &Small, used: &[usize]) -> Option<[u64; GROUP]> {
     Some(words)
 }
 
+/// Whether the record is nested, held by `endpoint` alone (GPU only) and lists no run ends: the
+/// one-holder prefix shape, which the writer edits in place.
+#[inline]
+fn solo(rec: &Record, endpoint: u16) -> bool {
+    let e = usize::from(endpoint);
+    nested(rec)
+        && !has_ends(rec)
+        && members(rec)
+            .iter()
+            .enumerate()
+            .all(|(w, &bits)| bits == if w == e / 64 { 1 << (e % 64) } else { 0 })
+}
+
+#[inline]
+fn set_last(rec: &mut Record, last: usize) {
+    rec[CELLS - 1] = (rec[CELLS - 1] & !(7 << LAST_SHIFT)) | ((last as u64) << LAST_SHIFT);
+}
+
+/// Extends a solo record's run (see [`solo`]) by slot `r`, the next used slot after its last;
+/// returns false (and leaves it) if the record is not in that shape.
+pub(crate) fn solo_extend(rec: &mut Record, r: usize, endpoint: u16) -> bool {
+    let last = last_used(rec);
+    if r <= last || r >= GROUP || rec[r] == 0 || !solo(rec, endpoint) {
+        return false;
+    }
+    if rec[last + 1..r].iter().any(|&k| k != 0) {
+        return false;
+    }
+    set_last(rec, r);
+    true
+}
+
+/// Ends a solo record's run (see [`solo`]) one used slot before `r`, its last; returns false
+/// (and leaves it) if the record is not in that shape. With no used slot before `r` the record
+/// is left with no holder.
+pub(crate) fn solo_truncate(rec: &mut Record, r: usize, endpoint: u16) -> bool {
+    if r != last_used(rec) || rec[r] == 0 || !solo(rec, endpoint) {
+        return false;
+    }
+    match rec[..r].iter().rposition(|&k| k != 0) {
+        Some(p) => set_last(rec, p),
+        None => rec[GROUP..GROUP + INLINE_WORDS].fill(0),
+    }
+    true
+}
+
 /// The tiers `endpoint` holds slot `r` in, in any form.
 pub(crate) fn tiers(rec: &Record, r: usize, endpoint: u16, sets: &Sets) -> u8 {
     if !nested(rec) {
@@ -409,6 +460,43 @@ mod tests {
         assert_eq!(decode(&big, &sets), None);
         release_sets(&rec, &mut sets);
         assert_eq!(sets.live(), 0);
+    }
+
+    #[test]
+    fn solo_runs_grow_and_shrink_in_place_as_decoded() {
+        let mut sets = Sets::default();
+        // Endpoint 9 holds slots 1 and 2; then slots 4 and 5 get keys (no holder yet).
+        let mut rec = rec_with_keys(1..3);
+        let mut small = Small::default();
+        small.set(1, 9, GPU_ONLY);
+        small.set(2, 9, GPU_ONLY);
+        encode(&mut rec, &small, &mut sets, true);
+        assert!(nested(&rec));
+        rec[4] = 104;
+        rec[5] = 105;
+        assert_eq!(decode(&rec, &sets), Some(small.clone()));
+        // Not the next used slot, or not the only holder: refused, unchanged.
+        let before = rec;
+        assert!(!solo_extend(&mut rec, 5, 9));
+        assert!(!solo_extend(&mut rec, 4, 8));
+        assert!(!solo_truncate(&mut rec, 1, 9));
+        assert_eq!(rec, before);
+        assert!(solo_extend(&mut rec, 4, 9));
+        small.set(4, 9, GPU_ONLY);
+        assert_eq!(decode(&rec, &sets), Some(small.clone()));
+        for r in [4, 2, 1] {
+            assert!(solo_truncate(&mut rec, r, 9));
+            small.set(r, 9, 0);
+            assert_eq!(decode(&rec, &sets), Some(small.clone()), "slot {r}");
+        }
+        assert!(is_empty(&rec));
+        // Another member: not solo.
+        let mut two = Small::default();
+        two.set(1, 9, GPU_ONLY);
+        two.set(1, 10, GPU_ONLY);
+        let mut rec = rec_with_keys(1..3);
+        encode(&mut rec, &two, &mut sets, true);
+        assert!(!solo_extend(&mut rec, 2, 9));
     }
 
     #[test]
