@@ -3,7 +3,7 @@
 use parking_lot::RwLockWriteGuard;
 
 use super::edit::Removed;
-use super::engine_map::EngineRef;
+use super::engine_map::{EngineRef, Found};
 use super::holder::ALL_TIERS;
 use super::partition::{block_extras, fold_key};
 use super::position::{ChainPos, Slot};
@@ -21,6 +21,9 @@ enum Shape {
     /// `k` event blocks make one index block.
     Merge(u32),
 }
+
+/// Most blocks of one removal compared pairwise to see whether their order matters.
+const MAX_REORDERED: usize = 64;
 
 /// The chain so far: the last index block's key and position; `None` before block 0.
 type Cursor = Option<(BlockKey, ChainPos)>;
@@ -93,23 +96,29 @@ impl<'a> Writer<'a> {
             .block_hashes
             .len()
             .min(ev.token_ids.len() / size as usize);
-        // New blocks: their engine-map lines are cold; start all the misses at once.
+        let parent = ev.parent_block_hash.map(|parent| {
+            let part = match shape {
+                Shape::Split(k) => k - 1,
+                Shape::Merge(_) => 0,
+            };
+            EngineRef::new(parent.0, part)
+        });
+        // The parent and the new blocks: their engine-map lines are cold; start all the misses
+        // at once.
         std::hint::black_box(
             self.state.map.warm(
-                ev.block_hashes[..complete]
-                    .iter()
-                    .map(|h| EngineRef::new(h.0, 0)),
+                parent.into_iter().chain(
+                    ev.block_hashes[..complete]
+                        .iter()
+                        .map(|h| EngineRef::new(h.0, 0)),
+                ),
             ),
         );
         self.report.malformed += n - complete as u64;
-        let cursor: Cursor = match ev.parent_block_hash {
+        let cursor: Cursor = match parent {
             None => None,
             Some(parent) => {
-                let part = match shape {
-                    Shape::Split(k) => k - 1,
-                    Shape::Merge(_) => 0,
-                };
-                match self.state.map.get(EngineRef::new(parent.0, part)) {
+                match self.state.map.get(parent) {
                     Some((key, pos)) if pos.boundary() => Some((key, pos)),
                     Some(_) => {
                         // The parent ends mid-way through an index block: its tokens are gone.
@@ -279,41 +288,66 @@ impl<'a> Writer<'a> {
         }
         let tiers = 1 << ev.medium.unwrap_or_default().tier();
         let parts = self.state.split.max(1);
-        let ep = self.endpoint;
         std::hint::black_box(
             self.state
                 .map
                 .warm(ev.block_hashes.iter().map(|h| EngineRef::new(h.0, 0))),
         );
-        // Last block first: a chain's run then shrinks from its end, which a record edits in
-        // place (the blocks are independent, so the order changes nothing else).
-        for hash in ev.block_hashes.iter().rev() {
+        if parts == 1 && ev.block_hashes.len() <= MAX_REORDERED {
+            let found: Vec<_> = ev
+                .block_hashes
+                .iter()
+                .map(|h| self.state.map.find(EngineRef::new(h.0, 0)))
+                .collect();
+            let keys = || found.iter().flatten().map(|&(_, key, _)| key);
+            if keys()
+                .enumerate()
+                .all(|(i, k)| keys().take(i).all(|other| other != k))
+            {
+                // Distinct blocks are independent, so their order changes nothing; last first,
+                // a chain's run shrinks from its end, which a record edits in place.
+                for f in found.into_iter().rev() {
+                    match f {
+                        Some((at, key, pos)) => self.remove_ref(at, key, pos, tiers),
+                        None => self.report.unknown_removed += 1,
+                    }
+                }
+                return;
+            }
+        }
+        for hash in &ev.block_hashes {
             let mut known = false;
             for part in 0..parts {
-                let r = EngineRef::new(hash.0, part);
-                let Some((at, key, pos)) = self.state.map.find(r) else {
+                let Some((at, key, pos)) = self.state.map.find(EngineRef::new(hash.0, part)) else {
                     continue;
                 };
                 known = true;
-                if self.state.extra.contains_key(&key) {
-                    // Another engine block still contains it: only this reference goes.
-                    self.unref(key, pos, tiers);
-                    self.state.map.remove_found(at);
-                    continue;
-                }
-                match self.table(pos.shard()).remove(key, pos, ep, tiers) {
-                    Removed::Reduced => {}
-                    Removed::Entry => {
-                        self.report.removed += 1;
-                        self.state.map.remove_found(at);
-                    }
-                    Removed::NotHeld => {
-                        self.state.map.remove_found(at);
-                    }
-                }
+                self.remove_ref(at, key, pos, tiers);
             }
             if !known {
                 self.report.unknown_removed += 1;
+            }
+        }
+    }
+
+    /// Removes `tiers` of the block an engine ref names (found at `at`), and the ref unless the
+    /// endpoint still holds the block in other tiers.
+    fn remove_ref(&mut self, at: Found, key: BlockKey, pos: ChainPos, tiers: u8) {
+        if self.state.extra.contains_key(&key) {
+            // Another engine block still contains it: only this reference goes.
+            self.unref(key, pos, tiers);
+            self.state.map.remove_found(at);
+            return;
+        }
+        let ep = self.endpoint;
+        match self.table(pos.shard()).remove(key, pos, ep, tiers) {
+            Removed::Reduced => {}
+            Removed::Entry => {
+                self.report.removed += 1;
+                self.state.map.remove_found(at);
+            }
+            Removed::NotHeld => {
+                self.state.map.remove_found(at);
             }
         }
     }
