@@ -2,11 +2,12 @@
 
 use parking_lot::RwLockWriteGuard;
 
-use super::engine_map::EngineRef;
-use super::holders::ALL_TIERS;
+use super::edit::Removed;
+use super::engine_map::{EngineRef, Found};
+use super::holder::ALL_TIERS;
 use super::partition::{block_extras, fold_key};
-use super::position::ChainPos;
-use super::table::{Removed, Table};
+use super::position::{ChainPos, Slot};
+use super::table::Table;
 use super::{ApplyReport, EndpointState, KvIndex};
 use crate::events::{BlockRemoved, BlockStored, ExtraKey, FULL_ATTENTION};
 use crate::keys::{BlockKey, Partition};
@@ -20,6 +21,9 @@ enum Shape {
     /// `k` event blocks make one index block.
     Merge(u32),
 }
+
+/// Most blocks of one removal compared pairwise to see whether their order matters.
+const MAX_REORDERED: usize = 64;
 
 /// The chain so far: the last index block's key and position; `None` before block 0.
 type Cursor = Option<(BlockKey, ChainPos)>;
@@ -92,15 +96,29 @@ impl<'a> Writer<'a> {
             .block_hashes
             .len()
             .min(ev.token_ids.len() / size as usize);
+        let parent = ev.parent_block_hash.map(|parent| {
+            let part = match shape {
+                Shape::Split(k) => k - 1,
+                Shape::Merge(_) => 0,
+            };
+            EngineRef::new(parent.0, part)
+        });
+        // The parent and the new blocks: their engine-map lines are cold; start all the misses
+        // at once.
+        std::hint::black_box(
+            self.state.map.warm(
+                parent.into_iter().chain(
+                    ev.block_hashes[..complete]
+                        .iter()
+                        .map(|h| EngineRef::new(h.0, 0)),
+                ),
+            ),
+        );
         self.report.malformed += n - complete as u64;
-        let cursor: Cursor = match ev.parent_block_hash {
+        let cursor: Cursor = match parent {
             None => None,
             Some(parent) => {
-                let part = match shape {
-                    Shape::Split(k) => k - 1,
-                    Shape::Merge(_) => 0,
-                };
-                match self.state.map.get(EngineRef::new(parent.0, part)) {
+                match self.state.map.get(parent) {
                     Some((key, pos)) if pos.boundary() => Some((key, pos)),
                     Some(_) => {
                         // The parent ends mid-way through an index block: its tokens are gone.
@@ -167,10 +185,10 @@ impl<'a> Writer<'a> {
                 {
                     key = fold_key(key, f);
                 }
-                let pos = next_pos(cursor, key);
                 debug_assert!(part < k as usize);
-                self.put(EngineRef::new(hash.0, part as u32), key, pos);
-                self.hold(key, pos, ctx.tiers);
+                let pos = self.hold(key, cursor, ctx.tiers, |w, pos, added| {
+                    w.put(EngineRef::new(hash.0, part as u32), key, pos, added);
+                });
                 cursor = Some((key, pos));
                 parent = key;
             }
@@ -196,40 +214,68 @@ impl<'a> Writer<'a> {
                     key = fold_key(key, f);
                 }
             }
-            let pos = next_pos(cursor, key);
-            for (i, hash) in ctx.ev.block_hashes[first..first + k].iter().enumerate() {
-                self.put(
-                    EngineRef::new(hash.0, 0),
-                    key,
-                    pos.with_boundary(i + 1 == k),
-                );
-            }
-            self.hold(key, pos, ctx.tiers);
+            let pos = self.hold(key, cursor, ctx.tiers, |w, pos, _| {
+                // The parts of one index block: none is a copy of it, so none counts as an
+                // extra reference.
+                for (i, hash) in ctx.ev.block_hashes[first..first + k].iter().enumerate() {
+                    w.put(
+                        EngineRef::new(hash.0, 0),
+                        key,
+                        pos.with_boundary(i + 1 == k),
+                        true,
+                    );
+                }
+            });
             cursor = Some((key, pos));
         }
     }
 
-    /// Maps an engine ref; if it named other content before, that holding goes.
-    fn put(&mut self, r: EngineRef, key: BlockKey, pos: ChainPos) {
-        if let Some((old, old_pos)) = self.state.map.insert(r, key, pos)
-            && old != key
-        {
-            let ep = self.endpoint;
-            if self
-                .table(old_pos.shard())
-                .remove(old, old_pos, ep, ALL_TIERS)
-                == Removed::Entry
-            {
-                self.report.removed += 1;
+    /// Maps an engine ref to a block the endpoint holds (`added`: it did not before); if the ref
+    /// named other content before, that reference goes. A new ref to a block the endpoint already
+    /// held is another engine block containing it (e.g. two larger engine blocks that diverge
+    /// after it): counted, so that the block stays held until its last container goes.
+    fn put(&mut self, r: EngineRef, key: BlockKey, pos: ChainPos, added: bool) {
+        let old = self.state.map.insert(r, key, pos);
+        if let Some((k, p)) = old {
+            if k == key {
+                return;
             }
+            self.report.removed += u64::from(self.unref(k, p, ALL_TIERS) == Removed::Entry);
+        }
+        if !added {
+            *self.state.extra.entry(key).or_default() += 1;
         }
     }
 
-    fn hold(&mut self, key: BlockKey, pos: ChainPos, tiers: u8) {
-        let ep = self.endpoint;
-        if self.table(pos.shard()).add(key, pos, ep, tiers) {
-            self.report.stored += 1;
+    /// Drops one reference to `key`: if others remain the holding stays, else `tiers` go.
+    fn unref(&mut self, key: BlockKey, pos: ChainPos, tiers: u8) -> Removed {
+        if let Some(n) = self.state.extra.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.state.extra.remove(&key);
+            }
+            return Removed::NotHeld;
         }
+        let ep = self.endpoint;
+        self.table(pos.shard()).remove(key, pos, ep, tiers)
+    }
+
+    /// Adds the endpoint's holding of `key`, the block after `cursor`, then lets `refs` map its
+    /// engine refs (given the position and whether the holding is new); returns the position.
+    fn hold(
+        &mut self,
+        key: BlockKey,
+        cursor: Cursor,
+        tiers: u8,
+        refs: impl FnOnce(&mut Self, ChainPos, bool),
+    ) -> ChainPos {
+        let ep = self.endpoint;
+        let slot = Slot::after(cursor, key);
+        let (tag, added) = self.table(slot.shard).add(key, &slot, ep, tiers);
+        self.report.stored += u64::from(added);
+        let pos = slot.at(tag);
+        refs(self, pos, added);
+        pos
     }
 
     pub(super) fn removed(&mut self, ev: &BlockRemoved) {
@@ -242,25 +288,41 @@ impl<'a> Writer<'a> {
         }
         let tiers = 1 << ev.medium.unwrap_or_default().tier();
         let parts = self.state.split.max(1);
-        let ep = self.endpoint;
+        std::hint::black_box(
+            self.state
+                .map
+                .warm(ev.block_hashes.iter().map(|h| EngineRef::new(h.0, 0))),
+        );
+        if parts == 1 && ev.block_hashes.len() <= MAX_REORDERED {
+            let found: Vec<_> = ev
+                .block_hashes
+                .iter()
+                .map(|h| self.state.map.find(EngineRef::new(h.0, 0)))
+                .collect();
+            let keys = || found.iter().flatten().map(|&(_, key, _)| key);
+            if keys()
+                .enumerate()
+                .all(|(i, k)| keys().take(i).all(|other| other != k))
+            {
+                // Distinct blocks are independent, so their order changes nothing; last first,
+                // a chain's run shrinks from its end, which a record edits in place.
+                for f in found.into_iter().rev() {
+                    match f {
+                        Some((at, key, pos)) => self.remove_ref(at, key, pos, tiers),
+                        None => self.report.unknown_removed += 1,
+                    }
+                }
+                return;
+            }
+        }
         for hash in &ev.block_hashes {
             let mut known = false;
             for part in 0..parts {
-                let r = EngineRef::new(hash.0, part);
-                let Some((key, pos)) = self.state.map.get(r) else {
+                let Some((at, key, pos)) = self.state.map.find(EngineRef::new(hash.0, part)) else {
                     continue;
                 };
                 known = true;
-                match self.table(pos.shard()).remove(key, pos, ep, tiers) {
-                    Removed::Reduced => {}
-                    Removed::Entry => {
-                        self.report.removed += 1;
-                        self.state.map.remove(r);
-                    }
-                    Removed::NotHeld => {
-                        self.state.map.remove(r);
-                    }
-                }
+                self.remove_ref(at, key, pos, tiers);
             }
             if !known {
                 self.report.unknown_removed += 1;
@@ -268,16 +330,42 @@ impl<'a> Writer<'a> {
         }
     }
 
+    /// Removes `tiers` of the block an engine ref names (found at `at`), and the ref unless the
+    /// endpoint still holds the block in other tiers.
+    fn remove_ref(&mut self, at: Found, key: BlockKey, pos: ChainPos, tiers: u8) {
+        if self.state.extra.contains_key(&key) {
+            // Another engine block still contains it: only this reference goes.
+            self.unref(key, pos, tiers);
+            self.state.map.remove_found(at);
+            return;
+        }
+        let ep = self.endpoint;
+        match self.table(pos.shard()).remove(key, pos, ep, tiers) {
+            Removed::Reduced => {}
+            Removed::Entry => {
+                self.report.removed += 1;
+                self.state.map.remove_found(at);
+            }
+            Removed::NotHeld => {
+                self.state.map.remove_found(at);
+            }
+        }
+    }
+
     /// Drops every entry of the endpoint, shard by shard.
     pub(super) fn cleared(&mut self) {
+        self.state.extra.clear();
         let mut all = self.state.map.drain();
         self.report.cleared += self.release(&mut all);
     }
 
-    /// Removes the endpoint's holdings of `blocks` (all tiers), visiting each shard once; returns
-    /// how many entries went.
+    /// Removes the endpoint's holdings of `blocks` (all tiers), visiting each shard once and each
+    /// record's blocks from the last (so that a nested record stays nested); returns how many
+    /// entries went.
     pub(super) fn release(&mut self, blocks: &mut [(BlockKey, ChainPos)]) -> u64 {
-        blocks.sort_unstable_by_key(|(_, pos)| pos.shard());
+        blocks.sort_unstable_by_key(|(_, pos)| {
+            (pos.shard(), pos.tag(), std::cmp::Reverse(pos.rank()))
+        });
         let ep = self.endpoint;
         let mut n = 0;
         for &(key, pos) in blocks.iter() {
@@ -325,12 +413,5 @@ impl<'e> Stored<'e> {
             cache_salt: salt,
         }
         .root()
-    }
-}
-
-fn next_pos(cursor: Cursor, key: BlockKey) -> ChainPos {
-    match cursor {
-        Some((_, pos)) => pos.next(key),
-        None => ChainPos::first(key),
     }
 }

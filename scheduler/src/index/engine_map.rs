@@ -1,17 +1,33 @@
 //! One endpoint's map from engine block hash to its block key and chain position.
 //!
 //! It resolves `BlockRemoved` hashes and `parent_block_hash`, and it is the endpoint's key set, so
-//! clearing an endpoint costs O(its entries). 20 bytes per entry, stored column-wise (hash, key,
-//! position) in buckets of 8 with an 8-bit overflow counter per bucket, as in the holder table: no
-//! tombstones, 90% maximum load, growth by 1.25×. vLLM's hashes are not guaranteed to be well
-//! mixed, so the home bucket comes from a multiply-fold of the hash.
+//! clearing an endpoint costs O(its entries). An entry is 20 bytes plus 7 bits, and three of them
+//! fill one 64-byte line with its header (occupancy, an overflow counter, the positions' high
+//! bits): an insert or a lookup reads one line, rarely its neighbour. Open addressing over lines
+//! with an 8-bit overflow counter per line (how many entries homed at or before it were placed
+//! after it), so a search stops at the first line whose counter is 0 and removals leave no
+//! tombstones. Up to 90% load, growth by 1.125× (it is only read by its writer; memory counts
+//! more than a longer probe). vLLM's hashes are not guaranteed to be well mixed, so the home line
+//! comes from a multiply-fold of the hash.
+//!
+//! ```text
+//! words 0..6  hash 0, key 0, hash 1, key 1, hash 2, key 2
+//! word 6      position 0 (low 32 bits) | position 1 (low 32 bits) << 32
+//! word 7      position 2 (low 32 bits) | header << 32
+//! header      bits 0..3 occupied slots, 3..11 overflow counter, 11..32 positions' bits 32..39
+//! ```
 
+use super::pages::Words;
 use super::position::ChainPos;
 use crate::keys::BlockKey;
 
-const BUCKET: usize = 8;
+const SLOTS: usize = 3;
+const LINE: usize = 8;
 const MAX_LOAD_PERCENT: usize = 90;
-const MIN_BUCKETS: usize = 2;
+const MIN_LINES: usize = 2;
+const OVERFLOW_SHIFT: u32 = 3;
+const EXT_SHIFT: u32 = 11;
+const EXT_BITS: u32 = 7;
 
 /// The engine-side name of an index block: the engine hash, or for the `i`-th index block cut
 /// from a larger event block, the hash mixed with `i`.
@@ -36,33 +52,107 @@ fn mix(x: u64) -> u64 {
     (m as u64) ^ ((m >> 64) as u64)
 }
 
-/// An engine hash map with column storage.
+/// An engine hash map, one line per three entries.
 #[derive(Debug)]
 pub(crate) struct EngineMap {
-    hashes: Vec<u64>,
-    keys: Vec<u64>,
-    pos: Vec<u32>,
-    overflow: Vec<u8>,
+    lines: Words,
+    /// Lines in `lines` (kept: the hot paths would otherwise re-derive it from the storage).
+    n_lines: usize,
     len: usize,
     hand: usize,
 }
 
 impl Default for EngineMap {
     fn default() -> Self {
-        Self::with_buckets(MIN_BUCKETS)
+        Self::with_lines(MIN_LINES)
     }
 }
 
+/// An entry's place: line and slot.
+type At = (usize, usize);
+
+/// Where [`EngineMap::find`] found an entry.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Found(At);
+
 impl EngineMap {
-    fn with_buckets(n: usize) -> Self {
+    fn with_lines(n: usize) -> Self {
         Self {
-            hashes: vec![0; n * BUCKET],
-            keys: vec![0; n * BUCKET],
-            pos: vec![0; n * BUCKET],
-            overflow: vec![0; n],
+            lines: Words::zeroed(n * LINE),
+            n_lines: n,
             len: 0,
             hand: 0,
         }
+    }
+
+    #[inline]
+    fn n_lines(&self) -> usize {
+        self.n_lines
+    }
+
+    #[inline]
+    fn line(&self, l: usize) -> &[u64; LINE] {
+        &self.lines.get().as_chunks::<LINE>().0[l]
+    }
+
+    #[inline]
+    fn line_mut(&mut self, l: usize) -> &mut [u64; LINE] {
+        &mut self.lines.get_mut().as_chunks_mut::<LINE>().0[l]
+    }
+
+    #[inline]
+    fn header(line: &[u64; LINE]) -> u32 {
+        (line[7] >> 32) as u32
+    }
+
+    #[inline]
+    fn set_header(line: &mut [u64; LINE], h: u32) {
+        line[7] = (line[7] & 0xffff_ffff) | (u64::from(h) << 32);
+    }
+
+    #[inline]
+    fn occupied(line: &[u64; LINE], s: usize) -> bool {
+        Self::header(line) & (1 << s) != 0
+    }
+
+    #[inline]
+    fn overflow(line: &[u64; LINE]) -> u32 {
+        (Self::header(line) >> OVERFLOW_SHIFT) & 0xff
+    }
+
+    fn entry(line: &[u64; LINE], s: usize) -> (u64, BlockKey, ChainPos) {
+        let low = (line[6 + s / 2] >> (32 * (s % 2))) & 0xffff_ffff;
+        let ext = (Self::header(line) >> (EXT_SHIFT + EXT_BITS * s as u32)) & ((1 << EXT_BITS) - 1);
+        let pos = ChainPos::from_raw(low | (u64::from(ext) << 32));
+        (line[2 * s], BlockKey::from_raw(line[2 * s + 1]), pos)
+    }
+
+    fn write(line: &mut [u64; LINE], s: usize, hash: u64, key: BlockKey, pos: ChainPos) {
+        line[2 * s] = hash;
+        line[2 * s + 1] = key.get();
+        let (w, shift) = (6 + s / 2, 32 * (s % 2) as u32);
+        line[w] = (line[w] & !(0xffff_ffff << shift)) | ((pos.raw() & 0xffff_ffff) << shift);
+        let ext_shift = EXT_SHIFT + EXT_BITS * s as u32;
+        let mut h = Self::header(line) | (1 << s);
+        h = (h & !(((1 << EXT_BITS) - 1) << ext_shift)) | (((pos.raw() >> 32) as u32) << ext_shift);
+        Self::set_header(line, h);
+    }
+
+    /// Adds `delta` (±1) to the overflow counter of line `l` (saturating at 255 going up; a
+    /// saturated counter stays).
+    fn bump(&mut self, l: usize, up: bool) {
+        let line = self.line_mut(l);
+        let h = Self::header(line);
+        let c = (h >> OVERFLOW_SHIFT) & 0xff;
+        let c = match (up, c) {
+            (true, 255) | (false, 255) => 255,
+            (true, c) => c + 1,
+            (false, c) => c.saturating_sub(1),
+        };
+        Self::set_header(
+            line,
+            (h & !(0xff << OVERFLOW_SHIFT)) | (c << OVERFLOW_SHIFT),
+        );
     }
 
     /// Entries held.
@@ -71,61 +161,69 @@ impl EngineMap {
         self.len
     }
 
-    /// Heap bytes of its columns.
+    /// Bytes of its lines.
     pub(crate) fn bytes(&self) -> usize {
-        self.hashes.capacity() * 8
-            + self.keys.capacity() * 8
-            + self.pos.capacity() * 4
-            + self.overflow.capacity()
+        self.n_lines() * LINE * 8
     }
 
     #[inline]
-    fn home(&self, r: EngineRef) -> usize {
-        ((u128::from(mix(r.0)) * self.overflow.len() as u128) >> 64) as usize
+    fn home(&self, hash: u64) -> usize {
+        ((u128::from(mix(hash)) * self.n_lines() as u128) >> 64) as usize
     }
 
     #[inline]
-    fn next(&self, b: usize) -> usize {
-        if b + 1 == self.overflow.len() {
-            0
-        } else {
-            b + 1
-        }
+    fn next(&self, l: usize) -> usize {
+        if l + 1 == self.n_lines() { 0 } else { l + 1 }
     }
 
-    fn find(&self, r: EngineRef) -> Option<usize> {
-        self.seek(r).ok()
-    }
-
-    /// One walk from the home of `r`: its index, or the first free index on the way (if any).
-    fn seek(&self, r: EngineRef) -> Result<usize, Option<usize>> {
-        let mut b = self.home(r);
+    /// One walk from the home of `r`: where it is, or the first free place on the way (if any).
+    #[inline]
+    fn seek(&self, r: EngineRef) -> Result<At, Option<At>> {
+        let mut l = self.home(r.0);
         let mut free = None;
-        for _ in 0..self.overflow.len() {
-            let base = b * BUCKET;
-            for i in base..base + BUCKET {
-                if self.hashes[i] == r.0 && self.pos[i] != 0 {
-                    return Ok(i);
+        for _ in 0..self.n_lines() {
+            let line = self.line(l);
+            for s in 0..SLOTS {
+                if Self::occupied(line, s) {
+                    if line[2 * s] == r.0 {
+                        return Ok((l, s));
+                    }
+                } else if free.is_none() {
+                    free = Some((l, s));
                 }
             }
-            if free.is_none() {
-                free = (base..base + BUCKET).find(|&i| self.pos[i] == 0);
-            }
-            if self.overflow[b] == 0 {
+            if Self::overflow(line) == 0 {
                 break;
             }
-            b = self.next(b);
+            l = self.next(l);
         }
         Err(free)
     }
 
+    /// Reads the home line of each of `refs` and folds their headers: a batch's misses then
+    /// overlap instead of each waiting for the one before (the caller hands the fold to
+    /// `black_box` so the loads are kept). Only worth it for refs not already cached.
+    pub(crate) fn warm(&self, refs: impl Iterator<Item = EngineRef>) -> u64 {
+        refs.fold(0, |acc, r| acc ^ self.line(self.home(r.0))[7])
+    }
+
     /// The key and position of `r`.
     pub(crate) fn get(&self, r: EngineRef) -> Option<(BlockKey, ChainPos)> {
-        let i = self.find(r)?;
-        Some((
-            BlockKey::from_raw(self.keys[i]),
-            ChainPos::from_raw(self.pos[i])?,
-        ))
+        let (l, s) = self.seek(r).ok()?;
+        let (_, key, pos) = Self::entry(self.line(l), s);
+        Some((key, pos))
+    }
+
+    /// The key and position of `r`, with where it is (for [`Self::remove_found`]).
+    pub(crate) fn find(&self, r: EngineRef) -> Option<(Found, BlockKey, ChainPos)> {
+        let (l, s) = self.seek(r).ok()?;
+        let (_, key, pos) = Self::entry(self.line(l), s);
+        Some((Found((l, s)), key, pos))
+    }
+
+    /// Unmaps the entry `find` found (the map unchanged since), without searching again.
+    pub(crate) fn remove_found(&mut self, at: Found) {
+        self.take(at.0);
     }
 
     /// Maps `r` to (`key`, `pos`); returns what it mapped to before.
@@ -135,77 +233,71 @@ impl EngineMap {
         key: BlockKey,
         pos: ChainPos,
     ) -> Option<(BlockKey, ChainPos)> {
-        if (self.len + 1) * 100 > self.overflow.len() * BUCKET * MAX_LOAD_PERCENT {
-            let n = self.overflow.len() + (self.overflow.len() / 4).max(1);
+        if (self.len + 1) * 100 > self.n_lines() * SLOTS * MAX_LOAD_PERCENT {
+            let n = self.n_lines() + (self.n_lines() / 8).max(1);
             self.rebuild(n);
         }
         match self.seek(r) {
-            Ok(i) => {
-                let old = (
-                    BlockKey::from_raw(self.keys[i]),
-                    ChainPos::from_raw(self.pos[i])?,
-                );
-                self.keys[i] = key.get();
-                self.pos[i] = pos.raw();
-                Some(old)
+            Ok((l, s)) => {
+                let (_, old_key, old_pos) = Self::entry(self.line(l), s);
+                Self::write(self.line_mut(l), s, r.0, key, pos);
+                Some((old_key, old_pos))
             }
-            Err(Some(i)) => {
-                let (home, at) = (self.home(r), i / BUCKET);
-                let mut b = home;
-                while b != at {
-                    self.overflow[b] = self.overflow[b].saturating_add(1);
-                    b = self.next(b);
-                }
-                self.hashes[i] = r.0;
-                self.keys[i] = key.get();
-                self.pos[i] = pos.raw();
-                self.len += 1;
+            Err(Some((l, s))) => {
+                self.place_at(r.0, l, s, key, pos);
                 None
             }
             Err(None) => {
-                self.place(r.0, key.get(), pos.raw());
-                self.len += 1;
+                self.place(r.0, key, pos);
                 None
             }
         }
     }
 
-    fn place(&mut self, hash: u64, key: u64, pos: u32) {
-        let mut b = self.home(EngineRef(hash));
+    /// Puts a new entry at (`at`, `s`), counting it as overflowing the lines from its home.
+    fn place_at(&mut self, hash: u64, at: usize, s: usize, key: BlockKey, pos: ChainPos) {
+        let mut l = self.home(hash);
+        while l != at {
+            self.bump(l, true);
+            l = self.next(l);
+        }
+        Self::write(self.line_mut(at), s, hash, key, pos);
+        self.len += 1;
+    }
+
+    /// Puts a new entry at the first free slot from its home.
+    fn place(&mut self, hash: u64, key: BlockKey, pos: ChainPos) {
+        let mut l = self.home(hash);
         loop {
-            let base = b * BUCKET;
-            if let Some(i) = (base..base + BUCKET).find(|&i| self.pos[i] == 0) {
-                self.hashes[i] = hash;
-                self.keys[i] = key;
-                self.pos[i] = pos;
+            let h = Self::header(self.line(l));
+            if h & 0b111 != 0b111 {
+                let s = (!h & 0b111).trailing_zeros() as usize;
+                self.place_at(hash, l, s, key, pos);
                 return;
             }
-            self.overflow[b] = self.overflow[b].saturating_add(1);
-            b = self.next(b);
+            l = self.next(l);
         }
     }
 
     /// Unmaps `r`; returns what it mapped to.
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, r: EngineRef) -> Option<(BlockKey, ChainPos)> {
-        let i = self.find(r)?;
-        Some(self.take(i))
+        let at = self.seek(r).ok()?;
+        let (_, key, pos) = self.take(at);
+        Some((key, pos))
     }
 
-    fn take(&mut self, i: usize) -> (BlockKey, ChainPos) {
-        let pos = ChainPos::from_raw(self.pos[i]);
-        let key = BlockKey::from_raw(self.keys[i]);
-        self.pos[i] = 0;
+    fn take(&mut self, (at, s): At) -> (u64, BlockKey, ChainPos) {
+        let entry = Self::entry(self.line(at), s);
+        let line = self.line_mut(at);
+        Self::set_header(line, Self::header(line) & !(1 << s));
         self.len -= 1;
-        let (home, at) = (self.home(EngineRef(self.hashes[i])), i / BUCKET);
-        let mut b = home;
-        while b != at {
-            if self.overflow[b] != u8::MAX {
-                self.overflow[b] -= 1;
-            }
-            b = self.next(b);
+        let mut l = self.home(entry.0);
+        while l != at {
+            self.bump(l, false);
+            l = self.next(l);
         }
-        // Occupied slots always hold a position, so `pos` is `Some`; fall back harmlessly.
-        (key, pos.unwrap_or_else(|| ChainPos::first(key)))
+        entry
     }
 
     /// Removes and returns the entry under the clock hand and moves the hand on (eviction).
@@ -213,63 +305,73 @@ impl EngineMap {
         if self.len == 0 {
             return None;
         }
-        let n = self.pos.len();
+        let n = self.n_lines() * SLOTS;
         for _ in 0..n {
             let i = self.hand % n;
             self.hand = (i + 1) % n;
-            if self.pos[i] != 0 {
-                let hash = EngineRef(self.hashes[i]);
-                let (key, pos) = self.take(i);
-                return Some((hash, key, pos));
+            if Self::occupied(self.line(i / SLOTS), i % SLOTS) {
+                let (hash, key, pos) = self.take((i / SLOTS, i % SLOTS));
+                return Some((EngineRef(hash), key, pos));
             }
         }
         None
     }
 
+    /// Removes every entry whose key is `key`; returns how many went.
+    pub(crate) fn remove_key(&mut self, key: BlockKey) -> usize {
+        let found: Vec<At> = (0..self.n_lines() * SLOTS)
+            .map(|i| (i / SLOTS, i % SLOTS))
+            .filter(|&(l, s)| {
+                let line = self.line(l);
+                Self::occupied(line, s) && line[2 * s + 1] == key.get()
+            })
+            .collect();
+        for &at in &found {
+            self.take(at);
+        }
+        found.len()
+    }
+
     /// Every entry, emptying the map (and returning its memory).
     pub(crate) fn drain(&mut self) -> Vec<(BlockKey, ChainPos)> {
-        let out = self
-            .keys
-            .iter()
-            .zip(&self.pos)
-            .filter_map(|(&k, &p)| Some((BlockKey::from_raw(k), ChainPos::from_raw(p)?)))
-            .collect();
+        let out = self.iter().map(|(_, k, p)| (k, p)).collect();
         *self = Self::default();
         out
     }
 
     /// Every entry, in storage order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (EngineRef, BlockKey, ChainPos)> + '_ {
-        (0..self.pos.len()).filter_map(|i| {
-            let pos = ChainPos::from_raw(self.pos[i])?;
-            Some((
-                EngineRef(self.hashes[i]),
-                BlockKey::from_raw(self.keys[i]),
-                pos,
-            ))
+        (0..self.n_lines() * SLOTS).filter_map(|i| {
+            let line = self.line(i / SLOTS);
+            Self::occupied(line, i % SLOTS).then(|| {
+                let (hash, key, pos) = Self::entry(line, i % SLOTS);
+                (EngineRef(hash), key, pos)
+            })
         })
     }
 
-    fn rebuild(&mut self, buckets: usize) {
-        let old = std::mem::replace(self, Self::with_buckets(buckets));
-        for i in 0..old.pos.len() {
-            if old.pos[i] != 0 {
-                self.place(old.hashes[i], old.keys[i], old.pos[i]);
-            }
+    fn rebuild(&mut self, lines: usize) {
+        let old = std::mem::replace(self, Self::with_lines(lines));
+        for (r, key, pos) in old.iter() {
+            self.place(r.0, key, pos);
         }
-        self.len = old.len;
-        self.hand = old.hand % self.pos.len().max(1);
+        self.hand = old.hand % (lines * SLOTS);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::position::POS_BITS;
+
+    fn pos(k: u64) -> ChainPos {
+        // Positions using all their bits.
+        ChainPos::from_raw(k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - POS_BITS))
+    }
 
     #[test]
     fn insert_get_remove_evict_with_badly_mixed_hashes() {
         let mut m = EngineMap::default();
-        let pos = |k: u64| ChainPos::first(BlockKey::from_raw(k));
         // Sequential hashes: vLLM's int hashes need not be uniform.
         for h in 0..5000u64 {
             assert_eq!(
@@ -278,8 +380,12 @@ mod tests {
             );
         }
         assert_eq!(m.len(), 5000);
-        let old = m.insert(EngineRef(7), BlockKey::from_raw(99), pos(7));
-        assert_eq!(old, Some((BlockKey::from_raw(8), pos(7))));
+        for h in 0..5000u64 {
+            assert_eq!(
+                m.get(EngineRef(h)),
+                Some((BlockKey::from_raw(h + 1), pos(h)))
+            );
+        }
         for h in (0..5000u64).step_by(3) {
             assert!(m.remove(EngineRef(h)).is_some());
             assert!(m.remove(EngineRef(h)).is_none());
@@ -287,6 +393,14 @@ mod tests {
         for h in 0..5000u64 {
             assert_eq!(m.get(EngineRef(h)).is_some(), h % 3 != 0, "hash {h}");
         }
+        let old = m.insert(EngineRef(7), BlockKey::from_raw(1 << 40), pos(7));
+        assert_eq!(old, Some((BlockKey::from_raw(8), pos(7))));
+        assert!(
+            m.insert(EngineRef(1), BlockKey::from_raw(1 << 40), pos(1))
+                .is_some()
+        );
+        assert_eq!(m.remove_key(BlockKey::from_raw(1 << 40)), 2);
+        assert!(m.get(EngineRef(7)).is_none());
         let before = m.len();
         let evicted: Vec<_> = (0..10).filter_map(|_| m.evict_next()).collect();
         assert_eq!(evicted.len(), 10);
@@ -297,7 +411,7 @@ mod tests {
         assert_eq!(m.iter().count(), m.len());
         assert_eq!(m.drain().len(), before - 10);
         assert_eq!(m.len(), 0);
-        assert!(m.overflow.iter().all(|&c| c == 0));
+        assert!((0..m.n_lines()).all(|l| EngineMap::overflow(m.line(l)) == 0));
     }
 
     #[test]

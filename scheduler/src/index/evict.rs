@@ -34,8 +34,15 @@ impl KvIndex {
             while got < want {
                 let mut batch = Vec::with_capacity(want - got);
                 while batch.len() < want - got {
-                    match writer.state().map.evict_next() {
-                        Some((_, key, pos)) => batch.push((key, pos)),
+                    let state = writer.state();
+                    match state.map.evict_next() {
+                        Some((_, key, pos)) => {
+                            // A block several engine blocks contain goes with all its references.
+                            if state.extra.remove(&key).is_some() {
+                                state.map.remove_key(key);
+                            }
+                            batch.push((key, pos));
+                        }
                         None => break,
                     }
                 }

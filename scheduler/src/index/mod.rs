@@ -1,33 +1,40 @@
 //! The KV block index: which endpoint holds which block, built from the endpoints' own KV events.
 //!
-//! Layout (bytes per (endpoint, block) entry in parentheses, at full load):
+//! Layout:
 //!
-//! - `table`: 64 shards of key → holders, each an open-addressing table of 256-byte buckets of
-//!   16-byte slots (16 per distinct key, shared by all its holders). Up to two holders sit inline in
-//!   the slot; three or more go to a bitset over endpoint ids in the shard's slab (one 64-byte
-//!   line per key for ids below 256).
-//! - `engine_map`: per endpoint, engine hash → (key, chain position) (20), which is also the
-//!   endpoint's key set: removing it or `AllBlocksCleared` costs O(its entries).
+//! - `table`: 16 shards of key → holders. A group of 8 consecutive blocks of a chain lives in one
+//!   128-byte `record` (a line of keys, a line of holders), found through a directory of 1-byte
+//!   tag fingerprints (`table`); the holders line is either nested runs (the usual prefix-cache
+//!   shape) or one `holder` word per slot; three or more holders per block go to a shared set in
+//!   the shard's slab (`sets`). Large arrays are on huge pages (`pages`).
+//! - `engine_map`: per endpoint, engine hash → (key, chain position), three per 64-byte line,
+//!   which is also the endpoint's key set: removing it or `AllBlocksCleared` costs O(its
+//!   entries).
 //! - `position`: blocks are placed by chain position, not by their own key, so that the 8 blocks
-//!   of a group share a bucket and the 32 blocks of a window share a shard: a 128-block lookup
-//!   touches 16 buckets under 4 read locks.
+//!   of a group share a record and the 128 blocks of a window share a shard: a 128-block lookup
+//!   reads 16 records under one read lock (`lookup`, `walk`).
 //!
-//! Measured (BENCHMARKS.md): 47.5 bytes per entry when every block is unique to one endpoint,
-//! 29.5 with heavy sharing, counted by the allocator.
+//! Measured (BENCHMARKS.md): 43.8 bytes per entry when every block is unique to one endpoint,
+//! 25.9 with heavy sharing (heap plus mapped tables).
 //!
 //! Writers: one per endpoint at a time (the endpoint's mutex), taking one shard write lock at a
-//! time. Readers: the shard read locks of up to 4 windows, taken together in shard order before
-//! any probe; never an endpoint lock.
+//! time. Readers: one shard read lock at a time, one per 128 blocks; never an endpoint lock.
 
 mod apply;
+mod edit;
 mod engine_map;
 mod evict;
-mod holders;
+mod holder;
 mod lookup;
+mod pages;
 pub mod partition;
 mod position;
+mod record;
+mod sets;
 mod table;
+mod walk;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -160,6 +167,9 @@ impl Tiers {
 #[derive(Debug, Default)]
 struct EndpointState {
     map: EngineMap,
+    /// Blocks that several of the endpoint's engine blocks contain (larger engine blocks that
+    /// diverge after them): references beyond the first. Rare.
+    extra: HashMap<BlockKey, u32>,
     /// KV-cache groups that announced a non-full-attention kind: their removes are ignored.
     non_prefix_groups: Vec<u32>,
     /// Index blocks per event block, last seen (for `BlockRemoved`, which carries no size).
@@ -178,6 +188,8 @@ pub struct KvIndex {
     config: IndexConfig,
     /// Weight of a hit per tier mask (best medium in the mask).
     weights: [f32; 8],
+    /// Tier masks whose weight differs from GPU-only's (bit per mask).
+    off_base: u8,
     shards: Box<[RwLock<Table>]>,
     endpoints: RwLock<Vec<Option<Arc<EndpointSlot>>>>,
     entries: AtomicUsize,
@@ -204,9 +216,12 @@ impl KvIndex {
                 .map(|m| config.tier_weights[m.tier()])
                 .fold(0.0f32, f32::max);
         }
+        let gpu = weights[1];
+        let off_base = (0..8).fold(0u8, |m, t| m | (u8::from(weights[t] != gpu) << t));
         Self {
             config,
             weights,
+            off_base,
             shards: (0..SHARDS).map(|_| RwLock::new(Table::default())).collect(),
             endpoints: RwLock::new(Vec::new()),
             entries: AtomicUsize::new(0),
@@ -263,6 +278,7 @@ impl KvIndex {
         Writer::new(self, endpoint, &mut state, &mut report).cleared();
         state.non_prefix_groups.clear();
         state.split = 0;
+        state.extra.clear();
         self.account(&slot, &report);
         report.cleared as usize
     }
@@ -314,10 +330,17 @@ impl KvIndex {
         out
     }
 
-    /// Bytes of the index's own tables (buckets and engine maps; holder-set slabs excluded), for
-    /// a memory gauge. The benchmark measures real allocations instead.
+    /// Bytes of the index's own tables (records, directories, holder-set slabs and engine maps),
+    /// for a memory gauge. The benchmark measures real allocations instead.
     pub fn table_bytes(&self) -> usize {
-        let shards: usize = self.shards.iter().map(|s| s.read().bucket_bytes()).sum();
+        let shards: usize = self
+            .shards
+            .iter()
+            .map(|s| {
+                let t = s.read();
+                t.bucket_bytes() + t.sets().bytes()
+            })
+            .sum();
         let maps: usize = self
             .endpoints
             .read()
@@ -326,6 +349,12 @@ impl KvIndex {
             .map(|s| s.state.lock().map.bytes())
             .sum();
         shards + maps
+    }
+
+    /// Bytes of tables mapped outside the global allocator (the holder tables' huge-page
+    /// arrays; included in [`KvIndex::table_bytes`]), for memory accounting.
+    pub fn mapped_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.read().mapped_bytes()).sum()
     }
 
     fn slot(&self, endpoint: EndpointId) -> Arc<EndpointSlot> {

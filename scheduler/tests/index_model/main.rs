@@ -123,12 +123,9 @@ fn check(ops: &[Op], probes: &[Probe], capacity: usize) -> Result<(), TestCaseEr
                 for (k, _) in model.holdings(e) {
                     if !held.contains_key(&k) {
                         model.unhold(e, k, 7);
-                        model
-                            .eps
-                            .entry(e)
-                            .or_default()
-                            .refs
-                            .retain(|_, (x, _)| *x != k);
+                        let st = model.eps.entry(e).or_default();
+                        st.refs.retain(|_, (x, _)| *x != k);
+                        st.extra.remove(&k);
                         vanished += 1;
                     }
                 }

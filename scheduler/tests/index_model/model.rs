@@ -14,6 +14,10 @@ use crate::{INDEX_BS, MODEL};
 pub struct EpModel {
     /// (engine hash, part) → (key, ends an index block).
     pub refs: HashMap<(u64, u32), (BlockKey, bool)>,
+    /// Blocks several engine blocks contain (a larger engine block cut into index blocks, two of
+    /// which diverge after it): references beyond the first. The block stays held until the last
+    /// goes.
+    pub extra: HashMap<BlockKey, u32>,
     non_prefix: Vec<u32>,
     split: u32,
 }
@@ -27,12 +31,26 @@ pub struct Model {
 }
 
 impl Model {
-    fn hold(&mut self, ep: u32, key: BlockKey, tiers: u8, r: &mut ApplyReport) {
+    /// Adds a holding; returns whether it is new.
+    fn hold(&mut self, ep: u32, key: BlockKey, tiers: u8, r: &mut ApplyReport) -> bool {
         let t = self.holders.entry(key).or_default().entry(ep).or_insert(0);
-        if *t == 0 {
-            r.stored += 1;
-        }
+        let new = *t == 0;
+        r.stored += u64::from(new);
         *t |= tiers;
+        new
+    }
+
+    /// Drops one reference to a held block: the holding goes (in `tiers`) only with the last.
+    fn unref(&mut self, ep: u32, key: BlockKey, tiers: u8) -> Option<bool> {
+        let st = self.eps.entry(ep).or_default();
+        if let Some(n) = st.extra.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                st.extra.remove(&key);
+            }
+            return None;
+        }
+        self.unhold(ep, key, tiers)
     }
 
     /// Clears tiers; returns Some(true) if the entry went, Some(false) if reduced, None if absent.
@@ -50,12 +68,15 @@ impl Model {
         Some(gone)
     }
 
+    /// Maps a ref to a held block (`counted`: whether a new ref to an already-held block is another
+    /// reference to it).
     fn put(
         &mut self,
         ep: u32,
         r: (u64, u32),
         key: BlockKey,
         boundary: bool,
+        counted: bool,
         rep: &mut ApplyReport,
     ) {
         let old = self
@@ -64,11 +85,20 @@ impl Model {
             .or_default()
             .refs
             .insert(r, (key, boundary));
-        if let Some((old, _)) = old
-            && old != key
-            && self.unhold(ep, old, 7) == Some(true)
-        {
-            rep.removed += 1;
+        if let Some((old, _)) = old {
+            if old == key {
+                return;
+            }
+            rep.removed += u64::from(self.unref(ep, old, 7) == Some(true));
+        }
+        if counted {
+            *self
+                .eps
+                .entry(ep)
+                .or_default()
+                .extra
+                .entry(key)
+                .or_default() += 1;
         }
     }
 
@@ -177,8 +207,8 @@ impl Model {
                     {
                         key = fold_key(key, f);
                     }
-                    self.put(ep, (s.block_hashes[j].0, part as u32), key, true, r);
-                    self.hold(ep, key, tiers, r);
+                    let new = self.hold(ep, key, tiers, r);
+                    self.put(ep, (s.block_hashes[j].0, part as u32), key, true, !new, r);
                     p = key;
                 }
                 parent = Some(p);
@@ -196,10 +226,17 @@ impl Model {
                         key = fold_key(key, f);
                     }
                 }
-                for j in first..first + k {
-                    self.put(ep, (s.block_hashes[j].0, 0), key, j + 1 == first + k, r);
-                }
                 self.hold(ep, key, tiers, r);
+                for j in first..first + k {
+                    self.put(
+                        ep,
+                        (s.block_hashes[j].0, 0),
+                        key,
+                        j + 1 == first + k,
+                        false,
+                        r,
+                    );
+                }
                 parent = Some(key);
             }
         }
@@ -219,6 +256,11 @@ impl Model {
                     continue;
                 };
                 known = true;
+                if self.eps[&ep].extra.contains_key(&key) {
+                    self.unref(ep, key, tiers);
+                    self.eps.entry(ep).or_default().refs.remove(&(h.0, part));
+                    continue;
+                }
                 match self.unhold(ep, key, tiers) {
                     Some(false) => {}
                     Some(true) => {
@@ -238,6 +280,7 @@ impl Model {
 
     pub fn clear(&mut self, ep: u32) -> usize {
         let st = self.eps.entry(ep).or_default();
+        st.extra.clear();
         let keys: Vec<BlockKey> = st.refs.drain().map(|(_, (k, _))| k).collect();
         keys.into_iter()
             .filter(|&k| self.unhold(ep, k, 7) == Some(true))
