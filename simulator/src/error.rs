@@ -27,6 +27,12 @@ pub enum SimError {
     /// An option or profile value out of range or inconsistent; the message names it.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A socket, server or peer failed (bind, ZMQ, HTTP); the message names it.
+    #[error("network: {0}")]
+    Network(String),
+    /// An external program (kvpick-epp, Envoy) is missing or failed; the message says what to do.
+    #[error("{0}")]
+    Process(String),
     /// The scheduling core refused (e.g. a picker config that does not validate).
     #[error(transparent)]
     Scheduler(#[from] kvpick_scheduler::Error),
@@ -39,6 +45,8 @@ impl SimError {
             SimError::BadTraceLine { .. } => "bad_trace_line",
             SimError::Io { .. } => "io",
             SimError::InvalidConfig(_) => "invalid_config",
+            SimError::Network(_) => "network",
+            SimError::Process(_) => "process",
             SimError::Scheduler(e) => e.label(),
         }
     }

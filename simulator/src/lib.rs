@@ -9,13 +9,20 @@
 //! - [`des`]: the discrete-event loop that wires trace, policy and engines together in simulated time.
 //! - [`metrics`] and [`report`]: what a run measured, as a table, JSON and SVG plots.
 //! - [`cache_hit`]: the single global prefix-cache analysis of a trace.
+//! - [`fleet`]: a live simulated vLLM fleet (real HTTP, `/metrics`, ZMQ KV events) driving the
+//!   same engines in real time.
+//! - [`load`]: an open-loop load generator for any OpenAI-compatible endpoint.
+//! - [`demo`]: the one-command demo: fleet, kvpick-epp and Envoy, cache-blind vs kvpick.
 #![forbid(unsafe_code)]
 
 pub mod cache_hit;
 pub mod clock;
+pub mod demo;
 pub mod des;
 pub mod engine;
 pub mod error;
+pub mod fleet;
+pub mod load;
 pub mod lru;
 pub mod metrics;
 pub mod policy;

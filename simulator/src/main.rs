@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod live;
 mod progress;
 
 use std::path::Path;
@@ -19,7 +20,7 @@ use kvpick_sim::report::{self, Summary};
 use kvpick_sim::trace::generate::{Chat, SharedPrefix, parse_stages};
 use kvpick_sim::trace::{self, Trace};
 
-use cli::{Cli, Command, GenArgs, Generator, RunArgs};
+use cli::{Cli, Command, GenArgs, Generator, ProfileArgs, RunArgs, WorkloadArgs};
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -64,6 +65,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::FitStepTime { samples, profile } => fit(&samples, &profile),
+        Command::Fleet(args) => live::fleet(*args),
+        Command::Load(args) => live::load(*args),
+        Command::Demo(args) => live::demo(*args),
         Command::Profiles => {
             for name in PROFILES {
                 if let Some(p) = Profile::named(name) {
@@ -113,7 +117,7 @@ fn generated(g: &GenArgs, default_seed: u64) -> anyhow::Result<Option<Trace>> {
     }))
 }
 
-fn profile(args: &RunArgs) -> anyhow::Result<Profile> {
+fn profile(args: &ProfileArgs) -> anyhow::Result<Profile> {
     let mut p = match &args.profile_file {
         Some(f) => Profile::from_file(f)?,
         None => Profile::named(&args.profile).with_context(|| {
@@ -145,30 +149,36 @@ fn ms_to_us(ms: f64, what: &str) -> anyhow::Result<u64> {
     Ok((ms * 1000.0).round() as u64)
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut trace = match (&args.trace, generated(&args.gen_, args.seed)?) {
-        (Some(path), None) => trace::load(path, args.format)?,
+/// The trace a command runs: loaded or generated, then scaled, sampled and cut.
+fn workload(w: &WorkloadArgs, seed: u64) -> anyhow::Result<Trace> {
+    let mut trace = match (&w.trace, generated(&w.gen_, seed)?) {
+        (Some(path), None) => trace::load(path, w.format)?,
         (None, Some(t)) => t,
         _ => bail!("give either --trace FILE or --generate KIND"),
     };
-    if let Some(f) = args.time_scale {
+    if let Some(f) = w.time_scale {
         trace.scale_time(f)?;
     }
-    if let Some(f) = args.sample {
-        trace.sample(f, args.seed)?;
+    if let Some(f) = w.sample {
+        trace.sample(f, seed)?;
     }
-    if let Some(n) = args.limit {
+    if let Some(n) = w.limit {
         trace.limit(n);
     }
     if trace.requests.is_empty() {
         bail!("the trace has no request");
     }
+    Ok(trace)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let trace = workload(&args.workload, args.seed)?;
     let policies = args
         .policies
         .iter()
         .map(|p| p.trim().parse::<PolicySpec>())
         .collect::<Result<Vec<_>, _>>()?;
-    let profile = profile(&args)?;
+    let profile = profile(&args.engine)?;
     let span = trace.span().micros();
     let cfg = SimConfig {
         engines: args.engines,
@@ -235,11 +245,12 @@ fn write_outputs(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     let settings = serde_json::json!({
-        "trace": args.trace, "generate": args.gen_.generate.map(|g| format!("{g:?}")),
+        "trace": args.workload.trace, "generate": args.workload.gen_.generate.map(|g| format!("{g:?}")),
         "requests": trace.requests.len(), "engines": cfg.engines, "profile": cfg.profile,
         "policies": args.policies, "metrics_interval_us": cfg.metrics_interval_us,
         "kv_event_latency_us": cfg.kv_event_latency_us, "seed": cfg.seed,
-        "time_scale": args.time_scale, "sample": args.sample, "limit": args.limit,
+        "time_scale": args.workload.time_scale, "sample": args.workload.sample,
+        "limit": args.workload.limit,
     });
     let write = |name: &str, body: &str| {
         let path = dir.join(name);

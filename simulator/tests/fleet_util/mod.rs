@@ -1,0 +1,82 @@
+//! Shared by the fleet tests: a small fleet on 127.0.0.1 and an HTTP client for it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use kvpick_sim::engine::Profile;
+use kvpick_sim::fleet::{Fleet, FleetConfig, KvLayout};
+use kvpick_sim::load::client::{HttpClient, client};
+use serde_json::Value;
+
+pub const MODEL: &str = "sim-model";
+
+/// A config for `pods` pods of the tiny profile (256 blocks of 16, max_model_len 4096).
+pub fn config(pods: usize) -> FleetConfig {
+    let mut cfg = FleetConfig::new(Profile::named("tiny").unwrap(), MODEL);
+    cfg.pods = pods;
+    cfg.speed = 4.0;
+    cfg
+}
+
+pub async fn start(pods: usize, layout: KvLayout, bytes_hashes: bool) -> Fleet {
+    let mut cfg = config(pods);
+    cfg.kv_encoding = layout.options(bytes_hashes);
+    Fleet::start(cfg).await.unwrap()
+}
+
+pub fn http() -> HttpClient {
+    client(8)
+}
+
+async fn call(req: hyper::Request<Full<Bytes>>) -> (u16, Bytes) {
+    let resp = tokio::time::timeout(Duration::from_secs(30), http().request(req))
+        .await
+        .expect("no response within 30 s")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, body)
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let req = hyper::Request::get(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (s, b) = call(req).await;
+    (s, String::from_utf8(b.to_vec()).unwrap())
+}
+
+pub async fn post_raw(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> (u16, Bytes) {
+    let req = hyper::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()))
+        .unwrap();
+    call(req).await
+}
+
+pub async fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    let (s, b) = post_raw(addr, path, body.to_string()).await;
+    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+/// The `data:` payloads of an SSE response, in order.
+pub async fn post_stream(addr: SocketAddr, path: &str, body: &Value) -> (u16, Vec<String>) {
+    let (s, b) = post_raw(addr, path, body.to_string()).await;
+    let text = String::from_utf8(b.to_vec()).unwrap();
+    let events = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").expect("SSE data line").to_owned())
+        .collect();
+    (s, events)
+}
+
+/// `n` tokens of a synthetic prompt named `id`.
+pub fn prompt(id: u64, n: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    kvpick_sim::trace::tokens::extend(id, n, &mut v);
+    v
+}
