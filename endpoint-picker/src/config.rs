@@ -33,12 +33,21 @@ pub struct Cli {
     /// Port of the Prometheus `/metrics` endpoint.
     #[arg(long, env = "KVPICK_METRICS_PORT", default_value_t = 9090)]
     pub metrics_port: u16,
-    /// TLS certificate (PEM) for the ext_proc port; with --key-path, serves TLS instead of plaintext.
+    /// TLS certificate (PEM) for the ext_proc port; with --key-path, serves TLS instead of
+    /// plaintext. Both files are re-read when they change (cert-manager renewals), no restart.
     #[arg(long, env = "KVPICK_CERT_PATH", requires = "key_path")]
     pub cert_path: Option<PathBuf>,
     /// TLS private key (PEM) for the ext_proc port.
     #[arg(long, env = "KVPICK_KEY_PATH", requires = "cert_path")]
     pub key_path: Option<PathBuf>,
+    /// Serve the ext_proc port over TLS with a self-signed certificate made at start, unless
+    /// --cert-path/--key-path give one (gateways that connect over TLS without verifying, such
+    /// as agentgateway, need nothing more).
+    #[arg(long, env = "KVPICK_SECURE_SERVING", action = ArgAction::SetTrue)]
+    pub secure_serving: bool,
+    /// How often --cert-path and --key-path are checked for changes.
+    #[arg(long, env = "KVPICK_CERT_RELOAD_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub cert_reload_interval: Duration,
     /// Picker configuration file (index, staleness, filters, scorers, weights, picker): llm-d's
     /// EndpointPickerConfig YAML; without it, kvpick's default profile (precise prefix 2, KV
     /// utilization 1, queue 1).
@@ -56,7 +65,8 @@ pub struct Cli {
     /// InferencePool namespace, for Kubernetes discovery.
     #[arg(long, env = "KVPICK_POOL_NAMESPACE")]
     pub pool_namespace: Option<String>,
-    /// Bind a ZMQ SUB socket here (e.g. tcp://*:5557) for pods that connect to publish KV events.
+    /// Bind mode: listen for KV events here (e.g. tcp://*:5557) from pods that connect to kvpick
+    /// (vLLM `--kv-events-config` with `endpoint: tcp://<kvpick>:5557`, topic `kv@<pod-ip>@<model>`).
     #[arg(long, env = "KVPICK_KV_EVENTS_BIND")]
     pub kv_events_bind: Option<String>,
     /// Kubernetes discovery without a pool: pods matching these labels (`k=v,k2=v2`) in --pool-namespace.
@@ -68,14 +78,22 @@ pub struct Cli {
     /// Model of discovered pods without a `kvpick.io/model` annotation (Kubernetes discovery).
     #[arg(long, env = "KVPICK_MODEL")]
     pub model: Option<String>,
-    /// Base port of the pods' KV-event publishers, rank N on base+N (annotation `kvpick.io/kv-events-port`
-    /// overrides); 0: none. Default 5557, or 0 with --kv-events-bind.
+    /// Base port of the pods' KV-event publishers, rank N on base+N (connect mode). Kubernetes:
+    /// the annotation `kvpick.io/kv-events-port` overrides; default 5557, or 0 with
+    /// --kv-events-bind. Endpoints file: for entries without `kvEvents`; default none. 0: none.
     #[arg(long, env = "KVPICK_KV_EVENTS_PORT")]
     pub kv_events_port: Option<u16>,
-    /// Base port of the pods' KV-event replay sockets, rank N on base+N (annotation
-    /// `kvpick.io/kv-replay-port` overrides); 0: none.
+    /// Base port of the pods' KV-event replay sockets, rank N on base+N (Kubernetes: the
+    /// annotation `kvpick.io/kv-replay-port` overrides; endpoints file: for entries without
+    /// `kvReplay`); 0: none.
     #[arg(long, env = "KVPICK_KV_REPLAY_PORT", default_value_t = 0)]
     pub kv_replay_port: u16,
+    /// KV-event ingestion.
+    #[command(flatten)]
+    pub kv_events: crate::kv_events::KvEventsArgs,
+    /// Tokenization of text and chat prompts.
+    #[command(flatten)]
+    pub tokenize: crate::tokenizer::TokenizeArgs,
     /// KV block size in tokens, when neither --config nor the endpoints file gives one.
     #[arg(long, env = "KVPICK_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: u32,
@@ -243,13 +261,16 @@ fn injected_flags<'a>(
 }
 
 impl Cli {
-    /// Checks what clap cannot: combinations and features not built yet.
+    /// Checks what clap cannot: combinations and bounds.
     pub fn validate(&self) -> Result<(), Error> {
         crate::discovery::kubernetes::KubeSettings::from_cli(self)?;
         if self.block_size == 0 {
             return Err(Error::Config("--block-size must be positive".into()));
         }
-        if self.refresh_metrics_interval.is_zero() || self.endpoints_poll_interval.is_zero() {
+        if self.refresh_metrics_interval.is_zero()
+            || self.endpoints_poll_interval.is_zero()
+            || self.cert_reload_interval.is_zero()
+        {
             return Err(Error::Config("intervals must be positive".into()));
         }
         Ok(())
@@ -300,6 +321,72 @@ mod tests {
         assert!(c.emit_scores);
         assert_eq!(c.metrics_staleness_threshold, Duration::from_millis(250));
         assert_eq!(c.endpoints_file, Some(PathBuf::from("/tmp/e.yaml")));
+    }
+
+    #[test]
+    fn kv_events_and_tokenizer_flags_reach_the_settings() {
+        use crate::server::Settings;
+        use kvpick_tokenize::ModelSource;
+        // Defaults: connect mode from the endpoints file only, no tokenizer.
+        let s = Settings::from_cli(&cli(&[], &[]).unwrap()).unwrap();
+        assert_eq!(
+            (s.kv_events_bind.as_deref(), s.kv_events.publisher_port),
+            (None, None)
+        );
+        assert!(!s.tokenize.enabled());
+        assert_eq!(s.tokenize.timeout, Duration::from_millis(200));
+        let c = cli(
+            &["--tokenizer", "lora-a=@base", "--kv-events-queue", "99"],
+            &[
+                ("KVPICK_KV_EVENTS_BIND", "tcp://*:6000"),
+                ("KVPICK_KV_EVENTS_BIND_RANKS", "2"),
+                ("KVPICK_KV_EVENTS_PORT", "6100"),
+                ("KVPICK_KV_REPLAY_PORT", "6200"),
+                ("KVPICK_KV_EVENTS_QUEUE", "1"),
+                ("KVPICK_KV_EVENTS_WORKERS", "3"),
+                ("KVPICK_KV_TIER_WEIGHTS", "1,0.5,0.25"),
+                ("KVPICK_TOKENIZER", "/tok/default,base=/tok/base"),
+                ("KVPICK_TOKENIZERS_DIR", "/models"),
+                ("KVPICK_TOKENIZE_TIMEOUT", "1.5s"),
+                ("KVPICK_TOKENIZE_CACHE_BYTES", "64Mi"),
+            ],
+        )
+        .unwrap();
+        let s = Settings::from_cli(&c).unwrap();
+        assert_eq!(s.kv_events_bind.as_deref(), Some("tcp://*:6000"));
+        let kv = &s.kv_events;
+        assert_eq!((kv.bind_ranks, kv.workers, kv.queue_capacity), (2, 3, 99));
+        assert_eq!(
+            (kv.publisher_port, kv.replay_port),
+            (Some(6100), Some(6200))
+        );
+        assert_eq!(s.tier_weights, Some([1.0, 0.5, 0.25]));
+        // Flags replace the environment's list; the flag's entry alone remains.
+        let t = &s.tokenize;
+        assert_eq!(t.registry.dir, Some(PathBuf::from("/models")));
+        assert_eq!(
+            t.registry.models,
+            vec![("lora-a".to_owned(), ModelSource::Alias("base".into()))]
+        );
+        assert_eq!(
+            (t.timeout, t.cache_bytes),
+            (Duration::from_millis(1500), 64 << 20)
+        );
+        // From the environment alone: a default directory plus a named model.
+        let c = cli(&[], &[("KVPICK_TOKENIZER", "/tok/default,base=/tok/base")]).unwrap();
+        let t = Settings::from_cli(&c).unwrap().tokenize;
+        assert_eq!(t.registry.models.len(), 2);
+        assert_eq!(
+            t.registry.models[0].1,
+            ModelSource::Dir("/tok/default".into())
+        );
+        assert_eq!(
+            t.registry.models[1],
+            ("base".to_owned(), ModelSource::Dir("/tok/base".into()))
+        );
+        let two_defaults = cli(&["--tokenizer", "/a", "--tokenizer", "/b"], &[]).unwrap();
+        assert!(Settings::from_cli(&two_defaults).is_err());
+        assert!(Settings::from_cli(&cli(&["--kv-tier-weights", "2,1,1"], &[]).unwrap()).is_err());
     }
 
     #[test]

@@ -44,6 +44,23 @@ pub const ENDPOINTS: &str = "kvpick_endpoints";
 pub const INDEX_KEYS: &str = "kvpick_index_keys";
 /// (endpoint, block) entries in the index.
 pub const INDEX_ENTRIES: &str = "kvpick_index_entries";
+/// Text and chat prompts by tokenization `source` (`local`, `cache`, `remote`, `unavailable`) and
+/// `outcome` (`ok`, or why there are no ids: `no_tokenizer`, `timeout`, `overloaded`, ...).
+pub const TOKENIZE: &str = "kvpick_tokenize_total";
+/// Requests the proxy served on another endpoint than the picker's primary (a fallback, a retry).
+pub const SERVED_DIFFERS: &str = "kvpick_served_differs_total";
+/// `vllm:num_requests_waiting` summed over the pool's fresh endpoints (for autoscalers).
+pub const POOL_WAITING: &str = "kvpick_pool_waiting_requests";
+/// `vllm:num_requests_running` summed over the pool's fresh endpoints.
+pub const POOL_RUNNING: &str = "kvpick_pool_running_requests";
+/// Mean KV-cache utilization over the pool's fresh endpoints, 0..1 (GIE's EPP exports it as
+/// `inference_pool_average_kv_cache_utilization`).
+pub const POOL_KV_USAGE: &str = "kvpick_pool_average_kv_cache_utilization";
+/// Mean waiting requests per fresh endpoint (GIE: `inference_pool_average_queue_size`).
+pub const POOL_AVG_QUEUE: &str = "kvpick_pool_average_queue_size";
+/// Endpoints whose signals are fresh, scraped within the staleness threshold (GIE:
+/// `inference_pool_ready_pods`; kvpick counts endpoints, so a data-parallel rank is one).
+pub const POOL_READY: &str = "kvpick_pool_ready_endpoints";
 
 fn describe() {
     describe_counter!(
@@ -80,6 +97,31 @@ fn describe() {
     describe_gauge!(ENDPOINTS, "Endpoints known to the pool");
     describe_gauge!(INDEX_KEYS, "Distinct block keys in the KV index");
     describe_gauge!(INDEX_ENTRIES, "(endpoint, block) entries in the KV index");
+    describe_counter!(
+        TOKENIZE,
+        "Text and chat prompts by tokenization source and outcome"
+    );
+    describe_counter!(
+        SERVED_DIFFERS,
+        "Requests the proxy served on another endpoint than the picked primary"
+    );
+    describe_gauge!(
+        POOL_WAITING,
+        "Waiting requests summed over the pool's fresh endpoints"
+    );
+    describe_gauge!(
+        POOL_RUNNING,
+        "Running requests summed over the pool's fresh endpoints"
+    );
+    describe_gauge!(
+        POOL_KV_USAGE,
+        "Mean KV-cache utilization over the pool's fresh endpoints, 0..1"
+    );
+    describe_gauge!(
+        POOL_AVG_QUEUE,
+        "Mean waiting requests per endpoint over the pool's fresh endpoints"
+    );
+    describe_gauge!(POOL_READY, "Endpoints with fresh signals");
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
