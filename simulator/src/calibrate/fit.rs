@@ -1,0 +1,368 @@
+//! Fitting the engine's step-time profile to vLLM's aggregated metrics.
+//!
+//! vLLM exports no per-step timing, but every decoding sequence records one inter-token gap per
+//! step, and that gap *is* the step's duration. So over a window of one engine:
+//!
+//! ```text
+//! y  = ITL sum / ITL count                       mean step duration seen by decoding sequences
+//! S  = iteration_tokens count                    steps
+//! D  = ITL count                                 decoding sequence-steps
+//! P  = iteration_tokens sum − generation tokens  prompt tokens computed
+//! C  = D · (mean prompt + mean output / 2)       Σ context read by decoding sequences (estimated)
+//! y ≈ overhead + per_prefill_token·P/S + per_decode_seq·D/S + per_context_token·C/S
+//! ```
+//!
+//! Weighted least squares over all (engine, window) pairs, weight `D` (a window's mean gap is as
+//! good as the gaps behind it), with the coefficients constrained non-negative by dropping the most
+//! negative one and refitting (an active-set method: a negative cost means no signal). `C` is kept
+//! only when it varies apart from `D/S` (prompt lengths differ between windows); otherwise its
+//! cost folds into `per_decode_seq`. Prefill attention (`per_attention_pair`) is not identifiable
+//! from these metrics; it folds into `per_prefill_token` at the observed prompt lengths and the
+//! calibrated profile sets it to 0. Approximations, stated: `y` weighs steps by how many sequences
+//! decode in them, the regressors do not, which is exact when the batch is steady within a window
+//! (so short windows at a steady load fit best), and prefill steps with no sequence decoding are
+//! not seen by `y` at all.
+
+use serde::Serialize;
+
+use super::windows::{Counter, Window};
+use crate::engine::StepTimeModel;
+use crate::engine::step_time::solve;
+use crate::error::SimError;
+
+/// The regressors, in column order after the intercept.
+const COLUMNS: [&str; 3] = ["per_prefill_token", "per_decode_seq", "per_context_token"];
+
+/// One window's observation and the fit's prediction for it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Residual {
+    /// The engine.
+    pub engine: String,
+    /// Window end, unix seconds.
+    pub end: f64,
+    /// Observed mean step duration (mean inter-token gap), µs.
+    pub observed_us: f64,
+    /// Predicted, µs.
+    pub predicted_us: f64,
+    /// Prompt tokens computed per step.
+    pub prefill_per_step: f64,
+    /// Decoding sequences per step.
+    pub decode_per_step: f64,
+}
+
+/// The fitted step-time model and how well it fits.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepFit {
+    /// The coefficients (`per_attention_pair_us` is 0, see the module docs).
+    pub model: StepTimeModel,
+    /// Weighted coefficient of determination over the windows used.
+    pub r2: f64,
+    /// Weighted root mean square residual, µs.
+    pub rmse_us: f64,
+    /// Windows used.
+    pub windows: usize,
+    /// Coefficients fixed at 0, and why.
+    pub dropped: Vec<String>,
+    /// Per window.
+    pub residuals: Vec<Residual>,
+}
+
+/// A regression row: regressors (intercept first), observation, weight.
+struct Row {
+    x: [f64; 4],
+    y: f64,
+    w: f64,
+}
+
+/// Mean prompt and output lengths over `windows` (0 when no request finished).
+pub fn mean_lengths(windows: &[Window]) -> (f64, f64) {
+    let total = |c: Counter| windows.iter().map(|w| w.get(c)).sum::<f64>();
+    let ratio = |s: f64, n: f64| if n > 0.0 { s / n } else { 0.0 };
+    (
+        ratio(total(Counter::PromptLenSum), total(Counter::PromptLenCount)),
+        ratio(total(Counter::OutputLenSum), total(Counter::OutputLenCount)),
+    )
+}
+
+/// Fits the step-time model to the windows with at least `min_gaps` inter-token gaps.
+pub fn fit_step_time(windows: &[Window], min_gaps: f64) -> Result<StepFit, SimError> {
+    let (mean_in, mean_out) = mean_lengths(windows);
+    let mut rows = Vec::new();
+    let mut used = Vec::new();
+    for w in windows {
+        let steps = w.get(Counter::Steps);
+        let gaps = w.get(Counter::ItlCount);
+        if steps < 1.0 || gaps < min_gaps.max(1.0) {
+            continue;
+        }
+        let prefill = (w.get(Counter::StepTokens) - w.get(Counter::Generated)).max(0.0);
+        let n_in = w.get(Counter::PromptLenCount);
+        let n_out = w.get(Counter::OutputLenCount);
+        let len_in = if n_in > 0.0 {
+            w.get(Counter::PromptLenSum) / n_in
+        } else {
+            mean_in
+        };
+        let len_out = if n_out > 0.0 {
+            w.get(Counter::OutputLenSum) / n_out
+        } else {
+            mean_out
+        };
+        let decode = gaps / steps;
+        rows.push(Row {
+            x: [
+                1.0,
+                prefill / steps,
+                decode,
+                decode * (len_in + len_out / 2.0),
+            ],
+            y: w.get(Counter::ItlSum) / gaps * 1e6,
+            w: gaps,
+        });
+        used.push(w);
+    }
+    if rows.len() < 4 {
+        return Err(SimError::Prometheus(format!(
+            "{} windows with decoding traffic, need at least 4: widen --window, shorten \
+             --resolution, or calibrate while the pods serve traffic",
+            rows.len()
+        )));
+    }
+    let mut active = [true; 4];
+    let mut dropped = Vec::new();
+    for (j, name) in COLUMNS.iter().enumerate() {
+        if spread(&rows, j + 1) < 1e-9 {
+            active[j + 1] = false;
+            dropped.push(format!("{name}: no variation in the data"));
+        }
+    }
+    if active[2] && active[3] && correlation(&rows, 2, 3).abs() > 0.995 {
+        active[3] = false;
+        dropped.push(
+            "per_context_token: not separable from per_decode_seq (prompt lengths did not vary \
+             between windows); folded into per_decode_seq"
+                .into(),
+        );
+    }
+    let coef = loop {
+        let c = weighted_ls(&rows, &active).ok_or_else(|| {
+            SimError::Prometheus(
+                "step-time fit: the windows do not determine the coefficients \
+                                  (too little variation in load)"
+                    .into(),
+            )
+        })?;
+        let worst = (1..4)
+            .filter(|&j| active[j] && c[j] < 0.0)
+            .min_by(|&a, &b| (c[a] * spread(&rows, a)).total_cmp(&(c[b] * spread(&rows, b))));
+        match worst {
+            Some(j) => {
+                active[j] = false;
+                dropped.push(format!("{}: fitted negative, fixed at 0", COLUMNS[j - 1]));
+            }
+            None => break c,
+        }
+    };
+    let predict = |x: &[f64; 4]| (0..4).map(|j| coef[j] * x[j]).sum::<f64>();
+    let (sw, swy) = rows
+        .iter()
+        .fold((0.0, 0.0), |(a, b), r| (a + r.w, b + r.w * r.y));
+    let mean = swy / sw;
+    let (ss_res, ss_tot) = rows.iter().fold((0.0, 0.0), |(a, b), r| {
+        (
+            a + r.w * (r.y - predict(&r.x)).powi(2),
+            b + r.w * (r.y - mean).powi(2),
+        )
+    });
+    let residuals = rows
+        .iter()
+        .zip(used)
+        .map(|(r, w)| Residual {
+            engine: w.engine.clone(),
+            end: w.end,
+            observed_us: r.y,
+            predicted_us: predict(&r.x),
+            prefill_per_step: r.x[1],
+            decode_per_step: r.x[2],
+        })
+        .collect();
+    Ok(StepFit {
+        model: StepTimeModel {
+            overhead_us: coef[0].max(0.0),
+            per_prefill_token_us: coef[1],
+            per_decode_seq_us: coef[2],
+            per_context_token_us: coef[3],
+            per_attention_pair_us: 0.0,
+        },
+        r2: if ss_tot > 0.0 {
+            1.0 - ss_res / ss_tot
+        } else {
+            1.0
+        },
+        rmse_us: (ss_res / sw).sqrt(),
+        windows: rows.len(),
+        dropped,
+        residuals,
+    })
+}
+
+/// Weighted standard deviation of column `j`.
+fn spread(rows: &[Row], j: usize) -> f64 {
+    let sw: f64 = rows.iter().map(|r| r.w).sum();
+    let m = rows.iter().map(|r| r.w * r.x[j]).sum::<f64>() / sw;
+    (rows.iter().map(|r| r.w * (r.x[j] - m).powi(2)).sum::<f64>() / sw).sqrt()
+}
+
+/// Weighted correlation of columns `a` and `b`.
+fn correlation(rows: &[Row], a: usize, b: usize) -> f64 {
+    let sw: f64 = rows.iter().map(|r| r.w).sum();
+    let ma = rows.iter().map(|r| r.w * r.x[a]).sum::<f64>() / sw;
+    let mb = rows.iter().map(|r| r.w * r.x[b]).sum::<f64>() / sw;
+    let cov = rows
+        .iter()
+        .map(|r| r.w * (r.x[a] - ma) * (r.x[b] - mb))
+        .sum::<f64>()
+        / sw;
+    cov / (spread(rows, a) * spread(rows, b)).max(f64::MIN_POSITIVE)
+}
+
+/// Weighted least squares on the active columns (inactive ones are 0); columns are scaled to unit
+/// maximum so the normal equations stay well conditioned.
+fn weighted_ls(rows: &[Row], active: &[bool; 4]) -> Option<[f64; 4]> {
+    let mut scale = [0.0f64; 4];
+    for r in rows {
+        for (s, x) in scale.iter_mut().zip(r.x) {
+            *s = s.max(x.abs());
+        }
+    }
+    let on = |j: usize| active[j] && scale[j] > 0.0;
+    let mut a = [[0.0f64; 5]; 4];
+    for r in rows {
+        let x: [f64; 4] = std::array::from_fn(|j| if on(j) { r.x[j] / scale[j] } else { 0.0 });
+        for i in 0..4 {
+            for j in 0..4 {
+                a[i][j] += r.w * x[i] * x[j];
+            }
+            a[i][4] += r.w * x[i] * r.y;
+        }
+    }
+    for (j, row) in a.iter_mut().enumerate() {
+        if !on(j) {
+            *row = [0.0; 5];
+            row[j] = 1.0;
+        }
+    }
+    let c = solve(a)?;
+    Some(std::array::from_fn(|j| {
+        if on(j) { c[j] / scale[j] } else { 0.0 }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calibrate::windows::COUNTERS;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Windows of an engine whose steps follow `truth` exactly, at varied loads and prompts;
+    /// `noise` is the relative error of each window's mean gap.
+    fn synthetic(truth: &StepTimeModel, noise: f64, vary_prompts: bool) -> Vec<Window> {
+        let mut rng = SmallRng::seed_from_u64(7);
+        (0..60)
+            .map(|k| {
+                let steps: f64 = rng.random_range(200.0..400.0);
+                let decode: f64 = rng.random_range(1.0..40.0);
+                let prefill: f64 = rng.random_range(0.0..300.0);
+                let len_in = if vary_prompts {
+                    rng.random_range(200.0..3000.0)
+                } else {
+                    1000.0
+                };
+                let len_out = 200.0;
+                let ctx = decode * (len_in + len_out / 2.0);
+                let step = truth.overhead_us
+                    + truth.per_prefill_token_us * prefill
+                    + truth.per_decode_seq_us * decode
+                    + truth.per_context_token_us * ctx;
+                let gaps = decode * steps;
+                let mut delta = [0.0; COUNTERS.len()];
+                let mut set = |c: Counter, v: f64| delta[c as usize] = v;
+                set(Counter::Steps, steps);
+                set(Counter::Generated, gaps + 10.0);
+                set(Counter::StepTokens, prefill * steps + gaps + 10.0);
+                set(Counter::ItlCount, gaps);
+                let err = 1.0 + noise * rng.random_range(-1.0..1.0);
+                set(Counter::ItlSum, gaps * step * err / 1e6);
+                set(Counter::PromptLenCount, 10.0);
+                set(Counter::PromptLenSum, 10.0 * len_in);
+                set(Counter::OutputLenCount, 10.0);
+                set(Counter::OutputLenSum, 10.0 * len_out);
+                Window {
+                    engine: "pod=a".into(),
+                    end: k as f64,
+                    secs: 10.0,
+                    delta,
+                }
+            })
+            .collect()
+    }
+
+    const TRUTH: StepTimeModel = StepTimeModel {
+        overhead_us: 5000.0,
+        per_prefill_token_us: 40.0,
+        per_decode_seq_us: 150.0,
+        per_context_token_us: 0.02,
+        per_attention_pair_us: 0.0,
+    };
+
+    #[test]
+    fn recovers_exact_coefficients() {
+        let f = fit_step_time(&synthetic(&TRUTH, 0.0, true), 1.0).unwrap();
+        let m = f.model;
+        assert!((m.overhead_us - 5000.0).abs() < 1e-3, "{m:?}");
+        assert!((m.per_prefill_token_us - 40.0).abs() < 1e-6, "{m:?}");
+        assert!((m.per_decode_seq_us - 150.0).abs() < 1e-6, "{m:?}");
+        assert!((m.per_context_token_us - 0.02).abs() < 1e-9, "{m:?}");
+        assert!(f.r2 > 0.999_999 && f.dropped.is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn noisy_windows_stay_close_and_report_fit() {
+        let f = fit_step_time(&synthetic(&TRUTH, 0.05, true), 1.0).unwrap();
+        let m = f.model;
+        assert!((m.overhead_us / 5000.0 - 1.0).abs() < 0.1, "{m:?}");
+        assert!((m.per_prefill_token_us / 40.0 - 1.0).abs() < 0.1, "{m:?}");
+        assert!((m.per_decode_seq_us / 150.0 - 1.0).abs() < 0.15, "{m:?}");
+        assert!(f.r2 > 0.8 && f.r2 < 1.0 && f.rmse_us > 0.0, "{f:?}");
+        assert_eq!(f.residuals.len(), 60);
+    }
+
+    #[test]
+    fn constant_prompts_fold_context_into_decode() {
+        let f = fit_step_time(&synthetic(&TRUTH, 0.0, false), 1.0).unwrap();
+        let m = f.model;
+        assert_eq!(m.per_context_token_us, 0.0);
+        // 150 µs + 0.02 µs × (1000 + 100) context tokens.
+        assert!((m.per_decode_seq_us - 172.0).abs() < 1e-6, "{m:?}");
+        assert!(f.dropped[0].contains("per_context_token"), "{f:?}");
+    }
+
+    #[test]
+    fn negative_costs_are_dropped_and_idle_data_refused() {
+        let truth = StepTimeModel {
+            per_prefill_token_us: 0.0,
+            ..TRUTH
+        };
+        let mut w = synthetic(&truth, 0.0, true);
+        // Pull the prefill cost below zero with a few skewed windows.
+        for x in w.iter_mut().take(5) {
+            x.delta[Counter::ItlSum as usize] *= 0.5;
+        }
+        let f = fit_step_time(&w, 1.0).unwrap();
+        assert!(f.model.per_prefill_token_us >= 0.0);
+        assert!(f.model.per_decode_seq_us >= 0.0 && f.model.overhead_us >= 0.0);
+        let idle: Vec<Window> = w.into_iter().take(3).collect();
+        assert!(fit_step_time(&idle, 1.0).is_err());
+    }
+}
