@@ -44,6 +44,8 @@ pub struct CalibrateOptions {
     pub groups: u32,
     /// Windows with fewer inter-token gaps are left out of the fit.
     pub min_gaps: f64,
+    /// Also fit `per_context_token` (see [`fit`]).
+    pub fit_context: bool,
 }
 
 impl CalibrateOptions {
@@ -193,8 +195,10 @@ pub struct Calibration {
     pub profile: Profile,
     /// The workload's shape.
     pub workload: Workload,
-    /// The rate ladder of the synthetic workload, `(rate, seconds)`.
+    /// The rate ladder of the synthetic workload, `(rate, seconds)`, one stage per window.
     pub stages: Vec<(f64, f64)>,
+    /// When the first stage started, unix seconds.
+    pub stages_start: f64,
     /// What the engines reported.
     pub observed: ObservedMeans,
 }
@@ -213,7 +217,12 @@ pub fn calibrate(obs: &Observed, opts: &CalibrateOptions) -> Result<Calibration,
             "the engines ran no step in the window: calibrate while they serve traffic".into(),
         ));
     }
-    let fit = fit::fit_step_time(&active, opts.min_gaps)?;
+    let fit = fit::fit_step_time(
+        &active,
+        opts.min_gaps,
+        opts.base.max_num_batched_tokens,
+        opts.fit_context,
+    )?;
     let mut profile = opts.base.clone();
     profile.name = "calibrated".into();
     profile.step_time = fit.model;
@@ -277,6 +286,10 @@ pub fn calibrate(obs: &Observed, opts: &CalibrateOptions) -> Result<Calibration,
         profile,
         workload,
         stages: stages.iter().map(|s| (s.rate, s.duration_s)).collect(),
+        stages_start: per_end
+            .keys()
+            .next()
+            .map_or(obs.start, |&e| e as f64 / 1000.0 - step),
         observed,
     })
 }
@@ -326,7 +339,7 @@ impl Calibration {
                 self.fit.r2,
                 self.fit.rmse_us / 1e3
             ),
-            x_label: "observed mean step (ms, mean inter-token gap per window)".into(),
+            x_label: "observed (ms): mean inter-token gap or mean prefill time per window".into(),
             y_label: "ms".into(),
             series: vec![
                 PlotSeries {

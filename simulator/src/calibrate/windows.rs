@@ -42,10 +42,14 @@ pub enum Counter {
     QueueCount,
     /// ... and sum, s.
     QueueSum,
+    /// Prefill time, first scheduled to first token (`vllm:request_prefill_time_seconds`): count.
+    PrefillCount,
+    /// ... and sum, s.
+    PrefillSum,
 }
 
 /// Every counter, in index order.
-pub const COUNTERS: [Counter; 15] = [
+pub const COUNTERS: [Counter; 17] = [
     Counter::Steps,
     Counter::StepTokens,
     Counter::Generated,
@@ -61,6 +65,8 @@ pub const COUNTERS: [Counter; 15] = [
     Counter::PrefixHits,
     Counter::QueueCount,
     Counter::QueueSum,
+    Counter::PrefillCount,
+    Counter::PrefillSum,
 ];
 
 impl Counter {
@@ -95,6 +101,8 @@ impl Counter {
             ],
             Counter::QueueCount => &["vllm:request_queue_time_seconds_count"],
             Counter::QueueSum => &["vllm:request_queue_time_seconds_sum"],
+            Counter::PrefillCount => &["vllm:request_prefill_time_seconds_count"],
+            Counter::PrefillSum => &["vllm:request_prefill_time_seconds_sum"],
         }
     }
 
