@@ -18,7 +18,7 @@ use serde_json::Value;
 /// Starts kvpick-epp with `config`; `Ok` once its metrics answer, `Err(log)` if it exits.
 async fn epp_accepts(config: &std::path::Path, dir: &std::path::Path) -> Result<(), String> {
     let endpoints = dir.join("endpoints.yaml");
-    std::fs::write(&endpoints, "endpoints:\n- address: 127.0.0.1:9\n").unwrap();
+    std::fs::write(&endpoints, "model: qwen3-32b\nendpoints:\n- address: 127.0.0.1:9\n").unwrap();
     let metrics = free_port().unwrap();
     let mut args = vec!["--listen-address".to_owned(), "127.0.0.1".into()];
     for (flag, port) in [
@@ -40,12 +40,16 @@ async fn epp_accepts(config: &std::path::Path, dir: &std::path::Path) -> Result<
         if let Err(e) = epp.check_alive() {
             return Err(e.to_string());
         }
-        let (status, _) = tokio::time::timeout(
-            Duration::from_secs(2),
-            fleet_util::get(format!("127.0.0.1:{metrics}").parse().unwrap(), "/metrics"),
-        )
-        .await
-        .unwrap_or((0, String::new()));
+        let req = hyper::Request::get(format!("http://127.0.0.1:{metrics}/metrics"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let status =
+            match tokio::time::timeout(Duration::from_secs(2), fleet_util::http().request(req))
+                .await
+            {
+                Ok(Ok(resp)) => resp.status().as_u16(),
+                _ => 0, // not listening yet
+            };
         if status == 200 {
             epp.stop();
             return Ok(());

@@ -8,6 +8,7 @@
 //! `--profile-file`), `workload.jsonl` (for `--trace`), `calibration.json` and `fit.svg`.
 
 pub mod fit;
+mod lsq;
 pub mod prometheus;
 pub mod shape;
 pub mod windows;
