@@ -39,9 +39,11 @@ const TRUTH: StepTimeModel = StepTimeModel {
     per_attention_pair_us: 0.0,
 };
 
-/// (requests/s per pod, prompt range, output range, seconds)
+/// Requests/s per pod, prompt length range, output length range, seconds.
+type Phase = (f64, (u32, u32), (u32, u32), f64);
+
 /// Light decoding, heavy prefill, heavy decoding (about 8 sequences at once).
-const PHASES: [(f64, (u32, u32), (u32, u32), f64); 3] = [
+const PHASES: [Phase; 3] = [
     (4.0, (96, 192), (16, 32), 12.0),
     (2.0, (600, 1000), (16, 32), 12.0),
     (6.0, (96, 192), (96, 160), 12.0),

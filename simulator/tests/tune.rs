@@ -18,7 +18,11 @@ use serde_json::Value;
 /// Starts kvpick-epp with `config`; `Ok` once its metrics answer, `Err(log)` if it exits.
 async fn epp_accepts(config: &std::path::Path, dir: &std::path::Path) -> Result<(), String> {
     let endpoints = dir.join("endpoints.yaml");
-    std::fs::write(&endpoints, "model: qwen3-32b\nendpoints:\n- address: 127.0.0.1:9\n").unwrap();
+    std::fs::write(
+        &endpoints,
+        "model: qwen3-32b\nendpoints:\n- address: 127.0.0.1:9\n",
+    )
+    .unwrap();
     let metrics = free_port().unwrap();
     let mut args = vec!["--listen-address".to_owned(), "127.0.0.1".into()];
     for (flag, port) in [

@@ -59,7 +59,8 @@ impl CalibrateOptions {
             )));
         }
         let s = self.selector.trim();
-        if !s.is_empty() && !(s.starts_with('{') && s.ends_with('}')) {
+        let braced = s.starts_with('{') && s.ends_with('}');
+        if !(s.is_empty() || braced) {
             return Err(SimError::InvalidConfig(format!(
                 "--selector {s:?}: expected {{label=\"value\",...}}"
             )));

@@ -128,18 +128,17 @@ pub async fn start_prometheus(
         let req = hyper::Request::get(format!("{base}/api/v1/targets"))
             .body(Full::new(Bytes::new()))
             .unwrap();
-        if let Ok(Ok(resp)) =
-            tokio::time::timeout(Duration::from_secs(2), http().request(req)).await
+        let answer = tokio::time::timeout(Duration::from_secs(2), http().request(req)).await;
+        if let Ok(Ok(resp)) = answer
+            && let Ok(body) = resp.into_body().collect().await
         {
-            if let Ok(body) = resp.into_body().collect().await {
-                let v: Value = serde_json::from_slice(&body.to_bytes()).unwrap_or(Value::Null);
-                let active = v["data"]["activeTargets"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                if active.len() == targets.len() && active.iter().all(|t| t["health"] == "up") {
-                    return (prom, base);
-                }
+            let v: Value = serde_json::from_slice(&body.to_bytes()).unwrap_or(Value::Null);
+            let active = v["data"]["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if active.len() == targets.len() && active.iter().all(|t| t["health"] == "up") {
+                return (prom, base);
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
