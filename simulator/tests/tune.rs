@@ -39,7 +39,9 @@ async fn epp_accepts(config: &std::path::Path, dir: &std::path::Path) -> Result<
         "{}.log",
         config.file_stem().unwrap().to_string_lossy()
     ));
-    let mut epp = Child::spawn("kvpick-epp", &bin, args, &[], &log).unwrap();
+    // No backtrace: the refusal must be the end of the log.
+    let quiet = [("RUST_BACKTRACE", "0"), ("RUST_LIB_BACKTRACE", "0")];
+    let mut epp = Child::spawn("kvpick-epp", &bin, args, &quiet, &log).unwrap();
     for _ in 0..150 {
         if let Err(e) = epp.check_alive() {
             return Err(e.to_string());
