@@ -239,6 +239,20 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn unreachable_server_is_a_clear_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p =
+            Prometheus::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5)).unwrap();
+        let e = p.query("up", 0.0).await.unwrap_err();
+        assert!(matches!(e, SimError::Network(_)), "{e}");
+        assert!(e.to_string().contains("unreachable"), "{e}");
+    }
+
     #[test]
     fn encodes_queries() {
         assert_eq!(
