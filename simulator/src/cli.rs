@@ -56,6 +56,12 @@ pub enum Command {
         #[arg(long, default_value = "h100-tp2-qwen3-32b")]
         profile: String,
     },
+    /// Fit the engine profile (step time) and the workload's shape to what a cluster's Prometheus
+    /// holds about its vLLM pods; writes profile.yaml, workload.jsonl, calibration.json, fit.svg.
+    Calibrate(Box<CalibrateArgs>),
+    /// Search the picker config's scorer weights on a workload, several seeds per point, in
+    /// parallel; writes the winner as picker.yaml (kvpick-epp --config) and configmap.yaml.
+    Tune(Box<TuneArgs>),
     /// Print the built-in engine profiles as YAML (a starting point for --profile-file).
     Profiles,
     /// Serve simulated vLLM pods on the network (OpenAI API, /metrics, ZMQ KV events) until
@@ -202,7 +208,7 @@ pub struct ProfileArgs {
 #[derive(Debug, Args)]
 pub struct WorkloadArgs {
     /// Trace file: Mooncake JSONL, Azure CSV or kvpick JSONL (see --format).
-    #[arg(long, conflicts_with = "generate")]
+    #[arg(long, alias = "workload", conflicts_with = "generate")]
     pub trace: Option<PathBuf>,
     /// Trace format.
     #[arg(long, value_enum, default_value_t = TraceFormat::Auto)]
@@ -361,4 +367,136 @@ pub struct DemoArgs {
     /// Seed of the workload and the fleet.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+/// `calibrate` arguments.
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// Prometheus' base URL, e.g. http://prometheus.monitoring:9090.
+    #[arg(long)]
+    pub prometheus: String,
+    /// How far back to look: `30s`, `10m`, `2h` (or seconds).
+    #[arg(long, default_value = "10m")]
+    pub window: String,
+    /// Fit window and query step (at least two scrape intervals): `15s`, `1m`.
+    #[arg(long, default_value = "15s")]
+    pub resolution: String,
+    /// Label selector for the vLLM series, e.g. '{namespace="llm",model_name="qwen3-32b"}'.
+    #[arg(long, default_value = "")]
+    pub selector: String,
+    /// End of the window, unix seconds (default: now).
+    #[arg(long)]
+    pub end: Option<f64>,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Base profile whose batch limits the calibrated one keeps (see `kvpick-sim profiles`).
+    #[command(flatten)]
+    pub engine: ProfileArgs,
+    /// Distinct shared prefixes in the synthetic workload.
+    #[arg(long, default_value_t = 32)]
+    pub groups: u32,
+    /// Windows with fewer inter-token gaps are left out of the fit.
+    #[arg(long, default_value_t = 20.0)]
+    pub min_gaps: f64,
+    /// Also fit the per-context-token decode cost (needs prompt lengths that vary a lot between
+    /// windows; otherwise it folds into the per-sequence cost).
+    #[arg(long)]
+    pub fit_context: bool,
+    /// Per-query timeout, s.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout_s: f64,
+    /// Seed of the synthetic workload.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Policy of the check run (the synthetic workload simulated on the calibrated profile and
+    /// compared with what the pods reported); `none` skips it.
+    #[arg(long, default_value = "precise-prefix")]
+    pub check_policy: String,
+}
+
+/// What `tune` optimizes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ObjectiveArg {
+    /// Lowest TTFT p90.
+    TtftP90,
+    /// Most output tokens/s from requests meeting --slo-ttft-s.
+    ThroughputAtSlo,
+    /// Highest prefix-cache hit rate.
+    HitRate,
+}
+
+/// How `tune` draws points.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SearchArg {
+    /// Every combination of --levels values per weight.
+    Grid,
+    /// --points uniform random points.
+    Random,
+}
+
+/// `tune` arguments.
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// Simulated engines (vLLM pods).
+    #[arg(long, default_value_t = 16)]
+    pub engines: usize,
+    #[command(flatten)]
+    pub engine: ProfileArgs,
+    /// Served model name.
+    #[arg(long, default_value = "qwen3-32b")]
+    pub model: String,
+    /// What to optimize.
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::TtftP90)]
+    pub objective: ObjectiveArg,
+    /// TTFT SLO of throughput-at-slo, s.
+    #[arg(long, default_value_t = 2.0)]
+    pub slo_ttft_s: f64,
+    /// Search strategy.
+    #[arg(long, value_enum, default_value_t = SearchArg::Grid)]
+    pub search: SearchArg,
+    /// grid: values per weight.
+    #[arg(long, default_value_t = 3)]
+    pub levels: usize,
+    /// random: points drawn.
+    #[arg(long, default_value_t = 30)]
+    pub points: usize,
+    /// Weights searched: `scorer=LO:HI,...`.
+    #[arg(long, default_value = kvpick_sim::tune::DEFAULT_SPACE)]
+    pub space: String,
+    /// Picker of every point: max-score-picker or weighted-random-picker.
+    #[arg(long, default_value = "max-score-picker")]
+    pub picker: String,
+    /// Seeds per point (routing tie-breaks; generated workloads are regenerated per seed).
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Simulations in parallel (default: available cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// The current picker config to beat (default: kvpick's default profile).
+    #[arg(long)]
+    pub current: Option<PathBuf>,
+    /// How often the router's view of engine metrics refreshes, ms.
+    #[arg(long, default_value_t = 50.0)]
+    pub metrics_interval_ms: f64,
+    /// Delay from an engine step to its KV events reaching the index, ms.
+    #[arg(long, default_value_t = 1.0)]
+    pub kv_event_latency_ms: f64,
+    /// Rows of the printed table.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Name of the written ConfigMap (the one manifests/base mounts).
+    #[arg(long, default_value = "kvpick-epp-config")]
+    pub configmap_name: String,
+    /// Namespace of the written ConfigMap.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Directory for picker.yaml, configmap.yaml, tune.json, summary.md, landscape.svg.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }

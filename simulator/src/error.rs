@@ -33,6 +33,10 @@ pub enum SimError {
     /// An external program (kvpick-epp, Envoy) is missing or failed; the message says what to do.
     #[error("{0}")]
     Process(String),
+    /// Prometheus answered, but not with what calibration needs (absent metrics, bad JSON, an
+    /// error status); the message names the query.
+    #[error("prometheus: {0}")]
+    Prometheus(String),
     /// The scheduling core refused (e.g. a picker config that does not validate).
     #[error(transparent)]
     Scheduler(#[from] kvpick_scheduler::Error),
@@ -47,6 +51,7 @@ impl SimError {
             SimError::InvalidConfig(_) => "invalid_config",
             SimError::Network(_) => "network",
             SimError::Process(_) => "process",
+            SimError::Prometheus(_) => "prometheus",
             SimError::Scheduler(e) => e.label(),
         }
     }

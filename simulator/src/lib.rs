@@ -9,6 +9,8 @@
 //! - [`des`]: the discrete-event loop that wires trace, policy and engines together in simulated time.
 //! - [`metrics`] and [`report`]: what a run measured, as a table, JSON and SVG plots.
 //! - [`cache_hit`]: the single global prefix-cache analysis of a trace.
+//! - [`calibrate`]: the engine profile and workload shape fitted to a live cluster's Prometheus.
+//! - [`tune`]: search for the picker config's best weights on a workload, across seeds.
 //! - [`fleet`]: a live simulated vLLM fleet (real HTTP, `/metrics`, ZMQ KV events) driving the
 //!   same engines in real time.
 //! - [`load`]: an open-loop load generator for any OpenAI-compatible endpoint.
@@ -16,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache_hit;
+pub mod calibrate;
 pub mod clock;
 pub mod demo;
 pub mod des;
@@ -29,6 +32,7 @@ pub mod policy;
 pub mod prehashed;
 pub mod report;
 pub mod trace;
+pub mod tune;
 
 pub use clock::SimTime;
 pub use error::SimError;

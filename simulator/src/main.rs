@@ -5,6 +5,7 @@
 mod cli;
 mod live;
 mod progress;
+mod tuning;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -68,6 +69,8 @@ fn main() -> anyhow::Result<()> {
         Command::Fleet(args) => live::fleet(*args),
         Command::Load(args) => live::load(*args),
         Command::Demo(args) => live::demo(*args),
+        Command::Calibrate(args) => tuning::calibrate(*args),
+        Command::Tune(args) => tuning::tune(*args),
         Command::Profiles => {
             for name in PROFILES {
                 if let Some(p) = Profile::named(name) {

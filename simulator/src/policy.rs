@@ -41,6 +41,13 @@ pub enum PolicySpec {
     PrecisePrefix,
     /// `Scheduler` built from an `EndpointPickerConfig` YAML file, the endpoint picker's format.
     Config(PathBuf),
+    /// `Scheduler` built from an `EndpointPickerConfig` YAML text (the tuner's candidates).
+    Inline {
+        /// The name reports use.
+        name: String,
+        /// The config, as the endpoint picker would read it from a file.
+        yaml: Arc<str>,
+    },
 }
 
 /// `least-loaded`: fewest waiting requests, random among equals.
@@ -130,6 +137,7 @@ impl PolicySpec {
                 p.file_stem()
                     .map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into())
             ),
+            PolicySpec::Inline { name, .. } => name.clone(),
         }
     }
 }
@@ -164,6 +172,19 @@ impl std::fmt::Debug for Router {
 fn builtin(yaml: &str, block_size: BlockSize) -> Result<PickerConfig, SimError> {
     let mut c = PickerConfig::parse(yaml)?;
     c.index.block_size = block_size;
+    Ok(c)
+}
+
+/// A picker config's text, checked against the engines' block size; `what` names it in errors.
+fn parse_config(text: &str, what: &str, shape: &PoolShape) -> Result<PickerConfig, SimError> {
+    let c =
+        PickerConfig::parse(text).map_err(|e| SimError::InvalidConfig(format!("{what}: {e}")))?;
+    if c.index.block_size != shape.block_size {
+        return Err(SimError::InvalidConfig(format!(
+            "{what}: index.blockSize {} differs from the engines' block size {} (--block-size)",
+            c.index.block_size, shape.block_size
+        )));
+    }
     Ok(c)
 }
 
@@ -206,19 +227,9 @@ impl Router {
             }
             PolicySpec::Config(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| SimError::io(path, e))?;
-                let c = PickerConfig::parse(&text)
-                    .map_err(|e| SimError::InvalidConfig(format!("{}: {e}", path.display())))?;
-                if c.index.block_size != shape.block_size {
-                    return Err(SimError::InvalidConfig(format!(
-                        "{}: index.blockSize {} differs from the engines' block size {} \
-                         (--block-size)",
-                        path.display(),
-                        c.index.block_size,
-                        shape.block_size
-                    )));
-                }
-                Some(c)
+                Some(parse_config(&text, &path.display().to_string(), shape)?)
             }
+            PolicySpec::Inline { name, yaml } => Some(parse_config(yaml, name, shape)?),
         };
         let kind = match (spec, config) {
             (PolicySpec::Random, _) => Kind::Random,

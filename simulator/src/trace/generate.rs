@@ -86,7 +86,7 @@ pub enum Arrivals {
 }
 
 /// Arrival times over `stages`, scaled by `rate_scale`.
-fn arrival_times(
+pub(crate) fn arrival_times(
     stages: &[RateStage],
     arrivals: Arrivals,
     rate_scale: f64,

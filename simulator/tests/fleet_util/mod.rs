@@ -80,3 +80,68 @@ pub fn prompt(id: u64, n: u32) -> Vec<u32> {
     kvpick_sim::trace::tokens::extend(id, n, &mut v);
     v
 }
+
+/// A program on PATH; panics naming the package when it is missing (tests must not skip).
+pub fn tool(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{name}` is not on PATH: apt-get install -y prometheus (.ci/setup)")
+        })
+}
+
+/// A real Prometheus on 127.0.0.1 scraping `targets` every second, storing under `dir`; returns
+/// it and its base URL once every target is up.
+pub async fn start_prometheus(
+    targets: &[String],
+    dir: &std::path::Path,
+) -> (kvpick_sim::demo::procs::Child, String) {
+    let quoted: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\n\
+             scrape_configs:\n- job_name: sim\n  static_configs:\n  - targets: [{}]\n",
+            quoted.join(", ")
+        ),
+    )
+    .unwrap();
+    let port = kvpick_sim::demo::procs::free_port().unwrap();
+    let mut prom = kvpick_sim::demo::procs::Child::spawn(
+        "prometheus",
+        &tool("prometheus"),
+        [
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+        ],
+        &[],
+        &dir.join("prometheus.log"),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..150 {
+        prom.check_alive().unwrap();
+        let req = hyper::Request::get(format!("{base}/api/v1/targets"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(2), http().request(req)).await;
+        if let Ok(Ok(resp)) = answer
+            && let Ok(body) = resp.into_body().collect().await
+        {
+            let v: Value = serde_json::from_slice(&body.to_bytes()).unwrap_or(Value::Null);
+            let active = v["data"]["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if active.len() == targets.len() && active.iter().all(|t| t["health"] == "up") {
+                return (prom, base);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("Prometheus targets not all up: {}", prom.log_tail(20));
+}

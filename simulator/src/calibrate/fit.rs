@@ -1,0 +1,399 @@
+//! Fitting the engine's step-time profile to vLLM's aggregated metrics.
+//!
+//! vLLM exports no per-step timing, but two of its histograms are sums of step durations:
+//!
+//! - every decoding sequence records one inter-token gap per step, and that gap *is* the step's
+//!   duration, so the mean gap is the mean duration of the steps, weighted by how many sequences
+//!   decode in each;
+//! - a request's prefill time (first scheduled to first token: `request_prefill_time_seconds`, or
+//!   TTFT minus queue time where that is absent) is the duration of its prefill chunks.
+//!
+//! Per window of one engine (`S` steps, `D` inter-token gaps summing to `G` seconds over a
+//! window of `T` seconds, `N` first tokens, `P` = iteration tokens − generated tokens = prompt
+//! tokens computed, `B` = `max_num_batched_tokens`, `L` = mean prompt + mean output / 2 = the
+//! context a decoding sequence reads on average):
+//!
+//! ```text
+//! n = G / T                 sequences decoding at a random instant (Little's law)
+//! mean gap      ≈   overhead + per_prefill_token·n·P/D + per_decode_seq·m + per_context_token·L·m
+//!                 with m = D/S + 1
+//! mean prefill  ≈ k·overhead + per_prefill_token·u     + per_decode_seq·k·n + per_context_token·k·L·n
+//!                 with u = P/N prompt tokens computed per request, k = ⌈u/B⌉ chunks
+//! ```
+//!
+//! A decoding sequence only waits for the prefill chunks scheduled while it decodes: with Poisson
+//! arrivals a request's prefill meets `n` decoding sequences on average (arrivals see time
+//! averages), so the prefill tokens a gap sees on average are `n·P/D`, not `P/S` (which would
+//! charge decoders for prefills that ran while nothing decoded). Likewise a gap is weighted by
+//! the batch it sits in: a decoding sequence shares its step with itself and with the others,
+//! whose number is Poisson-distributed under Poisson arrivals (an M/G/∞ system), so the batch a
+//! gap sees averages `D/S + 1`, not `D/S` (which would bias the overhead by one sequence's cost).
+//!
+//! Both are linear in the coefficients: one weighted least-squares fit over all rows, gap rows
+//! weighted by `D`, prefill rows by `N`, each kind scaled to the same total weight (the gaps pin
+//! the per-step costs, the prefill times the per-token cost). Coefficients are constrained
+//! non-negative by dropping the most negative one and refitting (an active-set method: a negative
+//! cost means no signal). `per_context_token` is fitted only on request (`--fit-context`): it is
+//! weakly identified from window means, since it varies with `D/S` unless prompt lengths differ a
+//! lot between windows; it is then kept only when it varies apart from `D/S` and earns its
+//! parameter (BIC). Otherwise its cost folds into `per_decode_seq` at the observed context. Prefill attention
+//! (`per_attention_pair`) is not identifiable from these metrics: it folds into
+//! `per_prefill_token` at the observed prompt lengths, and the calibrated profile sets it to 0.
+//! Approximations, stated: the regressors are window means, exact when the batch is steady within
+//! a window (short windows at a steady load fit best); chunk counts come from mean lengths.
+
+use serde::Serialize;
+
+use super::lsq::{Row, correlation, nonnegative_fit, rss, spread};
+use super::windows::{Counter, Window};
+use crate::engine::StepTimeModel;
+use crate::error::SimError;
+
+/// The regressors, in column order after the intercept.
+pub(super) const COLUMNS: [&str; 3] = ["per_prefill_token", "per_decode_seq", "per_context_token"];
+
+/// One window's observation and the fit's prediction for it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Residual {
+    /// `gap` (mean inter-token gap) or `prefill` (mean prefill time).
+    pub kind: &'static str,
+    /// The engine.
+    pub engine: String,
+    /// Window end, unix seconds.
+    pub end: f64,
+    /// Observed mean, µs.
+    pub observed_us: f64,
+    /// Predicted, µs.
+    pub predicted_us: f64,
+    /// The row's regressors (see the module docs), in coefficient order.
+    pub regressors: [f64; 4],
+}
+
+/// The fitted step-time model and how well it fits.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepFit {
+    /// The coefficients (`per_attention_pair_us` is 0, see the module docs).
+    pub model: StepTimeModel,
+    /// Weighted coefficient of determination over the windows used.
+    pub r2: f64,
+    /// Weighted root mean square residual, µs.
+    pub rmse_us: f64,
+    /// Windows used.
+    pub windows: usize,
+    /// Coefficients fixed at 0, and why.
+    pub dropped: Vec<String>,
+    /// Per window.
+    pub residuals: Vec<Residual>,
+}
+
+/// Mean prompt and output lengths over `windows` (0 when no request finished).
+pub fn mean_lengths(windows: &[Window]) -> (f64, f64) {
+    let total = |c: Counter| windows.iter().map(|w| w.get(c)).sum::<f64>();
+    let ratio = |s: f64, n: f64| if n > 0.0 { s / n } else { 0.0 };
+    (
+        ratio(total(Counter::PromptLenSum), total(Counter::PromptLenCount)),
+        ratio(total(Counter::OutputLenSum), total(Counter::OutputLenCount)),
+    )
+}
+
+/// Fits the step-time model to the windows with at least `min_gaps` inter-token gaps (gap rows)
+/// or 3 first tokens (prefill rows), for engines computing at most `chunk_tokens` per step;
+/// `per_context_token` only with `fit_context`.
+pub fn fit_step_time(
+    windows: &[Window],
+    min_gaps: f64,
+    chunk_tokens: u32,
+    fit_context: bool,
+) -> Result<StepFit, SimError> {
+    let (mean_in, mean_out) = mean_lengths(windows);
+    let mut rows = Vec::new();
+    let mut used = Vec::new();
+    for w in windows {
+        let steps = w.get(Counter::Steps);
+        if steps < 1.0 {
+            continue;
+        }
+        let gaps = w.get(Counter::ItlCount);
+        let firsts = w.get(Counter::TtftCount);
+        let prefill = (w.get(Counter::StepTokens) - w.get(Counter::Generated)).max(0.0);
+        let mean = |sum: Counter, count: Counter, default: f64| {
+            let n = w.get(count);
+            if n > 0.0 { w.get(sum) / n } else { default }
+        };
+        let len_in = mean(Counter::PromptLenSum, Counter::PromptLenCount, mean_in);
+        let len_out = mean(Counter::OutputLenSum, Counter::OutputLenCount, mean_out);
+        let decode = gaps / steps;
+        let len = len_in + len_out / 2.0;
+        // Sequences decoding at a random instant: decode-seconds per second.
+        let decoding = w.get(Counter::ItlSum) / w.secs.max(f64::MIN_POSITIVE);
+        if gaps >= min_gaps.max(1.0) {
+            rows.push(Row {
+                kind: "gap",
+                x: [
+                    1.0,
+                    decoding * prefill / gaps,
+                    decode + 1.0,
+                    (decode + 1.0) * len,
+                ],
+                y: w.get(Counter::ItlSum) / gaps * 1e6,
+                w: gaps,
+            });
+            used.push(w);
+        }
+        let prefill_s = if w.get(Counter::PrefillCount) > 0.0 {
+            Some(mean(Counter::PrefillSum, Counter::PrefillCount, 0.0))
+        } else if w.get(Counter::QueueCount) > 0.0 && firsts > 0.0 {
+            Some(
+                mean(Counter::TtftSum, Counter::TtftCount, 0.0)
+                    - mean(Counter::QueueSum, Counter::QueueCount, 0.0),
+            )
+        } else {
+            None
+        };
+        if let Some(t) = prefill_s.filter(|t| *t > 0.0 && firsts >= 3.0) {
+            let per_request = prefill / firsts;
+            let chunks = (per_request / chunk_tokens.max(1) as f64).ceil().max(1.0);
+            rows.push(Row {
+                kind: "prefill",
+                x: [
+                    chunks,
+                    per_request,
+                    chunks * decoding,
+                    chunks * decoding * len,
+                ],
+                y: t * 1e6,
+                w: firsts,
+            });
+            used.push(w);
+        }
+    }
+    // Each kind of evidence weighs the same in total.
+    let total = |k: &str| {
+        rows.iter()
+            .filter(|r| r.kind == k)
+            .map(|r| r.w)
+            .sum::<f64>()
+    };
+    let (gap_w, prefill_w) = (total("gap"), total("prefill"));
+    if gap_w > 0.0 && prefill_w > 0.0 {
+        for r in rows.iter_mut().filter(|r| r.kind == "prefill") {
+            r.w *= gap_w / prefill_w;
+        }
+    }
+    if rows.len() < 4 {
+        return Err(SimError::Prometheus(format!(
+            "{} windows with traffic, need at least 4: widen --window, shorten \
+             --resolution, or calibrate while the pods serve traffic",
+            rows.len()
+        )));
+    }
+    let mut active = [true, true, true, fit_context];
+    let mut dropped = Vec::new();
+    if !fit_context {
+        dropped.push(
+            "per_context_token: not fitted (--fit-context); folded into per_decode_seq".into(),
+        );
+    }
+    for (j, name) in COLUMNS.iter().enumerate() {
+        if active[j + 1] && spread(&rows, j + 1) < 1e-9 {
+            active[j + 1] = false;
+            dropped.push(format!("{name}: no variation in the data"));
+        }
+    }
+    if active[2] && active[3] && correlation(&rows, 2, 3).abs() > 0.995 {
+        active[3] = false;
+        dropped.push(
+            "per_context_token: not separable from per_decode_seq (prompt lengths did not vary \
+             between windows); folded into per_decode_seq"
+                .into(),
+        );
+    }
+    let mut coef = nonnegative_fit(&rows, &mut active, &mut dropped)?;
+    // Keep the context cost only if it earns its parameter (BIC over the rows).
+    if active[3] {
+        let mut without = active;
+        without[3] = false;
+        let mut notes = Vec::new();
+        let simpler = nonnegative_fit(&rows, &mut without, &mut notes)?;
+        let n = rows.len() as f64;
+        let bic_gain =
+            n * (rss(&rows, &coef) / rss(&rows, &simpler).max(f64::MIN_POSITIVE)).ln() + n.ln();
+        if bic_gain >= 0.0 {
+            coef = simpler;
+            dropped.push(
+                "per_context_token: does not improve the fit enough (BIC); folded into \
+                 per_decode_seq"
+                    .into(),
+            );
+            dropped.extend(notes);
+        }
+    }
+    let predict = |x: &[f64; 4]| (0..4).map(|j| coef[j] * x[j]).sum::<f64>();
+    let (sw, swy) = rows
+        .iter()
+        .fold((0.0, 0.0), |(a, b), r| (a + r.w, b + r.w * r.y));
+    let mean = swy / sw;
+    let (ss_res, ss_tot) = rows.iter().fold((0.0, 0.0), |(a, b), r| {
+        (
+            a + r.w * (r.y - predict(&r.x)).powi(2),
+            b + r.w * (r.y - mean).powi(2),
+        )
+    });
+    let residuals = rows
+        .iter()
+        .zip(used)
+        .map(|(r, w)| Residual {
+            kind: r.kind,
+            engine: w.engine.clone(),
+            end: w.end,
+            observed_us: r.y,
+            predicted_us: predict(&r.x),
+            regressors: r.x,
+        })
+        .collect();
+    Ok(StepFit {
+        model: StepTimeModel {
+            overhead_us: coef[0].max(0.0),
+            per_prefill_token_us: coef[1],
+            per_decode_seq_us: coef[2],
+            per_context_token_us: coef[3],
+            per_attention_pair_us: 0.0,
+        },
+        r2: if ss_tot > 0.0 {
+            1.0 - ss_res / ss_tot
+        } else {
+            1.0
+        },
+        rmse_us: (ss_res / sw).sqrt(),
+        windows: rows.len(),
+        dropped,
+        residuals,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calibrate::windows::COUNTERS;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Windows of an engine whose steps follow `truth` exactly, at varied loads and prompts;
+    /// `noise` is the relative error of each window's mean gap.
+    fn synthetic(truth: &StepTimeModel, noise: f64, vary_prompts: bool) -> Vec<Window> {
+        let mut rng = SmallRng::seed_from_u64(7);
+        (0..60)
+            .map(|k| {
+                let steps: f64 = rng.random_range(200.0..400.0);
+                let decode: f64 = rng.random_range(1.0..40.0);
+                let prefill: f64 = rng.random_range(0.0..300.0);
+                let len_in = if vary_prompts {
+                    rng.random_range(200.0..3000.0)
+                } else {
+                    1000.0
+                };
+                let len_out = 200.0;
+                let ctx = decode * (len_in + len_out / 2.0);
+                let step = truth.overhead_us
+                    + truth.per_prefill_token_us * prefill
+                    + truth.per_decode_seq_us * decode
+                    + truth.per_context_token_us * ctx;
+                // What a decoding sequence sees: its own batch, one more than the mean.
+                let seen = step
+                    + truth.per_decode_seq_us
+                    + truth.per_context_token_us * (len_in + len_out / 2.0);
+                let gaps = decode * steps;
+                let mut delta = [0.0; COUNTERS.len()];
+                let mut set = |c: Counter, v: f64| delta[c as usize] = v;
+                set(Counter::Steps, steps);
+                set(Counter::Generated, gaps + 10.0);
+                set(Counter::StepTokens, prefill * steps + gaps + 10.0);
+                set(Counter::ItlCount, gaps);
+                let err = 1.0 + noise * rng.random_range(-1.0..1.0);
+                set(Counter::ItlSum, gaps * seen * err / 1e6);
+                set(Counter::PromptLenCount, 10.0);
+                set(Counter::PromptLenSum, 10.0 * len_in);
+                set(Counter::OutputLenCount, 10.0);
+                set(Counter::OutputLenSum, 10.0 * len_out);
+                // 30 requests started: their prefill time, from TTFT minus queue time.
+                let per_request = prefill * steps / 30.0;
+                let chunks = (per_request / 512.0).ceil().max(1.0);
+                let prefill_us = chunks * truth.overhead_us
+                    + truth.per_prefill_token_us * per_request
+                    + chunks
+                        * (truth.per_decode_seq_us * decode + truth.per_context_token_us * ctx);
+                set(Counter::TtftCount, 30.0);
+                set(Counter::TtftSum, 30.0 * (prefill_us / 1e6 + 0.5));
+                set(Counter::QueueCount, 30.0);
+                set(Counter::QueueSum, 30.0 * 0.5);
+                Window {
+                    engine: "pod=a".into(),
+                    end: k as f64,
+                    secs: steps * seen / 1e6, // busy throughout
+                    delta,
+                }
+            })
+            .collect()
+    }
+
+    const TRUTH: StepTimeModel = StepTimeModel {
+        overhead_us: 5000.0,
+        per_prefill_token_us: 40.0,
+        per_decode_seq_us: 150.0,
+        per_context_token_us: 0.02,
+        per_attention_pair_us: 0.0,
+    };
+
+    #[test]
+    fn recovers_exact_coefficients() {
+        let f = fit_step_time(&synthetic(&TRUTH, 0.0, true), 1.0, 512, true).unwrap();
+        let m = f.model;
+        assert!((m.overhead_us - 5000.0).abs() < 1e-3, "{m:?}");
+        assert!((m.per_prefill_token_us - 40.0).abs() < 1e-6, "{m:?}");
+        assert!((m.per_decode_seq_us - 150.0).abs() < 1e-6, "{m:?}");
+        assert!((m.per_context_token_us - 0.02).abs() < 1e-9, "{m:?}");
+        assert!(f.r2 > 0.999_999 && f.dropped.is_empty(), "{f:?}");
+        let folded = fit_step_time(&synthetic(&TRUTH, 0.0, true), 1.0, 512, false).unwrap();
+        assert_eq!(folded.model.per_context_token_us, 0.0);
+        assert!(folded.model.per_decode_seq_us > 150.0, "{folded:?}");
+    }
+
+    #[test]
+    fn noisy_windows_stay_close_and_report_fit() {
+        let f = fit_step_time(&synthetic(&TRUTH, 0.05, true), 1.0, 512, true).unwrap();
+        let m = f.model;
+        assert!((m.overhead_us / 5000.0 - 1.0).abs() < 0.1, "{m:?}");
+        assert!((m.per_prefill_token_us / 40.0 - 1.0).abs() < 0.1, "{m:?}");
+        assert!((m.per_decode_seq_us / 150.0 - 1.0).abs() < 0.15, "{m:?}");
+        assert!(f.r2 > 0.8 && f.r2 < 1.0 && f.rmse_us > 0.0, "{f:?}");
+        assert_eq!(f.residuals.len(), 120);
+    }
+
+    #[test]
+    fn constant_prompts_fold_context_into_decode() {
+        let f = fit_step_time(&synthetic(&TRUTH, 0.0, false), 1.0, 512, true).unwrap();
+        let m = f.model;
+        assert_eq!(m.per_context_token_us, 0.0);
+        // 150 µs + 0.02 µs × (1000 + 100) context tokens.
+        assert!((m.per_decode_seq_us - 172.0).abs() < 1e-6, "{m:?}");
+        assert!(f.dropped[0].contains("per_context_token"), "{f:?}");
+    }
+
+    #[test]
+    fn negative_costs_are_dropped_and_idle_data_refused() {
+        let truth = StepTimeModel {
+            per_prefill_token_us: 0.0,
+            ..TRUTH
+        };
+        let mut w = synthetic(&truth, 0.0, true);
+        // Pull the prefill cost below zero with a few skewed windows.
+        for x in w.iter_mut().take(5) {
+            x.delta[Counter::ItlSum as usize] *= 0.5;
+        }
+        let f = fit_step_time(&w, 1.0, 512, true).unwrap();
+        assert!(f.model.per_prefill_token_us >= 0.0);
+        assert!(f.model.per_decode_seq_us >= 0.0 && f.model.overhead_us >= 0.0);
+        let idle: Vec<Window> = w.into_iter().take(1).collect();
+        assert!(fit_step_time(&idle, 1.0, 512, true).is_err());
+    }
+}
