@@ -81,9 +81,17 @@ impl UsageScanner {
     pub fn feed(&mut self, chunk: &[u8]) {
         if self.mode == Mode::Unknown {
             match chunk.iter().find(|b| !b.is_ascii_whitespace()) {
-                None => return,
+                // Only whitespace so far: keep it (bounded, below) and sniff the next chunk.
+                None => {}
                 Some(b'{') => self.mode = Mode::Json,
-                Some(_) => self.mode = Mode::Sse,
+                Some(_) => {
+                    // Whitespace kept while sniffing holds line ends: scan it as SSE first.
+                    self.mode = Mode::Sse;
+                    let kept = std::mem::take(&mut self.buf);
+                    if !self.overflowed {
+                        self.feed_sse(&kept);
+                    }
+                }
             }
         }
         match self.mode {
@@ -219,6 +227,17 @@ mod tests {
                 cached_tokens: 0
             })
         );
+    }
+
+    #[test]
+    fn sniffing_does_not_depend_on_chunking() {
+        let body = b"\n \ndata: {\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":1}}\n";
+        let whole = scan(None, &[body]);
+        assert_eq!(whole.map(|u| u.prompt_tokens), Some(4));
+        for cut in 1..4 {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(scan(None, &[a, b]), whole, "cut at {cut}");
+        }
     }
 
     #[test]
