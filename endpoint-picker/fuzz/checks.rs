@@ -48,7 +48,11 @@ pub fn usage_stream(data: &[u8]) {
         }
         scanner.finish()
     };
-    let cut = scan(if *chunk == 0 { body.len() } else { usize::from(*chunk) });
+    let cut = scan(if *chunk == 0 {
+        body.len()
+    } else {
+        usize::from(*chunk)
+    });
     if body.len() <= CAP {
         assert_eq!(cut, scan(body.len()), "the cut changed the usage found");
     }

@@ -6,7 +6,9 @@
 //!   [`extproc::reply`] builds Envoy's messages.
 //! - [`request`]: pure parser of OpenAI-style bodies; [`prompt`]: the tokenizer seam.
 //! - [`picker`]: candidates from the pool, then `kvpick_scheduler::Scheduler::pick`.
-//! - [`usage`]: token usage read from responses as they stream past.
+//! - [`shedding`]: request priority and the saturated pool's 429 for sheddable requests.
+//! - [`usage`]: token usage read from responses as they stream past; [`prediction`] compares the
+//!   prefix the index predicted with the cached tokens the pod reports.
 //!
 //! What the picker knows, and where it comes from:
 //! - [`pool`]: endpoints, their ids and live signals; its `watch` of views is the seam for KV-event
@@ -33,11 +35,13 @@ pub mod health;
 pub mod kv_events;
 pub mod picker;
 pub mod pool;
+pub mod prediction;
 pub mod prompt;
 pub mod query;
 pub mod request;
 pub mod scrape;
 pub mod server;
+pub mod shedding;
 pub mod telemetry;
 pub mod usage;
 

@@ -19,20 +19,19 @@ pub struct Usage {
     /// `completion_tokens`.
     #[serde(default)]
     pub completion_tokens: u64,
-    /// `prompt_tokens_details.cached_tokens` (vLLM with `--enable-prompt-tokens-details`).
+    /// `prompt_tokens_details.cached_tokens` (vLLM with `--enable-prompt-tokens-details`);
+    /// `None` when the response does not report it (not the same as 0 cached tokens).
     #[serde(default, rename = "prompt_tokens_details", deserialize_with = "cached")]
-    pub cached_tokens: u64,
+    pub cached_tokens: Option<u64>,
 }
 
-fn cached<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+fn cached<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
     struct Details {
         #[serde(default)]
         cached_tokens: Option<u64>,
     }
-    Ok(Option::<Details>::deserialize(d)?
-        .and_then(|x| x.cached_tokens)
-        .unwrap_or(0))
+    Ok(Option::<Details>::deserialize(d)?.and_then(|x| x.cached_tokens))
 }
 
 #[derive(Deserialize)]
@@ -188,7 +187,7 @@ mod tests {
         let want = Usage {
             prompt_tokens: 12,
             completion_tokens: 3,
-            cached_tokens: 8,
+            cached_tokens: Some(8),
         };
         assert_eq!(scan(Some("application/json"), &[a, b]), Some(want));
         assert_eq!(scan(None, &[a, b]), Some(want));
@@ -224,7 +223,7 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 2,
                 completion_tokens: 1,
-                cached_tokens: 0
+                cached_tokens: None
             })
         );
     }

@@ -20,10 +20,11 @@ use tokio::time::Instant;
 use super::reply::{self, MAX_CHUNK};
 use crate::error::Error;
 use crate::picker::{RouteRequest, Routing};
+use crate::prediction::Prediction;
 use crate::prompt::Tokenized;
 use crate::telemetry as t;
 use crate::usage::{self, UsageScanner};
-use crate::{Shared, request};
+use crate::{Shared, request, shedding};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -66,6 +67,7 @@ pub struct Exchange {
     status: Option<u16>,
     first_byte: bool,
     usage: Option<UsageScanner>,
+    prediction: Option<Prediction>,
 }
 
 impl Exchange {
@@ -85,6 +87,7 @@ impl Exchange {
             status: None,
             first_byte: false,
             usage: None,
+            prediction: None,
         }
     }
 
@@ -135,6 +138,11 @@ impl Exchange {
             .or_else(|| reply::header(headers, "x-session-id"))
             .map(str::to_owned);
         self.subset = reply::subset_hint(metadata);
+        let priority = shedding::priority(&self.shared, headers);
+        if let Err(e) = shedding::admit(&self.shared, priority) {
+            self.refuse(&e, out);
+            return Ok(());
+        }
         if h.end_of_stream {
             // No body (e.g. GET /v1/models): decide on load alone, at once.
             let start = Instant::now();
@@ -239,6 +247,7 @@ impl Exchange {
             metrics::histogram!(t::PREFIX_MATCH)
                 .record(f64::from(r.matched_blocks) / f64::from(r.total_blocks));
         }
+        self.prediction = Some(Prediction::new(&self.shared, &r));
         self.outcome = "routed";
         let metadata = self.metadata(&r);
         match self.request_mode {
@@ -332,7 +341,12 @@ impl Exchange {
         if let Some(u) = self.usage.take().and_then(UsageScanner::finish) {
             metrics::counter!(t::TOKENS, "kind" => "input").increment(u.prompt_tokens);
             metrics::counter!(t::TOKENS, "kind" => "output").increment(u.completion_tokens);
-            metrics::counter!(t::TOKENS, "kind" => "cached").increment(u.cached_tokens);
+            if let Some(cached) = u.cached_tokens {
+                metrics::counter!(t::TOKENS, "kind" => "cached").increment(cached);
+                if let Some(gap) = self.prediction.and_then(|p| p.error(self.primary, cached)) {
+                    metrics::histogram!(t::PREFIX_PREDICTION_ERROR).record(gap);
+                }
+            }
         }
     }
 }
