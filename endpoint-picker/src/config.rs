@@ -33,12 +33,21 @@ pub struct Cli {
     /// Port of the Prometheus `/metrics` endpoint.
     #[arg(long, env = "KVPICK_METRICS_PORT", default_value_t = 9090)]
     pub metrics_port: u16,
-    /// TLS certificate (PEM) for the ext_proc port; with --key-path, serves TLS instead of plaintext.
+    /// TLS certificate (PEM) for the ext_proc port; with --key-path, serves TLS instead of
+    /// plaintext. Both files are re-read when they change (cert-manager renewals), no restart.
     #[arg(long, env = "KVPICK_CERT_PATH", requires = "key_path")]
     pub cert_path: Option<PathBuf>,
     /// TLS private key (PEM) for the ext_proc port.
     #[arg(long, env = "KVPICK_KEY_PATH", requires = "cert_path")]
     pub key_path: Option<PathBuf>,
+    /// Serve the ext_proc port over TLS with a self-signed certificate made at start, unless
+    /// --cert-path/--key-path give one (gateways that connect over TLS without verifying, such
+    /// as agentgateway, need nothing more).
+    #[arg(long, env = "KVPICK_SECURE_SERVING", action = ArgAction::SetTrue)]
+    pub secure_serving: bool,
+    /// How often --cert-path and --key-path are checked for changes.
+    #[arg(long, env = "KVPICK_CERT_RELOAD_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub cert_reload_interval: Duration,
     /// Picker configuration file (index, staleness, filters, scorers, weights, picker): llm-d's
     /// EndpointPickerConfig YAML; without it, kvpick's default profile (precise prefix 2, KV
     /// utilization 1, queue 1).
@@ -56,7 +65,8 @@ pub struct Cli {
     /// InferencePool namespace, for Kubernetes discovery.
     #[arg(long, env = "KVPICK_POOL_NAMESPACE")]
     pub pool_namespace: Option<String>,
-    /// Bind a ZMQ SUB socket here (e.g. tcp://*:5557) for pods that connect to publish KV events.
+    /// Bind mode: listen for KV events here (e.g. tcp://*:5557) from pods that connect to kvpick
+    /// (vLLM `--kv-events-config` with `endpoint: tcp://<kvpick>:5557`, topic `kv@<pod-ip>@<model>`).
     #[arg(long, env = "KVPICK_KV_EVENTS_BIND")]
     pub kv_events_bind: Option<String>,
     /// Kubernetes discovery without a pool: pods matching these labels (`k=v,k2=v2`) in --pool-namespace.
@@ -68,14 +78,22 @@ pub struct Cli {
     /// Model of discovered pods without a `kvpick.io/model` annotation (Kubernetes discovery).
     #[arg(long, env = "KVPICK_MODEL")]
     pub model: Option<String>,
-    /// Base port of the pods' KV-event publishers, rank N on base+N (annotation `kvpick.io/kv-events-port`
-    /// overrides); 0: none. Default 5557, or 0 with --kv-events-bind.
+    /// Base port of the pods' KV-event publishers, rank N on base+N (connect mode). Kubernetes:
+    /// the annotation `kvpick.io/kv-events-port` overrides; default 5557, or 0 with
+    /// --kv-events-bind. Endpoints file: for entries without `kvEvents`; default none. 0: none.
     #[arg(long, env = "KVPICK_KV_EVENTS_PORT")]
     pub kv_events_port: Option<u16>,
-    /// Base port of the pods' KV-event replay sockets, rank N on base+N (annotation
-    /// `kvpick.io/kv-replay-port` overrides); 0: none.
+    /// Base port of the pods' KV-event replay sockets, rank N on base+N (Kubernetes: the
+    /// annotation `kvpick.io/kv-replay-port` overrides; endpoints file: for entries without
+    /// `kvReplay`); 0: none.
     #[arg(long, env = "KVPICK_KV_REPLAY_PORT", default_value_t = 0)]
     pub kv_replay_port: u16,
+    /// KV-event ingestion.
+    #[command(flatten)]
+    pub kv_events: crate::kv_events::KvEventsArgs,
+    /// Tokenization of text and chat prompts.
+    #[command(flatten)]
+    pub tokenize: crate::tokenizer::TokenizeArgs,
     /// KV block size in tokens, when neither --config nor the endpoints file gives one.
     #[arg(long, env = "KVPICK_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: u32,
@@ -244,13 +262,16 @@ fn injected_flags<'a>(
 }
 
 impl Cli {
-    /// Checks what clap cannot: combinations and features not built yet.
+    /// Checks what clap cannot: combinations and bounds.
     pub fn validate(&self) -> Result<(), Error> {
         crate::discovery::kubernetes::KubeSettings::from_cli(self)?;
         if self.block_size == 0 {
             return Err(Error::Config("--block-size must be positive".into()));
         }
-        if self.refresh_metrics_interval.is_zero() || self.endpoints_poll_interval.is_zero() {
+        if self.refresh_metrics_interval.is_zero()
+            || self.endpoints_poll_interval.is_zero()
+            || self.cert_reload_interval.is_zero()
+        {
             return Err(Error::Config("intervals must be positive".into()));
         }
         Ok(())

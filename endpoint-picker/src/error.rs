@@ -80,6 +80,9 @@ pub enum Error {
     /// Kubernetes discovery could not start (no client configuration).
     #[error("{0}")]
     Kubernetes(String),
+    /// Tokenizer files or flags that do not load.
+    #[error(transparent)]
+    Tokenizer(#[from] kvpick_tokenize::Error),
     /// A feature that is accepted on the command line but not built yet.
     #[error("{0} is not built yet")]
     NotBuilt(&'static str),
@@ -104,6 +107,7 @@ impl Error {
             Error::Serve(_) => "serve",
             Error::Scheduler(e) => e.label(),
             Error::NotBuilt(_) => "not_built",
+            Error::Tokenizer(e) => e.label(),
             Error::Kubernetes(_) => "kubernetes",
             Error::BodyTooLarge { .. } => "body_too_large",
             Error::InvalidBody(_) => "invalid_body",

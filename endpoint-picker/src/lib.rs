@@ -4,15 +4,16 @@
 //! Request path, in the order a request meets it:
 //! - [`extproc`]: the ext_proc gRPC service; [`extproc::exchange`] is one stream's state machine,
 //!   [`extproc::reply`] builds Envoy's messages.
-//! - [`request`]: pure parser of OpenAI-style bodies; [`prompt`]: the tokenizer seam.
+//! - [`request`]: pure parser of OpenAI-style bodies; [`prompt`]: the tokenizer seam, served by
+//!   [`tokenizer`] (`kvpick-tokenize`, off the reactor, with a deadline).
 //! - [`picker`]: candidates from the pool, then `kvpick_scheduler::Scheduler::pick`.
 //! - [`shedding`]: request priority and the saturated pool's 429 for sheddable requests.
 //! - [`usage`]: token usage read from responses as they stream past; [`prediction`] compares the
 //!   prefix the index predicted with the cached tokens the pod reports.
 //!
 //! What the picker knows, and where it comes from:
-//! - [`pool`]: endpoints, their ids and live signals; its `watch` of views is the seam for KV-event
-//!   ingestion ([`Ingestion`], served by [`kv_events`]).
+//! - [`pool`]: endpoints, their ids and live signals; its `watch` of views feeds KV-event
+//!   ingestion ([`Ingestion`], served by [`kv_events`], started by the [`server`]).
 //! - [`discovery`]: where endpoints come from ([`discovery::file`], [`discovery::kubernetes`]).
 //! - [`scrape`]: per-endpoint `/metrics` loops; [`scrape::prometheus`] is the pure page scanner.
 //!
@@ -43,6 +44,7 @@ pub mod scrape;
 pub mod server;
 pub mod shedding;
 pub mod telemetry;
+pub mod tokenizer;
 pub mod usage;
 
 pub use error::Error;
@@ -68,7 +70,7 @@ pub struct Shared {
     pub clock: clock::Clock,
 }
 
-/// What KV-event ingestion (`kv_events`, built separately) receives from the picker: the pool's
+/// What KV-event ingestion ([`kv_events`]) receives from the picker: the pool's
 /// views (each member's id, model, `kvEvents` and `kvReplay` addresses, and its
 /// [`pool::Live`] cell to report [`kvpick_scheduler::scheduler::EventsState`] in), the index to
 /// apply events to, and the `--kv-events-bind` address. A subscriber must stop writing for an

@@ -1,36 +1,88 @@
 //! From a parsed request to the prompt the scheduler sees: the seam where a tokenizer slots in.
 //!
 //! Token-array prompts are used as is: their block keys come straight from the ids. Text and chat
-//! prompts go through a [`Tokenize`] implementation; until a real tokenizer is configured,
-//! [`NoTokenizer`] declines and the scheduler gets [`Prompt::Text`], which only the approximate
-//! prefix scorer can use. For chat requests that text is the raw `messages` JSON: successive turns
-//! of one conversation share its prefix, which is all an approximate scorer needs.
+//! prompts go through a [`Tokenize`] implementation ([`crate::tokenizer::Tokenizer`] in the
+//! binary), asynchronously: tokenizing runs off the reactor and may ask a pod, so the stream awaits
+//! it without blocking other streams. When no ids come back in time (no tokenizer for the model, a
+//! timeout, an error), the scheduler gets [`Prompt::Text`], which only the approximate prefix
+//! scorer can use. For chat requests that text is the raw `messages` JSON: successive turns of one
+//! conversation share its prefix, which is all an approximate scorer needs. Every text or chat
+//! request is counted in `kvpick_tokenize_total{source, outcome}`.
 
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
 use kvpick_scheduler::Prompt;
-use serde_json::value::RawValue;
 
-use crate::request::PromptInput;
+use crate::request::{InferenceRequest, PromptInput};
+use crate::telemetry as t;
 
-/// Turns text prompts into the token ids the pod will see. Implementations must be cheap to share
-/// between requests (`Send + Sync`) and return `None` for a model they do not know.
-pub trait Tokenize: Send + Sync + std::fmt::Debug {
-    /// Token ids of a completions prompt.
-    fn completion(&self, model: &str, text: &str) -> Option<Vec<u32>>;
-    /// Token ids of a chat conversation after the model's chat template.
-    fn chat(&self, model: &str, messages: &RawValue) -> Option<Vec<u32>>;
+/// A boxed future that owns what it needs.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What to tokenize, owned (the work outlives nothing borrowed from the stream).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenizeCall {
+    /// A completions prompt.
+    Completion {
+        /// The request's `model`.
+        model: String,
+        /// The prompt text.
+        text: String,
+        /// The body's `add_special_tokens` (vLLM's default for completions: true).
+        add_special_tokens: bool,
+    },
+    /// A chat request: the whole body, since `tools`, `chat_template_kwargs` and friends shape
+    /// the prompt too. It is read off the reactor.
+    Chat {
+        /// The request's `model`.
+        model: String,
+        /// The request body (an OpenAI `/v1/chat/completions` JSON object).
+        body: Bytes,
+    },
 }
 
-/// The tokenizer used until one is configured: declines everything.
+/// What a tokenizer answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tokens {
+    /// The ids the pod will compute; `source` is a metric label (`local`, `cache`, `remote`).
+    Ids {
+        /// The ids.
+        ids: Vec<u32>,
+        /// Where they came from.
+        source: &'static str,
+    },
+    /// None: route with the text; `reason` is a metric label (`no_tokenizer`, `timeout`, ...).
+    Unavailable {
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// Turns text prompts into the token ids the pod will see. Shared by all streams.
+pub trait Tokenize: Send + Sync + std::fmt::Debug {
+    /// Whether any model could be tokenized (if not, requests skip building a call).
+    fn enabled(&self) -> bool {
+        true
+    }
+    /// Tokenizes `call`; must answer within its own deadline and never panic.
+    fn tokenize(&self, call: TokenizeCall) -> BoxFuture<Tokens>;
+}
+
+/// The tokenizer used when none is configured: declines everything.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoTokenizer;
 
 impl Tokenize for NoTokenizer {
-    fn completion(&self, _model: &str, _text: &str) -> Option<Vec<u32>> {
-        None
+    fn enabled(&self) -> bool {
+        false
     }
 
-    fn chat(&self, _model: &str, _messages: &RawValue) -> Option<Vec<u32>> {
-        None
+    fn tokenize(&self, _call: TokenizeCall) -> BoxFuture<Tokens> {
+        Box::pin(std::future::ready(Tokens::Unavailable {
+            reason: "no_tokenizer",
+        }))
     }
 }
 
@@ -39,13 +91,40 @@ impl Tokenize for NoTokenizer {
 pub struct Tokenized(Option<Vec<u32>>);
 
 impl Tokenized {
-    /// Runs `tokenizer` over a text or chat prompt (token prompts need nothing).
-    pub fn new(tokenizer: &dyn Tokenize, model: &str, input: &PromptInput<'_>) -> Self {
-        Self(match input {
-            PromptInput::Text(text) => tokenizer.completion(model, text),
-            PromptInput::Chat(messages) => tokenizer.chat(model, messages),
-            PromptInput::Tokens(_) | PromptInput::None => None,
-        })
+    /// Runs `tokenizer` over a text or chat prompt (token prompts need nothing); `body` is the
+    /// request's body, which `req` was parsed from.
+    pub async fn new(tokenizer: &dyn Tokenize, req: &InferenceRequest<'_>, body: &Bytes) -> Self {
+        let call = match &req.prompt {
+            PromptInput::Tokens(_) | PromptInput::None => return Self(None),
+            _ if !tokenizer.enabled() => {
+                count("unavailable", "no_tokenizer");
+                return Self(None);
+            }
+            PromptInput::Text(text) => TokenizeCall::Completion {
+                model: req.model.to_string(),
+                text: text.to_string(),
+                add_special_tokens: req.add_special_tokens.unwrap_or(true),
+            },
+            PromptInput::Chat(_) => TokenizeCall::Chat {
+                model: req.model.to_string(),
+                body: body.clone(),
+            },
+        };
+        match tokenizer.tokenize(call).await {
+            Tokens::Ids { ids, source } => {
+                count(source, "ok");
+                Self(Some(ids))
+            }
+            Tokens::Unavailable { reason } => {
+                count("unavailable", reason);
+                Self(None)
+            }
+        }
+    }
+
+    /// Ids given directly (tests, the query API).
+    pub fn from_ids(ids: Option<Vec<u32>>) -> Self {
+        Self(ids)
     }
 
     /// The scheduler's view of `input`, preferring token ids.
@@ -62,40 +141,54 @@ impl Tokenized {
     }
 }
 
+fn count(source: &'static str, outcome: &'static str) {
+    metrics::counter!(t::TOKENIZE, "source" => source, "outcome" => outcome).increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::borrow::Cow;
+    use crate::request;
 
     #[derive(Debug)]
-    struct Bytes;
-    impl Tokenize for Bytes {
-        fn completion(&self, _: &str, text: &str) -> Option<Vec<u32>> {
-            Some(text.bytes().map(u32::from).collect())
-        }
-        fn chat(&self, _: &str, _: &RawValue) -> Option<Vec<u32>> {
-            None
+    struct ByteIds;
+    impl Tokenize for ByteIds {
+        fn tokenize(&self, call: TokenizeCall) -> BoxFuture<Tokens> {
+            Box::pin(std::future::ready(match call {
+                TokenizeCall::Completion { text, .. } => Tokens::Ids {
+                    ids: text.bytes().map(u32::from).collect(),
+                    source: "local",
+                },
+                TokenizeCall::Chat { .. } => Tokens::Unavailable { reason: "template" },
+            }))
         }
     }
 
-    #[test]
-    fn tokens_pass_through_and_text_falls_back() {
-        let tokens = PromptInput::Tokens(vec![1, 2]);
-        let t = Tokenized::new(&NoTokenizer, "m", &tokens);
-        assert_eq!(t.prompt(&tokens), Prompt::Tokens(&[1, 2]));
-        let text = PromptInput::Text(Cow::Borrowed("ab"));
-        let t = Tokenized::new(&NoTokenizer, "m", &text);
-        assert_eq!(t.prompt(&text), Prompt::Text("ab"));
+    async fn run(tokenizer: &dyn Tokenize, body: &'static [u8]) -> (Option<Vec<u32>>, String) {
+        let bytes = Bytes::from_static(body);
+        let req = request::parse(body).unwrap();
+        let t = Tokenized::new(tokenizer, &req, &bytes).await;
+        let shown = format!("{:?}", t.prompt(&req.prompt));
+        (t.0, shown)
+    }
+
+    #[tokio::test]
+    async fn tokens_pass_through_and_text_falls_back() {
+        let (ids, p) = run(&NoTokenizer, br#"{"model":"m","prompt":[1,2]}"#).await;
+        assert_eq!((ids, p.as_str()), (None, "Tokens([1, 2])"));
+        let (ids, p) = run(&NoTokenizer, br#"{"model":"m","prompt":"ab"}"#).await;
+        assert_eq!((ids, p.as_str()), (None, r#"Text("ab")"#));
         assert_eq!(
             Tokenized::default().prompt(&PromptInput::None),
             Prompt::Empty
         );
     }
 
-    #[test]
-    fn a_tokenizer_turns_text_into_tokens() {
-        let text = PromptInput::Text(Cow::Borrowed("ab"));
-        let t = Tokenized::new(&Bytes, "m", &text);
-        assert_eq!(t.prompt(&text), Prompt::Tokens(&[97, 98]));
+    #[tokio::test]
+    async fn a_tokenizer_turns_text_into_tokens_and_declines_fall_back() {
+        let (ids, _) = run(&ByteIds, br#"{"model":"m","prompt":"ab"}"#).await;
+        assert_eq!(ids, Some(vec![97, 98]));
+        let (ids, p) = run(&ByteIds, br#"{"model":"m","messages":[{"a":1}]}"#).await;
+        assert_eq!((ids, p.as_str()), (None, r#"Text("[{\"a\":1}]")"#));
     }
 }

@@ -23,6 +23,8 @@ pub struct InferenceRequest<'a> {
     pub stream: bool,
     /// vLLM's `cache_salt`, which partitions the prefix cache.
     pub cache_salt: Option<Cow<'a, str>>,
+    /// vLLM's `add_special_tokens` (for completions; its default is true).
+    pub add_special_tokens: Option<bool>,
     /// The prompt.
     pub prompt: PromptInput<'a>,
 }
@@ -60,6 +62,8 @@ struct Body<'a> {
     stream: Option<bool>,
     #[serde(borrow, default)]
     cache_salt: Option<Text<'a>>,
+    #[serde(default)]
+    add_special_tokens: Option<bool>,
     #[serde(borrow, default)]
     prompt: Option<PromptField<'a>>,
     #[serde(borrow, default)]
@@ -87,6 +91,7 @@ pub fn parse(body: &[u8]) -> Result<InferenceRequest<'_>, Error> {
         model,
         stream: parsed.stream.unwrap_or(false),
         cache_salt: parsed.cache_salt.map(|t| t.0),
+        add_special_tokens: parsed.add_special_tokens,
         prompt,
     })
 }

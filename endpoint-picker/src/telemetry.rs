@@ -44,6 +44,19 @@ pub const ENDPOINTS: &str = "kvpick_endpoints";
 pub const INDEX_KEYS: &str = "kvpick_index_keys";
 /// (endpoint, block) entries in the index.
 pub const INDEX_ENTRIES: &str = "kvpick_index_entries";
+/// Text and chat prompts by tokenization `source` (`local`, `cache`, `remote`, `unavailable`) and
+/// `outcome` (`ok`, or why there are no ids: `no_tokenizer`, `timeout`, `overloaded`, ...).
+pub const TOKENIZE: &str = "kvpick_tokenize_total";
+/// Requests the proxy served on another endpoint than the picker's primary (a fallback, a retry).
+pub const SERVED_DIFFERS: &str = "kvpick_served_differs_total";
+/// `vllm:num_requests_waiting` summed over the pool's fresh endpoints (for autoscalers).
+pub const POOL_WAITING: &str = "kvpick_pool_waiting_requests";
+/// `vllm:num_requests_running` summed over the pool's fresh endpoints.
+pub const POOL_RUNNING: &str = "kvpick_pool_running_requests";
+/// Mean KV-cache usage over the pool's fresh endpoints, 0..1.
+pub const POOL_KV_USAGE: &str = "kvpick_pool_kv_cache_usage_ratio";
+/// Endpoints whose signals are fresh (scraped within the staleness threshold).
+pub const POOL_READY: &str = "kvpick_pool_ready_endpoints";
 
 /// Fraction of the pool's endpoints without room (over a saturation threshold or stale), as of
 /// the last request.
@@ -100,6 +113,27 @@ fn describe() {
     describe_gauge!(ENDPOINTS, "Endpoints known to the pool");
     describe_gauge!(INDEX_KEYS, "Distinct block keys in the KV index");
     describe_gauge!(INDEX_ENTRIES, "(endpoint, block) entries in the KV index");
+    describe_counter!(
+        TOKENIZE,
+        "Text and chat prompts by tokenization source and outcome"
+    );
+    describe_counter!(
+        SERVED_DIFFERS,
+        "Requests the proxy served on another endpoint than the picked primary"
+    );
+    describe_gauge!(
+        POOL_WAITING,
+        "Waiting requests summed over the pool's fresh endpoints"
+    );
+    describe_gauge!(
+        POOL_RUNNING,
+        "Running requests summed over the pool's fresh endpoints"
+    );
+    describe_gauge!(
+        POOL_KV_USAGE,
+        "Mean KV-cache usage over the pool's fresh endpoints, 0..1"
+    );
+    describe_gauge!(POOL_READY, "Endpoints with fresh signals");
 }
 
 /// Buckets of [`PREFIX_PREDICTION_ERROR`], in tokens: symmetric around 0 (exact), a block of 16

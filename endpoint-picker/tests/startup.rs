@@ -128,7 +128,11 @@ async fn ext_proc_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path());
     let mut settings = Settings::loopback();
-    settings.tls = Some((dir.path().join("cert.pem"), dir.path().join("key.pem")));
+    settings.tls = Some(kvpick_epp::server::tls::TlsSource::Files {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+        reload: std::time::Duration::from_secs(10),
+    });
     let p = common::Picker::start(settings, &["127.0.0.1:42001"]).await;
     let ca =
         tonic::transport::Certificate::from_pem(std::fs::read(dir.path().join("ca.pem")).unwrap());

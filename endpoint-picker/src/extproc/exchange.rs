@@ -1,5 +1,7 @@
 //! One ext_proc stream (one HTTP request and its response) as a state machine: each message from
-//! Envoy in, the messages to send back out. No I/O here; [`super::ExtProc`] drives it.
+//! Envoy in, the messages to send back out. No socket I/O here; [`super::ExtProc`] drives it. The
+//! one await is tokenization of a text or chat prompt, which runs off the reactor: the stream
+//! reads Envoy's next message only after answering this one, so the answers keep their order.
 //!
 //! Request path. Full-duplex: the headers answer is held until the body is complete, then the
 //! picker answers headers (decision, `content-length`, `envoy.lb` metadata) → the body, re-sent in
@@ -10,6 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, Metadata};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
@@ -62,7 +65,8 @@ pub struct Exchange {
     session: Option<String>,
     subset: Option<Vec<SocketAddr>>,
     body: Vec<u8>,
-    primary: Option<SocketAddr>,
+    /// The picker's primary.
+    picked: Option<SocketAddr>,
     outcome: &'static str,
     status: Option<u16>,
     first_byte: bool,
@@ -82,7 +86,7 @@ impl Exchange {
             session: None,
             subset: None,
             body: Vec::new(),
-            primary: None,
+            picked: None,
             outcome: "incomplete",
             status: None,
             first_byte: false,
@@ -92,7 +96,7 @@ impl Exchange {
     }
 
     /// Handles one message from Envoy, pushing the answers to `out`.
-    pub fn on_message(
+    pub async fn on_message(
         &mut self,
         msg: pb::ProcessingRequest,
         out: &mut Vec<pb::ProcessingResponse>,
@@ -105,8 +109,8 @@ impl Exchange {
         match msg.request {
             None => Ok(()),
             Some(In::RequestHeaders(h)) => self.request_headers(h, metadata, out),
-            Some(In::RequestBody(b)) => self.request_body(b, out),
-            Some(In::RequestTrailers(_)) => self.request_trailers(out),
+            Some(In::RequestBody(b)) => self.request_body(b, out).await,
+            Some(In::RequestTrailers(_)) => self.request_trailers(out).await,
             Some(In::ResponseHeaders(h)) => {
                 self.response_headers(h.headers.as_ref(), metadata);
                 out.push(reply::continue_response(Out::ResponseHeaders));
@@ -177,7 +181,7 @@ impl Exchange {
         Ok(())
     }
 
-    fn request_body(
+    async fn request_body(
         &mut self,
         b: pb::HttpBody,
         out: &mut Vec<pb::ProcessingResponse>,
@@ -201,16 +205,19 @@ impl Exchange {
             self.body.extend_from_slice(&b.body);
         }
         if b.end_of_stream {
-            self.decide(out, false);
+            self.decide(out, false).await;
         }
         Ok(())
     }
 
-    fn request_trailers(&mut self, out: &mut Vec<pb::ProcessingResponse>) -> Result<(), Error> {
+    async fn request_trailers(
+        &mut self,
+        out: &mut Vec<pb::ProcessingResponse>,
+    ) -> Result<(), Error> {
         match self.phase {
             Phase::Body if self.request_mode == Mode::Duplex => {
                 // The trailers end the body: decide, send headers and body, then the trailers.
-                self.decide(out, true);
+                self.decide(out, true).await;
                 if self.phase == Phase::Decided {
                     out.push(reply::trailers(true));
                 }
@@ -221,24 +228,30 @@ impl Exchange {
         Ok(())
     }
 
-    /// Parses the whole body, picks, and answers.
-    fn decide(&mut self, out: &mut Vec<pb::ProcessingResponse>, trailers_follow: bool) {
-        let body = std::mem::take(&mut self.body);
+    /// Parses the whole body, tokenizes a text prompt, picks, and answers.
+    async fn decide(&mut self, out: &mut Vec<pb::ProcessingResponse>, trailers_follow: bool) {
+        // Shared with a tokenization job that may outlive its deadline; unique again after.
+        let body = Bytes::from(std::mem::take(&mut self.body));
         let start = Instant::now();
-        let routed = request::parse(&body).and_then(|req| {
-            let tokens = Tokenized::new(&*self.shared.tokenizer, &req.model, &req.prompt);
-            let prompt = tokens.prompt(&req.prompt);
-            self.route(|picker, subset, session| {
-                picker.route(&RouteRequest {
-                    model: &req.model,
-                    cache_salt: req.cache_salt.as_deref(),
-                    prompt,
-                    session,
-                    subset,
+        let tokenizer = self.shared.tokenizer.clone();
+        let routed = match request::parse(&body) {
+            Err(e) => Err(e),
+            Ok(req) => {
+                let tokens = Tokenized::new(&*tokenizer, &req, &body).await;
+                let prompt = tokens.prompt(&req.prompt);
+                self.route(|picker, subset, session| {
+                    picker.route(&RouteRequest {
+                        model: &req.model,
+                        cache_salt: req.cache_salt.as_deref(),
+                        prompt,
+                        session,
+                        subset,
+                    })
                 })
-            })
-        });
+            }
+        };
         metrics::histogram!(t::SCHEDULING).record(start.elapsed().as_secs_f64());
+        let body = Vec::from(body);
         let r = match routed {
             Ok(r) => r,
             Err(e) => return self.refuse(&e, out),
@@ -291,7 +304,7 @@ impl Exchange {
             self.session.as_deref(),
         );
         if let Ok(r) = &r {
-            self.primary = Some(r.primary);
+            self.picked = Some(r.primary);
             metrics::counter!(t::PICKS, "endpoint" => r.primary.to_string()).increment(1);
         }
         r
@@ -311,8 +324,10 @@ impl Exchange {
 
     fn response_headers(&mut self, headers: Option<&HeaderMap>, metadata: Option<&Metadata>) {
         self.status = reply::header(headers, ":status").and_then(|s| s.parse().ok());
-        if let Some(served) = reply::served(metadata) {
-            self.primary = Some(served);
+        if let (Some(served), Some(picked)) = (reply::served(metadata), self.picked)
+            && served != picked
+        {
+            metrics::counter!(t::SERVED_DIFFERS).increment(1);
         }
         self.usage = Some(UsageScanner::new(
             reply::header(headers, "content-type"),

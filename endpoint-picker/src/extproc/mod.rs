@@ -1,8 +1,9 @@
 //! The Envoy ext_proc gRPC service (`envoy.service.ext_proc.v3.ExternalProcessor`).
 //!
 //! Each `Process` stream is one HTTP exchange. The service spawns nothing: the response stream
-//! reads Envoy's next message only when tonic asks for the next answer, so backpressure is
-//! tonic's own and a stream's state lives exactly as long as the stream.
+//! reads Envoy's next message only when tonic asks for the next answer (and after the previous
+//! message is fully answered, tokenization included), so backpressure is tonic's own, answers keep
+//! Envoy's order, and a stream's state lives exactly as long as the stream.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -75,7 +76,7 @@ impl ExternalProcessor for ExtProc {
                 }
                 match s.inbound.message().await {
                     Ok(Some(msg)) => {
-                        if let Err(e) = s.exchange.on_message(msg, &mut s.scratch) {
+                        if let Err(e) = s.exchange.on_message(msg, &mut s.scratch).await {
                             tracing::warn!(error = %e, "ext_proc stream aborted");
                             s.done = true;
                             return Some((Err(Status::invalid_argument(e.to_string())), s));

@@ -129,45 +129,44 @@ pub fn parse_tcp_address(text: &str, default_port: Option<u16>) -> Result<Socket
     Ok(SocketAddr::new(ip, port))
 }
 
-/// The ingestion flags, for the CLI to `#[command(flatten)]` (`--kv-events-bind` itself is the
-/// server's, passed in through [`crate::Ingestion`]).
+/// The ingestion flags, for the CLI to `#[command(flatten)]`. `--kv-events-bind`,
+/// `--kv-events-port` and `--kv-replay-port` are the CLI's own, since discovery reads them too.
 #[derive(Clone, Debug, clap::Args)]
 pub struct KvEventsArgs {
-    /// Bind mode: ports to listen on from the bind port, one per data-parallel rank.
+    /// Bind mode: ports to listen on from the --kv-events-bind port, one per data-parallel rank.
     #[arg(long, env = "KVPICK_KV_EVENTS_BIND_RANKS", default_value_t = 1)]
     pub kv_events_bind_ranks: u16,
-    /// Connect mode: publisher port of endpoints that name none (rank N at port + N).
-    #[arg(long, env = "KVPICK_KV_EVENTS_PORT")]
-    pub kv_events_port: Option<u16>,
-    /// Replay port of endpoints that name none (rank N at port + N).
-    #[arg(long, env = "KVPICK_KV_REPLAY_PORT")]
-    pub kv_replay_port: Option<u16>,
-    /// Tasks decoding and applying KV events.
+    /// Tasks decoding KV events and applying them to the index.
     #[arg(long, env = "KVPICK_KV_EVENTS_WORKERS", default_value_t = 2)]
     pub kv_events_workers: usize,
-    /// Batches queued per endpoint before it is marked stale and resynced.
+    /// KV-event batches queued per endpoint before it is marked stale and resynced.
     #[arg(long, env = "KVPICK_KV_EVENTS_QUEUE", default_value_t = 4096)]
     pub kv_events_queue: usize,
-    /// Largest KV-event message accepted from a pod, in bytes.
+    /// KV-event payload bytes queued per endpoint before it is marked stale and resynced.
+    #[arg(long, env = "KVPICK_KV_EVENTS_QUEUE_BYTES", default_value_t = 128 << 20)]
+    pub kv_events_queue_bytes: usize,
+    /// Largest KV-event message accepted from a pod, in bytes (a peer announcing a larger frame
+    /// is disconnected before it is buffered).
     #[arg(long, env = "KVPICK_KV_EVENTS_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub kv_events_max_message_bytes: usize,
-    /// Bound on one replay request, from request to end marker.
+    /// Bound on one replay request to a pod, from request to end marker.
     #[arg(long, env = "KVPICK_KV_REPLAY_TIMEOUT", default_value = "5s", value_parser = crate::config::duration)]
     pub kv_replay_timeout: Duration,
-    /// Weight of a prefix hit per tier: GPU,CPU,STORAGE (vLLM's `medium`).
-    #[arg(long, env = "KVPICK_KV_TIER_WEIGHTS", default_value = "1.0,0.8,0.5")]
-    pub kv_tier_weights: String,
+    /// Weight of a prefix hit per tier where the block lives, GPU,CPU,STORAGE (vLLM's `medium`),
+    /// each in [0, 1]; overrides --config's index.tierWeights [default: 1.0,0.8,0.5].
+    #[arg(long, env = "KVPICK_KV_TIER_WEIGHTS")]
+    pub kv_tier_weights: Option<String>,
 }
 
 impl KvEventsArgs {
-    /// The ingestion settings these flags describe (bind mode comes with the bind address).
+    /// The ingestion settings these flags describe (bind mode comes with the bind address,
+    /// default publisher and replay ports with discovery).
     pub fn config(&self) -> Result<KvEventsConfig, Error> {
         let config = KvEventsConfig {
             bind_ranks: self.kv_events_bind_ranks,
-            publisher_port: self.kv_events_port,
-            replay_port: self.kv_replay_port,
             workers: self.kv_events_workers,
             queue_capacity: self.kv_events_queue,
+            queue_bytes: self.kv_events_queue_bytes,
             max_message_bytes: self.kv_events_max_message_bytes,
             replay_timeout: self.kv_replay_timeout,
             ..KvEventsConfig::default()
@@ -176,9 +175,11 @@ impl KvEventsArgs {
         Ok(config)
     }
 
-    /// Sets the index's per-tier hit weights from `--kv-tier-weights`.
+    /// Sets the index's per-tier hit weights from `--kv-tier-weights`, when given.
     pub fn apply_tier_weights(&self, index: &mut IndexConfig) -> Result<(), Error> {
-        index.tier_weights = parse_tier_weights(&self.kv_tier_weights)?;
+        if let Some(text) = &self.kv_tier_weights {
+            index.tier_weights = parse_tier_weights(text)?;
+        }
         Ok(())
     }
 }
@@ -247,14 +248,14 @@ mod tests {
         let args = [
             "kvpick-epp",
             "--kv-events-bind-ranks=2",
-            "--kv-events-port=6000",
+            "--kv-events-queue-bytes=100000000",
             "--kv-replay-timeout=1.5s",
             "--kv-tier-weights=1,0.5,0.25",
         ];
         let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"));
         let config = cli.kv.config().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.bind_ranks, 2);
-        assert_eq!(config.publisher_port, Some(6000));
+        assert_eq!(config.queue_bytes, 100_000_000);
         assert_eq!(config.replay_timeout, Duration::from_millis(1500));
         let mut index = IndexConfig::default();
         assert!(cli.kv.apply_tier_weights(&mut index).is_ok());

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::Shared;
 use crate::picker::RouteRequest;
 use crate::pool::Freshness;
-use crate::prompt::Tokenized;
+use crate::prompt::{TokenizeCall, Tokenized, Tokens};
 use crate::request::PromptInput;
 
 pub mod client;
@@ -69,7 +69,21 @@ impl Index for IndexApi {
             None => PromptInput::None,
         };
         let picker = &self.shared.picker;
-        let tokenized = Tokenized::new(&*self.shared.tokenizer, &req.model, &input);
+        let tokenizer = &self.shared.tokenizer;
+        let tokenized = match &input {
+            PromptInput::Text(text) if tokenizer.enabled() => {
+                let call = TokenizeCall::Completion {
+                    model: req.model.clone(),
+                    text: text.to_string(),
+                    add_special_tokens: true,
+                };
+                match tokenizer.tokenize(call).await {
+                    Tokens::Ids { ids, .. } => Tokenized::from_ids(Some(ids)),
+                    Tokens::Unavailable { .. } => Tokenized::default(),
+                }
+            }
+            _ => Tokenized::default(),
+        };
         let prompt = tokenized.prompt(&input);
         let route = RouteRequest {
             model: &req.model,

@@ -108,17 +108,57 @@ fn refresh_gauges(pool: &Pool, index: &KvIndex, clock: Clock, staleness: Duratio
     let view = pool.view();
     let now = clock.now();
     metrics::gauge!(t::ENDPOINTS).set(view.members.len() as f64);
+    let mut pool = PoolLoad::default();
     for m in &view.members {
-        let stale = m.freshness(now, staleness) != Freshness::Fresh;
-        metrics::gauge!(t::STALE, "endpoint" => m.endpoint.address.to_string()).set(if stale {
-            1.0
-        } else {
+        let fresh = m.freshness(now, staleness) == Freshness::Fresh;
+        metrics::gauge!(t::STALE, "endpoint" => m.endpoint.address.to_string()).set(if fresh {
             0.0
+        } else {
+            1.0
         });
+        if fresh && let Some(s) = m.live.signals() {
+            pool.add(&s);
+        }
     }
+    metrics::gauge!(t::POOL_READY).set(f64::from(pool.ready));
+    metrics::gauge!(t::POOL_WAITING).set(pool.waiting as f64);
+    metrics::gauge!(t::POOL_RUNNING).set(pool.running as f64);
+    metrics::gauge!(t::POOL_KV_USAGE).set(pool.mean_kv_usage());
     let stats = index.stats();
     metrics::gauge!(t::INDEX_KEYS).set(stats.keys as f64);
     metrics::gauge!(t::INDEX_ENTRIES).set(stats.entries as f64);
+}
+
+/// The pool's load for autoscalers: sums over endpoints with fresh signals (a stale endpoint's
+/// last numbers would hold a scaler at a load that may be long gone).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PoolLoad {
+    /// Endpoints with fresh signals.
+    pub ready: u32,
+    /// Their waiting requests.
+    pub waiting: u64,
+    /// Their running requests.
+    pub running: u64,
+    kv_usage_sum: f64,
+}
+
+impl PoolLoad {
+    /// Counts one fresh endpoint's signals.
+    pub fn add(&mut self, s: &kvpick_scheduler::PodSignals) {
+        self.ready += 1;
+        self.waiting += u64::from(s.waiting);
+        self.running += u64::from(s.running);
+        self.kv_usage_sum += s.kv_usage.clamp(0.0, 1.0);
+    }
+
+    /// Mean KV-cache usage over the fresh endpoints (0 with none).
+    pub fn mean_kv_usage(&self) -> f64 {
+        if self.ready == 0 {
+            0.0
+        } else {
+            self.kv_usage_sum / f64::from(self.ready)
+        }
+    }
 }
 
 struct Job {
@@ -190,5 +230,24 @@ impl Job {
             return Err("not_vllm");
         }
         Ok(parsed.into_signals(self.clock.now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvpick_scheduler::{PodSignals, Timestamp};
+
+    #[test]
+    fn pool_load_sums_and_averages() {
+        let mut load = PoolLoad::default();
+        assert_eq!(load.mean_kv_usage(), 0.0);
+        for (waiting, running, kv) in [(3, 1, 0.2), (5, 2, 0.6)] {
+            let mut s = PodSignals::idle(Timestamp::ZERO);
+            (s.waiting, s.running, s.kv_usage) = (waiting, running, kv);
+            load.add(&s);
+        }
+        assert_eq!((load.ready, load.waiting, load.running), (2, 8, 3));
+        assert!((load.mean_kv_usage() - 0.4).abs() < 1e-9);
     }
 }

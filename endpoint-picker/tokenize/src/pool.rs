@@ -210,13 +210,32 @@ impl Tokenization {
         request: TokenizeRequest,
         endpoint: Option<&str>,
     ) -> TokenizeOutcome {
+        let input = request.input;
+        self.tokenize_with(request.model, move || Ok(input), endpoint)
+            .await
+    }
+
+    /// Like [`Self::tokenize`], with the input built by `build` on the blocking pool, inside the
+    /// deadline and the in-flight bound: e.g. a chat request read from its JSON body, so that
+    /// nothing request-sized runs on the caller's reactor. A `build` error is the outcome.
+    pub async fn tokenize_with<F>(
+        &self,
+        model: String,
+        build: F,
+        endpoint: Option<&str>,
+    ) -> TokenizeOutcome
+    where
+        F: FnOnce() -> Result<TokenizeInput, Error> + Send + 'static,
+    {
         let deadline = Instant::now() + self.options.timeout;
         if self.tasks.is_closed() {
             return TokenizeOutcome::Unavailable(Unavailable::Closed);
         }
-        let Some(tokenizer) = self.registry.get(&request.model).cloned() else {
-            return self.tokenize_remote(request, endpoint, deadline).await;
-        };
+        let tokenizer = self.registry.get(&model).cloned();
+        let remote = self.remote.is_some() && endpoint.is_some();
+        if tokenizer.is_none() && !remote {
+            return TokenizeOutcome::Unavailable(Unavailable::NoTokenizer);
+        }
         // Counted while waiting; the guard also uncounts a caller that gives up (drops this future).
         let waiting = Waiting::enter(&self.queued);
         if waiting.position >= self.options.max_queued {
@@ -232,16 +251,21 @@ impl Tokenization {
         let cache = self.cache.clone();
         let handle = self.tasks.spawn_blocking(move || {
             let _permit = permit;
-            let result = tokenizer.tokenize(&request.input, &cache);
-            (request, result)
+            let input = build();
+            let result = match (&input, &tokenizer) {
+                (Ok(input), Some(t)) => Some(t.tokenize(input, &cache)),
+                _ => None,
+            };
+            (input, result)
         });
-        let request = match tokio::time::timeout_at(deadline, handle).await {
+        let input = match tokio::time::timeout_at(deadline, handle).await {
             Err(_) => return TokenizeOutcome::Unavailable(Unavailable::Timeout),
             Ok(Err(join)) => {
                 let e = Error::Encode(format!("tokenizer task failed: {join}"));
                 return TokenizeOutcome::Unavailable(Unavailable::Failed(e));
             }
-            Ok(Ok((_, Ok(encoded)))) => {
+            Ok(Ok((Err(e), _))) => return TokenizeOutcome::Unavailable(Unavailable::Failed(e)),
+            Ok(Ok((Ok(_), Some(Ok(encoded))))) => {
                 let source = if encoded.fresh_tokens == 0 && encoded.cached_tokens > 0 {
                     TokenizeSource::Cache
                 } else {
@@ -254,17 +278,22 @@ impl Tokenization {
                 };
             }
             // Content only the pod can expand (e.g. images): ask it, when we may.
-            Ok(Ok((request, Err(Error::Unsupported(what))))) => {
-                if self.remote.is_none() || endpoint.is_none() {
+            Ok(Ok((Ok(input), Some(Err(Error::Unsupported(what)))))) => {
+                if !remote {
                     return TokenizeOutcome::Unavailable(Unavailable::Failed(Error::Unsupported(
                         what,
                     )));
                 }
-                request
+                input
             }
-            Ok(Ok((_, Err(e)))) => return TokenizeOutcome::Unavailable(Unavailable::Failed(e)),
+            Ok(Ok((Ok(_), Some(Err(e))))) => {
+                return TokenizeOutcome::Unavailable(Unavailable::Failed(e));
+            }
+            // No local tokenizer: the pod's.
+            Ok(Ok((Ok(input), None))) => input,
         };
-        self.tokenize_remote(request, endpoint, deadline).await
+        self.tokenize_remote(TokenizeRequest { model, input }, endpoint, deadline)
+            .await
     }
 
     async fn tokenize_remote(

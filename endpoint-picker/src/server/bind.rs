@@ -1,0 +1,127 @@
+//! [`Server::bind`]: everything that can fail at startup, before anything serves.
+
+use std::sync::Arc;
+
+use kvpick_scheduler::config::PickerConfig as SchedulerConfig;
+use kvpick_scheduler::{KvIndex, Scheduler};
+use tokio_util::sync::CancellationToken;
+
+use super::{Server, Settings, listen, tls};
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::kv_events::KvEvents;
+use crate::picker::Picker;
+use crate::pool::Pool;
+use crate::prompt::{NoTokenizer, Tokenize};
+use crate::tokenizer::Tokenizer;
+use crate::{Shared, discovery};
+
+impl Server {
+    /// Binds the listeners, loads TLS material, tokenizers and the endpoints file, builds the
+    /// state and starts KV-event ingestion (which binds its socket in bind mode).
+    pub async fn bind(settings: Settings) -> Result<Self, Error> {
+        let found = match &settings.endpoints_file {
+            Some(path) => Some(discovery::file::load(path).await?),
+            None => None,
+        };
+        let config = scheduler_config(&settings, found.as_ref().and_then(|f| f.block_size))?;
+        let mut route = settings.picker.clone();
+        route.staleness = config.staleness.max_signal_age;
+        let tls = settings.tls.clone().map(tls::Tls::new).transpose()?;
+        let clock = Clock::new();
+        let index = Arc::new(KvIndex::new(config.index.clone()));
+        let pool = Arc::new(Pool::new(index.clone(), clock));
+        if let Some(found) = &found {
+            pool.reconcile(found)?;
+        }
+        let tokenizer = if settings.tokenize.enabled() {
+            Some(Tokenizer::new(
+                &settings.tokenize,
+                pool.clone(),
+                clock,
+                route.staleness,
+            )?)
+        } else {
+            None
+        };
+        let seam: Arc<dyn Tokenize> = match &tokenizer {
+            Some(t) => Arc::new(t.clone()),
+            None => Arc::new(NoTokenizer),
+        };
+        let scheduler = Arc::new(Scheduler::with_config(config, index.clone())?);
+        let shared = Arc::new(Shared {
+            picker: Picker::new(scheduler, pool.clone(), clock, route),
+            tokenizer: seam,
+            limits: settings.limits,
+            clock,
+        });
+        let kubernetes = match &settings.kubernetes {
+            Some(k) => Some(discovery::kubernetes::Discovery::new(
+                discovery::kubernetes::client().await?,
+                k.clone(),
+            )),
+            None => None,
+        };
+        let metrics = match settings.metrics {
+            Some(addr) => Some(listen(addr).await?),
+            None => None,
+        };
+        let grpc = listen(settings.grpc).await?;
+        let health = listen(settings.health).await?;
+        let kv_events_stop = CancellationToken::new();
+        let mut server = Self {
+            grpc,
+            health,
+            metrics,
+            tls,
+            shared,
+            pool,
+            index,
+            kubernetes,
+            kv_events: None,
+            kv_events_stop,
+            tokenizer,
+            settings,
+        };
+        let kv = KvEvents::start_for(
+            server.ingestion(),
+            server.settings.kv_events.clone(),
+            server.kv_events_stop.clone(),
+        )
+        .await?;
+        if let Some(bound) = kv.bound().first() {
+            tracing::info!(%bound, ranks = kv.bound().len(), "KV events: listening for pods (bind mode)");
+        }
+        server.kv_events = Some(kv);
+        Ok(server)
+    }
+}
+
+/// The scheduler's config: `--config`'s (checked against the endpoints file's block size), or
+/// the default profile with the flags' block size and staleness; `--kv-tier-weights` on top.
+fn scheduler_config(
+    settings: &Settings,
+    file_block_size: Option<kvpick_scheduler::BlockSize>,
+) -> Result<SchedulerConfig, Error> {
+    let mut config = match settings.scheduler.clone() {
+        Some(config) => {
+            if let Some(b) = file_block_size.filter(|&b| b != config.index.block_size) {
+                return Err(Error::Config(format!(
+                    "the endpoints file's blockSize {b} differs from --config index.blockSize {}",
+                    config.index.block_size
+                )));
+            }
+            config
+        }
+        None => {
+            let mut config = SchedulerConfig::default();
+            config.index.block_size = file_block_size.unwrap_or(settings.block_size);
+            config.staleness.max_signal_age = settings.picker.staleness;
+            config
+        }
+    };
+    if let Some(weights) = settings.tier_weights {
+        config.index.tier_weights = weights;
+    }
+    Ok(config)
+}

@@ -1,0 +1,151 @@
+//! [`Server::run`]: starts every task and serves until shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+
+use super::Server;
+use super::shutdown::{Running, Tasks, flatten, ok};
+use crate::error::Error;
+use crate::extproc::ExtProc;
+use crate::health::Health;
+use crate::query::IndexApi;
+use crate::scrape::ScrapeConfig;
+use crate::{discovery, kv_events, scrape, telemetry};
+
+impl Server {
+    /// Serves until `shutdown` resolves or a server fails; then shuts down in order (see
+    /// [`super::shutdown`]) and joins every task.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        // The ext_proc server stops first and drains; everything else stops after ingestion.
+        let serving = CancellationToken::new();
+        let background = CancellationToken::new();
+        let mut servers: Tasks = JoinSet::new();
+        let mut tasks: Tasks = JoinSet::new();
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = Health::new(reporter).await;
+        let incoming = TcpListenerStream::new(self.health);
+        let s = background.clone();
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
+                .await
+                .map_err(Error::from)
+        });
+
+        // Request bodies arrive whole before the picker answers, so flow-control windows must hold
+        // many bodies in flight: HTTP/2's 64 KiB default would throttle every stream to a trickle
+        // (Envoy's own defaults are 256 MiB).
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .initial_stream_window_size(Some(16 << 20))
+            .initial_connection_window_size(Some(64 << 20))
+            .tcp_nodelay(true)
+            .add_service(ExtProc::new(self.shared.clone()).into_server())
+            .add_service(IndexApi::new(self.shared.clone()).into_server());
+        let s = serving.clone();
+        match self.tls.take() {
+            None => {
+                let incoming = TcpListenerStream::new(self.grpc);
+                servers.spawn(async move {
+                    router
+                        .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
+                        .await
+                        .map_err(Error::from)
+                });
+            }
+            Some(tls) => {
+                // Handshakes (and certificate reloads) in their own task, feeding the server.
+                let (tx, rx) = tokio::sync::mpsc::channel(super::tls::ACCEPTED_QUEUE);
+                servers.spawn(ok(tls.serve(self.grpc, tx, s.clone())));
+                servers.spawn(async move {
+                    router
+                        .serve_with_incoming_shutdown(ReceiverStream::new(rx), s.cancelled_owned())
+                        .await
+                        .map_err(Error::from)
+                });
+            }
+        }
+
+        if let Some(listener) = self.metrics.take() {
+            let handle = telemetry::install();
+            kv_events::describe_metrics();
+            tasks.spawn(ok(telemetry::serve(listener, handle, background.clone())));
+        }
+        if let Some(path) = self.settings.endpoints_file.clone() {
+            let watch = discovery::file::watch(
+                path,
+                self.pool.clone(),
+                self.settings.endpoints_poll,
+                background.clone(),
+            );
+            tasks.spawn(ok(watch));
+        }
+        let supervise = scrape::supervise(
+            self.pool.clone(),
+            self.index.clone(),
+            self.shared.clock,
+            ScrapeConfig {
+                staleness: self.shared.picker.config().staleness,
+                ..self.settings.scrape.clone()
+            },
+            background.clone(),
+        );
+        tasks.spawn(ok(supervise));
+
+        if let Some(kube) = self.kubernetes.take() {
+            // Ready once the pool and its pods have been listed (and until shutdown).
+            let (synced, mut is_synced) = tokio::sync::watch::channel(false);
+            tasks.spawn(ok(kube.run(self.pool.clone(), synced, background.clone())));
+            let (health, stop) = (health.clone(), background.clone());
+            tasks.spawn(ok(async move {
+                let synced = tokio::select! {
+                    _ = stop.cancelled() => false,
+                    r = is_synced.wait_for(|s| *s) => r.is_ok(),
+                };
+                if synced {
+                    health.ready().await;
+                }
+                stop.cancelled().await
+            }));
+        } else {
+            // Discovery synced in `bind`: ready.
+            health.ready().await;
+        }
+        tracing::info!(grpc = ?self.settings.grpc, "kvpick-epp serving");
+
+        let mut result = Ok(());
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutting down"),
+            Some(done) = servers.join_next() => {
+                result = flatten(done);
+                tracing::error!(?result, "the ext_proc server ended early; shutting down");
+            }
+            Some(done) = tasks.join_next() => {
+                result = flatten(done);
+                tracing::error!(?result, "a server task ended early; shutting down");
+            }
+        }
+        let running = Running {
+            health,
+            serving,
+            servers,
+            kv_events: self.kv_events.take(),
+            kv_events_stop: self.kv_events_stop.clone(),
+            tokenizer: self.tokenizer.take(),
+            background,
+            tasks,
+            grace: self.settings.shutdown_grace,
+        };
+        let errors = running.stop().await;
+        match errors.into_iter().next() {
+            Some(e) if result.is_ok() => Err(e),
+            _ => result,
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! [`Settings`]: everything the server needs, independent of how it was configured (flags, or a
+//! test building them by hand).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kvpick_scheduler::BlockSize;
+use kvpick_scheduler::config::PickerConfig as SchedulerConfig;
+
+use super::tls::TlsSource;
+use crate::config::Cli;
+use crate::error::Error;
+use crate::kv_events::KvEventsConfig;
+use crate::picker::RouteConfig;
+use crate::scrape::ScrapeConfig;
+use crate::tokenizer::TokenizeSettings;
+use crate::{Limits, discovery};
+
+/// Everything the server needs, independent of how it was configured.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// ext_proc + kvpick.v1 listener.
+    pub grpc: SocketAddr,
+    /// gRPC health listener.
+    pub health: SocketAddr,
+    /// Prometheus listener; `None` runs without exporting (metrics are still recorded).
+    pub metrics: Option<SocketAddr>,
+    /// TLS for the gRPC listener: PEM files (reloaded when they change) or a self-signed
+    /// certificate made at start; `None` serves plaintext.
+    pub tls: Option<TlsSource>,
+    /// The endpoints file; `None` leaves the pool to the embedder (tests, benchmarks).
+    pub endpoints_file: Option<PathBuf>,
+    /// How often the endpoints file is checked.
+    pub endpoints_poll: Duration,
+    /// Block size when neither the picker config nor discovery says.
+    pub block_size: BlockSize,
+    /// The scheduler's config (`--config`); `None` runs the default profile with `block_size`
+    /// and the picker's staleness.
+    pub scheduler: Option<SchedulerConfig>,
+    /// `--kv-tier-weights` (GPU, CPU, STORAGE), overriding the scheduler config's.
+    pub tier_weights: Option<[f32; 3]>,
+    /// Picker settings.
+    pub picker: RouteConfig,
+    /// Request bounds.
+    pub limits: Limits,
+    /// Scraping settings.
+    pub scrape: ScrapeConfig,
+    /// `--kv-events-bind`: where ingestion binds a SUB socket for pods that connect.
+    pub kv_events_bind: Option<String>,
+    /// KV-event ingestion (queues, workers, timeouts; the bind address comes from
+    /// `kv_events_bind`).
+    pub kv_events: KvEventsConfig,
+    /// Tokenizers for text and chat prompts.
+    pub tokenize: TokenizeSettings,
+    /// Kubernetes discovery (`--pool-name` or `--endpoint-selector`); ready only once synced.
+    pub kubernetes: Option<discovery::kubernetes::KubeSettings>,
+    /// How long open streams may finish after shutdown begins before they are cut.
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// Settings from parsed flags.
+    pub fn from_cli(cli: &Cli) -> Result<Self, Error> {
+        cli.validate()?;
+        let at = |port| SocketAddr::new(cli.listen_address, port);
+        let kubernetes = discovery::kubernetes::KubeSettings::from_cli(cli)?;
+        let mut kv_events = cli.kv_events.config()?;
+        // Kubernetes discovery resolves each pod's ports itself (annotations, ranks); the
+        // defaults apply to endpoints files, whose entries may omit `kvEvents`/`kvReplay`.
+        if kubernetes.is_none() {
+            kv_events.publisher_port = cli.kv_events_port.filter(|&p| p != 0);
+            kv_events.replay_port = Some(cli.kv_replay_port).filter(|&p| p != 0);
+        }
+        let tier_weights = cli
+            .kv_events
+            .kv_tier_weights
+            .as_deref()
+            .map(crate::kv_events::parse_tier_weights)
+            .transpose()?;
+        Ok(Self {
+            grpc: at(cli.grpc_port),
+            health: at(cli.health_port),
+            metrics: Some(at(cli.metrics_port)),
+            tls: TlsSource::from_cli(cli),
+            endpoints_file: cli.endpoints_file.clone(),
+            endpoints_poll: cli.endpoints_poll_interval,
+            block_size: BlockSize::new(cli.block_size)
+                .ok_or_else(|| Error::Config("--block-size must be positive".into()))?,
+            scheduler: cli.config.as_deref().map(load_config).transpose()?,
+            tier_weights,
+            picker: RouteConfig {
+                fallbacks: cli.fallbacks,
+                staleness: cli.metrics_staleness_threshold,
+                emit_scores: cli.emit_scores,
+            },
+            limits: Limits {
+                max_body_bytes: cli.max_body_bytes,
+            },
+            scrape: ScrapeConfig {
+                interval: cli.refresh_metrics_interval,
+                timeout: cli.scrape_timeout,
+                max_bytes: 8 << 20,
+                staleness: cli.metrics_staleness_threshold,
+            },
+            kv_events_bind: cli.kv_events_bind.clone(),
+            kv_events,
+            tokenize: cli.tokenize.settings()?,
+            kubernetes,
+            shutdown_grace: cli.shutdown_grace,
+        })
+    }
+
+    /// Settings for an in-process server on loopback ephemeral ports (tests, benchmarks).
+    pub fn loopback() -> Self {
+        let lo = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            grpc: lo,
+            health: lo,
+            metrics: None,
+            tls: None,
+            endpoints_file: None,
+            endpoints_poll: Duration::from_secs(1),
+            block_size: BlockSize::DEFAULT,
+            scheduler: None,
+            tier_weights: None,
+            picker: RouteConfig::default(),
+            limits: Limits {
+                max_body_bytes: 16 << 20,
+            },
+            scrape: ScrapeConfig {
+                interval: Duration::from_millis(50),
+                timeout: Duration::from_secs(1),
+                max_bytes: 8 << 20,
+                staleness: Duration::from_secs(2),
+            },
+            kv_events_bind: None,
+            kv_events: KvEventsConfig {
+                connect_timeout: Duration::from_millis(500),
+                reconnect_min: Duration::from_millis(20),
+                reconnect_max: Duration::from_millis(200),
+                ..KvEventsConfig::default()
+            },
+            tokenize: TokenizeSettings::default(),
+            kubernetes: None,
+            shutdown_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Reads and validates a picker config file.
+fn load_config(path: &std::path::Path) -> Result<SchedulerConfig, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("--config {}: {e}", path.display())))?;
+    SchedulerConfig::parse(&text)
+        .map_err(|e| Error::Config(format!("--config {}: {e}", path.display())))
+}

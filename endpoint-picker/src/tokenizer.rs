@@ -1,0 +1,200 @@
+//! The request path's tokenizer: [`kvpick_tokenize`] behind the [`Tokenize`] seam, with its flags.
+//!
+//! Local tokenizers come from `--tokenizers-dir` and `--tokenizer MODEL=DIR|ADAPTER=@BASE`, loaded
+//! once at startup (a bad directory fails startup). Work runs on the crate's bounded blocking pool
+//! with a per-request deadline (`--tokenize-timeout`); a chat body is read there too, not on the
+//! reactor. With `--remote-tokenize`, a model without local files is tokenized by a ready pod that
+//! serves it (vLLM's `POST /tokenize`): the least loaded endpoint of that model whose signals are
+//! fresh.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvpick_tokenize::flags::{parse_bytes, parse_duration};
+use kvpick_tokenize::{
+    ChatRequest, HyperClient, RegistryConfig, RemoteTokenizer, Tokenization, TokenizationOptions,
+    TokenizeInput, TokenizeOutcome, TokenizerRegistry,
+};
+
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::pool::{Freshness, Pool};
+use crate::prompt::{BoxFuture, Tokenize, TokenizeCall, Tokens};
+
+/// The tokenization flags, flattened into the CLI.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TokenizeArgs {
+    /// Directory of tokenizers, one per model at DIR/<model>/tokenizer.json (the model name may
+    /// hold one `/`, as in Qwen/Qwen2.5-7B-Instruct); read once at startup.
+    #[arg(long, env = "KVPICK_TOKENIZERS_DIR")]
+    pub tokenizers_dir: Option<PathBuf>,
+    /// A model's tokenizer directory (MODEL=DIR), or a LoRA adapter on its base model's
+    /// (ADAPTER=@BASE); repeatable, wins over --tokenizers-dir (environment: comma-separated).
+    #[arg(long = "tokenizer", env = "KVPICK_TOKENIZER", value_delimiter = ',')]
+    pub tokenizer: Vec<String>,
+    /// Tokenize prompts of models without local tokenizer files on a ready pod serving them
+    /// (vLLM's POST /tokenize).
+    #[arg(long, env = "KVPICK_REMOTE_TOKENIZE", action = clap::ArgAction::SetTrue)]
+    pub remote_tokenize: bool,
+    /// Deadline of one request's tokenization (queueing, encoding, or the remote call); past it
+    /// the request is routed approximately, by its text.
+    #[arg(long, env = "KVPICK_TOKENIZE_TIMEOUT", default_value = "200ms", value_parser = |s: &str| parse_duration(s).map_err(|e| e.to_string()))]
+    pub tokenize_timeout: Duration,
+    /// Budget of the token cache that makes a conversation's next turn cheap (e.g. 256Mi, 1Gi; 0
+    /// disables it).
+    #[arg(long, env = "KVPICK_TOKENIZE_CACHE_BYTES", default_value = "256Mi", value_parser = |s: &str| parse_bytes(s).map_err(|e| e.to_string()))]
+    pub tokenize_cache_bytes: usize,
+}
+
+impl TokenizeArgs {
+    /// The settings these flags describe.
+    pub fn settings(&self) -> Result<TokenizeSettings, Error> {
+        let models = self
+            .tokenizer
+            .iter()
+            .map(|flag| RegistryConfig::parse_entry(flag))
+            .collect::<Result<_, _>>()?;
+        Ok(TokenizeSettings {
+            registry: RegistryConfig {
+                dir: self.tokenizers_dir.clone(),
+                models,
+            },
+            remote: self.remote_tokenize,
+            timeout: self.tokenize_timeout,
+            cache_bytes: self.tokenize_cache_bytes,
+        })
+    }
+}
+
+/// Tokenization as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenizeSettings {
+    /// Local tokenizers.
+    pub registry: RegistryConfig,
+    /// Ask a pod for models without local tokenizers.
+    pub remote: bool,
+    /// Per-request deadline.
+    pub timeout: Duration,
+    /// Token cache budget in bytes.
+    pub cache_bytes: usize,
+}
+
+impl Default for TokenizeSettings {
+    fn default() -> Self {
+        Self {
+            registry: RegistryConfig::default(),
+            remote: false,
+            timeout: Duration::from_millis(200),
+            cache_bytes: 256 << 20,
+        }
+    }
+}
+
+impl TokenizeSettings {
+    /// Whether anything is configured at all.
+    pub fn enabled(&self) -> bool {
+        self.remote || self.registry.dir.is_some() || !self.registry.models.is_empty()
+    }
+}
+
+/// [`Tokenization`] behind the picker's [`Tokenize`] seam.
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    tokenization: Arc<Tokenization>,
+    pool: Arc<Pool>,
+    clock: Clock,
+    staleness: Duration,
+}
+
+impl Tokenizer {
+    /// Loads the tokenizers `settings` name (must run inside a tokio runtime: the remote client
+    /// needs one). Remote calls go to fresh endpoints of `pool` (signals younger than
+    /// `staleness`).
+    pub fn new(
+        settings: &TokenizeSettings,
+        pool: Arc<Pool>,
+        clock: Clock,
+        staleness: Duration,
+    ) -> Result<Self, Error> {
+        let registry = Arc::new(TokenizerRegistry::load(&settings.registry)?);
+        let remote = settings
+            .remote
+            .then(|| RemoteTokenizer::new(Arc::new(HyperClient::new()), settings.timeout));
+        let options = TokenizationOptions {
+            timeout: settings.timeout,
+            cache_bytes: settings.cache_bytes,
+            ..TokenizationOptions::default()
+        };
+        Ok(Self {
+            tokenization: Arc::new(Tokenization::new(registry, remote, options)),
+            pool,
+            clock,
+            staleness,
+        })
+    }
+
+    /// The service (for shutdown and the cache gauge).
+    pub fn tokenization(&self) -> &Arc<Tokenization> {
+        &self.tokenization
+    }
+
+    /// `http://ip:port` of the least loaded fresh endpoint serving `model` (or running it as a
+    /// LoRA adapter), for the remote fallback.
+    fn remote_endpoint(&self, model: &str) -> Option<String> {
+        let view = self.pool.view();
+        let now = self.clock.now();
+        view.members
+            .iter()
+            .filter(|m| m.freshness(now, self.staleness) == Freshness::Fresh)
+            .filter_map(|m| Some((m, m.live.signals()?)))
+            .filter(|(m, s)| &*m.endpoint.model == model || s.lora.has(model))
+            .min_by_key(|(_, s)| (s.waiting, s.running))
+            .map(|(m, _)| format!("http://{}", m.endpoint.address))
+    }
+}
+
+impl Tokenize for Tokenizer {
+    fn tokenize(&self, call: TokenizeCall) -> BoxFuture<Tokens> {
+        let this = self.clone();
+        Box::pin(async move {
+            let model = match &call {
+                TokenizeCall::Completion { model, .. } | TokenizeCall::Chat { model, .. } => {
+                    model.clone()
+                }
+            };
+            let endpoint = this.remote_endpoint(&model);
+            let build = move || match call {
+                TokenizeCall::Completion {
+                    text,
+                    add_special_tokens,
+                    ..
+                } => Ok(TokenizeInput::Prompt {
+                    text,
+                    add_special_tokens,
+                }),
+                TokenizeCall::Chat { body, .. } => {
+                    let body: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_slice(&body).map_err(|e| {
+                            kvpick_tokenize::Error::InvalidRequest(format!("body: {e}"))
+                        })?;
+                    Ok(TokenizeInput::Chat(ChatRequest::from_body(&body)?))
+                }
+            };
+            let outcome = this
+                .tokenization
+                .tokenize_with(model, build, endpoint.as_deref())
+                .await;
+            let source = outcome.source().label();
+            match outcome {
+                TokenizeOutcome::Tokens { ids, .. } => Tokens::Ids { ids, source },
+                TokenizeOutcome::Unavailable(why) => {
+                    tracing::debug!(reason = why.label(), ?why, "no token ids; routing by text");
+                    Tokens::Unavailable {
+                        reason: why.label(),
+                    }
+                }
+            }
+        })
+    }
+}
