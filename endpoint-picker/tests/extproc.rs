@@ -452,7 +452,17 @@ fn drop_reason(r: &pb::ProcessingResponse) -> Option<String> {
 
 #[tokio::test]
 async fn sheddable_requests_get_429_only_while_the_pool_is_saturated() {
-    let p = Picker::start(Settings::loopback(), &[A, B]).await;
+    // Signals turn stale after 300 ms here (the process clock starts near 0, so the default 2 s
+    // could not be aged past without a long sleep).
+    let config = kvpick_scheduler::PickerConfig::parse(
+        &kvpick_scheduler::PickerConfig::DEFAULT_YAML.replace("maxSignalAge: 2s", "maxSignalAge: 300ms"),
+    )
+    .unwrap();
+    let settings = Settings {
+        scheduler: Some(config),
+        ..Settings::loopback()
+    };
+    let p = Picker::start(settings, &[A, B]).await;
     let sheddable = [("x-kvpick-priority", "-1")];
     // A over the queue threshold, B over the KV-usage threshold: no endpoint has room.
     scraped(&p, A, 6, 0.1);
@@ -474,10 +484,8 @@ async fn sheddable_requests_get_429_only_while_the_pool_is_saturated() {
         set_header(mutation(&r), "x-gateway-destination-endpoint"),
         Some(B)
     );
-    // Stale signals are no evidence of room: B's scrape ages past maxSignalAge (2 s).
-    p.live(B).set_signals(kvpick_scheduler::PodSignals::idle(
-        kvpick_scheduler::Timestamp::ZERO,
-    ));
+    // Stale signals are no evidence of room: B's last scrape ages past maxSignalAge.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let r = first_answer(&p, &sheddable).await;
     assert_eq!(immediate(&r).0, 429);
 }

@@ -29,9 +29,12 @@ async fn start(dir: &std::path::Path, drain: &str) -> Epp {
 }
 
 async fn readiness_watch(epp: &Epp) -> tonic::Streaming<HealthCheckResponse> {
-    let mut client = HealthClient::connect(format!("http://{}", epp.health))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", epp.health))
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    let mut client = HealthClient::new(channel);
     let mut watch = client
         .watch(HealthCheckRequest {
             service: "readiness".into(),

@@ -72,6 +72,8 @@ pub struct Exchange {
     first_byte: bool,
     usage: Option<UsageScanner>,
     prediction: Option<Prediction>,
+    /// The endpoint the proxy says served the response, when it says.
+    served: Option<SocketAddr>,
 }
 
 impl Exchange {
@@ -92,6 +94,7 @@ impl Exchange {
             first_byte: false,
             usage: None,
             prediction: None,
+            served: None,
         }
     }
 
@@ -324,7 +327,8 @@ impl Exchange {
 
     fn response_headers(&mut self, headers: Option<&HeaderMap>, metadata: Option<&Metadata>) {
         self.status = reply::header(headers, ":status").and_then(|s| s.parse().ok());
-        if let (Some(served), Some(picked)) = (reply::served(metadata), self.picked)
+        self.served = reply::served(metadata);
+        if let (Some(served), Some(picked)) = (self.served, self.picked)
             && served != picked
         {
             metrics::counter!(t::SERVED_DIFFERS).increment(1);
@@ -358,7 +362,7 @@ impl Exchange {
             metrics::counter!(t::TOKENS, "kind" => "output").increment(u.completion_tokens);
             if let Some(cached) = u.cached_tokens {
                 metrics::counter!(t::TOKENS, "kind" => "cached").increment(cached);
-                if let Some(gap) = self.prediction.and_then(|p| p.error(self.primary, cached)) {
+                if let Some(gap) = self.prediction.and_then(|p| p.error(self.served, cached)) {
                     metrics::histogram!(t::PREFIX_PREDICTION_ERROR).record(gap);
                 }
             }
