@@ -455,7 +455,8 @@ async fn sheddable_requests_get_429_only_while_the_pool_is_saturated() {
     // Signals turn stale after 300 ms here (the process clock starts near 0, so the default 2 s
     // could not be aged past without a long sleep).
     let config = kvpick_scheduler::PickerConfig::parse(
-        &kvpick_scheduler::PickerConfig::DEFAULT_YAML.replace("maxSignalAge: 2s", "maxSignalAge: 300ms"),
+        &kvpick_scheduler::PickerConfig::DEFAULT_YAML
+            .replace("maxSignalAge: 2s", "maxSignalAge: 300ms"),
     )
     .unwrap();
     let settings = Settings {

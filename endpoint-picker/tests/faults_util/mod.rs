@@ -183,7 +183,7 @@ pub struct Epp {
     pub metrics: SocketAddr,
 }
 
-/// Scrape every 100 ms, stale after 300 ms, a scrape times out after 200 ms.
+/// Scrape every 100 ms, stale after 300 ms (unless `extra` says), a scrape times out after 200 ms.
 pub const REFRESH: Duration = Duration::from_millis(100);
 pub const STALENESS: Duration = Duration::from_millis(300);
 
@@ -200,9 +200,11 @@ impl Epp {
             .args(["--endpoints-poll-interval", "100ms"])
             .args(["--refresh-metrics-interval", "100ms"])
             .args(["--scrape-timeout", "200ms"])
-            .args(["--metrics-staleness-threshold", "300ms"])
             .args(extra)
             .env("RUST_LOG", "info");
+        if !extra.contains(&"--metrics-staleness-threshold") {
+            cmd.args(["--metrics-staleness-threshold", "300ms"]);
+        }
         let proc = Proc::spawn(name, &mut cmd, dir.join(format!("{name}.log")));
         let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let epp = Self {
