@@ -1,6 +1,7 @@
 //! Replays every file of the fuzz corpora (`fuzz/corpus/<target>/`) through the property its
 //! fuzz target checks (`fuzz/checks.rs`, the same code), so the seeds and every crash ever found
 //! and added there are checked on each `cargo test`, with no fuzzing toolchain.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support code outside #[test] fns
 
 #[path = "../fuzz/checks.rs"]
 mod checks;
