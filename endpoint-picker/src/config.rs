@@ -325,6 +325,72 @@ mod tests {
     }
 
     #[test]
+    fn kv_events_and_tokenizer_flags_reach_the_settings() {
+        use crate::server::Settings;
+        use kvpick_tokenize::ModelSource;
+        // Defaults: connect mode from the endpoints file only, no tokenizer.
+        let s = Settings::from_cli(&cli(&[], &[]).unwrap()).unwrap();
+        assert_eq!(
+            (s.kv_events_bind.as_deref(), s.kv_events.publisher_port),
+            (None, None)
+        );
+        assert!(!s.tokenize.enabled());
+        assert_eq!(s.tokenize.timeout, Duration::from_millis(200));
+        let c = cli(
+            &["--tokenizer", "lora-a=@base", "--kv-events-queue", "99"],
+            &[
+                ("KVPICK_KV_EVENTS_BIND", "tcp://*:6000"),
+                ("KVPICK_KV_EVENTS_BIND_RANKS", "2"),
+                ("KVPICK_KV_EVENTS_PORT", "6100"),
+                ("KVPICK_KV_REPLAY_PORT", "6200"),
+                ("KVPICK_KV_EVENTS_QUEUE", "1"),
+                ("KVPICK_KV_EVENTS_WORKERS", "3"),
+                ("KVPICK_KV_TIER_WEIGHTS", "1,0.5,0.25"),
+                ("KVPICK_TOKENIZER", "/tok/default,base=/tok/base"),
+                ("KVPICK_TOKENIZERS_DIR", "/models"),
+                ("KVPICK_TOKENIZE_TIMEOUT", "1.5s"),
+                ("KVPICK_TOKENIZE_CACHE_BYTES", "64Mi"),
+            ],
+        )
+        .unwrap();
+        let s = Settings::from_cli(&c).unwrap();
+        assert_eq!(s.kv_events_bind.as_deref(), Some("tcp://*:6000"));
+        let kv = &s.kv_events;
+        assert_eq!((kv.bind_ranks, kv.workers, kv.queue_capacity), (2, 3, 99));
+        assert_eq!(
+            (kv.publisher_port, kv.replay_port),
+            (Some(6100), Some(6200))
+        );
+        assert_eq!(s.tier_weights, Some([1.0, 0.5, 0.25]));
+        // Flags replace the environment's list; the flag's entry alone remains.
+        let t = &s.tokenize;
+        assert_eq!(t.registry.dir, Some(PathBuf::from("/models")));
+        assert_eq!(
+            t.registry.models,
+            vec![("lora-a".to_owned(), ModelSource::Alias("base".into()))]
+        );
+        assert_eq!(
+            (t.timeout, t.cache_bytes),
+            (Duration::from_millis(1500), 64 << 20)
+        );
+        // From the environment alone: a default directory plus a named model.
+        let c = cli(&[], &[("KVPICK_TOKENIZER", "/tok/default,base=/tok/base")]).unwrap();
+        let t = Settings::from_cli(&c).unwrap().tokenize;
+        assert_eq!(t.registry.models.len(), 2);
+        assert_eq!(
+            t.registry.models[0].1,
+            ModelSource::Dir("/tok/default".into())
+        );
+        assert_eq!(
+            t.registry.models[1],
+            ("base".to_owned(), ModelSource::Dir("/tok/base".into()))
+        );
+        let two_defaults = cli(&["--tokenizer", "/a", "--tokenizer", "/b"], &[]).unwrap();
+        assert!(Settings::from_cli(&two_defaults).is_err());
+        assert!(Settings::from_cli(&cli(&["--kv-tier-weights", "2,1,1"], &[]).unwrap()).is_err());
+    }
+
+    #[test]
     fn bad_values_are_errors() {
         assert!(cli(&[], &[("KVPICK_GRPC_PORT", "x")]).is_err());
         assert!(cli(&["--refresh-metrics-interval", "50"], &[]).is_err());

@@ -7,7 +7,14 @@
 //! timeout, an error), the scheduler gets [`Prompt::Text`], which only the approximate prefix
 //! scorer can use. For chat requests that text is the raw `messages` JSON: successive turns of one
 //! conversation share its prefix, which is all an approximate scorer needs. Every text or chat
-//! request is counted in `kvpick_tokenize_total{source, outcome}`.
+//! request is counted in `kvpick_tokenize_total{source, outcome}`, and the first fallback of
+//! each (model, reason) is logged as a warning, so a missing tokenizer is visible without a
+//! log line per request.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -97,7 +104,7 @@ impl Tokenized {
         let call = match &req.prompt {
             PromptInput::Tokens(_) | PromptInput::None => return Self(None),
             _ if !tokenizer.enabled() => {
-                count("unavailable", "no_tokenizer");
+                fell_back(&req.model, "no_tokenizer");
                 return Self(None);
             }
             PromptInput::Text(text) => TokenizeCall::Completion {
@@ -116,7 +123,7 @@ impl Tokenized {
                 Self(Some(ids))
             }
             Tokens::Unavailable { reason } => {
-                count("unavailable", reason);
+                fell_back(&req.model, reason);
                 Self(None)
             }
         }
@@ -143,6 +150,27 @@ impl Tokenized {
 
 fn count(source: &'static str, outcome: &'static str) {
     metrics::counter!(t::TOKENIZE, "source" => source, "outcome" => outcome).increment(1);
+}
+
+/// (model, reason) pairs already warned about; bounded, since model names come from clients.
+const MAX_WARNED: usize = 256;
+
+/// Counts a request routed without token ids, and warns the first time per (model, reason).
+fn fell_back(model: &str, reason: &'static str) {
+    count("unavailable", reason);
+    static WARNED: OnceLock<Mutex<HashSet<(String, &'static str)>>> = OnceLock::new();
+    let mut warned = WARNED.get_or_init(Mutex::default).lock();
+    if warned.len() >= MAX_WARNED || warned.contains(&(model.to_owned(), reason)) {
+        return;
+    }
+    warned.insert((model.to_owned(), reason));
+    drop(warned);
+    tracing::warn!(
+        model,
+        reason,
+        "no token ids for a text or chat prompt: routing it by approximate prefix and load only \
+         (counted in kvpick_tokenize_total{{source=\"unavailable\"}}; logged once per model and reason)"
+    );
 }
 
 #[cfg(test)]

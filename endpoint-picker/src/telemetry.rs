@@ -53,9 +53,13 @@ pub const SERVED_DIFFERS: &str = "kvpick_served_differs_total";
 pub const POOL_WAITING: &str = "kvpick_pool_waiting_requests";
 /// `vllm:num_requests_running` summed over the pool's fresh endpoints.
 pub const POOL_RUNNING: &str = "kvpick_pool_running_requests";
-/// Mean KV-cache usage over the pool's fresh endpoints, 0..1.
-pub const POOL_KV_USAGE: &str = "kvpick_pool_kv_cache_usage_ratio";
-/// Endpoints whose signals are fresh (scraped within the staleness threshold).
+/// Mean KV-cache utilization over the pool's fresh endpoints, 0..1 (GIE's EPP exports it as
+/// `inference_pool_average_kv_cache_utilization`).
+pub const POOL_KV_USAGE: &str = "kvpick_pool_average_kv_cache_utilization";
+/// Mean waiting requests per fresh endpoint (GIE: `inference_pool_average_queue_size`).
+pub const POOL_AVG_QUEUE: &str = "kvpick_pool_average_queue_size";
+/// Endpoints whose signals are fresh, scraped within the staleness threshold (GIE:
+/// `inference_pool_ready_pods`; kvpick counts endpoints, so a data-parallel rank is one).
 pub const POOL_READY: &str = "kvpick_pool_ready_endpoints";
 
 /// Fraction of the pool's endpoints without room (over a saturation threshold or stale), as of
@@ -131,7 +135,11 @@ fn describe() {
     );
     describe_gauge!(
         POOL_KV_USAGE,
-        "Mean KV-cache usage over the pool's fresh endpoints, 0..1"
+        "Mean KV-cache utilization over the pool's fresh endpoints, 0..1"
+    );
+    describe_gauge!(
+        POOL_AVG_QUEUE,
+        "Mean waiting requests per endpoint over the pool's fresh endpoints"
     );
     describe_gauge!(POOL_READY, "Endpoints with fresh signals");
 }

@@ -1,7 +1,8 @@
 //! The request path's tokenizer: [`kvpick_tokenize`] behind the [`Tokenize`] seam, with its flags.
 //!
-//! Local tokenizers come from `--tokenizers-dir` and `--tokenizer MODEL=DIR|ADAPTER=@BASE`, loaded
-//! once at startup (a bad directory fails startup). Work runs on the crate's bounded blocking pool
+//! Local tokenizers come from `--tokenizers-dir` and `--tokenizer MODEL=DIR|ADAPTER=@BASE|DIR`,
+//! loaded once at startup (a bad directory fails startup); a bare `DIR` is the default tokenizer
+//! of every model that has none of its own (a pool serving one model and its LoRA adapters). Work runs on the crate's bounded blocking pool
 //! with a per-request deadline (`--tokenize-timeout`); a chat body is read there too, not on the
 //! reactor. With `--remote-tokenize`, a model without local files is tokenized by a ready pod that
 //! serves it (vLLM's `POST /tokenize`): the least loaded endpoint of that model whose signals are
@@ -13,8 +14,8 @@ use std::time::Duration;
 
 use kvpick_tokenize::flags::{parse_bytes, parse_duration};
 use kvpick_tokenize::{
-    ChatRequest, HyperClient, RegistryConfig, RemoteTokenizer, Tokenization, TokenizationOptions,
-    TokenizeInput, TokenizeOutcome, TokenizerRegistry,
+    ChatRequest, HyperClient, ModelSource, RegistryConfig, RemoteTokenizer, Tokenization,
+    TokenizationOptions, TokenizeInput, TokenizeOutcome, TokenizerRegistry,
 };
 
 use crate::clock::Clock;
@@ -29,8 +30,10 @@ pub struct TokenizeArgs {
     /// hold one `/`, as in Qwen/Qwen2.5-7B-Instruct); read once at startup.
     #[arg(long, env = "KVPICK_TOKENIZERS_DIR")]
     pub tokenizers_dir: Option<PathBuf>,
-    /// A model's tokenizer directory (MODEL=DIR), or a LoRA adapter on its base model's
-    /// (ADAPTER=@BASE); repeatable, wins over --tokenizers-dir (environment: comma-separated).
+    /// A model's tokenizer directory (MODEL=DIR, holding tokenizer.json and, for chat,
+    /// tokenizer_config.json), a LoRA adapter on its base model's (ADAPTER=@BASE), or a bare DIR:
+    /// the default for every model without its own. Repeatable; wins over --tokenizers-dir
+    /// (environment: comma-separated).
     #[arg(long = "tokenizer", env = "KVPICK_TOKENIZER", value_delimiter = ',')]
     pub tokenizer: Vec<String>,
     /// Tokenize prompts of models without local tokenizer files on a ready pod serving them
@@ -50,11 +53,23 @@ pub struct TokenizeArgs {
 impl TokenizeArgs {
     /// The settings these flags describe.
     pub fn settings(&self) -> Result<TokenizeSettings, Error> {
-        let models = self
-            .tokenizer
-            .iter()
-            .map(|flag| RegistryConfig::parse_entry(flag))
-            .collect::<Result<_, _>>()?;
+        let mut models = Vec::new();
+        let mut default = None;
+        for flag in &self.tokenizer {
+            if flag.contains('=') {
+                models.push(RegistryConfig::parse_entry(flag)?);
+            } else if default.replace(PathBuf::from(flag)).is_some() {
+                return Err(Error::Config(
+                    "--tokenizer: more than one default tokenizer DIR (name the models: MODEL=DIR)"
+                        .into(),
+                ));
+            }
+        }
+        // The default is registered under a name no request can match (model names are sent in
+        // JSON strings, and a NUL is not a name any server accepts).
+        if let Some(dir) = default {
+            models.insert(0, (DEFAULT_MODEL.to_owned(), ModelSource::Dir(dir)));
+        }
         Ok(TokenizeSettings {
             registry: RegistryConfig {
                 dir: self.tokenizers_dir.clone(),
@@ -66,6 +81,9 @@ impl TokenizeArgs {
         })
     }
 }
+
+/// The registry name of the default tokenizer (`--tokenizer DIR`).
+const DEFAULT_MODEL: &str = "\0default";
 
 /// Tokenization as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +120,8 @@ impl TokenizeSettings {
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     tokenization: Arc<Tokenization>,
+    /// Whether `--tokenizer DIR` gave a default.
+    has_default: bool,
     pool: Arc<Pool>,
     clock: Clock,
     staleness: Duration,
@@ -118,6 +138,15 @@ impl Tokenizer {
         staleness: Duration,
     ) -> Result<Self, Error> {
         let registry = Arc::new(TokenizerRegistry::load(&settings.registry)?);
+        let has_default = registry.get(DEFAULT_MODEL).is_some();
+        let mut models = registry.models();
+        models.retain(|m| *m != DEFAULT_MODEL);
+        tracing::info!(
+            ?models,
+            default = has_default,
+            remote = settings.remote,
+            "tokenizers loaded"
+        );
         let remote = settings
             .remote
             .then(|| RemoteTokenizer::new(Arc::new(HyperClient::new()), settings.timeout));
@@ -128,6 +157,7 @@ impl Tokenizer {
         };
         Ok(Self {
             tokenization: Arc::new(Tokenization::new(registry, remote, options)),
+            has_default,
             pool,
             clock,
             staleness,
@@ -164,6 +194,12 @@ impl Tokenize for Tokenizer {
                 }
             };
             let endpoint = this.remote_endpoint(&model);
+            // A model without its own tokenizer uses the default, when there is one.
+            let model = if this.has_default && this.tokenization.registry().get(&model).is_none() {
+                DEFAULT_MODEL.to_owned()
+            } else {
+                model
+            };
             let build = move || match call {
                 TokenizeCall::Completion {
                     text,
@@ -189,7 +225,7 @@ impl Tokenize for Tokenizer {
             match outcome {
                 TokenizeOutcome::Tokens { ids, .. } => Tokens::Ids { ids, source },
                 TokenizeOutcome::Unavailable(why) => {
-                    tracing::debug!(reason = why.label(), ?why, "no token ids; routing by text");
+                    tracing::debug!(reason = why.label(), ?why, "no token ids");
                     Tokens::Unavailable {
                         reason: why.label(),
                     }

@@ -51,12 +51,19 @@ async fn start(settings: Settings) -> Running {
     }
 }
 
-fn endpoints_yaml(addrs: &[SocketAddr]) -> String {
+/// A KV-event "publisher" that accepts TCP connections and never says a word: ingestion connects
+/// to it and waits, so nothing it does can touch the blocks these tests store by hand (a real
+/// port like 5557 could be some other process's publisher on a shared machine).
+fn silent_publisher() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+}
+
+fn endpoints_yaml(addrs: &[SocketAddr], kv: &std::net::TcpListener) -> String {
+    let kv = kv.local_addr().unwrap();
     let mut y = String::from("model: m\nblockSize: 16\nendpoints:\n");
     for a in addrs {
         y.push_str(&format!(
-            "  - address: {a}\n    labels: {{role: decode}}\n    kvEvents: tcp://{}:5557\n",
-            a.ip()
+            "  - address: {a}\n    labels: {{role: decode}}\n    kvEvents: tcp://{kv}\n"
         ));
     }
     y
@@ -98,7 +105,8 @@ async fn file_discovery_reloads_and_clears_leaving_endpoints() {
         "127.0.0.1:41002".parse().unwrap(),
         "127.0.0.1:41003".parse().unwrap(),
     );
-    std::fs::write(&file, endpoints_yaml(&[a, b])).unwrap();
+    let kv = silent_publisher();
+    std::fs::write(&file, endpoints_yaml(&[a, b], &kv)).unwrap();
     let mut settings = Settings::loopback();
     settings.endpoints_file = Some(file.clone());
     settings.endpoints_poll = Duration::from_millis(50);
@@ -107,7 +115,8 @@ async fn file_discovery_reloads_and_clears_leaving_endpoints() {
     let first = views.borrow_and_update().clone();
     assert_eq!(first.members.len(), 2);
     let m = first.by_address(&a).unwrap();
-    assert_eq!(m.spec.kv_events.as_deref(), Some("tcp://127.0.0.1:5557"));
+    let kv_url = format!("tcp://{}", kv.local_addr().unwrap());
+    assert_eq!(m.spec.kv_events.as_deref(), Some(kv_url.as_str()));
     assert_eq!(m.endpoint.labels["role"], "decode");
     let id_b = first.by_address(&b).unwrap().endpoint.id;
     store(&r, b, &(0..64).collect::<Vec<u32>>());
@@ -115,7 +124,7 @@ async fn file_discovery_reloads_and_clears_leaving_endpoints() {
     assert_eq!(index.endpoint_entries(id_b), 4);
 
     // b leaves, c joins: the KV-event manager's watch sees it, and b's entries are gone.
-    std::fs::write(&file, endpoints_yaml(&[a, c])).unwrap();
+    std::fs::write(&file, endpoints_yaml(&[a, c], &kv)).unwrap();
     tokio::time::timeout(Duration::from_secs(5), views.changed())
         .await
         .unwrap()
@@ -143,7 +152,8 @@ async fn health_export_and_query_api() {
     pods[1].state.waiting.store(9, Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("endpoints.yaml");
-    std::fs::write(&file, endpoints_yaml(&[pods[0].addr, pods[1].addr])).unwrap();
+    let kv = silent_publisher();
+    std::fs::write(&file, endpoints_yaml(&[pods[0].addr, pods[1].addr], &kv)).unwrap();
     let mut settings = Settings::loopback();
     settings.endpoints_file = Some(file);
     settings.metrics = Some("127.0.0.1:0".parse().unwrap());
@@ -319,6 +329,13 @@ fn the_binary_explains_its_flags_and_refuses_what_is_not_built() {
         "--refresh-metrics-interval",
         "[default: 50ms]",
         "--kv-events-bind",
+        "--kv-events-port",
+        "--kv-events-queue",
+        "--tokenizer",
+        "KVPICK_TOKENIZER",
+        "--tokenizers-dir",
+        "--tokenize-timeout",
+        "--tokenize-cache-bytes",
     ] {
         assert!(
             text.contains(needle),

@@ -124,6 +124,7 @@ fn refresh_gauges(pool: &Pool, index: &KvIndex, clock: Clock, staleness: Duratio
     metrics::gauge!(t::POOL_WAITING).set(pool.waiting as f64);
     metrics::gauge!(t::POOL_RUNNING).set(pool.running as f64);
     metrics::gauge!(t::POOL_KV_USAGE).set(pool.mean_kv_usage());
+    metrics::gauge!(t::POOL_AVG_QUEUE).set(pool.mean_waiting());
     let stats = index.stats();
     metrics::gauge!(t::INDEX_KEYS).set(stats.keys as f64);
     metrics::gauge!(t::INDEX_ENTRIES).set(stats.entries as f64);
@@ -149,6 +150,15 @@ impl PoolLoad {
         self.waiting += u64::from(s.waiting);
         self.running += u64::from(s.running);
         self.kv_usage_sum += s.kv_usage.clamp(0.0, 1.0);
+    }
+
+    /// Mean waiting requests per fresh endpoint (0 with none).
+    pub fn mean_waiting(&self) -> f64 {
+        if self.ready == 0 {
+            0.0
+        } else {
+            self.waiting as f64 / f64::from(self.ready)
+        }
     }
 
     /// Mean KV-cache usage over the fresh endpoints (0 with none).
@@ -241,13 +251,14 @@ mod tests {
     #[test]
     fn pool_load_sums_and_averages() {
         let mut load = PoolLoad::default();
-        assert_eq!(load.mean_kv_usage(), 0.0);
+        assert_eq!((load.mean_kv_usage(), load.mean_waiting()), (0.0, 0.0));
         for (waiting, running, kv) in [(3, 1, 0.2), (5, 2, 0.6)] {
             let mut s = PodSignals::idle(Timestamp::ZERO);
             (s.waiting, s.running, s.kv_usage) = (waiting, running, kv);
             load.add(&s);
         }
         assert_eq!((load.ready, load.waiting, load.running), (2, 8, 3));
+        assert_eq!(load.mean_waiting(), 4.0);
         assert!((load.mean_kv_usage() - 0.4).abs() < 1e-9);
     }
 }

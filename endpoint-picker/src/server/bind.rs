@@ -83,6 +83,12 @@ impl Server {
             tokenizer,
             settings,
         };
+        // The recorder goes in before ingestion registers its per-endpoint series, or they would
+        // be bound to the no-op recorder and never exported.
+        if server.metrics.is_some() {
+            crate::telemetry::install();
+            crate::kv_events::describe_metrics();
+        }
         let kv = KvEvents::start_for(
             server.ingestion(),
             server.settings.kv_events.clone(),

@@ -14,7 +14,7 @@ use crate::extproc::ExtProc;
 use crate::health::Health;
 use crate::query::IndexApi;
 use crate::scrape::ScrapeConfig;
-use crate::{discovery, kv_events, scrape, telemetry};
+use crate::{discovery, scrape, telemetry};
 
 impl Server {
     /// Serves until `shutdown` resolves or a server fails; then shuts down in order (see
@@ -28,6 +28,11 @@ impl Server {
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let health = Health::new(reporter).await;
+        if self.kubernetes.is_none() {
+            // Discovery synced in `bind` and the ext_proc port is bound: ready from the first
+            // probe (marked before the health port serves, so no probe sees a stale NOT_SERVING).
+            health.ready().await;
+        }
         let incoming = TcpListenerStream::new(self.health);
         let s = background.clone();
         tasks.spawn(async move {
@@ -73,8 +78,8 @@ impl Server {
         }
 
         if let Some(listener) = self.metrics.take() {
+            // Installed in `bind`; this only fetches the handle.
             let handle = telemetry::install();
-            kv_events::describe_metrics();
             tasks.spawn(ok(telemetry::serve(listener, handle, background.clone())));
         }
         if let Some(path) = self.settings.endpoints_file.clone() {
@@ -113,9 +118,6 @@ impl Server {
                 }
                 stop.cancelled().await
             }));
-        } else {
-            // Discovery synced in `bind`: ready.
-            health.ready().await;
         }
         tracing::info!(grpc = ?self.settings.grpc, "kvpick-epp serving");
 
