@@ -115,8 +115,9 @@ pub struct Cli {
     /// Signals older than this mark an endpoint stale; stale endpoints are avoided while others are fresh (--config's staleness.maxSignalAge wins).
     #[arg(long, env = "KVPICK_METRICS_STALENESS_THRESHOLD", default_value = "2s", value_parser = duration)]
     pub metrics_staleness_threshold: Duration,
-    /// How long open streams may finish after SIGTERM before they are cut.
-    #[arg(long, env = "KVPICK_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
+    /// How long open streams may finish after SIGTERM before they are cut (readiness goes false
+    /// first, then the listeners stop accepting).
+    #[arg(long, visible_alias = "drain-timeout", env = "KVPICK_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
     /// Log format: text or json (filter with RUST_LOG, default info).
     #[arg(long, env = "KVPICK_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]

@@ -64,6 +64,10 @@ pub enum Error {
     /// No endpoint can take the request (none discovered, none in the subset hint, none eligible).
     #[error("no endpoint available: {0}")]
     NoEndpoint(String),
+    /// A sheddable request (priority < 0) refused because the pool has no room; the reason goes
+    /// to the client in [`crate::shedding::DROP_REASON_HEADER`].
+    #[error("request shed: {0}")]
+    Shed(&'static str),
     /// The gateway broke the ext_proc protocol (e.g. a body before headers).
     #[error("ext_proc protocol: {0}")]
     Protocol(&'static str),
@@ -109,6 +113,7 @@ impl Error {
             Error::InvalidBody(_) => "invalid_body",
             Error::MissingModel => "missing_model",
             Error::NoEndpoint(_) => "no_endpoint",
+            Error::Shed(_) => "shed",
             Error::Protocol(_) => "protocol",
             Error::Query(_) => "query",
             Error::Task(_) => "task",
@@ -120,8 +125,18 @@ impl Error {
         match self {
             Error::BodyTooLarge { .. } | Error::InvalidBody(_) | Error::MissingModel => 400,
             Error::NoEndpoint(_) => 503,
+            Error::Shed(_) => 429,
             Error::Scheduler(kvpick_scheduler::Error::NoEndpoint(_)) => 503,
             _ => 500,
+        }
+    }
+
+    /// Why the request was dropped, for the client's [`crate::shedding::DROP_REASON_HEADER`]:
+    /// the shedding reason, else the label.
+    pub fn drop_reason(&self) -> &'static str {
+        match self {
+            Error::Shed(reason) => reason,
+            other => other.label(),
         }
     }
 
@@ -129,6 +144,7 @@ impl Error {
     pub fn openai_type(&self) -> &'static str {
         match self.http_status() {
             400 => "invalid_request_error",
+            429 => "rate_limit_exceeded",
             503 => "service_unavailable",
             _ => "internal_error",
         }

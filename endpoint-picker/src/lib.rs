@@ -7,7 +7,9 @@
 //! - [`request`]: pure parser of OpenAI-style bodies; [`prompt`]: the tokenizer seam, served by
 //!   [`tokenizer`] (`kvpick-tokenize`, off the reactor, with a deadline).
 //! - [`picker`]: candidates from the pool, then `kvpick_scheduler::Scheduler::pick`.
-//! - [`usage`]: token usage read from responses as they stream past.
+//! - [`shedding`]: request priority and the saturated pool's 429 for sheddable requests.
+//! - [`usage`]: token usage read from responses as they stream past; [`prediction`] compares the
+//!   prefix the index predicted with the cached tokens the pod reports.
 //!
 //! What the picker knows, and where it comes from:
 //! - [`pool`]: endpoints, their ids and live signals; its `watch` of views feeds KV-event
@@ -34,11 +36,13 @@ pub mod health;
 pub mod kv_events;
 pub mod picker;
 pub mod pool;
+pub mod prediction;
 pub mod prompt;
 pub mod query;
 pub mod request;
 pub mod scrape;
 pub mod server;
+pub mod shedding;
 pub mod telemetry;
 pub mod tokenizer;
 pub mod usage;

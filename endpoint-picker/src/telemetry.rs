@@ -62,7 +62,27 @@ pub const POOL_AVG_QUEUE: &str = "kvpick_pool_average_queue_size";
 /// `inference_pool_ready_pods`; kvpick counts endpoints, so a data-parallel rank is one).
 pub const POOL_READY: &str = "kvpick_pool_ready_endpoints";
 
+/// Fraction of the pool's endpoints without room (over a saturation threshold or stale), as of
+/// the last request.
+pub const POOL_SATURATION: &str = "kvpick_pool_saturation_ratio";
+/// 1 while no endpoint has room (sheddable requests get 429), else 0, as of the last request.
+pub const POOL_SATURATED: &str = "kvpick_pool_saturated";
+/// Prefix tokens kvpick predicted the primary holds minus the `cached_tokens` the pod reported.
+pub const PREFIX_PREDICTION_ERROR: &str = "kvpick_prefix_prediction_error_tokens";
+
 fn describe() {
+    describe_gauge!(
+        POOL_SATURATION,
+        "Fraction of endpoints over a saturation threshold or stale, as of the last request"
+    );
+    describe_gauge!(
+        POOL_SATURATED,
+        "1 while no endpoint has room and sheddable requests are refused"
+    );
+    describe_histogram!(
+        PREFIX_PREDICTION_ERROR,
+        "Predicted prefix-cache tokens minus the pod's reported cached_tokens, per request"
+    );
     describe_counter!(
         REQUESTS,
         "Inference requests by outcome and HTTP status code"
@@ -124,6 +144,13 @@ fn describe() {
     describe_gauge!(POOL_READY, "Endpoints with fresh signals");
 }
 
+/// Buckets of [`PREFIX_PREDICTION_ERROR`], in tokens: symmetric around 0 (exact), a block of 16
+/// tokens either way and up to 8k tokens of drift either way.
+const PREDICTION_ERROR_BUCKETS: [f64; 15] = [
+    -8192.0, -2048.0, -512.0, -128.0, -32.0, -16.0, -1.0, 0.0, 15.0, 16.0, 32.0, 128.0, 512.0,
+    2048.0, 8192.0,
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
@@ -140,7 +167,13 @@ pub fn install() -> PrometheusHandle {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(SCHEDULING.into()), &latency)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TTFT.into()), &ttft))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PREFIX_MATCH.into()), &ratio));
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PREFIX_MATCH.into()), &ratio))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(PREFIX_PREDICTION_ERROR.into()),
+                        &PREDICTION_ERROR_BUCKETS,
+                    )
+                });
             let recorder = match builder {
                 Ok(b) => b.build_recorder(),
                 Err(_) => PrometheusBuilder::new().build_recorder(),

@@ -19,20 +19,19 @@ pub struct Usage {
     /// `completion_tokens`.
     #[serde(default)]
     pub completion_tokens: u64,
-    /// `prompt_tokens_details.cached_tokens` (vLLM with `--enable-prompt-tokens-details`).
+    /// `prompt_tokens_details.cached_tokens` (vLLM with `--enable-prompt-tokens-details`);
+    /// `None` when the response does not report it (not the same as 0 cached tokens).
     #[serde(default, rename = "prompt_tokens_details", deserialize_with = "cached")]
-    pub cached_tokens: u64,
+    pub cached_tokens: Option<u64>,
 }
 
-fn cached<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+fn cached<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
     struct Details {
         #[serde(default)]
         cached_tokens: Option<u64>,
     }
-    Ok(Option::<Details>::deserialize(d)?
-        .and_then(|x| x.cached_tokens)
-        .unwrap_or(0))
+    Ok(Option::<Details>::deserialize(d)?.and_then(|x| x.cached_tokens))
 }
 
 #[derive(Deserialize)]
@@ -81,9 +80,17 @@ impl UsageScanner {
     pub fn feed(&mut self, chunk: &[u8]) {
         if self.mode == Mode::Unknown {
             match chunk.iter().find(|b| !b.is_ascii_whitespace()) {
-                None => return,
+                // Only whitespace so far: keep it (bounded, below) and sniff the next chunk.
+                None => {}
                 Some(b'{') => self.mode = Mode::Json,
-                Some(_) => self.mode = Mode::Sse,
+                Some(_) => {
+                    // Whitespace kept while sniffing holds line ends: scan it as SSE first.
+                    self.mode = Mode::Sse;
+                    let kept = std::mem::take(&mut self.buf);
+                    if !self.overflowed {
+                        self.feed_sse(&kept);
+                    }
+                }
             }
         }
         match self.mode {
@@ -180,7 +187,7 @@ mod tests {
         let want = Usage {
             prompt_tokens: 12,
             completion_tokens: 3,
-            cached_tokens: 8,
+            cached_tokens: Some(8),
         };
         assert_eq!(scan(Some("application/json"), &[a, b]), Some(want));
         assert_eq!(scan(None, &[a, b]), Some(want));
@@ -216,9 +223,20 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 2,
                 completion_tokens: 1,
-                cached_tokens: 0
+                cached_tokens: None
             })
         );
+    }
+
+    #[test]
+    fn sniffing_does_not_depend_on_chunking() {
+        let body = b"\n \ndata: {\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":1}}\n";
+        let whole = scan(None, &[body]);
+        assert_eq!(whole.map(|u| u.prompt_tokens), Some(4));
+        for cut in 1..4 {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(scan(None, &[a, b]), whole, "cut at {cut}");
+        }
     }
 
     #[test]

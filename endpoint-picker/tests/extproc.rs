@@ -368,14 +368,13 @@ async fn request_trailers_end_the_body_in_duplex() {
 async fn response_bodies_stream_back_in_order_and_usage_is_read() {
     let handle = kvpick_epp::telemetry::install();
     let p = Picker::start(Settings::loopback(), &[A]).await;
+    // The index says A holds 64 tokens (4 blocks of 16) of the prompt; A will report 48 cached.
+    let tokens = prompt(100, 9);
+    p.store(A, &tokens[..64]);
     let mut s = p.stream().await;
     s.send(request_headers(duplex(), "POST", &[], false, None))
         .await;
-    s.send(request_body(
-        br#"{"model":"m","prompt":"x","stream":true}"#,
-        true,
-    ))
-    .await;
+    s.send(request_body(&token_body(&tokens), true)).await;
     duplex_answer(&mut s).await;
     s.send(response_headers(
         &[(":status", "200"), ("content-type", "text/event-stream")],
@@ -389,7 +388,7 @@ async fn response_bodies_stream_back_in_order_and_usage_is_read() {
     let events = [
         "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":null}\n\n".to_owned(),
         "data: {\"choices\":[{\"text\":\"b\"}],\"usage\":null}\n\n".to_owned(),
-        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7771,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":5}}}\n\ndata: [DONE]\n\n".to_owned(),
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7771,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":48}}}\n\ndata: [DONE]\n\n".to_owned(),
     ];
     for (i, e) in events.iter().enumerate() {
         let last = i + 1 == events.len();
@@ -404,6 +403,126 @@ async fn response_bodies_stream_back_in_order_and_usage_is_read() {
         text.contains("kvpick_tokens_total{kind=\"input\"} 7771"),
         "{text}"
     );
-    assert!(text.contains("kvpick_tokens_total{kind=\"cached\"} 5"));
+    assert!(text.contains("kvpick_tokens_total{kind=\"cached\"} 48"));
+    // Predicted 64 − reported 48: the index promised one block more than the pod had.
+    assert!(
+        text.contains("kvpick_prefix_prediction_error_tokens_sum 16"),
+        "{text}"
+    );
+    assert!(text.contains("kvpick_prefix_prediction_error_tokens_bucket{le=\"15\"} 0"));
+    assert!(text.contains("kvpick_prefix_prediction_error_tokens_bucket{le=\"16\"} 1"));
     assert!(text.contains("kvpick_time_to_first_byte_seconds_count"));
+}
+
+/// Signals as a fresh scrape of `address` would report them.
+fn scraped(p: &Picker, address: &str, waiting: u32, kv_usage: f64) {
+    p.live(address).set_signals(kvpick_scheduler::PodSignals {
+        waiting,
+        kv_usage,
+        ..kvpick_scheduler::PodSignals::idle(p.shared.clock.now())
+    });
+}
+
+/// Sends a token request with `headers` and returns the first answer.
+async fn first_answer(p: &Picker, headers: &[(&str, &str)]) -> pb::ProcessingResponse {
+    let mut s = p.stream().await;
+    s.send(request_headers(duplex(), "POST", headers, false, None))
+        .await;
+    s.send(request_body(&token_body(&prompt(64, 3)), true))
+        .await;
+    s.recv().await
+}
+
+fn drop_reason(r: &pb::ProcessingResponse) -> Option<String> {
+    let Some(Out::ImmediateResponse(i)) = &r.response else {
+        return None;
+    };
+    i.headers
+        .as_ref()?
+        .set_headers
+        .iter()
+        .find(|h| {
+            h.header
+                .as_ref()
+                .is_some_and(|h| h.key == "x-kvpick-drop-reason")
+        })
+        .and_then(|h| h.header.as_ref())
+        .map(|h| String::from_utf8_lossy(&h.raw_value).into_owned())
+}
+
+#[tokio::test]
+async fn sheddable_requests_get_429_only_while_the_pool_is_saturated() {
+    // Signals turn stale after 300 ms here (the process clock starts near 0, so the default 2 s
+    // could not be aged past without a long sleep).
+    let config = kvpick_scheduler::PickerConfig::parse(
+        &kvpick_scheduler::PickerConfig::DEFAULT_YAML
+            .replace("maxSignalAge: 2s", "maxSignalAge: 300ms"),
+    )
+    .unwrap();
+    let settings = Settings {
+        scheduler: Some(config),
+        ..Settings::loopback()
+    };
+    let p = Picker::start(settings, &[A, B]).await;
+    let sheddable = [("x-kvpick-priority", "-1")];
+    // A over the queue threshold, B over the KV-usage threshold: no endpoint has room.
+    scraped(&p, A, 6, 0.1);
+    scraped(&p, B, 0, 0.95);
+    let r = first_answer(&p, &sheddable).await;
+    let (status, json) = immediate(&r);
+    assert_eq!(status, 429);
+    assert_eq!(json["error"]["type"], "rate_limit_exceeded");
+    assert_eq!(drop_reason(&r).as_deref(), Some("pool-saturated"));
+    // Priority 0 (no header) and positive priorities are still routed.
+    for headers in [&[][..], &[("x-kvpick-priority", "3")][..]] {
+        let r = first_answer(&p, headers).await;
+        assert!(matches!(r.response, Some(Out::RequestHeaders(_))), "{r:?}");
+    }
+    // Room on B: the sheddable request is routed, to B.
+    scraped(&p, B, 0, 0.5);
+    let r = first_answer(&p, &sheddable).await;
+    assert_eq!(
+        set_header(mutation(&r), "x-gateway-destination-endpoint"),
+        Some(B)
+    );
+    // Stale signals are no evidence of room: B's last scrape ages past maxSignalAge.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let r = first_answer(&p, &sheddable).await;
+    assert_eq!(immediate(&r).0, 429);
+}
+
+#[tokio::test]
+async fn objectives_from_the_config_set_the_priority() {
+    let config = kvpick_scheduler::PickerConfig::parse(&format!(
+        "{}objectives: {{batch: -5, chat: 0}}\n",
+        kvpick_scheduler::PickerConfig::DEFAULT_YAML.replace("objectives: {}\n", "")
+    ))
+    .unwrap();
+    let settings = Settings {
+        scheduler: Some(config),
+        ..Settings::loopback()
+    };
+    let p = Picker::start(settings, &[A]).await;
+    scraped(&p, A, 100, 1.0);
+    // The objective wins over the header; an unknown objective falls back to the header.
+    let r = first_answer(&p, &[("x-gateway-inference-objective", "batch")]).await;
+    assert_eq!(immediate(&r).0, 429);
+    let r = first_answer(
+        &p,
+        &[
+            ("x-gateway-inference-objective", "chat"),
+            ("x-kvpick-priority", "-1"),
+        ],
+    )
+    .await;
+    assert!(matches!(r.response, Some(Out::RequestHeaders(_))), "{r:?}");
+    let r = first_answer(
+        &p,
+        &[
+            ("x-gateway-inference-objective", "other"),
+            ("x-kvpick-priority", "-1"),
+        ],
+    )
+    .await;
+    assert_eq!(immediate(&r).0, 429);
 }

@@ -11,6 +11,7 @@
 //! - [`scheduler`]: `Scheduler::pick`, from a request and its candidates to a ranked decision.
 //! - [`request`], [`decision`]: what `pick` takes and returns.
 //! - [`filters`], [`scorers`], [`pickers`]: the plugins of the pipeline.
+//! - [`saturation`]: whether the pool has room, for shedding sheddable requests.
 //! - [`config`]: the picker config (llm-d's `EndpointPickerConfig` shape).
 //! - [`time`]: time as a value.
 //! - [`error`]: the crate's one error type.
@@ -27,6 +28,7 @@ mod lru;
 pub mod pickers;
 pub mod pods;
 pub mod request;
+pub mod saturation;
 pub mod scheduler;
 pub mod scorers;
 pub mod time;
@@ -37,5 +39,6 @@ pub use events::{EventBatch, KvEvent};
 pub use index::{IndexConfig, KvIndex, PrefixMatches};
 pub use keys::{BlockKey, BlockSize, Partition};
 pub use pods::{Endpoint, EndpointId, EndpointSet, PodSignals};
+pub use saturation::{PoolSaturation, SaturationConfig};
 pub use scheduler::{Candidate, Decision, EventsState, Prompt, Ranked, Request, Scheduler};
 pub use time::Timestamp;

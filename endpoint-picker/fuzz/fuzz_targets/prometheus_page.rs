@@ -1,11 +1,7 @@
-//! Any text as a metrics page: the scanner returns, and the signals it gives are in range.
+//! `prometheus_page`: see `checks::prometheus_page` for the property (shared with the corpus replay test).
 #![no_main]
 
-use kvpick_epp::scrape::prometheus::parse;
-use kvpick_scheduler::Timestamp;
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks.rs"]
+mod checks;
 
-fuzz_target!(|page: &str| {
-    let s = parse(page).into_signals(Timestamp::ZERO);
-    assert!((0.0..=1.0).contains(&s.kv_usage));
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::prometheus_page(data));

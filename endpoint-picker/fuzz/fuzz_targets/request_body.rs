@@ -1,12 +1,7 @@
-//! Any bytes as a request body: `parse` returns a request or an error, never panics, and a parsed
-//! request always has a model.
+//! `request_body`: see `checks::request_body` for the property (shared with the corpus replay test).
 #![no_main]
 
-use kvpick_epp::request::parse;
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks.rs"]
+mod checks;
 
-fuzz_target!(|body: &[u8]| {
-    if let Ok(r) = parse(body) {
-        assert!(!r.model.is_empty());
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::request_body(data));

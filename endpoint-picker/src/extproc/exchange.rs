@@ -23,10 +23,11 @@ use tokio::time::Instant;
 use super::reply::{self, MAX_CHUNK};
 use crate::error::Error;
 use crate::picker::{RouteRequest, Routing};
+use crate::prediction::Prediction;
 use crate::prompt::Tokenized;
 use crate::telemetry as t;
 use crate::usage::{self, UsageScanner};
-use crate::{Shared, request};
+use crate::{Shared, request, shedding};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -70,6 +71,9 @@ pub struct Exchange {
     status: Option<u16>,
     first_byte: bool,
     usage: Option<UsageScanner>,
+    prediction: Option<Prediction>,
+    /// The endpoint the proxy says served the response, when it says.
+    served: Option<SocketAddr>,
 }
 
 impl Exchange {
@@ -89,6 +93,8 @@ impl Exchange {
             status: None,
             first_byte: false,
             usage: None,
+            prediction: None,
+            served: None,
         }
     }
 
@@ -139,6 +145,11 @@ impl Exchange {
             .or_else(|| reply::header(headers, "x-session-id"))
             .map(str::to_owned);
         self.subset = reply::subset_hint(metadata);
+        let priority = shedding::priority(&self.shared, headers);
+        if let Err(e) = shedding::admit(&self.shared, priority) {
+            self.refuse(&e, out);
+            return Ok(());
+        }
         if h.end_of_stream {
             // No body (e.g. GET /v1/models): decide on load alone, at once.
             let start = Instant::now();
@@ -252,6 +263,7 @@ impl Exchange {
             metrics::histogram!(t::PREFIX_MATCH)
                 .record(f64::from(r.matched_blocks) / f64::from(r.total_blocks));
         }
+        self.prediction = Some(Prediction::new(&self.shared, &r));
         self.outcome = "routed";
         let metadata = self.metadata(&r);
         match self.request_mode {
@@ -315,7 +327,8 @@ impl Exchange {
 
     fn response_headers(&mut self, headers: Option<&HeaderMap>, metadata: Option<&Metadata>) {
         self.status = reply::header(headers, ":status").and_then(|s| s.parse().ok());
-        if let (Some(served), Some(picked)) = (reply::served(metadata), self.picked)
+        self.served = reply::served(metadata);
+        if let (Some(served), Some(picked)) = (self.served, self.picked)
             && served != picked
         {
             metrics::counter!(t::SERVED_DIFFERS).increment(1);
@@ -347,7 +360,12 @@ impl Exchange {
         if let Some(u) = self.usage.take().and_then(UsageScanner::finish) {
             metrics::counter!(t::TOKENS, "kind" => "input").increment(u.prompt_tokens);
             metrics::counter!(t::TOKENS, "kind" => "output").increment(u.completion_tokens);
-            metrics::counter!(t::TOKENS, "kind" => "cached").increment(u.cached_tokens);
+            if let Some(cached) = u.cached_tokens {
+                metrics::counter!(t::TOKENS, "kind" => "cached").increment(cached);
+                if let Some(gap) = self.prediction.and_then(|p| p.error(self.served, cached)) {
+                    metrics::histogram!(t::PREFIX_PREDICTION_ERROR).record(gap);
+                }
+            }
         }
     }
 }

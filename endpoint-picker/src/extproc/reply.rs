@@ -207,7 +207,10 @@ pub fn immediate(error: &Error) -> pb::ProcessingResponse {
                 code: i32::from(status),
             }),
             headers: Some(pb::HeaderMutation {
-                set_headers: vec![set_header("content-type", "application/json")],
+                set_headers: vec![
+                    set_header("content-type", "application/json"),
+                    set_header(crate::shedding::DROP_REASON_HEADER, error.drop_reason()),
+                ],
                 remove_headers: Vec::new(),
             }),
             body: body.into_bytes(),

@@ -20,8 +20,10 @@
 //!   - pluginRef: max-score-picker
 //! ```
 //!
-//! `apiVersion`, `kind`, `plugins` and `schedulingProfiles` mean what they mean to llm-d; `index`
-//! and `staleness` are kvpick's (both optional, defaults as above). The plugin types and their
+//! `apiVersion`, `kind`, `plugins` and `schedulingProfiles` mean what they mean to llm-d; `index`,
+//! `staleness`, `saturation` (`{queueDepthThreshold: 5, kvCacheUtilThreshold: 0.8}`) and
+//! `objectives` (InferenceObjective name → priority, e.g. `{batch: -1}`) are kvpick's (all
+//! optional, defaults as above). The plugin types and their
 //! parameters are listed in [`plugins`]. A profile lists filters (run in order), scorers (with a
 //! `weight` ≥ 0, default 1) and at most one picker (default `max-score-picker`); without
 //! `schedulingProfiles`, one profile named `default` uses every plugin, each scorer at weight 1.
@@ -47,6 +49,7 @@ use crate::filters::{FilterSpec, Staleness};
 use crate::index::IndexConfig;
 use crate::keys::BlockSize;
 use crate::pickers::PickerSpec;
+use crate::saturation::SaturationConfig;
 use crate::scorers::ScorerSpec;
 
 /// `apiVersion`s accepted: llm-d's and the Gateway API Inference Extension's.
@@ -99,6 +102,8 @@ pub struct PickerConfig {
     pub staleness: Staleness,
     /// The active profile (the one entry of `schedulingProfiles`).
     pub profile: Profile,
+    /// When the pool counts as saturated, and request priorities (`saturation`, `objectives`).
+    pub saturation: SaturationConfig,
 }
 
 impl Default for PickerConfig {
@@ -131,6 +136,7 @@ impl Default for PickerConfig {
                 ],
                 picker: default_picker(),
             },
+            saturation: SaturationConfig::default(),
         }
     }
 }
@@ -158,6 +164,8 @@ impl PickerConfig {
                 "kind",
                 "index",
                 "staleness",
+                "saturation",
+                "objectives",
                 "plugins",
                 "schedulingProfiles",
             ],
@@ -182,6 +190,7 @@ impl PickerConfig {
         }
         let index = index(&top)?;
         let staleness = staleness(&top)?;
+        let saturation = saturation(&top, &staleness)?;
         let plugins = plugin_list(&top, &index)?;
         let profile = match top.list("schedulingProfiles")? {
             None => implicit_profile(&plugins)?,
@@ -200,6 +209,7 @@ impl PickerConfig {
             index,
             staleness,
             profile,
+            saturation,
         })
     }
 }
@@ -247,6 +257,43 @@ fn staleness(top: &Fields<'_>) -> Result<Staleness, Error> {
         s.max_signal_age = d;
     }
     Ok(s)
+}
+
+fn saturation(top: &Fields<'_>, staleness: &Staleness) -> Result<SaturationConfig, Error> {
+    let mut c = SaturationConfig {
+        max_signal_age: staleness.max_signal_age,
+        ..SaturationConfig::default()
+    };
+    let f = Fields::new(
+        top.value("saturation"),
+        "saturation",
+        &["queueDepthThreshold", "kvCacheUtilThreshold"],
+        "saturation",
+    )?;
+    if let Some(n) = f.int("queueDepthThreshold", 0)? {
+        c.queue_depth = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    if let Some(x) = f.fraction("kvCacheUtilThreshold")? {
+        c.kv_usage = x;
+    }
+    match top.value("objectives") {
+        None => {}
+        Some(Value::Mapping(m)) => {
+            for (k, v) in m {
+                let name = k
+                    .as_str()
+                    .ok_or_else(|| invalid("objectives", "names must be strings"))?;
+                let at = format!("objectives.{name}");
+                let p = v
+                    .as_i64()
+                    .and_then(|p| i32::try_from(p).ok())
+                    .ok_or_else(|| invalid(&at, "expected an integer priority"))?;
+                c.objectives.insert(name.to_owned(), p);
+            }
+        }
+        Some(_) => return Err(invalid("objectives", "expected a map of name to priority")),
+    }
+    Ok(c)
 }
 
 fn plugin_list(top: &Fields<'_>, index: &IndexConfig) -> Result<Vec<(String, PluginSpec)>, Error> {

@@ -289,7 +289,7 @@ fn validation_errors_name_the_field() {
         ),
         (
             format!("{THREE}featureGates: [flowControl]\n"),
-            "featureGates: unknown field (expected one of: apiVersion, kind, index, staleness, plugins, schedulingProfiles)",
+            "featureGates: unknown field (expected one of: apiVersion, kind, index, staleness, saturation, objectives, plugins, schedulingProfiles)",
         ),
     ];
     for (body, want) in cases {
@@ -338,4 +338,25 @@ proptest::proptest! {
             let _ = PickerConfig::parse(&corrupted);
         }
     }
+}
+
+#[test]
+fn saturation_and_objectives() {
+    let c = ok(&format!(
+        "{THREE}staleness: {{maxSignalAge: 500ms}}\nsaturation: {{queueDepthThreshold: 2, kvCacheUtilThreshold: 0.5}}\nobjectives: {{batch: -1, chat: 7}}\n"
+    ));
+    assert_eq!(c.saturation.queue_depth, 2);
+    assert_eq!(c.saturation.kv_usage, 0.5);
+    assert_eq!(c.saturation.max_signal_age, Duration::from_millis(500));
+    assert_eq!(c.saturation.priority(Some("batch"), None), -1);
+    assert_eq!(c.saturation.priority(Some("chat"), None), 7);
+    assert_eq!(ok(THREE).saturation, crate::SaturationConfig::default());
+    assert_eq!(
+        error(&format!("{THREE}saturation: {{kvCacheUtilThreshold: 2}}\n")),
+        "saturation.kvCacheUtilThreshold: must be between 0 and 1, got 2"
+    );
+    assert_eq!(
+        error(&format!("{THREE}objectives: {{batch: low}}\n")),
+        "objectives.batch: expected an integer priority"
+    );
 }

@@ -1,0 +1,53 @@
+//! Legacy shedding: a request's priority, and a 429 at once for sheddable requests (priority < 0)
+//! while the pool is saturated. Every other request is scheduled as usual.
+//!
+//! The decision is [`kvpick_scheduler::SaturationConfig`]'s over the pool's live signals; this
+//! module only reads the headers, takes the snapshot and exports the result. Shedding happens on
+//! the request headers, before the body is read: a shed request costs one pass over the pool.
+
+use kvpick_scheduler::PoolSaturation;
+
+use crate::error::Error;
+use crate::telemetry as t;
+use crate::{Shared, extproc::reply};
+use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+
+/// Names the request's InferenceObjective, whose priority the picker config's `objectives` gives.
+pub const OBJECTIVE_HEADER: &str = "x-gateway-inference-objective";
+/// A priority as an integer, for requests without a configured objective. Trusting it means
+/// trusting the client: a gateway should set or strip it, as it does the objective header.
+pub const PRIORITY_HEADER: &str = "x-kvpick-priority";
+/// Set on every immediate response kvpick sends: why the request was dropped (`pool-saturated`
+/// for shedding, else the error label such as `no_endpoint` or `invalid_body`).
+pub const DROP_REASON_HEADER: &str = "x-kvpick-drop-reason";
+/// The drop reason of a request shed because no endpoint has room.
+pub const POOL_SATURATED: &str = "pool-saturated";
+
+/// The request's priority from its headers (objective, then priority header, else 0).
+pub fn priority(shared: &Shared, headers: Option<&HeaderMap>) -> i32 {
+    shared.picker.scheduler().config().saturation.priority(
+        reply::header(headers, OBJECTIVE_HEADER),
+        reply::header(headers, PRIORITY_HEADER),
+    )
+}
+
+/// The pool's saturation now, also exported as [`t::POOL_SATURATION`] and [`t::POOL_SATURATED`].
+pub fn pool_saturation(shared: &Shared) -> PoolSaturation {
+    let config = &shared.picker.scheduler().config().saturation;
+    let view = shared.picker.pool().view();
+    let signals: Vec<_> = view.members.iter().map(|m| m.live.signals()).collect();
+    let p = config.pool(signals.iter().map(|s| s.as_deref()), shared.clock.now());
+    metrics::gauge!(t::POOL_SATURATION).set(p.fraction());
+    metrics::gauge!(t::POOL_SATURATED).set(if p.is_saturated() { 1.0 } else { 0.0 });
+    p
+}
+
+/// Admits a request of `priority`, or refuses it with [`Error::Shed`] when it is sheddable and
+/// the pool is saturated.
+pub fn admit(shared: &Shared, priority: i32) -> Result<(), Error> {
+    let saturated = pool_saturation(shared).is_saturated();
+    if priority < 0 && saturated {
+        return Err(Error::Shed(POOL_SATURATED));
+    }
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! Real processes for the fault tests: `kvpick-sim fleet` (simulated vLLM pods with HTTP,
+//! `/metrics` and ZMQ KV events) and the `kvpick-epp` binary, each in its own process group and
+//! killed when dropped; plus clients for what the tests ask of them.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use kvpick_epp::query::pb;
+use kvpick_epp::query::pb::index_client::IndexClient;
+use tokio::time::Instant;
+
+use crate::common::{Stream, duplex, mutation, request_body, request_headers, set_header};
+
+pub const MODEL: &str = "m";
+
+/// A child process killed (with its group) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self { child, name, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crashed pod or an OOM kill would end it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM.
+    pub fn term(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Resident memory in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `kvpick-sim`, built next to this test (`cargo test --workspace` builds it).
+fn sim_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("kvpick-sim"))
+        .unwrap();
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build -p kvpick-sim`; `cargo test --workspace` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `kvpick-sim fleet` process and the endpoints it wrote.
+pub struct SimFleet {
+    pub proc: Proc,
+    /// Its endpoints file entries (address, metrics, kvEvents, kvReplay).
+    pub entries: Vec<serde_yaml::Value>,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl SimFleet {
+    /// `pods` tiny simulated pods (blocks of 16 tokens), four times faster than real time.
+    pub async fn start(dir: &Path, name: &str, pods: usize, extra: &[&str]) -> Self {
+        let file = dir.join(format!("{name}.yaml"));
+        let mut cmd = Command::new(sim_bin());
+        cmd.args([
+            "fleet",
+            "--profile",
+            "tiny",
+            "--model",
+            MODEL,
+            "--speed",
+            "4",
+        ])
+        .args(["--pods", &pods.to_string(), "--restart-downtime-ms", "200"])
+        .arg("--endpoints-file")
+        .arg(&file)
+        .args(extra);
+        let proc = Proc::spawn(
+            "kvpick-sim fleet",
+            &mut cmd,
+            dir.join(format!("{name}.log")),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let text = loop {
+            if let Ok(t) = std::fs::read_to_string(&file) {
+                break t;
+            }
+            assert!(Instant::now() < deadline, "fleet not up: {}", proc.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let entries = doc["endpoints"].as_sequence().unwrap().clone();
+        let addrs = entries
+            .iter()
+            .map(|e| e["address"].as_str().unwrap().parse().unwrap())
+            .collect();
+        Self {
+            proc,
+            entries,
+            addrs,
+        }
+    }
+}
+
+/// Writes an endpoints file listing `entries` (each a YAML mapping) for model `m`, blocks of 16.
+pub fn write_endpoints(path: &Path, entries: &[serde_yaml::Value]) {
+    let doc = serde_yaml::to_string(&serde_yaml::Mapping::from_iter([
+        ("model".into(), MODEL.into()),
+        ("blockSize".into(), 16.into()),
+        (
+            "endpoints".into(),
+            serde_yaml::Value::Sequence(entries.to_vec()),
+        ),
+    ]))
+    .unwrap();
+    std::fs::write(path, doc).unwrap();
+}
+
+/// A `kvpick-epp` process.
+pub struct Epp {
+    pub proc: Proc,
+    pub grpc: SocketAddr,
+    pub health: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+/// Scrape every 100 ms, stale after 300 ms (unless `extra` says), a scrape times out after 200 ms.
+pub const REFRESH: Duration = Duration::from_millis(100);
+pub const STALENESS: Duration = Duration::from_millis(300);
+
+impl Epp {
+    pub async fn start(dir: &Path, name: &'static str, endpoints: &Path, extra: &[&str]) -> Self {
+        let (grpc, health, metrics) = (free_port(), free_port(), free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvpick-epp"));
+        cmd.args(["--listen-address", "127.0.0.1"])
+            .args(["--grpc-port", &grpc.to_string()])
+            .args(["--health-port", &health.to_string()])
+            .args(["--metrics-port", &metrics.to_string()])
+            .arg("--endpoints-file")
+            .arg(endpoints)
+            .args(["--endpoints-poll-interval", "100ms"])
+            .args(["--refresh-metrics-interval", "100ms"])
+            .args(["--scrape-timeout", "200ms"])
+            .args(extra)
+            .env("RUST_LOG", "info");
+        if !extra.contains(&"--metrics-staleness-threshold") {
+            cmd.args(["--metrics-staleness-threshold", "300ms"]);
+        }
+        let proc = Proc::spawn(name, &mut cmd, dir.join(format!("{name}.log")));
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let epp = Self {
+            proc,
+            grpc: at(grpc),
+            health: at(health),
+            metrics: at(metrics),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while IndexClient::connect(format!("http://{}", epp.grpc))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "kvpick-epp not up: {}",
+                epp.proc.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        epp
+    }
+
+    pub async fn index(&self) -> IndexClient<tonic::transport::Channel> {
+        IndexClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap()
+    }
+
+    pub async fn endpoints(&self) -> Vec<pb::EndpointInfo> {
+        self.index()
+            .await
+            .list_endpoints(pb::ListEndpointsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .endpoints
+    }
+
+    /// Blocks of `tokens` each endpoint holds, by address, as the index says.
+    pub async fn matched(&self, tokens: &[u32]) -> HashMap<String, u32> {
+        let r = self
+            .index()
+            .await
+            .score(pb::ScoreRequest {
+                model: MODEL.into(),
+                prompt: Some(pb::score_request::Prompt::Tokens(pb::TokenIds {
+                    ids: tokens.to_vec(),
+                })),
+                cache_salt: None,
+                candidates: Vec::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        r.endpoints
+            .into_iter()
+            .map(|e| (e.address, e.matched_blocks))
+            .collect()
+    }
+
+    /// Where the picker sends a completion of `tokens`, as Envoy would ask it over ext_proc.
+    pub async fn pick(&self, tokens: &[u32]) -> String {
+        let client = ExternalProcessorClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap();
+        let mut s = Stream::open(client).await;
+        s.send(request_headers(duplex(), "POST", &[], false, None))
+            .await;
+        let body = serde_json::json!({"model": MODEL, "prompt": tokens, "max_tokens": 1});
+        s.send(request_body(body.to_string().as_bytes(), true))
+            .await;
+        let answer = s.recv().await;
+        set_header(mutation(&answer), "x-gateway-destination-endpoint")
+            .unwrap()
+            .to_owned()
+    }
+
+    /// kvpick's own `/metrics` page.
+    pub async fn metrics_page(&self) -> String {
+        http_get(self.metrics, "/metrics").await.1
+    }
+
+    /// Waits until `done` holds for every endpoint list, up to `within`.
+    pub async fn wait_endpoints(
+        &self,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&[pb::EndpointInfo]) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            let eps = self.endpoints().await;
+            if done(&eps) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {within:?}: {eps:#?}\n{}",
+                self.proc.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `address` holds `blocks` blocks of `tokens` in the index.
+    pub async fn wait_matched(&self, tokens: &[u32], address: SocketAddr, blocks: u32) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = self.matched(tokens).await;
+            if m.get(&address.to_string()) == Some(&blocks) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{address} never held {blocks} blocks: {m:?}\n{}",
+                self.proc.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn fresh(eps: &[pb::EndpointInfo], address: SocketAddr) -> bool {
+    eps.iter()
+        .any(|e| e.address == address.to_string() && e.freshness == "fresh")
+}
+
+/// `n` tokens of a prompt named `id` (distinct ids share no block).
+pub fn prompt(id: u32, n: u32) -> Vec<u32> {
+    (0..n)
+        .map(|i| 1 + (id * 100_003 + i * 7) % 50_000)
+        .collect()
+}
+
+async fn http(req: hyper::Request<Full<Bytes>>) -> (u16, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("no answer within 10 s")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(
+        hyper::Request::get(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+pub async fn http_post(addr: SocketAddr, path: &str, body: &serde_json::Value) -> (u16, String) {
+    http(
+        hyper::Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap(),
+    )
+    .await
+}
+
+/// Runs a completion of `tokens` on `pod` directly, so that the pod caches it and publishes
+/// its KV events.
+pub async fn complete(pod: SocketAddr, tokens: &[u32]) {
+    let (status, body) = http_post(
+        pod,
+        "/v1/completions",
+        &serde_json::json!({"model": MODEL, "prompt": tokens, "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A POST whose failure is an answer too: `Err` when the connection or the body broke.
+pub async fn try_post(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<(u16, String), String> {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let req = hyper::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
