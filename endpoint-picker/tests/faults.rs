@@ -328,3 +328,138 @@ async fn an_event_flood_from_one_pod_stays_bounded_and_spares_the_others() {
     assert_eq!(epp.pick(&p).await, a.to_string());
     eprintln!("flood: {held} entries held, RSS {rss_before} -> {rss_after} KiB");
 }
+
+/// Blocks the index holds for each pod, by address.
+async fn held(epp: &Epp) -> std::collections::BTreeMap<String, u64> {
+    epp.endpoints()
+        .await
+        .into_iter()
+        .map(|e| (e.address, e.blocks_held))
+        .collect()
+}
+
+/// Waits until `epp` reports SERVING on its `readiness` health service.
+async fn wait_ready(epp: &Epp) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", epp.health))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = client
+            .check(HealthCheckRequest {
+                service: "readiness".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status);
+        if status.as_ref().ok() == Some(&(ServingStatus::Serving as i32)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ready: {status:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvpick_restarted_under_load_is_warm_from_the_pods_replay_buffers_within_1s() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = SimFleet::start(dir.path(), "a", 3, &[]).await;
+    let file = dir.path().join("endpoints.yaml");
+    write_endpoints(&file, &fleet.entries);
+    // Each pod caches its own prompts, of different lengths (well within its 256 blocks).
+    let prompts: Vec<(std::net::SocketAddr, Vec<u32>)> = (0..12)
+        .map(|i| {
+            (
+                fleet.addrs[i % 3],
+                prompt(60 + i as u32, 32 + 16 * i as u32),
+            )
+        })
+        .collect();
+    for (pod, p) in &prompts {
+        complete(*pod, p).await;
+    }
+    let epp = Epp::start(dir.path(), "kvpick-epp-1", &file, &[]).await;
+    for (pod, p) in &prompts {
+        epp.wait_matched(p, *pod, p.len() as u32 / 16).await;
+    }
+    let warm = held(&epp).await;
+    assert_eq!(warm.len(), 3);
+    assert!(warm.values().all(|&n| n > 0), "{warm:?}");
+
+    // Load that keeps flowing through the restart: the same prompts again on their pods (cache
+    // hits, so what the pods hold does not change under the test's feet).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|k| {
+            let (prompts, stop) = (prompts.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut served = 0u32;
+                for (pod, p) in prompts.iter().skip(k).cycle() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    complete(*pod, p).await;
+                    served += 1;
+                }
+                served
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // kvpick crashes (SIGKILL: nothing flushed, nothing handed over) and a new process starts.
+    let mut epp = epp;
+    epp.proc.kill();
+    let spawned = Instant::now();
+    let fresh_epp = Epp::start(dir.path(), "kvpick-epp-2", &file, &[]).await;
+    wait_ready(&fresh_epp).await;
+    let ready = Instant::now();
+    // Warm again once it holds every block the old process held, for every pod.
+    let warm_after = loop {
+        let now = held(&fresh_epp).await;
+        if warm.iter().all(|(a, n)| now.get(a).is_some_and(|m| m >= n)) {
+            break ready.elapsed();
+        }
+        assert!(
+            ready.elapsed() < Duration::from_secs(1),
+            "not warm within 1 s of ready: {now:?}, want {warm:?}\n{}",
+            fresh_epp.proc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // And it picks like the old one: every known prompt goes to the pod that holds it.
+    for (pod, p) in &prompts {
+        assert_eq!(
+            fresh_epp.matched(p).await.get(&pod.to_string()),
+            Some(&(p.len() as u32 / 16))
+        );
+        assert_eq!(fresh_epp.pick(p).await, pod.to_string());
+    }
+    // The blocks came from the pods' replay buffers (the load only hits cached prompts, so the
+    // live stream carries no new blocks): one successful replay per pod.
+    let page = fresh_epp.metrics_page().await;
+    for pod in &fleet.addrs {
+        assert!(
+            page.lines()
+                .any(|l| l.starts_with("kvpick_kv_events_replays_total")
+                    && l.contains(&pod.to_string())
+                    && l.contains("outcome=\"ok\"")),
+            "no successful replay from {pod}:\n{page}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut served = 0;
+    for l in load {
+        served += l.await.unwrap();
+    }
+    assert!(served > 0);
+    eprintln!(
+        "restart warm-up: {} blocks over 3 pods; ready {:?} after spawn, warm {warm_after:?} after ready; {served} requests served meanwhile",
+        warm.values().sum::<u64>(),
+        ready - spawned,
+    );
+}
