@@ -10,7 +10,7 @@
 //!
 //! Reports requests lost (every failure except those in flight at a pod when it was restarted,
 //! which the pod answers "the engine restarted"), p50/p99 latency of the first and the last
-//! window (a minute, or a third of a shorter run) and kvpick-epp's resident memory over the run.
+//! window (a minute, or half of a shorter run) and kvpick-epp's resident memory over the run.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -306,7 +306,7 @@ fn report(
     }
     let lost_total: usize = lost.values().sum();
     let d = a.duration as f64;
-    let w = (d / 3.0).min(60.0);
+    let w = (d / 2.0).min(60.0);
     let window = |from: f64, to: f64| -> Vec<f64> {
         recs.iter()
             .filter(|r| r.error.is_none() && r.at_s >= from && r.at_s < to)
