@@ -202,6 +202,8 @@ async fn two_replicas_make_identical_precise_prefix_picks() {
         })
         .await;
     }
+    // Let both replicas' SUBs finish subscribing (a PUB drops what no subscriber takes yet).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     // Each pod caches its own prompts, of different lengths; both replicas consume every pod's
     // events (connect mode), so both know the same and pick the same.
     let prompts: Vec<(usize, Vec<u32>)> = (0..9)
@@ -313,9 +315,27 @@ async fn an_event_flood_from_one_pod_stays_bounded_and_spares_the_others() {
     let _publisher = flood.await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // The index never holds more than its capacity; memory stays bounded.
-    let held: u64 = epp.endpoints().await.iter().map(|e| e.blocks_held).sum();
-    assert!(held <= CAPACITY, "{held} entries held, capacity {CAPACITY}");
+    // The index stays within its capacity; memory stays bounded. Eviction runs right after each
+    // applied batch, so while batches are still being applied (the mailbox may hold some on a
+    // loaded machine) a reading can be over by at most one batch per ingestion worker (2); once
+    // ingestion has caught up, the index is within capacity.
+    let transient = CAPACITY + 2 * blocks_per_batch;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held = loop {
+        let held: u64 = epp.endpoints().await.iter().map(|e| e.blocks_held).sum();
+        assert!(
+            held <= transient,
+            "{held} entries held, capacity {CAPACITY}"
+        );
+        if held <= CAPACITY {
+            break held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} entries held 10 s after the flood, capacity {CAPACITY}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let rss_after = epp.proc.rss_kib();
     assert!(
         rss_after < rss_before + 256 * 1024,
