@@ -115,6 +115,10 @@ pub struct Cli {
     /// Signals older than this mark an endpoint stale; stale endpoints are avoided while others are fresh (--config's staleness.maxSignalAge wins).
     #[arg(long, env = "KVPICK_METRICS_STALENESS_THRESHOLD", default_value = "2s", value_parser = duration)]
     pub metrics_staleness_threshold: Duration,
+    /// Passive health: an endpoint that answers a request with a 5xx is avoided for this long
+    /// while others are eligible (0s turns it off).
+    #[arg(long, env = "KVPICK_FAILURE_COOLDOWN", default_value = "2s", value_parser = duration)]
+    pub failure_cooldown: Duration,
     /// How long open streams may finish after SIGTERM before they are cut (readiness goes false
     /// first, then the listeners stop accepting).
     #[arg(long, visible_alias = "drain-timeout", env = "KVPICK_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]

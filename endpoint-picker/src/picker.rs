@@ -27,6 +27,9 @@ pub struct RouteConfig {
     pub staleness: Duration,
     /// Put each candidate's scores in the dynamic metadata.
     pub emit_scores: bool,
+    /// How long an endpoint that answered a 5xx is avoided (while others are eligible); zero
+    /// turns passive health off.
+    pub failure_cooldown: Duration,
 }
 
 impl Default for RouteConfig {
@@ -35,6 +38,7 @@ impl Default for RouteConfig {
             fallbacks: 0,
             staleness: Duration::from_secs(2),
             emit_scores: false,
+            failure_cooldown: Duration::from_secs(2),
         }
     }
 }
@@ -127,12 +131,17 @@ impl Picker {
             return Err(Error::NoEndpoint("no endpoints discovered".into()));
         }
         let now = self.clock.now();
-        let chosen: Vec<(&Member, Option<Arc<PodSignals>>)> = view
+        let mut chosen: Vec<(&Member, Option<Arc<PodSignals>>)> = view
             .members
             .iter()
             .filter(|m| req.subset.is_none_or(|s| s.contains(&m.endpoint.address)))
             .map(|m| (m, m.live.signals()))
             .collect();
+        // Endpoints in their failure cool-down are left out while any other is eligible (when
+        // every one is failing, picking among them beats refusing).
+        if chosen.iter().any(|(m, _)| !m.live.failing(now)) {
+            chosen.retain(|(m, _)| !m.live.failing(now));
+        }
         if chosen.is_empty() {
             return Err(Error::NoEndpoint(
                 "no known endpoint is in the subset hint".into(),
@@ -164,6 +173,21 @@ impl Picker {
             .filter_map(|r| view.by_id(r.endpoint).map(|m| m.endpoint.address))
             .collect();
         Ok((decision, addresses))
+    }
+
+    /// Passive health: `address` answered a request with a server error, so it is avoided for
+    /// the configured cool-down.
+    pub fn report_failure(&self, address: SocketAddr) {
+        if self.config.failure_cooldown.is_zero() {
+            return;
+        }
+        let view = self.pool.view();
+        if let Some(m) = view.by_address(&address) {
+            let until = self.clock.now().since_epoch() + self.config.failure_cooldown;
+            m.live.mark_failing(Timestamp::from_duration(until));
+            metrics::counter!(crate::telemetry::ENDPOINT_FAILURES, "endpoint" => address.to_string())
+                .increment(1);
+        }
     }
 
     /// Picks the destination for `req`: the primary and up to `fallbacks` more.

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use kvpick_scheduler::pods::EndpointIds;
@@ -34,6 +34,10 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 pub struct Live {
     signals: RwLock<Option<Arc<PodSignals>>>,
     events: AtomicU8,
+    /// Until when (ms since the clock's epoch) the endpoint is avoided after answering a 5xx;
+    /// 0 = not failing. Passive health: a pod that fails requests while its `/metrics` still
+    /// looks healthy (restarting, overloaded engine) stops receiving traffic at once.
+    failing_until_ms: AtomicU64,
 }
 
 impl Live {
@@ -41,7 +45,20 @@ impl Live {
         Self {
             signals: RwLock::new(None),
             events: AtomicU8::new(events_code(events)),
+            failing_until_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Avoids the endpoint until `until` (a 5xx answer was seen).
+    pub fn mark_failing(&self, until: Timestamp) {
+        let ms = u64::try_from(until.since_epoch().as_millis()).unwrap_or(u64::MAX);
+        self.failing_until_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the endpoint is in its failure cool-down at `now`.
+    pub fn failing(&self, now: Timestamp) -> bool {
+        let until = self.failing_until_ms.load(Ordering::Relaxed);
+        until != 0 && u128::from(until) > now.since_epoch().as_millis()
     }
 
     /// The latest scraped signals, if any scrape has succeeded yet.

@@ -47,6 +47,8 @@ pub const INDEX_ENTRIES: &str = "kvpick_index_entries";
 /// Text and chat prompts by tokenization `source` (`local`, `cache`, `remote`, `unavailable`) and
 /// `outcome` (`ok`, or why there are no ids: `no_tokenizer`, `timeout`, `overloaded`, ...).
 pub const TOKENIZE: &str = "kvpick_tokenize_total";
+/// Server errors (5xx) answered by an endpoint, each starting its failure cool-down.
+pub const ENDPOINT_FAILURES: &str = "kvpick_endpoint_failures_total";
 /// Requests the proxy served on another endpoint than the picker's primary (a fallback, a retry).
 pub const SERVED_DIFFERS: &str = "kvpick_served_differs_total";
 /// `vllm:num_requests_waiting` summed over the pool's fresh endpoints (for autoscalers).
@@ -120,6 +122,10 @@ fn describe() {
     describe_counter!(
         TOKENIZE,
         "Text and chat prompts by tokenization source and outcome"
+    );
+    describe_counter!(
+        ENDPOINT_FAILURES,
+        "Server errors (5xx) answered by an endpoint; each starts its failure cool-down"
     );
     describe_counter!(
         SERVED_DIFFERS,

@@ -526,3 +526,62 @@ async fn objectives_from_the_config_set_the_priority() {
     .await;
     assert_eq!(immediate(&r).0, 429);
 }
+
+/// Sends `tokens` as a duplex request and returns where the picker sent it (the stream stays open
+/// for the response phase).
+async fn pick_on(p: &Picker, tokens: &[u32]) -> (Stream, String) {
+    let mut s = p.stream().await;
+    s.send(request_headers(duplex(), "POST", &[], false, None))
+        .await;
+    s.send(request_body(&token_body(tokens), true)).await;
+    let (headers, _, _) = duplex_answer(&mut s).await;
+    // Empty when no destination was set: the callers' assertions then fail.
+    let to = set_header(mutation(&headers), "x-gateway-destination-endpoint")
+        .map(str::to_owned)
+        .unwrap_or_default();
+    (s, to)
+}
+
+#[tokio::test]
+async fn an_endpoint_answering_a_server_error_is_avoided_for_its_cool_down() {
+    let handle = kvpick_epp::telemetry::install();
+    let p = Picker::start(Settings::loopback(), &[A, B]).await;
+    let tokens = prompt(128, 11);
+    p.store(A, &tokens);
+    // A holds the prefix, so it is picked; it answers 503 (e.g. its engine is restarting while
+    // its /metrics still looks healthy).
+    let (mut s, to) = pick_on(&p, &tokens).await;
+    assert_eq!(to, A);
+    s.send(response_headers(&[(":status", "503")], None)).await;
+    assert!(matches!(
+        s.recv().await.response,
+        Some(Out::ResponseHeaders(_))
+    ));
+    drop(s);
+    // Within the cool-down (2 s by default) the same prompt goes to B despite A's prefix.
+    let (_s, to) = pick_on(&p, &tokens).await;
+    assert_eq!(to, B);
+    let text = handle.render();
+    assert!(
+        text.contains(&format!(
+            "kvpick_endpoint_failures_total{{endpoint=\"{A}\"}} 1"
+        )),
+        "{text}"
+    );
+    // A 4xx is the client's fault, not the endpoint's: B stays eligible after one.
+    let (mut s, to) = pick_on(&p, &tokens).await;
+    assert_eq!(to, B);
+    s.send(response_headers(&[(":status", "400")], None)).await;
+    assert!(matches!(
+        s.recv().await.response,
+        Some(Out::ResponseHeaders(_))
+    ));
+    drop(s);
+    // With every endpoint failing, picking among them beats refusing.
+    p.live(B)
+        .mark_failing(kvpick_scheduler::Timestamp::from_duration(
+            std::time::Duration::from_secs(3600),
+        ));
+    let (_s, to) = pick_on(&p, &tokens).await;
+    assert_eq!(to, A);
+}

@@ -328,6 +328,11 @@ impl Exchange {
     fn response_headers(&mut self, headers: Option<&HeaderMap>, metadata: Option<&Metadata>) {
         self.status = reply::header(headers, ":status").and_then(|s| s.parse().ok());
         self.served = reply::served(metadata);
+        if self.status.is_some_and(|s| (500..600).contains(&s))
+            && let Some(failed) = self.served.or(self.picked)
+        {
+            self.shared.picker.report_failure(failed);
+        }
         if let (Some(served), Some(picked)) = (self.served, self.picked)
             && served != picked
         {

@@ -93,6 +93,7 @@ impl Settings {
                 fallbacks: cli.fallbacks,
                 staleness: cli.metrics_staleness_threshold,
                 emit_scores: cli.emit_scores,
+                failure_cooldown: cli.failure_cooldown,
             },
             limits: Limits {
                 max_body_bytes: cli.max_body_bytes,
