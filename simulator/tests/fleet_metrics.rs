@@ -11,7 +11,6 @@ mod fleet_util;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use fleet_util::{MODEL, get, post, prompt};
 use kvpick_sim::demo::procs::{Child, free_port};
@@ -105,33 +104,13 @@ async fn promtool_parses_and_prometheus_scrapes() {
     let log = dir.path().join("epp.log");
     let mut epp = Child::spawn("kvpick-epp", &epp_bin, args, &[], &log).unwrap();
     let mut targets: Vec<String> = (fleet.servers().iter())
-        .map(|s| format!("'{}'", s.address))
+        .map(|s| s.address.to_string())
         .collect();
-    targets.push(format!("'127.0.0.1:{epp_port}'"));
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\n\
-             scrape_configs:\n- job_name: sim\n  static_configs:\n  - targets: [{}]\n",
-            targets.join(", ")
-        ),
-    )
-    .unwrap();
-    let port = free_port().unwrap();
-    let mut prom = Child::spawn(
-        "prometheus",
-        &tool("prometheus"),
-        [
-            format!("--config.file={}", config.display()),
-            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
-        ],
-        &[],
-        &dir.path().join("prometheus.log"),
-    )
-    .unwrap();
-    let api = |q: &str| format!("http://127.0.0.1:{port}{q}");
+    targets.push(format!("127.0.0.1:{epp_port}"));
+    epp.check_alive().unwrap();
+    let (prom, base) = fleet_util::start_prometheus(&targets, dir.path()).await;
+    epp.check_alive().unwrap();
+    let api = |q: &str| format!("{base}{q}");
     let try_get = async |path: &str| -> Option<Value> {
         let req = hyper::Request::get(api(path))
             .body(Default::default())
@@ -147,23 +126,6 @@ async fn promtool_parses_and_prometheus_scrapes() {
             .await
             .expect("query answered")
     };
-    let mut up = false;
-    for _ in 0..150 {
-        prom.check_alive().unwrap();
-        epp.check_alive().unwrap();
-        if let Some(v) = try_get("/api/v1/targets").await {
-            let active = v["data"]["activeTargets"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            if active.len() == targets.len() && active.iter().all(|t| t["health"] == "up") {
-                up = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(up, "targets not all up: {}", prom.log_tail(20));
     let running = query("vllm:num_requests_running").await;
     let series = running["data"]["result"].as_array().unwrap();
     assert_eq!(series.len(), fleet.servers().len(), "{running}");
