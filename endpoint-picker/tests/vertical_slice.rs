@@ -125,11 +125,7 @@ impl Epp {
 
 impl Drop for Epp {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        envoy::kill_group(&mut self.child);
     }
 }
 

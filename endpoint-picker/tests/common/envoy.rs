@@ -105,14 +105,19 @@ impl Envoy {
     }
 }
 
+/// Kills `child` and its whole process group (it was started as a group leader, e.g. through a
+/// wrapper script), then reaps it.
+pub fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for Envoy {
     fn drop(&mut self) {
-        // Kill the whole process group (Envoy is started through a wrapper script).
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
 }
 
