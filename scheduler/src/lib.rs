@@ -12,6 +12,7 @@
 //! - [`request`], [`decision`]: what `pick` takes and returns.
 //! - [`filters`], [`scorers`], [`pickers`]: the plugins of the pipeline.
 //! - [`saturation`]: whether the pool has room, for shedding sheddable requests.
+//! - [`flow`]: the flow-control queue (priority bands, fair turns between flows) and its pacing.
 //! - [`config`]: the picker config (llm-d's `EndpointPickerConfig` shape).
 //! - [`time`]: time as a value.
 //! - [`error`]: the crate's one error type.
@@ -22,6 +23,7 @@ pub mod decision;
 pub mod error;
 pub mod events;
 pub mod filters;
+pub mod flow;
 pub mod index;
 pub mod keys;
 mod lru;
@@ -36,6 +38,7 @@ pub mod time;
 pub use config::PickerConfig;
 pub use error::Error;
 pub use events::{EventBatch, KvEvent};
+pub use flow::{FlowConfig, FlowId, FlowQueue, Pacer};
 pub use index::{IndexConfig, KvIndex, PrefixMatches};
 pub use keys::{BlockKey, BlockSize, Partition};
 pub use pods::{Endpoint, EndpointId, EndpointSet, PodSignals};

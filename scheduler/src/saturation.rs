@@ -4,7 +4,8 @@
 //! and its KV-cache usage are both at or under their thresholds and its signals are fresh; the
 //! pool is saturated when no endpoint has room. Stale signals count as saturated for that endpoint:
 //! an endpoint that stopped reporting is not evidence of spare capacity. Requests with a negative
-//! priority ("sheddable") are refused while the pool is saturated; the rest are scheduled as usual.
+//! priority ("sheddable") are refused while the pool is saturated; the rest are scheduled as usual,
+//! or, with flow control on, wait in [`crate::flow`]'s queue until the pool has room again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -40,13 +41,19 @@ impl Default for SaturationConfig {
     }
 }
 
-/// How many endpoints of a pool are saturated, at one moment.
+/// How many endpoints of a pool are saturated, and how much room the others have, at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolSaturation {
     /// Endpoints without room (over a threshold, stale, or never scraped).
     pub saturated: usize,
     /// Endpoints considered.
     pub total: usize,
+    /// Requests the endpoints with room can still take before they count as saturated: per
+    /// endpoint, `queue_depth + 1 - waiting`. What flow control may dispatch.
+    pub slots: usize,
+    /// The oldest scrape among the endpoints with room: requests sent after it are not in
+    /// `slots` yet.
+    pub slots_as_of: Timestamp,
 }
 
 impl PoolSaturation {
@@ -85,10 +92,19 @@ impl SaturationConfig {
         signals: impl IntoIterator<Item = Option<&'a PodSignals>>,
         now: Timestamp,
     ) -> PoolSaturation {
-        let mut p = PoolSaturation::default();
+        let mut p = PoolSaturation {
+            slots_as_of: now,
+            ..PoolSaturation::default()
+        };
         for s in signals {
             p.total += 1;
-            p.saturated += usize::from(self.endpoint_saturated(s, now));
+            match s {
+                Some(s) if !self.endpoint_saturated(Some(s), now) => {
+                    p.slots += (self.queue_depth - s.waiting) as usize + 1;
+                    p.slots_as_of = p.slots_as_of.min(s.scraped_at);
+                }
+                _ => p.saturated += 1,
+            }
         }
         p
     }
@@ -139,18 +155,22 @@ mod tests {
         let busy = signals(9, 0.9, 10);
         let idle = signals(0, 0.0, 10);
         let stale_idle = signals(0, 0.0, 1);
-        let p = c.pool([Some(&busy), Some(&idle)], now);
+        let p = c.pool([Some(&busy), Some(&idle), Some(&signals(3, 0.5, 9))], now);
         assert_eq!(
             p,
             PoolSaturation {
                 saturated: 1,
-                total: 2
+                total: 3,
+                // 6 for the idle endpoint, 3 for the one with 3 of 5 waiting.
+                slots: 9,
+                slots_as_of: at(9),
             }
         );
         assert!(!p.is_saturated());
-        assert_eq!(p.fraction(), 0.5);
+        assert_eq!(p.fraction(), 1.0 / 3.0);
         let p = c.pool([Some(&busy), Some(&stale_idle), None], now);
         assert!(p.is_saturated());
+        assert_eq!(p.slots, 0);
         assert_eq!(p.fraction(), 1.0);
         let empty = c.pool([], now);
         assert!(!empty.is_saturated());

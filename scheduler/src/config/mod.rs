@@ -21,9 +21,10 @@
 //! ```
 //!
 //! `apiVersion`, `kind`, `plugins` and `schedulingProfiles` mean what they mean to llm-d; `index`,
-//! `staleness`, `saturation` (`{queueDepthThreshold: 5, kvCacheUtilThreshold: 0.8}`) and
-//! `objectives` (InferenceObjective name → priority, e.g. `{batch: -1}`) are kvpick's (all
-//! optional, defaults as above). The plugin types and their
+//! `staleness`, `saturation` (`{queueDepthThreshold: 5, kvCacheUtilThreshold: 0.8}`),
+//! `objectives` (InferenceObjective name → priority, e.g. `{batch: -1}`) and `flowControl`
+//! (`{maxRequests: 1024, maxBytes: 268435456, queueTTL: 30s}`, read only with
+//! `featureGates: [flowControl]`, as in llm-d) are kvpick's (all optional, defaults as above). The plugin types and their
 //! parameters are listed in [`plugins`]. A profile lists filters (run in order), scorers (with a
 //! `weight` ≥ 0, default 1) and at most one picker (default `max-score-picker`); without
 //! `schedulingProfiles`, one profile named `default` uses every plugin, each scorer at weight 1.
@@ -34,6 +35,7 @@
 //! reference, or a bad value, is an [`Error::InvalidConfig`] naming the field by its path.
 //! Parsing is pure (`&str` in); reading the file is the caller's business.
 
+mod admission;
 mod fields;
 pub mod plugins;
 
@@ -46,6 +48,7 @@ pub use self::plugins::{PLUGIN_TYPES, PluginSpec};
 use crate::error::Error;
 use crate::events::Medium;
 use crate::filters::{FilterSpec, Staleness};
+use crate::flow::FlowConfig;
 use crate::index::IndexConfig;
 use crate::keys::BlockSize;
 use crate::pickers::PickerSpec;
@@ -104,6 +107,9 @@ pub struct PickerConfig {
     pub profile: Profile,
     /// When the pool counts as saturated, and request priorities (`saturation`, `objectives`).
     pub saturation: SaturationConfig,
+    /// Whether and how requests wait while the pool is saturated (`featureGates: [flowControl]`,
+    /// `flowControl`).
+    pub flow: FlowConfig,
 }
 
 impl Default for PickerConfig {
@@ -137,6 +143,7 @@ impl Default for PickerConfig {
                 picker: default_picker(),
             },
             saturation: SaturationConfig::default(),
+            flow: FlowConfig::default(),
         }
     }
 }
@@ -166,6 +173,8 @@ impl PickerConfig {
                 "staleness",
                 "saturation",
                 "objectives",
+                "featureGates",
+                "flowControl",
                 "plugins",
                 "schedulingProfiles",
             ],
@@ -190,7 +199,8 @@ impl PickerConfig {
         }
         let index = index(&top)?;
         let staleness = staleness(&top)?;
-        let saturation = saturation(&top, &staleness)?;
+        let saturation = admission::saturation(&top, &staleness)?;
+        let flow = admission::flow_control(&top)?;
         let plugins = plugin_list(&top, &index)?;
         let profile = match top.list("schedulingProfiles")? {
             None => implicit_profile(&plugins)?,
@@ -210,6 +220,7 @@ impl PickerConfig {
             staleness,
             profile,
             saturation,
+            flow,
         })
     }
 }
@@ -257,43 +268,6 @@ fn staleness(top: &Fields<'_>) -> Result<Staleness, Error> {
         s.max_signal_age = d;
     }
     Ok(s)
-}
-
-fn saturation(top: &Fields<'_>, staleness: &Staleness) -> Result<SaturationConfig, Error> {
-    let mut c = SaturationConfig {
-        max_signal_age: staleness.max_signal_age,
-        ..SaturationConfig::default()
-    };
-    let f = Fields::new(
-        top.value("saturation"),
-        "saturation",
-        &["queueDepthThreshold", "kvCacheUtilThreshold"],
-        "saturation",
-    )?;
-    if let Some(n) = f.int("queueDepthThreshold", 0)? {
-        c.queue_depth = u32::try_from(n).unwrap_or(u32::MAX);
-    }
-    if let Some(x) = f.fraction("kvCacheUtilThreshold")? {
-        c.kv_usage = x;
-    }
-    match top.value("objectives") {
-        None => {}
-        Some(Value::Mapping(m)) => {
-            for (k, v) in m {
-                let name = k
-                    .as_str()
-                    .ok_or_else(|| invalid("objectives", "names must be strings"))?;
-                let at = format!("objectives.{name}");
-                let p = v
-                    .as_i64()
-                    .and_then(|p| i32::try_from(p).ok())
-                    .ok_or_else(|| invalid(&at, "expected an integer priority"))?;
-                c.objectives.insert(name.to_owned(), p);
-            }
-        }
-        Some(_) => return Err(invalid("objectives", "expected a map of name to priority")),
-    }
-    Ok(c)
 }
 
 fn plugin_list(top: &Fields<'_>, index: &IndexConfig) -> Result<Vec<(String, PluginSpec)>, Error> {

@@ -288,8 +288,24 @@ fn validation_errors_name_the_field() {
             "staleness.maxSignalAge: expected a duration such as \"500ms\" or \"2s\", got \"soon\"",
         ),
         (
-            format!("{THREE}featureGates: [flowControl]\n"),
-            "featureGates: unknown field (expected one of: apiVersion, kind, index, staleness, saturation, objectives, plugins, schedulingProfiles)",
+            format!("{THREE}featureGate: [flowControl]\n"),
+            "featureGate: unknown field (expected one of: apiVersion, kind, index, staleness, saturation, objectives, featureGates, flowControl, plugins, schedulingProfiles)",
+        ),
+        (
+            format!("{THREE}featureGates: [flowControl, prefillDecode]\n"),
+            "featureGates[1]: unknown feature gate \"prefillDecode\" (expected one of: flowControl)",
+        ),
+        (
+            format!("{THREE}flowControl: {{maxRequests: 10}}\n"),
+            "flowControl: set, but the flowControl feature gate is off (add `featureGates: [flowControl]`)",
+        ),
+        (
+            format!("{THREE}featureGates: [flowControl]\nflowControl: {{queueTTL: 0s}}\n"),
+            "flowControl.queueTTL: must be greater than zero",
+        ),
+        (
+            format!("{THREE}featureGates: [flowControl]\nflowControl: {{maxRequests: 0}}\n"),
+            "flowControl.maxRequests: must be at least 1, got 0",
         ),
     ];
     for (body, want) in cases {
@@ -358,5 +374,27 @@ fn saturation_and_objectives() {
     assert_eq!(
         error(&format!("{THREE}objectives: {{batch: low}}\n")),
         "objectives.batch: expected an integer priority"
+    );
+}
+
+#[test]
+fn flow_control_is_off_by_default_and_on_with_its_feature_gate() {
+    assert_eq!(ok(THREE).flow, crate::FlowConfig::default());
+    assert!(!ok(THREE).flow.enabled);
+    let on = ok(&format!("{THREE}featureGates: [flowControl]\n")).flow;
+    assert!(on.enabled);
+    assert_eq!(on.max_requests, crate::FlowConfig::default().max_requests);
+    let c = ok(&format!(
+        "{THREE}featureGates: [flowControl]\nflowControl: {{maxRequests: 64, maxBytes: 1048576, queueTTL: 1500ms}}\n"
+    ))
+    .flow;
+    assert_eq!(
+        c,
+        crate::FlowConfig {
+            enabled: true,
+            max_requests: 64,
+            max_bytes: 1 << 20,
+            ttl: Duration::from_millis(1500),
+        }
     );
 }
