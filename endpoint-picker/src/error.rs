@@ -68,6 +68,9 @@ pub enum Error {
     /// to the client in [`crate::shedding::DROP_REASON_HEADER`].
     #[error("request shed: {0}")]
     Shed(&'static str),
+    /// kvpick is shutting down and will not schedule a request that was still waiting.
+    #[error("kvpick is shutting down")]
+    ShuttingDown,
     /// The gateway broke the ext_proc protocol (e.g. a body before headers).
     #[error("ext_proc protocol: {0}")]
     Protocol(&'static str),
@@ -114,6 +117,7 @@ impl Error {
             Error::MissingModel => "missing_model",
             Error::NoEndpoint(_) => "no_endpoint",
             Error::Shed(_) => "shed",
+            Error::ShuttingDown => "shutting_down",
             Error::Protocol(_) => "protocol",
             Error::Query(_) => "query",
             Error::Task(_) => "task",
@@ -124,7 +128,7 @@ impl Error {
     pub fn http_status(&self) -> u16 {
         match self {
             Error::BodyTooLarge { .. } | Error::InvalidBody(_) | Error::MissingModel => 400,
-            Error::NoEndpoint(_) => 503,
+            Error::NoEndpoint(_) | Error::ShuttingDown => 503,
             Error::Shed(_) => 429,
             Error::Scheduler(kvpick_scheduler::Error::NoEndpoint(_)) => 503,
             _ => 500,

@@ -7,7 +7,8 @@
 //! - [`request`]: pure parser of OpenAI-style bodies; [`prompt`]: the tokenizer seam, served by
 //!   [`tokenizer`] (`kvpick-tokenize`, off the reactor, with a deadline).
 //! - [`picker`]: candidates from the pool, then `kvpick_scheduler::Scheduler::pick`.
-//! - [`shedding`]: request priority and the saturated pool's 429 for sheddable requests.
+//! - [`shedding`]: request priority and the saturated pool's 429 for sheddable requests;
+//!   [`flow_control`]: with the `flowControl` gate, the queue where the rest wait for room.
 //! - [`usage`]: token usage read from responses as they stream past; [`prediction`] compares the
 //!   prefix the index predicted with the cached tokens the pod reports.
 //!
@@ -32,6 +33,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod extproc;
+pub mod flow_control;
 pub mod health;
 pub mod kv_events;
 pub mod picker;
@@ -68,6 +70,8 @@ pub struct Shared {
     pub limits: Limits,
     /// The clock signals and decisions are timed with.
     pub clock: clock::Clock,
+    /// Where requests wait while the pool is saturated (`featureGates: [flowControl]`).
+    pub flow: Option<Arc<flow_control::FlowControl>>,
 }
 
 /// What KV-event ingestion ([`kv_events`]) receives from the picker: the pool's

@@ -72,6 +72,16 @@ pub const POOL_SATURATED: &str = "kvpick_pool_saturated";
 /// Prefix tokens kvpick predicted the primary holds minus the `cached_tokens` the pod reported.
 pub const PREFIX_PREDICTION_ERROR: &str = "kvpick_prefix_prediction_error_tokens";
 
+/// Requests through the flow-control queue, by outcome (`queued`, `dispatched`, `expired`,
+/// `displaced`, `full`, `too_large`, `cancelled`, `shutdown`).
+pub const FLOW_QUEUE: &str = "kvpick_flow_queue_total";
+/// Requests waiting in the flow-control queue.
+pub const FLOW_QUEUE_REQUESTS: &str = "kvpick_flow_queue_requests";
+/// Request-body bytes waiting in the flow-control queue.
+pub const FLOW_QUEUE_BYTES: &str = "kvpick_flow_queue_bytes";
+/// How long dispatched requests waited in the flow-control queue.
+pub const FLOW_QUEUE_WAIT: &str = "kvpick_flow_queue_wait_seconds";
+
 fn describe() {
     describe_gauge!(
         POOL_SATURATION,
@@ -148,6 +158,24 @@ fn describe() {
         "Mean waiting requests per endpoint over the pool's fresh endpoints"
     );
     describe_gauge!(POOL_READY, "Endpoints with fresh signals");
+    describe_counter!(
+        FLOW_QUEUE,
+        "Requests through the flow-control queue, by outcome"
+    );
+    describe_gauge!(
+        FLOW_QUEUE_REQUESTS,
+        "Requests waiting in the flow-control queue"
+    );
+    describe_gauge!(
+        FLOW_QUEUE_BYTES,
+        Unit::Bytes,
+        "Request-body bytes waiting in the flow-control queue"
+    );
+    describe_histogram!(
+        FLOW_QUEUE_WAIT,
+        Unit::Seconds,
+        "How long dispatched requests waited in the flow-control queue"
+    );
 }
 
 /// Buckets of [`PREFIX_PREDICTION_ERROR`], in tokens: symmetric around 0 (exact), a block of 16
@@ -173,6 +201,9 @@ pub fn install() -> PrometheusHandle {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(SCHEDULING.into()), &latency)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TTFT.into()), &ttft))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(FLOW_QUEUE_WAIT.into()), &ttft)
+                })
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PREFIX_MATCH.into()), &ratio))
                 .and_then(|b| {
                     b.set_buckets_for_metric(

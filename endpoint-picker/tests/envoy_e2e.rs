@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::envoy::{self, Envoy};
+use common::prompt;
 use common::vllm::Pod;
 use http_body_util::{BodyExt, Full};
 use kvpick_epp::pool::Freshness;
@@ -149,12 +150,6 @@ impl Drop for Fleet {
             let _ = tx.send(());
         }
     }
-}
-
-fn prompt(n: u32, seed: u32) -> Vec<u32> {
-    (0..n)
-        .map(|i| (i.wrapping_mul(2_654_435_761) ^ seed) % 150_000)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

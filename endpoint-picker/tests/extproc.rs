@@ -11,12 +11,6 @@ const A: &str = "127.0.0.1:40001";
 const B: &str = "127.0.0.1:40002";
 const C: &str = "127.0.0.1:40003";
 
-fn prompt(n: u32, seed: u32) -> Vec<u32> {
-    (0..n)
-        .map(|i| i.wrapping_mul(2_654_435_761) ^ seed)
-        .collect()
-}
-
 /// Reads the duplex answer to a whole request: headers, then body chunks to end of stream.
 async fn duplex_answer(s: &mut Stream) -> (pb::ProcessingResponse, Vec<u8>, usize) {
     let headers = s.recv().await;
@@ -412,42 +406,6 @@ async fn response_bodies_stream_back_in_order_and_usage_is_read() {
     assert!(text.contains("kvpick_prefix_prediction_error_tokens_bucket{le=\"15\"} 0"));
     assert!(text.contains("kvpick_prefix_prediction_error_tokens_bucket{le=\"16\"} 1"));
     assert!(text.contains("kvpick_time_to_first_byte_seconds_count"));
-}
-
-/// Signals as a fresh scrape of `address` would report them.
-fn scraped(p: &Picker, address: &str, waiting: u32, kv_usage: f64) {
-    p.live(address).set_signals(kvpick_scheduler::PodSignals {
-        waiting,
-        kv_usage,
-        ..kvpick_scheduler::PodSignals::idle(p.shared.clock.now())
-    });
-}
-
-/// Sends a token request with `headers` and returns the first answer.
-async fn first_answer(p: &Picker, headers: &[(&str, &str)]) -> pb::ProcessingResponse {
-    let mut s = p.stream().await;
-    s.send(request_headers(duplex(), "POST", headers, false, None))
-        .await;
-    s.send(request_body(&token_body(&prompt(64, 3)), true))
-        .await;
-    s.recv().await
-}
-
-fn drop_reason(r: &pb::ProcessingResponse) -> Option<String> {
-    let Some(Out::ImmediateResponse(i)) = &r.response else {
-        return None;
-    };
-    i.headers
-        .as_ref()?
-        .set_headers
-        .iter()
-        .find(|h| {
-            h.header
-                .as_ref()
-                .is_some_and(|h| h.key == "x-kvpick-drop-reason")
-        })
-        .and_then(|h| h.header.as_ref())
-        .map(|h| String::from_utf8_lossy(&h.raw_value).into_owned())
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ use crate::prediction::Prediction;
 use crate::prompt::Tokenized;
 use crate::telemetry as t;
 use crate::usage::{self, UsageScanner};
-use crate::{Shared, request, shedding};
+use crate::{Shared, flow_control, request, shedding};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -74,6 +74,9 @@ pub struct Exchange {
     prediction: Option<Prediction>,
     /// The endpoint the proxy says served the response, when it says.
     served: Option<SocketAddr>,
+    /// From the request headers: its priority and fairness id, for flow control.
+    priority: i32,
+    fairness: Option<String>,
 }
 
 impl Exchange {
@@ -95,6 +98,8 @@ impl Exchange {
             usage: None,
             prediction: None,
             served: None,
+            priority: 0,
+            fairness: None,
         }
     }
 
@@ -111,7 +116,7 @@ impl Exchange {
         let metadata = msg.metadata_context.as_ref();
         match msg.request {
             None => Ok(()),
-            Some(In::RequestHeaders(h)) => self.request_headers(h, metadata, out),
+            Some(In::RequestHeaders(h)) => self.request_headers(h, metadata, out).await,
             Some(In::RequestBody(b)) => self.request_body(b, out).await,
             Some(In::RequestTrailers(_)) => self.request_trailers(out).await,
             Some(In::ResponseHeaders(h)) => {
@@ -130,7 +135,7 @@ impl Exchange {
         }
     }
 
-    fn request_headers(
+    async fn request_headers(
         &mut self,
         h: pb::HttpHeaders,
         metadata: Option<&Metadata>,
@@ -145,13 +150,18 @@ impl Exchange {
             .or_else(|| reply::header(headers, "x-session-id"))
             .map(str::to_owned);
         self.subset = reply::subset_hint(metadata);
-        let priority = shedding::priority(&self.shared, headers);
-        if let Err(e) = shedding::admit(&self.shared, priority) {
+        self.priority = shedding::priority(&self.shared, headers);
+        self.fairness = reply::header(headers, flow_control::FAIRNESS_HEADER).map(str::to_owned);
+        if let Err(e) = shedding::admit(&self.shared, self.priority) {
             self.refuse(&e, out);
             return Ok(());
         }
         if h.end_of_stream {
-            // No body (e.g. GET /v1/models): decide on load alone, at once.
+            // No body (e.g. GET /v1/models): decide on load alone, as soon as there is room.
+            if let Err(e) = self.wait_for_room(0).await {
+                self.refuse(&e, out);
+                return Ok(());
+            }
             let start = Instant::now();
             let routing = self.route(|picker, subset, session| {
                 picker.route(&RouteRequest {
@@ -231,8 +241,23 @@ impl Exchange {
         Ok(())
     }
 
-    /// Parses the whole body, tokenizes a text prompt, picks, and answers.
+    /// With flow control on, waits until the pool has room for this request (or refuses it).
+    async fn wait_for_room(&self, bytes: usize) -> Result<(), Error> {
+        match &self.shared.flow {
+            None => Ok(()),
+            Some(flow) => {
+                flow.admit(&self.shared, self.priority, self.fairness.as_deref(), bytes)
+                    .await
+            }
+        }
+    }
+
+    /// Waits for room, parses the whole body, tokenizes a text prompt, picks, and answers.
     async fn decide(&mut self, out: &mut Vec<pb::ProcessingResponse>, trailers_follow: bool) {
+        if let Err(e) = self.wait_for_room(self.body.len()).await {
+            self.body = Vec::new();
+            return self.refuse(&e, out);
+        }
         // Shared with a tokenization job that may outlive its deadline; unique again after.
         let body = Bytes::from(std::mem::take(&mut self.body));
         let start = Instant::now();

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Server, Settings, listen, tls};
 use crate::clock::Clock;
 use crate::error::Error;
+use crate::flow_control::FlowControl;
 use crate::kv_events::KvEvents;
 use crate::picker::Picker;
 use crate::pool::Pool;
@@ -48,12 +49,17 @@ impl Server {
             Some(t) => Arc::new(t.clone()),
             None => Arc::new(NoTokenizer),
         };
+        let flow = config
+            .flow
+            .enabled
+            .then(|| Arc::new(FlowControl::new(config.flow.clone())));
         let scheduler = Arc::new(Scheduler::with_config(config, index.clone())?);
         let shared = Arc::new(Shared {
             picker: Picker::new(scheduler, pool.clone(), clock, route),
             tokenizer: seam,
             limits: settings.limits,
             clock,
+            flow,
         });
         let kubernetes = match &settings.kubernetes {
             Some(k) => Some(discovery::kubernetes::Discovery::new(

@@ -102,6 +102,12 @@ impl Server {
             background.clone(),
         );
         tasks.spawn(ok(supervise));
+        if let Some(flow) = self.shared.flow.clone() {
+            // Stops with the ext_proc server, answering what still waits with a 503 at once, so
+            // the streams drain instead of waiting out the grace period (the gateway retries
+            // them on another replica).
+            servers.spawn(ok(flow.run(self.shared.clone(), serving.clone())));
+        }
 
         if let Some(kube) = self.kubernetes.take() {
             // Ready once the pool and its pods have been listed (and until shutdown).

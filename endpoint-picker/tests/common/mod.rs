@@ -176,6 +176,12 @@ impl Stream {
             .expect("stream closed")
     }
 
+    /// The next answer if one arrives within `wait`.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<pb::ProcessingResponse> {
+        let m = tokio::time::timeout(wait, self.rx.message()).await.ok()?;
+        Some(m.unwrap().expect("stream closed"))
+    }
+
     /// Asserts nothing arrives within `ms` milliseconds.
     pub async fn silent(&mut self, ms: u64) {
         if let Ok(m) = tokio::time::timeout(Duration::from_millis(ms), self.rx.message()).await {
@@ -361,4 +367,48 @@ pub fn immediate(r: &pb::ProcessingResponse) -> (i32, serde_json::Value) {
 pub fn token_body(tokens: &[u32]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"model": "m", "prompt": tokens, "max_tokens": 4}))
         .unwrap()
+}
+
+/// A deterministic token prompt of `n` tokens (ids under a real vocabulary's 150,000); `seed`
+/// tells prompts apart.
+pub fn prompt(n: u32, seed: u32) -> Vec<u32> {
+    (0..n)
+        .map(|i| (i.wrapping_mul(2_654_435_761) ^ seed) % 150_000)
+        .collect()
+}
+
+/// Signals as a fresh scrape of `address` would report them.
+pub fn scraped(p: &Picker, address: &str, waiting: u32, kv_usage: f64) {
+    p.live(address).set_signals(kvpick_scheduler::PodSignals {
+        waiting,
+        kv_usage,
+        ..kvpick_scheduler::PodSignals::idle(p.shared.clock.now())
+    });
+}
+
+/// Sends a token request with `headers` and returns the first answer.
+pub async fn first_answer(p: &Picker, headers: &[(&str, &str)]) -> pb::ProcessingResponse {
+    let mut s = p.stream().await;
+    s.send(request_headers(duplex(), "POST", headers, false, None))
+        .await;
+    s.send(request_body(&token_body(&prompt(64, 3)), true))
+        .await;
+    s.recv().await
+}
+
+pub fn drop_reason(r: &pb::ProcessingResponse) -> Option<String> {
+    let Some(Out::ImmediateResponse(i)) = &r.response else {
+        return None;
+    };
+    i.headers
+        .as_ref()?
+        .set_headers
+        .iter()
+        .find(|h| {
+            h.header
+                .as_ref()
+                .is_some_and(|h| h.key == "x-kvpick-drop-reason")
+        })
+        .and_then(|h| h.header.as_ref())
+        .map(|h| String::from_utf8_lossy(&h.raw_value).into_owned())
 }

@@ -1,0 +1,222 @@
+//! Flow control (`featureGates: [flowControl]`): while the pool is saturated, requests of
+//! priority ≥ 0 wait here instead of piling onto the pods' queues, and leave as the pods show
+//! room again, highest priority first, fairness ids taking turns.
+//!
+//! The queue and the pacing are the core's ([`kvpick_scheduler::flow`]); this module holds the
+//! waiting streams' wake-ups and runs the dispatch loop. A request that arrives while nothing
+//! waits and the pool has room goes straight on (one atomic load and the saturation pass that
+//! shedding makes anyway). A waiting request whose stream goes away leaves the queue at once (a
+//! guard cancels its ticket), so the limits count only requests somebody still waits for.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use kvpick_scheduler::flow::{Refusal, Ticket};
+use kvpick_scheduler::{FlowConfig, FlowId, FlowQueue, Pacer};
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::telemetry as t;
+use crate::{Shared, shedding};
+
+/// Names the request's flow for fairness (set by the gateway, like the objective header).
+pub const FAIRNESS_HEADER: &str = "x-gateway-inference-fairness-id";
+/// Drop reasons, in [`shedding::DROP_REASON_HEADER`]: the queue had no room for the request.
+pub const QUEUE_FULL: &str = "queue-full";
+/// The request waited `queueTTL` without the pool showing room.
+pub const QUEUE_EXPIRED: &str = "queue-ttl-expired";
+/// A request of a higher priority took the request's place in a full queue.
+pub const QUEUE_DISPLACED: &str = "queue-displaced";
+
+/// How often the dispatch loop looks at the pool while requests wait: well under a scrape
+/// interval, so room is used within a few milliseconds of a scrape showing it.
+pub const DISPATCH_TICK: Duration = Duration::from_millis(5);
+
+type Wake = oneshot::Sender<Result<(), Error>>;
+
+struct State {
+    queue: FlowQueue<Wake>,
+    pacer: Pacer,
+    /// The dispatch loop has ended: nothing would let a new request out.
+    closed: bool,
+}
+
+/// The queue of requests waiting for room, shared by the streams and the dispatch loop.
+pub struct FlowControl {
+    state: Mutex<State>,
+    /// Mirrors the queue's length, for the lock-free fast path.
+    waiting: AtomicUsize,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for FlowControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowControl")
+            .field("waiting", &self.waiting.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Cancels a waiting request's ticket when its stream stops waiting (answered or gone).
+struct Seat<'a> {
+    flow: &'a FlowControl,
+    ticket: Ticket,
+}
+
+impl Drop for Seat<'_> {
+    fn drop(&mut self) {
+        let mut s = self.flow.lock();
+        if s.queue.cancel(self.ticket).is_some() {
+            metrics::counter!(t::FLOW_QUEUE, "outcome" => "cancelled").increment(1);
+            self.flow.publish(&s);
+        }
+    }
+}
+
+impl FlowControl {
+    /// An empty queue with `config`'s limits.
+    pub fn new(config: FlowConfig) -> Self {
+        Self {
+            state: Mutex::new(State {
+                queue: FlowQueue::new(config),
+                pacer: Pacer::default(),
+                closed: false,
+            }),
+            waiting: AtomicUsize::new(0),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Requests waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the queue half-edited in a way that
+        // matters more than refusing all traffic would: keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, s: &State) {
+        self.waiting.store(s.queue.len(), Ordering::Relaxed);
+        metrics::gauge!(t::FLOW_QUEUE_REQUESTS).set(s.queue.len() as f64);
+        metrics::gauge!(t::FLOW_QUEUE_BYTES).set(s.queue.bytes() as f64);
+    }
+
+    /// Lets a request of `priority` in flow `fairness`, `bytes` long, go on: at once when
+    /// nothing waits and the pool has room, else when the dispatch loop lets it out. Refuses
+    /// with 429 when the queue is full, the request is displaced or its TTL passes.
+    pub async fn admit(
+        &self,
+        shared: &Shared,
+        priority: i32,
+        fairness: Option<&str>,
+        bytes: usize,
+    ) -> Result<(), Error> {
+        if self.waiting.load(Ordering::Relaxed) == 0
+            && !shedding::pool_saturation(shared).is_saturated()
+        {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        let ticket = {
+            let mut s = self.lock();
+            if s.closed {
+                return Err(Error::ShuttingDown);
+            }
+            let pushed = s.queue.push(
+                priority,
+                FlowId::new(fairness),
+                bytes as u64,
+                tx,
+                shared.clock.now(),
+            );
+            let queued = match pushed {
+                Ok(q) => q,
+                Err(refusal) => {
+                    let why = match refusal {
+                        Refusal::TooLarge => "too_large",
+                        Refusal::Full => "full",
+                    };
+                    metrics::counter!(t::FLOW_QUEUE, "outcome" => why).increment(1);
+                    return Err(Error::Shed(QUEUE_FULL));
+                }
+            };
+            for d in queued.displaced {
+                metrics::counter!(t::FLOW_QUEUE, "outcome" => "displaced").increment(1);
+                let _ = d.send(Err(Error::Shed(QUEUE_DISPLACED)));
+            }
+            metrics::counter!(t::FLOW_QUEUE, "outcome" => "queued").increment(1);
+            self.publish(&s);
+            queued.ticket
+        };
+        let _seat = Seat { flow: self, ticket };
+        self.wake.notify_one();
+        rx.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// The dispatch loop: while requests wait, every [`DISPATCH_TICK`] (or at once when one
+    /// arrives) expires the overdue and lets out as many as the pool has room for. Ends with
+    /// `stop` (the ext_proc server stopping), refusing whatever still waits with a 503.
+    pub async fn run(self: Arc<Self>, shared: Arc<Shared>, stop: CancellationToken) {
+        loop {
+            if self.waiting.load(Ordering::Relaxed) == 0 {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = self.wake.notified() => {}
+                }
+            }
+            self.dispatch(&shared);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(DISPATCH_TICK) => {}
+            }
+        }
+        let mut s = self.lock();
+        s.closed = true;
+        let now = shared.clock.now();
+        while let Some(d) = s.queue.pop(now) {
+            metrics::counter!(t::FLOW_QUEUE, "outcome" => "shutdown").increment(1);
+            let _ = d.value.send(Err(Error::ShuttingDown));
+        }
+        self.publish(&s);
+    }
+
+    /// One round: expire, then dispatch within the pacer's budget.
+    fn dispatch(&self, shared: &Shared) {
+        let pool = shedding::pool_saturation(shared);
+        let now = shared.clock.now();
+        let mut s = self.lock();
+        for overdue in s.queue.expire(now) {
+            metrics::counter!(t::FLOW_QUEUE, "outcome" => "expired").increment(1);
+            // With no endpoint at all the answer is 503, not "try later".
+            let e = if pool.total == 0 {
+                Error::NoEndpoint("no endpoint appeared within the queue TTL".into())
+            } else {
+                Error::Shed(QUEUE_EXPIRED)
+            };
+            let _ = overdue.send(Err(e));
+        }
+        // An empty pool has no room to wait for: let everything through to its 503.
+        let budget = if pool.total == 0 {
+            usize::MAX
+        } else {
+            s.pacer.budget(&pool)
+        };
+        let mut sent = 0;
+        while sent < budget {
+            let Some(d) = s.queue.pop(now) else { break };
+            if d.value.send(Ok(())).is_ok() {
+                sent += 1;
+                s.pacer.dispatched(now);
+                metrics::counter!(t::FLOW_QUEUE, "outcome" => "dispatched").increment(1);
+                metrics::histogram!(t::FLOW_QUEUE_WAIT).record(d.waited.as_secs_f64());
+            }
+        }
+        self.publish(&s);
+    }
+}
