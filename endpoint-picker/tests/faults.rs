@@ -224,6 +224,49 @@ async fn two_replicas_make_identical_precise_prefix_picks() {
         let at = fleet.addrs[*pod].to_string();
         assert_eq!(one.matched(p).await.get(&at), two.matched(p).await.get(&at));
     }
+    let routed = |page: String| -> u64 {
+        page.lines()
+            .filter(|l| l.starts_with("kvpick_requests_total{outcome=\"routed\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    // Through one Envoy in front of both replicas (round robin over ext_proc streams): every
+    // follow-up reaches the pod caching its prefix, whichever replica picked it.
+    let envoy = common::envoy::Envoy::start_replicas(&[one.grpc, two.grpc]).await;
+    for _round in 0..2 {
+        for (pod, p) in &prompts {
+            let follow_up = [p.as_slice(), &[7, 8, 9]].concat();
+            let body = serde_json::json!({"model": MODEL, "prompt": follow_up, "max_tokens": 1});
+            let (status, _, bytes) =
+                common::envoy::post(&envoy, "/v1/completions", body.to_string().as_bytes(), &[])
+                    .await;
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(
+                v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64(),
+                Some(p.len() as u64),
+                "the follow-up of pod {pod}'s prompt missed its cache: {v}"
+            );
+        }
+    }
+    // Each replica also routed its 9 direct picks above; a stream is counted when it closes.
+    let direct = prompts.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (by_one, by_two) = loop {
+        let counts = (
+            routed(one.metrics_page().await) - direct,
+            routed(two.metrics_page().await) - direct,
+        );
+        if counts.0 + counts.1 == 2 * direct || Instant::now() > deadline {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(by_one + by_two, 2 * direct);
+    assert!(
+        by_one > 0 && by_two > 0,
+        "one replica took every stream: {by_one} / {by_two}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,14 +42,30 @@ fn find_envoy() -> PathBuf {
 impl Envoy {
     /// Starts Envoy routing through the picker at `epp` and waits until it is ready.
     pub async fn start(epp: SocketAddr) -> Self {
+        Self::start_replicas(&[epp]).await
+    }
+
+    /// Starts Envoy with every picker of `epps` in its ext_proc cluster (round robin: each
+    /// request's stream goes to one of them) and waits until it is ready.
+    pub async fn start_replicas(epps: &[SocketAddr]) -> Self {
         let envoy = find_envoy();
         let dir = tempfile::tempdir().unwrap();
         let (listen_port, admin_port) = (free_port(), free_port());
         let template = include_str!("../envoy/gie.yaml.tmpl");
+        // The template's one picker endpoint, repeated per replica.
+        let one = "        - endpoint:\n            address:\n              socket_address: { address: 127.0.0.1, port_value: {EPP_PORT} }\n";
+        assert!(
+            template.contains(one),
+            "the template's epp endpoint changed"
+        );
+        let endpoints: String = epps
+            .iter()
+            .map(|e| one.replace("{EPP_PORT}", &e.port().to_string()))
+            .collect();
         let config = template
+            .replace(one, &endpoints)
             .replace("{LISTEN_PORT}", &listen_port.to_string())
-            .replace("{ADMIN_PORT}", &admin_port.to_string())
-            .replace("{EPP_PORT}", &epp.port().to_string());
+            .replace("{ADMIN_PORT}", &admin_port.to_string());
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log = dir.path().join("envoy.log");
