@@ -48,9 +48,9 @@ pub struct Cli {
     /// How often --cert-path and --key-path are checked for changes.
     #[arg(long, env = "KVPICK_CERT_RELOAD_INTERVAL", default_value = "10s", value_parser = duration)]
     pub cert_reload_interval: Duration,
-    /// Picker configuration file (index, staleness, filters, scorers, weights, picker): llm-d's
-    /// EndpointPickerConfig YAML; without it, kvpick's default profile (precise prefix 2, KV
-    /// utilization 1, queue 1).
+    /// Picker configuration file (index, staleness, filters, scorers, weights, picker,
+    /// saturation, priorities, flow control): llm-d's EndpointPickerConfig YAML; without it,
+    /// kvpick's default profile (precise prefix 2, KV utilization 1, queue 1), flow control off.
     #[arg(long, env = "KVPICK_CONFIG")]
     pub config: Option<PathBuf>,
     /// Endpoints file for file discovery (YAML; re-read when it changes; format in README.md).
