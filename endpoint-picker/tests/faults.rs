@@ -224,12 +224,8 @@ async fn two_replicas_make_identical_precise_prefix_picks() {
         let at = fleet.addrs[*pod].to_string();
         assert_eq!(one.matched(p).await.get(&at), two.matched(p).await.get(&at));
     }
-    let routed = |page: String| -> u64 {
-        page.lines()
-            .filter(|l| l.starts_with("kvpick_requests_total{outcome=\"routed\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
+    let routed =
+        |page: String| sample_sum(&page, "kvpick_requests_total{outcome=\"routed\"") as u64;
     // Through one Envoy in front of both replicas (round robin over ext_proc streams): every
     // follow-up reaches the pod caching its prefix, whichever replica picked it.
     let envoy = common::envoy::Envoy::start_replicas(&[one.grpc, two.grpc]).await;

@@ -15,14 +15,6 @@ use common::envoy::{self, Envoy};
 use faults_util::*;
 use tokio::time::Instant;
 
-/// The sum of `name`'s samples on a Prometheus page whose line starts with `prefix`.
-fn sample_sum(page: &str, prefix: &str) -> f64 {
-    page.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// What one overload run saw: the most requests waiting on one pod, and when (since the run
 /// started) each low- and high-priority request was answered, in order.
 struct Run {

@@ -405,3 +405,12 @@ pub async fn try_post(
         .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// The sum of the samples on a Prometheus text page whose line starts with `prefix` (a name, or
+/// a name and the start of its labels): one series, or a family summed over its other labels.
+pub fn sample_sum(page: &str, prefix: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
