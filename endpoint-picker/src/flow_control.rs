@@ -95,8 +95,8 @@ impl FlowControl {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the queue half-edited in a way that
-        // matters more than refusing all traffic would: keep serving.
+        // Nothing under this lock panics on input; were it ever to, serving on with the queue
+        // as it stands beats refusing all traffic.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
