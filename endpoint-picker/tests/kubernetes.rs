@@ -286,6 +286,13 @@ async fn watches_resume_after_bookmarks_and_dropped_connections_and_relist_after
     h.expect(&["127.0.3.1:8000", "127.0.3.3:8000", "127.0.3.4:8000"])
         .await;
     assert!(h.api.requests(PODS, "list") > lists, "relisted after 410");
+    // Every watch asks the server to end it after a minute, which bounds a silent stall.
+    let timeouts = h.api.watch_timeouts();
+    assert!(!timeouts.is_empty());
+    assert!(
+        timeouts.iter().all(|t| t.as_deref() == Some("60")),
+        "{timeouts:?}"
+    );
     h.stop().await;
 }
 

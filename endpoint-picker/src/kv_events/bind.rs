@@ -166,7 +166,7 @@ async fn accept(
                 let (limits, token) = (shared.limits(), cancel.clone());
                 relays.spawn(async move {
                     let _slot = slot;
-                    let _ = peer.set_nodelay(true);
+                    let _ = guard::tune(&peer);
                     match TcpStream::connect(upstream).await {
                         Ok(local) => guard::relay(peer, local, limits, token).await,
                         Err(_) => RelayEnd::Closed,

@@ -267,6 +267,24 @@ impl Drop for Link {
     }
 }
 
+/// TCP keepalive on every pod connection: a pod gone without a FIN (node lost, partition) leaves
+/// a half-open connection that no read would ever end; after this long idle the kernel probes it.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Between unanswered probes; after [`KEEPALIVE_PROBES`] of them (≈ 45 s in all) the connection
+/// fails, the session ends and the subscriber redials.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Prepares a pod connection: no Nagle delay, and keepalive probes to find it dead when half open.
+pub(crate) fn tune(peer: &TcpStream) -> io::Result<()> {
+    peer.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    socket2::SockRef::from(peer).set_tcp_keepalive(&keepalive)
+}
+
 /// Connects to `remote` (bounded by `timeout`) and relays it to a one-shot loopback listener.
 pub(crate) async fn dial(
     remote: SocketAddr,
@@ -276,7 +294,7 @@ pub(crate) async fn dial(
     let peer = tokio::time::timeout(timeout, TcpStream::connect(remote))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    peer.set_nodelay(true)?;
+    tune(&peer)?;
     let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
     let endpoint = format!("tcp://{}", listener.local_addr()?);
     let cancel = CancellationToken::new();

@@ -114,3 +114,18 @@ fn huge_header() -> Vec<u8> {
     h.extend_from_slice(&(1u64 << 62).to_be_bytes());
     h
 }
+
+#[tokio::test]
+async fn pod_connections_probe_for_half_open_peers() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stream = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    tune(&stream).unwrap();
+    let sock = socket2::SockRef::from(&stream);
+    assert!(sock.keepalive().unwrap());
+    assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+    assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+    assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+    assert!(stream.nodelay().unwrap());
+}

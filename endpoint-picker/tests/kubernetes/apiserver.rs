@@ -45,6 +45,8 @@ struct State {
     /// Bumped by every `drop_watches`: a watch opened in an older epoch is cut.
     epoch: u64,
     requests: HashMap<(&'static str, &'static str), usize>,
+    /// The `timeoutSeconds` of every watch, as asked.
+    watch_timeouts: Vec<Option<String>>,
 }
 
 /// The server; dropping it stops it.
@@ -183,6 +185,11 @@ impl ApiServer {
         self.state.lock().failing = failing;
     }
 
+    /// The `timeoutSeconds` each watch asked for, in order.
+    pub fn watch_timeouts(&self) -> Vec<Option<String>> {
+        self.state.lock().watch_timeouts.clone()
+    }
+
     /// Requests seen of `verb` (`list`, `watch`, `failed`) on `kind`.
     pub fn requests(&self, kind: &'static str, verb: &'static str) -> usize {
         self.state
@@ -242,6 +249,9 @@ fn handle(
     *s.requests
         .entry((kind, if watch { "watch" } else { "list" }))
         .or_default() += 1;
+    if watch {
+        s.watch_timeouts.push(query.get("timeoutSeconds").cloned());
+    }
     if !watch {
         let items: Vec<Value> = s
             .objects

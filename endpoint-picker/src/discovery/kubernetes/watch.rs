@@ -32,6 +32,16 @@ pub const WATCH_ERRORS: &str = "kvpick_discovery_watch_errors_total";
 
 type Watch<K> = Pin<Box<dyn Stream<Item = Result<Event<K>, watcher::Error>> + Send>>;
 
+/// The API server ends each watch after this long and the watcher resumes from its last
+/// resource version (cheap); a connection that stalls without closing is given up after it plus
+/// kube's 5 s margin, instead of kube's default 290 s.
+pub const WATCH_TIMEOUT_SECS: u32 = 60;
+
+/// Every watch's settings: bookmarks on (kube's default), the stall bound above.
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
+}
+
 /// Exponential retry delays from `min` to `max`, reset by any successful event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retry {
@@ -125,7 +135,7 @@ impl Discovery {
         let mut pools: Watch<InferencePool> = match &self.settings.target {
             Target::Pool(name) => {
                 let api = Api::<InferencePool>::namespaced(self.client.clone(), &self.namespace);
-                let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+                let config = watch_config().fields(&format!("metadata.name={name}"));
                 self.backoff(watcher::watcher(api, config))
             }
             Target::Pods(scope) => {
@@ -255,7 +265,7 @@ impl State<'_> {
                     self.discovery.client.clone(),
                     &self.discovery.namespace,
                 );
-                let config = watcher::Config::default().labels(&s.selector.to_string());
+                let config = watch_config().labels(&s.selector.to_string());
                 self.discovery.backoff(watcher::watcher(api, config))
             });
             match &scope {
