@@ -106,6 +106,9 @@ pub struct Cli {
     /// Largest request body accepted, in bytes; larger bodies get a 400.
     #[arg(long, env = "KVPICK_MAX_BODY_BYTES", default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// Longest a request body may take to arrive after its headers; slower ones get a 408.
+    #[arg(long, env = "KVPICK_BODY_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub body_timeout: Duration,
     /// How often each endpoint's /metrics is scraped (e.g. 50ms, 1s).
     #[arg(long, env = "KVPICK_REFRESH_METRICS_INTERVAL", default_value = "50ms", value_parser = duration)]
     pub refresh_metrics_interval: Duration,
@@ -305,6 +308,7 @@ mod tests {
         );
         assert_eq!(c.refresh_metrics_interval, Duration::from_millis(50));
         assert_eq!(c.max_body_bytes, 16 << 20);
+        assert_eq!(c.body_timeout, Duration::from_secs(60));
         assert!(!c.emit_scores && c.command.is_none());
         c.validate().unwrap();
     }

@@ -55,6 +55,12 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A request body that did not arrive whole within `--body-timeout`.
+    #[error("request body not complete within {limit:?}")]
+    BodyTimeout {
+        /// The limit.
+        limit: std::time::Duration,
+    },
     /// A request body that is not the JSON of an OpenAI-style request; the message says where.
     #[error("invalid request body: {0}")]
     InvalidBody(String),
@@ -113,6 +119,7 @@ impl Error {
             Error::Tokenizer(e) => e.label(),
             Error::Kubernetes(_) => "kubernetes",
             Error::BodyTooLarge { .. } => "body_too_large",
+            Error::BodyTimeout { .. } => "body_timeout",
             Error::InvalidBody(_) => "invalid_body",
             Error::MissingModel => "missing_model",
             Error::NoEndpoint(_) => "no_endpoint",
@@ -129,6 +136,7 @@ impl Error {
         match self {
             Error::BodyTooLarge { .. } | Error::InvalidBody(_) | Error::MissingModel => 400,
             Error::NoEndpoint(_) | Error::ShuttingDown => 503,
+            Error::BodyTimeout { .. } => 408,
             Error::Shed(_) => 429,
             Error::Scheduler(kvpick_scheduler::Error::NoEndpoint(_)) => 503,
             _ => 500,
@@ -147,7 +155,7 @@ impl Error {
     /// The OpenAI-style error `type` field for this error.
     pub fn openai_type(&self) -> &'static str {
         match self.http_status() {
-            400 => "invalid_request_error",
+            400 | 408 => "invalid_request_error",
             429 => "rate_limit_exceeded",
             503 => "service_unavailable",
             _ => "internal_error",

@@ -57,6 +57,9 @@ pub use server::{Server, Settings};
 pub struct Limits {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Longest a request body may take to arrive, from its headers (a slow or endless body
+    /// would otherwise hold its stream, and its buffer, for as long as the client likes).
+    pub body_timeout: std::time::Duration,
 }
 
 /// State shared by every stream and every query: the picker and what it needs.

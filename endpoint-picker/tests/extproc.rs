@@ -182,6 +182,7 @@ async fn bad_requests_get_400_with_an_openai_error() {
         Settings {
             limits: kvpick_epp::Limits {
                 max_body_bytes: 1000,
+                ..Settings::loopback().limits
             },
             ..Settings::loopback()
         },
@@ -542,4 +543,35 @@ async fn an_endpoint_answering_a_server_error_is_avoided_for_its_cool_down() {
         ));
     let (_s, to) = pick_on(&p, &tokens).await;
     assert_eq!(to, A);
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_gets_408() {
+    let mut settings = Settings::loopback();
+    settings.limits.body_timeout = std::time::Duration::from_millis(300);
+    let p = Picker::start(settings, &[A]).await;
+    let mut s = p.stream().await;
+    s.send(request_headers(duplex(), "POST", &[], false, None))
+        .await;
+    // Part of the body, then nothing: the deadline runs from the headers.
+    s.send(request_body(br#"{"model":"m","prompt":"#, false))
+        .await;
+    s.silent(150).await;
+    let r = s.recv().await;
+    let (status, json) = immediate(&r);
+    assert_eq!(status, 408);
+    assert_eq!(drop_reason(&r).as_deref(), Some("body_timeout"));
+    assert!(json["error"]["message"].as_str().unwrap().contains("300ms"));
+    // A body that arrives in time, after a pause under the deadline, is routed as usual.
+    let mut s = p.stream().await;
+    s.send(request_headers(duplex(), "POST", &[], false, None))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    s.send(request_body(&token_body(&prompt(32, 1)), true))
+        .await;
+    let (headers, _, _) = duplex_answer(&mut s).await;
+    assert_eq!(
+        set_header(mutation(&headers), "x-gateway-destination-endpoint"),
+        Some(A)
+    );
 }

@@ -74,6 +74,8 @@ pub struct Exchange {
     prediction: Option<Prediction>,
     /// The endpoint the proxy says served the response, when it says.
     served: Option<SocketAddr>,
+    /// When the request body must be complete by (set with the headers of a request with one).
+    body_deadline: Option<Instant>,
     /// From the request headers: its priority and fairness id, for flow control.
     priority: i32,
     fairness: Option<String>,
@@ -98,6 +100,7 @@ impl Exchange {
             usage: None,
             prediction: None,
             served: None,
+            body_deadline: None,
             priority: 0,
             fairness: None,
         }
@@ -187,6 +190,7 @@ impl Exchange {
             return Ok(());
         }
         self.phase = Phase::Body;
+        self.body_deadline = Some(self.started + self.shared.limits.body_timeout);
         if self.request_mode == Mode::Buffered {
             // Envoy's BUFFERED contract: an empty answer now, the mutation on the body answer.
             out.push(reply::request_headers(None, None));
@@ -239,6 +243,18 @@ impl Exchange {
             _ => out.push(reply::trailers(true)),
         }
         Ok(())
+    }
+
+    /// While the request body is still arriving: when it must be complete by.
+    pub fn body_deadline(&self) -> Option<Instant> {
+        self.body_deadline.filter(|_| self.phase == Phase::Body)
+    }
+
+    /// The body missed its deadline: refuses the request with a 408.
+    pub fn body_timed_out(&mut self, out: &mut Vec<pb::ProcessingResponse>) {
+        self.body = Vec::new();
+        let limit = self.shared.limits.body_timeout;
+        self.refuse(&Error::BodyTimeout { limit }, out);
     }
 
     /// With flow control on, waits until the pool has room for this request (or refuses it).

@@ -3,7 +3,8 @@
 //! Each `Process` stream is one HTTP exchange. The service spawns nothing: the response stream
 //! reads Envoy's next message only when tonic asks for the next answer (and after the previous
 //! message is fully answered, tokenization included), so backpressure is tonic's own, answers keep
-//! Envoy's order, and a stream's state lives exactly as long as the stream.
+//! Envoy's order, and a stream's state lives exactly as long as the stream. A request body must
+//! arrive whole within `--body-timeout` of its headers, else the request gets a 408.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -74,7 +75,20 @@ impl ExternalProcessor for ExtProc {
                 if s.done {
                     return None;
                 }
-                match s.inbound.message().await {
+                let next = s.inbound.message();
+                let next = match s.exchange.body_deadline() {
+                    None => next.await,
+                    Some(deadline) => match tokio::time::timeout_at(deadline, next).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            s.exchange.body_timed_out(&mut s.scratch);
+                            s.pending.extend(s.scratch.drain(..));
+                            s.done = true;
+                            continue;
+                        }
+                    },
+                };
+                match next {
                     Ok(Some(msg)) => {
                         if let Err(e) = s.exchange.on_message(msg, &mut s.scratch).await {
                             tracing::warn!(error = %e, "ext_proc stream aborted");

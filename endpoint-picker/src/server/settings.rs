@@ -97,6 +97,7 @@ impl Settings {
             },
             limits: Limits {
                 max_body_bytes: cli.max_body_bytes,
+                body_timeout: cli.body_timeout,
             },
             scrape: ScrapeConfig {
                 interval: cli.refresh_metrics_interval,
@@ -128,6 +129,7 @@ impl Settings {
             picker: RouteConfig::default(),
             limits: Limits {
                 max_body_bytes: 16 << 20,
+                body_timeout: Duration::from_secs(60),
             },
             scrape: ScrapeConfig {
                 interval: Duration::from_millis(50),
