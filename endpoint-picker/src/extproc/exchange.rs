@@ -7,13 +7,14 @@
 //! picker answers headers (decision, `content-length`, `envoy.lb` metadata) → the body, re-sent in
 //! chunks of at most [`MAX_CHUNK`] bytes → trailers when Envoy sent any. Buffered: the headers get
 //! an empty answer at once and the decision rides on the body answer. Headers-only requests are
-//! decided at once in both modes. Response path: every body chunk is answered as it arrives.
+//! decided at once in both modes. Response path (`response`): every body chunk is answered as it
+//! arrives.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, Metadata};
+use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
 use pb::processing_request::Request as In;
@@ -26,8 +27,10 @@ use crate::picker::{RouteRequest, Routing};
 use crate::prediction::Prediction;
 use crate::prompt::Tokenized;
 use crate::telemetry as t;
-use crate::usage::{self, UsageScanner};
+use crate::usage::UsageScanner;
 use crate::{Shared, flow_control, request, shedding};
+
+mod response;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -364,55 +367,6 @@ impl Exchange {
         self.status = Some(e.http_status());
         self.phase = Phase::Refused;
         out.push(reply::immediate(e));
-    }
-
-    fn response_headers(&mut self, headers: Option<&HeaderMap>, metadata: Option<&Metadata>) {
-        self.status = reply::header(headers, ":status").and_then(|s| s.parse().ok());
-        self.served = reply::served(metadata);
-        if self.status.is_some_and(|s| (500..600).contains(&s))
-            && let Some(failed) = self.served.or(self.picked)
-        {
-            self.shared.picker.report_failure(failed);
-        }
-        if let (Some(served), Some(picked)) = (self.served, self.picked)
-            && served != picked
-        {
-            metrics::counter!(t::SERVED_DIFFERS).increment(1);
-        }
-        self.usage = Some(UsageScanner::new(
-            reply::header(headers, "content-type"),
-            usage::DEFAULT_CAP,
-        ));
-    }
-
-    fn response_body(&mut self, b: pb::HttpBody, out: &mut Vec<pb::ProcessingResponse>) {
-        if !self.first_byte && !b.body.is_empty() {
-            self.first_byte = true;
-            metrics::histogram!(t::TTFT).record(self.started.elapsed().as_secs_f64());
-        }
-        if let Some(scanner) = &mut self.usage {
-            scanner.feed(&b.body);
-        }
-        match self.response_mode {
-            Mode::Duplex => out.push(reply::response_body_chunk(b.body, b.end_of_stream)),
-            Mode::Buffered => out.push(reply::response_body_continue()),
-        }
-        if b.end_of_stream {
-            self.finish_usage();
-        }
-    }
-
-    fn finish_usage(&mut self) {
-        if let Some(u) = self.usage.take().and_then(UsageScanner::finish) {
-            metrics::counter!(t::TOKENS, "kind" => "input").increment(u.prompt_tokens);
-            metrics::counter!(t::TOKENS, "kind" => "output").increment(u.completion_tokens);
-            if let Some(cached) = u.cached_tokens {
-                metrics::counter!(t::TOKENS, "kind" => "cached").increment(cached);
-                if let Some(gap) = self.prediction.and_then(|p| p.error(self.served, cached)) {
-                    metrics::histogram!(t::PREFIX_PREDICTION_ERROR).record(gap);
-                }
-            }
-        }
     }
 }
 
