@@ -1,7 +1,8 @@
 //! One ext_proc stream (one HTTP request and its response) as a state machine: each message from
-//! Envoy in, the messages to send back out. No socket I/O here; [`super::ExtProc`] drives it. The
-//! one await is tokenization of a text or chat prompt, which runs off the reactor: the stream
-//! reads Envoy's next message only after answering this one, so the answers keep their order.
+//! Envoy in, the messages to send back out. No socket I/O here; [`super::ExtProc`] drives it. It
+//! awaits two things: tokenization of a text or chat prompt (off the reactor) and, with flow
+//! control on, room in the pool. The stream reads Envoy's next message only after answering this
+//! one, so the answers keep their order.
 //!
 //! Request path. Full-duplex: the headers answer is held until the body is complete, then the
 //! picker answers headers (decision, `content-length`, `envoy.lb` metadata) → the body, re-sent in
