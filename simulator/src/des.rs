@@ -14,12 +14,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kvpick_scheduler::PodSignals;
 use kvpick_scheduler::events::EventBatch;
 
+use crate::admission::{self, Admission, Verdict};
 use crate::clock::SimTime;
 use crate::engine::{Engine, EngineRequest, EngineStats, Profile, RequestId};
 use crate::error::SimError;
 use crate::metrics::{LogHistogram, Recorder, RequestRecord, Sample};
 use crate::policy::{PolicySpec, PoolShape, Router};
 use crate::trace::Trace;
+
+mod parallel;
+pub use parallel::run_many;
 
 /// How the simulated pool and its observation are set up.
 #[derive(Clone, Debug)]
@@ -73,12 +77,18 @@ enum Event {
     Deliver(u32),
     Scrape,
     Sample,
+    /// Flow control's dispatch round, while requests wait.
+    Dispatch,
 }
 
 struct Loop<'a> {
     trace: &'a Trace,
     cfg: &'a SimConfig,
     router: Router,
+    /// Flow control, when the policy's picker config turns it on.
+    admission: Option<Admission>,
+    /// A [`Event::Dispatch`] is on the heap.
+    dispatching: bool,
     engines: Vec<Engine>,
     busy: Vec<bool>,
     signals: Vec<PodSignals>,
@@ -128,10 +138,13 @@ pub fn run(
             ..Default::default()
         })
         .collect();
+    let admission = router.picker_config().and_then(Admission::new);
     let mut l = Loop {
         trace,
         cfg,
         router,
+        admission,
+        dispatching: false,
         busy: vec![false; cfg.engines],
         signals: engines.iter().map(|e| e.signals(SimTime::ZERO)).collect(),
         engines,
@@ -183,6 +196,7 @@ impl Loop<'_> {
         next_arrival < self.trace.requests.len()
             || self.busy.iter().any(|&b| b)
             || self.pending_deliveries > 0
+            || self.admission.as_ref().is_some_and(|a| !a.is_empty())
     }
 
     fn run(&mut self, progress: Option<&AtomicU64>) -> Result<SimTime, SimError> {
@@ -211,7 +225,7 @@ impl Loop<'_> {
                 }
             } else if let Some(Reverse((t, _, e))) = self.heap.pop() {
                 now = t;
-                self.handle(e, now, next);
+                self.handle(e, now, next)?;
             }
             // Only the periodic scrape and sample can be left: nothing will change any more.
             if !self.active(next) {
@@ -224,14 +238,65 @@ impl Loop<'_> {
         Ok(now)
     }
 
-    fn arrive(&mut self, i: usize, now: SimTime) -> Result<(), SimError> {
-        let req = &self.trace.requests[i];
-        req.prompt.materialize(&mut self.tokens);
+    /// Signals as of now when scrapes are instant (`metrics_interval_us` 0).
+    fn refresh_signals(&mut self, now: SimTime) {
         if self.cfg.metrics_interval_us == 0 {
             for (s, e) in self.signals.iter_mut().zip(&self.engines) {
                 *s = e.signals(now);
             }
         }
+    }
+
+    fn arrive(&mut self, i: usize, now: SimTime) -> Result<(), SimError> {
+        self.refresh_signals(now);
+        let verdict = match &mut self.admission {
+            None => Verdict::Route,
+            Some(a) => a.arrive(i, &self.signals, now),
+        };
+        match verdict {
+            Verdict::Route => self.route(i, now),
+            Verdict::Rejected => {
+                self.rec.records[i].rejected = true;
+                Ok(())
+            }
+            Verdict::Queued => {
+                if !self.dispatching {
+                    self.dispatching = true;
+                    self.push(now, Event::Dispatch);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Flow control's round: refuse what expired, route what the pool has room for.
+    fn dispatch(&mut self, now: SimTime) -> Result<(), SimError> {
+        self.refresh_signals(now);
+        let Some(a) = &mut self.admission else {
+            return Ok(());
+        };
+        let released = a.release(&self.signals, now);
+        let waiting = !a.is_empty();
+        for i in released.expired {
+            self.rec.records[i].rejected = true;
+        }
+        for i in released.route {
+            self.route(i, now)?;
+        }
+        self.dispatching = waiting;
+        if waiting {
+            self.push(
+                now.plus_micros(admission::DISPATCH_TICK_US),
+                Event::Dispatch,
+            );
+        }
+        Ok(())
+    }
+
+    /// Picks request `i`'s engine and hands it over.
+    fn route(&mut self, i: usize, now: SimTime) -> Result<(), SimError> {
+        let req = &self.trace.requests[i];
+        req.prompt.materialize(&mut self.tokens);
         let e = self.router.pick(
             &self.tokens,
             req.lora.as_deref(),
@@ -267,8 +332,9 @@ impl Loop<'_> {
         }
     }
 
-    fn handle(&mut self, ev: Event, now: SimTime, next_arrival: usize) {
+    fn handle(&mut self, ev: Event, now: SimTime, next_arrival: usize) -> Result<(), SimError> {
         match ev {
+            Event::Dispatch => self.dispatch(now)?,
             Event::StepDone(e) => {
                 let e = e as usize;
                 self.engines[e].finish_step(now, &mut self.rec);
@@ -330,47 +396,6 @@ impl Loop<'_> {
                 }
             }
         }
+        Ok(())
     }
-}
-
-/// Runs every policy over the same trace, up to `threads` at a time; results in `policies` order.
-pub fn run_many(
-    trace: &Trace,
-    policies: &[PolicySpec],
-    cfg: &SimConfig,
-    threads: usize,
-    progress: Option<&AtomicU64>,
-) -> Vec<Result<RunResult, SimError>> {
-    let next = AtomicU64::new(0);
-    let mut slots: Vec<Option<Result<RunResult, SimError>>> =
-        policies.iter().map(|_| None).collect();
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads.clamp(1, policies.len().max(1)))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                        let Some(p) = policies.get(i) else { break };
-                        done.push((i, run(trace, p, cfg, progress)));
-                    }
-                    done
-                })
-            })
-            .collect();
-        for w in workers {
-            match w.join() {
-                Ok(done) => {
-                    for (i, r) in done {
-                        slots[i] = Some(r);
-                    }
-                }
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-    });
-    slots
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(SimError::InvalidConfig("policy run lost".into()))))
-        .collect()
 }

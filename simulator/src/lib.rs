@@ -6,7 +6,8 @@
 //! - [`engine`]: one simulated vLLM engine, a pure state machine: continuous batching with chunked
 //!   prefill, a paged KV cache with automatic prefix caching, preemption by recompute, KV events.
 //! - [`policy`]: the routing policies under test, config-driven ones through `Scheduler::pick`.
-//! - [`des`]: the discrete-event loop that wires trace, policy and engines together in simulated time.
+//! - [`des`]: the discrete-event loop that wires trace, policy and engines together in simulated time;
+//!   [`admission`]: the picker's flow control (`featureGates: [flowControl]`) in that time.
 //! - [`metrics`] and [`report`]: what a run measured, as a table, JSON and SVG plots.
 //! - [`cache_hit`]: the single global prefix-cache analysis of a trace.
 //! - [`calibrate`]: the engine profile and workload shape fitted to a live cluster's Prometheus.
@@ -17,6 +18,7 @@
 //! - [`demo`]: the one-command demo: fleet, kvpick-epp and Envoy, cache-blind vs kvpick.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod cache_hit;
 pub mod calibrate;
 pub mod clock;

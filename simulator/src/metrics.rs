@@ -117,6 +117,8 @@ pub struct RequestRecord {
     pub preemptions: u32,
     /// Refused: it could never fit an engine.
     pub unfit: bool,
+    /// Refused by flow control: the queue was full, or it waited past `queueTTL`.
+    pub rejected: bool,
 }
 
 /// One timeline sample.

@@ -257,6 +257,14 @@ impl Router {
         })
     }
 
+    /// The picker config of a config-driven policy (`None` for `random` and `round-robin`).
+    pub fn picker_config(&self) -> Option<&PickerConfig> {
+        match &self.kind {
+            Kind::Scheduled { scheduler, .. } => Some(scheduler.config()),
+            _ => None,
+        }
+    }
+
     /// Whether the engines' KV events must be delivered to [`Router::apply_events`].
     pub fn wants_events(&self) -> bool {
         matches!(&self.kind, Kind::Scheduled { precise: true, .. })

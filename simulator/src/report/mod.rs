@@ -51,6 +51,8 @@ pub struct Summary {
     pub completed: usize,
     /// Requests that could never fit an engine.
     pub unfit: usize,
+    /// Requests refused by flow control (queue full, or waited past `queueTTL`).
+    pub rejected: usize,
     /// Preemptions over all engines.
     pub preemptions: u64,
     /// Time to first token (s).
@@ -88,7 +90,7 @@ impl Summary {
         let mut tpot = Vec::new();
         let mut e2e = Vec::new();
         let mut queue = Vec::new();
-        let (mut completed, mut unfit) = (0, 0);
+        let (mut completed, mut unfit, mut rejected) = (0, 0, 0);
         let (mut out_tokens, mut in_tokens, mut cached, mut admitted_in) = (0u64, 0u64, 0u64, 0u64);
         let mut engine_requests = vec![0u64; run.engines.len()];
         let start = run.records.first().map(|r| r.arrival).unwrap_or_default();
@@ -96,6 +98,10 @@ impl Summary {
         for r in &run.records {
             if r.unfit {
                 unfit += 1;
+                continue;
+            }
+            if r.rejected {
+                rejected += 1;
                 continue;
             }
             if let Some(c) = engine_requests.get_mut(r.engine as usize) {
@@ -135,6 +141,7 @@ impl Summary {
             requests: run.records.len(),
             completed,
             unfit,
+            rejected,
             preemptions: run.engines.iter().map(|e| e.preemptions).sum(),
             ttft: Quantiles::of(&mut ttft),
             itl: Quantiles {

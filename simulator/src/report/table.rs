@@ -26,8 +26,15 @@ fn extra() -> [&'static str; 2] {
     ["imbalance", "preempt"]
 }
 
-fn row(s: &Summary) -> Vec<String> {
-    vec![
+/// Shown only when some run had flow control refuse requests.
+const REJECTED: &str = "rejected";
+
+fn with_rejected(summaries: &[Summary]) -> bool {
+    summaries.iter().any(|s| s.rejected > 0)
+}
+
+fn row(s: &Summary, rejected: bool) -> Vec<String> {
+    let mut cells = vec![
         s.policy.clone(),
         s.completed.to_string(),
         s.unfit.to_string(),
@@ -43,17 +50,26 @@ fn row(s: &Summary) -> Vec<String> {
         format!("{:.1}", s.hit_rate * 100.0),
         format!("{:.2}", s.imbalance),
         s.preemptions.to_string(),
-    ]
+    ];
+    if rejected {
+        cells.push(s.rejected.to_string());
+    }
+    cells
 }
 
-fn headers() -> Vec<&'static str> {
-    columns().into_iter().chain(extra()).collect()
+fn headers(rejected: bool) -> Vec<&'static str> {
+    columns()
+        .into_iter()
+        .chain(extra())
+        .chain(rejected.then_some(REJECTED))
+        .collect()
 }
 
 /// An aligned text table, one row per policy.
 pub fn render(summaries: &[Summary]) -> String {
-    let headers = headers();
-    let rows: Vec<Vec<String>> = summaries.iter().map(row).collect();
+    let rejected = with_rejected(summaries);
+    let headers = headers(rejected);
+    let rows: Vec<Vec<String>> = summaries.iter().map(|s| row(s, rejected)).collect();
     let widths: Vec<usize> = headers
         .iter()
         .enumerate()
@@ -87,7 +103,8 @@ pub fn render(summaries: &[Summary]) -> String {
 
 /// The same table in Markdown.
 pub fn markdown(summaries: &[Summary]) -> String {
-    let headers = headers();
+    let rejected = with_rejected(summaries);
+    let headers = headers(rejected);
     let mut out = format!("| {} |\n", headers.join(" | "));
     out += &format!(
         "|{}\n",
@@ -98,7 +115,7 @@ pub fn markdown(summaries: &[Summary]) -> String {
             .collect::<String>()
     );
     for s in summaries {
-        out += &format!("| {} |\n", row(s).join(" | "));
+        out += &format!("| {} |\n", row(s, rejected).join(" | "));
     }
     out
 }
