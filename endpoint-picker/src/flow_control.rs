@@ -106,14 +106,14 @@ impl FlowControl {
         metrics::gauge!(t::FLOW_QUEUE_BYTES).set(s.queue.bytes() as f64);
     }
 
-    /// Lets a request of `priority` in flow `fairness`, `bytes` long, go on: at once when
+    /// Lets a request of `priority` in `flow`, `bytes` long, go on: at once when
     /// nothing waits and the pool has room, else when the dispatch loop lets it out. Refuses
     /// with 429 when the queue is full, the request is displaced or its TTL passes.
     pub async fn admit(
         &self,
         shared: &Shared,
         priority: i32,
-        fairness: Option<&str>,
+        flow: &FlowId,
         bytes: usize,
     ) -> Result<(), Error> {
         if self.waiting.load(Ordering::Relaxed) == 0
@@ -127,13 +127,9 @@ impl FlowControl {
             if s.closed {
                 return Err(Error::ShuttingDown);
             }
-            let pushed = s.queue.push(
-                priority,
-                FlowId::new(fairness),
-                bytes as u64,
-                tx,
-                shared.clock.now(),
-            );
+            let pushed = s
+                .queue
+                .push(priority, flow.clone(), bytes as u64, tx, shared.clock.now());
             let queued = match pushed {
                 Ok(q) => q,
                 Err(refusal) => {

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
+use kvpick_scheduler::FlowId;
 use pb::processing_request::Request as In;
 use pb::processing_response::Response as Out;
 use tokio::time::Instant;
@@ -82,7 +83,7 @@ pub struct Exchange {
     body_deadline: Option<Instant>,
     /// From the request headers: its priority and fairness id, for flow control.
     priority: i32,
-    fairness: Option<String>,
+    flow: FlowId,
 }
 
 impl Exchange {
@@ -106,7 +107,7 @@ impl Exchange {
             served: None,
             body_deadline: None,
             priority: 0,
-            fairness: None,
+            flow: FlowId::default(),
         }
     }
 
@@ -158,7 +159,7 @@ impl Exchange {
             .map(str::to_owned);
         self.subset = reply::subset_hint(metadata);
         self.priority = shedding::priority(&self.shared, headers);
-        self.fairness = reply::header(headers, flow_control::FAIRNESS_HEADER).map(str::to_owned);
+        self.flow = FlowId::new(reply::header(headers, flow_control::FAIRNESS_HEADER));
         if let Err(e) = shedding::admit(&self.shared, self.priority) {
             self.refuse(&e, out);
             return Ok(());
@@ -266,7 +267,7 @@ impl Exchange {
         match &self.shared.flow {
             None => Ok(()),
             Some(flow) => {
-                flow.admit(&self.shared, self.priority, self.fairness.as_deref(), bytes)
+                flow.admit(&self.shared, self.priority, &self.flow, bytes)
                     .await
             }
         }
