@@ -44,9 +44,11 @@ impl KvIndex {
     fn walk<const N: usize>(&self, keys: &[BlockKey], cand: &[u64], out: &mut Vec<PrefixMatch>) {
         let mut walk = Walk::<N>::new(self, cand, keys.len() as u32, out);
         for (w, window) in keys.chunks(WINDOW).enumerate() {
+            // Before the lock: taking it is a fence, which would wait for each key line's miss.
+            let tags = group_tags(window);
             let table = self.shards[shard_of(window[0])].read();
             walk.new_window();
-            if !window_walk(&mut walk, &table, window, (w * WINDOW) as u32) {
+            if !window_walk(&mut walk, &table, window, &tags, (w * WINDOW) as u32) {
                 break;
             }
         }
@@ -54,15 +56,32 @@ impl KvIndex {
     }
 }
 
+/// The record tag of each group's first key. Reads every line of the window's keys (a group's 8
+/// keys may straddle two) in a loop of a few instructions per group, so that their misses overlap.
+#[inline(always)]
+fn group_tags(window: &[BlockKey]) -> [u32; GROUPS] {
+    let mut tags = [0u32; GROUPS];
+    let mut sink = 0u64;
+    for (group, tag) in window.chunks(GROUP).zip(tags.iter_mut()) {
+        *tag = tag_of(group[0]);
+        sink ^= group[group.len() - 1].get();
+    }
+    std::hint::black_box(sink);
+    tags
+}
+
 /// The first record of each group whose fingerprint matches (or [`NONE`]), touching its lines;
 /// bit `g` of the mask is set when group `g` has more than one such record.
 #[inline(always)]
-fn first_records(table: &Table, window: &[BlockKey], recs: &mut [usize; GROUPS]) -> u32 {
+fn first_records(
+    table: &Table,
+    groups: usize,
+    tags: &[u32; GROUPS],
+    recs: &mut [usize; GROUPS],
+) -> u32 {
     let mut several = 0u32;
-    let mut sink = 0u64;
-    let all = table.records();
-    for (g, (group, rec)) in window.chunks(GROUP).zip(recs.iter_mut()).enumerate() {
-        let c = table.cand(tag_of(group[0]));
+    for (g, (&tag, rec)) in tags.iter().zip(recs.iter_mut()).take(groups).enumerate() {
+        let c = table.cand(tag);
         let (m1, m2) = table.candidates(c);
         let (b, m) = if m1 != 0 { (c.b1, m1) } else { (c.b2, m2) };
         *rec = if m != 0 {
@@ -73,10 +92,13 @@ fn first_records(table: &Table, window: &[BlockKey], recs: &mut [usize; GROUPS])
         // More than one: two bits in one word, or a bit in each.
         let more = (m1 & m1.wrapping_sub(1)) | (m2 & m2.wrapping_sub(1));
         several |= u32::from(more != 0 || (m1 != 0 && m2 != 0)) << g;
-        if let Some(r) = all.get(*rec) {
-            sink ^= r[0] ^ r[GROUP];
-        }
     }
+    // The records' lines, in a loop of a few instructions per record: all their misses are in
+    // flight at once (a longer loop would fill the reorder buffer after a few).
+    let all = table.records();
+    let sink = recs
+        .iter()
+        .fold(0u64, |s, &i| all.get(i).map_or(s, |r| s ^ r[0] ^ r[GROUP]));
     std::hint::black_box(sink);
     several
 }
@@ -88,10 +110,11 @@ fn window_walk<const N: usize>(
     walk: &mut Walk<'_, N>,
     table: &Table,
     window: &[BlockKey],
+    tags: &[u32; GROUPS],
     depth: u32,
 ) -> bool {
     let mut recs = [NONE; GROUPS];
-    let several = first_records(table, window, &mut recs);
+    let several = first_records(table, window.len().div_ceil(GROUP), tags, &mut recs);
     let sets = table.sets();
     let all = table.records();
     for (g, group) in window.chunks(GROUP).enumerate() {
