@@ -180,6 +180,15 @@ impl Table {
             .fold(0, |s, &i| all.get(i).map_or(s, |r| s ^ r[0] ^ r[CELLS / 2]))
     }
 
+    /// Touches the directory words of `tags` (whose records, if any, a writer will look for),
+    /// in one tight loop. Returns a fold of what it read, for `black_box`.
+    pub(crate) fn warm_directory(&self, tags: impl Iterator<Item = u32>) -> u64 {
+        tags.fold(0, |s, tag| {
+            let (m1, m2) = self.candidates(self.cand(tag));
+            s ^ m1 ^ m2
+        })
+    }
+
     /// A free record for tag `tag`, fingerprint set; grows the table as needed.
     pub(super) fn claim(&mut self, tag: u32) -> usize {
         if (self.records + 1) * 100 > self.buckets * BUCKET * MAX_LOAD_PERCENT {
