@@ -70,17 +70,11 @@ fn group_tags(window: &[BlockKey]) -> [u32; GROUPS] {
     tags
 }
 
-/// The first record of each group whose fingerprint matches (or [`NONE`]), touching its lines;
-/// bit `g` of the mask is set when group `g` has more than one such record.
+/// The first record of each group whose fingerprint matches (or [`NONE`]), touching its lines
+/// (the one [`Table::find`] would try first).
 #[inline(always)]
-fn first_records(
-    table: &Table,
-    groups: usize,
-    tags: &[u32; GROUPS],
-    recs: &mut [usize; GROUPS],
-) -> u32 {
-    let mut several = 0u32;
-    for (g, (&tag, rec)) in tags.iter().zip(recs.iter_mut()).take(groups).enumerate() {
+fn first_records(table: &Table, groups: usize, tags: &[u32; GROUPS], recs: &mut [usize; GROUPS]) {
+    for (&tag, rec) in tags.iter().zip(recs.iter_mut()).take(groups) {
         let c = table.cand(tag);
         let (m1, m2) = table.candidates(c);
         let (b, m) = if m1 != 0 { (c.b1, m1) } else { (c.b2, m2) };
@@ -89,9 +83,6 @@ fn first_records(
         } else {
             NONE
         };
-        // More than one: two bits in one word, or a bit in each.
-        let more = (m1 & m1.wrapping_sub(1)) | (m2 & m2.wrapping_sub(1));
-        several |= u32::from(more != 0 || (m1 != 0 && m2 != 0)) << g;
     }
     // The records' lines, in a loop of a few instructions per record: all their misses are in
     // flight at once (a longer loop would fill the reorder buffer after a few).
@@ -100,7 +91,6 @@ fn first_records(
         .iter()
         .fold(0u64, |s, &i| all.get(i).map_or(s, |r| s ^ r[0] ^ r[GROUP]));
     std::hint::black_box(sink);
-    several
 }
 
 /// Walks one window of up to 128 blocks starting at `depth`. Returns whether any candidate is
@@ -114,17 +104,18 @@ fn window_walk<const N: usize>(
     depth: u32,
 ) -> bool {
     let mut recs = [NONE; GROUPS];
-    let several = first_records(table, window.len().div_ceil(GROUP), tags, &mut recs);
+    first_records(table, window.len().div_ceil(GROUP), tags, &mut recs);
     let sets = table.sets();
     let all = table.records();
     for (g, group) in window.chunks(GROUP).enumerate() {
         let at = depth + (g * GROUP) as u32;
         let want: [u64; GROUP] = std::array::from_fn(|r| group.get(r).map_or(0, |k| k.get()));
         let mut i = recs[g];
-        if several & (1 << g) != 0 {
+        if all.get(i).is_none_or(|rec| rec[0] != want[0]) {
+            // Another record of the same fingerprint, if any, is the group's.
             i = table.find(tag_of(group[0]), 0, want[0]).unwrap_or(NONE);
         }
-        let Some(mut rec) = all.get(i).filter(|rec| rec[0] == want[0]) else {
+        let Some(mut rec) = all.get(i) else {
             walk.stop(at);
             return false;
         };

@@ -149,6 +149,17 @@ impl<'a, const N: usize> Walk<'a, N> {
     /// Ends the run of `e` at `depth` if it is live.
     #[inline]
     fn drop_one(&mut self, e: u16, depth: u32) {
+        if N <= INLINE_WORDS {
+            // Before `start` only depth 0 can end a run, which `ended` reads as "not ended".
+            let (e, bit) = (usize::from(e) % (64 * INLINE_WORDS), 1u64 << (e % 64));
+            if let Some(a) = self.alive.get_mut(e / 64)
+                && *a & bit != 0
+            {
+                *a &= !bit;
+                self.ended[e] = depth;
+            }
+            return;
+        }
         if self.is_alive(e) {
             let (w, bit) = (usize::from(e) / 64, 1u64 << (e % 64));
             self.bury(w, bit, depth);
@@ -316,6 +327,8 @@ impl<'a, const N: usize> Walk<'a, N> {
     pub(super) fn finish(self) {
         let base = f64::from(self.weights[usize::from(GPU_ONLY)]);
         if N <= INLINE_WORDS && self.started {
+            let count: u32 = self.first.iter().map(|w| w.count_ones()).sum();
+            self.out.reserve(count as usize);
             for (w, &bits) in self.first.iter().enumerate() {
                 let mut bits = bits;
                 while bits != 0 {
