@@ -109,7 +109,10 @@ fn window_walk<const N: usize>(
     let all = table.records();
     for (g, group) in window.chunks(GROUP).enumerate() {
         let at = depth + (g * GROUP) as u32;
-        let want: [u64; GROUP] = std::array::from_fn(|r| group.get(r).map_or(0, |k| k.get()));
+        let want: [u64; GROUP] = match group.first_chunk::<GROUP>() {
+            Some(full) => full.map(BlockKey::get),
+            None => std::array::from_fn(|r| group.get(r).map_or(0, |k| k.get())),
+        };
         let mut i = recs[g];
         if all.get(i).is_none_or(|rec| rec[0] != want[0]) {
             // Another record of the same fingerprint, if any, is the group's.
