@@ -327,8 +327,8 @@ impl<'a, const N: usize> Walk<'a, N> {
     pub(super) fn finish(self) {
         let base = f64::from(self.weights[usize::from(GPU_ONLY)]);
         if N <= INLINE_WORDS && self.started {
-            let count: u32 = self.first.iter().map(|w| w.count_ones()).sum();
-            self.out.reserve(count as usize);
+            // At most 256 entries: after the first lookups, a no-op.
+            self.out.reserve(64 * INLINE_WORDS);
             for (w, &bits) in self.first.iter().enumerate() {
                 let mut bits = bits;
                 while bits != 0 {
