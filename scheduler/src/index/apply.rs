@@ -22,6 +22,9 @@ enum Shape {
     Merge(u32),
 }
 
+/// Most keys whose buffer an endpoint keeps between events (a larger one is freed).
+const MAX_KEPT_KEYS: usize = 4096;
+
 /// Most blocks of one removal compared pairwise to see whether their order matters.
 const MAX_REORDERED: usize = 64;
 
@@ -202,7 +205,9 @@ impl<'a> Writer<'a> {
             });
             cursor = Some((key, pos));
         }
-        self.state.keys = keys;
+        if keys.capacity() <= MAX_KEPT_KEYS {
+            self.state.keys = keys;
+        }
     }
 
     /// Warms the records that the blocks `keys`, stored after `cursor`, will go to: the
