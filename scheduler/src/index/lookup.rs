@@ -1,13 +1,15 @@
 //! Lookup: for each candidate, the longest run of consecutive blocks from block 0 it holds.
 //!
-//! The request is walked 128 blocks (one [`WINDOW`], one shard, one read lock) at a time, in two
-//! passes so that cache misses overlap instead of queueing behind each other. The first computes,
-//! from the keys alone, each group's two candidate buckets, reads their directory words (hot),
-//! picks the record whose fingerprint matches and touches its two lines: 16 independent misses.
-//! The second walks the groups on warm lines: 8 key compares give the slots that match, a nested
+//! The request is walked 128 blocks (one [`WINDOW`], one shard, one read lock) at a time, in
+//! passes so that cache misses overlap instead of queueing behind each other: the window's key
+//! lines are read before the lock (taking it is a fence that would wait for each); under it, each
+//! group's two directory words are read and the record whose fingerprint matches picked, then the
+//! 16 records' two lines are touched in a loop short enough to have them all in flight. The walk
+//! then goes over the groups on warm lines: 8 key compares give the slots that match, a nested
 //! record costs one bitset intersection plus its listed run ends, a per-slot record one step per
 //! block. Only where the request leaves a record (a branch inside a group) does the walk look up
-//! the record that starts there, a dependent miss.
+//! the record that starts there, a dependent miss. No prefetch instruction: `_mm_prefetch` needs
+//! `unsafe` here, so every warm-up is a plain load kept by `black_box`.
 
 use super::position::{GROUP, WINDOW, shard_of, tag_of};
 use super::record;

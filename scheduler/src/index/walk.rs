@@ -4,9 +4,8 @@
 //! Candidates are a fixed-width bitset. A candidate that drops out records the depth it reached:
 //! for ids below 256 in a per-id array that `finish` turns into the results, else straight into
 //! its result entry, found by its rank among the holders of block 0; either way results come out
-//! in endpoint order without a sort. Tier weights cost
-//! nothing unless a holder is off-GPU: a run is worth `blocks × w(GPU)` minus the endpoint's
-//! deficits.
+//! in endpoint order without a sort. Tier weights cost nothing unless a holder is off-GPU: a run
+//! is worth `blocks × w(GPU)` minus the endpoint's deficits.
 
 use super::holder::{self, GPU_ONLY, Holder, Kind};
 use super::record::{self, Record};
