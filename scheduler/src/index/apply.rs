@@ -6,8 +6,8 @@ use super::edit::Removed;
 use super::engine_map::{EngineRef, Found};
 use super::holder::ALL_TIERS;
 use super::partition::{block_extras, fold_key};
-use super::position::{ChainPos, Slot};
-use super::table::Table;
+use super::position::{ChainPos, GROUP, Slot, WINDOW, shard_of, tag_of};
+use super::table::{Table, WARM};
 use super::{ApplyReport, EndpointState, KvIndex};
 use crate::events::{BlockRemoved, BlockStored, ExtraKey, FULL_ATTENTION};
 use crate::keys::{BlockKey, Partition};
@@ -21,6 +21,9 @@ enum Shape {
     /// `k` event blocks make one index block.
     Merge(u32),
 }
+
+/// Most keys whose buffer an endpoint keeps between events (a larger one is freed).
+const MAX_KEPT_KEYS: usize = 4096;
 
 /// Most blocks of one removal compared pairwise to see whether their order matters.
 const MAX_REORDERED: usize = 64;
@@ -171,12 +174,13 @@ impl<'a> Writer<'a> {
     fn split(&mut self, ctx: &Stored<'_>, k: u32, mut cursor: Cursor) {
         let index_size = self.index.config.block_size.tokens();
         let size = ctx.ev.block_size as usize;
-        for (j, hash) in ctx.ev.block_hashes[..ctx.complete].iter().enumerate() {
-            let extras = ctx.extras(j, cursor.is_none());
-            let mut parent = match cursor {
-                Some((key, _)) => key,
-                None => ctx.root(extras.salt),
-            };
+        // All the keys first: the records they go to can then be warmed together.
+        let mut keys = std::mem::take(&mut self.state.keys);
+        keys.clear();
+        let mut prev = cursor.map(|(key, _)| key);
+        for j in 0..ctx.complete {
+            let extras = ctx.extras(j, prev.is_none());
+            let mut parent = prev.unwrap_or_else(|| ctx.root(extras.salt));
             let tokens = &ctx.ev.token_ids[j * size..(j + 1) * size];
             for (part, chunk) in tokens.chunks_exact(index_size).enumerate() {
                 let mut key = parent.chain(chunk);
@@ -185,13 +189,62 @@ impl<'a> Writer<'a> {
                 {
                     key = fold_key(key, f);
                 }
-                debug_assert!(part < k as usize);
-                let pos = self.hold(key, cursor, ctx.tiers, |w, pos, added| {
-                    w.put(EngineRef::new(hash.0, part as u32), key, pos, added);
-                });
-                cursor = Some((key, pos));
+                keys.push(key);
                 parent = key;
             }
+            prev = Some(parent);
+        }
+        self.warm_stored(cursor, &keys);
+        let parts = (size / index_size).max(1);
+        for (i, &key) in keys.iter().enumerate() {
+            let (j, part) = (i / parts, i % parts);
+            debug_assert!(part < k as usize);
+            let hash = ctx.ev.block_hashes[j];
+            let pos = self.hold(key, cursor, ctx.tiers, |w, pos, added| {
+                w.put(EngineRef::new(hash.0, part as u32), key, pos, added);
+            });
+            cursor = Some((key, pos));
+        }
+        if keys.capacity() <= MAX_KEPT_KEYS {
+            self.state.keys = keys;
+        }
+    }
+
+    /// Warms the records that the blocks `keys`, stored after `cursor`, will go to: the
+    /// parent's and one per group they start (those of the first block's shard).
+    fn warm_stored(&mut self, cursor: Cursor, keys: &[BlockKey]) {
+        let mut tags = [0u32; WARM];
+        let mut n = 0;
+        let mut warm_shard = None;
+        let mut shard = cursor.map_or(0, |(_, pos)| pos.shard());
+        let mut offset = cursor.map(|(_, pos)| pos.offset());
+        if let Some((_, pos)) = cursor
+            && (pos.offset() + 1) % GROUP != 0
+        {
+            tags[0] = pos.tag();
+            n = 1;
+            warm_shard = Some(shard);
+        }
+        for &key in keys {
+            let at = match offset {
+                Some(o) if (o + 1) % WINDOW != 0 => o + 1,
+                _ => {
+                    shard = shard_of(key);
+                    0
+                }
+            };
+            offset = Some(at);
+            if at % GROUP == 0 && n < WARM && *warm_shard.get_or_insert(shard) == shard {
+                tags[n] = tag_of(key);
+                n += 1;
+            }
+        }
+        if let Some(s) = warm_shard {
+            // A new block is looked for in a record of its own tag first (a branch stored
+            // earlier), so its directory words are read too.
+            let table = self.table(s);
+            let dirs = table.warm_directory(keys.iter().map(|&k| tag_of(k)));
+            std::hint::black_box(table.warm(&tags[..n]) ^ dirs);
         }
     }
 
@@ -299,6 +352,7 @@ impl<'a> Writer<'a> {
                 .iter()
                 .map(|h| self.state.map.find(EngineRef::new(h.0, 0)))
                 .collect();
+            self.warm_removed(found.iter().flatten().map(|&(_, _, pos)| pos));
             let keys = || found.iter().flatten().map(|&(_, key, _)| key);
             if keys()
                 .enumerate()
@@ -327,6 +381,27 @@ impl<'a> Writer<'a> {
             if !known {
                 self.report.unknown_removed += 1;
             }
+        }
+    }
+
+    /// Warms the records of the blocks at `positions` (up to [`WARM`] distinct ones, in the
+    /// first one's shard).
+    fn warm_removed(&mut self, positions: impl Iterator<Item = ChainPos>) {
+        let mut tags = [0u32; WARM];
+        let mut n = 0;
+        let mut shard = None;
+        for pos in positions {
+            let here = *shard.get_or_insert(pos.shard());
+            if here == pos.shard() && !tags[..n].contains(&pos.tag()) {
+                tags[n] = pos.tag();
+                n += 1;
+                if n == WARM {
+                    break;
+                }
+            }
+        }
+        if let Some(s) = shard {
+            std::hint::black_box(self.table(s).warm(&tags[..n]));
         }
     }
 

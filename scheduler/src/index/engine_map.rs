@@ -204,7 +204,10 @@ impl EngineMap {
     /// overlap instead of each waiting for the one before (the caller hands the fold to
     /// `black_box` so the loads are kept). Only worth it for refs not already cached.
     pub(crate) fn warm(&self, refs: impl Iterator<Item = EngineRef>) -> u64 {
-        refs.fold(0, |acc, r| acc ^ self.line(self.home(r.0))[7])
+        refs.fold(0, |acc, r| {
+            let l = self.home(r.0);
+            acc ^ self.line(l)[7] ^ self.line(self.next(l))[7]
+        })
     }
 
     /// The key and position of `r`.

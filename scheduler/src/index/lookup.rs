@@ -1,13 +1,15 @@
 //! Lookup: for each candidate, the longest run of consecutive blocks from block 0 it holds.
 //!
-//! The request is walked 128 blocks (one [`WINDOW`], one shard, one read lock) at a time, in two
-//! passes so that cache misses overlap instead of queueing behind each other. The first computes,
-//! from the keys alone, each group's two candidate buckets, reads their directory words (hot),
-//! picks the record whose fingerprint matches and touches its two lines: 16 independent misses.
-//! The second walks the groups on warm lines: 8 key compares give the slots that match, a nested
+//! The request is walked 128 blocks (one [`WINDOW`], one shard, one read lock) at a time, in
+//! passes so that cache misses overlap instead of queueing behind each other: the window's key
+//! lines are read before the lock (taking it is a fence that would wait for each); under it, each
+//! group's two directory words are read and the record whose fingerprint matches picked, then the
+//! 16 records' two lines are touched in a loop short enough to have them all in flight. The walk
+//! then goes over the groups on warm lines: 8 key compares give the slots that match, a nested
 //! record costs one bitset intersection plus its listed run ends, a per-slot record one step per
 //! block. Only where the request leaves a record (a branch inside a group) does the walk look up
-//! the record that starts there, a dependent miss.
+//! the record that starts there, a dependent miss. No prefetch instruction: `_mm_prefetch` needs
+//! `unsafe` here, so every warm-up is a plain load kept by `black_box`.
 
 use super::position::{GROUP, WINDOW, shard_of, tag_of};
 use super::record;
@@ -44,9 +46,11 @@ impl KvIndex {
     fn walk<const N: usize>(&self, keys: &[BlockKey], cand: &[u64], out: &mut Vec<PrefixMatch>) {
         let mut walk = Walk::<N>::new(self, cand, keys.len() as u32, out);
         for (w, window) in keys.chunks(WINDOW).enumerate() {
+            // Before the lock: taking it is a fence, which would wait for each key line's miss.
+            let tags = group_tags(window);
             let table = self.shards[shard_of(window[0])].read();
             walk.new_window();
-            if !window_walk(&mut walk, &table, window, (w * WINDOW) as u32) {
+            if !window_walk(&mut walk, &table, window, &tags, (w * WINDOW) as u32) {
                 break;
             }
         }
@@ -54,15 +58,26 @@ impl KvIndex {
     }
 }
 
-/// The first record of each group whose fingerprint matches (or [`NONE`]), touching its lines;
-/// bit `g` of the mask is set when group `g` has more than one such record.
+/// The record tag of each group's first key. Reads every line of the window's keys (a group's 8
+/// keys may straddle two, the second holding the next group's first) in a loop of a few
+/// instructions per group, so that their misses overlap.
 #[inline(always)]
-fn first_records(table: &Table, window: &[BlockKey], recs: &mut [usize; GROUPS]) -> u32 {
-    let mut several = 0u32;
-    let mut sink = 0u64;
-    let all = table.records();
-    for (g, (group, rec)) in window.chunks(GROUP).zip(recs.iter_mut()).enumerate() {
-        let c = table.cand(tag_of(group[0]));
+fn group_tags(window: &[BlockKey]) -> [u32; GROUPS] {
+    let mut tags = [0u32; GROUPS];
+    for (group, tag) in window.chunks(GROUP).zip(tags.iter_mut()) {
+        *tag = tag_of(group[0]);
+    }
+    // The line after the last group's first key (the others are some group's first).
+    std::hint::black_box(window.last().map(|k| k.get()));
+    tags
+}
+
+/// The first record of each group whose fingerprint matches (or [`NONE`]), touching its lines
+/// (the one [`Table::find`] would try first).
+#[inline(always)]
+fn first_records(table: &Table, groups: usize, tags: &[u32; GROUPS], recs: &mut [usize; GROUPS]) {
+    for (&tag, rec) in tags.iter().zip(recs.iter_mut()).take(groups) {
+        let c = table.cand(tag);
         let (m1, m2) = table.candidates(c);
         let (b, m) = if m1 != 0 { (c.b1, m1) } else { (c.b2, m2) };
         *rec = if m != 0 {
@@ -70,15 +85,14 @@ fn first_records(table: &Table, window: &[BlockKey], recs: &mut [usize; GROUPS])
         } else {
             NONE
         };
-        // More than one: two bits in one word, or a bit in each.
-        let more = (m1 & m1.wrapping_sub(1)) | (m2 & m2.wrapping_sub(1));
-        several |= u32::from(more != 0 || (m1 != 0 && m2 != 0)) << g;
-        if let Some(r) = all.get(*rec) {
-            sink ^= r[0] ^ r[GROUP];
-        }
     }
+    // The records' lines, in a loop of a few instructions per record: all their misses are in
+    // flight at once (a longer loop would fill the reorder buffer after a few).
+    let all = table.records();
+    let sink = recs
+        .iter()
+        .fold(0u64, |s, &i| all.get(i).map_or(s, |r| s ^ r[0] ^ r[GROUP]));
     std::hint::black_box(sink);
-    several
 }
 
 /// Walks one window of up to 128 blocks starting at `depth`. Returns whether any candidate is
@@ -88,20 +102,25 @@ fn window_walk<const N: usize>(
     walk: &mut Walk<'_, N>,
     table: &Table,
     window: &[BlockKey],
+    tags: &[u32; GROUPS],
     depth: u32,
 ) -> bool {
     let mut recs = [NONE; GROUPS];
-    let several = first_records(table, window, &mut recs);
+    first_records(table, window.len().div_ceil(GROUP), tags, &mut recs);
     let sets = table.sets();
     let all = table.records();
     for (g, group) in window.chunks(GROUP).enumerate() {
         let at = depth + (g * GROUP) as u32;
-        let want: [u64; GROUP] = std::array::from_fn(|r| group.get(r).map_or(0, |k| k.get()));
+        let want: [u64; GROUP] = match group.first_chunk::<GROUP>() {
+            Some(full) => full.map(BlockKey::get),
+            None => std::array::from_fn(|r| group.get(r).map_or(0, |k| k.get())),
+        };
         let mut i = recs[g];
-        if several & (1 << g) != 0 {
+        if all.get(i).is_none_or(|rec| rec[0] != want[0]) {
+            // Another record of the same fingerprint, if any, is the group's.
             i = table.find(tag_of(group[0]), 0, want[0]).unwrap_or(NONE);
         }
-        let Some(mut rec) = all.get(i).filter(|rec| rec[0] == want[0]) else {
+        let Some(mut rec) = all.get(i) else {
             walk.stop(at);
             return false;
         };

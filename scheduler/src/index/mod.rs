@@ -174,6 +174,8 @@ struct EndpointState {
     non_prefix_groups: Vec<u32>,
     /// Index blocks per event block, last seen (for `BlockRemoved`, which carries no size).
     split: u32,
+    /// A stored event's keys, computed before any is placed (kept to reuse its allocation).
+    keys: Vec<BlockKey>,
 }
 
 #[derive(Debug, Default)]

@@ -21,6 +21,8 @@ const MAX_LOAD_PERCENT: usize = 90;
 const MIN_BUCKETS: usize = 2;
 /// Buckets per huge page.
 const HUGE_BUCKETS: usize = HUGE / (BUCKET * CELLS * 8);
+/// Most tags [`Table::warm`] takes at once.
+pub(crate) const WARM: usize = 8;
 const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 const ONES: u64 = 0x0101_0101_0101_0101;
 
@@ -146,6 +148,45 @@ impl Table {
             }
         }
         None
+    }
+
+    /// Touches, for each of `tags`, its directory words and then the record a writer will use
+    /// (the first whose fingerprint matches, else the one a claim would take), in two tight
+    /// passes so that all their misses overlap instead of each waiting for the one before; a
+    /// writer calls it before editing a batch's records one by one. Returns a fold of what it
+    /// read, for `black_box`.
+    pub(crate) fn warm(&self, tags: &[u32]) -> u64 {
+        let mut at = [usize::MAX; WARM];
+        for (&tag, i) in tags.iter().zip(at.iter_mut()) {
+            let c = self.cand(tag);
+            let (m1, m2) = self.candidates(c);
+            let (b, m) = match (m1, m2) {
+                (0, 0) => {
+                    let d = |b: usize| self.directory.get(b).map_or(0, |&w| byte_matches(w, 0));
+                    let (f1, f2) = (d(c.b1), d(c.b2));
+                    if f1.count_ones() >= f2.count_ones() {
+                        (c.b1, f1)
+                    } else {
+                        (c.b2, f2)
+                    }
+                }
+                (0, m2) => (c.b2, m2),
+                (m1, _) => (c.b1, m1),
+            };
+            *i = b * BUCKET + (m.trailing_zeros() / 8) as usize;
+        }
+        let all = self.records();
+        at.iter()
+            .fold(0, |s, &i| all.get(i).map_or(s, |r| s ^ r[0] ^ r[CELLS / 2]))
+    }
+
+    /// Touches the directory words of `tags` (whose records, if any, a writer will look for),
+    /// in one tight loop. Returns a fold of what it read, for `black_box`.
+    pub(crate) fn warm_directory(&self, tags: impl Iterator<Item = u32>) -> u64 {
+        tags.fold(0, |s, tag| {
+            let (m1, m2) = self.candidates(self.cand(tag));
+            s ^ m1 ^ m2
+        })
     }
 
     /// A free record for tag `tag`, fingerprint set; grows the table as needed.

@@ -1,11 +1,11 @@
 //! The state of a lookup's walk: which candidates still hold every block so far, and where the
 //! others' runs ended.
 //!
-//! Candidates are a fixed-width bitset. A candidate that drops out writes the depth it reached
-//! straight into its result entry, found by its rank among the holders of block 0, so results
-//! come out in endpoint order without a sort and nothing is cleared per lookup. Tier weights cost
-//! nothing unless a holder is off-GPU: a run is worth `blocks × w(GPU)` minus the endpoint's
-//! deficits.
+//! Candidates are a fixed-width bitset. A candidate that drops out records the depth it reached:
+//! for ids below 256 in a per-id array that `finish` turns into the results, else straight into
+//! its result entry, found by its rank among the holders of block 0; either way results come out
+//! in endpoint order without a sort. Tier weights cost nothing unless a holder is off-GPU: a run
+//! is worth `blocks × w(GPU)` minus the endpoint's deficits.
 
 use super::holder::{self, GPU_ONLY, Holder, Kind};
 use super::record::{self, Record};
@@ -23,6 +23,10 @@ pub(super) struct Walk<'a, const N: usize> {
     /// index of an endpoint's entry in the result.
     first: [u64; N],
     base: [u32; N],
+    /// When `N` covers ids below 256 only: where each endpoint's run ended (0: it has not), by
+    /// id; the results are written from it at the end instead of entry by entry (no rank to
+    /// count: that is a dozen instructions without a `popcnt` target feature).
+    ended: [u32; 64 * INLINE_WORDS],
     started: bool,
     /// The last per-slot word stepped over, and whether it had off-GPU holders.
     last: u64,
@@ -55,6 +59,7 @@ impl<'a, const N: usize> Walk<'a, N> {
             hi,
             first: [0; N],
             base: [0; N],
+            ended: [0; 64 * INLINE_WORDS],
             started: false,
             last: u64::MAX,
             deficits: Vec::new(),
@@ -69,6 +74,14 @@ impl<'a, const N: usize> Walk<'a, N> {
     #[inline]
     fn bury(&mut self, w: usize, mut dead: u64, depth: u32) {
         if !self.started {
+            return;
+        }
+        if N <= INLINE_WORDS {
+            while dead != 0 {
+                let e = (w * 64) | dead.trailing_zeros() as usize;
+                self.ended[e % (64 * INLINE_WORDS)] = depth;
+                dead &= dead - 1;
+            }
             return;
         }
         let (first, base) = (self.first[w], self.base[w] as usize);
@@ -135,6 +148,17 @@ impl<'a, const N: usize> Walk<'a, N> {
     /// Ends the run of `e` at `depth` if it is live.
     #[inline]
     fn drop_one(&mut self, e: u16, depth: u32) {
+        if N <= INLINE_WORDS {
+            // Before `start` only depth 0 can end a run, which `ended` reads as "not ended".
+            let (e, bit) = (usize::from(e) % (64 * INLINE_WORDS), 1u64 << (e % 64));
+            if let Some(a) = self.alive.get_mut(e / 64)
+                && *a & bit != 0
+            {
+                *a &= !bit;
+                self.ended[e] = depth;
+            }
+            return;
+        }
         if self.is_alive(e) {
             let (w, bit) = (usize::from(e) / 64, 1u64 << (e % 64));
             self.bury(w, bit, depth);
@@ -271,6 +295,12 @@ impl<'a, const N: usize> Walk<'a, N> {
     /// After block 0: its holders among the candidates start their runs, one result entry each,
     /// in endpoint order. Returns whether any did.
     pub(super) fn start(&mut self) -> bool {
+        self.started = true;
+        if N <= INLINE_WORDS {
+            // The entries are written by `finish`.
+            self.first = self.alive;
+            return self.lo < self.hi;
+        }
         let mut count = 0u32;
         for w in 0..N {
             self.first[w] = self.alive[w];
@@ -289,13 +319,36 @@ impl<'a, const N: usize> Walk<'a, N> {
                 }
             }
         }
-        self.started = true;
         count > 0
     }
 
-    /// Fills in the weights.
+    /// Writes the results (for ids below 256) and fills in the weights.
     pub(super) fn finish(self) {
         let base = f64::from(self.weights[usize::from(GPU_ONLY)]);
+        if N <= INLINE_WORDS && self.started {
+            // At most 256 entries: after the first lookups, a no-op.
+            self.out.reserve(64 * INLINE_WORDS);
+            for (w, &bits) in self.first.iter().enumerate() {
+                let mut bits = bits;
+                while bits != 0 {
+                    let e = (w * 64) | bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let Some(endpoint) = EndpointId::new(e as u32) else {
+                        continue;
+                    };
+                    let ended = self.ended[e % (64 * INLINE_WORDS)];
+                    let blocks = if ended == 0 { self.total } else { ended };
+                    self.out.push(PrefixMatch {
+                        endpoint,
+                        blocks,
+                        weighted: (f64::from(blocks) * base) as f32,
+                    });
+                }
+            }
+            if self.deficits.is_empty() {
+                return;
+            }
+        }
         for m in self.out.iter_mut() {
             let e = m.endpoint.get() as u16;
             let deficit = self
