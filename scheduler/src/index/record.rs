@@ -113,14 +113,49 @@ pub(crate) fn has_ends(rec: &Record) -> bool {
 
 /// The nested form's run ends: `(endpoint, last slot)`, by slot.
 #[inline]
-pub(crate) fn ends(rec: &Record) -> impl Iterator<Item = (u16, usize)> + '_ {
+pub(crate) fn ends(rec: &Record) -> Ends {
     let n = ((rec[CELLS - 1] >> COUNT_SHIFT) & 0x1f) as usize;
-    (0..n.min(MAX_ENDS)).map(move |i| {
-        let e = (rec[GROUP + INLINE_WORDS + i / ENDS_PER_WORD]
-            >> ((i % ENDS_PER_WORD) as u32 * END_BITS))
-            & ((1 << END_BITS) - 1);
-        ((e & 0xff) as u16, (e >> 8) as usize)
-    })
+    Ends {
+        words: rec[GROUP + INLINE_WORDS..]
+            .first_chunk()
+            .copied()
+            .unwrap_or([0; INLINE_WORDS]),
+        next: 0,
+        word: 0,
+        in_word: 0,
+        left: n.min(MAX_ENDS),
+    }
+}
+
+/// The iterator of [`ends`]: each word is shifted along its entries (no division by the entries
+/// per word; the lookup decodes an entry per holder whose run ends).
+pub(crate) struct Ends {
+    words: [u64; INLINE_WORDS],
+    next: usize,
+    word: u64,
+    in_word: usize,
+    left: usize,
+}
+
+impl Iterator for Ends {
+    type Item = (u16, usize);
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<(u16, usize)> {
+        if self.left == 0 {
+            return None;
+        }
+        if self.in_word == 0 {
+            self.word = self.words[self.next % INLINE_WORDS];
+            self.next += 1;
+            self.in_word = ENDS_PER_WORD;
+        }
+        let e = self.word;
+        self.word >>= END_BITS;
+        self.in_word -= 1;
+        self.left -= 1;
+        Some(((e & 0xff) as u16, ((e >> 8) & 7) as usize))
+    }
 }
 
 /// The per-slot form's word of slot `r`.
