@@ -32,8 +32,10 @@ pub(crate) const MAX_ENDS: usize = 20;
 const NESTED: u64 = 1 << 63;
 const LAST_SHIFT: u32 = 55;
 const COUNT_SHIFT: u32 = 58;
-const END_BITS: u32 = 11;
-const ENDS_PER_WORD: usize = 5;
+/// Bits per run-end entry `(endpoint: 8, last slot: 3)`.
+pub(crate) const END_BITS: u32 = 11;
+/// Run-end entries per word.
+pub(crate) const ENDS_PER_WORD: usize = 5;
 const _: () =
     assert!(ENDS_PER_WORD * 4 == MAX_ENDS && ENDS_PER_WORD as u32 * END_BITS <= LAST_SHIFT);
 
@@ -111,6 +113,23 @@ pub(crate) fn has_ends(rec: &Record) -> bool {
     rec[CELLS - 1] & (0x1f << COUNT_SHIFT) != 0
 }
 
+/// The nested form's run-end words and the number of entries they hold ([`ENDS_PER_WORD`] a
+/// word, the first in the low bits; [`end_entry`] decodes one).
+#[inline]
+pub(crate) fn end_words(rec: &Record) -> (&[u64; INLINE_WORDS], usize) {
+    let n = ((rec[CELLS - 1] >> COUNT_SHIFT) & 0x1f) as usize;
+    let words = rec[GROUP + INLINE_WORDS..]
+        .first_chunk()
+        .unwrap_or(&[0; INLINE_WORDS]);
+    (words, n.min(MAX_ENDS))
+}
+
+/// The run-end entry in the low bits of `word`: `(endpoint, last slot)`.
+#[inline(always)]
+pub(crate) fn end_entry(word: u64) -> (u16, usize) {
+    ((word & 0xff) as u16, ((word >> 8) & 7) as usize)
+}
+
 /// The nested form's run ends: `(endpoint, last slot)`, by slot.
 #[inline]
 pub(crate) fn ends(rec: &Record) -> Ends {
@@ -154,7 +173,7 @@ impl Iterator for Ends {
         self.word >>= END_BITS;
         self.in_word -= 1;
         self.left -= 1;
-        Some(((e & 0xff) as u16, ((e >> 8) & 7) as usize))
+        Some(end_entry(e))
     }
 }
 

@@ -210,11 +210,24 @@ impl<'a, const N: usize> Walk<'a, N> {
             return false;
         }
         if record::has_ends(rec) {
-            for (e, last) in record::ends(rec) {
-                if last + 1 >= to {
+            // Word by word, each entry shifted out of its word: a loop of a few instructions
+            // per run end (there is one per holder whose run ends in this group).
+            let (words, mut left) = record::end_words(rec);
+            'ends: for &word in words {
+                let here = left.min(record::ENDS_PER_WORD);
+                if here == 0 {
                     break;
                 }
-                self.drop_one(e, at + (last + 1).max(from) as u32);
+                left -= here;
+                let mut word = word;
+                for _ in 0..here {
+                    let (e, last) = record::end_entry(word);
+                    if last + 1 >= to {
+                        break 'ends;
+                    }
+                    self.drop_one(e, at + (last + 1).max(from) as u32);
+                    word >>= record::END_BITS;
+                }
             }
         }
         if to > end {
