@@ -186,15 +186,24 @@ pub fn batch(event: KvEvent) -> EventBatch {
     }
 }
 
+/// The chain of request `i` of the random requests drawn with `seed` (see [`requests`]).
+pub fn request_chain(pop: &Population, seed: u64, i: u64) -> u64 {
+    mix(seed ^ i) % pop.chains.max(1)
+}
+
+/// The block keys of a prompt, computed the way `Scheduler::pick` does just before its lookup
+/// (`block_keys` of the model's partition root, collected into a fresh `Vec`).
+pub fn prompt_keys(tokens: &[u32]) -> Vec<BlockKey> {
+    block_keys(Partition::model(MODEL).root(), tokens, block_size()).collect()
+}
+
 /// `n` random 128-block requests over the populated chains, as keys.
 pub fn requests(pop: &Population, n: usize, seed: u64) -> Vec<Vec<BlockKey>> {
-    let root = Partition::model(MODEL).root();
     let mut tokens = Vec::new();
     (0..n as u64)
         .map(|i| {
-            let chain = mix(seed ^ i) % pop.chains.max(1);
-            chain_tokens(chain, &mut tokens);
-            block_keys(root, &tokens, block_size()).collect()
+            chain_tokens(request_chain(pop, seed, i), &mut tokens);
+            prompt_keys(&tokens)
         })
         .collect()
 }

@@ -32,8 +32,10 @@ pub(crate) const MAX_ENDS: usize = 20;
 const NESTED: u64 = 1 << 63;
 const LAST_SHIFT: u32 = 55;
 const COUNT_SHIFT: u32 = 58;
-const END_BITS: u32 = 11;
-const ENDS_PER_WORD: usize = 5;
+/// Bits per run-end entry `(endpoint: 8, last slot: 3)`.
+pub(crate) const END_BITS: u32 = 11;
+/// Run-end entries per word.
+pub(crate) const ENDS_PER_WORD: usize = 5;
 const _: () =
     assert!(ENDS_PER_WORD * 4 == MAX_ENDS && ENDS_PER_WORD as u32 * END_BITS <= LAST_SHIFT);
 
@@ -111,16 +113,68 @@ pub(crate) fn has_ends(rec: &Record) -> bool {
     rec[CELLS - 1] & (0x1f << COUNT_SHIFT) != 0
 }
 
+/// The nested form's run-end words and the number of entries they hold ([`ENDS_PER_WORD`] a
+/// word, the first in the low bits; [`end_entry`] decodes one).
+#[inline]
+pub(crate) fn end_words(rec: &Record) -> (&[u64; INLINE_WORDS], usize) {
+    let n = ((rec[CELLS - 1] >> COUNT_SHIFT) & 0x1f) as usize;
+    let words = rec[GROUP + INLINE_WORDS..]
+        .first_chunk()
+        .unwrap_or(&[0; INLINE_WORDS]);
+    (words, n.min(MAX_ENDS))
+}
+
+/// The run-end entry in the low bits of `word`: `(endpoint, last slot)`.
+#[inline(always)]
+pub(crate) fn end_entry(word: u64) -> (u16, usize) {
+    ((word & 0xff) as u16, ((word >> 8) & 7) as usize)
+}
+
 /// The nested form's run ends: `(endpoint, last slot)`, by slot.
 #[inline]
-pub(crate) fn ends(rec: &Record) -> impl Iterator<Item = (u16, usize)> + '_ {
+pub(crate) fn ends(rec: &Record) -> Ends {
     let n = ((rec[CELLS - 1] >> COUNT_SHIFT) & 0x1f) as usize;
-    (0..n.min(MAX_ENDS)).map(move |i| {
-        let e = (rec[GROUP + INLINE_WORDS + i / ENDS_PER_WORD]
-            >> ((i % ENDS_PER_WORD) as u32 * END_BITS))
-            & ((1 << END_BITS) - 1);
-        ((e & 0xff) as u16, (e >> 8) as usize)
-    })
+    Ends {
+        words: rec[GROUP + INLINE_WORDS..]
+            .first_chunk()
+            .copied()
+            .unwrap_or([0; INLINE_WORDS]),
+        next: 0,
+        word: 0,
+        in_word: 0,
+        left: n.min(MAX_ENDS),
+    }
+}
+
+/// The iterator of [`ends`]: each word is shifted along its entries (no division by the entries
+/// per word; the lookup decodes an entry per holder whose run ends).
+pub(crate) struct Ends {
+    words: [u64; INLINE_WORDS],
+    next: usize,
+    word: u64,
+    in_word: usize,
+    left: usize,
+}
+
+impl Iterator for Ends {
+    type Item = (u16, usize);
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<(u16, usize)> {
+        if self.left == 0 {
+            return None;
+        }
+        if self.in_word == 0 {
+            self.word = self.words[self.next % INLINE_WORDS];
+            self.next += 1;
+            self.in_word = ENDS_PER_WORD;
+        }
+        let e = self.word;
+        self.word >>= END_BITS;
+        self.in_word -= 1;
+        self.left -= 1;
+        Some(end_entry(e))
+    }
 }
 
 /// The per-slot form's word of slot `r`.

@@ -210,11 +210,24 @@ impl<'a, const N: usize> Walk<'a, N> {
             return false;
         }
         if record::has_ends(rec) {
-            for (e, last) in record::ends(rec) {
-                if last + 1 >= to {
+            // Word by word, each entry shifted out of its word: a loop of a few instructions
+            // per run end (there is one per holder whose run ends in this group).
+            let (words, mut left) = record::end_words(rec);
+            'ends: for &word in words {
+                let here = left.min(record::ENDS_PER_WORD);
+                if here == 0 {
                     break;
                 }
-                self.drop_one(e, at + (last + 1).max(from) as u32);
+                left -= here;
+                let mut word = word;
+                for _ in 0..here {
+                    let (e, last) = record::end_entry(word);
+                    if last + 1 >= to {
+                        break 'ends;
+                    }
+                    self.drop_one(e, at + (last + 1).max(from) as u32);
+                    word >>= record::END_BITS;
+                }
             }
         }
         if to > end {
@@ -322,27 +335,45 @@ impl<'a, const N: usize> Walk<'a, N> {
         count > 0
     }
 
-    /// Writes the results (for ids below 256) and fills in the weights.
-    pub(super) fn finish(self) {
+    /// Writes the results (for ids below 256) and fills in the weights. By reference: the walk
+    /// is over 1 KB, which a by-value call would copy.
+    pub(super) fn finish(&mut self) {
         let base = f64::from(self.weights[usize::from(GPU_ONLY)]);
-        if N <= INLINE_WORDS && self.started {
-            // At most 256 entries: after the first lookups, a no-op.
-            self.out.reserve(64 * INLINE_WORDS);
+        if N <= INLINE_WORDS
+            && self.started
+            && let Some(zero) = EndpointId::new(0)
+        {
+            // One entry per holder of block 0, written into a slice sized up front: pushing
+            // entry by entry stores the vector's length back each time.
+            let count = self
+                .first
+                .iter()
+                .map(|w| w.count_ones() as usize)
+                .sum::<usize>();
+            let start = self.out.len();
+            let blank = PrefixMatch {
+                endpoint: zero,
+                blocks: 0,
+                weighted: 0.0,
+            };
+            self.out.resize(start + count, blank);
+            let mut slots = self.out.iter_mut().skip(start);
             for (w, &bits) in self.first.iter().enumerate() {
                 let mut bits = bits;
                 while bits != 0 {
                     let e = (w * 64) | bits.trailing_zeros() as usize;
                     bits &= bits - 1;
-                    let Some(endpoint) = EndpointId::new(e as u32) else {
+                    let (Some(m), Some(endpoint)) = (slots.next(), EndpointId::new(e as u32))
+                    else {
                         continue;
                     };
                     let ended = self.ended[e % (64 * INLINE_WORDS)];
                     let blocks = if ended == 0 { self.total } else { ended };
-                    self.out.push(PrefixMatch {
+                    *m = PrefixMatch {
                         endpoint,
                         blocks,
                         weighted: (f64::from(blocks) * base) as f32,
-                    });
+                    };
                 }
             }
             if self.deficits.is_empty() {
