@@ -3,13 +3,14 @@
 //! `queueTTL`, and refuses (rather than serves late) those that wait past it.
 #![allow(clippy::unwrap_used)] // a test crate: a failed unwrap is a failed test
 
+mod common;
+
 use std::sync::Arc;
 
 use kvpick_scheduler::PickerConfig;
-use kvpick_sim::des::{RunResult, SimConfig, run_many};
+use kvpick_sim::des::{RunResult, SimConfig};
 use kvpick_sim::engine::Profile;
 use kvpick_sim::policy::PolicySpec;
-use kvpick_sim::report::Summary;
 use kvpick_sim::trace::generate::{Arrivals, RateStage, SharedPrefix};
 
 fn policy(name: &str, flow: &str) -> PolicySpec {
@@ -70,12 +71,7 @@ fn the_backlog_waits_in_the_router_and_past_the_ttl_is_refused() {
             &format!("{gate}flowControl: {{queueTTL: 3s}}\n"),
         ),
     ];
-    let runs: Vec<_> = run_many(&trace, &policies, &cfg, 2, None)
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    let s: Vec<Summary> = runs.iter().map(Summary::of).collect();
-    eprintln!("{}", kvpick_sim::report::table::render(&s));
+    let (runs, s) = common::compare(&trace, &policies, &cfg);
     let (legacy, flow, ttl) = (&s[0], &s[1], &s[2]);
     let waiting: Vec<u32> = runs.iter().map(most_waiting).collect();
     eprintln!("most waiting on an engine: {waiting:?}");

@@ -6,12 +6,13 @@
 //! `KVPICK_SIM_FULL=1` to run the full-size workload (release build recommended).
 #![allow(clippy::unwrap_used)] // a test crate: a failed unwrap is a failed test
 
+mod common;
+
 use std::sync::Arc;
 
-use kvpick_sim::des::{SimConfig, run_many};
+use kvpick_sim::des::SimConfig;
 use kvpick_sim::engine::Profile;
 use kvpick_sim::policy::PolicySpec;
-use kvpick_sim::report::Summary;
 use kvpick_sim::trace::generate::SharedPrefix;
 
 #[test]
@@ -50,12 +51,7 @@ fn precise_beats_approx_beats_random_and_round_robin() {
         PolicySpec::Random,
         PolicySpec::RoundRobin,
     ];
-    let runs: Vec<_> = run_many(&trace, &policies, &cfg, 2, None)
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    let s: Vec<Summary> = runs.iter().map(Summary::of).collect();
-    eprintln!("{}", kvpick_sim::report::table::render(&s));
+    let (_, s) = common::compare(&trace, &policies, &cfg);
     let (precise, approx, random, rr) = (&s[0], &s[1], &s[2], &s[3]);
     for x in &s {
         assert_eq!(x.completed + x.unfit, x.requests, "{}", x.policy);

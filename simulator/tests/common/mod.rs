@@ -25,3 +25,23 @@ pub fn traces_dir() -> PathBuf {
             panic!("Mooncake traces not found (set KVPICK_TRACES); looked in {candidates:?}")
         })
 }
+
+/// Runs every policy over `trace` (two threads), prints the comparison table and returns the
+/// runs with their summaries, in `policies` order.
+#[allow(dead_code)]
+pub fn compare(
+    trace: &kvpick_sim::trace::Trace,
+    policies: &[kvpick_sim::policy::PolicySpec],
+    cfg: &kvpick_sim::des::SimConfig,
+) -> (
+    Vec<kvpick_sim::des::RunResult>,
+    Vec<kvpick_sim::report::Summary>,
+) {
+    let runs: Vec<_> = kvpick_sim::des::run_many(trace, policies, cfg, 2, None)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("run failed: {e}")))
+        .collect();
+    let summaries: Vec<_> = runs.iter().map(kvpick_sim::report::Summary::of).collect();
+    eprintln!("{}", kvpick_sim::report::table::render(&summaries));
+    (runs, summaries)
+}
