@@ -5,19 +5,19 @@ mod common;
 
 use kvpick_scheduler::Error;
 use kvpick_scheduler::events::{
-    EncodeOptions, Encoding, HashEncoding, decode_batch, encode_batch, parse_message,
-    parse_replay_reply,
+    EncodeOptions, decode_batch, encode_batch, parse_message, parse_replay_reply,
 };
 use proptest::prelude::*;
 
 fn options() -> impl Strategy<Value = EncodeOptions> {
-    let enc = || prop_oneof![Just(Encoding::Array), Just(Encoding::Map)];
-    let hashes = prop_oneof![Just(HashEncoding::Int), Just(HashEncoding::Bytes)];
-    (enc(), enc(), hashes).prop_map(|(batch, events, hashes)| EncodeOptions {
-        batch,
-        events,
-        hashes,
-    })
+    prop::sample::select(&EncodeOptions::ALL[..])
+}
+
+/// 2 batch × 2 event × 2 hash encodings make 8 layouts: 8 distinct values are all of them.
+#[test]
+fn all_layouts_are_the_eight_distinct_ones() {
+    let all: std::collections::HashSet<_> = EncodeOptions::ALL.into_iter().collect();
+    assert_eq!(all.len(), 8);
 }
 
 fn config() -> ProptestConfig {

@@ -238,22 +238,13 @@ fn msgspec_agrees_byte_for_byte() {
     let mut cases = Vec::new();
     let mut input = String::new();
     for (i, batch) in batches.iter().enumerate() {
-        for batch_enc in [Encoding::Array, Encoding::Map] {
-            for events in [Encoding::Array, Encoding::Map] {
-                for hashes in [HashEncoding::Int, HashEncoding::Bytes] {
-                    let opts = EncodeOptions {
-                        batch: batch_enc,
-                        events,
-                        hashes,
-                    };
-                    cases.push((
-                        "current",
-                        opts,
-                        i,
-                        Some(encode_batch(batch, opts).expect("encodes")),
-                    ));
-                }
-            }
+        for opts in EncodeOptions::ALL {
+            cases.push((
+                "current",
+                opts,
+                i,
+                Some(encode_batch(batch, opts).expect("encodes")),
+            ));
         }
         for schema in ["v0", "v1"] {
             cases.push((schema, EncodeOptions::ARRAY, i, None));

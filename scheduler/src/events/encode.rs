@@ -55,6 +55,17 @@ impl EncodeOptions {
     pub const ARRAY_BATCH_MAP_EVENTS: Self = Self::new(Encoding::Array, Encoding::Map);
     /// Maps throughout (`kv_events.py` with `array_like` dropped from the batch as well).
     pub const MAP: Self = Self::new(Encoding::Map, Encoding::Map);
+    /// Every layout the decoder reads (batch × events × hashes), for tests that must cover them.
+    pub const ALL: [Self; 8] = [
+        Self::ARRAY,
+        Self::ARRAY.with_hashes(HashEncoding::Bytes),
+        Self::ARRAY_BATCH_MAP_EVENTS,
+        Self::ARRAY_BATCH_MAP_EVENTS.with_hashes(HashEncoding::Bytes),
+        Self::new(Encoding::Map, Encoding::Array),
+        Self::new(Encoding::Map, Encoding::Array).with_hashes(HashEncoding::Bytes),
+        Self::MAP,
+        Self::MAP.with_hashes(HashEncoding::Bytes),
+    ];
 
     const fn new(batch: Encoding, events: Encoding) -> Self {
         Self {
