@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use apiserver::{ApiServer, PODS, POOLS};
+use common::free_port;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -98,14 +99,6 @@ fn queried_names() -> BTreeSet<String> {
     let names = kvpick_names(&texts);
     assert!(names.len() >= 15, "too few kvpick series found: {names:?}");
     names
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The binary as a child process, killed when dropped.

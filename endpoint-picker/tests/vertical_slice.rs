@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::envoy::{self, Envoy};
+use common::free_port;
 use http_body_util::{BodyExt, Full};
 use kvpick_sim::engine::Profile;
 use kvpick_sim::fleet::tokenizer::Tokenizer;
@@ -29,14 +30,6 @@ const MODEL: &str = "chatml-sim";
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tokenize/tests/fixtures/chatml")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The kvpick-epp binary in its own process group, killed with it when dropped.

@@ -12,20 +12,10 @@ mod fleet_util;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use fleet_util::{MODEL, get, post, prompt};
+use fleet_util::{MODEL, get, post, prompt, tool};
 use kvpick_sim::demo::procs::{Child, free_port};
 use kvpick_sim::fleet::KvLayout;
 use serde_json::{Value, json};
-
-fn tool(name: &str) -> std::path::PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("`{name}` is not on PATH: apt-get install -y prometheus (.ci/setup)")
-        })
-}
 
 /// Lint problems vLLM's own metric names cause (colons; a histogram named `..._total`).
 fn inherent(problem: &str) -> bool {

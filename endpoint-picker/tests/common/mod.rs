@@ -26,6 +26,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
+/// A loopback port free a moment ago, for a child process to bind.
+pub fn free_port() -> u16 {
+    kvpick_sim::demo::procs::free_port().unwrap()
+}
+
 /// A running in-process picker.
 pub struct Picker {
     pub grpc: SocketAddr,

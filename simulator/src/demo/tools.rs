@@ -40,7 +40,8 @@ pub fn find_epp(explicit: Option<&Path>) -> Result<PathBuf, SimError> {
     }
 }
 
-fn on_path(name: &str) -> Option<PathBuf> {
+/// The program `name` in a directory of `PATH`, if there is one.
+pub fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))

@@ -83,13 +83,9 @@ pub fn prompt(id: u64, n: u32) -> Vec<u32> {
 
 /// A program on PATH; panics naming the package when it is missing (tests must not skip).
 pub fn tool(name: &str) -> std::path::PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("`{name}` is not on PATH: apt-get install -y prometheus (.ci/setup)")
-        })
+    kvpick_sim::demo::tools::on_path(name).unwrap_or_else(|| {
+        panic!("`{name}` is not on PATH: apt-get install -y prometheus (.ci/setup)")
+    })
 }
 
 /// A real Prometheus on 127.0.0.1 scraping `targets` every second, storing under `dir`; returns
