@@ -6,35 +6,10 @@
 #[path = "../fuzz/checks.rs"]
 mod checks;
 
-use std::path::{Path, PathBuf};
+#[path = "../../scheduler/tests/support/corpus.rs"]
+mod corpus;
 
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "{}: empty corpus", dir.display());
-    files
-        .into_iter()
-        .map(|p| {
-            let data = std::fs::read(&p).unwrap();
-            (p, data)
-        })
-        .collect()
-}
-
-fn replay(target: &str, check: fn(&[u8])) {
-    for (path, data) in corpus(target) {
-        // Printed before the check so that a panic names its input.
-        eprintln!("{target}: {}", path.display());
-        check(&data);
-    }
-}
+use corpus::replay;
 
 #[test]
 fn request_body() {

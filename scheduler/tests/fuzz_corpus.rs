@@ -6,25 +6,12 @@
 #[path = "../fuzz/checks.rs"]
 mod checks;
 
+#[path = "support/corpus.rs"]
+mod corpus;
+
 use std::path::Path;
 
-fn replay(target: &str, check: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "{}: empty corpus", dir.display());
-    for path in files {
-        // Printed before the check so that a panic names its input.
-        eprintln!("{target}: {}", path.display());
-        check(&std::fs::read(&path).unwrap());
-    }
-}
+use corpus::replay;
 
 #[test]
 fn decode_batch() {
