@@ -20,6 +20,15 @@ fn ok(body: &str) -> PickerConfig {
     PickerConfig::parse(&format!("{HEAD}{body}")).unwrap()
 }
 
+/// The profile's scorers as (name, weight), in order.
+fn weights(c: &PickerConfig) -> Vec<(&str, f64)> {
+    c.profile
+        .scorers
+        .iter()
+        .map(|s| (s.name.as_str(), s.weight))
+        .collect()
+}
+
 const THREE: &str = "plugins:\n- type: queue-scorer\n- type: kv-cache-utilization-scorer\n- type: max-score-picker\n";
 
 #[test]
@@ -29,14 +38,8 @@ fn the_default_yaml_is_the_default_config() {
         Ok(PickerConfig::default())
     );
     let d = PickerConfig::default();
-    let weights: Vec<_> = d
-        .profile
-        .scorers
-        .iter()
-        .map(|s| (s.name.as_str(), s.weight))
-        .collect();
     assert_eq!(
-        weights,
+        weights(&d),
         [
             ("precise-prefix-cache-scorer", 2.0),
             ("kv-cache-utilization-scorer", 1.0),
@@ -125,14 +128,8 @@ fn a_profile_orders_its_plugins_and_defaults_the_picker() {
     let c = ok(&format!(
         "{THREE}schedulingProfiles:\n- name: p\n  plugins:\n  - pluginRef: kv-cache-utilization-scorer\n    weight: 0\n  - pluginRef: queue-scorer\n"
     ));
-    let names: Vec<_> = c
-        .profile
-        .scorers
-        .iter()
-        .map(|s| (s.name.as_str(), s.weight))
-        .collect();
     assert_eq!(
-        names,
+        weights(&c),
         [("kv-cache-utilization-scorer", 0.0), ("queue-scorer", 1.0)]
     );
     assert_eq!(c.profile.picker.name, "max-score-picker");
