@@ -79,8 +79,6 @@ pub struct Exchange {
     prediction: Option<Prediction>,
     /// The endpoint the proxy says served the response, when it says.
     served: Option<SocketAddr>,
-    /// When the request body must be complete by (set with the headers of a request with one).
-    body_deadline: Option<Instant>,
     /// From the request headers: its priority and fairness id, for flow control.
     priority: i32,
     flow: FlowId,
@@ -105,7 +103,6 @@ impl Exchange {
             usage: None,
             prediction: None,
             served: None,
-            body_deadline: None,
             priority: 0,
             flow: FlowId::default(),
         }
@@ -195,7 +192,6 @@ impl Exchange {
             return Ok(());
         }
         self.phase = Phase::Body;
-        self.body_deadline = Some(self.started + self.shared.limits.body_timeout);
         if self.request_mode == Mode::Buffered {
             // Envoy's BUFFERED contract: an empty answer now, the mutation on the body answer.
             out.push(reply::request_headers(None, None));
@@ -250,9 +246,10 @@ impl Exchange {
         Ok(())
     }
 
-    /// While the request body is still arriving: when it must be complete by.
+    /// While the request body is still arriving: when it must be complete by (`--body-timeout`
+    /// from the headers).
     pub fn body_deadline(&self) -> Option<Instant> {
-        self.body_deadline.filter(|_| self.phase == Phase::Body)
+        (self.phase == Phase::Body).then(|| self.started + self.shared.limits.body_timeout)
     }
 
     /// The body missed its deadline: refuses the request with a 408.
