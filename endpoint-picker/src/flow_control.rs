@@ -2,8 +2,8 @@
 //! priority ≥ 0 wait here instead of piling onto the pods' queues, and leave as the pods show
 //! room again, highest priority first, fairness ids taking turns.
 //!
-//! The queue and the pacing are the core's ([`kvpick_scheduler::flow`]); this module holds the
-//! waiting streams' wake-ups and runs the dispatch loop. A request that arrives while nothing
+//! The decisions are the core's ([`kvpick_scheduler::FlowGate`], which the simulator runs too);
+//! this module holds the waiting streams' wake-ups and runs the dispatch loop. A request that arrives while nothing
 //! waits and the pool has room goes straight on (one atomic load and the saturation pass that
 //! shedding makes anyway). A waiting request whose stream goes away leaves the queue at once (a
 //! guard cancels its ticket), so the limits count only requests somebody still waits for.
@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use kvpick_scheduler::flow::{Refusal, Ticket};
-use kvpick_scheduler::{FlowConfig, FlowId, FlowQueue, Pacer};
+use kvpick_scheduler::flow::{Arrival, Refusal, Ticket};
+use kvpick_scheduler::{FlowConfig, FlowGate, FlowId};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -37,8 +37,7 @@ pub const DISPATCH_TICK: Duration = Duration::from_millis(5);
 type Wake = oneshot::Sender<Result<(), Error>>;
 
 struct State {
-    queue: FlowQueue<Wake>,
-    pacer: Pacer,
+    gate: FlowGate<Wake>,
     /// The dispatch loop has ended: nothing would let a new request out.
     closed: bool,
 }
@@ -68,7 +67,7 @@ struct Seat<'a> {
 impl Drop for Seat<'_> {
     fn drop(&mut self) {
         let mut s = self.flow.lock();
-        if s.queue.cancel(self.ticket).is_some() {
+        if s.gate.cancel(self.ticket).is_some() {
             metrics::counter!(t::FLOW_QUEUE, "outcome" => "cancelled").increment(1);
             self.flow.publish(&s);
         }
@@ -80,8 +79,7 @@ impl FlowControl {
     pub fn new(config: FlowConfig) -> Self {
         Self {
             state: Mutex::new(State {
-                queue: FlowQueue::new(config),
-                pacer: Pacer::default(),
+                gate: FlowGate::new(config),
                 closed: false,
             }),
             waiting: AtomicUsize::new(0),
@@ -101,9 +99,10 @@ impl FlowControl {
     }
 
     fn publish(&self, s: &State) {
-        self.waiting.store(s.queue.len(), Ordering::Relaxed);
-        metrics::gauge!(t::FLOW_QUEUE_REQUESTS).set(s.queue.len() as f64);
-        metrics::gauge!(t::FLOW_QUEUE_BYTES).set(s.queue.bytes() as f64);
+        let queue = s.gate.queue();
+        self.waiting.store(queue.len(), Ordering::Relaxed);
+        metrics::gauge!(t::FLOW_QUEUE_REQUESTS).set(queue.len() as f64);
+        metrics::gauge!(t::FLOW_QUEUE_BYTES).set(queue.bytes() as f64);
     }
 
     /// Lets a request of `priority` in `flow`, `bytes` long, go on: at once when
@@ -116,9 +115,9 @@ impl FlowControl {
         flow: &FlowId,
         bytes: usize,
     ) -> Result<(), Error> {
-        if self.waiting.load(Ordering::Relaxed) == 0
-            && !shedding::pool_saturation(shared).is_saturated()
-        {
+        let pool = shedding::pool_saturation(shared);
+        // The gate's own rule, read without its lock.
+        if self.waiting.load(Ordering::Relaxed) == 0 && !pool.is_saturated() {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
@@ -127,12 +126,14 @@ impl FlowControl {
             if s.closed {
                 return Err(Error::ShuttingDown);
             }
-            let pushed = s
-                .queue
-                .push(priority, flow.clone(), bytes as u64, tx, shared.clock.now());
-            let queued = match pushed {
-                Ok(q) => q,
-                Err(refusal) => {
+            let now = shared.clock.now();
+            let queued = match s
+                .gate
+                .arrive(&pool, priority, flow.clone(), bytes as u64, tx, now)
+            {
+                Arrival::Go(_) => return Ok(()),
+                Arrival::Queued(q) => q,
+                Arrival::Refused(refusal) => {
                     let why = match refusal {
                         Refusal::TooLarge => "too_large",
                         Refusal::Full => "full",
@@ -174,10 +175,9 @@ impl FlowControl {
         }
         let mut s = self.lock();
         s.closed = true;
-        let now = shared.clock.now();
-        while let Some(d) = s.queue.pop(now) {
+        for waiting in s.gate.drain(shared.clock.now()) {
             metrics::counter!(t::FLOW_QUEUE, "outcome" => "shutdown").increment(1);
-            let _ = d.value.send(Err(Error::ShuttingDown));
+            let _ = waiting.send(Err(Error::ShuttingDown));
         }
         self.publish(&s);
     }
@@ -187,7 +187,15 @@ impl FlowControl {
         let pool = shedding::pool_saturation(shared);
         let now = shared.clock.now();
         let mut s = self.lock();
-        for overdue in s.queue.expire(now) {
+        let expired = s.gate.release(&pool, now, |d| {
+            let taken = d.value.send(Ok(())).is_ok();
+            if taken {
+                metrics::counter!(t::FLOW_QUEUE, "outcome" => "dispatched").increment(1);
+                metrics::histogram!(t::FLOW_QUEUE_WAIT).record(d.waited.as_secs_f64());
+            }
+            taken
+        });
+        for overdue in expired {
             metrics::counter!(t::FLOW_QUEUE, "outcome" => "expired").increment(1);
             // With no endpoint at all the answer is 503, not "try later".
             let e = if pool.total == 0 {
@@ -196,22 +204,6 @@ impl FlowControl {
                 Error::Shed(QUEUE_EXPIRED)
             };
             let _ = overdue.send(Err(e));
-        }
-        // An empty pool has no room to wait for: let everything through to its 503.
-        let budget = if pool.total == 0 {
-            usize::MAX
-        } else {
-            s.pacer.budget(&pool)
-        };
-        let mut sent = 0;
-        while sent < budget {
-            let Some(d) = s.queue.pop(now) else { break };
-            if d.value.send(Ok(())).is_ok() {
-                sent += 1;
-                s.pacer.dispatched(now);
-                metrics::counter!(t::FLOW_QUEUE, "outcome" => "dispatched").increment(1);
-                metrics::histogram!(t::FLOW_QUEUE_WAIT).record(d.waited.as_secs_f64());
-            }
         }
         self.publish(&s);
     }

@@ -10,14 +10,18 @@
 //!
 //! How fast the queue drains is [`Pacer`]'s: the room the last scrapes show
 //! ([`crate::PoolSaturation::slots`]) less what was dispatched since those scrapes, so a burst
-//! of capacity is not answered with a stampede before the pods' signals catch up.
+//! of capacity is not answered with a stampede before the pods' signals catch up. [`FlowGate`]
+//! puts queue and pacer together into the two decisions both the endpoint picker and the
+//! simulator make: whether an arriving request goes at once, and what a dispatch round lets out.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use crate::saturation::PoolSaturation;
 use crate::time::Timestamp;
+
+mod gate;
+pub use gate::{Arrival, FlowGate, Pacer};
 
 /// The `flowControl` section of the picker config; on with the `flowControl` feature gate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -304,30 +308,6 @@ impl<T> FlowQueue<T> {
             .into_iter()
             .filter_map(|t| self.remove(t).map(|w| w.value))
             .collect()
-    }
-}
-
-/// Paces dispatch: the room the pool's last scrapes show, less the requests dispatched since.
-#[derive(Debug, Default)]
-pub struct Pacer {
-    /// When each request the scrapes have not seen yet was dispatched, oldest first.
-    unseen: VecDeque<Timestamp>,
-}
-
-impl Pacer {
-    /// Dispatches allowed now. Requests dispatched at or before the oldest scrape that shows
-    /// room count as seen by it.
-    pub fn budget(&mut self, pool: &PoolSaturation) -> usize {
-        while self.unseen.front().is_some_and(|t| *t <= pool.slots_as_of) {
-            self.unseen.pop_front();
-        }
-        pool.slots.saturating_sub(self.unseen.len())
-    }
-
-    /// Records a dispatch at `now`. Called only within a budget, so what it holds stays under
-    /// the pool's slots.
-    pub fn dispatched(&mut self, now: Timestamp) {
-        self.unseen.push_back(now);
     }
 }
 

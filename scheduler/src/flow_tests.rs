@@ -3,6 +3,7 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::PoolSaturation;
 
 fn at(ms: u64) -> Timestamp {
     Timestamp::from_millis(ms)
@@ -124,6 +125,47 @@ fn the_pacer_spends_the_room_scrapes_show_once() {
     assert_eq!(pacer.budget(&pool(2, 115)), 1);
     assert_eq!(pacer.budget(&pool(0, 200)), 0);
     assert_eq!(pacer.budget(&pool(4, 200)), 4);
+}
+
+#[test]
+fn the_gate_lets_out_what_is_taken_within_the_budget() {
+    let mut gate = FlowGate::new(FlowConfig {
+        enabled: true,
+        ..FlowConfig::default()
+    });
+    let pool = |saturated, total, slots| PoolSaturation {
+        saturated,
+        total,
+        slots,
+        slots_as_of: at(0),
+    };
+    // Nothing waits and the pool has room: at once; saturated: it waits.
+    assert!(matches!(
+        gate.arrive(&pool(0, 1, 1), 0, flow(""), 1, "a", at(1)),
+        Arrival::Go("a")
+    ));
+    for v in ["b", "c", "d"] {
+        assert!(matches!(
+            gate.arrive(&pool(1, 1, 0), 0, flow(""), 1, v, at(1)),
+            Arrival::Queued(_)
+        ));
+    }
+    // One slot: "b" is not taken (its client left), so "c" gets the slot and "d" waits.
+    let mut sent = Vec::new();
+    let expired = gate.release(&pool(0, 1, 1), at(2), |d| {
+        sent.push(d.value);
+        d.value != "b"
+    });
+    assert!(expired.is_empty());
+    assert_eq!(sent, ["b", "c"]);
+    assert_eq!(gate.queue().len(), 1);
+    // An empty pool has nothing to wait for: everything goes on.
+    let mut sent = Vec::new();
+    gate.release(&pool(0, 0, 0), at(3), |d| {
+        sent.push(d.value);
+        true
+    });
+    assert_eq!(sent, ["d"]);
 }
 
 #[derive(Clone, Debug)]

@@ -38,7 +38,7 @@ pub mod time;
 pub use config::PickerConfig;
 pub use error::Error;
 pub use events::{EventBatch, KvEvent};
-pub use flow::{FlowConfig, FlowId, FlowQueue, Pacer};
+pub use flow::{FlowConfig, FlowGate, FlowId, FlowQueue, Pacer};
 pub use index::{IndexConfig, KvIndex, PrefixMatches};
 pub use keys::{BlockKey, BlockSize, Partition};
 pub use pods::{Endpoint, EndpointId, EndpointSet, PodSignals};

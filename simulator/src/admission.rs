@@ -1,13 +1,14 @@
-//! Flow control in simulated time: the endpoint picker's queue and pacing
-//! (`kvpick_scheduler::flow`), driven by the event loop instead of tasks, so that a picker config
-//! with `featureGates: [flowControl]` behaves here as it does in front of real pods.
+//! Flow control in simulated time: the endpoint picker's decisions ([`FlowGate`], the same code),
+//! driven by the event loop instead of tasks, so that a picker config with
+//! `featureGates: [flowControl]` behaves here as it does in front of real pods.
 //!
 //! What the simulation leaves out: traces carry no priorities or tenants, so every request is
 //! priority 0 in one flow (first come, first served), and there are no request bodies, so
 //! `maxBytes` never binds. Queueing, pacing by the scraped signals, `maxRequests` and `queueTTL`
 //! are the picker's own.
 
-use kvpick_scheduler::{FlowId, FlowQueue, Pacer, PickerConfig, PodSignals, SaturationConfig};
+use kvpick_scheduler::flow::Arrival;
+use kvpick_scheduler::{FlowGate, FlowId, PickerConfig, PodSignals, SaturationConfig};
 
 use crate::clock::SimTime;
 
@@ -37,8 +38,7 @@ pub struct Released {
 /// The flow-control queue of one run.
 #[derive(Debug)]
 pub struct Admission {
-    queue: FlowQueue<usize>,
-    pacer: Pacer,
+    gate: FlowGate<usize>,
     saturation: SaturationConfig,
 }
 
@@ -46,31 +46,24 @@ impl Admission {
     /// Flow control as `config` sets it; `None` when its feature gate is off.
     pub fn new(config: &PickerConfig) -> Option<Self> {
         config.flow.enabled.then(|| Self {
-            queue: FlowQueue::new(config.flow.clone()),
-            pacer: Pacer::default(),
+            gate: FlowGate::new(config.flow.clone()),
             saturation: config.saturation.clone(),
         })
     }
 
     /// Whether requests wait.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.gate.queue().is_empty()
     }
 
     /// Request `index` arrives at `now`, the pool as last scraped showing `signals`.
     pub fn arrive(&mut self, index: usize, signals: &[PodSignals], now: SimTime) -> Verdict {
         let ts = now.timestamp();
-        if self.queue.is_empty()
-            && !self
-                .saturation
-                .pool(signals.iter().map(Some), ts)
-                .is_saturated()
-        {
-            return Verdict::Route;
-        }
-        match self.queue.push(0, FlowId::default(), 0, index, ts) {
-            Ok(_) => Verdict::Queued,
-            Err(_) => Verdict::Rejected,
+        let pool = self.saturation.pool(signals.iter().map(Some), ts);
+        match self.gate.arrive(&pool, 0, FlowId::default(), 0, index, ts) {
+            Arrival::Go(_) => Verdict::Route,
+            Arrival::Queued(_) => Verdict::Queued,
+            Arrival::Refused(_) => Verdict::Rejected,
         }
     }
 
@@ -78,14 +71,12 @@ impl Admission {
     /// the pool has room for.
     pub fn release(&mut self, signals: &[PodSignals], now: SimTime) -> Released {
         let ts = now.timestamp();
-        let expired = self.queue.expire(ts);
         let pool = self.saturation.pool(signals.iter().map(Some), ts);
         let mut route = Vec::new();
-        for _ in 0..self.pacer.budget(&pool) {
-            let Some(d) = self.queue.pop(ts) else { break };
-            self.pacer.dispatched(ts);
+        let expired = self.gate.release(&pool, ts, |d| {
             route.push(d.value);
-        }
+            true
+        });
         Released { route, expired }
     }
 }
