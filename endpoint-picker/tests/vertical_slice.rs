@@ -11,16 +11,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use bytes::Bytes;
-use common::envoy::{self, Envoy};
-use common::free_port;
-use http_body_util::{BodyExt, Full};
+use common::envoy::{self, Envoy, post_direct};
+use common::epp::Epp;
 use kvpick_sim::engine::Profile;
 use kvpick_sim::fleet::tokenizer::Tokenizer;
 use kvpick_sim::fleet::{Fleet, FleetConfig};
@@ -30,110 +24,6 @@ const MODEL: &str = "chatml-sim";
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tokenize/tests/fixtures/chatml")
-}
-
-/// The kvpick-epp binary in its own process group, killed with it when dropped.
-struct Epp {
-    child: Child,
-    grpc: SocketAddr,
-    metrics: String,
-    log: PathBuf,
-}
-
-impl Epp {
-    fn start(endpoints: &std::path::Path, dir: &std::path::Path) -> Self {
-        let (grpc, health, metrics) = (free_port(), free_port(), free_port());
-        let log = dir.join("kvpick-epp.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kvpick-epp"))
-            .args(["--listen-address", "127.0.0.1", "--endpoints-file"])
-            .arg(endpoints)
-            .args(["--refresh-metrics-interval", "50ms"])
-            .env("KVPICK_GRPC_PORT", grpc.to_string())
-            .env("KVPICK_HEALTH_PORT", health.to_string())
-            .env("KVPICK_METRICS_PORT", metrics.to_string())
-            // A bare directory: the default tokenizer of every model.
-            .env("KVPICK_TOKENIZER", fixture())
-            // Generous: a debug build on a shared machine.
-            .env("KVPICK_TOKENIZE_TIMEOUT", "10s")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
-            metrics: format!("http://127.0.0.1:{metrics}/metrics"),
-            log,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The Prometheus page, once the exporter answers.
-    async fn page(&mut self) -> String {
-        for _ in 0..600 {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                panic!("kvpick-epp exited ({s}):\n{}", self.log_text());
-            }
-            if let Ok(resp) = envoy::client().get(self.metrics.parse().unwrap()).await
-                && resp.status() == 200
-            {
-                let body = resp.into_body().collect().await.unwrap().to_bytes();
-                return String::from_utf8_lossy(&body).into_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("kvpick-epp's metrics never answered:\n{}", self.log_text());
-    }
-
-    /// A series' value on the page (0 when absent).
-    async fn value(&mut self, series: &str) -> f64 {
-        let page = self.page().await;
-        page.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .map_or(0.0, |v| v.trim().parse().unwrap())
-    }
-
-    /// Waits until `series` reaches `at_least`.
-    async fn wait_for(&mut self, series: &str, at_least: f64) {
-        for _ in 0..300 {
-            if self.value(series).await >= at_least {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "{series} never reached {at_least}:\n{}\n{}",
-            self.page().await,
-            self.log_text()
-        );
-    }
-}
-
-impl Drop for Epp {
-    fn drop(&mut self) {
-        envoy::kill_group(&mut self.child);
-    }
-}
-
-async fn post_direct(addr: SocketAddr, path: &str, body: &Value) -> Value {
-    let req = hyper::Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(30), envoy::client().request(req))
-        .await
-        .expect("pod did not answer within 30 s")
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice(&body).unwrap()
 }
 
 /// A long text, different for each `seed`: many full KV blocks.
@@ -183,7 +73,7 @@ async fn a_prefix_served_by_a_pod_routes_its_follow_up_there() {
     let dir = tempfile::tempdir().unwrap();
     let endpoints = dir.path().join("endpoints.yaml");
     fleet.write_endpoints_file(&endpoints, true).unwrap();
-    let mut epp = Epp::start(&endpoints, dir.path());
+    let mut epp = Epp::start(&endpoints, dir.path(), &fixture());
     // Every pod scraped and its KV-event stream connected (state 2 = live) before traffic.
     epp.wait_for("kvpick_pool_ready_endpoints", 3.0).await;
     for s in fleet.servers() {

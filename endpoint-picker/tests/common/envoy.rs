@@ -148,11 +148,39 @@ pub async fn post(
         req = req.header(*k, *v);
     }
     let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req))
+    // Generous: real vLLM pods behind it on a shared machine.
+    let resp = tokio::time::timeout(Duration::from_secs(60), client().request(req))
         .await
-        .expect("no response through envoy within 10 s")
+        .expect("no response through envoy within 60 s")
         .unwrap();
     let (parts, body) = resp.into_parts();
     let bytes = body.collect().await.unwrap().to_bytes();
     (parts.status.as_u16(), parts.headers, bytes)
+}
+
+/// POSTs the JSON `body` to `path` on `addr` directly (past Envoy and kvpick) and returns the JSON
+/// answer, asserting a 200.
+pub async fn post_direct(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let req = hyper::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    // Generous: a real vLLM on CPU on a shared machine.
+    let resp = tokio::time::timeout(Duration::from_secs(120), client().request(req))
+        .await
+        .expect("pod did not answer within 120 s")
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        status,
+        200,
+        "{path} on {addr}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    serde_json::from_slice(&body).unwrap()
 }

@@ -3,7 +3,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod envoy;
+pub mod epp;
 pub mod vllm;
+pub mod vllm_cpu;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,0 +1,523 @@
+//! kvpick against real vLLM: two vLLM CPU servers serving a tiny random-weight Llama
+//! (`tests/vllm/make_tiny_model.py`), the real `kvpick-epp` binary (KV events in connect mode with
+//! replay, the model's tokenizer and chat template) and a real Envoy in front. vLLM's own
+//! `usage.prompt_tokens_details.cached_tokens` is the ground truth: a follow-up routed to the pod
+//! holding its prefix finds it cached there.
+//!
+//! Servers take a minute to start and 2 GB each, so one test starts them once and runs the
+//! scenarios in sequence, each on prompts of its own. Run it alone with
+//! `cargo test -p kvpick-epp --test real_vllm` (vLLM comes from `.ci/setup`'s venv).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use common::envoy::{self, Envoy, post_direct};
+use common::epp::Epp;
+use common::vllm_cpu::{BLOCK, MODEL, Vllm, tiny_model};
+use kvpick_tokenize::{ChatRequest, ModelTokenizer, TokenCache, TokenizeInput};
+use serde_json::{Value, json};
+
+/// Both servers, kvpick-epp and Envoy, started once.
+struct Rig {
+    pods: [Vllm; 2],
+    epp: Epp,
+    gateway: Envoy,
+    _dir: tempfile::TempDir,
+}
+
+/// A text of `words` words whose very first words differ for each `seed`: its own prefix.
+fn passage(seed: usize, words: usize) -> String {
+    const WORDS: [&str; 24] = [
+        "amber", "basalt", "cedar", "delta", "ember", "fjord", "granite", "harbor", "iris",
+        "juniper", "kelp", "lagoon", "meadow", "nickel", "orchid", "pumice", "quartz", "river",
+        "slate", "tundra", "umber", "valley", "willow", "zephyr",
+    ];
+    let mut x = (seed as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut out = format!("Passage {seed}:");
+    for i in 0..words {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push(' ');
+        out.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
+        if i % 9 == 8 {
+            out.push_str(&format!(" {}.", x % 1000));
+        }
+    }
+    out
+}
+
+/// Distinct token ids under the tiny vocabulary (1024), `n` of them, different per `seed`.
+fn token_prompt(seed: u32, n: usize) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| 3 + (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 1000)
+        .collect()
+}
+
+fn cached(response: &Value) -> u64 {
+    response["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn prompt_tokens(response: &Value) -> u64 {
+    response["usage"]["prompt_tokens"].as_u64().unwrap()
+}
+
+/// How many whole blocks' worth of tokens a prefix of `tokens` tokens fills.
+fn whole_blocks(tokens: u64) -> u64 {
+    tokens / BLOCK as u64 * BLOCK as u64
+}
+
+impl Rig {
+    async fn prompt_counters(&self) -> [f64; 2] {
+        [
+            self.pods[0].counter("vllm:prompt_tokens_total").await,
+            self.pods[1].counter("vllm:prompt_tokens_total").await,
+        ]
+    }
+
+    /// Which pod's prompt-token counter moved by `tokens` since `before` (vLLM's own account of
+    /// who served the request).
+    async fn served_by(&self, before: [f64; 2], tokens: u64) -> usize {
+        for _ in 0..100 {
+            let now = self.prompt_counters().await;
+            let moved: Vec<usize> = (0..2).filter(|&i| now[i] > before[i]).collect();
+            if moved.len() == 1 && now[moved[0]] - before[moved[0]] >= tokens as f64 {
+                return moved[0];
+            }
+            assert!(moved.len() < 2, "both pods served: {before:?} -> {now:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no pod counted the request's {tokens} prompt tokens");
+    }
+
+    fn label(&self, pod: usize) -> String {
+        self.pods[pod].addr.to_string()
+    }
+
+    async fn blocks(&mut self, pod: usize, op: &str) -> f64 {
+        let series = format!(
+            "kvpick_kv_events_blocks_total{{endpoint=\"{}\",op=\"{op}\"}}",
+            self.label(pod)
+        );
+        self.epp.value(&series).await
+    }
+
+    async fn wait_blocks(&mut self, pod: usize, op: &str, at_least: f64) {
+        let series = format!(
+            "kvpick_kv_events_blocks_total{{endpoint=\"{}\",op=\"{op}\"}}",
+            self.label(pod)
+        );
+        self.epp.wait_for(&series, at_least).await;
+    }
+
+    /// Serves `body` on `pod` directly (past Envoy and kvpick) and waits until kvpick has applied
+    /// the blocks it stored: only the pod's KV events tell kvpick where that prefix lives.
+    async fn seed(&mut self, pod: usize, path: &str, body: &Value) -> Value {
+        let held = self.blocks(pod, "stored").await;
+        let before = self.prompt_counters().await;
+        let response = post_direct(self.pods[pod].addr, path, body).await;
+        let new_blocks = (prompt_tokens(&response) - cached(&response)) / BLOCK as u64;
+        assert_eq!(self.served_by(before, prompt_tokens(&response)).await, pod);
+        self.wait_blocks(pod, "stored", held + new_blocks as f64)
+            .await;
+        response
+    }
+
+    /// Sends `body` through Envoy (kvpick picks the pod); returns the pod that served it and
+    /// vLLM's answer. Streamed answers are returned as their final usage chunk.
+    async fn route(&self, path: &str, body: &Value) -> (usize, Value) {
+        let before = self.prompt_counters().await;
+        let (status, _, bytes) =
+            envoy::post(&self.gateway, path, body.to_string().as_bytes(), &[]).await;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        assert_eq!(status, 200, "{path} through Envoy: {text}");
+        let response = if body["stream"] == true {
+            let events: Vec<Value> = text
+                .split("\n\n")
+                .filter_map(|e| e.trim().strip_prefix("data: "))
+                .filter(|d| *d != "[DONE]")
+                .map(|d| serde_json::from_str(d).unwrap())
+                .collect();
+            assert!(
+                events.len() >= 3 && text.trim_end().ends_with("data: [DONE]"),
+                "a streamed answer: {text}"
+            );
+            events.last().unwrap().clone()
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        let pod = self.served_by(before, prompt_tokens(&response)).await;
+        (pod, response)
+    }
+
+    /// Routes `body` and asserts it lands on `pod` and finds at least `at_least` tokens cached.
+    async fn expect_routed(
+        &mut self,
+        what: &str,
+        path: &str,
+        body: &Value,
+        pod: usize,
+        at_least: u64,
+    ) {
+        let (served, response) = self.route(path, body).await;
+        assert_eq!(
+            served,
+            pod,
+            "{what}: went to pod {served}, its prefix is on pod {pod} ({response}); kvpick-epp's log:\n{}",
+            self.epp.log_text()
+        );
+        assert!(
+            cached(&response) >= at_least,
+            "{what}: vLLM found {} tokens cached, expected at least {at_least}: {response}",
+            cached(&response)
+        );
+    }
+}
+
+fn completion(prompt: impl Into<Value>) -> Value {
+    json!({"model": MODEL, "prompt": prompt.into(), "max_tokens": 2, "temperature": 0})
+}
+
+fn chat(messages: Value) -> Value {
+    json!({"model": MODEL, "messages": messages, "max_tokens": 2, "temperature": 0})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvpick_routes_real_vllm_to_the_pod_holding_the_prefix() {
+    let started = tokio::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model();
+    let mut pods = [Vllm::spawn(dir.path()), Vllm::spawn(dir.path())];
+    for p in &mut pods {
+        p.wait_healthy().await;
+    }
+    eprintln!("vLLM servers healthy after {:?}", started.elapsed());
+
+    // History from before kvpick started: pod 0 serves a prompt nobody subscribes to yet; kvpick
+    // learns of it only by asking the pod's replay endpoint.
+    let history = passage(1, 300);
+    let first = post_direct(
+        pods[0].addr,
+        "/v1/completions",
+        &completion(history.clone()),
+    )
+    .await;
+    let history_tokens = prompt_tokens(&first);
+
+    let endpoints = dir.path().join("endpoints.yaml");
+    let mut file = format!("model: {MODEL}\nendpoints:\n");
+    for p in &pods {
+        file += &format!(
+            "  - address: {}\n    kvEvents: tcp://127.0.0.1:{}\n    kvReplay: tcp://127.0.0.1:{}\n",
+            p.addr, p.events, p.replay
+        );
+    }
+    std::fs::write(&endpoints, file).unwrap();
+    let mut epp = Epp::start(&endpoints, dir.path(), model);
+    epp.wait_for("kvpick_pool_ready_endpoints", 2.0).await;
+    for p in &pods {
+        let series = format!("kvpick_kv_events_connects_total{{endpoint=\"{}\"}}", p.addr);
+        epp.wait_for(&series, 1.0).await;
+    }
+    let gateway = Envoy::start(epp.grpc).await;
+    let mut rig = Rig {
+        pods,
+        epp,
+        gateway,
+        _dir: dir,
+    };
+    rig.wait_blocks(0, "stored", (history_tokens / BLOCK as u64) as f64)
+        .await;
+
+    replayed_history_routes_to_its_pod(&mut rig, &history, history_tokens).await;
+    a_pod_with_no_events_yet_gets_traffic(&mut rig).await;
+    follow_ups_land_on_the_prefix(&mut rig).await;
+    kvpick_tokenizes_as_vllm(&rig).await;
+    a_cache_reset_moves_traffic(&mut rig).await;
+    an_eviction_moves_traffic(&mut rig).await;
+    a_restarted_pod_is_relearned(&mut rig).await;
+
+    eprintln!("real-vLLM suite done in {:?}", started.elapsed());
+}
+
+async fn replayed_history_routes_to_its_pod(rig: &mut Rig, history: &str, tokens: u64) {
+    let replays = format!(
+        "kvpick_kv_events_replays_total{{endpoint=\"{}\",outcome=\"ok\"}}",
+        rig.label(0)
+    );
+    assert!(rig.epp.value(&replays).await >= 1.0, "pod 0 was replayed");
+    let body = completion(format!("{history} and then"));
+    rig.expect_routed(
+        "replayed history",
+        "/v1/completions",
+        &body,
+        0,
+        whole_blocks(tokens) - BLOCK as u64,
+    )
+    .await;
+}
+
+/// Pod 1 has published nothing yet: kvpick must still send it work (prompts no pod holds).
+async fn a_pod_with_no_events_yet_gets_traffic(rig: &mut Rig) {
+    assert_eq!(
+        rig.blocks(1, "stored").await,
+        0.0,
+        "pod 1 published nothing yet"
+    );
+    let mut per_pod = [0; 2];
+    for seed in 0..8 {
+        let (pod, _) = rig
+            .route("/v1/completions", &completion(passage(100 + seed, 20)))
+            .await;
+        per_pod[pod] += 1;
+    }
+    assert!(per_pod[1] >= 1, "pod 1 got no traffic: {per_pod:?}");
+}
+
+/// Completion, chat (through the model's template) and token-id prompts, each seeded on a pod
+/// directly and followed up through Envoy; one of them streamed.
+async fn follow_ups_land_on_the_prefix(rig: &mut Rig) {
+    // Text completion on pod 1.
+    let text = passage(2, 250);
+    let seeded = rig
+        .seed(1, "/v1/completions", &completion(text.clone()))
+        .await;
+    let body = completion(format!("{text} and more words"));
+    rig.expect_routed(
+        "completion",
+        "/v1/completions",
+        &body,
+        1,
+        whole_blocks(prompt_tokens(&seeded)) - BLOCK as u64,
+    )
+    .await;
+
+    // Chat on pod 0: the follow-up repeats the conversation and adds a turn.
+    let turn = json!([{"role": "system", "content": "Answer briefly."},
+                      {"role": "user", "content": passage(3, 250)}]);
+    let seeded = rig
+        .seed(0, "/v1/chat/completions", &chat(turn.clone()))
+        .await;
+    let mut next = turn.as_array().unwrap().clone();
+    next.push(json!({"role": "assistant", "content": "Noted."}));
+    next.push(json!({"role": "user", "content": "And the next word?"}));
+    rig.expect_routed(
+        "chat",
+        "/v1/chat/completions",
+        &chat(json!(next)),
+        0,
+        whole_blocks(prompt_tokens(&seeded)) - BLOCK as u64,
+    )
+    .await;
+
+    // Token ids on pod 1.
+    let ids = token_prompt(4, 400);
+    let seeded = rig
+        .seed(1, "/v1/completions", &completion(json!(ids)))
+        .await;
+    let mut more = ids.clone();
+    more.extend(token_prompt(5, 40));
+    rig.expect_routed(
+        "token ids",
+        "/v1/completions",
+        &completion(json!(more)),
+        1,
+        whole_blocks(prompt_tokens(&seeded)) - BLOCK as u64,
+    )
+    .await;
+
+    // Streamed, on pod 0: the answer arrives as server-sent events through kvpick and Envoy, and
+    // its final usage chunk carries vLLM's count.
+    let text = passage(6, 250);
+    let seeded = rig
+        .seed(0, "/v1/completions", &completion(text.clone()))
+        .await;
+    let mut body = completion(format!("{text} streamed"));
+    body["stream"] = json!(true);
+    body["max_tokens"] = json!(8);
+    body["stream_options"] = json!({"include_usage": true});
+    rig.expect_routed(
+        "streamed",
+        "/v1/completions",
+        &body,
+        0,
+        whole_blocks(prompt_tokens(&seeded)) - BLOCK as u64,
+    )
+    .await;
+}
+
+/// kvpick's token ids (the tokenize crate kvpick-epp runs, on the model's own files) equal
+/// vLLM's `/tokenize` for text and chat requests.
+async fn kvpick_tokenizes_as_vllm(rig: &Rig) {
+    let tokenizer = ModelTokenizer::load(tiny_model()).unwrap();
+    let cache = TokenCache::new(0);
+    let cases = [
+        json!({"prompt": "Hello world, café — 中文 😀 and tabs\tand  spaces"}),
+        json!({"prompt": passage(7, 40)}),
+        json!({"messages": [{"role": "user", "content": "hello"}]}),
+        json!({"messages": [{"role": "system", "content": "Be brief."},
+                            {"role": "user", "content": passage(8, 30)},
+                            {"role": "assistant", "content": "Sure."},
+                            {"role": "user", "content": "More?"}]}),
+        json!({"messages": [{"role": "user", "content": "hi"}], "add_generation_prompt": false}),
+    ];
+    for case in cases {
+        let mut body = case.clone();
+        body["model"] = json!(MODEL);
+        let theirs = post_direct(rig.pods[0].addr, "/tokenize", &body).await;
+        let theirs: Vec<u32> = serde_json::from_value(theirs["tokens"].clone()).unwrap();
+        let input = match body.get("prompt") {
+            Some(p) => TokenizeInput::Prompt {
+                text: p.as_str().unwrap().to_owned(),
+                add_special_tokens: true,
+            },
+            None => TokenizeInput::Chat(ChatRequest::from_body(body.as_object().unwrap()).unwrap()),
+        };
+        let ours = tokenizer.tokenize(&input, &cache).unwrap().ids;
+        assert_eq!(
+            ours, theirs,
+            "kvpick's ids differ from vLLM's /tokenize for {case}"
+        );
+    }
+}
+
+/// `/reset_prefix_cache` on pod 0, which holds the longer prefix: vLLM publishes
+/// `AllBlocksCleared` when its engine next steps, and the follow-up then goes to pod 1, which
+/// holds a shorter one.
+async fn a_cache_reset_moves_traffic(rig: &mut Rig) {
+    let text = passage(9, 300);
+    let short: String = text.split(' ').take(60).collect::<Vec<_>>().join(" ");
+    let seeded = rig
+        .seed(0, "/v1/completions", &completion(text.clone()))
+        .await;
+    let short_seeded = rig.seed(1, "/v1/completions", &completion(short)).await;
+    let body = completion(format!("{text} reset"));
+    rig.expect_routed(
+        "before the reset",
+        "/v1/completions",
+        &body,
+        0,
+        whole_blocks(prompt_tokens(&seeded)) - BLOCK as u64,
+    )
+    .await;
+
+    let cleared = rig.blocks(0, "cleared").await;
+    let uri = format!("http://{}/reset_prefix_cache", rig.pods[0].addr);
+    let req = hyper::Request::post(uri)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = envoy::client().request(req).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "/reset_prefix_cache (VLLM_SERVER_DEV_MODE=1)"
+    );
+    // The reset reaches the KV-event stream with the engine's next step.
+    post_direct(rig.pods[0].addr, "/v1/completions", &completion("wake up")).await;
+    rig.wait_blocks(0, "cleared", cleared + 1.0).await;
+    rig.expect_routed(
+        "after the reset",
+        "/v1/completions",
+        &body,
+        1,
+        whole_blocks(prompt_tokens(&short_seeded)) - BLOCK as u64,
+    )
+    .await;
+}
+
+/// Pod 0 is flooded with distinct prompts until vLLM evicts older blocks (`BlockRemoved`): a
+/// prefix it held longer than pod 1 then routes to pod 1.
+async fn an_eviction_moves_traffic(rig: &mut Rig) {
+    let text = passage(10, 300);
+    let short: String = text.split(' ').take(60).collect::<Vec<_>>().join(" ");
+    let seeded = rig
+        .seed(0, "/v1/completions", &completion(text.clone()))
+        .await;
+    let short_seeded = rig.seed(1, "/v1/completions", &completion(short)).await;
+    let body = completion(format!("{text} evicted"));
+    rig.expect_routed(
+        "before the eviction",
+        "/v1/completions",
+        &body,
+        0,
+        whole_blocks(prompt_tokens(&seeded)) - BLOCK as u64,
+    )
+    .await;
+
+    // 1024 blocks of 32 tokens: ten distinct prompts of 3,900 tokens overflow them.
+    let removed = rig.blocks(0, "removed").await;
+    for seed in 0..10 {
+        post_direct(
+            rig.pods[0].addr,
+            "/v1/completions",
+            &completion(json!(token_prompt(1000 + seed, 3900))),
+        )
+        .await;
+    }
+    rig.wait_blocks(0, "removed", removed + 1.0).await;
+    // ...and until kvpick has applied the last of them.
+    let mut last = rig.blocks(0, "removed").await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = rig.blocks(0, "removed").await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    rig.expect_routed(
+        "after the eviction",
+        "/v1/completions",
+        &body,
+        1,
+        whole_blocks(prompt_tokens(&short_seeded)) - BLOCK as u64,
+    )
+    .await;
+}
+
+/// Pod 1 restarts (same ports, its sequence back at 0, its cache empty): kvpick forgets what it
+/// held and learns what it stores next.
+async fn a_restarted_pod_is_relearned(rig: &mut Rig) {
+    let text = passage(11, 300);
+    let short: String = text.split(' ').take(60).collect::<Vec<_>>().join(" ");
+    rig.seed(1, "/v1/completions", &completion(text.clone()))
+        .await;
+    let restarts = format!(
+        "kvpick_kv_events_restarts_total{{endpoint=\"{}\"}}",
+        rig.label(1)
+    );
+    let before = rig.epp.value(&restarts).await;
+    rig.pods[1].restart().await;
+
+    // Its first events after the restart (sequence 0) tell kvpick it restarted.
+    let fresh = passage(12, 250);
+    let relearned = rig
+        .seed(1, "/v1/completions", &completion(fresh.clone()))
+        .await;
+    rig.epp.wait_for(&restarts, before + 1.0).await;
+    let body = completion(format!("{fresh} again"));
+    rig.expect_routed(
+        "re-learned after the restart",
+        "/v1/completions",
+        &body,
+        1,
+        whole_blocks(prompt_tokens(&relearned)) - BLOCK as u64,
+    )
+    .await;
+
+    // The long prefix pod 1 held before is gone; pod 0 now holds a part of it.
+    let short_seeded = rig.seed(0, "/v1/completions", &completion(short)).await;
+    let body = completion(format!("{text} forgotten"));
+    rig.expect_routed(
+        "forgotten after the restart",
+        "/v1/completions",
+        &body,
+        0,
+        whole_blocks(prompt_tokens(&short_seeded)) - BLOCK as u64,
+    )
+    .await;
+}
