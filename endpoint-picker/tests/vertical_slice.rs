@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 const MODEL: &str = "chatml-sim";
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tokenize/tests/fixtures/chatml")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tokenize/tests/fixtures/chatml")
 }
 
 /// The kvpick-epp binary in its own process group, killed with it when dropped.

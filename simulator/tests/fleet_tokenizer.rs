@@ -13,7 +13,7 @@ use kvpick_sim::fleet::tokenizer::Tokenizer;
 use serde_json::{Value, json};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../endpoint-picker/tokenize/tests/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tokenize/tests/fixtures")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
