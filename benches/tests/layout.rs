@@ -1,5 +1,6 @@
 //! The rules between the workspace's six parts (README.md, "Layout"), checked on the manifests as
 //! `cargo metadata` reports them: a crate that gains a forbidden dependency fails here.
+#![allow(clippy::expect_used)] // test support code outside #[test] fns
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
