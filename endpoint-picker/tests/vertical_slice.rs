@@ -15,15 +15,15 @@ use std::path::PathBuf;
 
 use common::envoy::{self, Envoy, post_direct};
 use common::epp::Epp;
-use kvpick_sim::engine::Profile;
-use kvpick_sim::fleet::tokenizer::Tokenizer;
-use kvpick_sim::fleet::{Fleet, FleetConfig};
+use kvpick_fleet::Profile;
+use kvpick_fleet::servers::tokenizer::Tokenizer;
+use kvpick_fleet::{Fleet, FleetConfig};
 use serde_json::{Value, json};
 
 const MODEL: &str = "chatml-sim";
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tokenize/tests/fixtures/chatml")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tokenize/tests/fixtures/chatml")
 }
 
 /// A long text, different for each `seed`: many full KV blocks.
