@@ -102,7 +102,10 @@ struct Query {
 }
 
 fn arg(i: usize, default: u64) -> u64 {
-    std::env::args().nth(i).and_then(|a| a.parse().ok()).unwrap_or(default)
+    std::env::args()
+        .nth(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
 }
 
 fn per_s(blocks: u64, ns: u64) -> f64 {
@@ -116,7 +119,11 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
 fn main() {
     let (entries, lookups, churn) = (arg(1, 12_800_000), arg(2, 20_000), arg(3, 40_000));
     let rss0 = cpu::rss_bytes();
-    let mut s = Subjects { kv: Kvpick::new(), sg: Sglang::new(), dy: Dynamo::new() };
+    let mut s = Subjects {
+        kv: Kvpick::new(),
+        sg: Sglang::new(),
+        dy: Dynamo::new(),
+    };
     let mut fleet = Fleet::default();
     let mut build = [Cost::default(); 3];
     let (mut events, mut blocks, mut n_events) = (Vec::new(), 0u64, 0u64);
@@ -154,7 +161,11 @@ fn main() {
     for class in Class::ALL {
         let query = |i: u64| {
             let t = workload::query(&fleet, class, i ^ (class as u64) << 40);
-            Query { kv: Kvpick::request(&t), sg: Sglang::request(&t), dy: Dynamo::request(&t) }
+            Query {
+                kv: Kvpick::request(&t),
+                sg: Sglang::request(&t),
+                dy: Dynamo::request(&t),
+            }
         };
         let mut disagree = 0;
         let mut holders = 0;
@@ -188,7 +199,13 @@ fn main() {
         for w in &mut wall {
             w.sort_unstable();
         }
-        rows.push((class, wall, cpu_per, disagree, holders as f64 / lookups as f64));
+        rows.push((
+            class,
+            wall,
+            cpu_per,
+            disagree,
+            holders as f64 / lookups as f64,
+        ));
     }
 
     // Churn: each operation removes an endpoint's oldest chain and stores a new one.
@@ -216,7 +233,12 @@ fn main() {
     let rate_row = |label: &str, c: &[Cost; 3], blocks: u64, with_convert: bool| {
         let r: Vec<f64> = c
             .iter()
-            .map(|c| per_s(blocks, c.apply_ns + if with_convert { c.convert_ns } else { 0 }))
+            .map(|c| {
+                per_s(
+                    blocks,
+                    c.apply_ns + if with_convert { c.convert_ns } else { 0 },
+                )
+            })
             .collect();
         println!(
             "| {label} | {:.2}M | {:.2}M | {:.2}M | {:.2}× |",
@@ -226,10 +248,30 @@ fn main() {
             r[0] / r[1].max(r[2])
         );
     };
-    rate_row("store (build) blocks/s per CPU-s, apply + convert", &build, blocks, true);
-    rate_row("store (build) blocks/s per CPU-s, apply only", &build, blocks, false);
-    rate_row("churn (remove + store) blocks/s per CPU-s, apply + convert", &churned, churn_blocks, true);
-    rate_row("churn blocks/s per CPU-s, apply only", &churned, churn_blocks, false);
+    rate_row(
+        "store (build) blocks/s per CPU-s, apply + convert",
+        &build,
+        blocks,
+        true,
+    );
+    rate_row(
+        "store (build) blocks/s per CPU-s, apply only",
+        &build,
+        blocks,
+        false,
+    );
+    rate_row(
+        "churn (remove + store) blocks/s per CPU-s, apply + convert",
+        &churned,
+        churn_blocks,
+        true,
+    );
+    rate_row(
+        "churn blocks/s per CPU-s, apply only",
+        &churned,
+        churn_blocks,
+        false,
+    );
     for (class, wall, cpu_per, disagree, holders) in &rows {
         let (p50, p99): (Vec<u64>, Vec<u64>) =
             wall.iter().map(|w| (pct(w, 0.5), pct(w, 0.99))).unzip();

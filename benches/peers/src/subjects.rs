@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use dynamo_kv_router::indexer::WorkerTask;
 use dynamo_kv_router::protocols::{
-    BlockHashOptions, ExternalSequenceBlockHash, KvCacheEvent, KvCacheEventData,
-    KvCacheRemoveData, KvCacheStoreData, KvCacheStoredBlockData, LocalBlockHash, RouterEvent,
+    BlockHashOptions, ExternalSequenceBlockHash, KvCacheEvent, KvCacheEventData, KvCacheRemoveData,
+    KvCacheStoreData, KvCacheStoredBlockData, LocalBlockHash, RouterEvent,
     compute_block_hash_for_seq,
 };
 use dynamo_kv_router::{ConcurrentRadixTreeCompressed, SyncIndexer};
@@ -64,7 +64,12 @@ impl Kvpick {
         self.pending.clear();
         self.pending.extend(events.iter().map(|e| {
             let (id, ev) = match e {
-                Event::Store { ep: e, parent, hashes, tokens } => (
+                Event::Store {
+                    ep: e,
+                    parent,
+                    hashes,
+                    tokens,
+                } => (
                     *e,
                     KvEvent::BlockStored(BlockStored {
                         block_hashes: hashes.iter().map(|&h| EngineHash(h)).collect(),
@@ -82,7 +87,14 @@ impl Kvpick {
                     }),
                 ),
             };
-            (ep(id), EventBatch { ts: 0.0, events: vec![ev], data_parallel_rank: None })
+            (
+                ep(id),
+                EventBatch {
+                    ts: 0.0,
+                    events: vec![ev],
+                    data_parallel_rank: None,
+                },
+            )
         }));
     }
 
@@ -109,16 +121,29 @@ impl Kvpick {
     pub fn lookup(&mut self, keys: &[BlockKey], scores: &mut Vec<(u32, u32)>) {
         self.index.lookup(keys, &self.cands, &mut self.out);
         scores.clear();
-        scores.extend(self.out.matches.iter().map(|m| (m.endpoint.get(), m.blocks)));
+        scores.extend(
+            self.out
+                .matches
+                .iter()
+                .map(|m| (m.endpoint.get(), m.blocks)),
+        );
     }
 }
+
+/// One event as the chain index takes it: worker, parent, stored blocks or removed hashes.
+type SgEvent = (
+    u32,
+    Option<SequenceHash>,
+    Vec<StoredBlock>,
+    Vec<SequenceHash>,
+);
 
 /// SGLang model gateway's chain index (`kv-index`).
 pub struct Sglang {
     index: ChainIndex,
     maps: Vec<ChainBlockMap>,
     workers: Vec<u32>,
-    pending: Vec<(u32, Option<SequenceHash>, Vec<StoredBlock>, Vec<SequenceHash>)>,
+    pending: Vec<SgEvent>,
 }
 
 impl Sglang {
@@ -142,22 +167,32 @@ impl Sglang {
 
     pub fn convert(&mut self, events: &[Event]) {
         self.pending.clear();
-        self.pending.extend(events.iter().map(|e| match e {
-            Event::Store { ep, parent, hashes, tokens } => (
-                *ep,
-                parent.map(SequenceHash),
-                hashes
-                    .iter()
-                    .zip(tokens.chunks_exact(BLOCK))
-                    .map(|(&h, t)| StoredBlock {
-                        seq_hash: SequenceHash(h),
-                        content_hash: kv_index::compute_content_hash(t),
-                    })
-                    .collect(),
-                Vec::new(),
-            ),
-            Event::Remove { ep, hashes } => {
-                (*ep, None, Vec::new(), hashes.iter().map(|&h| SequenceHash(h)).collect())
+        self.pending.extend(events.iter().map(|e| {
+            match e {
+                Event::Store {
+                    ep,
+                    parent,
+                    hashes,
+                    tokens,
+                } => (
+                    *ep,
+                    parent.map(SequenceHash),
+                    hashes
+                        .iter()
+                        .zip(tokens.chunks_exact(BLOCK))
+                        .map(|(&h, t)| StoredBlock {
+                            seq_hash: SequenceHash(h),
+                            content_hash: kv_index::compute_content_hash(t),
+                        })
+                        .collect(),
+                    Vec::new(),
+                ),
+                Event::Remove { ep, hashes } => (
+                    *ep,
+                    None,
+                    Vec::new(),
+                    hashes.iter().map(|&h| SequenceHash(h)).collect(),
+                ),
             }
         }));
     }
@@ -189,7 +224,10 @@ impl Sglang {
 
     /// Our endpoint of the index's worker id.
     pub fn endpoint_of(&self, worker: u32) -> u32 {
-        self.workers.iter().position(|&w| w == worker).unwrap_or(usize::MAX) as u32
+        self.workers
+            .iter()
+            .position(|&w| w == worker)
+            .unwrap_or(usize::MAX) as u32
     }
 }
 
@@ -238,7 +276,11 @@ impl Dynamo {
         self.next_id += 1;
         RouterEvent::new(
             u64::from(ep),
-            KvCacheEvent { event_id: self.next_id, data, dp_rank: 0 },
+            KvCacheEvent {
+                event_id: self.next_id,
+                data,
+                dp_rank: 0,
+            },
         )
     }
 
@@ -246,9 +288,17 @@ impl Dynamo {
         self.pending.clear();
         for e in events {
             let ev = match e {
-                Event::Store { ep, parent, hashes, tokens } => {
-                    let local =
-                        compute_block_hash_for_seq(tokens, BLOCK as u32, BlockHashOptions::default());
+                Event::Store {
+                    ep,
+                    parent,
+                    hashes,
+                    tokens,
+                } => {
+                    let local = compute_block_hash_for_seq(
+                        tokens,
+                        BLOCK as u32,
+                        BlockHashOptions::default(),
+                    );
                     let blocks = hashes
                         .iter()
                         .zip(local)
@@ -267,7 +317,10 @@ impl Dynamo {
                 }
                 Event::Remove { ep, hashes } => {
                     let data = KvCacheEventData::Removed(KvCacheRemoveData {
-                        block_hashes: hashes.iter().map(|&h| ExternalSequenceBlockHash(h)).collect(),
+                        block_hashes: hashes
+                            .iter()
+                            .map(|&h| ExternalSequenceBlockHash(h))
+                            .collect(),
                     });
                     self.event(*ep, data)
                 }

@@ -45,7 +45,9 @@ impl Chain {
 }
 
 fn block_tokens(stream: u64, block: usize, out: &mut Vec<u32>) {
-    out.extend((0..BLOCK as u64).map(|t| (mix(stream ^ ((block as u64) << 24) ^ t) % 151_936) as u32));
+    out.extend(
+        (0..BLOCK as u64).map(|t| (mix(stream ^ ((block as u64) << 24) ^ t) % 151_936) as u32),
+    );
 }
 
 /// Chain `id` of `blocks` blocks, behind `prompt` if any.
@@ -53,7 +55,9 @@ pub fn chain(id: u64, blocks: usize, prompt: Option<u64>) -> Chain {
     let mut tokens = Vec::with_capacity(blocks * BLOCK);
     for b in 0..blocks {
         match prompt {
-            Some(p) if b < PROMPT_BLOCKS => block_tokens(0x5157_0000_0000 ^ (p << 32), b, &mut tokens),
+            Some(p) if b < PROMPT_BLOCKS => {
+                block_tokens(0x5157_0000_0000 ^ (p << 32), b, &mut tokens)
+            }
             _ => block_tokens(id.wrapping_mul(0x1_0000_0001) ^ 0xC4A1, b, &mut tokens),
         }
     }
@@ -72,7 +76,12 @@ pub fn chain(id: u64, blocks: usize, prompt: Option<u64>) -> Chain {
 #[derive(Clone, Debug)]
 pub enum Event {
     /// Blocks stored after `parent` (`None`: from block 0).
-    Store { ep: u32, parent: Option<u64>, hashes: Vec<u64>, tokens: Vec<u32> },
+    Store {
+        ep: u32,
+        parent: Option<u64>,
+        hashes: Vec<u64>,
+        tokens: Vec<u32>,
+    },
     /// Blocks removed.
     Remove { ep: u32, hashes: Vec<u64> },
 }
@@ -149,7 +158,9 @@ impl Fleet {
 
     /// A new cold chain `id` on `ep`.
     fn cold_store(&mut self, ep: u32, id: u64, len: usize) -> Event {
-        let prompt = (mix(id ^ 0x9) % 2 == 0).then(|| mix(id ^ 0x99) % PROMPTS);
+        let prompt = mix(id ^ 0x9)
+            .is_multiple_of(2)
+            .then(|| mix(id ^ 0x99) % PROMPTS);
         let c = chain(id, len, prompt);
         self.cold[ep as usize].push_back((id, len, prompt));
         if prompt.is_none() {
@@ -179,7 +190,10 @@ impl Fleet {
         if let Some((id, len, prompt)) = self.cold[ep as usize].pop_front() {
             let c = chain(id, len, prompt);
             let from = if prompt.is_some() { PROMPT_BLOCKS } else { 0 };
-            out.push(Event::Remove { ep, hashes: c.hashes[from..].to_vec() });
+            out.push(Event::Remove {
+                ep,
+                hashes: c.hashes[from..].to_vec(),
+            });
         }
         let id = self.next_chain;
         self.next_chain += 1;
@@ -224,7 +238,10 @@ impl Class {
 pub fn query(fleet: &Fleet, class: Class, i: u64) -> Vec<u32> {
     let pick = |v: &[(u64, usize)], k: u64| v[(mix(k ^ 0x51) % v.len() as u64) as usize];
     let mut c = match class {
-        Class::Miss => Chain { tokens: Vec::new(), hashes: Vec::new() },
+        Class::Miss => Chain {
+            tokens: Vec::new(),
+            hashes: Vec::new(),
+        },
         Class::One => {
             let mut k = i;
             loop {
@@ -243,7 +260,11 @@ pub fn query(fleet: &Fleet, class: Class, i: u64) -> Vec<u32> {
     };
     let known = c.blocks();
     for b in known..QUERY_BLOCKS {
-        block_tokens(0xF4E5_0000_0000 ^ i.wrapping_mul(0x1000_0003), b, &mut c.tokens);
+        block_tokens(
+            0xF4E5_0000_0000 ^ i.wrapping_mul(0x1000_0003),
+            b,
+            &mut c.tokens,
+        );
     }
     c.tokens
 }
