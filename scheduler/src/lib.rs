@@ -8,6 +8,7 @@
 //! - [`events`]: vLLM's KV-event model and its msgpack wire codec.
 //! - [`index`]: which endpoint holds which block, and per-candidate prefix lookup.
 //! - [`pods`]: endpoint identity and scraped signals.
+//! - [`profile`]: engine profiles (vLLM limits, step-time coefficients), shared with the simulator.
 //! - [`scheduler`]: `Scheduler::pick`, from a request and its candidates to a ranked decision.
 //! - [`request`], [`decision`]: what `pick` takes and returns.
 //! - [`filters`], [`scorers`], [`pickers`]: the plugins of the pipeline.
@@ -29,6 +30,7 @@ pub mod keys;
 mod lru;
 pub mod pickers;
 pub mod pods;
+pub mod profile;
 pub mod request;
 pub mod saturation;
 pub mod scheduler;

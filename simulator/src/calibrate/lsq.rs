@@ -2,7 +2,7 @@
 //! constrained non-negative.
 
 use super::fit::COLUMNS;
-use crate::engine::step_time::solve;
+use kvpick_scheduler::profile::solve;
 use crate::error::SimError;
 
 /// A regression row: regressors (intercept first), observation, weight.
