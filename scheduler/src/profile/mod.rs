@@ -112,12 +112,7 @@ impl EngineProfile {
 
     /// Checks that the engine can run at all.
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |m: &str| {
-            Err(Error::InvalidConfig(format!(
-                "profile {}: {m}",
-                self.name
-            )))
-        };
+        let bad = |m: &str| Err(Error::InvalidConfig(format!("profile {}: {m}", self.name)));
         if self.kv_blocks == 0 || self.block_size == 0 {
             return bad("kv_blocks and block_size must be positive");
         }

@@ -132,9 +132,7 @@ impl StepTimeModel {
             }
         }
         let c = solve(a).ok_or_else(|| {
-            Error::InvalidConfig(
-                "step-time fit: samples do not determine the coefficients".into(),
-            )
+            Error::InvalidConfig("step-time fit: samples do not determine the coefficients".into())
         })?;
         let k = |i: usize| if scale[i] > 0.0 { c[i] / scale[i] } else { 0.0 };
         Ok(Self {

@@ -29,7 +29,9 @@ use crate::error::SimError;
 use kv_cache::{BlockId, KvCache};
 /// The engine's profile is the core's, so that the picker's latency model prices work with the
 /// very numbers the simulated engines step by.
-pub use kvpick_scheduler::profile::{BatchShape, EngineProfile as Profile, PROFILES, StepTimeModel};
+pub use kvpick_scheduler::profile::{
+    BatchShape, EngineProfile as Profile, PROFILES, StepTimeModel,
+};
 
 /// A request's id across router and engines (its index in the trace).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,8 +40,7 @@ pub struct RequestId(pub u32);
 /// A profile from a YAML file with the fields of [`Profile`].
 pub fn profile_from_file(path: &Path) -> Result<Profile, SimError> {
     let text = std::fs::read_to_string(path).map_err(|e| SimError::io(path, e))?;
-    Profile::parse(&text)
-        .map_err(|e| SimError::InvalidConfig(format!("{}: {e}", path.display())))
+    Profile::parse(&text).map_err(|e| SimError::InvalidConfig(format!("{}: {e}", path.display())))
 }
 
 /// A request as the engine receives it.
