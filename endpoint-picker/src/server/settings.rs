@@ -15,6 +15,7 @@ use crate::kv_events::KvEventsConfig;
 use crate::picker::RouteConfig;
 use crate::scrape::ScrapeConfig;
 use crate::tokenizer::TokenizeSettings;
+use crate::budget::BudgetConfig;
 use crate::{Limits, discovery};
 
 /// Everything the server needs, independent of how it was configured.
@@ -44,6 +45,8 @@ pub struct Settings {
     pub picker: RouteConfig,
     /// Request bounds.
     pub limits: Limits,
+    /// The process's memory budget (`--memory-budget`, `--max-streams`).
+    pub budget: BudgetConfig,
     /// Scraping settings.
     pub scrape: ScrapeConfig,
     /// `--kv-events-bind`: where ingestion binds a SUB socket for pods that connect.
@@ -99,6 +102,10 @@ impl Settings {
                 max_body_bytes: cli.max_body_bytes,
                 body_timeout: cli.body_timeout,
             },
+            budget: BudgetConfig {
+                total: cli.memory_budget,
+                max_streams: cli.max_streams,
+            },
             scrape: ScrapeConfig {
                 interval: cli.refresh_metrics_interval,
                 timeout: cli.scrape_timeout,
@@ -131,6 +138,7 @@ impl Settings {
                 max_body_bytes: 16 << 20,
                 body_timeout: Duration::from_secs(60),
             },
+            budget: BudgetConfig::default(),
             scrape: ScrapeConfig {
                 interval: Duration::from_millis(50),
                 timeout: Duration::from_secs(1),
