@@ -68,7 +68,13 @@ impl Settings {
         cli.validate()?;
         let at = |port| SocketAddr::new(cli.listen_address, port);
         let kubernetes = discovery::kubernetes::KubeSettings::from_cli(cli)?;
+        let budget = BudgetConfig {
+            total: cli.memory_budget,
+            max_streams: cli.max_streams,
+        };
         let mut kv_events = cli.kv_events.config()?;
+        kv_events.budget_bytes = budget.kv_event_bytes();
+        kv_events.validate()?;
         // Kubernetes discovery resolves each pod's ports itself (annotations, ranks); the
         // defaults apply to endpoints files, whose entries may omit `kvEvents`/`kvReplay`.
         if kubernetes.is_none() {
@@ -102,10 +108,7 @@ impl Settings {
                 max_body_bytes: cli.max_body_bytes,
                 body_timeout: cli.body_timeout,
             },
-            budget: BudgetConfig {
-                total: cli.memory_budget,
-                max_streams: cli.max_streams,
-            },
+            budget,
             scrape: ScrapeConfig {
                 interval: cli.refresh_metrics_interval,
                 timeout: cli.scrape_timeout,
