@@ -4,7 +4,7 @@
 //! | part | share | charged with | when spent |
 //! |---|---|---|---|
 //! | index | 1/2 | (endpoint, block) entries at [`INDEX_BYTES_PER_ENTRY`] | the index evicts (its `capacity` is capped) |
-//! | requests | 1/4 | [`STREAM_BYTES`] per open ext_proc stream + its request body as it arrives | the request gets a 503 (`memory-budget`) |
+//! | requests | 1/4 | [`STREAM_BYTES`] per open ext_proc stream + its request body as it arrives | the request gets a 503 (`memory_budget`); bodies over [`LARGE_BODY`] may only use 7/8 of the part, so a few huge slow bodies cannot starve ordinary requests |
 //! | KV events | 1/4 | payload bytes of queued and held batches and of replies of running replays | the batch is refused and its endpoint resynchronised; a replay fails |
 //!
 //! Besides bytes, `--max-streams` caps the ext_proc streams open at once (503 `too-many-streams`).
@@ -25,6 +25,8 @@ pub const INDEX_BYTES_PER_ENTRY: usize = 64;
 /// Bytes charged for an open ext_proc stream before its body: HTTP/2 stream state, gRPC
 /// decode buffers and the exchange itself.
 pub const STREAM_BYTES: usize = 64 << 10;
+/// A body past this size counts as large: it may not take the last 1/8 of the request part.
+pub const LARGE_BODY: usize = 1 << 20;
 /// The default `--memory-budget`: 3 GiB, under the shipped 4 GiB container limit.
 pub const DEFAULT_BUDGET: usize = 3 << 30;
 /// The default `--max-streams`.
@@ -139,11 +141,12 @@ impl Part {
         charge.grow(n).then_some(charge)
     }
 
-    fn take(&self, n: usize) -> bool {
+    fn take(&self, n: usize, ceiling: usize) -> bool {
+        let ceiling = ceiling.min(self.limit);
         let taken = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(n).filter(|&after| after <= self.limit)
+                used.checked_add(n).filter(|&after| after <= ceiling)
             })
             .is_ok();
         if taken {
@@ -188,10 +191,15 @@ impl Charge {
 
     /// Takes `n` more if the part has room; on `false` nothing changed.
     pub fn grow(&mut self, n: usize) -> bool {
+        self.grow_within(n, usize::MAX)
+    }
+
+    /// Takes `n` more if the part's use stays at or under `ceiling` (and its limit).
+    pub fn grow_within(&mut self, n: usize, ceiling: usize) -> bool {
         match &self.part {
             None => true,
             Some(part) => {
-                let taken = part.take(n);
+                let taken = part.take(n, ceiling);
                 if taken {
                     self.held += n;
                 }
@@ -235,6 +243,7 @@ mod tests {
         assert_eq!((part.used(), b.held()), (100, 40));
         drop(a);
         assert_eq!(part.used(), 40);
+        assert!(!b.grow_within(60, 99), "a ceiling under the limit holds");
         assert!(b.grow(60));
         b.clear();
         assert_eq!(part.used(), 0);

@@ -103,8 +103,8 @@ pub struct Cli {
     /// Put each candidate's scores in the `kvpick.scores` dynamic metadata (debugging).
     #[arg(long, env = "KVPICK_EMIT_SCORES", action = ArgAction::SetTrue)]
     pub emit_scores: bool,
-    /// Largest request body accepted, in bytes; larger bodies get a 400.
-    #[arg(long, env = "KVPICK_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    /// Largest request body accepted, in bytes (e.g. 16Mi); larger bodies get a 400.
+    #[arg(long, env = "KVPICK_MAX_BODY_BYTES", default_value = "16Mi", value_parser = bytes)]
     pub max_body_bytes: usize,
     /// Longest a request body may take to arrive after its headers; slower ones get a 408.
     #[arg(long, env = "KVPICK_BODY_TIMEOUT", default_value = "60s", value_parser = duration)]

@@ -321,7 +321,8 @@ impl Exchange {
     }
 
     /// Appends a chunk to the body, within `--max-body-bytes` and the memory budget (charged by
-    /// the buffer's capacity, which grows by doubling up to the limit).
+    /// the buffer's capacity, which grows by doubling up to the limit; a large body leaves the
+    /// last 1/8 of the request part to ordinary ones).
     fn keep(&mut self, chunk: Vec<u8>) -> Result<(), Error> {
         let limit = self.shared.limits.max_body_bytes;
         let needed = self.body.len() + chunk.len();
@@ -339,7 +340,13 @@ impl Exchange {
             needed.max(capacity.saturating_mul(2)).min(limit)
         };
         let more = target.saturating_sub(self.body_charge.held());
-        if !self.body_charge.grow(more) {
+        let part = &self.shared.budget.requests;
+        let ceiling = if target > budget::LARGE_BODY {
+            part.limit() - part.limit() / 8
+        } else {
+            part.limit()
+        };
+        if !self.body_charge.grow_within(more, ceiling) {
             return Err(Error::MemoryBudget {
                 part: self.shared.budget.requests.name(),
             });
