@@ -247,7 +247,10 @@ mod tests {
         assert!(b.grow(60));
         b.clear();
         assert_eq!(part.used(), 0);
-        assert!(b.grow(usize::MAX).eq(&false), "an overflowing charge is refused");
+        assert!(
+            b.grow(usize::MAX).eq(&false),
+            "an overflowing charge is refused"
+        );
         assert!(Charge::none().grow(usize::MAX));
     }
 

@@ -434,7 +434,12 @@ mod tests {
         let c = cli(&["--pool-name", "p", "--endpoints-file", "e.yaml"], &[]).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("exclude"));
         let c = cli(&["--memory-budget", "32Mi"], &[]).unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("--memory-budget"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--memory-budget")
+        );
         assert!(cli(&["--memory-budget", "lots"], &[]).is_err());
     }
 

@@ -148,7 +148,12 @@ async fn a_body_over_the_budget_gets_503_and_gives_its_bytes_back() {
     let (status, json) = immediate(&r);
     assert_eq!(status, 503);
     assert_eq!(drop_reason(&r).as_deref(), Some("memory_budget"));
-    assert!(json["error"]["message"].as_str().unwrap().contains("memory budget"));
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory budget")
+    );
     drop(s);
     // Its body's bytes come back at once; the stream's own share when the stream is gone.
     for _ in 0..100 {

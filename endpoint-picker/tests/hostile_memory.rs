@@ -108,9 +108,11 @@ async fn ordinary(grpc: SocketAddr) -> Result<String, (u32, String)> {
     if let Some(refused) = immediate(&first) {
         return Err(refused);
     }
-    Ok(set_header(mutation(&first), "x-gateway-destination-endpoint")
-        .unwrap()
-        .to_owned())
+    Ok(
+        set_header(mutation(&first), "x-gateway-destination-endpoint")
+            .unwrap()
+            .to_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +120,10 @@ async fn slow_large_bodies_are_bounded_and_ordinary_requests_still_route() {
     let dir = tempfile::tempdir().unwrap();
     let endpoints = dir.path().join("endpoints.yaml");
     let pod = "127.0.0.1:9";
-    write_endpoints(&endpoints, &[serde_yaml::from_str(&format!("address: {pod}")).unwrap()]);
+    write_endpoints(
+        &endpoints,
+        &[serde_yaml::from_str(&format!("address: {pod}")).unwrap()],
+    );
     let mut epp = Epp::start(
         dir.path(),
         "epp",
@@ -193,7 +198,10 @@ async fn slow_large_bodies_are_bounded_and_ordinary_requests_still_route() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(used, 0.0, "request bytes still charged after the streams closed");
+    assert_eq!(
+        used, 0.0,
+        "request bytes still charged after the streams closed"
+    );
     assert_eq!(ordinary(epp.grpc).await, Ok(pod.to_owned()));
     assert!(epp.proc.child.try_wait().is_ok_and(|s| s.is_none()));
 }
@@ -203,7 +211,10 @@ async fn streams_past_max_streams_get_503_at_once_and_free_slots_are_reused() {
     let dir = tempfile::tempdir().unwrap();
     let endpoints = dir.path().join("endpoints.yaml");
     let pod = "127.0.0.1:9";
-    write_endpoints(&endpoints, &[serde_yaml::from_str(&format!("address: {pod}")).unwrap()]);
+    write_endpoints(
+        &endpoints,
+        &[serde_yaml::from_str(&format!("address: {pod}")).unwrap()],
+    );
     let epp = Epp::start(dir.path(), "epp", &endpoints, &["--max-streams", "8"]).await;
     // Eight streams that send headers and then nothing: each holds a slot.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -240,7 +251,12 @@ async fn streams_past_max_streams_get_503_at_once_and_free_slots_are_reused() {
     }
     assert_eq!(routed.as_deref(), Some(pod));
     let page = epp.metrics_page().await;
-    assert!(sample_sum(&page, "kvpick_memory_budget_refused_total{part=\"streams\"}") >= 1.0);
+    assert!(
+        sample_sum(
+            &page,
+            "kvpick_memory_budget_refused_total{part=\"streams\"}"
+        ) >= 1.0
+    );
     assert!(sample_sum(&page, "kvpick_memory_budget_limit{part=\"streams\"}") == 8.0);
 }
 

@@ -9,13 +9,13 @@ use kvpick_scheduler::BlockSize;
 use kvpick_scheduler::config::PickerConfig as SchedulerConfig;
 
 use super::tls::TlsSource;
+use crate::budget::BudgetConfig;
 use crate::config::Cli;
 use crate::error::Error;
 use crate::kv_events::KvEventsConfig;
 use crate::picker::RouteConfig;
 use crate::scrape::ScrapeConfig;
 use crate::tokenizer::TokenizeSettings;
-use crate::budget::BudgetConfig;
 use crate::{Limits, discovery};
 
 /// Everything the server needs, independent of how it was configured.

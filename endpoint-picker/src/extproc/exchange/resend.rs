@@ -60,7 +60,10 @@ mod tests {
         std::iter::from_fn(|| r.next())
             .map(|m| match m.response {
                 Some(Out::RequestBody(b)) => {
-                    let c = b.response.and_then(|c| c.body_mutation).and_then(|m| m.mutation);
+                    let c = b
+                        .response
+                        .and_then(|c| c.body_mutation)
+                        .and_then(|m| m.mutation);
                     match c {
                         Some(pb::body_mutation::Mutation::StreamedResponse(s)) => {
                             (s.body.len(), s.end_of_stream)
