@@ -4,12 +4,16 @@
 //! `usage.prompt_tokens_details.cached_tokens` is the ground truth: a follow-up routed to the pod
 //! holding its prefix finds it cached there.
 //!
+//! The simulated fleet is then compared with vLLM field by field (`real_vllm/conformance.rs`).
+//!
 //! Servers take a minute to start and 2 GB each, so one test starts them once and runs the
 //! scenarios in sequence, each on prompts of its own. Run it alone with
 //! `cargo test -p kvpick-epp --test real_vllm` (vLLM comes from `.ci/setup`'s venv).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: a failed unwrap is a failed test
 
 mod common;
+#[path = "real_vllm/conformance.rs"]
+mod conformance;
 
 use std::time::Duration;
 
@@ -54,6 +58,13 @@ fn token_prompt(seed: u32, n: usize) -> Vec<u32> {
     (0..n as u32)
         .map(|i| 3 + (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 1000)
         .collect()
+}
+
+fn weather() -> Value {
+    json!({"type": "function", "function": {"name": "get_weather",
+        "description": "Current weather in a city, in °C.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}})
 }
 
 fn cached(response: &Value) -> u64 {
@@ -196,6 +207,8 @@ async fn kvpick_routes_real_vllm_to_the_pod_holding_the_prefix() {
         p.wait_healthy().await;
     }
     eprintln!("vLLM servers healthy after {:?}", started.elapsed());
+    // Everything pod 0 publishes from now on, for the fleet-vs-vLLM comparison.
+    let tap = conformance::Tap::connect(&format!("tcp://127.0.0.1:{}", pods[0].events)).await;
 
     // History from before kvpick started: pod 0 serves a prompt nobody subscribes to yet; kvpick
     // learns of it only by asking the pod's replay endpoint.
@@ -240,6 +253,7 @@ async fn kvpick_routes_real_vllm_to_the_pod_holding_the_prefix() {
     a_cache_reset_moves_traffic(&mut rig).await;
     an_eviction_moves_traffic(&mut rig).await;
     a_restarted_pod_is_relearned(&mut rig).await;
+    conformance::fleet_matches_vllm(&rig.pods[0], &tap).await;
 
     eprintln!("real-vLLM suite done in {:?}", started.elapsed());
 }
@@ -364,6 +378,31 @@ async fn kvpick_tokenizes_as_vllm(rig: &Rig) {
                             {"role": "assistant", "content": "Sure."},
                             {"role": "user", "content": "More?"}]}),
         json!({"messages": [{"role": "user", "content": "hi"}], "add_generation_prompt": false}),
+        // Agentic chats: tools, tool calls (fields in an order of the client's choosing, extra
+        // fields, arguments as JSON text or empty), tool results as text and as parts,
+        // multi-part user and system content, a system prompt with Claude Code's billing line.
+        json!({"tools": [weather(), {"type": "function", "x": 1, "defer_loading": true,
+                    "function": {"name": "search", "strict": true, "y": 2,
+                                 "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}],
+               "messages": [
+            {"role": "system", "content": "You call tools."},
+            {"role": "user", "content": "Weather in Paris and Zürich?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"celsius\"}"}, "id": "call_1"},
+                {"function": {"arguments": "", "name": "get_weather", "extra": 1}, "id": "call_2", "type": "function", "index": 1}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature\": 21}"},
+            {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "cloudy"}, {"type": "text", "text": "12 C"}]},
+            {"role": "assistant", "content": "Paris is 21 C, Zürich cloudy."},
+            {"role": "user", "content": [{"type": "text", "text": "Thanks."}, {"type": "text", "text": "Tomorrow?"}]}]}),
+        json!({"messages": [
+            {"role": "system", "content": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=1; cch=ab12\nYou are Claude Code."},
+                                           {"type": "text", "text": "Be brief."}]},
+            {"role": "user", "content": "hi"}]}),
+        json!({"tools": [weather()], "messages": [
+            {"role": "user", "content": "and now?"},
+            {"role": "assistant", "content": "Checking.", "tool_calls": [
+                {"id": "c9", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]}],
+               "add_generation_prompt": false}),
     ];
     for case in cases {
         let mut body = case.clone();
@@ -499,6 +538,17 @@ async fn a_restarted_pod_is_relearned(rig: &mut Rig) {
         .seed(1, "/v1/completions", &completion(fresh.clone()))
         .await;
     rig.epp.wait_for(&restarts, before + 1.0).await;
+    // Said at info, in a plain-text log (no colour codes when not on a terminal).
+    let log = rig.epp.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("KV-event index reset") && l.contains("restart")),
+        "the restart is logged at info:\n{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a log file:\n{log}"
+    );
     let body = completion(format!("{fresh} again"));
     rig.expect_routed(
         "re-learned after the restart",

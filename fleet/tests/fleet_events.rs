@@ -162,7 +162,8 @@ async fn conformance(layout: KvLayout, bytes_hashes: bool, dp: u32, py: (&str, &
             .find(|s| Some(s.address) == topic.socket_addr());
         let server = server.expect("the topic names a server's HTTP address");
         let batch = decode_batch(m.payload).unwrap();
-        assert_eq!(batch.data_parallel_rank, (dp > 1).then_some(server.rank));
+        // vLLM stamps its rank on every batch, 0 without data parallelism.
+        assert_eq!(batch.data_parallel_rank, Some(server.rank));
         for e in &batch.events {
             if let KvEvent::BlockStored(s) = e {
                 assert_eq!(s.block_size, 16);
@@ -227,12 +228,12 @@ async fn replay(endpoint: &str, from: u64) -> Vec<(u64, Bytes)> {
             .into_vec();
         assert_eq!(
             m.len(),
-            3,
-            "[\"\", seq, payload] as vLLM's ZmqEventPublisher"
+            4,
+            "[\"\", topic, seq, payload] as vLLM 0.32's ZmqEventPublisher (the end marker too)"
         );
         match parse_replay_reply(&m).unwrap() {
             ReplayReply::End => return out,
-            ReplayReply::Batch(b) => out.push((b.seq, m[2].clone())),
+            ReplayReply::Batch(b) => out.push((b.seq, m[3].clone())),
         }
     }
 }

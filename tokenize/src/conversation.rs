@@ -1,9 +1,12 @@
 //! vLLM's request normalisation, then transformers': what a template actually receives.
 //!
 //! vLLM's OpenAI server turns content parts into a string (or keeps them as parts when the template
-//! loops over them), keeps only the message fields it knows, parses tool-call `arguments` into objects
-//! and dumps `tools` through its pydantic models (absent `description`/`parameters` become `null`).
-//! transformers (v5) then drops `None`-valued message keys and aliases reasoning fields.
+//! loops over them), keeps only the message fields it knows, passes tool calls through the OpenAI
+//! client's field definitions (pydantic reorders each call's fields as declared), parses their
+//! `arguments` into objects and dumps `tools` through its pydantic models (absent
+//! `description`/`parameters` become `null`, unknown fields go). transformers (v5) then drops
+//! `None`-valued message keys and aliases reasoning fields. Checked against vLLM 0.32's `/tokenize`
+//! (`endpoint-picker/tests/real_vllm.rs`).
 
 use serde_json::{Map, Value};
 
@@ -26,7 +29,10 @@ fn normalize_message(message: &Value, format: ContentFormat) -> Result<Value, Er
         .get("role")
         .and_then(Value::as_str)
         .ok_or_else(|| Error::InvalidRequest("a message needs a string `role`".into()))?;
-    let texts = content_texts(m.get("content"))?;
+    let mut texts = content_texts(m.get("content"))?;
+    if role == "system" {
+        strip_billing_header(&mut texts);
+    }
     let mut out = Map::new();
     out.insert("role".into(), Value::String(role.into()));
     let content = match format {
@@ -66,6 +72,15 @@ fn normalize_message(message: &Value, format: ContentFormat) -> Result<Value, Er
     }
     if let Some(name @ Value::String(_)) = m.get("name") {
         out.insert("name".into(), name.clone());
+    }
+    if let Some(task @ Value::String(_)) = m.get("task") {
+        out.insert("task".into(), task.clone());
+    }
+    if role == "developer" {
+        out.insert(
+            "tools".into(),
+            m.get("tools").cloned().unwrap_or(Value::Null),
+        );
     }
     // transformers v5: keys whose value is None are dropped, then reasoning is aliased.
     out.retain(|_, v| !v.is_null());
@@ -114,18 +129,57 @@ fn content_texts(content: Option<&Value>) -> Result<Vec<String>, Error> {
     }
 }
 
-/// vLLM parses each call's `arguments` JSON string into an object (`{}` when empty, invalid or not an
-/// object) and drops an empty `tool_calls` list.
+/// Claude Code's attribution line in a system prompt (its `cch` value changes on every request):
+/// vLLM 0.32 drops that line from each system text that starts with it, and the text when nothing
+/// follows it.
+const BILLING_HEADER: &str = "x-anthropic-billing-header";
+
+fn strip_billing_header(texts: &mut Vec<String>) {
+    texts.retain_mut(|t| {
+        if !t.starts_with(BILLING_HEADER) {
+            return true;
+        }
+        let rest = t.split_once('\n').map_or("", |(_, r)| r);
+        *t = rest.to_owned();
+        !t.is_empty()
+    });
+}
+
+/// A map's `fields` first, in that order, then its other fields in request order: pydantic's
+/// output for a TypedDict (declared fields in declaration order, extra fields after).
+fn declared_order(map: &Map<String, Value>, fields: &[&str]) -> Map<String, Value> {
+    let mut out = Map::new();
+    for f in fields {
+        if let Some(v) = map.get(*f) {
+            out.insert((*f).to_owned(), v.clone());
+        }
+    }
+    for (k, v) in map {
+        if !out.contains_key(k) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// vLLM validates each call against the OpenAI client's `ChatCompletionMessageFunctionToolCallParam`
+/// (`id`, `function` {`arguments`, `name`}, `type`, in that order), parses its `arguments` JSON
+/// string into an object (`{}` when empty, invalid or not an object) and drops an empty
+/// `tool_calls` list.
 fn normalize_tool_calls(calls: &Value) -> Result<Value, Error> {
     let Value::Array(calls) = calls else {
         return Ok(calls.clone());
     };
     let mut out = Vec::with_capacity(calls.len());
     for call in calls {
-        let mut call = call
+        let call = call
             .as_object()
-            .cloned()
             .ok_or_else(|| Error::InvalidRequest("tool_calls entries must be objects".into()))?;
+        let mut call = declared_order(call, &["id", "function", "type"]);
+        if let Some(Value::Object(f)) = call.get("function") {
+            let f = declared_order(f, &["arguments", "name"]);
+            call.insert("function".into(), Value::Object(f));
+        }
         let function = call
             .get_mut("function")
             .and_then(Value::as_object_mut)
@@ -166,7 +220,9 @@ fn alias_reasoning(message: Map<String, Value>) -> Value {
 }
 
 /// vLLM's `tools` as its pydantic models dump them: `type`, then `function` with `name`,
-/// `description` and `parameters` (null when absent), then any extra fields in request order.
+/// `description` and `parameters` (null when absent) and `strict`/`defer_loading` when set, then
+/// the tool's `defer_loading` when set (also copied into a function without its own). Unknown
+/// fields are dropped.
 pub fn tool_schema(tool: &Value) -> Result<Value, Error> {
     let t = tool
         .as_object()
@@ -180,14 +236,17 @@ pub fn tool_schema(tool: &Value) -> Result<Value, Error> {
             "a tool function needs a string `name`".into(),
         ));
     }
+    let set = |m: &Map<String, Value>, key: &str| m.get(key).filter(|v| !v.is_null()).cloned();
+    let tool_defer = set(t, "defer_loading");
     let mut function = Map::new();
     for key in ["name", "description", "parameters"] {
         function.insert(key.into(), f.get(key).cloned().unwrap_or(Value::Null));
     }
-    for (k, v) in f {
-        if !function.contains_key(k) {
-            function.insert(k.clone(), v.clone());
-        }
+    if let Some(strict) = set(f, "strict") {
+        function.insert("strict".into(), strict);
+    }
+    if let Some(defer) = set(f, "defer_loading").or_else(|| tool_defer.clone()) {
+        function.insert("defer_loading".into(), defer);
     }
     let mut out = Map::new();
     out.insert(
@@ -195,10 +254,8 @@ pub fn tool_schema(tool: &Value) -> Result<Value, Error> {
         t.get("type").cloned().unwrap_or_else(|| "function".into()),
     );
     out.insert("function".into(), Value::Object(function));
-    for (k, v) in t {
-        if !out.contains_key(k) {
-            out.insert(k.clone(), v.clone());
-        }
+    if let Some(defer) = tool_defer {
+        out.insert("defer_loading".into(), defer);
     }
     Ok(Value::Object(out))
 }
@@ -215,7 +272,7 @@ mod tests {
         let got = normalize_message(&m, ContentFormat::String).unwrap();
         assert_eq!(
             serde_json::to_string(&got).unwrap(),
-            r#"{"thinking":"r","role":"assistant","content":"","tool_calls":[{"id":"a","type":"function","function":{"name":"f","arguments":{}}}],"reasoning":"r","reasoning_content":"r"}"#
+            r#"{"thinking":"r","role":"assistant","content":"","tool_calls":[{"id":"a","function":{"arguments":{},"name":"f"},"type":"function"}],"reasoning":"r","reasoning_content":"r"}"#
         );
         let parts = json!({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]});
         assert_eq!(
@@ -235,7 +292,40 @@ mod tests {
         let t = tool_schema(&json!({"function": {"x": 1, "name": "f"}, "extra": true})).unwrap();
         assert_eq!(
             serde_json::to_string(&t).unwrap(),
-            r#"{"type":"function","function":{"name":"f","description":null,"parameters":null,"x":1},"extra":true}"#
+            r#"{"type":"function","function":{"name":"f","description":null,"parameters":null}}"#
+        );
+        let t = tool_schema(&json!({"defer_loading": true,
+            "function": {"strict": false, "name": "f", "defer_loading": null}}))
+        .unwrap();
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#"{"type":"function","function":{"name":"f","description":null,"parameters":null,"strict":false,"defer_loading":true},"defer_loading":true}"#
+        );
+    }
+
+    #[test]
+    fn tool_calls_take_the_openai_field_order() {
+        let m = json!({"role": "assistant", "tool_calls": [{"type": "function", "x": 1,
+            "function": {"name": "f", "y": 2, "arguments": "{\"b\": 1, \"a\": 2}"}, "id": "c"}]});
+        let got = normalize_message(&m, ContentFormat::String).unwrap();
+        assert_eq!(
+            serde_json::to_string(&got["tool_calls"]).unwrap(),
+            r#"[{"id":"c","function":{"arguments":{"b":1,"a":2},"name":"f","y":2},"type":"function","x":1}]"#
+        );
+    }
+
+    #[test]
+    fn system_prompts_lose_claude_codes_billing_line() {
+        let m = json!({"role": "system", "content": [
+            {"type": "text", "text": "x-anthropic-billing-header: cch=1\nBe brief."},
+            {"type": "text", "text": "x-anthropic-billing-header: cch=2"},
+            {"type": "text", "text": "Rules."}]});
+        let got = normalize_message(&m, ContentFormat::String).unwrap();
+        assert_eq!(got["content"], "Be brief.\nRules.");
+        let user = json!({"role": "user", "content": "x-anthropic-billing-header: a\nb"});
+        assert_eq!(
+            normalize_message(&user, ContentFormat::String).unwrap()["content"],
+            "x-anthropic-billing-header: a\nb"
         );
     }
 }

@@ -243,6 +243,8 @@ impl EndpointMetrics {
 
     pub fn reset(&self, why: Reset) {
         bump(&self.atomics.resets, 1);
+        // Visible at info: a pod restart ("restart") or a resynchronisation changes where traffic goes.
+        tracing::info!(endpoint = %self.label, reason = why.label(), "KV-event index reset: the endpoint's blocks are forgotten and relearned");
         counter!("kvpick_kv_events_resets_total", "endpoint" => self.label.clone(),
             "reason" => why.label())
         .increment(1);

@@ -146,10 +146,11 @@ impl Vllm {
         self.child = Some(child);
     }
 
-    /// Waits until `/health` answers 200 (vLLM takes 25–90 s on a busy 2-core machine).
+    /// Waits until `/health` answers 200 (vLLM takes 25–90 s on a quiet 2-core machine, up to
+    /// 5 minutes on a busy one).
     pub async fn wait_healthy(&mut self) {
         let uri: hyper::Uri = format!("http://{}/health", self.addr).parse().unwrap();
-        for _ in 0..1200 {
+        for _ in 0..2400 {
             if let Some(Ok(Some(s))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("vLLM on {} exited ({s}):\n{}", self.addr, self.log_tail());
             }
@@ -161,7 +162,7 @@ impl Vllm {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         panic!(
-            "vLLM on {} not healthy after 300 s:\n{}",
+            "vLLM on {} not healthy after 600 s:\n{}",
             self.addr,
             self.log_tail()
         );

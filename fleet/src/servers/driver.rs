@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::kv_publisher::PubCommand;
 use super::sink::{Live, Sink, unix_now};
 use super::stats::EngineStats;
+use kvpick_scheduler::events::{EventBatch, KvEvent};
 use kvpick_sim::SimTime;
 use kvpick_sim::engine::{Engine, EngineRequest, Profile, RequestId, Unfit};
 
@@ -83,6 +84,9 @@ pub enum Command {
     Stall(Duration),
     /// Lose every request and the whole cache, reset the KV-event sequence, stay down a while.
     Restart,
+    /// vLLM's `/reset_prefix_cache`: forget every cached block and publish `AllBlocksCleared`;
+    /// refused (as vLLM refuses) while requests hold blocks.
+    ResetPrefixCache,
 }
 
 /// Fixed settings of a driver.
@@ -232,6 +236,10 @@ impl Driver {
             }
             Command::Stall(d) => pause(d, cancel).await,
             Command::Restart => self.restart(cancel).await,
+            Command::ResetPrefixCache => {
+                self.reset_prefix_cache();
+                true
+            }
         }
     }
 
@@ -300,6 +308,30 @@ impl Driver {
         let alive = sent && pause(self.cfg.restart_downtime, cancel).await;
         self.up.store(true, Ordering::SeqCst);
         alive
+    }
+
+    fn reset_prefix_cache(&mut self) {
+        if !self.live.is_empty() {
+            tracing::warn!(
+                requests = self.live.len(),
+                "prefix cache not reset: requests hold blocks"
+            );
+            return;
+        }
+        let seed = self.cfg.hash_seed ^ self.restarts.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        match Engine::new(self.cfg.profile.clone(), self.cfg.model.clone(), seed) {
+            Ok(e) => self.engine = e,
+            Err(_) => return,
+        }
+        self.stats.lock().kv_usage = 0.0;
+        let batch = EventBatch {
+            ts: unix_now(),
+            events: vec![KvEvent::AllBlocksCleared],
+            data_parallel_rank: self.cfg.dp_rank,
+        };
+        if self.events.try_send(PubCommand::Batch(batch)).is_err() {
+            self.stats.lock().kv_batches_dropped += 1;
+        }
     }
 
     fn abort_all(&mut self, why: Refusal) {

@@ -154,6 +154,15 @@ async fn route(req: Request<Incoming>, st: Arc<ServerState>) -> Response<Body> {
         (Method::POST, "/v1/completions") => generate(req, &st, Api::Completions).await,
         (Method::POST, "/v1/chat/completions") => generate(req, &st, Api::Chat).await,
         (Method::POST, "/tokenize") => tokenize(req, &st).await,
+        (Method::POST, "/reset_prefix_cache") => {
+            match st.commands.send(Command::ResetPrefixCache).await {
+                Ok(()) => Response::new(full("")),
+                Err(_) => error(&ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "engine stopped",
+                )),
+            }
+        }
         (Method::POST, p) if p.starts_with("/admin/") => admin(req, &st).await,
         _ => json(StatusCode::NOT_FOUND, &json!({"detail": "Not Found"})),
     }

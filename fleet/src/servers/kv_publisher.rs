@@ -3,8 +3,8 @@
 //! Each batch is encoded with kvpick's codec in the layout chosen (byte for byte what vLLM's
 //! msgspec writes), numbered from 0, published as `[topic, seq (u64 BE), payload]` and kept in a
 //! bounded buffer of the latest batches. A DEALER sending `["", start_seq]` to the ROUTER gets
-//! `["", seq, payload]` for every buffered batch with `seq >= start_seq`, then the end marker
-//! `["", -1, ""]`. [`PubCommand::Reset`] models a restarted process: numbering starts over at 0
+//! `["", topic, seq, payload]` for every buffered batch with `seq >= start_seq`, then the end
+//! marker `["", "", -1, ""]`, as vLLM 0.32's publisher answers. [`PubCommand::Reset`] models a restarted process: numbering starts over at 0
 //! and the buffer empties.
 
 use std::collections::VecDeque;
@@ -88,7 +88,12 @@ pub async fn start(
                 .bind(addr)
                 .await
                 .map_err(|e| zmq_err(&format!("bind KV-event replay ROUTER {addr}"), e))?;
-            tracker.spawn(serve_replay(router, buffer.clone(), cancel.clone()));
+            tracker.spawn(serve_replay(
+                router,
+                Bytes::from(cfg.topic.clone().into_bytes()),
+                buffer.clone(),
+                cancel.clone(),
+            ));
             Some(ep.to_string())
         }
     };
@@ -158,7 +163,12 @@ fn replay_start(frames: &[Bytes]) -> Option<(Bytes, u64)> {
     Some((id.clone(), u64::from_be_bytes(start)))
 }
 
-async fn serve_replay(mut router: RouterSocket, buffer: Buffer, cancel: CancellationToken) {
+async fn serve_replay(
+    mut router: RouterSocket,
+    topic: Bytes,
+    buffer: Buffer,
+    cancel: CancellationToken,
+) {
     loop {
         let received = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -184,11 +194,13 @@ async fn serve_replay(mut router: RouterSocket, buffer: Buffer, cancel: Cancella
             .filter(|(s, _)| *s >= start)
             .cloned()
             .collect();
-        let end = (REPLAY_END_SEQ, Bytes::new());
-        for (seq, payload) in batches.into_iter().chain([end]) {
+        let batches = batches.into_iter().map(|(seq, p)| (topic.clone(), seq, p));
+        let end = (Bytes::new(), REPLAY_END_SEQ, Bytes::new());
+        for (topic, seq, payload) in batches.chain([end]) {
             let frames = vec![
                 id.clone(),
                 Bytes::new(),
+                topic,
                 Bytes::copy_from_slice(&seq_frame(seq)),
                 payload,
             ];

@@ -271,7 +271,8 @@ impl Fleet {
                 model: cfg.model.clone(),
                 hash_seed: seed,
                 speed: cfg.speed,
-                dp_rank: (cfg.dp > 1).then_some(rank),
+                // vLLM stamps its rank on every batch, 0 without data parallelism.
+                dp_rank: Some(rank),
                 max_waiting: cfg.max_waiting,
                 restart_downtime: cfg.restart_downtime,
             },

@@ -203,13 +203,22 @@ pub fn parse(api: Api, body: &[u8], info: &ModelInfo) -> Result<GenRequest, ApiE
     })
 }
 
-/// The `usage` object; `cached` goes in `prompt_tokens_details` when given and non-zero, as vLLM
-/// with `--enable-prompt-tokens-details` does.
-pub fn usage(prompt: u32, completion: u32, cached: Option<u32>) -> Value {
+/// The `usage` object as vLLM 0.32 with `--enable-prompt-tokens-details` writes it:
+/// `prompt_tokens_details.cached_tokens` once the engine admitted the request (0 included); a
+/// whole response (`whole`) also carries the unset fields as nulls, a stream's usage chunk drops
+/// them.
+pub fn usage(prompt: u32, completion: u32, cached: Option<u32>, whole: bool) -> Value {
     let mut u = json!({"prompt_tokens": prompt, "total_tokens": prompt + completion,
                        "completion_tokens": completion});
-    if let Some(c) = cached.filter(|&c| c > 0) {
-        u["prompt_tokens_details"] = json!({ "cached_tokens": c });
+    if let Some(c) = cached {
+        u["prompt_tokens_details"] = if whole {
+            json!({"cached_tokens": c, "created_cache_tokens": null, "multimodal_tokens": null})
+        } else {
+            json!({ "cached_tokens": c })
+        };
+    }
+    if whole {
+        u["completion_tokens_details"] = Value::Null;
     }
     u
 }
@@ -333,12 +342,25 @@ mod tests {
     }
 
     #[test]
-    fn usage_details_only_when_cached() {
-        assert!(usage(10, 2, Some(0)).get("prompt_tokens_details").is_none());
+    fn usage_details_once_admitted() {
         assert_eq!(
-            usage(10, 2, Some(8))["prompt_tokens_details"]["cached_tokens"],
-            8
+            usage(10, 2, Some(0), false)["prompt_tokens_details"]["cached_tokens"],
+            0
         );
-        assert_eq!(usage(10, 2, None)["total_tokens"], 12);
+        let whole = usage(10, 2, Some(8), true);
+        assert_eq!(whole["prompt_tokens_details"]["cached_tokens"], 8);
+        assert!(whole["prompt_tokens_details"]["multimodal_tokens"].is_null());
+        assert!(
+            whole
+                .as_object()
+                .unwrap()
+                .contains_key("completion_tokens_details")
+        );
+        assert!(
+            usage(10, 2, None, false)
+                .get("prompt_tokens_details")
+                .is_none()
+        );
+        assert_eq!(usage(10, 2, None, false)["total_tokens"], 12);
     }
 }

@@ -96,8 +96,8 @@ impl Reply {
             .collect()
     }
 
-    fn usage(&self, p: &Progress) -> Value {
-        usage(self.prompt_len, p.generated, p.cached_tokens)
+    fn usage(&self, p: &Progress, whole: bool) -> Value {
+        usage(self.prompt_len, p.generated, p.cached_tokens, whole)
     }
 
     /// Waits for the end and answers with one JSON body.
@@ -111,7 +111,9 @@ impl Reply {
         };
         match p.end {
             Some(End::Finished) => {
-                let body = self.head.full(&self.text(0, p.generated), self.usage(&p));
+                let body = self
+                    .head
+                    .full(&self.text(0, p.generated), self.usage(&p, true));
                 json(StatusCode::OK, &body)
             }
             Some(End::Refused(r)) => error(&refusal_error(r, self.prompt_len, self.max_tokens)),
@@ -180,7 +182,7 @@ impl Sse {
                 Phase::Usage => {
                     self.phase = Phase::Done;
                     let p = self.rx.borrow().clone();
-                    let chunk = self.reply.head.usage_chunk(self.reply.usage(&p));
+                    let chunk = self.reply.head.usage_chunk(self.reply.usage(&p, false));
                     return Some((event(&chunk), self));
                 }
                 Phase::Tokens => {}

@@ -13,7 +13,7 @@
 //! At completion, newly full blocks are cached (emitting `BlockStored`) and every sequence whose KV
 //! is caught up samples a token.
 
-use kvpick_scheduler::events::{BlockStored, EngineHash, KvEvent, Medium};
+use kvpick_scheduler::events::{BlockStored, EngineHash, ExtraKey, KvEvent, Medium};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::{Engine, EngineSink, Seq};
@@ -225,9 +225,21 @@ impl Engine {
                         block_size: bs as u32,
                         medium: Some(Medium::Gpu),
                         lora_name: seq.lora.as_deref().map(str::to_owned),
+                        // As vLLM 0.32 fills them: one extra-keys entry per block (the LoRA name
+                        // when there is one), KV-cache group 0, full attention.
+                        extra_keys: Some(Vec::new()),
+                        group_idx: Some(0),
+                        kv_cache_spec_kind: Some("full_attention".to_owned()),
                         ..Default::default()
                     });
                     stored.block_hashes.push(EngineHash(hash));
+                    if let Some(keys) = stored.extra_keys.as_mut() {
+                        keys.push(
+                            seq.lora
+                                .as_deref()
+                                .map(|l| vec![ExtraKey::Str(l.to_owned())]),
+                        );
+                    }
                     stored
                         .token_ids
                         .extend_from_slice(&seq.tokens[b * bs..(b + 1) * bs]);

@@ -179,17 +179,13 @@ impl KvCache {
     }
 }
 
-/// Appends an evicted hash, merging into a `BlockRemoved` that ends the event list (event order
-/// matters: a block removed and stored again in one step must be stored last).
+/// Appends an evicted hash as its own `BlockRemoved` in KV-cache group 0, as vLLM's block pool
+/// emits one event per removed block.
 fn push_removed(events: &mut Vec<KvEvent>, hash: u64) {
-    if let Some(KvEvent::BlockRemoved(r)) = events.last_mut() {
-        r.block_hashes.push(EngineHash(hash));
-        return;
-    }
     events.push(KvEvent::BlockRemoved(BlockRemoved {
         block_hashes: vec![EngineHash(hash)],
         medium: Some(Medium::Gpu),
-        group_idx: None,
+        group_idx: Some(0),
     }));
 }
 
