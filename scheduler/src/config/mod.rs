@@ -41,6 +41,7 @@
 //! paths; this module then resolves references and builds the scheduler's types.
 
 mod document;
+mod latency;
 pub mod plugins;
 mod values;
 

@@ -9,6 +9,7 @@
 //! | `kv-cache-utilization-scorer` | scorer: 1 − KV-cache usage | none |
 //! | `lora-affinity-scorer` | scorer: adapter running 1, free slot, waiting for a slot, else 0 | `freeSlotScore` (0.8), `waitingScore` (0.6) |
 //! | `session-affinity-scorer` | scorer: the session's last endpoint 1 | `capacity` (65536 sessions) |
+//! | `predicted-latency-scorer` | scorer: predicted TTFT/TPOT from in-flight load and an engine profile; SLO headroom | see [`super::latency`] |
 //! | `model-filter` | filter: serves the model, or the adapter (see [`ModelFilter`]) | `adapters` ({}: base model → adapter names) |
 //! | `label-selector-filter` | filter: labels match | `selector` (`"k=v, k in (a,b), !k"`) and/or `matchLabels` ({k: v}) |
 //! | `max-score-picker` | picker: best first, random among ties | `maxNumOfEndpoints` (all), `seed` |
@@ -30,6 +31,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 
 use super::invalid;
+use super::latency::PredictedLatencyDoc;
 use super::values::{AtLeast, Fraction, Int, list, mapping};
 use crate::error::Error;
 use crate::filters::{FilterSpec, LabelSelector, ModelFilter};
@@ -73,6 +75,7 @@ pub enum PluginType {
     KvCacheUtilizationScorer,
     LoraAffinityScorer,
     SessionAffinityScorer,
+    PredictedLatencyScorer,
     ModelFilter,
     LabelSelectorFilter,
     MaxScorePicker,
@@ -90,6 +93,7 @@ pub const PLUGIN_TYPES: &[&str] = &[
     "kv-cache-utilization-scorer",
     "lora-affinity-scorer",
     "session-affinity-scorer",
+    "predicted-latency-scorer",
     "model-filter",
     "label-selector-filter",
     "max-score-picker",
@@ -240,6 +244,7 @@ enum Parameters {
     ApproxPrefix(ApproxPrefixDoc),
     LoraAffinity(LoraAffinityDoc),
     SessionAffinity(SessionAffinityDoc),
+    PredictedLatency(PredictedLatencyDoc),
     Model(ModelFilterDoc),
     LabelSelector(LabelSelectorDoc),
     Picker(PickerDoc),
@@ -261,6 +266,7 @@ impl<'de> DeserializeSeed<'de> for ParametersOf {
             T::PrefixCacheScorer => Parameters::ApproxPrefix(read(d)?),
             T::LoraAffinityScorer => Parameters::LoraAffinity(read(d)?),
             T::SessionAffinityScorer => Parameters::SessionAffinity(read(d)?),
+            T::PredictedLatencyScorer => Parameters::PredictedLatency(read(d)?),
             T::ModelFilter => Parameters::Model(read(d)?),
             T::LabelSelectorFilter => Parameters::LabelSelector(read(d)?),
             T::MaxScorePicker | T::WeightedRandomPicker | T::RandomPicker => {
@@ -384,6 +390,13 @@ impl PluginDoc {
                 PluginSpec::Scorer(ScorerSpec::SessionAffinity(SessionAffinityParams {
                     capacity: capacity.map_or(d.capacity, |c| c.0 as usize),
                 }))
+            }
+            (T::PredictedLatencyScorer, p) => {
+                let params = match p {
+                    Parameters::PredictedLatency(p) => p.params(),
+                    _ => PredictedLatencyDoc::default().params(),
+                };
+                PluginSpec::Scorer(ScorerSpec::PredictedLatency(Box::new(params)))
             }
             (T::ModelFilter, p) => {
                 let adapters = match p {

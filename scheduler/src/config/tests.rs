@@ -209,7 +209,7 @@ fn validation_errors_name_the_field() {
         ),
         (
             "plugins:\n- type: queue-scorer\n- type: foo-scorer\n".into(),
-            "plugins[1].type: unknown variant `foo-scorer`, expected one of precise-prefix-cache-scorer, prefix-cache-scorer, queue-scorer, running-requests-size-scorer, kv-cache-utilization-scorer, lora-affinity-scorer, session-affinity-scorer, model-filter, label-selector-filter, max-score-picker, weighted-random-picker, random-picker, single-profile-handler",
+            "plugins[1].type: unknown variant `foo-scorer`, expected one of precise-prefix-cache-scorer, prefix-cache-scorer, queue-scorer, running-requests-size-scorer, kv-cache-utilization-scorer, lora-affinity-scorer, session-affinity-scorer, predicted-latency-scorer, model-filter, label-selector-filter, max-score-picker, weighted-random-picker, random-picker, single-profile-handler",
         ),
         ("plugins:\n- name: x\n".into(), "plugins[0].type: required"),
         (
@@ -418,7 +418,6 @@ fn flow_control_is_off_by_default_and_on_with_its_feature_gate() {
         }
     );
 }
-
 
 #[test]
 fn parameters_may_come_before_the_type() {
