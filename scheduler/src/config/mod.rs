@@ -313,12 +313,14 @@ fn saturation(doc: &Document, staleness: &Staleness) -> SaturationConfig {
 /// `flowControl`, read only when `featureGates` lists `flowControl`: a section without its gate
 /// is an error rather than silently ignored.
 fn flow_control(doc: &Document) -> Result<FlowConfig, Error> {
-    let mut c = FlowConfig::default();
-    c.enabled = doc
-        .feature_gates
-        .iter()
-        .flatten()
-        .any(|g| *g == FeatureGate::FlowControl);
+    let mut c = FlowConfig {
+        enabled: doc
+            .feature_gates
+            .iter()
+            .flatten()
+            .any(|g| *g == FeatureGate::FlowControl),
+        ..FlowConfig::default()
+    };
     let Some(f) = &doc.flow_control else {
         return Ok(c);
     };
