@@ -103,12 +103,21 @@ pub struct Cli {
     /// Put each candidate's scores in the `kvpick.scores` dynamic metadata (debugging).
     #[arg(long, env = "KVPICK_EMIT_SCORES", action = ArgAction::SetTrue)]
     pub emit_scores: bool,
-    /// Largest request body accepted, in bytes; larger bodies get a 400.
-    #[arg(long, env = "KVPICK_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    /// Largest request body accepted, in bytes (e.g. 16Mi); larger bodies get a 400.
+    #[arg(long, env = "KVPICK_MAX_BODY_BYTES", default_value = "16Mi", value_parser = bytes)]
     pub max_body_bytes: usize,
     /// Longest a request body may take to arrive after its headers; slower ones get a 408.
     #[arg(long, env = "KVPICK_BODY_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub body_timeout: Duration,
+    /// Memory budget of the whole process, in bytes (e.g. 3Gi): half for the KV index (its
+    /// capacity is capped to fit), a quarter for open requests and their bodies, a quarter for
+    /// KV-event batches and replays. Requests over budget get 503; keep it under the container
+    /// limit with room for the binary and tokenizers.
+    #[arg(long, env = "KVPICK_MEMORY_BUDGET", default_value = "3Gi", value_parser = bytes)]
+    pub memory_budget: usize,
+    /// Most ext_proc streams (requests in flight through the gateway) open at once; more get 503.
+    #[arg(long, env = "KVPICK_MAX_STREAMS", default_value_t = crate::budget::DEFAULT_MAX_STREAMS)]
+    pub max_streams: usize,
     /// How often each endpoint's /metrics is scraped (e.g. 50ms, 1s).
     #[arg(long, env = "KVPICK_REFRESH_METRICS_INTERVAL", default_value = "50ms", value_parser = duration)]
     pub refresh_metrics_interval: Duration,
@@ -196,6 +205,11 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// Parses a byte count such as `3Gi`, `512Mi` or `1000000`.
+fn bytes(s: &str) -> Result<usize, String> {
+    kvpick_tokenize::flags::parse_bytes(s).map_err(|e| e.to_string())
+}
+
 /// Parses `args` (program name first) with `env` standing in for the process environment.
 pub fn parse<I, T>(args: I, env: impl Fn(&OsStr) -> Option<OsString>) -> Result<Cli, clap::Error>
 where
@@ -281,6 +295,19 @@ impl Cli {
         {
             return Err(Error::Config("intervals must be positive".into()));
         }
+        let budget = crate::budget::BudgetConfig {
+            total: self.memory_budget,
+            max_streams: self.max_streams,
+        };
+        if self.max_streams == 0 || budget.request_bytes() < self.max_body_bytes {
+            return Err(Error::Config(format!(
+                "--memory-budget {} leaves {} bytes for requests, less than one \
+                 --max-body-bytes body ({}); --max-streams must be positive",
+                self.memory_budget,
+                budget.request_bytes(),
+                self.max_body_bytes
+            )));
+        }
         Ok(())
     }
 }
@@ -309,6 +336,7 @@ mod tests {
         assert_eq!(c.refresh_metrics_interval, Duration::from_millis(50));
         assert_eq!(c.max_body_bytes, 16 << 20);
         assert_eq!(c.body_timeout, Duration::from_secs(60));
+        assert_eq!((c.memory_budget, c.max_streams), (3 << 30, 4096));
         assert!(!c.emit_scores && c.command.is_none());
         c.validate().unwrap();
     }
@@ -405,6 +433,14 @@ mod tests {
         assert!(cli(&["--cert-path", "c.pem"], &[]).is_err(), "key required");
         let c = cli(&["--pool-name", "p", "--endpoints-file", "e.yaml"], &[]).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("exclude"));
+        let c = cli(&["--memory-budget", "32Mi"], &[]).unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--memory-budget")
+        );
+        assert!(cli(&["--memory-budget", "lots"], &[]).is_err());
     }
 
     #[test]

@@ -82,7 +82,33 @@ pub const FLOW_QUEUE_BYTES: &str = "kvpick_flow_queue_bytes";
 /// How long dispatched requests waited in the flow-control queue.
 pub const FLOW_QUEUE_WAIT: &str = "kvpick_flow_queue_wait_seconds";
 
+/// Each part of the memory budget's limit, by `part` (`request_bytes`, `kv_event_bytes`, `streams`).
+pub const BUDGET_LIMIT: &str = "kvpick_memory_budget_limit";
+/// What is charged against each part of the memory budget now, by `part`.
+pub const BUDGET_USED: &str = "kvpick_memory_budget_used";
+/// Charges refused because a part of the memory budget was spent, by `part`.
+pub const BUDGET_REFUSED: &str = "kvpick_memory_budget_refused_total";
+/// ext_proc streams by the request body `mode` Envoy announced and how kvpick `handling` it
+/// (`body`: routed on the body; `headers`: routed on the headers alone; `refused`).
+pub const BODY_MODES: &str = "kvpick_ext_proc_body_modes_total";
+
 fn describe() {
+    describe_gauge!(
+        BUDGET_LIMIT,
+        "Limit of each part of the memory budget (bytes, or streams for part=streams)"
+    );
+    describe_gauge!(
+        BUDGET_USED,
+        "Charged now against each part of the memory budget"
+    );
+    describe_counter!(
+        BUDGET_REFUSED,
+        "Charges refused because a part of the memory budget was spent"
+    );
+    describe_counter!(
+        BODY_MODES,
+        "ext_proc streams by request body mode and how kvpick handled it"
+    );
     describe_gauge!(
         POOL_SATURATION,
         "Fraction of endpoints over a saturation threshold or stale, as of the last request"
