@@ -18,6 +18,9 @@ use crate::error::Error;
 /// kvpick-epp answers with the vLLM pod that already holds the longest prefix of the prompt in
 /// its KV cache, unless that pod is overloaded. Every flag can also be set through the environment
 /// variable shown with it; a flag on the command line wins.
+///
+/// Durations take their unit: 500ms, 2s, 1m30s, 1.5s (a bare number is refused: 200 could mean
+/// milliseconds or seconds). The picker config's durations are written the same way.
 #[derive(Debug, Parser)]
 #[command(name = "kvpick-epp", version)]
 pub struct Cli {
@@ -186,29 +189,11 @@ pub enum Query {
     Endpoints,
 }
 
-/// Parses `"50ms"`, `"2s"`, `"1m"` or `"1.5s"`.
-pub fn duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{s:?} has no unit (use ms, s or m)"))?;
-    let (n, unit) = s.split_at(split);
-    let n: f64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number with a unit"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
-}
+/// Parses a duration flag: kvpick's one syntax ([`kvpick_scheduler::duration`]).
+pub use kvpick_scheduler::duration::parse_flag as duration;
 
-/// Parses a byte count such as `3Gi`, `512Mi` or `1000000`.
-fn bytes(s: &str) -> Result<usize, String> {
-    kvpick_tokenize::flags::parse_bytes(s).map_err(|e| e.to_string())
-}
+// Byte counts such as `3Gi`, `512Mi` or `1000000`.
+use crate::byte_count::parse_bytes as bytes;
 
 /// Parses `args` (program name first) with `env` standing in for the process environment.
 pub fn parse<I, T>(args: I, env: impl Fn(&OsStr) -> Option<OsString>) -> Result<Cli, clap::Error>
@@ -493,6 +478,9 @@ mod tests {
     fn durations() {
         assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(duration("5h").is_err() && duration("ms").is_err());
+        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(duration("ms").is_err());
+        let bare = duration("200").unwrap_err();
+        assert!(bare.contains("unit"), "{bare}");
     }
 }
