@@ -33,6 +33,7 @@ pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod discovery;
+pub mod endpoint_series;
 pub mod error;
 pub mod extproc;
 pub mod flow_control;
