@@ -318,5 +318,30 @@ async fn endpoint_churn_leaves_no_metric_series_behind() {
                 "round {r}: {a} of an earlier round remains\n{page}"
             );
         }
+        promtool_parses(&page);
     }
+}
+
+/// `promtool check metrics` parses the page (lint remarks are fine, parse errors are not).
+fn promtool_parses(page: &str) {
+    use std::io::Write;
+    let promtool = kvpick_fleet::demo::tools::on_path("promtool").unwrap_or_else(|| {
+        panic!("`promtool` is not on PATH: install Debian `prometheus` (.ci/setup does)")
+    });
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("error"), "promtool: {text}\n{page}");
 }
