@@ -88,7 +88,7 @@ fn render(store: &Store) -> String {
     }
     let mut out = String::new();
     for (name, mut series) in families {
-        series.sort_by(|a, b| labels(a.0).cmp(&labels(b.0)));
+        series.sort_by_key(|s| labels(s.0));
         if let Some(help) = store.help.get(name) {
             let _ = writeln!(out, "# HELP {name} {}", escape(help, false));
         }
