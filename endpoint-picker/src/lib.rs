@@ -34,6 +34,7 @@ mod byte_count;
 pub mod clock;
 pub mod config;
 pub mod discovery;
+pub mod endpoint_series;
 pub mod error;
 pub mod extproc;
 pub mod flow_control;

@@ -273,3 +273,75 @@ async fn attack_idle(grpc: SocketAddr, mut stop: tokio::sync::watch::Receiver<bo
     let _answers = client.process(ReceiverStream::new(rx)).await.unwrap();
     let _ = stop.changed().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_churn_leaves_no_metric_series_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = dir.path().join("endpoints.yaml");
+    let round = |r: u16| -> Vec<String> {
+        (0..5)
+            .map(|i| format!("127.0.0.1:{}", 20_000 + r * 10 + i))
+            .collect()
+    };
+    let write = |addrs: &[String]| {
+        let entries: Vec<serde_yaml::Value> = addrs
+            .iter()
+            .map(|a| serde_yaml::from_str(&format!("address: {a}")).unwrap())
+            .collect();
+        write_endpoints(&endpoints, &entries);
+    };
+    write(&round(0));
+    let epp = Epp::start(dir.path(), "epp", &endpoints, &[]).await;
+    let shows = |page: &str, addr: &str| page.contains(&format!("endpoint=\"{addr}\""));
+    for r in 0..4 {
+        if r > 0 {
+            write(&round(r));
+        }
+        // Each endpoint's scrapes fail (nothing listens): its error counters and gauges appear;
+        // those of earlier rounds must be gone from the page.
+        let mut page = String::new();
+        for _ in 0..100 {
+            page = epp.metrics_page().await;
+            let current = round(r).iter().all(|a| shows(&page, a));
+            let earlier = (0..r).flat_map(round).any(|a| shows(&page, &a));
+            if current && !earlier {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for a in round(r) {
+            assert!(shows(&page, &a), "round {r}: {a} missing\n{page}");
+        }
+        for a in (0..r).flat_map(round) {
+            assert!(
+                !shows(&page, &a),
+                "round {r}: {a} of an earlier round remains\n{page}"
+            );
+        }
+        promtool_parses(&page);
+    }
+}
+
+/// `promtool check metrics` parses the page (lint remarks are fine, parse errors are not).
+fn promtool_parses(page: &str) {
+    use std::io::Write;
+    let promtool = kvpick_fleet::demo::tools::on_path("promtool").unwrap_or_else(|| {
+        panic!("`promtool` is not on PATH: install Debian `prometheus` (.ci/setup does)")
+    });
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("error"), "promtool: {text}\n{page}");
+}
