@@ -18,6 +18,9 @@ use crate::error::Error;
 /// kvpick-epp answers with the vLLM pod that already holds the longest prefix of the prompt in
 /// its KV cache, unless that pod is overloaded. Every flag can also be set through the environment
 /// variable shown with it; a flag on the command line wins.
+///
+/// Durations take their unit: 500ms, 2s, 1m30s, 1.5s (a bare number is refused: 200 could mean
+/// milliseconds or seconds). The picker config's durations are written the same way.
 #[derive(Debug, Parser)]
 #[command(name = "kvpick-epp", version)]
 pub struct Cli {
@@ -103,12 +106,21 @@ pub struct Cli {
     /// Put each candidate's scores in the `kvpick.scores` dynamic metadata (debugging).
     #[arg(long, env = "KVPICK_EMIT_SCORES", action = ArgAction::SetTrue)]
     pub emit_scores: bool,
-    /// Largest request body accepted, in bytes; larger bodies get a 400.
-    #[arg(long, env = "KVPICK_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    /// Largest request body accepted, in bytes (e.g. 16Mi); larger bodies get a 400.
+    #[arg(long, env = "KVPICK_MAX_BODY_BYTES", default_value = "16Mi", value_parser = bytes)]
     pub max_body_bytes: usize,
     /// Longest a request body may take to arrive after its headers; slower ones get a 408.
     #[arg(long, env = "KVPICK_BODY_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub body_timeout: Duration,
+    /// Memory budget of the whole process, in bytes (e.g. 3Gi): half for the KV index (its
+    /// capacity is capped to fit), a quarter for open requests and their bodies, a quarter for
+    /// KV-event batches and replays. Requests over budget get 503; keep it under the container
+    /// limit with room for the binary and tokenizers.
+    #[arg(long, env = "KVPICK_MEMORY_BUDGET", default_value = "3Gi", value_parser = bytes)]
+    pub memory_budget: usize,
+    /// Most ext_proc streams (requests in flight through the gateway) open at once; more get 503.
+    #[arg(long, env = "KVPICK_MAX_STREAMS", default_value_t = crate::budget::DEFAULT_MAX_STREAMS)]
+    pub max_streams: usize,
     /// How often each endpoint's /metrics is scraped (e.g. 50ms, 1s).
     #[arg(long, env = "KVPICK_REFRESH_METRICS_INTERVAL", default_value = "50ms", value_parser = duration)]
     pub refresh_metrics_interval: Duration,
@@ -177,24 +189,11 @@ pub enum Query {
     Endpoints,
 }
 
-/// Parses `"50ms"`, `"2s"`, `"1m"` or `"1.5s"`.
-pub fn duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{s:?} has no unit (use ms, s or m)"))?;
-    let (n, unit) = s.split_at(split);
-    let n: f64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number with a unit"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
-}
+/// Parses a duration flag: kvpick's one syntax ([`kvpick_scheduler::duration`]).
+pub use kvpick_scheduler::duration::parse_flag as duration;
+
+// Byte counts such as `3Gi`, `512Mi` or `1000000`.
+use crate::byte_count::parse_bytes as bytes;
 
 /// Parses `args` (program name first) with `env` standing in for the process environment.
 pub fn parse<I, T>(args: I, env: impl Fn(&OsStr) -> Option<OsString>) -> Result<Cli, clap::Error>
@@ -281,6 +280,19 @@ impl Cli {
         {
             return Err(Error::Config("intervals must be positive".into()));
         }
+        let budget = crate::budget::BudgetConfig {
+            total: self.memory_budget,
+            max_streams: self.max_streams,
+        };
+        if self.max_streams == 0 || budget.request_bytes() < self.max_body_bytes {
+            return Err(Error::Config(format!(
+                "--memory-budget {} leaves {} bytes for requests, less than one \
+                 --max-body-bytes body ({}); --max-streams must be positive",
+                self.memory_budget,
+                budget.request_bytes(),
+                self.max_body_bytes
+            )));
+        }
         Ok(())
     }
 }
@@ -309,6 +321,7 @@ mod tests {
         assert_eq!(c.refresh_metrics_interval, Duration::from_millis(50));
         assert_eq!(c.max_body_bytes, 16 << 20);
         assert_eq!(c.body_timeout, Duration::from_secs(60));
+        assert_eq!((c.memory_budget, c.max_streams), (3 << 30, 4096));
         assert!(!c.emit_scores && c.command.is_none());
         c.validate().unwrap();
     }
@@ -405,6 +418,14 @@ mod tests {
         assert!(cli(&["--cert-path", "c.pem"], &[]).is_err(), "key required");
         let c = cli(&["--pool-name", "p", "--endpoints-file", "e.yaml"], &[]).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("exclude"));
+        let c = cli(&["--memory-budget", "32Mi"], &[]).unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--memory-budget")
+        );
+        assert!(cli(&["--memory-budget", "lots"], &[]).is_err());
     }
 
     #[test]
@@ -457,6 +478,9 @@ mod tests {
     fn durations() {
         assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(duration("5h").is_err() && duration("ms").is_err());
+        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(duration("ms").is_err());
+        let bare = duration("200").unwrap_err();
+        assert!(bare.contains("unit"), "{bare}");
     }
 }

@@ -1,6 +1,7 @@
 //! In-flight accounting through the ext_proc protocol: a burst that arrives within one scrape
 //! interval spreads by predicted cost instead of landing on the pod that looked best at the last
 //! scrape, and every reservation is released at end of stream or when the stream goes away.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support code outside #[test] fns
 
 mod common;
 
