@@ -30,6 +30,7 @@ use kvpick_scheduler::KvIndex;
 use tokio::sync::watch;
 
 pub mod budget;
+mod byte_count;
 pub mod clock;
 pub mod config;
 pub mod discovery;
