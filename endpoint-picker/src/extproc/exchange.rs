@@ -21,8 +21,9 @@
 //! Headers-only requests are decided at once in every mode. Response path (`response`): every
 //! body chunk is answered as it arrives, echoed in full-duplex mode, let through otherwise.
 //!
-//! Memory: each stream holds a charge against the budget's request part ([`crate::budget`]) for
-//! itself and for its body as the body grows; a body that does not fit gets a 503.
+//! Memory: each stream holds a slot under `--max-streams` (its own bytes are set aside per slot)
+//! and charges its body to the budget's body bytes as it grows ([`crate::budget`]); a body that
+//! does not fit gets a 503.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -102,10 +103,10 @@ pub struct Exchange {
     session: Option<String>,
     subset: Option<Vec<SocketAddr>>,
     body: Vec<u8>,
-    /// The stream's own share of the budget (also its slot under `--max-streams`), or why the
-    /// budget had no room for it.
+    /// Why the stream is refused (no slot under `--max-streams`); its slot, which also holds
+    /// its share of the budget's request bytes.
     refusal: Option<Error>,
-    _admitted: [Charge; 2],
+    _slot: Charge,
     /// The budget held for `body`'s capacity.
     body_charge: Charge,
     /// A full-duplex body being re-sent, chunk by chunk.
@@ -132,25 +133,18 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// A fresh stream, charged to the budget (a stream over budget is refused on its headers).
+    /// A fresh stream, holding a slot under `--max-streams` (one over it is refused on its
+    /// headers).
     pub fn new(shared: Arc<Shared>) -> Self {
         let budget = &shared.budget;
-        let (refusal, admitted) = match budget.streams.try_charge(1) {
+        let (refusal, slot) = match budget.streams.try_charge(1) {
             None => (
                 Some(Error::TooManyStreams {
                     max: budget.streams.limit(),
                 }),
-                [Charge::none(), Charge::none()],
+                Charge::none(),
             ),
-            Some(slot) => match budget.requests.try_charge(budget::STREAM_BYTES) {
-                None => (
-                    Some(Error::MemoryBudget {
-                        part: budget.requests.name(),
-                    }),
-                    [slot, Charge::none()],
-                ),
-                Some(bytes) => (None, [slot, bytes]),
-            },
+            Some(slot) => (None, slot),
         };
         let body_charge = Charge::empty(&budget.requests);
         Self {
@@ -164,7 +158,7 @@ impl Exchange {
             subset: None,
             body: Vec::new(),
             refusal,
-            _admitted: admitted,
+            _slot: slot,
             body_charge,
             resend: None,
             picked: None,
