@@ -91,7 +91,7 @@ fn queried_names() -> BTreeSet<String> {
     )
     .unwrap();
     let keda: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("keda/scaledobject.yaml")).unwrap())
+        serde_saphyr::from_str(&std::fs::read_to_string(dir.join("keda/scaledobject.yaml")).unwrap())
             .unwrap();
     let mut texts = Vec::new();
     queries(&dashboard, &mut texts);
