@@ -124,7 +124,7 @@ async fn slow_large_bodies_are_bounded_and_ordinary_requests_still_route() {
     let pod = "127.0.0.1:9";
     write_endpoints(
         &endpoints,
-        &[serde_yaml::from_str(&format!("address: {pod}")).unwrap()],
+        &[serde_saphyr::from_str(&format!("address: {pod}")).unwrap()],
     );
     let mut epp = Epp::start(
         dir.path(),
@@ -220,7 +220,7 @@ async fn streams_past_max_streams_get_503_at_once_and_free_slots_are_reused() {
     let pod = "127.0.0.1:9";
     write_endpoints(
         &endpoints,
-        &[serde_yaml::from_str(&format!("address: {pod}")).unwrap()],
+        &[serde_saphyr::from_str(&format!("address: {pod}")).unwrap()],
     );
     let epp = Epp::start(dir.path(), "epp", &endpoints, &["--max-streams", "8"]).await;
     // Eight streams that send headers and then nothing: each holds a slot.
@@ -291,9 +291,9 @@ async fn endpoint_churn_leaves_no_metric_series_behind() {
             .collect()
     };
     let write = |addrs: &[String]| {
-        let entries: Vec<serde_yaml::Value> = addrs
+        let entries: Vec<serde_json::Value> = addrs
             .iter()
-            .map(|a| serde_yaml::from_str(&format!("address: {a}")).unwrap())
+            .map(|a| serde_saphyr::from_str(&format!("address: {a}")).unwrap())
             .collect();
         write_endpoints(&endpoints, &entries);
     };
