@@ -1,11 +1,13 @@
 //! kvpick-epp's own Prometheus metrics: names, help, buckets, and the `/metrics` listener.
 //!
 //! Every metric is `kvpick_…`; labels are bounded (outcomes, status codes, endpoint addresses of
-//! the pool, token kinds). Recording goes through the `metrics` facade, so code that records does
+//! the pool, token kinds). Series labelled `endpoint` are removed once their endpoint leaves the
+//! pool ([`crate::endpoint_series`]). Recording goes through the `metrics` facade, so code that records does
 //! not care whether an exporter is installed (tests run without one).
 
+use std::collections::HashSet;
 use std::convert::Infallible;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -15,6 +17,8 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::endpoint_series::{EndpointSeries, Series};
 
 /// Requests by `outcome` (`routed`, `headers_only`, a refusal's error label) and HTTP `code`.
 pub const REQUESTS: &str = "kvpick_requests_total";
@@ -72,6 +76,13 @@ pub const POOL_SATURATED: &str = "kvpick_pool_saturated";
 /// Prefix tokens kvpick predicted the primary holds minus the `cached_tokens` the pod reported.
 pub const PREFIX_PREDICTION_ERROR: &str = "kvpick_prefix_prediction_error_tokens";
 
+/// Requests picked and not yet finished, per endpoint and phase (prefill until the first
+/// response byte, then decode): the picker's in-flight accounting.
+pub const INFLIGHT: &str = "kvpick_endpoint_inflight_requests";
+/// Uncached prompt tokens reserved on an endpoint and not yet past their first byte.
+pub const INFLIGHT_PREFILL_TOKENS: &str = "kvpick_endpoint_inflight_prefill_tokens";
+/// |predicted − observed| time to first byte of routed requests.
+pub const TTFT_PREDICTION_ERROR: &str = "kvpick_ttft_prediction_error_seconds";
 /// Requests through the flow-control queue, by outcome (`queued`, `dispatched`, `expired`,
 /// `displaced`, `full`, `too_large`, `cancelled`, `shutdown`).
 pub const FLOW_QUEUE: &str = "kvpick_flow_queue_total";
@@ -184,6 +195,19 @@ fn describe() {
         "Mean waiting requests per endpoint over the pool's fresh endpoints"
     );
     describe_gauge!(POOL_READY, "Endpoints with fresh signals");
+    describe_gauge!(
+        INFLIGHT,
+        "Requests picked and not yet finished, by phase (prefill until the first byte, then decode)"
+    );
+    describe_gauge!(
+        INFLIGHT_PREFILL_TOKENS,
+        "Uncached prompt tokens reserved and not yet past their first byte"
+    );
+    describe_histogram!(
+        TTFT_PREDICTION_ERROR,
+        Unit::Seconds,
+        "|predicted - observed| time to first byte of routed requests"
+    );
     describe_counter!(
         FLOW_QUEUE,
         "Requests through the flow-control queue, by outcome"
@@ -211,10 +235,31 @@ const PREDICTION_ERROR_BUCKETS: [f64; 15] = [
     2048.0, 8192.0,
 ];
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HANDLE: OnceLock<Exporter> = OnceLock::new();
 
-/// Installs the process-wide Prometheus recorder once and returns its handle.
-pub fn install() -> PrometheusHandle {
+/// What renders the `/metrics` page: the Prometheus exporter's series and the per-endpoint ones
+/// ([`crate::endpoint_series`]).
+#[derive(Clone, Debug)]
+pub struct Exporter {
+    handle: PrometheusHandle,
+    series: Series,
+}
+
+impl Exporter {
+    /// The page with every series held.
+    pub fn render(&self) -> String {
+        self.handle.render() + &self.series.render_all()
+    }
+
+    /// The page after deleting the series of endpoints not in `live`.
+    pub fn render_live(&self, live: &HashSet<String>) -> String {
+        self.handle.render() + &self.series.render(live)
+    }
+}
+
+/// Installs the process-wide recorder once (per-endpoint series in front of the Prometheus
+/// exporter) and returns what renders it.
+pub fn install() -> Exporter {
     HANDLE
         .get_or_init(|| {
             let latency = [
@@ -242,19 +287,30 @@ pub fn install() -> PrometheusHandle {
                 Err(_) => PrometheusBuilder::new().build_recorder(),
             };
             let handle = recorder.handle();
+            let series = Series::default();
+            let recorder = EndpointSeries::new(recorder, series.clone());
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!(
                     "a metrics recorder was already installed; kvpick's metrics go there"
                 );
             }
             describe();
-            handle
+            Exporter { handle, series }
         })
         .clone()
 }
 
-/// Serves `GET /metrics` (any path, in fact) on `listener` until `stop`.
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle, stop: CancellationToken) {
+/// The addresses of the endpoints in the pool now, whose series the page keeps.
+pub type LiveEndpoints = Arc<dyn Fn() -> HashSet<String> + Send + Sync>;
+
+/// Serves `GET /metrics` (any path, in fact) on `listener` until `stop`; series of endpoints not
+/// in `live()` are deleted as each page is rendered.
+pub async fn serve(
+    listener: TcpListener,
+    handle: Exporter,
+    live: LiveEndpoints,
+    stop: CancellationToken,
+) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, _) = tokio::select! {
@@ -268,10 +324,11 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, stop: Cancel
             },
         };
         let handle = handle.clone();
+        let live = live.clone();
         let stop = stop.clone();
         conns.spawn(async move {
             let svc = service_fn(move |_req: Request<Incoming>| {
-                let body = handle.render();
+                let body = handle.render_live(&live());
                 async move {
                     Ok::<_, Infallible>(
                         Response::builder()

@@ -12,12 +12,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvpick_tokenize::flags::{parse_bytes, parse_duration};
 use kvpick_tokenize::{
     ChatRequest, HyperClient, ModelSource, RegistryConfig, RemoteTokenizer, Tokenization,
     TokenizationOptions, TokenizeInput, TokenizeOutcome, TokenizerRegistry,
 };
 
+use crate::byte_count::parse_bytes;
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::pool::{Freshness, Pool};
@@ -42,11 +42,11 @@ pub struct TokenizeArgs {
     pub remote_tokenize: bool,
     /// Deadline of one request's tokenization (queueing, encoding, or the remote call); past it
     /// the request is routed approximately, by its text.
-    #[arg(long, env = "KVPICK_TOKENIZE_TIMEOUT", default_value = "200ms", value_parser = |s: &str| parse_duration(s).map_err(|e| e.to_string()))]
+    #[arg(long, env = "KVPICK_TOKENIZE_TIMEOUT", default_value = "200ms", value_parser = kvpick_scheduler::duration::parse_flag)]
     pub tokenize_timeout: Duration,
     /// Budget of the token cache that makes a conversation's next turn cheap (e.g. 256Mi, 1Gi; 0
     /// disables it).
-    #[arg(long, env = "KVPICK_TOKENIZE_CACHE_BYTES", default_value = "256Mi", value_parser = |s: &str| parse_bytes(s).map_err(|e| e.to_string()))]
+    #[arg(long, env = "KVPICK_TOKENIZE_CACHE_BYTES", default_value = "256Mi", value_parser = parse_bytes)]
     pub tokenize_cache_bytes: usize,
 }
 

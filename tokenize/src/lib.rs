@@ -27,7 +27,6 @@ pub mod chat;
 pub mod conversation;
 pub mod encode;
 pub mod error;
-pub mod flags;
 pub mod hf_config;
 pub mod model;
 pub mod pool;
