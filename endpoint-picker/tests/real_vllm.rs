@@ -540,9 +540,11 @@ async fn a_restarted_pod_is_relearned(rig: &mut Rig) {
     rig.epp.wait_for(&restarts, before + 1.0).await;
     // Said at info, in a plain-text log (no colour codes when not on a terminal).
     let log = rig.epp.log_text();
+    let pod = rig.label(1);
     assert!(
-        log.lines()
-            .any(|l| l.contains("KV-event index reset") && l.contains("restart")),
+        log.lines().any(|l| l.contains(" INFO ")
+            && l.contains("KV-event index reset")
+            && l.contains(&pod)),
         "the restart is logged at info:\n{log}"
     );
     assert!(
