@@ -206,18 +206,21 @@ pub fn parse(api: Api, body: &[u8], info: &ModelInfo) -> Result<GenRequest, ApiE
 /// The `usage` object as vLLM 0.32 with `--enable-prompt-tokens-details` writes it:
 /// `prompt_tokens_details.cached_tokens` once the engine admitted the request (0 included); a
 /// whole response (`whole`) also carries the unset fields as nulls, a stream's usage chunk drops
-/// them.
-pub fn usage(prompt: u32, completion: u32, cached: Option<u32>, whole: bool) -> Value {
+/// them. A whole chat response also counts `created_cache_tokens` (here: the prompt tokens not
+/// found cached; vLLM's exact accounting is not modelled).
+pub fn usage(prompt: u32, completion: u32, cached: Option<u32>, whole: Option<Api>) -> Value {
     let mut u = json!({"prompt_tokens": prompt, "total_tokens": prompt + completion,
                        "completion_tokens": completion});
     if let Some(c) = cached {
-        u["prompt_tokens_details"] = if whole {
-            json!({"cached_tokens": c, "created_cache_tokens": null, "multimodal_tokens": null})
-        } else {
-            json!({ "cached_tokens": c })
+        u["prompt_tokens_details"] = match whole {
+            Some(api) => {
+                let created = (api == Api::Chat).then(|| prompt.saturating_sub(c));
+                json!({"cached_tokens": c, "created_cache_tokens": created, "multimodal_tokens": null})
+            }
+            None => json!({ "cached_tokens": c }),
         };
     }
-    if whole {
+    if whole.is_some() {
         u["completion_tokens_details"] = Value::Null;
     }
     u
@@ -344,10 +347,12 @@ mod tests {
     #[test]
     fn usage_details_once_admitted() {
         assert_eq!(
-            usage(10, 2, Some(0), false)["prompt_tokens_details"]["cached_tokens"],
+            usage(10, 2, Some(0), None)["prompt_tokens_details"]["cached_tokens"],
             0
         );
-        let whole = usage(10, 2, Some(8), true);
+        let chat = usage(10, 2, Some(8), Some(Api::Chat));
+        assert_eq!(chat["prompt_tokens_details"]["created_cache_tokens"], 2);
+        let whole = usage(10, 2, Some(8), Some(Api::Completions));
         assert_eq!(whole["prompt_tokens_details"]["cached_tokens"], 8);
         assert!(whole["prompt_tokens_details"]["multimodal_tokens"].is_null());
         assert!(
@@ -357,10 +362,10 @@ mod tests {
                 .contains_key("completion_tokens_details")
         );
         assert!(
-            usage(10, 2, None, false)
+            usage(10, 2, None, None)
                 .get("prompt_tokens_details")
                 .is_none()
         );
-        assert_eq!(usage(10, 2, None, false)["total_tokens"], 12);
+        assert_eq!(usage(10, 2, None, None)["total_tokens"], 12);
     }
 }

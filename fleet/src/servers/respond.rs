@@ -97,6 +97,7 @@ impl Reply {
     }
 
     fn usage(&self, p: &Progress, whole: bool) -> Value {
+        let whole = whole.then_some(self.head.api);
         usage(self.prompt_len, p.generated, p.cached_tokens, whole)
     }
 
