@@ -24,9 +24,17 @@ pub struct Cli {
     /// Address the servers listen on.
     #[arg(long, env = "KVPICK_LISTEN_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub listen_address: IpAddr,
-    /// Port of the ext_proc gRPC server the gateway calls (also serves kvpick.v1.Index).
+    /// Port of the ext_proc gRPC server the gateway calls.
     #[arg(long, env = "KVPICK_GRPC_PORT", default_value_t = 9002)]
     pub grpc_port: u16,
+    /// Port of the kvpick.v1.Index query API (`kvpick-epp query`): it lists pods and their load
+    /// and tells whether a prompt prefix is cached, so it is not on the ext_proc port.
+    #[arg(long, env = "KVPICK_QUERY_PORT", default_value_t = 9004)]
+    pub query_port: u16,
+    /// Address the query API listens on: loopback by default (reach it with `kubectl
+    /// port-forward` or `kubectl exec`); set 0.0.0.0 to expose it, behind a NetworkPolicy.
+    #[arg(long, env = "KVPICK_QUERY_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub query_address: IpAddr,
     /// Port of the gRPC health service (liveness, readiness, ext_proc).
     #[arg(long, env = "KVPICK_HEALTH_PORT", default_value_t = 9003)]
     pub health_port: u16,
@@ -139,11 +147,11 @@ pub struct Cli {
 pub enum Command {
     /// Ask a running kvpick-epp (its kvpick.v1.Index API) without routing anything.
     Query {
-        /// The server's gRPC URL.
+        /// The server's query API URL (its --query-port).
         #[arg(
             long,
             env = "KVPICK_QUERY_SERVER",
-            default_value = "http://127.0.0.1:9002"
+            default_value = "http://127.0.0.1:9004"
         )]
         server: String,
         /// What to ask.
@@ -306,6 +314,12 @@ mod tests {
             (c.grpc_port, c.health_port, c.metrics_port),
             (9002, 9003, 9090)
         );
+        // The query API is on its own port, loopback only unless exposed.
+        assert_eq!(
+            (c.query_port, c.query_address),
+            (9004, IpAddr::V4(Ipv4Addr::LOCALHOST))
+        );
+        assert!(!c.tokenize.trust_request_chat_template);
         assert_eq!(c.refresh_metrics_interval, Duration::from_millis(50));
         assert_eq!(c.max_body_bytes, 16 << 20);
         assert_eq!(c.body_timeout, Duration::from_secs(60));
@@ -451,6 +465,11 @@ mod tests {
             panic!()
         };
         assert_eq!(server, "http://e:3");
+        let c = cli(&["query", "endpoints"], &[]).unwrap();
+        let Some(Command::Query { server, .. }) = c.command else {
+            panic!()
+        };
+        assert_eq!(server, "http://127.0.0.1:9004", "the query port's default");
     }
 
     #[test]

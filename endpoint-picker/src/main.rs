@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
             .context("starting kvpick-epp")?;
         tracing::info!(
             grpc = ?server.grpc_addr(),
+            query = ?server.query_addr(),
             health = ?server.health_addr(),
             metrics = ?server.metrics_addr(),
             "listening"

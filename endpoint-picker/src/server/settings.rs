@@ -20,8 +20,10 @@ use crate::{Limits, discovery};
 /// Everything the server needs, independent of how it was configured.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// ext_proc + kvpick.v1 listener.
+    /// ext_proc listener.
     pub grpc: SocketAddr,
+    /// kvpick.v1.Index listener (loopback unless configured); `None` serves no query API.
+    pub query: Option<SocketAddr>,
     /// gRPC health listener.
     pub health: SocketAddr,
     /// Prometheus listener; `None` runs without exporting (metrics are still recorded).
@@ -80,6 +82,7 @@ impl Settings {
             .transpose()?;
         Ok(Self {
             grpc: at(cli.grpc_port),
+            query: Some(SocketAddr::new(cli.query_address, cli.query_port)),
             health: at(cli.health_port),
             metrics: Some(at(cli.metrics_port)),
             tls: TlsSource::from_cli(cli),
@@ -118,6 +121,7 @@ impl Settings {
         let lo = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
             grpc: lo,
+            query: Some(lo),
             health: lo,
             metrics: None,
             tls: None,

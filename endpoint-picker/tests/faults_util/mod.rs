@@ -71,10 +71,19 @@ impl Proc {
 
     /// Resident memory in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The most resident memory it ever had, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
@@ -173,6 +182,8 @@ pub fn write_endpoints(path: &Path, entries: &[serde_yaml::Value]) {
 pub struct Epp {
     pub proc: Proc,
     pub grpc: SocketAddr,
+    /// The kvpick.v1.Index query API (loopback).
+    pub query: SocketAddr,
     pub health: SocketAddr,
     pub metrics: SocketAddr,
 }
@@ -184,9 +195,11 @@ pub const STALENESS: Duration = Duration::from_millis(300);
 impl Epp {
     pub async fn start(dir: &Path, name: &'static str, endpoints: &Path, extra: &[&str]) -> Self {
         let (grpc, health, metrics) = (free_port(), free_port(), free_port());
+        let query = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvpick-epp"));
         cmd.args(["--listen-address", "127.0.0.1"])
             .args(["--grpc-port", &grpc.to_string()])
+            .args(["--query-port", &query.to_string()])
             .args(["--health-port", &health.to_string()])
             .args(["--metrics-port", &metrics.to_string()])
             .arg("--endpoints-file")
@@ -204,11 +217,12 @@ impl Epp {
         let epp = Self {
             proc,
             grpc: at(grpc),
+            query: at(query),
             health: at(health),
             metrics: at(metrics),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while IndexClient::connect(format!("http://{}", epp.grpc))
+        while IndexClient::connect(format!("http://{}", epp.query))
             .await
             .is_err()
         {
@@ -223,7 +237,7 @@ impl Epp {
     }
 
     pub async fn index(&self) -> IndexClient<tonic::transport::Channel> {
-        IndexClient::connect(format!("http://{}", self.grpc))
+        IndexClient::connect(format!("http://{}", self.query))
             .await
             .unwrap()
     }
