@@ -108,6 +108,15 @@ pub struct Cli {
     /// Fallback endpoints listed after the primary (`ip:port,ip:port`); needs Envoy's override_host policy.
     #[arg(long, env = "KVPICK_FALLBACKS", default_value_t = 0)]
     pub fallbacks: usize,
+    /// Believe the x-kvpick-priority header. Only when the gateway sets it (or strips it from
+    /// clients): otherwise a client can put itself ahead of others. Off: ignored and counted in
+    /// kvpick_untrusted_headers_ignored_total.
+    #[arg(long, env = "KVPICK_TRUST_PRIORITY_HEADER", action = ArgAction::SetTrue)]
+    pub trust_priority_header: bool,
+    /// Believe the x-gateway-inference-fairness-id header (flow control). Only when the gateway
+    /// sets it (e.g. from the authenticated tenant) and strips what clients send.
+    #[arg(long, env = "KVPICK_TRUST_FAIRNESS_HEADER", action = ArgAction::SetTrue)]
+    pub trust_fairness_header: bool,
     /// Put each candidate's scores in the `kvpick.scores` dynamic metadata (debugging).
     #[arg(long, env = "KVPICK_EMIT_SCORES", action = ArgAction::SetTrue)]
     pub emit_scores: bool,
@@ -320,6 +329,7 @@ mod tests {
             (9004, IpAddr::V4(Ipv4Addr::LOCALHOST))
         );
         assert!(!c.tokenize.trust_request_chat_template);
+        assert!(!c.trust_priority_header && !c.trust_fairness_header);
         assert_eq!(c.refresh_metrics_interval, Duration::from_millis(50));
         assert_eq!(c.max_body_bytes, 16 << 20);
         assert_eq!(c.body_timeout, Duration::from_secs(60));

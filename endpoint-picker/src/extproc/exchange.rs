@@ -156,7 +156,7 @@ impl Exchange {
             .map(str::to_owned);
         self.subset = reply::subset_hint(metadata);
         self.priority = shedding::priority(&self.shared, headers);
-        self.flow = FlowId::new(reply::header(headers, flow_control::FAIRNESS_HEADER));
+        self.flow = flow_control::flow_id(&self.shared, headers);
         if let Err(e) = shedding::admit(&self.shared, self.priority) {
             self.refuse(&e, out);
             return Ok(());

@@ -97,6 +97,10 @@ impl Settings {
                 staleness: cli.metrics_staleness_threshold,
                 emit_scores: cli.emit_scores,
                 failure_cooldown: cli.failure_cooldown,
+                trusted_headers: crate::shedding::TrustedHeaders {
+                    priority: cli.trust_priority_header,
+                    fairness: cli.trust_fairness_header,
+                },
             },
             limits: Limits {
                 max_body_bytes: cli.max_body_bytes,
