@@ -133,7 +133,7 @@ impl Prose {
 
 fn model(name: &str) -> ModelTokenizer {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../endpoint-picker/tokenize/tests/fixtures")
+        .join("../tokenize/tests/fixtures")
         .join(name);
     ModelTokenizer::load(&dir).expect("the fixture loads")
 }

@@ -21,15 +21,15 @@ use bytes::Bytes;
 use common::envoy::{self, Envoy};
 use common::free_port;
 use http_body_util::{BodyExt, Full};
-use kvpick_sim::engine::Profile;
-use kvpick_sim::fleet::tokenizer::Tokenizer;
-use kvpick_sim::fleet::{Fleet, FleetConfig};
+use kvpick_fleet::Profile;
+use kvpick_fleet::servers::tokenizer::Tokenizer;
+use kvpick_fleet::{Fleet, FleetConfig};
 use serde_json::{Value, json};
 
 const MODEL: &str = "chatml-sim";
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tokenize/tests/fixtures/chatml")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tokenize/tests/fixtures/chatml")
 }
 
 /// The kvpick-epp binary in its own process group, killed with it when dropped.

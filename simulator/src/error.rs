@@ -27,14 +27,8 @@ pub enum SimError {
     /// An option or profile value out of range or inconsistent; the message names it.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-    /// A socket, server or peer failed (bind, ZMQ, HTTP); the message names it.
-    #[error("network: {0}")]
-    Network(String),
-    /// An external program (kvpick-epp, Envoy) is missing or failed; the message says what to do.
-    #[error("{0}")]
-    Process(String),
-    /// Prometheus answered, but not with what calibration needs (absent metrics, bad JSON, an
-    /// error status); the message names the query.
+    /// What Prometheus answered is not what calibration needs (absent metrics, too few windows);
+    /// the message names what is missing.
     #[error("prometheus: {0}")]
     Prometheus(String),
     /// The scheduling core refused (e.g. a picker config that does not validate).
@@ -49,8 +43,6 @@ impl SimError {
             SimError::BadTraceLine { .. } => "bad_trace_line",
             SimError::Io { .. } => "io",
             SimError::InvalidConfig(_) => "invalid_config",
-            SimError::Network(_) => "network",
-            SimError::Process(_) => "process",
             SimError::Prometheus(_) => "prometheus",
             SimError::Scheduler(e) => e.label(),
         }

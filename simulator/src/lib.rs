@@ -12,22 +12,19 @@
 //! - [`cache_hit`]: the single global prefix-cache analysis of a trace.
 //! - [`calibrate`]: the engine profile and workload shape fitted to a live cluster's Prometheus.
 //! - [`tune`]: search for the picker config's best weights on a workload, across seeds.
-//! - [`fleet`]: a live simulated vLLM fleet (real HTTP, `/metrics`, ZMQ KV events) driving the
-//!   same engines in real time.
-//! - [`load`]: an open-loop load generator for any OpenAI-compatible endpoint.
-//! - [`demo`]: the one-command demo: fleet, kvpick-epp and Envoy, cache-blind vs kvpick.
+//!
+//! Pure: no sockets, no async runtime. The live side (simulated vLLM servers driving these engines
+//! in real time, the load generator, the demo, the Prometheus client) is the `kvpick-fleet` crate,
+//! which also holds the `kvpick-sim` binary.
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod cache_hit;
 pub mod calibrate;
 pub mod clock;
-pub mod demo;
 pub mod des;
 pub mod engine;
 pub mod error;
-pub mod fleet;
-pub mod load;
 pub mod lru;
 pub mod metrics;
 pub mod policy;

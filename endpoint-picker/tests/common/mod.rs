@@ -28,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 /// A loopback port free a moment ago, for a child process to bind.
 pub fn free_port() -> u16 {
-    kvpick_sim::demo::procs::free_port().unwrap()
+    kvpick_fleet::demo::procs::free_port().unwrap()
 }
 
 /// A running in-process picker.

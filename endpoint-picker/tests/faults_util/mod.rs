@@ -105,7 +105,7 @@ fn sim_bin() -> PathBuf {
         .unwrap();
     assert!(
         bin.is_file(),
-        "{} is missing: build it first (`cargo build -p kvpick-sim`; `cargo test --workspace` does)",
+        "{} is missing: build it first (`cargo build --bin kvpick-sim`; `cargo test --workspace` does)",
         bin.display()
     );
     bin

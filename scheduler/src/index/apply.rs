@@ -200,9 +200,13 @@ impl<'a> Writer<'a> {
             let (j, part) = (i / parts, i % parts);
             debug_assert!(part < k as usize);
             let hash = ctx.ev.block_hashes[j];
-            let pos = self.hold(key, cursor, ctx.tiers, |w, pos, added| {
+            let Some(pos) = self.hold(key, cursor, ctx.tiers, |w, pos, added| {
                 w.put(EngineRef::new(hash.0, part as u32), key, pos, added);
-            });
+            }) else {
+                // No room for it: it and the rest of the event (its descendants) are dropped.
+                self.report.overflow += (ctx.complete - j) as u64;
+                break;
+            };
             cursor = Some((key, pos));
         }
         if keys.capacity() <= MAX_KEPT_KEYS {
@@ -229,21 +233,22 @@ impl<'a> Writer<'a> {
             let at = match offset {
                 Some(o) if (o + 1) % WINDOW != 0 => o + 1,
                 _ => {
-                    shard = shard_of(key);
+                    shard = shard_of(&self.index.config.secret, key);
                     0
                 }
             };
             offset = Some(at);
             if at % GROUP == 0 && n < WARM && *warm_shard.get_or_insert(shard) == shard {
-                tags[n] = tag_of(key);
+                tags[n] = tag_of(&self.index.config.secret, key);
                 n += 1;
             }
         }
         if let Some(s) = warm_shard {
             // A new block is looked for in a record of its own tag first (a branch stored
             // earlier), so its directory words are read too.
+            let secret = self.index.config.secret;
             let table = self.table(s);
-            let dirs = table.warm_directory(keys.iter().map(|&k| tag_of(k)));
+            let dirs = table.warm_directory(keys.iter().map(|&k| tag_of(&secret, k)));
             std::hint::black_box(table.warm(&tags[..n]) ^ dirs);
         }
     }
@@ -267,7 +272,7 @@ impl<'a> Writer<'a> {
                     key = fold_key(key, f);
                 }
             }
-            let pos = self.hold(key, cursor, ctx.tiers, |w, pos, _| {
+            let Some(pos) = self.hold(key, cursor, ctx.tiers, |w, pos, _| {
                 // The parts of one index block: none is a copy of it, so none counts as an
                 // extra reference.
                 for (i, hash) in ctx.ev.block_hashes[first..first + k].iter().enumerate() {
@@ -278,7 +283,10 @@ impl<'a> Writer<'a> {
                         true,
                     );
                 }
-            });
+            }) else {
+                self.report.overflow += ((groups - g) * k) as u64;
+                break;
+            };
             cursor = Some((key, pos));
         }
     }
@@ -314,21 +322,22 @@ impl<'a> Writer<'a> {
     }
 
     /// Adds the endpoint's holding of `key`, the block after `cursor`, then lets `refs` map its
-    /// engine refs (given the position and whether the holding is new); returns the position.
+    /// engine refs (given the position and whether the holding is new); returns the position,
+    /// or `None` when the table had no room for it (nothing changed).
     fn hold(
         &mut self,
         key: BlockKey,
         cursor: Cursor,
         tiers: u8,
         refs: impl FnOnce(&mut Self, ChainPos, bool),
-    ) -> ChainPos {
+    ) -> Option<ChainPos> {
         let ep = self.endpoint;
-        let slot = Slot::after(cursor, key);
-        let (tag, added) = self.table(slot.shard).add(key, &slot, ep, tiers);
+        let slot = Slot::after(&self.index.config.secret, cursor, key);
+        let (tag, added) = self.table(slot.shard).add(key, &slot, ep, tiers)?;
         self.report.stored += u64::from(added);
         let pos = slot.at(tag);
         refs(self, pos, added);
-        pos
+        Some(pos)
     }
 
     pub(super) fn removed(&mut self, ev: &BlockRemoved) {

@@ -25,15 +25,16 @@ pub(crate) enum Removed {
 
 impl Table {
     /// Adds `tiers` to `endpoint`'s holding of `key`, the block of `slot`; returns the tag of its
-    /// record and whether the holding is new.
+    /// record and whether the holding is new, or `None` when the block needs a record of its
+    /// own and none could be claimed (see [`Table::claim`]): nothing changed.
     pub(crate) fn add(
         &mut self,
         key: BlockKey,
         slot: &Slot,
         endpoint: u16,
         tiers: u8,
-    ) -> (u32, bool) {
-        let (r, k, own) = (slot.rank(), key.get(), tag_of(key));
+    ) -> Option<(u32, bool)> {
+        let (r, k, own) = (slot.rank(), key.get(), tag_of(&self.secret, key));
         let parent = slot
             .parent
             .and_then(|(tag, pkey)| Some((tag, self.find(tag, r.checked_sub(1)?, pkey.get())?)));
@@ -47,7 +48,7 @@ impl Table {
                         (tag, p)
                     }
                     _ => {
-                        let i = self.claim(own);
+                        let i = self.claim(own)?;
                         self.record_mut(i)[r] = k;
                         (own, i)
                     }
@@ -55,7 +56,7 @@ impl Table {
             },
         };
         let (old, new) = self.edit(i, r, endpoint, |t| t | tiers);
-        (tag, old == 0 && new != 0)
+        Some((tag, old == 0 && new != 0))
     }
 
     /// Clears `tiers` from `endpoint`'s holding of `key`, at `pos`.
@@ -179,6 +180,7 @@ mod tests {
     use super::*;
     use crate::index::holder::GPU_ONLY;
     use crate::index::position::{GROUP, WINDOW};
+    use crate::index::secret::IndexSecret;
 
     fn key(i: u64) -> BlockKey {
         BlockKey::from_raw(i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) | 1)
@@ -189,8 +191,8 @@ mod tests {
         let mut parent: Option<(BlockKey, ChainPos)> = None;
         keys.iter()
             .map(|&k| {
-                let slot = Slot::after(parent, k);
-                let (tag, added) = t.add(k, &slot, endpoint, tiers);
+                let slot = Slot::after(&IndexSecret::FIXED, parent, k);
+                let (tag, added) = t.add(k, &slot, endpoint, tiers).unwrap();
                 let pos = slot.at(tag);
                 parent = Some((k, pos));
                 (pos, added)
@@ -200,7 +202,7 @@ mod tests {
 
     #[test]
     fn chains_branch_share_and_empty_out_through_growth() {
-        let mut t = Table::default();
+        let mut t = Table::new(IndexSecret::FIXED);
         // 300 chains of 20 blocks; chain c shares its first c % 17 blocks with chain 0.
         let chain = |c: u64| -> Vec<BlockKey> {
             (0..20u64)
@@ -253,7 +255,7 @@ mod tests {
 
     #[test]
     fn large_ids_holes_and_many_holders_keep_exact_tiers() {
-        let mut t = Table::default();
+        let mut t = Table::new(IndexSecret::FIXED);
         let keys: Vec<BlockKey> = (0..WINDOW as u64 + GROUP as u64).map(key).collect();
         let mut all = Vec::new();
         for e in [0u16, 1, 2, 3, 255, 256, 1000, 65535] {

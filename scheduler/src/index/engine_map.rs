@@ -7,8 +7,9 @@
 //! with an 8-bit overflow counter per line (how many entries homed at or before it were placed
 //! after it), so a search stops at the first line whose counter is 0 and removals leave no
 //! tombstones. Up to 90% load, growth by 1.125× (it is only read by its writer; memory counts
-//! more than a longer probe). vLLM's hashes are not guaranteed to be well mixed, so the home line
-//! comes from a multiply-fold of the hash.
+//! more than a longer probe). Engine hashes come from pods (and need not be well mixed), so the
+//! home line comes from a mix keyed by the index's secret: a pod cannot pick hashes that share
+//! a probe run. Its entries count toward the index's capacity, so it is bounded too.
 //!
 //! ```text
 //! words 0..6  hash 0, key 0, hash 1, key 1, hash 2, key 2
@@ -17,8 +18,11 @@
 //! header      bits 0..3 occupied slots, 3..11 overflow counter, 11..32 positions' bits 32..39
 //! ```
 
+use std::collections::HashSet;
+
 use super::pages::Words;
 use super::position::ChainPos;
+use super::secret::IndexSecret;
 use crate::keys::BlockKey;
 
 const SLOTS: usize = 3;
@@ -28,6 +32,8 @@ const MIN_LINES: usize = 2;
 const OVERFLOW_SHIFT: u32 = 3;
 const EXT_SHIFT: u32 = 11;
 const EXT_BITS: u32 = 7;
+/// The lane of [`IndexSecret::mix`] that places engine hashes.
+const HOME: u64 = 0x6a09_e667_f3bc_c908;
 
 /// The engine-side name of an index block: the engine hash, or for the `i`-th index block cut
 /// from a larger event block, the hash mixed with `i`.
@@ -60,12 +66,7 @@ pub(crate) struct EngineMap {
     n_lines: usize,
     len: usize,
     hand: usize,
-}
-
-impl Default for EngineMap {
-    fn default() -> Self {
-        Self::with_lines(MIN_LINES)
-    }
+    secret: IndexSecret,
 }
 
 /// An entry's place: line and slot.
@@ -76,12 +77,18 @@ type At = (usize, usize);
 pub(crate) struct Found(At);
 
 impl EngineMap {
-    fn with_lines(n: usize) -> Self {
+    /// An empty map placing hashes by `secret`.
+    pub(crate) fn new(secret: IndexSecret) -> Self {
+        Self::with_lines(MIN_LINES, secret)
+    }
+
+    fn with_lines(n: usize, secret: IndexSecret) -> Self {
         Self {
             lines: Words::zeroed(n * LINE),
             n_lines: n,
             len: 0,
             hand: 0,
+            secret,
         }
     }
 
@@ -156,7 +163,6 @@ impl EngineMap {
     }
 
     /// Entries held.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -168,7 +174,7 @@ impl EngineMap {
 
     #[inline]
     fn home(&self, hash: u64) -> usize {
-        ((u128::from(mix(hash)) * self.n_lines() as u128) >> 64) as usize
+        ((u128::from(self.secret.mix(hash, HOME)) * self.n_lines() as u128) >> 64) as usize
     }
 
     #[inline]
@@ -320,13 +326,13 @@ impl EngineMap {
         None
     }
 
-    /// Removes every entry whose key is `key`; returns how many went.
-    pub(crate) fn remove_key(&mut self, key: BlockKey) -> usize {
+    /// Removes every entry whose key is in `keys`, in one pass; returns how many went.
+    pub(crate) fn remove_keys(&mut self, keys: &HashSet<BlockKey>) -> usize {
         let found: Vec<At> = (0..self.n_lines() * SLOTS)
             .map(|i| (i / SLOTS, i % SLOTS))
             .filter(|&(l, s)| {
                 let line = self.line(l);
-                Self::occupied(line, s) && line[2 * s + 1] == key.get()
+                Self::occupied(line, s) && keys.contains(&BlockKey::from_raw(line[2 * s + 1]))
             })
             .collect();
         for &at in &found {
@@ -338,7 +344,7 @@ impl EngineMap {
     /// Every entry, emptying the map (and returning its memory).
     pub(crate) fn drain(&mut self) -> Vec<(BlockKey, ChainPos)> {
         let out = self.iter().map(|(_, k, p)| (k, p)).collect();
-        *self = Self::default();
+        *self = Self::new(self.secret);
         out
     }
 
@@ -354,7 +360,7 @@ impl EngineMap {
     }
 
     fn rebuild(&mut self, lines: usize) {
-        let old = std::mem::replace(self, Self::with_lines(lines));
+        let old = std::mem::replace(self, Self::with_lines(lines, self.secret));
         for (r, key, pos) in old.iter() {
             self.place(r.0, key, pos);
         }
@@ -374,7 +380,7 @@ mod tests {
 
     #[test]
     fn insert_get_remove_evict_with_badly_mixed_hashes() {
-        let mut m = EngineMap::default();
+        let mut m = EngineMap::new(IndexSecret::FIXED);
         // Sequential hashes: vLLM's int hashes need not be uniform.
         for h in 0..5000u64 {
             assert_eq!(
@@ -402,7 +408,8 @@ mod tests {
             m.insert(EngineRef(1), BlockKey::from_raw(1 << 40), pos(1))
                 .is_some()
         );
-        assert_eq!(m.remove_key(BlockKey::from_raw(1 << 40)), 2);
+        let keys = HashSet::from([BlockKey::from_raw(1 << 40)]);
+        assert_eq!(m.remove_keys(&keys), 2);
         assert!(m.get(EngineRef(7)).is_none());
         let before = m.len();
         let evicted: Vec<_> = (0..10).filter_map(|_| m.evict_next()).collect();
@@ -415,6 +422,29 @@ mod tests {
         assert_eq!(m.drain().len(), before - 10);
         assert_eq!(m.len(), 0);
         assert!((0..m.n_lines()).all(|l| EngineMap::overflow(m.line(l)) == 0));
+    }
+
+    #[test]
+    fn hashes_sharing_a_home_under_one_secret_spread_under_another() {
+        // What a pod knowing the secret could send: 600 hashes all homed on line 0 of any map of
+        // up to 256 lines.
+        let chosen = IndexSecret::new(1, 2);
+        let probe = EngineMap::with_lines(256, chosen);
+        let hashes: Vec<u64> = (0u64..).filter(|&h| probe.home(h) == 0).take(600).collect();
+        let longest = |secret: IndexSecret| {
+            let mut m = EngineMap::new(secret);
+            for &h in &hashes {
+                m.insert(EngineRef(h), BlockKey::from_raw(h | 1), pos(h));
+            }
+            assert!(m.n_lines() <= 256);
+            assert!(hashes.iter().all(|&h| m.get(EngineRef(h)).is_some()));
+            (0..m.n_lines())
+                .map(|l| EngineMap::overflow(m.line(l)))
+                .max()
+                .unwrap_or(0)
+        };
+        assert!(longest(chosen) >= 150, "one run under the chosen secret");
+        assert!(longest(IndexSecret::FIXED) < 16, "spread under another");
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! Staying within capacity: evict from the endpoint holding the most entries.
+//! Staying within capacity: evict from the endpoint mapping the most engine hashes (its
+//! entries plus any hash it re-stored known content under).
 //!
 //! The policy cannot be gamed by one pod: a pod that floods events becomes the largest and evicts
 //! its own blocks; the others keep theirs until they are the largest. Within the victim, entries go
 //! at its engine-hash map's clock hand (in effect random blocks). A block evicted mid-chain only
 //! ends that endpoint's runs early: a false negative, never a false hit.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
 use super::apply::Writer;
@@ -19,7 +21,7 @@ impl KvIndex {
     pub(super) fn evict(&self, report: &mut ApplyReport) {
         let _one_evictor = self.evicting.lock();
         loop {
-            let total = self.entries.load(Ordering::Relaxed);
+            let total = self.refs.load(Ordering::Relaxed);
             let Some(excess) = total.checked_sub(self.config.capacity).filter(|&e| e > 0) else {
                 return;
             };
@@ -30,38 +32,43 @@ impl KvIndex {
             let mut state = slot.state.lock();
             let mut scratch = ApplyReport::default();
             let mut writer = Writer::new(self, id, &mut state, &mut scratch);
-            let mut got = 0usize;
-            while got < want {
-                let mut batch = Vec::with_capacity(want - got);
-                while batch.len() < want - got {
-                    let state = writer.state();
-                    match state.map.evict_next() {
-                        Some((_, key, pos)) => {
-                            // A block several engine blocks contain goes with all its references.
-                            if state.extra.remove(&key).is_some() {
-                                state.map.remove_key(key);
-                            }
-                            batch.push((key, pos));
-                        }
-                        None => break,
-                    }
-                }
-                if batch.is_empty() {
+            let mut batch = Vec::with_capacity(want);
+            // Blocks several engine blocks contain go with all their references, found in one
+            // pass over the map; a round that needs the pass takes at least a sixteenth of the
+            // map, so that the pass costs O(1) per reference taken.
+            let mut shared = HashSet::new();
+            let mut take = want;
+            while batch.len() < take {
+                let state = writer.state();
+                let Some((_, key, pos)) = state.map.evict_next() else {
                     break;
+                };
+                if state.extra.remove(&key).is_some() {
+                    shared.insert(key);
+                    take = take.max(state.map.len() / 16);
                 }
-                got += writer.release(&mut batch) as usize;
+                batch.push((key, pos));
             }
+            if !shared.is_empty() {
+                writer.state().map.remove_keys(&shared);
+            }
+            let got = writer.release(&mut batch) as usize;
             drop(writer);
+            let (refs, before) = (
+                state.map.len(),
+                slot.refs.swap(state.map.len(), Ordering::Relaxed),
+            );
+            drop(state);
             slot.entries.fetch_sub(got, Ordering::Relaxed);
-            self.entries.fetch_sub(got, Ordering::Relaxed);
+            self.refs.fetch_sub(before - refs, Ordering::Relaxed);
             report.evicted += got as u64;
-            if got == 0 {
+            if before == refs {
                 return;
             }
         }
     }
 
-    /// The endpoint with the most entries, its count, and the runner-up's count.
+    /// The endpoint mapping the most engine hashes, its count, and the runner-up's count.
     fn largest(
         &self,
     ) -> Option<(
@@ -75,7 +82,7 @@ impl KvIndex {
         let mut second = 0;
         for (i, slot) in all.iter().enumerate() {
             let Some(slot) = slot else { continue };
-            let n = slot.entries.load(Ordering::Relaxed);
+            let n = slot.refs.load(Ordering::Relaxed);
             match best {
                 Some((_, m)) if n <= m => second = second.max(n),
                 _ => {

@@ -13,6 +13,7 @@
 
 use super::position::{GROUP, WINDOW, shard_of, tag_of};
 use super::record;
+use super::secret::IndexSecret;
 use super::table::Table;
 use super::walk::Walk;
 use super::{KvIndex, PrefixMatch, PrefixMatches};
@@ -47,8 +48,8 @@ impl KvIndex {
         let mut walk = Walk::<N>::new(self, cand, keys.len() as u32, out);
         for (w, window) in keys.chunks(WINDOW).enumerate() {
             // Before the lock: taking it is a fence, which would wait for each key line's miss.
-            let tags = group_tags(window);
-            let table = self.shards[shard_of(window[0])].read();
+            let tags = group_tags(&self.config.secret, window);
+            let table = self.shards[shard_of(&self.config.secret, window[0])].read();
             walk.new_window();
             if !window_walk(&mut walk, &table, window, &tags, (w * WINDOW) as u32) {
                 break;
@@ -62,10 +63,10 @@ impl KvIndex {
 /// keys may straddle two, the second holding the next group's first) in a loop of a few
 /// instructions per group, so that their misses overlap.
 #[inline(always)]
-fn group_tags(window: &[BlockKey]) -> [u32; GROUPS] {
+fn group_tags(secret: &IndexSecret, window: &[BlockKey]) -> [u32; GROUPS] {
     let mut tags = [0u32; GROUPS];
     for (group, tag) in window.chunks(GROUP).zip(tags.iter_mut()) {
-        *tag = tag_of(group[0]);
+        *tag = tag_of(secret, group[0]);
     }
     // The line after the last group's first key (the others are some group's first).
     std::hint::black_box(window.last().map(|k| k.get()));
@@ -118,7 +119,9 @@ fn window_walk<const N: usize>(
         let mut i = recs[g];
         if all.get(i).is_none_or(|rec| rec[0] != want[0]) {
             // Another record of the same fingerprint, if any, is the group's.
-            i = table.find(tag_of(group[0]), 0, want[0]).unwrap_or(NONE);
+            i = table
+                .find(tag_of(&table.secret, group[0]), 0, want[0])
+                .unwrap_or(NONE);
         }
         let Some(mut rec) = all.get(i) else {
             walk.stop(at);
@@ -156,7 +159,7 @@ fn window_walk<const N: usize>(
                 continue;
             }
             // The request leaves this record: the block at `r` starts a record of its own.
-            match table.find(tag_of(group[r]), r, want[r]) {
+            match table.find(tag_of(&table.secret, group[r]), r, want[r]) {
                 Some(j) => rec = table.record(j),
                 None => {
                     walk.stop(at + r as u32);

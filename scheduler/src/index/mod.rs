@@ -30,9 +30,12 @@ mod pages;
 pub mod partition;
 mod position;
 mod record;
+mod secret;
 mod sets;
 mod table;
 mod walk;
+
+pub use secret::IndexSecret;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,11 +57,15 @@ use table::Table;
 pub struct IndexConfig {
     /// Tokens per block; requests and events are keyed at this granularity.
     pub block_size: BlockSize,
-    /// Most (endpoint, block) entries held at once; past it, entries are evicted from the
-    /// endpoint holding the most (see [`KvIndex::apply`]).
+    /// Most (endpoint, block) entries held at once, counting every engine hash an endpoint
+    /// maps (a block stored again under another hash costs another entry); past it, entries
+    /// are evicted from the endpoint holding the most (see [`KvIndex::apply`]).
     pub capacity: usize,
     /// Weight of a hit per medium, indexed by [`Medium::tier`].
     pub tier_weights: [f32; 3],
+    /// Keys where blocks and engine hashes are placed. A binary draws it from OS randomness;
+    /// the default is [`IndexSecret::FIXED`], for tests and the simulator.
+    pub secret: IndexSecret,
 }
 
 impl Default for IndexConfig {
@@ -67,6 +74,7 @@ impl Default for IndexConfig {
             block_size: BlockSize::DEFAULT,
             capacity: 64 << 20,
             tier_weights: [1.0, 0.8, 0.5],
+            secret: IndexSecret::FIXED,
         }
     }
 }
@@ -97,6 +105,9 @@ pub struct ApplyReport {
     pub unknown_lora: u64,
     /// Block hashes without their tokens in the event.
     pub malformed: u64,
+    /// Blocks dropped because the table had no room where their keys place them (only many
+    /// keys colliding under the index's secret do this), with the rest of their event.
+    pub overflow: u64,
 }
 
 /// Sizes, for gauges.
@@ -164,7 +175,7 @@ impl Tiers {
 }
 
 /// One endpoint's writer-side state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct EndpointState {
     map: EngineMap,
     /// Blocks that several of the endpoint's engine blocks contain (larger engine blocks that
@@ -178,11 +189,29 @@ struct EndpointState {
     keys: Vec<BlockKey>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct EndpointSlot {
     state: Mutex<EndpointState>,
-    /// Entries, readable without the state lock (eviction picks the largest).
+    /// Entries, readable without the state lock.
     entries: AtomicUsize,
+    /// Engine hashes mapped (what counts toward capacity; eviction picks the largest).
+    refs: AtomicUsize,
+}
+
+impl EndpointSlot {
+    fn new(secret: IndexSecret) -> Self {
+        Self {
+            state: Mutex::new(EndpointState {
+                map: EngineMap::new(secret),
+                extra: HashMap::new(),
+                non_prefix_groups: Vec::new(),
+                split: 0,
+                keys: Vec::new(),
+            }),
+            entries: AtomicUsize::new(0),
+            refs: AtomicUsize::new(0),
+        }
+    }
 }
 
 /// The index. `Send + Sync`: one writer per endpoint, any number of concurrent readers.
@@ -194,7 +223,8 @@ pub struct KvIndex {
     off_base: u8,
     shards: Box<[RwLock<Table>]>,
     endpoints: RwLock<Vec<Option<Arc<EndpointSlot>>>>,
-    entries: AtomicUsize,
+    /// Engine hashes mapped over all endpoints: what [`IndexConfig::capacity`] bounds.
+    refs: AtomicUsize,
     evicting: Mutex<()>,
 }
 
@@ -220,13 +250,16 @@ impl KvIndex {
         }
         let gpu = weights[1];
         let off_base = (0..8).fold(0u8, |m, t| m | (u8::from(weights[t] != gpu) << t));
+        let secret = config.secret;
         Self {
             config,
             weights,
             off_base,
-            shards: (0..SHARDS).map(|_| RwLock::new(Table::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(Table::new(secret)))
+                .collect(),
             endpoints: RwLock::new(Vec::new()),
-            entries: AtomicUsize::new(0),
+            refs: AtomicUsize::new(0),
             evicting: Mutex::new(()),
         }
     }
@@ -261,9 +294,9 @@ impl KvIndex {
                 }
             }
             drop(writer);
-            self.account(&slot, &report);
+            self.account(&slot, &state, &report);
         }
-        if self.entries.load(Ordering::Relaxed) > self.config.capacity {
+        if self.refs.load(Ordering::Relaxed) > self.config.capacity {
             self.evict(&mut report);
         }
         report
@@ -281,7 +314,7 @@ impl KvIndex {
         state.non_prefix_groups.clear();
         state.split = 0;
         state.extra.clear();
-        self.account(&slot, &report);
+        self.account(&slot, &state, &report);
         report.cleared as usize
     }
 
@@ -368,7 +401,7 @@ impl KvIndex {
             all.resize(endpoint.index() + 1, None);
         }
         all[endpoint.index()]
-            .get_or_insert_with(|| Arc::new(EndpointSlot::default()))
+            .get_or_insert_with(|| Arc::new(EndpointSlot::new(self.config.secret)))
             .clone()
     }
 
@@ -376,16 +409,23 @@ impl KvIndex {
         self.endpoints.read().get(endpoint.index())?.clone()
     }
 
-    /// Moves the batch's net entry change into the counters (caller holds the state lock).
-    fn account(&self, slot: &EndpointSlot, report: &ApplyReport) {
+    /// Moves the batch's net entry change and the endpoint's engine-hash count into the
+    /// counters (caller holds the state lock).
+    fn account(&self, slot: &EndpointSlot, state: &EndpointState, report: &ApplyReport) {
         let added = report.stored as usize;
         let gone = (report.removed + report.cleared) as usize;
         slot.entries.fetch_add(added, Ordering::Relaxed);
         slot.entries.fetch_sub(gone, Ordering::Relaxed);
-        self.entries.fetch_add(added, Ordering::Relaxed);
-        self.entries.fetch_sub(gone, Ordering::Relaxed);
+        let (now, before) = (
+            state.map.len(),
+            slot.refs.swap(state.map.len(), Ordering::Relaxed),
+        );
+        self.refs.fetch_add(now, Ordering::Relaxed);
+        self.refs.fetch_sub(before, Ordering::Relaxed);
     }
 }
 
+#[cfg(test)]
+mod hostile;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@
 //! which record a block went to from the table and keeps it in the block's [`ChainPos`], next to
 //! its key in the endpoint's engine-hash map, to find it again on removal.
 
+use super::secret::IndexSecret;
 use crate::keys::BlockKey;
 
 /// Consecutive blocks of a chain kept in one shard (one lock per window at lookup).
@@ -46,16 +47,20 @@ const _: () = assert!(
         && POS_BITS <= 39
 );
 
-/// The shard of the window starting with `key` (its top bits).
+/// The lane of [`IndexSecret::mix`] that places blocks.
+const PLACE: u64 = 0;
+
+/// The shard of the window starting with `key` (the top bits of its keyed mix).
 #[inline]
-pub(crate) fn shard_of(key: BlockKey) -> usize {
-    (key.get() >> (64 - SHARD_BITS)) as usize
+pub(crate) fn shard_of(secret: &IndexSecret, key: BlockKey) -> usize {
+    (secret.mix(key.get(), PLACE) >> (64 - SHARD_BITS)) as usize
 }
 
-/// The tag of the record whose first block is `key` (bits disjoint from the shard bits).
+/// The tag of the record whose first block is `key` (bits of its keyed mix disjoint from the
+/// shard bits): keys that share a tag can only be found with the secret.
 #[inline]
-pub(crate) fn tag_of(key: BlockKey) -> u32 {
-    ((key.get() >> 20) & TAG_MASK) as u32
+pub(crate) fn tag_of(secret: &IndexSecret, key: BlockKey) -> u32 {
+    ((secret.mix(key.get(), PLACE) >> 20) & TAG_MASK) as u32
 }
 
 /// A block's placement: its shard, the tag of its record, its depth modulo [`WINDOW`], and
@@ -90,7 +95,11 @@ impl Slot {
     /// The slot of the block after `parent` (whose key is `parent_key`), or of block 0 when
     /// there is no parent; `key` is the block's own key.
     #[inline]
-    pub(crate) fn after(parent: Option<(BlockKey, ChainPos)>, key: BlockKey) -> Self {
+    pub(crate) fn after(
+        secret: &IndexSecret,
+        parent: Option<(BlockKey, ChainPos)>,
+        key: BlockKey,
+    ) -> Self {
         match parent {
             Some((pkey, pos)) if (pos.offset() + 1) % WINDOW != 0 => {
                 let offset = pos.offset() + 1;
@@ -101,7 +110,7 @@ impl Slot {
                 }
             }
             _ => Self {
-                shard: shard_of(key),
+                shard: shard_of(secret, key),
                 offset: 0,
                 parent: None,
             },
@@ -187,20 +196,24 @@ mod tests {
             .map(|i| BlockKey::from_raw(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x1234_5678))
             .collect();
         let mut parent: Option<(BlockKey, ChainPos)> = None;
+        let s = IndexSecret::FIXED;
         for (depth, key) in keys.iter().enumerate() {
-            let slot = Slot::after(parent, *key);
+            let slot = Slot::after(&s, parent, *key);
             assert_eq!(
                 slot.shard,
-                shard_of(keys[depth - depth % WINDOW]),
+                shard_of(&s, keys[depth - depth % WINDOW]),
                 "{depth}"
             );
             assert_eq!(slot.offset, depth % WINDOW);
             assert_eq!(slot.rank(), depth % GROUP);
             assert_eq!(slot.parent.is_some(), depth % GROUP != 0);
-            let pos = slot.at(tag_of(*key) ^ depth as u32);
+            let pos = slot.at(tag_of(&s, *key) ^ depth as u32);
             assert_eq!(pos.shard(), slot.shard);
             assert_eq!(pos.offset(), slot.offset);
-            assert_eq!(pos.tag(), (tag_of(*key) ^ depth as u32) & TAG_MASK as u32);
+            assert_eq!(
+                pos.tag(),
+                (tag_of(&s, *key) ^ depth as u32) & TAG_MASK as u32
+            );
             assert!(pos.boundary());
             assert_eq!(ChainPos::from_raw(pos.raw()), pos);
             assert!(!pos.with_boundary(false).boundary());

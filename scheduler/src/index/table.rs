@@ -9,16 +9,29 @@
 //! full, one record in them moves to its other bucket (one cuckoo step), and failing that the
 //! table grows by 1.25× (in whole huge pages once it fills one), as it does past 90% of its
 //! records.
+//!
+//! No input makes a claim loop or the table grow without bound. A tag's records can only be in
+//! its two buckets, so at most 16 records share a tag; tags come from a keyed mix of the keys
+//! (see [`super::secret`]), so that only chance puts many records on one tag, but the table does
+//! not rely on it: a claim grows the table at most once (and only when growing can help: the
+//! table is past half full or small, and the two buckets are not all one fingerprint), a growth
+//! tries a bounded number of sizes and otherwise keeps the table as it was, and a record that
+//! still does not fit is refused. The writer drops that block and counts it.
 
 use super::pages::{HUGE, Words};
 use super::position::tag_of;
 use super::record::{self, CELLS, Record};
+use super::secret::IndexSecret;
 use super::sets::Sets;
 
 /// Records per bucket (one fingerprint byte each in a directory word).
 const BUCKET: usize = 8;
 const MAX_LOAD_PERCENT: usize = 90;
 const MIN_BUCKETS: usize = 2;
+/// Below this many buckets a failed claim may grow the table at any load.
+const SMALL_BUCKETS: usize = 64;
+/// Most sizes one growth tries (each 1.25× the last) before giving up.
+const GROW_TRIES: usize = 4;
 /// Buckets per huge page.
 const HUGE_BUCKETS: usize = HUGE / (BUCKET * CELLS * 8);
 /// Most tags [`Table::warm`] takes at once.
@@ -47,6 +60,10 @@ pub(crate) struct Table {
     cells: Words,
     buckets: usize,
     directory: Vec<u64>,
+    pub(super) secret: IndexSecret,
+    /// Records in use when a growth last failed: no growth is tried again until there are an
+    /// eighth more (a failed growth costs a rebuild; it must not be repeated per claim).
+    stuck: Option<usize>,
     pub(super) sets: Sets,
     /// Records in use.
     records: usize,
@@ -56,18 +73,19 @@ pub(crate) struct Table {
     pub(super) entries: usize,
 }
 
-impl Default for Table {
-    fn default() -> Self {
-        Self::with_buckets(MIN_BUCKETS)
-    }
-}
-
 impl Table {
-    fn with_buckets(n: usize) -> Self {
+    /// An empty table placing records by `secret`.
+    pub(crate) fn new(secret: IndexSecret) -> Self {
+        Self::with_buckets(MIN_BUCKETS, secret)
+    }
+
+    fn with_buckets(n: usize, secret: IndexSecret) -> Self {
         Self {
             cells: Words::zeroed(n * BUCKET * CELLS),
             buckets: n,
             directory: vec![0; n],
+            secret,
+            stuck: None,
             sets: Sets::default(),
             records: 0,
             keys: 0,
@@ -189,18 +207,36 @@ impl Table {
         })
     }
 
-    /// A free record for tag `tag`, fingerprint set; grows the table as needed.
-    pub(super) fn claim(&mut self, tag: u32) -> usize {
+    /// A free record for tag `tag`, fingerprint set, growing the table if that can help; `None`
+    /// when its two buckets stay full (the caller drops the block). Bounded work and memory
+    /// whatever the tags.
+    pub(super) fn claim(&mut self, tag: u32) -> Option<usize> {
         if (self.records + 1) * 100 > self.buckets * BUCKET * MAX_LOAD_PERCENT {
             self.grow();
         }
-        loop {
-            if let Some(i) = self.try_claim(tag) {
-                self.records += 1;
-                return i;
+        let i = match self.try_claim(tag) {
+            Some(i) => i,
+            None => {
+                let loaded = self.records * 2 >= self.buckets * BUCKET;
+                if !(loaded || self.buckets < SMALL_BUCKETS) || self.one_fingerprint(tag) {
+                    return None;
+                }
+                if !self.grow() {
+                    return None;
+                }
+                self.try_claim(tag)?
             }
-            self.grow();
-        }
+        };
+        self.records += 1;
+        Some(i)
+    }
+
+    /// Whether both buckets of `tag` are distinct and hold only records of its fingerprint:
+    /// growing keeps them together, so it cannot make room.
+    fn one_fingerprint(&self, tag: u32) -> bool {
+        let c = self.cand(tag);
+        let all = |b: usize| byte_matches(self.directory[b], c.fp) == 0x8080_8080_8080_8080;
+        c.b1 != c.b2 && all(c.b1) && all(c.b2)
     }
 
     fn free_in(&self, b: usize) -> u64 {
@@ -216,9 +252,10 @@ impl Table {
     /// The tag of a live record: that of its first used slot's key (which started the record).
     fn tag_of_record(&self, i: usize) -> u32 {
         let keys = record::keys(self.record(i));
-        tag_of(crate::keys::BlockKey::from_raw(
-            keys.iter().copied().find(|&k| k != 0).unwrap_or(0),
-        ))
+        tag_of(
+            &self.secret,
+            crate::keys::BlockKey::from_raw(keys.iter().copied().find(|&k| k != 0).unwrap_or(0)),
+        )
     }
 
     fn try_claim(&mut self, tag: u32) -> Option<usize> {
@@ -263,14 +300,22 @@ impl Table {
         self.records -= 1;
     }
 
-    /// Rebuilds into about 1.25× the buckets, in whole huge pages once the table fills one.
-    fn grow(&mut self) {
+    /// Rebuilds into about 1.25× the buckets, in whole huge pages once the table fills one;
+    /// tries [`GROW_TRIES`] sizes, else keeps the table as it was and returns false (and tries
+    /// no more until an eighth more records are in use).
+    fn grow(&mut self) -> bool {
+        if self
+            .stuck
+            .is_some_and(|at| self.records < at + at / 8 + BUCKET)
+        {
+            return false;
+        }
         let mut n = self.buckets + (self.buckets / 4).max(1);
-        loop {
+        for _ in 0..GROW_TRIES {
             if n > HUGE_BUCKETS {
                 n = n.div_ceil(HUGE_BUCKETS) * HUGE_BUCKETS;
             }
-            let mut new = Self::with_buckets(n);
+            let mut new = Self::with_buckets(n, self.secret);
             let moved = (0..self.buckets * BUCKET)
                 .filter(|&i| self.directory[i / BUCKET] >> (8 * (i % BUCKET)) & 0xff != 0)
                 .all(|i| {
@@ -284,10 +329,13 @@ impl Table {
                 self.cells = new.cells;
                 self.directory = new.directory;
                 self.buckets = n;
-                return;
+                self.stuck = None;
+                return true;
             }
             n += n / 4;
         }
+        self.stuck = Some(self.records);
+        false
     }
 
     /// Bytes of the records and the directory (the slab is counted by the allocator).

@@ -17,6 +17,7 @@ fn index(capacity: usize) -> KvIndex {
         block_size: BlockSize::new(BS).unwrap(),
         capacity,
         tier_weights: [1.0, 0.5, 0.25],
+        secret: IndexSecret::FIXED,
     })
 }
 

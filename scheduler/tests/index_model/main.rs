@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kvpick_scheduler::events::{BlockStored, EngineHash, EventBatch, KvEvent, Medium};
-use kvpick_scheduler::index::{ApplyReport, IndexConfig, KvIndex, PrefixMatches, Tiers};
+use kvpick_scheduler::index::{
+    ApplyReport, IndexConfig, IndexSecret, KvIndex, PrefixMatches, Tiers,
+};
 use kvpick_scheduler::keys::{BlockKey, BlockSize, Partition, block_keys};
 use kvpick_scheduler::pods::{EndpointId, EndpointSet};
 use proptest::prelude::*;
@@ -41,6 +43,7 @@ fn check(ops: &[Op], probes: &[Probe], capacity: usize) -> Result<(), TestCaseEr
         block_size: BlockSize::new(INDEX_BS).unwrap(),
         capacity,
         tier_weights: [1.0, 0.75, 0.5],
+        secret: IndexSecret::FIXED,
     };
     let index = KvIndex::new(config.clone());
     let mut model = Model {

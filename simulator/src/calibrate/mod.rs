@@ -1,15 +1,15 @@
 //! Calibration from a live cluster's Prometheus: the engines' step-time profile and the workload's
 //! shape, fitted to what vLLM exports, written as files the simulator runs.
 //!
-//! [`observe`] asks Prometheus (range queries over `[end − window, end]` every `resolution`) for
-//! vLLM's counters and length histograms and its cache config; [`calibrate`] turns them, purely,
+//! The fleet crate's `prometheus::observe` asks Prometheus (range queries over `[end − window, end]`
+//! every `resolution`) for vLLM's counters and length histograms and its cache config, as an
+//! [`Observed`]; [`calibrate`] turns them, purely,
 //! into a [`Calibration`]: per-engine windows ([`windows`]), the step-time fit ([`fit`]), the
 //! workload shape ([`shape`]). [`Calibration::write`] writes `profile.yaml` (for
 //! `--profile-file`), `workload.jsonl` (for `--trace`), `calibration.json` and `fit.svg`.
 
 pub mod fit;
 mod lsq;
-pub mod prometheus;
 pub mod shape;
 pub mod windows;
 
@@ -23,9 +23,8 @@ use crate::error::SimError;
 use crate::report::svg::{LinePlot, Series as PlotSeries};
 use crate::trace::generate::RateStage;
 use fit::StepFit;
-use prometheus::{Prometheus, Series};
 use shape::{LengthDist, Workload};
-use windows::{COUNTERS, Counter, Window};
+use windows::{Counter, Series, Window};
 
 /// What to ask Prometheus, and how to build the profile.
 #[derive(Clone, Debug)]
@@ -50,7 +49,8 @@ pub struct CalibrateOptions {
 }
 
 impl CalibrateOptions {
-    fn grid(&self) -> Result<(f64, usize), SimError> {
+    /// The query grid: its first point (unix s) and the number of points.
+    pub fn grid(&self) -> Result<(f64, usize), SimError> {
         let ok = |v: f64| v.is_finite() && v > 0.0;
         if !ok(self.window_s) || !ok(self.resolution_s) || self.resolution_s * 4.0 > self.window_s {
             return Err(SimError::InvalidConfig(format!(
@@ -85,61 +85,6 @@ pub struct Observed {
     pub output_buckets: Vec<(f64, f64)>,
     /// `(block_size, num_gpu_blocks)` from `vllm:cache_config_info`.
     pub cache_config: Option<(u32, u32)>,
-}
-
-/// Queries everything calibration needs.
-pub async fn observe(prom: &Prometheus, opts: &CalibrateOptions) -> Result<Observed, SimError> {
-    let (start, points) = opts.grid()?;
-    let sel = opts.selector.trim();
-    let step = opts.resolution_s;
-    let mut obs = Observed {
-        start,
-        points,
-        ..Default::default()
-    };
-    for c in COUNTERS {
-        let mut found = Vec::new();
-        for name in c.names() {
-            found = prom
-                .query_range(&format!("{name}{sel}"), start, opts.end, step)
-                .await?;
-            if !found.is_empty() {
-                break;
-            }
-        }
-        if found.is_empty() && c.required() {
-            return Err(SimError::Prometheus(format!(
-                "no series of {} matching {:?} between {start:.0} and {:.0}: is Prometheus scraping \
-                 vLLM's /metrics, and did the pods serve traffic in the window?",
-                c.names().join(" or "),
-                sel,
-                opts.end
-            )));
-        }
-        obs.counters.insert(c, found);
-    }
-    for (name, out) in [
-        ("vllm:request_prompt_tokens_bucket", &mut obs.prompt_buckets),
-        (
-            "vllm:request_generation_tokens_bucket",
-            &mut obs.output_buckets,
-        ),
-    ] {
-        let series = prom
-            .query_range(&format!("{name}{sel}"), start, opts.end, step)
-            .await?;
-        *out = bucket_increases(&series);
-    }
-    let info = prom
-        .query(&format!("vllm:cache_config_info{sel}"), opts.end)
-        .await?;
-    obs.cache_config = info.iter().find_map(|s| {
-        Some((
-            s.labels.get("block_size")?.parse().ok()?,
-            s.labels.get("num_gpu_blocks")?.parse().ok()?,
-        ))
-    });
-    Ok(obs)
 }
 
 /// `(le, increase)` summed over engines, from cumulative bucket series.

