@@ -29,7 +29,7 @@ const CPU_BOMB: &str =
     "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tokenize/tests/fixtures/chatml")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tokenize/tests/fixtures/chatml")
 }
 
 async fn start(dir: &Path, name: &'static str, extra: &[&str]) -> Epp {
