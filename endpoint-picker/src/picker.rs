@@ -168,6 +168,7 @@ impl Picker {
             prompt: req.prompt,
             session: req.session,
             subset: subset.as_ref(),
+            ..Request::new(req.model, req.prompt)
         };
         let decision = self.scheduler.pick(&request, &candidates, now)?;
         let addresses = decision

@@ -348,7 +348,7 @@ async fn calibrate_recovers_profile_and_workload_from_prometheus() {
     );
     assert!(hit_rate > 0.05, "the shared prefixes hit: {hit_rate}");
 
-    let p = Profile::from_file(&out.join("profile.yaml")).unwrap();
+    let p = kvpick_sim::engine::profile_from_file(&out.join("profile.yaml")).unwrap();
     assert_eq!(
         (p.block_size, p.kv_blocks),
         (16, 2048),

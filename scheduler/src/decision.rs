@@ -1,5 +1,7 @@
 //! Where a request goes and why: the output of [`crate::Scheduler::pick`].
 
+use crate::inflight::Cost;
+use crate::latency::Prediction;
 use crate::pods::EndpointId;
 
 /// One ranked endpoint of a decision.
@@ -23,6 +25,10 @@ pub struct Decision {
     pub matched_blocks: u32,
     /// Full blocks in the prompt at the index's block size (0 for a text or empty prompt).
     pub total_blocks: u32,
+    /// What the request is expected to cost the primary, for [`crate::Scheduler::reserve`].
+    pub cost: Cost,
+    /// The primary's predicted latency (when the profile has a latency scorer).
+    pub predicted: Option<Prediction>,
 }
 
 impl Decision {

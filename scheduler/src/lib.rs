@@ -8,6 +8,9 @@
 //! - [`events`]: vLLM's KV-event model and its msgpack wire codec.
 //! - [`index`]: which endpoint holds which block, and per-candidate prefix lookup.
 //! - [`pods`]: endpoint identity and scraped signals.
+//! - [`inflight`]: what was sent to each endpoint and not yet finished (reserve on pick).
+//! - [`latency`]: predicted TTFT/TPOT per candidate from in-flight load and the engine profile.
+//! - [`profile`]: engine profiles (vLLM limits, step-time coefficients), shared with the simulator.
 //! - [`scheduler`]: `Scheduler::pick`, from a request and its candidates to a ranked decision.
 //! - [`request`], [`decision`]: what `pick` takes and returns.
 //! - [`filters`], [`scorers`], [`pickers`]: the plugins of the pipeline.
@@ -25,10 +28,13 @@ pub mod events;
 pub mod filters;
 pub mod flow;
 pub mod index;
+pub mod inflight;
 pub mod keys;
+pub mod latency;
 mod lru;
 pub mod pickers;
 pub mod pods;
+pub mod profile;
 pub mod request;
 pub mod saturation;
 pub mod scheduler;
@@ -40,8 +46,12 @@ pub use error::Error;
 pub use events::{EventBatch, KvEvent};
 pub use flow::{FlowConfig, FlowGate, FlowId, FlowQueue, Pacer};
 pub use index::{IndexConfig, KvIndex, PrefixMatches};
+pub use inflight::{Cost, EndpointLoad, InFlight, ReservationId};
 pub use keys::{BlockKey, BlockSize, Partition};
+pub use latency::{LatencyModel, Prediction};
 pub use pods::{Endpoint, EndpointId, EndpointSet, PodSignals};
+pub use profile::EngineProfile;
+pub use request::Slo;
 pub use saturation::{PoolSaturation, SaturationConfig};
 pub use scheduler::{Candidate, Decision, EventsState, Prompt, Ranked, Request, Scheduler};
 pub use time::Timestamp;

@@ -1,5 +1,7 @@
 //! What a request asks for and who could serve it: the inputs of [`crate::Scheduler::pick`].
 
+use std::time::Duration;
+
 use crate::keys::Partition;
 use crate::pods::{Endpoint, EndpointSet, PodSignals};
 
@@ -27,6 +29,36 @@ pub struct Request<'a> {
     pub session: Option<&'a str>,
     /// The proxy's subset hint, resolved to endpoint ids: pick only from it when present.
     pub subset: Option<&'a EndpointSet>,
+    /// `max_tokens` (or `max_completion_tokens`): what it may generate, for the latency model.
+    pub max_tokens: Option<u32>,
+    /// Latency objectives from its headers (`x-slo-ttft-ms`, `x-slo-tpot-ms`, llm-d's names).
+    pub slo: Slo,
+    /// Its InferenceObjective name (`x-gateway-inference-objective`), for per-objective SLOs.
+    pub objective: Option<&'a str>,
+}
+
+/// Latency objectives of one request; unset ones fall back to the config's defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slo {
+    /// Time to first token.
+    pub ttft: Option<Duration>,
+    /// Time per output token.
+    pub tpot: Option<Duration>,
+}
+
+impl Slo {
+    /// Each objective of `self`, or `fallback`'s where `self` sets none.
+    pub fn or(self, fallback: Slo) -> Slo {
+        Slo {
+            ttft: self.ttft.or(fallback.ttft),
+            tpot: self.tpot.or(fallback.tpot),
+        }
+    }
+
+    /// Whether no objective is set.
+    pub fn is_empty(&self) -> bool {
+        self.ttft.is_none() && self.tpot.is_none()
+    }
 }
 
 impl<'a> Request<'a> {
@@ -38,6 +70,9 @@ impl<'a> Request<'a> {
             prompt,
             session: None,
             subset: None,
+            max_tokens: None,
+            slo: Slo::default(),
+            objective: None,
         }
     }
 

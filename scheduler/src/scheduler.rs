@@ -9,6 +9,13 @@
 //!    same whatever the scale of the weights (all weights 0 → all totals 0, order is random);
 //! 5. the picker orders the candidates ([`crate::pickers`]);
 //! 6. scorers that learn from routing history are told the primary.
+//!
+//! Between 2 and 3, when a scorer asks for it, each candidate's cost (prompt, tokens cached
+//! there, expected output) and predicted latency are computed from the in-flight accounting
+//! ([`crate::inflight`]) and the latency model ([`crate::latency`]). The caller reserves the
+//! decision's cost on the primary with [`Scheduler::reserve`] and releases it as the response
+//! goes ([`Scheduler::first_token`], [`Scheduler::release`]); scrapes are folded in with
+//! [`Scheduler::reconcile`].
 
 use std::sync::Arc;
 
@@ -16,10 +23,12 @@ use crate::config::PickerConfig;
 use crate::error::Error;
 use crate::filters::{self, FilterSpec};
 use crate::index::{KvIndex, PrefixMatches};
+use crate::inflight::{Cost, InFlight, InFlightConfig, ReservationId};
 use crate::keys::{BlockKey, block_keys};
+use crate::latency::{LatencyModel, Prediction};
 use crate::pickers::Picker;
-use crate::pods::{EndpointId, EndpointSet};
-use crate::scorers::{Needs, ScoreContext, Scorer, positions_of};
+use crate::pods::{EndpointId, EndpointSet, PodSignals};
+use crate::scorers::{Needs, ScoreContext, Scorer, ScorerSpec, positions_of};
 use crate::time::Timestamp;
 
 pub use crate::decision::{Decision, Ranked};
@@ -37,6 +46,9 @@ pub struct Scheduler {
     scorer_names: Vec<Arc<str>>,
     picker: Picker,
     needs: Needs,
+    inflight: InFlight,
+    latency: Option<LatencyModel>,
+    expected_output_tokens: u32,
 }
 
 impl Scheduler {
@@ -69,7 +81,18 @@ impl Scheduler {
         let needs = scorers
             .iter()
             .fold(Needs::default(), |n, s| n.union(s.needs()));
+        let predicted = profile.scorers.iter().find_map(|s| match &s.spec {
+            ScorerSpec::PredictedLatency(p) => Some(p),
+            _ => None,
+        });
+        let mut inflight = InFlightConfig::default();
+        if let Some(p) = predicted {
+            inflight.ttl = p.reservation_ttl;
+        }
         Self {
+            latency: predicted.map(|p| LatencyModel::new(p.profile.clone())),
+            expected_output_tokens: predicted.map_or(256, |p| p.expected_output_tokens),
+            inflight: InFlight::new(inflight),
             filters: profile.filters.iter().map(|f| f.spec.clone()).collect(),
             weight_sum: weights.iter().sum(),
             weights,
@@ -101,6 +124,32 @@ impl Scheduler {
         &self.scorer_names
     }
 
+    /// The in-flight accounting (for export).
+    pub fn inflight(&self) -> &InFlight {
+        &self.inflight
+    }
+
+    /// Reserves `decision`'s cost on its primary at `now`; `None` for an empty decision.
+    pub fn reserve(&self, decision: &Decision, now: Timestamp) -> Option<ReservationId> {
+        let primary = decision.primary()?;
+        Some(self.inflight.reserve(primary, decision.cost, now))
+    }
+
+    /// The reserved request produced its first token (its prefill is done).
+    pub fn first_token(&self, id: ReservationId, now: Timestamp) {
+        self.inflight.first_token(id, now);
+    }
+
+    /// The reserved request ended (response end, client gone, error, timeout).
+    pub fn release(&self, id: ReservationId, now: Timestamp) {
+        self.inflight.release(id, now);
+    }
+
+    /// Folds a fresh scrape of `endpoint` into the in-flight accounting.
+    pub fn reconcile(&self, endpoint: EndpointId, signals: &PodSignals) {
+        self.inflight.reconcile(endpoint, signals);
+    }
+
     /// Forgets what the scorers learnt about `endpoint` (routing history, sessions). Call it when
     /// the endpoint goes away, before its id is reused; its KV-index entries are the index's
     /// business ([`KvIndex::clear_endpoint`]).
@@ -108,6 +157,7 @@ impl Scheduler {
         for scorer in &self.scorers {
             scorer.forget(endpoint);
         }
+        self.inflight.forget(endpoint);
     }
 
     /// Ranks the eligible candidates for `request`: primary first, then fallbacks. Candidates
@@ -151,9 +201,45 @@ impl Scheduler {
                 self.index.lookup(&keys, &live, &mut matches);
             }
         }
+        let prompt_tokens = match request.prompt {
+            Prompt::Tokens(t) => u32::try_from(t.len()).unwrap_or(u32::MAX),
+            // About four characters a token: enough to price an untokenized prompt.
+            Prompt::Text(t) => u32::try_from(t.len() / 4).unwrap_or(u32::MAX),
+            Prompt::Empty => 0,
+        };
+        let output_tokens = request.max_tokens.unwrap_or(self.expected_output_tokens);
+        let costs: Vec<Cost> = eligible
+            .iter()
+            .map(|c| {
+                let cached = matches
+                    .get(c.endpoint.id)
+                    .map_or(0.0, |m| f64::from(m.weighted) * f64::from(block_size.get()));
+                Cost {
+                    prompt_tokens,
+                    cached_tokens: (cached as u32).min(prompt_tokens),
+                    output_tokens,
+                }
+            })
+            .collect();
+        let predictions: Vec<Prediction> = match &self.latency {
+            Some(model) if self.needs.predict => {
+                let loads = self
+                    .inflight
+                    .loads(eligible.iter().map(|c| c.endpoint.id), now);
+                eligible
+                    .iter()
+                    .zip(&costs)
+                    .zip(&loads)
+                    .map(|((c, cost), load)| model.predict(cost, load, c.signals))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let ctx = ScoreContext {
             request,
             candidates: &eligible,
+            costs: &costs,
+            predictions: &predictions,
             keys: &keys,
             block_size,
             matches: &matches,
@@ -194,7 +280,8 @@ impl Scheduler {
                 scores: scores.iter().skip(i).step_by(n).copied().collect(),
             })
             .collect();
-        let Some(primary) = ranked.first().map(|r| r.endpoint) else {
+        let (Some(primary), Some(&first)) = (ranked.first().map(|r| r.endpoint), order.first())
+        else {
             return Err(Error::NoEndpoint(filters::NO_CANDIDATES));
         };
         for scorer in &self.scorers {
@@ -208,9 +295,14 @@ impl Scheduler {
                 .map_or(0, |m| m.blocks),
             total_blocks,
             ranked,
+            cost: costs.get(first).copied().unwrap_or_default(),
+            predicted: predictions.get(first).copied(),
         })
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod latency_tests;

@@ -120,6 +120,7 @@ pub fn run(
         model: cfg.model.clone(),
         block_size: kvpick_scheduler::BlockSize::new(cfg.profile.block_size)
             .ok_or_else(|| SimError::InvalidConfig("block size must be positive".into()))?,
+        profile: cfg.profile.clone(),
     };
     let router = Router::new(policy, &shape, cfg.seed)?;
     let engines = (0..cfg.engines)
@@ -241,9 +242,15 @@ impl Loop<'_> {
     /// Signals as of now when scrapes are instant (`metrics_interval_us` 0).
     fn refresh_signals(&mut self, now: SimTime) {
         if self.cfg.metrics_interval_us == 0 {
-            for (s, e) in self.signals.iter_mut().zip(&self.engines) {
-                *s = e.signals(now);
-            }
+            self.scrape(now);
+        }
+    }
+
+    /// Every engine's signals as of `now`, folded into the router's in-flight accounting.
+    fn scrape(&mut self, now: SimTime) {
+        for (i, (s, e)) in self.signals.iter_mut().zip(&self.engines).enumerate() {
+            *s = e.signals(now);
+            self.router.observe_signals(i, s);
         }
     }
 
@@ -297,14 +304,18 @@ impl Loop<'_> {
     fn route(&mut self, i: usize, now: SimTime) -> Result<(), SimError> {
         let req = &self.trace.requests[i];
         req.prompt.materialize(&mut self.tokens);
-        let e = self.router.pick(
+        let routed = self.router.pick(
+            i,
             &self.tokens,
             req.lora.as_deref(),
             req.session.as_deref(),
+            req.output_tokens,
             &self.signals,
             now,
         )?;
+        let e = routed.engine;
         self.rec.records[i].engine = e as u32;
+        self.rec.records[i].predicted_ttft_us = routed.predicted_ttft_us;
         let engine_req = EngineRequest {
             id: RequestId(i as u32),
             prompt: std::mem::take(&mut self.tokens),
@@ -314,6 +325,7 @@ impl Loop<'_> {
         };
         if self.engines[e].add_request(engine_req).is_err() {
             self.rec.records[i].unfit = true;
+            self.router.release(i, now);
             return Ok(());
         }
         if !self.busy[e] {
@@ -338,6 +350,13 @@ impl Loop<'_> {
             Event::StepDone(e) => {
                 let e = e as usize;
                 self.engines[e].finish_step(now, &mut self.rec);
+                for (req, finished, at) in std::mem::take(&mut self.rec.lifecycle) {
+                    if finished {
+                        self.router.release(req.0 as usize, at);
+                    } else {
+                        self.router.first_token(req.0 as usize, at);
+                    }
+                }
                 if self.cfg.check_invariants && self.violation.is_none() {
                     self.violation = self.engines[e]
                         .check_invariants()
@@ -372,9 +391,7 @@ impl Loop<'_> {
                 }
             }
             Event::Scrape => {
-                for (s, e) in self.signals.iter_mut().zip(&self.engines) {
-                    *s = e.signals(now);
-                }
+                self.scrape(now);
                 if self.active(next_arrival) {
                     self.push(now.plus_micros(self.cfg.metrics_interval_us), Event::Scrape);
                 }

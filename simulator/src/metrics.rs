@@ -119,6 +119,8 @@ pub struct RequestRecord {
     pub unfit: bool,
     /// Refused by flow control: the queue was full, or it waited past `queueTTL`.
     pub rejected: bool,
+    /// TTFT the router's latency model predicted on the engine it picked (µs), if it has one.
+    pub predicted_ttft_us: Option<f64>,
 }
 
 /// One timeline sample.
@@ -151,6 +153,9 @@ pub struct Recorder {
     pub window_input: u64,
     /// Of which cached.
     pub window_cached: u64,
+    /// First tokens and completions of the step just finished, for the router's in-flight
+    /// accounting: (request, finished, when).
+    pub lifecycle: Vec<(RequestId, bool, SimTime)>,
 }
 
 impl Recorder {
@@ -173,6 +178,7 @@ impl EngineSink for Recorder {
         let r = self.rec(req);
         r.first_token = Some(now);
         r.output_tokens = 1;
+        self.lifecycle.push((req, false, now));
     }
 
     fn token(&mut self, req: RequestId, gap_us: u64) {
@@ -182,6 +188,7 @@ impl EngineSink for Recorder {
 
     fn finished(&mut self, req: RequestId, now: SimTime) {
         self.rec(req).finished = Some(now);
+        self.lifecycle.push((req, true, now));
     }
 
     fn preempted(&mut self, req: RequestId) {

@@ -6,8 +6,13 @@
 //! routing-history `prefix-cache-scorer`, KV utilization and queue, as llm-d's default profile),
 //! `precise-prefix` (kvpick's
 //! default profile: `precise-prefix-cache-scorer` over a [`KvIndex`] fed only by the engines' KV
-//! events through `KvIndex::apply`, KV utilization and queue), and `config:FILE` (any picker
-//! config file). `--seed` reseeds each config's picker so that runs differ by seed only.
+//! events through `KvIndex::apply`, KV utilization and queue), `predicted-latency` (the
+//! `predicted-latency-scorer`, priced with the engines' own profile), and `config:FILE` (any
+//! picker config file). `--seed` reseeds each config's picker so that runs differ by seed only.
+//!
+//! Config-driven policies run the core's in-flight accounting as the endpoint picker does: each
+//! pick reserves its cost on the chosen engine, released at the request's first token (prefill)
+//! and completion (decode), and every scrape is reconciled with it.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -17,8 +22,8 @@ use std::sync::Arc;
 use kvpick_scheduler::events::EventBatch;
 use kvpick_scheduler::scorers::ScorerSpec;
 use kvpick_scheduler::{
-    BlockSize, Candidate, Endpoint, EndpointId, EventsState, KvIndex, PickerConfig, PodSignals,
-    Prompt, Request, Scheduler,
+    BlockSize, Candidate, Endpoint, EndpointId, EngineProfile, EventsState, KvIndex, PickerConfig,
+    PodSignals, Prompt, Request, ReservationId, Scheduler,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -39,6 +44,9 @@ pub enum PolicySpec {
     ApproxPrefix,
     /// `Scheduler` with kvpick's default profile, precise prefix scoring from KV events.
     PrecisePrefix,
+    /// `Scheduler` with `predicted-latency-scorer` ([`PREDICTED_LATENCY_YAML`]), priced with the
+    /// engines' profile.
+    PredictedLatency,
     /// `Scheduler` built from an `EndpointPickerConfig` YAML file, the endpoint picker's format.
     Config(PathBuf),
     /// `Scheduler` built from an `EndpointPickerConfig` YAML text (the tuner's candidates).
@@ -91,13 +99,30 @@ schedulingProfiles:
     weight: 1
   - pluginRef: max-score-picker
 ";
+/// `predicted-latency`: each engine's predicted TTFT for the request (queued and reserved
+/// prefill, its uncached tokens there, the decode batch; [`kvpick_scheduler::latency`]); the
+/// simulator puts the engines' own profile into the scorer's parameters.
+pub const PREDICTED_LATENCY_YAML: &str = "
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: predicted-latency-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: predicted-latency-scorer
+  - pluginRef: max-score-picker
+";
+
 /// Every built-in policy, in the order reports list them.
-pub const BUILTIN: [&str; 5] = [
+pub const BUILTIN: [&str; 6] = [
     "random",
     "round-robin",
     "least-loaded",
     "approx-prefix",
     "precise-prefix",
+    "predicted-latency",
 ];
 
 impl FromStr for PolicySpec {
@@ -110,6 +135,7 @@ impl FromStr for PolicySpec {
             "least-loaded" => PolicySpec::LeastLoaded,
             "approx-prefix" => PolicySpec::ApproxPrefix,
             "precise-prefix" => PolicySpec::PrecisePrefix,
+            "predicted-latency" => PolicySpec::PredictedLatency,
             _ => match s.strip_prefix("config:") {
                 Some(path) if !path.is_empty() => PolicySpec::Config(path.into()),
                 _ => {
@@ -132,6 +158,7 @@ impl PolicySpec {
             PolicySpec::LeastLoaded => "least-loaded".into(),
             PolicySpec::ApproxPrefix => "approx-prefix".into(),
             PolicySpec::PrecisePrefix => "precise-prefix".into(),
+            PolicySpec::PredictedLatency => "predicted-latency".into(),
             PolicySpec::Config(p) => format!(
                 "config:{}",
                 p.file_stem()
@@ -158,6 +185,17 @@ pub struct Router {
     endpoints: Vec<Endpoint>,
     model: Arc<str>,
     rng: SmallRng,
+    /// Each routed request's reservation, by request index, until it completes.
+    reservations: Vec<Option<ReservationId>>,
+}
+
+/// Where a request went and what the router expected there.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Routed {
+    /// The engine.
+    pub engine: usize,
+    /// The latency model's TTFT on that engine (µs), for policies that have one.
+    pub predicted_ttft_us: Option<f64>,
 }
 
 impl std::fmt::Debug for Router {
@@ -197,6 +235,8 @@ pub struct PoolShape {
     pub model: Arc<str>,
     /// Their KV block size, which the index keys at.
     pub block_size: BlockSize,
+    /// Their profile: what `predicted-latency` prices work with.
+    pub profile: EngineProfile,
 }
 
 impl Router {
@@ -225,6 +265,15 @@ impl Router {
                 c.index.block_size = shape.block_size;
                 Some(c)
             }
+            PolicySpec::PredictedLatency => {
+                let mut c = builtin(PREDICTED_LATENCY_YAML, shape.block_size)?;
+                for s in &mut c.profile.scorers {
+                    if let ScorerSpec::PredictedLatency(p) = &mut s.spec {
+                        p.profile = shape.profile.clone();
+                    }
+                }
+                Some(c)
+            }
             PolicySpec::Config(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| SimError::io(path, e))?;
                 Some(parse_config(&text, &path.display().to_string(), shape)?)
@@ -237,11 +286,12 @@ impl Router {
             (_, None) => Kind::Random,
             (_, Some(mut config)) => {
                 config.profile.picker.spec.seed ^= seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                let precise = config
-                    .profile
-                    .scorers
-                    .iter()
-                    .any(|s| matches!(s.spec, ScorerSpec::PrecisePrefix));
+                let precise = config.profile.scorers.iter().any(|s| {
+                    matches!(
+                        s.spec,
+                        ScorerSpec::PrecisePrefix | ScorerSpec::PredictedLatency(_)
+                    )
+                });
                 let index = Arc::new(KvIndex::new(config.index.clone()));
                 Kind::Scheduled {
                     scheduler: Box::new(Scheduler::with_config(config, index)?),
@@ -254,7 +304,37 @@ impl Router {
             endpoints,
             model: shape.model.clone(),
             rng: SmallRng::seed_from_u64(seed ^ 0x00c0_ffee_d00d_f00d),
+            reservations: Vec::new(),
         })
+    }
+
+    fn scheduler(&self) -> Option<&Scheduler> {
+        match &self.kind {
+            Kind::Scheduled { scheduler, .. } => Some(scheduler),
+            _ => None,
+        }
+    }
+
+    /// Folds `engine`'s fresh scrape into the in-flight accounting.
+    pub fn observe_signals(&self, engine: usize, signals: &PodSignals) {
+        if let (Some(s), Some(ep)) = (self.scheduler(), self.endpoints.get(engine)) {
+            s.reconcile(ep.id, signals);
+        }
+    }
+
+    /// Request `request` produced its first token: its prefill reservation is released.
+    pub fn first_token(&self, request: usize, now: SimTime) {
+        if let (Some(s), Some(Some(id))) = (self.scheduler(), self.reservations.get(request)) {
+            s.first_token(*id, now.timestamp());
+        }
+    }
+
+    /// Request `request` completed (or was refused by its engine): its reservation is released.
+    pub fn release(&mut self, request: usize, now: SimTime) {
+        let id = self.reservations.get_mut(request).and_then(Option::take);
+        if let (Some(s), Some(id)) = (self.scheduler(), id) {
+            s.release(id, now.timestamp());
+        }
     }
 
     /// The picker config of a config-driven policy (`None` for `random` and `round-robin`).
@@ -300,25 +380,35 @@ impl Router {
         }
     }
 
-    /// Picks the engine for a request of `tokens` (LoRA `lora`), given the latest scraped signals.
+    /// Picks the engine for request `request` of `tokens` (LoRA `lora`, `output` tokens asked
+    /// for), given the latest scraped signals, and reserves its cost there.
+    #[allow(clippy::too_many_arguments)]
     pub fn pick(
         &mut self,
+        request: usize,
         tokens: &[u32],
         lora: Option<&str>,
         session: Option<&str>,
+        output: u32,
         signals: &[PodSignals],
         now: SimTime,
-    ) -> Result<usize, SimError> {
+    ) -> Result<Routed, SimError> {
         let n = self.endpoints.len();
         if n == 0 || signals.len() != n {
             return Err(SimError::InvalidConfig("no engines".into()));
         }
         Ok(match &mut self.kind {
-            Kind::Random => self.rng.random_range(0..n),
+            Kind::Random => Routed {
+                engine: self.rng.random_range(0..n),
+                predicted_ttft_us: None,
+            },
             Kind::RoundRobin(next) => {
                 let i = *next % n;
                 *next = (i + 1) % n;
-                i
+                Routed {
+                    engine: i,
+                    predicted_ttft_us: None,
+                }
             }
             Kind::Scheduled { scheduler, precise } => {
                 let events = if *precise {
@@ -336,13 +426,24 @@ impl Router {
                         events,
                     })
                     .collect();
-                let mut request = Request::new(lora.unwrap_or(&self.model), Prompt::Tokens(tokens));
-                request.session = session;
-                scheduler
-                    .pick(&request, &candidates, now.timestamp())?
+                let mut req = Request::new(lora.unwrap_or(&self.model), Prompt::Tokens(tokens));
+                req.session = session;
+                req.max_tokens = Some(output);
+                let decision = scheduler.pick(&req, &candidates, now.timestamp())?;
+                let engine = decision
                     .primary()
                     .ok_or(kvpick_scheduler::Error::NoEndpoint("empty decision"))?
-                    .index()
+                    .index();
+                if let Some(id) = scheduler.reserve(&decision, now.timestamp()) {
+                    if self.reservations.len() <= request {
+                        self.reservations.resize(request + 1, None);
+                    }
+                    self.reservations[request] = Some(id);
+                }
+                Routed {
+                    engine,
+                    predicted_ttft_us: decision.predicted.map(|p| p.ttft_us),
+                }
             }
         })
     }

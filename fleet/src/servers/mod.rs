@@ -212,7 +212,7 @@ impl Fleet {
         if !(cfg.speed.is_finite() && cfg.speed > 0.0) {
             return Err(FleetError::InvalidConfig("--speed must be positive".into()));
         }
-        cfg.profile.validate()?;
+        cfg.profile.validate().map_err(kvpick_sim::SimError::from)?;
         let mut fleet = Self {
             servers: Vec::new(),
             model: cfg.model.clone(),

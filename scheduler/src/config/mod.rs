@@ -37,6 +37,7 @@
 
 mod admission;
 mod fields;
+mod latency;
 pub mod plugins;
 
 use std::collections::HashSet;

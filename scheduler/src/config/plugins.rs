@@ -9,6 +9,7 @@
 //! | `kv-cache-utilization-scorer` | scorer: 1 − KV-cache usage | none |
 //! | `lora-affinity-scorer` | scorer: adapter running 1, free slot, waiting for a slot, else 0 | `freeSlotScore` (0.8), `waitingScore` (0.6) |
 //! | `session-affinity-scorer` | scorer: the session's last endpoint 1 | `capacity` (65536 sessions) |
+//! | `predicted-latency-scorer` | scorer: predicted TTFT/TPOT from in-flight load and an engine profile; SLO headroom | see [`super::latency`] |
 //! | `model-filter` | filter: serves the model, or the adapter (see [`ModelFilter`]) | `adapters` ({}: base model → adapter names) |
 //! | `label-selector-filter` | filter: labels match | `selector` (`"k=v, k in (a,b), !k"`) and/or `matchLabels` ({k: v}) |
 //! | `max-score-picker` | picker: best first, random among ties | `maxNumOfEndpoints` (all), `seed` |
@@ -68,6 +69,7 @@ pub const PLUGIN_TYPES: &[&str] = &[
     "kv-cache-utilization-scorer",
     "lora-affinity-scorer",
     "session-affinity-scorer",
+    "predicted-latency-scorer",
     "model-filter",
     "label-selector-filter",
     "max-score-picker",
@@ -130,6 +132,9 @@ pub(crate) fn parse(
                 capacity: bounded(&f, "capacity")?.unwrap_or(d.capacity),
             }))
         }
+        "predicted-latency-scorer" => PluginSpec::Scorer(ScorerSpec::PredictedLatency(Box::new(
+            super::latency::params(parameters, &path)?,
+        ))),
         "model-filter" => {
             PluginSpec::Filter(FilterSpec::Model(model_filter(&fields(&["adapters"])?)?))
         }

@@ -201,7 +201,7 @@ fn validation_errors_name_the_field() {
         ),
         (
             "plugins:\n- type: queue-scorer\n- type: foo-scorer\n".into(),
-            "plugins[1].type: unknown plugin type \"foo-scorer\" (known: precise-prefix-cache-scorer, prefix-cache-scorer, queue-scorer, running-requests-size-scorer, kv-cache-utilization-scorer, lora-affinity-scorer, session-affinity-scorer, model-filter, label-selector-filter, max-score-picker, weighted-random-picker, random-picker, single-profile-handler)",
+            "plugins[1].type: unknown plugin type \"foo-scorer\" (known: precise-prefix-cache-scorer, prefix-cache-scorer, queue-scorer, running-requests-size-scorer, kv-cache-utilization-scorer, lora-affinity-scorer, session-affinity-scorer, predicted-latency-scorer, model-filter, label-selector-filter, max-score-picker, weighted-random-picker, random-picker, single-profile-handler)",
         ),
         ("plugins:\n- name: x\n".into(), "plugins[0].type: required"),
         (

@@ -46,10 +46,23 @@ impl KvIndex {
 
     fn walk<const N: usize>(&self, keys: &[BlockKey], cand: &[u64], out: &mut Vec<PrefixMatch>) {
         let mut walk = Walk::<N>::new(self, cand, keys.len() as u32, out);
+        let secret = &self.config.secret;
         for (w, window) in keys.chunks(WINDOW).enumerate() {
-            // Before the lock: taking it is a fence, which would wait for each key line's miss.
-            let tags = group_tags(&self.config.secret, window);
-            let table = self.shards[shard_of(&self.config.secret, window[0])].read();
+            let (tags, table) = if w == 0 {
+                // A miss (block 0 held by nobody: a new conversation) costs one key and one
+                // directory word, not the window's 16 keys and records.
+                let table = self.shards[shard_of(secret, window[0])].read();
+                if !table.may_hold(tag_of(secret, window[0])) {
+                    walk.stop(0);
+                    break;
+                }
+                (group_tags(secret, window), table)
+            } else {
+                // Before the lock: taking it is a fence, which would wait for each key line's
+                // miss.
+                let tags = group_tags(secret, window);
+                (tags, self.shards[shard_of(secret, window[0])].read())
+            };
             walk.new_window();
             if !window_walk(&mut walk, &table, window, &tags, (w * WINDOW) as u32) {
                 break;

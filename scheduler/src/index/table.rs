@@ -151,6 +151,14 @@ impl Table {
         (byte_matches(d(c.b1), c.fp), m2)
     }
 
+    /// Whether any record of tag `tag` may exist (one directory read per bucket; false
+    /// positives by fingerprint only).
+    #[inline]
+    pub(crate) fn may_hold(&self, tag: u32) -> bool {
+        let (m1, m2) = self.candidates(self.cand(tag));
+        m1 | m2 != 0
+    }
+
     /// The record of tag `tag` whose slot `rank` holds `key`, if any.
     #[inline]
     pub(crate) fn find(&self, tag: u32, rank: usize, key: u64) -> Option<usize> {

@@ -15,11 +15,13 @@
 //! | `kv-cache-utilization-scorer` | [`KvCacheUtilization`] | 1 − KV usage |
 //! | `lora-affinity-scorer` | [`LoraAffinity`] | adapter loaded 1, free slot 0.8, else 0 |
 //! | `session-affinity-scorer` | [`SessionAffinity`] | last endpoint of the session 1, else 0 |
+//! | `predicted-latency-scorer` | [`PredictedLatency`] | fastest predicted TTFT 1; SLO headroom first when objectives are set |
 
 mod approx_prefix;
 mod load;
 mod lora;
 mod precise_prefix;
+mod predicted_latency;
 mod session;
 
 use std::fmt;
@@ -28,10 +30,13 @@ pub use approx_prefix::{ApproxPrefix, ApproxPrefixParams};
 pub use load::{KvCacheUtilization, QueueDepth, RunningRequests};
 pub use lora::{LoraAffinity, LoraAffinityParams};
 pub use precise_prefix::PrecisePrefix;
+pub use predicted_latency::{PredictedLatency, PredictedLatencyParams};
 pub use session::{SessionAffinity, SessionAffinityParams};
 
 use crate::index::PrefixMatches;
+use crate::inflight::Cost;
 use crate::keys::{BlockKey, BlockSize};
+use crate::latency::Prediction;
 use crate::pods::EndpointId;
 use crate::request::{Candidate, Request};
 use crate::time::Timestamp;
@@ -43,6 +48,8 @@ pub struct Needs {
     pub keys: bool,
     /// The KV-index lookup of those keys over the `Live` candidates (implies `keys`).
     pub lookup: bool,
+    /// Each candidate's cost and predicted latency (implies `lookup`).
+    pub predict: bool,
 }
 
 impl Needs {
@@ -51,6 +58,7 @@ impl Needs {
         Needs {
             keys: self.keys || other.keys,
             lookup: self.lookup || other.lookup,
+            predict: self.predict || other.predict,
         }
     }
 }
@@ -70,6 +78,11 @@ pub struct ScoreContext<'r, 'a> {
     pub matches: &'r PrefixMatches,
     /// Whether `matches` was computed (some scorer of the profile reads the index).
     pub looked_up: bool,
+    /// What the request would cost each candidate (prompt, cached there, output), in
+    /// candidate order.
+    pub costs: &'r [Cost],
+    /// Each candidate's predicted latency, in candidate order; empty unless some scorer needs it.
+    pub predictions: &'r [Prediction],
     /// Candidate position by endpoint index (`u32::MAX` where absent), see [`positions_of`].
     pub(crate) positions: &'r [u32],
     /// The time of the decision.
@@ -136,6 +149,8 @@ pub enum ScorerSpec {
     LoraAffinity(LoraAffinityParams),
     /// `session-affinity-scorer`.
     SessionAffinity(SessionAffinityParams),
+    /// `predicted-latency-scorer`.
+    PredictedLatency(Box<PredictedLatencyParams>),
 }
 
 impl ScorerSpec {
@@ -149,6 +164,7 @@ impl ScorerSpec {
             ScorerSpec::KvCacheUtilization => Box::new(KvCacheUtilization),
             ScorerSpec::LoraAffinity(p) => Box::new(LoraAffinity::new(p.clone())),
             ScorerSpec::SessionAffinity(p) => Box::new(SessionAffinity::new(p.clone())),
+            ScorerSpec::PredictedLatency(p) => Box::new(PredictedLatency::new((**p).clone())),
         }
     }
 }
@@ -198,6 +214,8 @@ pub(crate) mod testing {
             block_size: BlockSize::DEFAULT,
             matches: &matches,
             looked_up: false,
+            costs: &[],
+            predictions: &[],
             positions: &positions,
             now: Timestamp::ZERO,
         };

@@ -19,6 +19,7 @@ impl Scorer for PrecisePrefix {
         Needs {
             keys: true,
             lookup: true,
+            predict: false,
         }
     }
 
@@ -84,6 +85,8 @@ mod tests {
             block_size: BlockSize::DEFAULT,
             matches: &matches,
             looked_up: true,
+            costs: &[],
+            predictions: &[],
             positions: &positions,
             now: Timestamp::ZERO,
         };
@@ -99,6 +102,8 @@ mod tests {
             block_size: BlockSize::DEFAULT,
             matches: &empty,
             looked_up: true,
+            costs: &[],
+            predictions: &[],
             positions: &positions,
             now: Timestamp::ZERO,
         };

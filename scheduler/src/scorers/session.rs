@@ -156,6 +156,8 @@ mod tests {
             block_size: BlockSize::DEFAULT,
             matches: &matches,
             looked_up: true,
+            costs: &[],
+            predictions: &[],
             positions: &positions,
             now: Timestamp::ZERO,
         };

@@ -2,8 +2,8 @@
 //! constrained non-negative.
 
 use super::fit::COLUMNS;
-use crate::engine::step_time::solve;
 use crate::error::SimError;
+use kvpick_scheduler::profile::solve;
 
 /// A regression row: regressors (intercept first), observation, weight.
 pub(super) struct Row {

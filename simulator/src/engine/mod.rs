@@ -10,12 +10,11 @@
 //! `max_num_batched_tokens` and `max_num_seqs`, running sequences first; a paged KV cache of
 //! `kv_blocks` blocks of `block_size` tokens with automatic prefix caching ([`kv_cache`]);
 //! preemption by recompute (the newest running sequence goes back to the front of the queue) when
-//! blocks run out; step durations from [`step_time`].
+//! blocks run out; step durations from the profile's [`StepTimeModel`] (in the core).
 
 mod batcher;
 mod invariants;
 pub mod kv_cache;
-pub mod step_time;
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -23,136 +22,25 @@ use std::sync::Arc;
 
 use kvpick_scheduler::events::EventBatch;
 use kvpick_scheduler::{BlockSize, PodSignals};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::clock::SimTime;
 use crate::error::SimError;
 use kv_cache::{BlockId, KvCache};
-pub use step_time::{BatchShape, StepTimeModel};
+/// The engine's profile is the core's, so that the picker's latency model prices work with the
+/// very numbers the simulated engines step by.
+pub use kvpick_scheduler::profile::{
+    BatchShape, EngineProfile as Profile, PROFILES, StepTimeModel,
+};
 
 /// A request's id across router and engines (its index in the trace).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub u32);
 
-/// What an engine is and how fast it runs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Profile {
-    /// Name, for reports.
-    pub name: String,
-    /// KV-cache blocks (vLLM's `num_gpu_blocks`).
-    pub kv_blocks: u32,
-    /// Tokens per block (vLLM's `--block-size`).
-    pub block_size: u32,
-    /// Tokens computed per step at most (`--max-num-batched-tokens`).
-    pub max_num_batched_tokens: u32,
-    /// Sequences running at once at most (`--max-num-seqs`).
-    pub max_num_seqs: u32,
-    /// Longest prompt + output accepted (`--max-model-len`); longer requests are unfit.
-    pub max_model_len: u32,
-    /// Step durations.
-    pub step_time: StepTimeModel,
-}
-
-/// Names of the built-in profiles.
-pub const PROFILES: [&str; 3] = ["h100-tp2-qwen3-32b", "h200-tp2-qwen3-32b", "tiny"];
-
-impl Profile {
-    /// A built-in profile.
-    ///
-    /// Assumptions (Qwen3-32B: 64 layers, 64 query / 8 KV heads of 128, BF16 → 64 GB of weights and
-    /// 256 KiB of KV per token):
-    /// - `h100-tp2-qwen3-32b`, llm-d's benchmark pods (2 × H100 80 GB, tensor parallel 2): 307,328
-    ///   KV tokens per pod as llm-d's workload notes state; vLLM's H100 defaults
-    ///   (`max_num_batched_tokens` 8192, `max_num_seqs` 1024); overhead 10 ms (32 GB of weights per
-    ///   GPU at 3.35 TB/s, plus launch), 0.1 ms per prefill token (64 GFLOP/token on 2 GPUs at about
-    ///   a third of peak), 20 µs per decoding sequence, 10 ns per context token read (below the
-    ///   raw-bandwidth 39 ns: chosen so that ~200 running 7k-token sequences give llm-d's observed
-    ///   ~26 ms inter-token latency, 11 ms when nearly idle), 1.75 ns per prefill attention pair
-    ///   (2.1 MFLOP each at ~1.2 PFLOP/s). Not measured here: calibrate with `fit-step-time`.
-    /// - `h200-tp2-qwen3-32b`: the same model on 2 × H200 141 GB (NVIDIA Dynamo's Mooncake replay):
-    ///   ~190 GB of KV = 724,992 tokens, 4.8 TB/s (overhead 7 ms, 7 ns per context token).
-    /// - `tiny`: a small, fast engine for tests and quick looks (256 blocks of 16).
-    pub fn named(name: &str) -> Option<Self> {
-        let qwen_tp2 = StepTimeModel {
-            overhead_us: 10_000.0,
-            per_prefill_token_us: 100.0,
-            per_decode_seq_us: 20.0,
-            per_context_token_us: 0.01,
-            per_attention_pair_us: 0.00175,
-        };
-        Some(match name {
-            "h100-tp2-qwen3-32b" => Self {
-                name: name.into(),
-                kv_blocks: 307_328 / 16,
-                block_size: 16,
-                max_num_batched_tokens: 8192,
-                max_num_seqs: 1024,
-                max_model_len: 131_072,
-                step_time: qwen_tp2,
-            },
-            "h200-tp2-qwen3-32b" => Self {
-                name: name.into(),
-                kv_blocks: 724_992 / 16,
-                block_size: 16,
-                max_num_batched_tokens: 8192,
-                max_num_seqs: 1024,
-                max_model_len: 131_072,
-                step_time: StepTimeModel {
-                    overhead_us: 7_000.0,
-                    per_context_token_us: 0.007,
-                    ..qwen_tp2
-                },
-            },
-            "tiny" => Self {
-                name: name.into(),
-                kv_blocks: 256,
-                block_size: 16,
-                max_num_batched_tokens: 512,
-                max_num_seqs: 16,
-                max_model_len: 4096,
-                step_time: StepTimeModel {
-                    overhead_us: 5_000.0,
-                    per_prefill_token_us: 20.0,
-                    per_decode_seq_us: 50.0,
-                    per_context_token_us: 0.01,
-                    per_attention_pair_us: 0.0,
-                },
-            },
-            _ => return None,
-        })
-    }
-
-    /// A profile from a YAML file with the fields of [`Profile`].
-    pub fn from_file(path: &Path) -> Result<Self, SimError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SimError::io(path, e))?;
-        let p: Profile = serde_yaml::from_str(&text)
-            .map_err(|e| SimError::InvalidConfig(format!("{}: {e}", path.display())))?;
-        p.validate()?;
-        Ok(p)
-    }
-
-    /// Checks that the engine can run at all.
-    pub fn validate(&self) -> Result<(), SimError> {
-        let bad = |m: &str| {
-            Err(SimError::InvalidConfig(format!(
-                "profile {}: {m}",
-                self.name
-            )))
-        };
-        if self.kv_blocks == 0 || self.block_size == 0 {
-            return bad("kv_blocks and block_size must be positive");
-        }
-        if self.max_num_batched_tokens == 0 || self.max_num_seqs == 0 || self.max_model_len == 0 {
-            return bad("max_num_batched_tokens, max_num_seqs and max_model_len must be positive");
-        }
-        Ok(())
-    }
-
-    /// KV capacity in tokens.
-    pub fn kv_tokens(&self) -> u64 {
-        self.kv_blocks as u64 * self.block_size as u64
-    }
+/// A profile from a YAML file with the fields of [`Profile`].
+pub fn profile_from_file(path: &Path) -> Result<Profile, SimError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SimError::io(path, e))?;
+    Profile::parse(&text).map_err(|e| SimError::InvalidConfig(format!("{}: {e}", path.display())))
 }
 
 /// A request as the engine receives it.

@@ -81,6 +81,8 @@ pub struct Summary {
     pub makespan_s: f64,
     /// KV-event batches applied to the precise index.
     pub event_batches: u64,
+    /// |predicted − simulated| TTFT per request (s), for policies with a latency model.
+    pub prediction_error: Option<Quantiles>,
 }
 
 impl Summary {
@@ -90,6 +92,7 @@ impl Summary {
         let mut tpot = Vec::new();
         let mut e2e = Vec::new();
         let mut queue = Vec::new();
+        let mut prediction_error = Vec::new();
         let (mut completed, mut unfit, mut rejected) = (0, 0, 0);
         let (mut out_tokens, mut in_tokens, mut cached, mut admitted_in) = (0u64, 0u64, 0u64, 0u64);
         let mut engine_requests = vec![0u64; run.engines.len()];
@@ -116,6 +119,9 @@ impl Summary {
             }
             if let Some(f) = r.first_token {
                 ttft.push(f.secs_since(r.arrival));
+                if let Some(p) = r.predicted_ttft_us {
+                    prediction_error.push((p / 1e6 - f.secs_since(r.arrival)).abs());
+                }
             }
             if let (Some(f), Some(d)) = (r.first_token, r.finished) {
                 if r.output_tokens == r.output_target {
@@ -165,6 +171,8 @@ impl Summary {
             imbalance: if mean > 0.0 { max / mean } else { 1.0 },
             makespan_s: run.end.secs_since(start),
             event_batches: run.event_batches,
+            prediction_error: (!prediction_error.is_empty())
+                .then(|| Quantiles::of(&mut prediction_error)),
         }
     }
 }

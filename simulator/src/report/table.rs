@@ -29,11 +29,24 @@ fn extra() -> [&'static str; 2] {
 /// Shown only when some run had flow control refuse requests.
 const REJECTED: &str = "rejected";
 
-fn with_rejected(summaries: &[Summary]) -> bool {
-    summaries.iter().any(|s| s.rejected > 0)
+/// Shown only when some policy predicts latency: median |predicted − simulated| TTFT.
+const PREDICTION: &str = "pred err p50 s";
+
+/// Which optional columns a table has.
+#[derive(Clone, Copy)]
+struct Optional {
+    rejected: bool,
+    prediction: bool,
 }
 
-fn row(s: &Summary, rejected: bool) -> Vec<String> {
+fn optional(summaries: &[Summary]) -> Optional {
+    Optional {
+        rejected: summaries.iter().any(|s| s.rejected > 0),
+        prediction: summaries.iter().any(|s| s.prediction_error.is_some()),
+    }
+}
+
+fn row(s: &Summary, opt: Optional) -> Vec<String> {
     let mut cells = vec![
         s.policy.clone(),
         s.completed.to_string(),
@@ -51,25 +64,32 @@ fn row(s: &Summary, rejected: bool) -> Vec<String> {
         format!("{:.2}", s.imbalance),
         s.preemptions.to_string(),
     ];
-    if rejected {
+    if opt.rejected {
         cells.push(s.rejected.to_string());
+    }
+    if opt.prediction {
+        cells.push(
+            s.prediction_error
+                .map_or_else(|| "-".to_owned(), |q| format!("{:.3}", q.p50)),
+        );
     }
     cells
 }
 
-fn headers(rejected: bool) -> Vec<&'static str> {
+fn headers(opt: Optional) -> Vec<&'static str> {
     columns()
         .into_iter()
         .chain(extra())
-        .chain(rejected.then_some(REJECTED))
+        .chain(opt.rejected.then_some(REJECTED))
+        .chain(opt.prediction.then_some(PREDICTION))
         .collect()
 }
 
 /// An aligned text table, one row per policy.
 pub fn render(summaries: &[Summary]) -> String {
-    let rejected = with_rejected(summaries);
-    let headers = headers(rejected);
-    let rows: Vec<Vec<String>> = summaries.iter().map(|s| row(s, rejected)).collect();
+    let opt = optional(summaries);
+    let headers = headers(opt);
+    let rows: Vec<Vec<String>> = summaries.iter().map(|s| row(s, opt)).collect();
     let widths: Vec<usize> = headers
         .iter()
         .enumerate()
@@ -103,8 +123,8 @@ pub fn render(summaries: &[Summary]) -> String {
 
 /// The same table in Markdown.
 pub fn markdown(summaries: &[Summary]) -> String {
-    let rejected = with_rejected(summaries);
-    let headers = headers(rejected);
+    let opt = optional(summaries);
+    let headers = headers(opt);
     let mut out = format!("| {} |\n", headers.join(" | "));
     out += &format!(
         "|{}\n",
@@ -115,7 +135,7 @@ pub fn markdown(summaries: &[Summary]) -> String {
             .collect::<String>()
     );
     for s in summaries {
-        out += &format!("| {} |\n", row(s, rejected).join(" | "));
+        out += &format!("| {} |\n", row(s, opt).join(" | "));
     }
     out
 }

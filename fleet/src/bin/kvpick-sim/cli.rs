@@ -144,11 +144,12 @@ pub struct RunArgs {
     #[command(flatten)]
     pub engine: ProfileArgs,
     /// Comma-separated policies: random, round-robin, least-loaded, approx-prefix,
-    /// precise-prefix, config:FILE (an EndpointPickerConfig YAML, as the endpoint picker reads).
+    /// precise-prefix, predicted-latency, config:FILE (an EndpointPickerConfig YAML, as the
+    /// endpoint picker reads).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "random,round-robin,least-loaded,approx-prefix,precise-prefix"
+        default_value = "random,round-robin,least-loaded,approx-prefix,precise-prefix,predicted-latency"
     )]
     pub policies: Vec<String>,
     /// Served model name (the cache partition of requests without a LoRA).

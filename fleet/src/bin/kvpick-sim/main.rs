@@ -134,7 +134,7 @@ fn generated(g: &GenArgs, default_seed: u64) -> anyhow::Result<Option<Trace>> {
 
 fn profile(args: &ProfileArgs) -> anyhow::Result<Profile> {
     let mut p = match &args.profile_file {
-        Some(f) => Profile::from_file(f)?,
+        Some(f) => kvpick_sim::engine::profile_from_file(f)?,
         None => Profile::named(&args.profile).with_context(|| {
             format!(
                 "unknown profile {:?}; built-in: {}",

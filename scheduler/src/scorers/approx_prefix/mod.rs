@@ -119,6 +119,7 @@ impl Scorer for ApproxPrefix {
         Needs {
             keys: true,
             lookup: false,
+            predict: false,
         }
     }
 
@@ -215,6 +216,8 @@ mod tests {
                 block_size: BlockSize::DEFAULT,
                 matches: &matches,
                 looked_up: self.looked_up,
+                costs: &[],
+                predictions: &[],
                 positions: &positions,
                 now: Timestamp::ZERO,
             })

@@ -13,10 +13,11 @@
 //! attention reads the KV of every context token; prefill attention is quadratic in the chunk's
 //! position. Coefficients are microseconds. The profiles are estimates from the hardware's roofline,
 //! stated as assumptions, and every coefficient can be overridden (`--step-time k=v,...`).
+//! The latency predictor ([`crate::latency`]) uses the same formula to price the work it sends.
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::SimError;
+use crate::error::Error;
 
 /// The coefficients of the step-time formula, in microseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,10 +60,10 @@ impl StepTimeModel {
     }
 
     /// Applies `key=value[,key=value...]` overrides (keys are the field names without `_us`).
-    pub fn apply_overrides(&mut self, spec: &str) -> Result<(), SimError> {
+    pub fn apply_overrides(&mut self, spec: &str) -> Result<(), Error> {
         for kv in spec.split(',').filter(|s| !s.trim().is_empty()) {
             let (k, v) = kv.split_once('=').ok_or_else(|| {
-                SimError::InvalidConfig(format!("--step-time: expected key=value, got {kv:?}"))
+                Error::InvalidConfig(format!("--step-time: expected key=value, got {kv:?}"))
             })?;
             let v: f64 = v
                 .trim()
@@ -70,7 +71,7 @@ impl StepTimeModel {
                 .ok()
                 .filter(|v: &f64| v.is_finite() && *v >= 0.0)
                 .ok_or_else(|| {
-                    SimError::InvalidConfig(format!(
+                    Error::InvalidConfig(format!(
                         "--step-time {k}: not a non-negative number: {v:?}"
                     ))
                 })?;
@@ -81,7 +82,7 @@ impl StepTimeModel {
                 "per_context_token" => &mut self.per_context_token_us,
                 "per_attention_pair" => &mut self.per_attention_pair_us,
                 other => {
-                    return Err(SimError::InvalidConfig(format!(
+                    return Err(Error::InvalidConfig(format!(
                         "--step-time: unknown coefficient {other:?} (overhead, per_prefill_token, \
                          per_decode_seq, per_context_token, per_attention_pair)"
                     )));
@@ -94,7 +95,7 @@ impl StepTimeModel {
 
     /// Least-squares fit of the coefficients to measured steps `(batch, microseconds)`, e.g. from a
     /// real engine's step log. Coefficients with no signal in the data (all-zero column) stay 0.
-    pub fn fit(samples: &[(BatchShape, f64)]) -> Result<Self, SimError> {
+    pub fn fit(samples: &[(BatchShape, f64)]) -> Result<Self, Error> {
         const N: usize = 5;
         let row = |b: &BatchShape| {
             [
@@ -131,9 +132,7 @@ impl StepTimeModel {
             }
         }
         let c = solve(a).ok_or_else(|| {
-            SimError::InvalidConfig(
-                "step-time fit: samples do not determine the coefficients".into(),
-            )
+            Error::InvalidConfig("step-time fit: samples do not determine the coefficients".into())
         })?;
         let k = |i: usize| if scale[i] > 0.0 { c[i] / scale[i] } else { 0.0 };
         Ok(Self {
@@ -146,8 +145,9 @@ impl StepTimeModel {
     }
 }
 
-/// Gauss-Jordan elimination with partial pivoting on an augmented N×(N+1) system.
-pub(crate) fn solve<const N: usize, const M: usize>(mut a: [[f64; M]; N]) -> Option<[f64; N]> {
+/// Gauss-Jordan elimination with partial pivoting on an augmented N×(N+1) system (also the
+/// calibration fit's solver).
+pub fn solve<const N: usize, const M: usize>(mut a: [[f64; M]; N]) -> Option<[f64; N]> {
     for col in 0..N {
         let pivot = (col..N).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
         if a[pivot][col].abs() < 1e-12 {
@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn overrides_name_bad_keys() {
-        let mut m = super::super::Profile::named("h100-tp2-qwen3-32b")
+        let mut m = super::super::EngineProfile::named("h100-tp2-qwen3-32b")
             .unwrap()
             .step_time;
         m.apply_overrides("overhead=5000,per_decode_seq_us=1")

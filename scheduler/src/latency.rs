@@ -1,0 +1,193 @@
+//! The latency model: a candidate's predicted TTFT and TPOT for one request, from its in-flight
+//! load ([`crate::inflight`]), its last scrape and the engine profile ([`crate::profile`]).
+//!
+//! vLLM's V1 scheduler runs the decoding batch first and fills the rest of each step's token
+//! budget (`max_num_batched_tokens`) with prefill chunks, first come first served. So the request's
+//! first token comes once the prefill work queued ahead of it *and* its own uncached tokens are
+//! computed, in steps that each also carry the decode batch:
+//!
+//! ```text
+//! ahead  = reserved uncached tokens not yet prefilled (the oldest one's progress taken off)
+//!        + external waiting requests × a typical uncached prompt
+//! work   = ahead + this request's uncached tokens there (prompt − tier-weighted cached)
+//! chunk  = max_num_batched_tokens − decoding sequences
+//! TTFT   = ⌈work / chunk⌉ · (overhead + per_decode_seq·decoding + per_context_token·Σ context)
+//!        + per_prefill_token · work + per_attention_pair · (its own chunk pairs)
+//!        + preemption: KV tokens demanded beyond the cache, recomputed
+//! TPOT   = overhead + per_decode_seq·(decoding + 1) + per_context_token·(Σ context + its own)
+//!        + the prefill work queued there spread over its decode
+//! ```
+//!
+//! Deliberately simple and cheap (a few flops per candidate): the point is to see what was just
+//! sent, price a cache hit in time rather than as a unitless share, and stay calibratable.
+
+use std::time::Duration;
+
+use crate::inflight::{Cost, EndpointLoad};
+use crate::pods::PodSignals;
+use crate::profile::EngineProfile;
+
+/// A candidate's predicted latencies for one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Prediction {
+    /// Time to first token, µs.
+    pub ttft_us: f64,
+    /// Time per output token after the first, µs.
+    pub tpot_us: f64,
+}
+
+impl Prediction {
+    /// TTFT as a duration.
+    pub fn ttft(&self) -> Duration {
+        Duration::from_secs_f64(self.ttft_us.max(0.0) / 1e6)
+    }
+
+    /// TPOT as a duration.
+    pub fn tpot(&self) -> Duration {
+        Duration::from_secs_f64(self.tpot_us.max(0.0) / 1e6)
+    }
+}
+
+/// Predicts latencies from an engine profile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatencyModel {
+    profile: EngineProfile,
+}
+
+impl LatencyModel {
+    /// A model of engines running `profile`.
+    pub fn new(profile: EngineProfile) -> Self {
+        Self { profile }
+    }
+
+    /// The profile it prices with.
+    pub fn profile(&self) -> &EngineProfile {
+        &self.profile
+    }
+
+    /// The prediction for a request costing `cost` on an endpoint with `load` (whose last scrape
+    /// is `signals`).
+    pub fn predict(&self, cost: &Cost, load: &EndpointLoad, signals: &PodSignals) -> Prediction {
+        let p = &self.profile;
+        let t = &p.step_time;
+        let decoding = f64::from(load.decode_requests) + f64::from(load.external_running);
+        let context = load.decode_context as f64
+            + f64::from(load.external_running) * load.typical_context as f64;
+        let budget = f64::from(p.max_num_batched_tokens);
+        let chunk = (budget - decoding).max(budget / 16.0).max(1.0);
+        let fixed =
+            t.overhead_us + t.per_decode_seq_us * decoding + t.per_context_token_us * context;
+        // Prefill work ahead: the oldest reservation has been computing for `head_elapsed`.
+        let rate = chunk / (fixed + t.per_prefill_token_us * chunk); // tokens per µs
+        let done = (rate * load.head_elapsed.as_secs_f64() * 1e6).min(load.head_tokens as f64);
+        let ahead = (load.prefill_tokens as f64 - done).max(0.0)
+            + f64::from(load.external_waiting) * load.typical_uncached as f64;
+        let own = f64::from(cost.uncached_tokens());
+        let work = ahead + own;
+        let cached = f64::from(cost.prompt_tokens) - own;
+        let own_pairs = own * cached.max(0.0) + own * (own + 1.0) / 2.0;
+        let mut ttft = (work / chunk).ceil() * fixed
+            + t.per_prefill_token_us * work
+            + t.per_attention_pair_us * own_pairs;
+        // KV pressure: what does not fit is preempted and recomputed (vLLM's recompute policy).
+        let capacity = f64::from(p.kv_blocks) * f64::from(p.block_size);
+        let scraped = signals.kv_usage.clamp(0.0, 1.0) * capacity;
+        let reserved = load.kv_tokens as f64
+            + f64::from(load.external_running + load.external_waiting)
+                * load.typical_context as f64;
+        let demand = reserved.max(scraped)
+            + f64::from(cost.prompt_tokens)
+            + f64::from(cost.output_tokens) / 2.0;
+        let overflow = (demand - capacity).max(0.0);
+        ttft += t.per_prefill_token_us * overflow;
+        let own_context = f64::from(cost.prompt_tokens) + f64::from(cost.output_tokens) / 2.0;
+        let out = f64::from(cost.output_tokens.max(1));
+        let tpot = t.overhead_us
+            + t.per_decode_seq_us * (decoding + 1.0)
+            + t.per_context_token_us * (context + own_context)
+            + t.per_prefill_token_us * ahead.min(chunk * out) / out;
+        Prediction {
+            ttft_us: ttft,
+            tpot_us: tpot,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Timestamp;
+
+    fn model() -> LatencyModel {
+        LatencyModel::new(EngineProfile::named("h100-tp2-qwen3-32b").unwrap())
+    }
+
+    fn cost(prompt: u32, cached: u32) -> Cost {
+        Cost {
+            prompt_tokens: prompt,
+            cached_tokens: cached,
+            output_tokens: 100,
+        }
+    }
+
+    #[test]
+    fn idle_ttft_is_the_profile_prefill_time() {
+        let m = model();
+        let idle = PodSignals::idle(Timestamp::ZERO);
+        let p = m.predict(&cost(8192, 0), &EndpointLoad::default(), &idle);
+        // One full step: 10 ms overhead + 8192 × 100 µs + attention pairs.
+        let pairs = 8192.0 * 8193.0 / 2.0 * 0.00175;
+        assert!(
+            (p.ttft_us - (10_000.0 + 819_200.0 + pairs)).abs() < 1.0,
+            "{p:?}"
+        );
+        assert!(
+            (p.tpot_us - (10_000.0 + 20.0 + 0.01 * 8242.0)).abs() < 1.0,
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn cache_hits_queued_work_and_decode_batch_order_candidates() {
+        let m = model();
+        let idle = PodSignals::idle(Timestamp::ZERO);
+        let cold = m.predict(&cost(12_000, 0), &EndpointLoad::default(), &idle);
+        let warm = m.predict(&cost(12_000, 8_000), &EndpointLoad::default(), &idle);
+        assert!(warm.ttft_us < cold.ttft_us / 2.0);
+        let queued = EndpointLoad {
+            prefill_requests: 1,
+            prefill_tokens: 12_000,
+            head_tokens: 12_000,
+            ..EndpointLoad::default()
+        };
+        let behind = m.predict(&cost(12_000, 8_000), &queued, &idle);
+        assert!(behind.ttft_us > cold.ttft_us, "{behind:?} vs {cold:?}");
+        // Progress on the head shortens the wait, never below the rest of the queue.
+        let half = EndpointLoad {
+            head_elapsed: Duration::from_millis(600),
+            ..queued
+        };
+        let later = m.predict(&cost(12_000, 8_000), &half, &idle);
+        assert!(later.ttft_us < behind.ttft_us && later.ttft_us > warm.ttft_us);
+        let busy = EndpointLoad {
+            decode_requests: 200,
+            decode_context: 200 * 7_000,
+            ..EndpointLoad::default()
+        };
+        let slow = m.predict(&cost(12_000, 0), &busy, &idle);
+        assert!(slow.ttft_us > cold.ttft_us && slow.tpot_us > cold.tpot_us * 1.5);
+    }
+
+    #[test]
+    fn kv_overflow_costs_recompute() {
+        let m = model();
+        let idle = PodSignals::idle(Timestamp::ZERO);
+        let full = EndpointLoad {
+            kv_tokens: 307_328,
+            ..EndpointLoad::default()
+        };
+        let roomy = m.predict(&cost(1_000, 0), &EndpointLoad::default(), &idle);
+        let tight = m.predict(&cost(1_000, 0), &full, &idle);
+        assert!(tight.ttft_us > roomy.ttft_us + 1_000.0 * 100.0);
+    }
+}
