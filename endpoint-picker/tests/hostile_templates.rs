@@ -109,18 +109,7 @@ fn assert_bounded(epp: &Epp) {
 async fn sigterm_exits(epp: &mut Epp) {
     epp.proc.term();
     // Generous for a loaded machine: before the fix it never exited.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = epp.proc.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running 20 s after SIGTERM\n{}",
-            epp.proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = wait_exit(epp, Duration::from_secs(20)).await;
     assert!(status.success(), "{status:?}\n{}", epp.proc.log());
 }
 
@@ -128,30 +117,29 @@ async fn sigterm_exits(epp: &mut Epp) {
 async fn request_templates_are_refused_by_default() {
     let dir = tempfile::tempdir().unwrap();
     let mut epp = start(dir.path(), "untrusted", &[]).await;
-    attack(&epp, 4).await;
+    attacked(&mut epp, &["untrusted_chat_template"]).await;
+}
+
+/// Sends [`attack`] with 4 of each bomb; each must be counted under one of `outcomes`, the
+/// ordinary chat tokenized locally; then the RSS bound and a prompt exit on SIGTERM.
+async fn attacked(epp: &mut Epp, outcomes: &[&str]) {
+    attack(epp, 4).await;
     let page = epp.metrics_page().await;
-    assert_eq!(
-        tokenize_count(&page, "unavailable", "untrusted_chat_template"),
-        8,
-        "{page}"
-    );
+    let dropped: u64 = outcomes
+        .iter()
+        .map(|o| tokenize_count(&page, "unavailable", o))
+        .sum();
+    assert_eq!(dropped, 8, "{page}");
     assert_eq!(tokenize_count(&page, "local", "ok"), 1, "{page}");
-    assert_bounded(&epp);
-    sigterm_exits(&mut epp).await;
+    assert_bounded(epp);
+    sigterm_exits(epp).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_templates_are_held_by_fuel_and_caps() {
     let dir = tempfile::tempdir().unwrap();
     let mut epp = start(dir.path(), "trusted", &["--trust-request-chat-template"]).await;
-    attack(&epp, 4).await;
-    let page = epp.metrics_page().await;
-    let dropped = tokenize_count(&page, "unavailable", "template_limit")
-        + tokenize_count(&page, "unavailable", "timeout");
-    assert_eq!(dropped, 8, "{page}");
-    assert_eq!(tokenize_count(&page, "local", "ok"), 1, "{page}");
-    assert_bounded(&epp);
-    sigterm_exits(&mut epp).await;
+    attacked(&mut epp, &["template_limit", "timeout"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

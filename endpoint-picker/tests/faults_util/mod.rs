@@ -422,3 +422,19 @@ pub fn sample_sum(page: &str, prefix: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Waits for `epp` to exit, up to `within` (a bound for a loaded machine, not a latency target).
+pub async fn wait_exit(epp: &mut Epp, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = epp.proc.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running {within:?} after SIGTERM\n{}",
+            epp.proc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
