@@ -74,6 +74,24 @@ pub enum Error {
     /// to the client in [`crate::shedding::DROP_REASON_HEADER`].
     #[error("request shed: {0}")]
     Shed(&'static str),
+    /// A part of the memory budget (`--memory-budget`) is spent; the request is refused rather
+    /// than buffered.
+    #[error("kvpick's memory budget for {part} is spent; retry later")]
+    MemoryBudget {
+        /// The part (a metric label of `kvpick_memory_budget_refused_total`).
+        part: &'static str,
+    },
+    /// More ext_proc streams open at once than `--max-streams`.
+    #[error("more than {max} requests in kvpick at once; retry later")]
+    TooManyStreams {
+        /// The limit.
+        max: usize,
+    },
+    /// Envoy announced a body mode kvpick does not know (a newer Envoy); the filter's
+    /// `processing_mode` must use one of NONE, STREAMED, BUFFERED, BUFFERED_PARTIAL or
+    /// FULL_DUPLEX_STREAMED.
+    #[error("ext_proc body mode {0} is not supported")]
+    UnsupportedBodyMode(i32),
     /// kvpick is shutting down and will not schedule a request that was still waiting.
     #[error("kvpick is shutting down")]
     ShuttingDown,
@@ -125,6 +143,9 @@ impl Error {
             Error::NoEndpoint(_) => "no_endpoint",
             Error::Shed(_) => "shed",
             Error::ShuttingDown => "shutting_down",
+            Error::MemoryBudget { .. } => "memory_budget",
+            Error::TooManyStreams { .. } => "too_many_streams",
+            Error::UnsupportedBodyMode(_) => "unsupported_body_mode",
             Error::Protocol(_) => "protocol",
             Error::Query(_) => "query",
             Error::Task(_) => "task",
@@ -135,7 +156,10 @@ impl Error {
     pub fn http_status(&self) -> u16 {
         match self {
             Error::BodyTooLarge { .. } | Error::InvalidBody(_) | Error::MissingModel => 400,
-            Error::NoEndpoint(_) | Error::ShuttingDown => 503,
+            Error::NoEndpoint(_)
+            | Error::ShuttingDown
+            | Error::MemoryBudget { .. }
+            | Error::TooManyStreams { .. } => 503,
             Error::BodyTimeout { .. } => 408,
             Error::Shed(_) => 429,
             Error::Scheduler(kvpick_scheduler::Error::NoEndpoint(_)) => 503,

@@ -20,7 +20,8 @@
 //!
 //! Around it: [`query`] (kvpick's own `kvpick.v1.Index` API), [`health`] (gRPC health),
 //! [`telemetry`] (kvpick's Prometheus metrics), [`config`] (flags and environment), [`server`]
-//! (binds and runs it all, with a shutdown path), [`clock`] and [`error`].
+//! (binds and runs it all, with a shutdown path), [`budget`] (the process's memory budget),
+//! [`clock`] and [`error`].
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -28,9 +29,12 @@ use std::sync::Arc;
 use kvpick_scheduler::KvIndex;
 use tokio::sync::watch;
 
+pub mod budget;
+mod byte_count;
 pub mod clock;
 pub mod config;
 pub mod discovery;
+pub mod endpoint_series;
 pub mod error;
 pub mod extproc;
 pub mod flow_control;
@@ -75,6 +79,8 @@ pub struct Shared {
     pub clock: clock::Clock,
     /// Where requests wait while the pool is saturated (`featureGates: [flowControl]`).
     pub flow: Option<Arc<flow_control::FlowControl>>,
+    /// The memory budget's parts that streams and KV events charge.
+    pub budget: budget::Budget,
 }
 
 /// What KV-event ingestion ([`kv_events`]) receives from the picker: the pool's

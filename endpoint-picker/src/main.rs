@@ -6,7 +6,7 @@ use kvpick_epp::config::{self, Command};
 use kvpick_epp::{Server, Settings};
 
 fn main() -> anyhow::Result<()> {
-    let cli = match config::parse(std::env::args_os(), |k| std::env::var_os(k)) {
+    let cli = match config::parse(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };

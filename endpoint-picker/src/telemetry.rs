@@ -1,11 +1,13 @@
 //! kvpick-epp's own Prometheus metrics: names, help, buckets, and the `/metrics` listener.
 //!
 //! Every metric is `kvpick_…`; labels are bounded (outcomes, status codes, endpoint addresses of
-//! the pool, token kinds). Recording goes through the `metrics` facade, so code that records does
+//! the pool, token kinds). Series labelled `endpoint` are removed once their endpoint leaves the
+//! pool ([`crate::endpoint_series`]). Recording goes through the `metrics` facade, so code that records does
 //! not care whether an exporter is installed (tests run without one).
 
+use std::collections::HashSet;
 use std::convert::Infallible;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -15,6 +17,8 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::endpoint_series::{EndpointSeries, Series};
 
 /// Requests by `outcome` (`routed`, `headers_only`, a refusal's error label) and HTTP `code`.
 pub const REQUESTS: &str = "kvpick_requests_total";
@@ -84,7 +88,33 @@ pub const FLOW_QUEUE_BYTES: &str = "kvpick_flow_queue_bytes";
 /// How long dispatched requests waited in the flow-control queue.
 pub const FLOW_QUEUE_WAIT: &str = "kvpick_flow_queue_wait_seconds";
 
+/// Each part of the memory budget's limit, by `part` (`request_bytes`, `kv_event_bytes`, `streams`).
+pub const BUDGET_LIMIT: &str = "kvpick_memory_budget_limit";
+/// What is charged against each part of the memory budget now, by `part`.
+pub const BUDGET_USED: &str = "kvpick_memory_budget_used";
+/// Charges refused because a part of the memory budget was spent, by `part`.
+pub const BUDGET_REFUSED: &str = "kvpick_memory_budget_refused_total";
+/// ext_proc streams by the request body `mode` Envoy announced and how kvpick `handling` it
+/// (`body`: routed on the body; `headers`: routed on the headers alone; `refused`).
+pub const BODY_MODES: &str = "kvpick_ext_proc_body_modes_total";
+
 fn describe() {
+    describe_gauge!(
+        BUDGET_LIMIT,
+        "Limit of each part of the memory budget (bytes, or streams for part=streams)"
+    );
+    describe_gauge!(
+        BUDGET_USED,
+        "Charged now against each part of the memory budget"
+    );
+    describe_counter!(
+        BUDGET_REFUSED,
+        "Charges refused because a part of the memory budget was spent"
+    );
+    describe_counter!(
+        BODY_MODES,
+        "ext_proc streams by request body mode and how kvpick handled it"
+    );
     describe_gauge!(
         POOL_SATURATION,
         "Fraction of endpoints over a saturation threshold or stale, as of the last request"
@@ -191,10 +221,31 @@ const PREDICTION_ERROR_BUCKETS: [f64; 15] = [
     2048.0, 8192.0,
 ];
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HANDLE: OnceLock<Exporter> = OnceLock::new();
 
-/// Installs the process-wide Prometheus recorder once and returns its handle.
-pub fn install() -> PrometheusHandle {
+/// What renders the `/metrics` page: the Prometheus exporter's series and the per-endpoint ones
+/// ([`crate::endpoint_series`]).
+#[derive(Clone, Debug)]
+pub struct Exporter {
+    handle: PrometheusHandle,
+    series: Series,
+}
+
+impl Exporter {
+    /// The page with every series held.
+    pub fn render(&self) -> String {
+        self.handle.render() + &self.series.render_all()
+    }
+
+    /// The page after deleting the series of endpoints not in `live`.
+    pub fn render_live(&self, live: &HashSet<String>) -> String {
+        self.handle.render() + &self.series.render(live)
+    }
+}
+
+/// Installs the process-wide recorder once (per-endpoint series in front of the Prometheus
+/// exporter) and returns what renders it.
+pub fn install() -> Exporter {
     HANDLE
         .get_or_init(|| {
             let latency = [
@@ -222,19 +273,30 @@ pub fn install() -> PrometheusHandle {
                 Err(_) => PrometheusBuilder::new().build_recorder(),
             };
             let handle = recorder.handle();
+            let series = Series::default();
+            let recorder = EndpointSeries::new(recorder, series.clone());
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!(
                     "a metrics recorder was already installed; kvpick's metrics go there"
                 );
             }
             describe();
-            handle
+            Exporter { handle, series }
         })
         .clone()
 }
 
-/// Serves `GET /metrics` (any path, in fact) on `listener` until `stop`.
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle, stop: CancellationToken) {
+/// The addresses of the endpoints in the pool now, whose series the page keeps.
+pub type LiveEndpoints = Arc<dyn Fn() -> HashSet<String> + Send + Sync>;
+
+/// Serves `GET /metrics` (any path, in fact) on `listener` until `stop`; series of endpoints not
+/// in `live()` are deleted as each page is rendered.
+pub async fn serve(
+    listener: TcpListener,
+    handle: Exporter,
+    live: LiveEndpoints,
+    stop: CancellationToken,
+) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, _) = tokio::select! {
@@ -248,10 +310,11 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, stop: Cancel
             },
         };
         let handle = handle.clone();
+        let live = live.clone();
         let stop = stop.clone();
         conns.spawn(async move {
             let svc = service_fn(move |_req: Request<Incoming>| {
-                let body = handle.render();
+                let body = handle.render_live(&live());
                 async move {
                     Ok::<_, Infallible>(
                         Response::builder()

@@ -12,13 +12,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvpick_tokenize::flags::{parse_bytes, parse_duration};
 use kvpick_tokenize::limits;
 use kvpick_tokenize::{
     ChatRequest, HyperClient, ModelSource, RegistryConfig, RemoteTokenizer, TemplatePolicy,
     Tokenization, TokenizationOptions, TokenizeInput, TokenizeOutcome, TokenizerRegistry,
 };
 
+use crate::byte_count::parse_bytes;
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::pool::{Freshness, Pool};
@@ -43,11 +43,11 @@ pub struct TokenizeArgs {
     pub remote_tokenize: bool,
     /// Deadline of one request's tokenization (queueing, encoding, or the remote call); past it
     /// the request is routed approximately, by its text.
-    #[arg(long, env = "KVPICK_TOKENIZE_TIMEOUT", default_value = "200ms", value_parser = |s: &str| parse_duration(s).map_err(|e| e.to_string()))]
+    #[arg(long, env = "KVPICK_TOKENIZE_TIMEOUT", default_value = "200ms", value_parser = kvpick_scheduler::duration::parse_flag)]
     pub tokenize_timeout: Duration,
     /// Budget of the token cache that makes a conversation's next turn cheap (e.g. 256Mi, 1Gi; 0
     /// disables it).
-    #[arg(long, env = "KVPICK_TOKENIZE_CACHE_BYTES", default_value = "256Mi", value_parser = |s: &str| parse_bytes(s).map_err(|e| e.to_string()))]
+    #[arg(long, env = "KVPICK_TOKENIZE_CACHE_BYTES", default_value = "256Mi", value_parser = parse_bytes)]
     pub tokenize_cache_bytes: usize,
     /// Render a request's own `chat_template` source (as vLLM's flag of the same name). Off: such
     /// a request is routed without exact token ids (counted as
@@ -60,7 +60,7 @@ pub struct TokenizeArgs {
     #[arg(long, env = "KVPICK_TEMPLATE_FUEL", default_value_t = limits::DEFAULT_FUEL)]
     pub template_fuel: u64,
     /// Largest prompt one chat-template render may produce (e.g. 32Mi).
-    #[arg(long, env = "KVPICK_TEMPLATE_MAX_OUTPUT", default_value = "32Mi", value_parser = |s: &str| parse_bytes(s).map_err(|e| e.to_string()))]
+    #[arg(long, env = "KVPICK_TEMPLATE_MAX_OUTPUT", default_value = "32Mi", value_parser = parse_bytes)]
     pub template_max_output: usize,
 }
 

@@ -249,6 +249,10 @@ async fn the_binary_discovers_its_pool_and_exports_every_series_the_dashboard_an
         page.contains("kvpick_endpoint_scrape_errors_total{"),
         "{page}"
     );
+    // Per-endpoint series leave with their pod: what the dashboard queries is checked on this
+    // page too, while the failing pod is still there.
+    let mut missing = wanted.clone();
+    missing.retain(|n| !exported(&page).contains(n.as_str()));
     api.delete(PODS, "dead");
     for _ in 0..100 {
         page = scrape(&url).await;
@@ -261,6 +265,17 @@ async fn the_binary_discovers_its_pool_and_exports_every_series_the_dashboard_an
         page.contains("kvpick_endpoints 1"),
         "the deleted pod left: {page}"
     );
+    for _ in 0..100 {
+        if !page.contains("endpoint=\"127.0.0.2:") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        page = scrape(&url).await;
+    }
+    assert!(
+        !page.contains("endpoint=\"127.0.0.2:"),
+        "the deleted pod's series remain: {page}"
+    );
 
     let envoy = common::envoy::Envoy::start(format!("127.0.0.1:{grpc}").parse().unwrap()).await;
     let prompt: Vec<u32> = (0..64).collect();
@@ -269,14 +284,9 @@ async fn the_binary_discovers_its_pool_and_exports_every_series_the_dashboard_an
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains(&vllm.addr.to_string()));
 
-    let mut missing = wanted.clone();
     for _ in 0..100 {
         page = scrape(&url).await;
-        let present: BTreeSet<&str> = page
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.split(['{', ' ']).next())
-            .collect();
+        let present = exported(&page);
         missing.retain(|n| !present.contains(n.as_str()));
         if missing.is_empty() {
             break;
@@ -287,4 +297,12 @@ async fn the_binary_discovers_its_pool_and_exports_every_series_the_dashboard_an
         missing.is_empty(),
         "queried but not exported: {missing:?}\n{page}"
     );
+}
+
+/// The metric names with samples on a page.
+fn exported(page: &str) -> BTreeSet<&str> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect()
 }

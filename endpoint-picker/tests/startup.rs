@@ -20,16 +20,13 @@ async fn a_picker_config_must_agree_with_the_endpoints_file_on_block_size() {
     )
     .unwrap();
 
-    let cli = kvpick_epp::config::parse(
-        [
-            "kvpick-epp",
-            "--config",
-            config_file.to_str().unwrap(),
-            "--endpoints-file",
-            file.to_str().unwrap(),
-        ],
-        |_| None,
-    )
+    let cli = kvpick_epp::config::parse_ignoring_environment([
+        "kvpick-epp",
+        "--config",
+        config_file.to_str().unwrap(),
+        "--endpoints-file",
+        file.to_str().unwrap(),
+    ])
     .unwrap();
     let mut settings = Settings::from_cli(&cli).unwrap();
     (settings.grpc, settings.health, settings.metrics) =
@@ -41,10 +38,11 @@ async fn a_picker_config_must_agree_with_the_endpoints_file_on_block_size() {
     );
 
     std::fs::write(&config_file, "apiVersion: nope\n").unwrap();
-    let cli = kvpick_epp::config::parse(
-        ["kvpick-epp", "--config", config_file.to_str().unwrap()],
-        |_| None,
-    )
+    let cli = kvpick_epp::config::parse_ignoring_environment([
+        "kvpick-epp",
+        "--config",
+        config_file.to_str().unwrap(),
+    ])
     .unwrap();
     let err = Settings::from_cli(&cli).unwrap_err().to_string();
     assert!(

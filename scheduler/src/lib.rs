@@ -17,12 +17,13 @@
 //! - [`saturation`]: whether the pool has room, for shedding sheddable requests.
 //! - [`flow`]: the flow-control queue (priority bands, fair turns between flows) and its pacing.
 //! - [`config`]: the picker config (llm-d's `EndpointPickerConfig` shape).
-//! - [`time`]: time as a value.
+//! - [`time`]: time as a value; [`duration`]: kvpick's one duration syntax.
 //! - [`error`]: the crate's one error type.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod decision;
+pub mod duration;
 pub mod error;
 pub mod events;
 pub mod filters;

@@ -28,7 +28,6 @@ pub mod chat;
 pub mod conversation;
 pub mod encode;
 pub mod error;
-pub mod flags;
 pub mod hf_config;
 pub mod limits;
 pub mod model;

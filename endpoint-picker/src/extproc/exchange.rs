@@ -4,12 +4,25 @@
 //! control on, room in the pool. The stream reads Envoy's next message only after answering this
 //! one, so the answers keep their order.
 //!
-//! Request path. Full-duplex: the headers answer is held until the body is complete, then the
-//! picker answers headers (decision, `content-length`, `envoy.lb` metadata) → the body, re-sent in
-//! chunks of at most [`MAX_CHUNK`] bytes → trailers when Envoy sent any. Buffered: the headers get
-//! an empty answer at once and the decision rides on the body answer. Headers-only requests are
-//! decided at once in both modes. Response path (`response`): every body chunk is answered as it
-//! arrives.
+//! Request path, by the body mode Envoy announces (`protocol_config`):
+//! - `FULL_DUPLEX_STREAMED`: the headers answer is held until the body is complete, then the
+//!   picker answers headers (decision, `content-length`, `envoy.lb` metadata) → the body, re-sent
+//!   in chunks of at most [`reply::MAX_CHUNK`] bytes as the stream can take them ([`Resend`]) →
+//!   trailers when Envoy sent any.
+//! - `BUFFERED` / `BUFFERED_PARTIAL`: the headers get an empty answer at once and the decision
+//!   rides on the answer to the (single) body message, whether or not it ends the stream
+//!   (trailers follow it; `BUFFERED_PARTIAL` cuts a body at the gateway's buffer limit, and a cut
+//!   body that does not parse is routed on the headers alone).
+//! - `STREAMED` and `NONE`: Envoy routes on the headers answer before any body reaches kvpick, so
+//!   the decision is made on the headers alone (load, subset hint, session) and body chunks are
+//!   let through unchanged. Prefix-aware routing needs one of the modes above.
+//! - Any other mode is refused at once (500 `unsupported_body_mode`).
+//!
+//! Headers-only requests are decided at once in every mode. Response path (`response`): every
+//! body chunk is answered as it arrives, echoed in full-duplex mode, let through otherwise.
+//!
+//! Memory: each stream holds a charge against the budget's request part ([`crate::budget`]) for
+//! itself and for its body as the body grows; a body that does not fit gets a 503.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +36,8 @@ use pb::processing_request::Request as In;
 use pb::processing_response::Response as Out;
 use tokio::time::Instant;
 
-use super::reply::{self, MAX_CHUNK};
+use super::reply;
+use crate::budget::{self, Charge};
 use crate::error::Error;
 use crate::picker::{RouteRequest, Routing};
 use crate::prediction::Prediction;
@@ -32,18 +46,35 @@ use crate::telemetry as t;
 use crate::usage::UsageScanner;
 use crate::{Shared, flow_control, request, shedding};
 
+mod resend;
 mod response;
 
+use resend::Resend;
+
+/// How Envoy sends a body, as far as the picker's answers go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
+    /// `FULL_DUPLEX_STREAMED`: chunks; the picker answers with `streamed_response` chunks.
     Duplex,
+    /// `BUFFERED` or `BUFFERED_PARTIAL`: one body message, answered without a body mutation.
     Buffered,
+    /// `STREAMED` (chunks, each answered unchanged) or `NONE` (no body messages): the headers
+    /// answer goes before the body.
+    HeadersFirst,
+    /// A mode this build does not know.
+    Unknown(i32),
 }
 
-fn mode(raw: i32) -> Mode {
+fn mode(raw: i32) -> (Mode, &'static str) {
     match BodySendMode::try_from(raw) {
-        Ok(BodySendMode::Buffered | BodySendMode::BufferedPartial) => Mode::Buffered,
-        _ => Mode::Duplex,
+        Ok(BodySendMode::FullDuplexStreamed) => (Mode::Duplex, "full_duplex_streamed"),
+        Ok(BodySendMode::Buffered) => (Mode::Buffered, "buffered"),
+        Ok(BodySendMode::BufferedPartial) => (Mode::Buffered, "buffered_partial"),
+        Ok(BodySendMode::Streamed) => (Mode::HeadersFirst, "streamed"),
+        Ok(BodySendMode::None) => (Mode::HeadersFirst, "none"),
+        // GRPC (per-message gRPC bodies) or newer: not an inference request kvpick can route.
+        Ok(BodySendMode::Grpc) => (Mode::Unknown(raw), "grpc"),
+        Err(_) => (Mode::Unknown(raw), "unknown"),
     }
 }
 
@@ -65,11 +96,20 @@ pub struct Exchange {
     shared: Arc<Shared>,
     phase: Phase,
     request_mode: Mode,
+    request_mode_name: &'static str,
     response_mode: Mode,
     started: Instant,
     session: Option<String>,
     subset: Option<Vec<SocketAddr>>,
     body: Vec<u8>,
+    /// The stream's own share of the budget (also its slot under `--max-streams`), or why the
+    /// budget had no room for it.
+    refusal: Option<Error>,
+    _admitted: [Charge; 2],
+    /// The budget held for `body`'s capacity.
+    body_charge: Charge,
+    /// A full-duplex body being re-sent, chunk by chunk.
+    resend: Option<Resend>,
     /// The picker's primary.
     picked: Option<SocketAddr>,
     outcome: &'static str,
@@ -85,17 +125,41 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// A fresh stream.
+    /// A fresh stream, charged to the budget (a stream over budget is refused on its headers).
     pub fn new(shared: Arc<Shared>) -> Self {
+        let budget = &shared.budget;
+        let (refusal, admitted) = match budget.streams.try_charge(1) {
+            None => (
+                Some(Error::TooManyStreams {
+                    max: budget.streams.limit(),
+                }),
+                [Charge::none(), Charge::none()],
+            ),
+            Some(slot) => match budget.requests.try_charge(budget::STREAM_BYTES) {
+                None => (
+                    Some(Error::MemoryBudget {
+                        part: budget.requests.name(),
+                    }),
+                    [slot, Charge::none()],
+                ),
+                Some(bytes) => (None, [slot, bytes]),
+            },
+        };
+        let body_charge = Charge::empty(&budget.requests);
         Self {
             shared,
             phase: Phase::Start,
             request_mode: Mode::Duplex,
+            request_mode_name: "full_duplex_streamed",
             response_mode: Mode::Duplex,
             started: Instant::now(),
             session: None,
             subset: None,
             body: Vec::new(),
+            refusal,
+            _admitted: admitted,
+            body_charge,
+            resend: None,
             picked: None,
             outcome: "incomplete",
             status: None,
@@ -115,8 +179,8 @@ impl Exchange {
         out: &mut Vec<pb::ProcessingResponse>,
     ) -> Result<(), Error> {
         if let Some(pc) = &msg.protocol_config {
-            self.request_mode = mode(pc.request_body_mode);
-            self.response_mode = mode(pc.response_body_mode);
+            (self.request_mode, self.request_mode_name) = mode(pc.request_body_mode);
+            self.response_mode = mode(pc.response_body_mode).0;
         }
         let metadata = msg.metadata_context.as_ref();
         match msg.request {
@@ -157,46 +221,71 @@ impl Exchange {
         self.subset = reply::subset_hint(metadata);
         self.priority = shedding::priority(&self.shared, headers);
         self.flow = flow_control::flow_id(&self.shared, headers);
-        if let Err(e) = shedding::admit(&self.shared, self.priority) {
-            self.refuse(&e, out);
-            return Ok(());
-        }
-        if h.end_of_stream {
-            // No body (e.g. GET /v1/models): decide on load alone, as soon as there is room.
-            if let Err(e) = self.wait_for_room(0).await {
-                self.refuse(&e, out);
-                return Ok(());
-            }
-            let start = Instant::now();
-            let routing = self.route(|picker, subset, session| {
-                picker.route(&RouteRequest {
-                    model: "",
-                    cache_salt: None,
-                    prompt: kvpick_scheduler::Prompt::Empty,
-                    session,
-                    subset,
-                })
-            });
-            metrics::histogram!(t::SCHEDULING).record(start.elapsed().as_secs_f64());
-            match routing {
-                Ok(r) => {
-                    self.outcome = "headers_only";
-                    out.push(reply::request_headers(
-                        Some(reply::routing_mutation(&r, None)),
-                        Some(self.metadata(&r)),
-                    ));
-                    self.phase = Phase::Decided;
+        let handling = match (self.request_mode, self.response_mode) {
+            (Mode::Unknown(m), _) | (_, Mode::Unknown(m)) => Err(Error::UnsupportedBodyMode(m)),
+            (Mode::HeadersFirst, _) => Ok("headers"),
+            _ if h.end_of_stream => Ok("headers"),
+            _ => Ok("body"),
+        };
+        let handling = handling.and_then(|h| self.refusal.take().map_or(Ok(h), Err));
+        let label = handling.as_ref().map_or("refused", |h| h);
+        metrics::counter!(t::BODY_MODES, "mode" => self.request_mode_name, "handling" => label)
+            .increment(1);
+        let handling = handling.and_then(|h| {
+            shedding::admit(&self.shared, self.priority)?;
+            Ok(h)
+        });
+        match handling {
+            Err(e) => self.refuse(&e, out),
+            // No body, or none kvpick will see before Envoy routes (STREAMED, NONE): decide on
+            // load alone, as soon as there is room.
+            Ok("headers") => {
+                if let Err(e) = self.wait_for_room(0).await {
+                    self.refuse(&e, out);
+                    return Ok(());
                 }
-                Err(e) => self.refuse(&e, out),
+                self.outcome = if h.end_of_stream {
+                    "headers_only"
+                } else {
+                    "routed_on_headers"
+                };
+                match self.route_on_headers() {
+                    Ok(r) => {
+                        out.push(reply::request_headers(
+                            Some(reply::routing_mutation(&r, None)),
+                            Some(self.metadata(&r)),
+                        ));
+                        self.phase = Phase::Decided;
+                    }
+                    Err(e) => self.refuse(&e, out),
+                }
             }
-            return Ok(());
-        }
-        self.phase = Phase::Body;
-        if self.request_mode == Mode::Buffered {
-            // Envoy's BUFFERED contract: an empty answer now, the mutation on the body answer.
-            out.push(reply::request_headers(None, None));
+            Ok(_) => {
+                self.phase = Phase::Body;
+                if self.request_mode == Mode::Buffered {
+                    // Envoy's BUFFERED contract: an empty answer now, the mutation on the body
+                    // answer.
+                    out.push(reply::request_headers(None, None));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Routes without a prompt: load, subset hint and session only.
+    fn route_on_headers(&mut self) -> Result<Routing, Error> {
+        let start = Instant::now();
+        let routing = self.route(|picker, subset, session| {
+            picker.route(&RouteRequest {
+                model: "",
+                cache_salt: None,
+                prompt: kvpick_scheduler::Prompt::Empty,
+                session,
+                subset,
+            })
+        });
+        metrics::histogram!(t::SCHEDULING).record(start.elapsed().as_secs_f64());
+        routing
     }
 
     async fn request_body(
@@ -207,25 +296,73 @@ impl Exchange {
         match self.phase {
             Phase::Body => {}
             Phase::Refused => return Ok(()),
+            // STREAMED: the decision went with the headers; chunks pass unchanged.
+            Phase::Decided if self.request_mode == Mode::HeadersFirst => {
+                out.push(reply::request_body_buffered(None, None));
+                return Ok(());
+            }
             Phase::Start | Phase::Decided => {
                 return Err(Error::Protocol("request body out of order"));
             }
         }
-        let limit = self.shared.limits.max_body_bytes;
-        if self.body.len() + b.body.len() > limit {
-            self.body = Vec::new();
-            self.refuse(&Error::BodyTooLarge { limit }, out);
+        if let Err(e) = self.keep(b.body) {
+            self.drop_body();
+            self.refuse(&e, out);
             return Ok(());
         }
-        if self.body.is_empty() {
-            self.body = b.body;
-        } else {
-            self.body.extend_from_slice(&b.body);
-        }
-        if b.end_of_stream {
-            self.decide(out, false).await;
+        match self.request_mode {
+            // One message is the whole body Envoy will send: without end of stream, trailers
+            // follow or (BUFFERED_PARTIAL) the body was cut at the gateway's buffer limit.
+            Mode::Buffered => self.decide(out, !b.end_of_stream).await,
+            _ if b.end_of_stream => self.decide(out, false).await,
+            _ => {}
         }
         Ok(())
+    }
+
+    /// Appends a chunk to the body, within `--max-body-bytes` and the memory budget (charged by
+    /// the buffer's capacity, which grows by doubling up to the limit; a large body leaves the
+    /// last 1/8 of the request part to ordinary ones).
+    fn keep(&mut self, chunk: Vec<u8>) -> Result<(), Error> {
+        let limit = self.shared.limits.max_body_bytes;
+        let needed = self.body.len() + chunk.len();
+        if needed > limit {
+            return Err(Error::BodyTooLarge { limit });
+        }
+        let capacity = if self.body.is_empty() {
+            chunk.capacity()
+        } else {
+            self.body.capacity()
+        };
+        let target = if needed <= capacity {
+            capacity
+        } else {
+            needed.max(capacity.saturating_mul(2)).min(limit)
+        };
+        let more = target.saturating_sub(self.body_charge.held());
+        let part = &self.shared.budget.requests;
+        let ceiling = if target > budget::LARGE_BODY {
+            part.limit() - part.limit() / 8
+        } else {
+            part.limit()
+        };
+        if !self.body_charge.grow_within(more, ceiling) {
+            return Err(Error::MemoryBudget {
+                part: self.shared.budget.requests.name(),
+            });
+        }
+        if self.body.is_empty() {
+            self.body = chunk;
+        } else {
+            self.body.reserve_exact(target - self.body.len());
+            self.body.extend_from_slice(&chunk);
+        }
+        Ok(())
+    }
+
+    fn drop_body(&mut self) {
+        self.body = Vec::new();
+        self.body_charge.clear();
     }
 
     async fn request_trailers(
@@ -233,12 +370,14 @@ impl Exchange {
         out: &mut Vec<pb::ProcessingResponse>,
     ) -> Result<(), Error> {
         match self.phase {
-            Phase::Body if self.request_mode == Mode::Duplex => {
-                // The trailers end the body: decide, send headers and body, then the trailers.
-                self.decide(out, true).await;
-                if self.phase == Phase::Decided {
-                    out.push(reply::trailers(true));
-                }
+            // The trailers end the body: decide; headers and body go first, then the trailers
+            // (queued behind the re-sent body).
+            Phase::Body if self.request_mode == Mode::Duplex => self.decide(out, true).await,
+            // BUFFERED trailers with no body message before them: the decision can only ride on
+            // a body answer.
+            Phase::Body => {
+                self.drop_body();
+                self.refuse(&Error::InvalidBody("trailers without a body".into()), out);
             }
             Phase::Refused => {}
             _ => out.push(reply::trailers(true)),
@@ -248,13 +387,16 @@ impl Exchange {
 
     /// While the request body is still arriving: when it must be complete by (`--body-timeout`
     /// from the headers).
+    /// Also while waiting for the headers, from the stream's start: a stream that sends
+    /// nothing would otherwise hold its slot under `--max-streams` for good.
     pub fn body_deadline(&self) -> Option<Instant> {
-        (self.phase == Phase::Body).then(|| self.started + self.shared.limits.body_timeout)
+        matches!(self.phase, Phase::Start | Phase::Body)
+            .then(|| self.started + self.shared.limits.body_timeout)
     }
 
     /// The body missed its deadline: refuses the request with a 408.
     pub fn body_timed_out(&mut self, out: &mut Vec<pb::ProcessingResponse>) {
-        self.body = Vec::new();
+        self.drop_body();
         let limit = self.shared.limits.body_timeout;
         self.refuse(&Error::BodyTimeout { limit }, out);
     }
@@ -273,18 +415,25 @@ impl Exchange {
     /// Waits for room, parses the whole body, tokenizes a text prompt, picks, and answers.
     async fn decide(&mut self, out: &mut Vec<pb::ProcessingResponse>, trailers_follow: bool) {
         if let Err(e) = self.wait_for_room(self.body.len()).await {
-            self.body = Vec::new();
+            self.drop_body();
             return self.refuse(&e, out);
         }
-        // Shared with a tokenization job that may outlive its deadline; unique again after.
+        // Shared with a tokenization job that may outlive its deadline.
         let body = Bytes::from(std::mem::take(&mut self.body));
         let start = Instant::now();
         let tokenizer = self.shared.tokenizer.clone();
         let routed = match request::parse(&body) {
+            // BUFFERED_PARTIAL cut the body at the gateway's buffer limit (or trailers follow a
+            // body that does not parse): route on what the headers say.
+            Err(_) if self.request_mode == Mode::Buffered && trailers_follow => {
+                self.outcome = "routed_on_headers";
+                self.route_on_headers()
+            }
             Err(e) => Err(e),
             Ok(req) => {
                 let tokens = Tokenized::new(&*tokenizer, &req, &body).await;
                 let prompt = tokens.prompt(&req.prompt);
+                self.outcome = "routed";
                 self.route(|picker, subset, session| {
                     picker.route(&RouteRequest {
                         model: &req.model,
@@ -297,42 +446,49 @@ impl Exchange {
             }
         };
         metrics::histogram!(t::SCHEDULING).record(start.elapsed().as_secs_f64());
-        let body = Vec::from(body);
         let r = match routed {
             Ok(r) => r,
-            Err(e) => return self.refuse(&e, out),
+            Err(e) => {
+                self.body_charge.clear();
+                return self.refuse(&e, out);
+            }
         };
         if r.total_blocks > 0 {
             metrics::histogram!(t::PREFIX_MATCH)
                 .record(f64::from(r.matched_blocks) / f64::from(r.total_blocks));
         }
         self.prediction = Some(Prediction::new(&self.shared, &r));
-        self.outcome = "routed";
         let metadata = self.metadata(&r);
         match self.request_mode {
-            Mode::Buffered => out.push(reply::request_body_buffered(
-                Some(reply::routing_mutation(&r, None)),
-                Some(metadata),
-            )),
             Mode::Duplex => {
                 out.push(reply::request_headers(
                     Some(reply::routing_mutation(&r, Some(body.len()))),
                     Some(metadata),
                 ));
-                let n = body.len().div_ceil(MAX_CHUNK).max(1);
-                if n == 1 {
-                    out.push(reply::request_body_chunk(body, !trailers_follow));
-                } else {
-                    for (i, chunk) in body.chunks(MAX_CHUNK).enumerate() {
-                        out.push(reply::request_body_chunk(
-                            chunk.to_vec(),
-                            i + 1 == n && !trailers_follow,
-                        ));
-                    }
-                }
+                // The body charge stays until the last chunk is out.
+                self.resend = Some(Resend::new(body, trailers_follow));
+            }
+            _ => {
+                out.push(reply::request_body_buffered(
+                    Some(reply::routing_mutation(&r, None)),
+                    Some(metadata),
+                ));
+                self.body_charge.clear();
             }
         }
         self.phase = Phase::Decided;
+    }
+
+    /// The next answer owed before Envoy's next message is read: the re-sent body's chunks, one
+    /// at a time (so the body is not copied whole a second time), then its trailers.
+    pub fn next_owed(&mut self) -> Option<pb::ProcessingResponse> {
+        let resend = self.resend.as_mut()?;
+        let next = resend.next();
+        if next.is_none() {
+            self.resend = None;
+            self.body_charge.clear();
+        }
+        next
     }
 
     /// Runs `pick` with this stream's subset hint and session, and counts the pick.
@@ -358,6 +514,17 @@ impl Exchange {
 
     fn metadata(&self, r: &Routing) -> envoy_types::pb::google::protobuf::Struct {
         reply::routing_metadata(r, self.shared.picker.scheduler().scorer_names())
+    }
+
+    /// Envoy broke the protocol: the request gets an immediate 500 saying so.
+    pub fn protocol_error(&mut self, e: &Error, out: &mut Vec<pb::ProcessingResponse>) {
+        self.drop_body();
+        self.resend = None;
+        if self.phase == Phase::Start {
+            // Counted like every other request that got an answer.
+            self.phase = Phase::Body;
+        }
+        self.refuse(e, out);
     }
 
     fn refuse(&mut self, e: &Error, out: &mut Vec<pb::ProcessingResponse>) {

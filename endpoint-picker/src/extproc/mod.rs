@@ -1,6 +1,7 @@
 //! The Envoy ext_proc gRPC service (`envoy.service.ext_proc.v3.ExternalProcessor`).
 //!
-//! Each `Process` stream is one HTTP exchange. The service spawns nothing: the response stream
+//! Each `Process` stream is one HTTP exchange (refused at once when `--max-streams` or the
+//! memory budget is spent). The service spawns nothing: the response stream
 //! reads Envoy's next message only when tonic asks for the next answer (and after the previous
 //! message is fully answered, tokenization included), so backpressure is tonic's own, answers keep
 //! Envoy's order, and a stream's state lives exactly as long as the stream. A request body must
@@ -34,9 +35,13 @@ impl ExtProc {
     }
 
     /// The tonic server wrapper, ready for `add_service`.
+    /// The largest message it decodes is a body of `--max-body-bytes` plus room for headers
+    /// and metadata: tonic buffers a whole message before kvpick sees it, so this bounds what
+    /// one stream holds outside the budget's accounting.
     pub fn into_server(self) -> ExternalProcessorServer<Self> {
+        let max = self.shared.limits.max_body_bytes.saturating_add(1 << 20);
         ExternalProcessorServer::new(self)
-            .max_decoding_message_size(64 << 20)
+            .max_decoding_message_size(max)
             .max_encoding_message_size(64 << 20)
     }
 }
@@ -72,6 +77,9 @@ impl ExternalProcessor for ExtProc {
                 if let Some(next) = s.pending.pop_front() {
                     return Some((Ok(next), s));
                 }
+                if let Some(next) = s.exchange.next_owed() {
+                    return Some((Ok(next), s));
+                }
                 if s.done {
                     return None;
                 }
@@ -91,9 +99,11 @@ impl ExternalProcessor for ExtProc {
                 match next {
                     Ok(Some(msg)) => {
                         if let Err(e) = s.exchange.on_message(msg, &mut s.scratch).await {
+                            // The request gets the reason; the stream ends.
                             tracing::warn!(error = %e, "ext_proc stream aborted");
                             s.done = true;
-                            return Some((Err(Status::invalid_argument(e.to_string())), s));
+                            s.scratch.clear();
+                            s.exchange.protocol_error(&e, &mut s.scratch);
                         }
                         s.pending.extend(s.scratch.drain(..));
                     }

@@ -31,6 +31,10 @@ pub struct KvEventsConfig {
     pub queue_capacity: usize,
     /// Payload bytes queued per endpoint, likewise.
     pub queue_bytes: usize,
+    /// Payload bytes of batches queued, held for a replay and being replayed, over all
+    /// endpoints: the memory budget's KV-event part (`--memory-budget`). A batch that does not
+    /// fit overflows its endpoint's queue (which resynchronises it); a replay that does not fails.
+    pub budget_bytes: usize,
     /// Largest ZMQ message (all frames) accepted from a peer; a peer announcing a bigger frame
     /// is disconnected before a byte of it is buffered.
     pub max_message_bytes: usize,
@@ -72,6 +76,7 @@ impl Default for KvEventsConfig {
             workers: 2,
             queue_capacity: 4096,
             queue_bytes: 128 << 20,
+            budget_bytes: crate::budget::BudgetConfig::default().kv_event_bytes(),
             max_message_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(2),
             reconnect_min: Duration::from_millis(100),
@@ -104,8 +109,11 @@ impl KvEventsConfig {
         }
         if self.queue_bytes < self.max_message_bytes
             || self.max_replay_bytes < self.max_message_bytes
+            || self.budget_bytes < self.max_message_bytes
         {
-            return fail("queue and replay byte bounds must hold at least one message");
+            return fail(
+                "queue, replay and memory budget byte bounds must hold at least one message",
+            );
         }
         if self.bind_ranks == 0 || self.bind_ranks > 64 {
             return fail("bind ranks must be in 1..=64");

@@ -10,6 +10,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use kvpick_scheduler::EndpointId;
+
+use crate::budget::Part;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -75,35 +77,55 @@ pub(crate) struct Mailbox {
     pub endpoint: EndpointId,
     capacity: usize,
     max_bytes: usize,
+    /// The budget's KV-event part: a batch is queued only if it fits there too, and holds its
+    /// charge until it is dropped.
+    budget: Option<Arc<Part>>,
     inbox: Mutex<Inbox>,
     run: Arc<RunQueue>,
 }
 
 impl Mailbox {
     /// A mailbox holding at most `capacity` items and `max_bytes` bytes of payload.
+    #[cfg(test)]
     pub fn new(
         endpoint: EndpointId,
         capacity: usize,
         max_bytes: usize,
         run: Arc<RunQueue>,
     ) -> Arc<Self> {
+        Self::charged(endpoint, capacity, max_bytes, None, run)
+    }
+
+    /// A mailbox holding at most `capacity` items and `max_bytes` bytes of payload, each batch
+    /// also charged to `budget`.
+    pub fn charged(
+        endpoint: EndpointId,
+        capacity: usize,
+        max_bytes: usize,
+        budget: Option<Arc<Part>>,
+        run: Arc<RunQueue>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             endpoint,
             capacity: capacity.max(1),
             max_bytes,
+            budget,
             inbox: Mutex::new(Inbox::default()),
             run,
         })
     }
 
     /// Queues an item, or refuses it when full (flagging the overflow) or closed.
-    pub fn push(self: &Arc<Self>, item: Item) -> Pushed {
+    pub fn push(self: &Arc<Self>, mut item: Item) -> Pushed {
         let mut inbox = self.inbox.lock();
         if inbox.closed {
             return Pushed::Closed;
         }
         let size = item_bytes(&item);
-        let pushed = if inbox.items.len() >= self.capacity || inbox.bytes + size > self.max_bytes {
+        let pushed = if inbox.items.len() >= self.capacity
+            || inbox.bytes + size > self.max_bytes
+            || !self.charge(&mut item)
+        {
             inbox.overflowed = true;
             Pushed::Overflow
         } else {
@@ -113,6 +135,20 @@ impl Mailbox {
         };
         self.schedule(&mut inbox);
         pushed
+    }
+
+    /// Charges a batch to the budget, if there is one; `false` when it does not fit.
+    fn charge(&self, item: &mut Item) -> bool {
+        match (&self.budget, item) {
+            (Some(part), Item::Batch(batch)) => match part.try_charge(batch.payload.len()) {
+                Some(charge) => {
+                    batch.charge = charge;
+                    true
+                }
+                None => false,
+            },
+            _ => true,
+        }
     }
 
     /// Hands a replay's outcome to the worker; a closed mailbox drops it.
@@ -257,6 +293,16 @@ mod tests {
         assert_eq!(c.push(sized(1)), Pushed::Overflow);
         assert_eq!(c.take(1).items.len(), 1);
         assert_eq!(c.push(sized(6)), Pushed::Queued);
+        // The budget bounds all mailboxes together, and a batch gives its charge back when
+        // dropped.
+        let part = Part::new("test", 10);
+        let d = Mailbox::charged(id(4), 10, 100, Some(part.clone()), run.clone());
+        let e = Mailbox::charged(id(5), 10, 100, Some(part.clone()), run.clone());
+        assert_eq!(d.push(sized(6)), Pushed::Queued);
+        assert_eq!(e.push(sized(6)), Pushed::Overflow);
+        assert_eq!(part.used(), 6);
+        drop(d.take(1));
+        assert_eq!((part.used(), e.push(sized(6))), (0, Pushed::Queued));
         a.close();
         assert_eq!(a.push(batch(9)), Pushed::Closed);
         assert_eq!(a.depth(), 0);

@@ -152,10 +152,11 @@ impl Manager {
             let worker = &self.workers[id.index() % self.workers.len()];
             let source = &registered.source;
             let metrics = self.shared.metrics.register(id, source.address.to_string());
-            let mailbox = Mailbox::new(
+            let mailbox = Mailbox::charged(
                 id,
                 config.queue_capacity,
                 config.queue_bytes,
+                Some(Arc::clone(&self.shared.budget)),
                 Arc::clone(&worker.run),
             );
             let cancel = self.cancel.child_token();

@@ -186,6 +186,8 @@ struct Shared {
     states: StateTable,
     metrics: IngestMetrics,
     replay_slots: Semaphore,
+    /// Payload bytes of batches queued, held and being replayed, over all endpoints.
+    budget: Arc<crate::budget::Part>,
 }
 
 impl Shared {
@@ -199,6 +201,7 @@ impl Shared {
             timeout: self.config.replay_timeout,
             max_bytes: self.config.max_replay_bytes,
             limits: self.limits(),
+            budget: Arc::clone(&self.budget),
         }
     }
 }
@@ -268,6 +271,7 @@ impl KvEvents {
         config.validate()?;
         let shared = Arc::new(Shared {
             replay_slots: Semaphore::new(config.max_replays_in_flight),
+            budget: crate::budget::Part::new("kv_event_bytes", config.budget_bytes),
             config,
             index,
             states: StateTable::new(sink),

@@ -17,7 +17,7 @@ use super::sequencer::Batch;
 use super::subscriber::count_end;
 
 /// Bounds of one replay.
-#[derive(Copy, Clone, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ReplayBounds {
     pub connect_timeout: Duration,
     /// From request to end marker.
@@ -25,6 +25,8 @@ pub(crate) struct ReplayBounds {
     /// Payload bytes over all replies.
     pub max_bytes: usize,
     pub limits: Limits,
+    /// The budget's KV-event part: every reply is charged as it arrives.
+    pub budget: std::sync::Arc<crate::budget::Part>,
 }
 
 /// Every batch the pod still buffers from `from` on, in order, or why not.
@@ -38,9 +40,10 @@ pub(crate) async fn fetch(
     let link = guard::dial(addr, bounds.limits, bounds.connect_timeout)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
+    let timeout = bounds.timeout;
     let result = tokio::time::timeout_at(deadline, exchange(&link.endpoint, from, bounds)).await;
     count_end(metrics, link.close().await);
-    result.map_err(|_| format!("no end marker from {addr} within {:?}", bounds.timeout))?
+    result.map_err(|_| format!("no end marker from {addr} within {timeout:?}"))?
 }
 
 async fn exchange(endpoint: &str, from: u64, bounds: ReplayBounds) -> Result<Vec<Batch>, String> {
@@ -79,6 +82,11 @@ async fn exchange(endpoint: &str, from: u64, bounds: ReplayBounds) -> Result<Vec
         if bytes > bounds.max_bytes {
             return Err(format!("replay exceeds {} bytes", bounds.max_bytes));
         }
-        batches.push(Batch::new(seq, payload));
+        let mut batch = Batch::new(seq, payload);
+        batch.charge = bounds
+            .budget
+            .try_charge(batch.payload.len())
+            .ok_or("the memory budget for KV events is spent")?;
+        batches.push(batch);
     }
 }

@@ -18,13 +18,15 @@ use kvpick_scheduler::scheduler::EventsState;
 use tokio::time::Instant;
 use xxhash_rust::xxh3::xxh3_64;
 
-/// One batch as it arrived: the publisher's sequence number, its payload, and the payload
-/// decoded when routing already needed it.
-#[derive(Clone, Debug)]
+/// One batch as it arrived: the publisher's sequence number, its payload, the payload decoded
+/// when routing already needed it, and the memory budget it holds until it is dropped (applied,
+/// discarded or cleared with its endpoint).
+#[derive(Debug)]
 pub(crate) struct Batch {
     pub seq: u64,
     pub payload: Bytes,
     pub decoded: Option<Box<EventBatch>>,
+    pub charge: crate::budget::Charge,
 }
 
 impl Batch {
@@ -33,6 +35,7 @@ impl Batch {
             seq,
             payload,
             decoded: None,
+            charge: crate::budget::Charge::none(),
         }
     }
 }

@@ -27,6 +27,16 @@ impl Server {
             None => None,
         };
         let mut config = scheduler_config(&settings, found.as_ref().and_then(|f| f.block_size))?;
+        let fits = settings.budget.index_capacity();
+        if config.index.capacity > fits {
+            tracing::info!(
+                configured = config.index.capacity,
+                capacity = fits,
+                budget = settings.budget.total,
+                "index capacity capped to fit half the memory budget"
+            );
+            config.index.capacity = fits;
+        }
         config.index.secret = index_secret();
         let mut route = settings.picker.clone();
         route.staleness = config.staleness.max_signal_age;
@@ -62,6 +72,7 @@ impl Server {
             limits: settings.limits,
             clock,
             flow,
+            budget: crate::budget::Budget::new(&settings.budget),
         });
         let kubernetes = match &settings.kubernetes {
             Some(k) => Some(discovery::kubernetes::Discovery::new(
@@ -101,6 +112,7 @@ impl Server {
         if server.metrics.is_some() {
             crate::telemetry::install();
             crate::kv_events::describe_metrics();
+            server.shared.budget.export();
         }
         let kv = KvEvents::start_for(
             server.ingestion(),

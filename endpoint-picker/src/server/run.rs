@@ -1,6 +1,7 @@
 //! [`Server::run`]: starts every task and serves until shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
@@ -93,7 +94,20 @@ impl Server {
         if let Some(listener) = self.metrics.take() {
             // Installed in `bind`; this only fetches the handle.
             let handle = telemetry::install();
-            tasks.spawn(ok(telemetry::serve(listener, handle, background.clone())));
+            let pool = self.pool.clone();
+            let live: telemetry::LiveEndpoints = Arc::new(move || {
+                let view = pool.view();
+                view.members
+                    .iter()
+                    .map(|m| m.endpoint.address.to_string())
+                    .collect()
+            });
+            tasks.spawn(ok(telemetry::serve(
+                listener,
+                handle,
+                live,
+                background.clone(),
+            )));
         }
         if let Some(path) = self.settings.endpoints_file.clone() {
             let watch = discovery::file::watch(

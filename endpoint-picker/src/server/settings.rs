@@ -9,6 +9,7 @@ use kvpick_scheduler::BlockSize;
 use kvpick_scheduler::config::PickerConfig as SchedulerConfig;
 
 use super::tls::TlsSource;
+use crate::budget::BudgetConfig;
 use crate::config::Cli;
 use crate::error::Error;
 use crate::kv_events::KvEventsConfig;
@@ -46,6 +47,8 @@ pub struct Settings {
     pub picker: RouteConfig,
     /// Request bounds.
     pub limits: Limits,
+    /// The process's memory budget (`--memory-budget`, `--max-streams`).
+    pub budget: BudgetConfig,
     /// Scraping settings.
     pub scrape: ScrapeConfig,
     /// `--kv-events-bind`: where ingestion binds a SUB socket for pods that connect.
@@ -67,7 +70,13 @@ impl Settings {
         cli.validate()?;
         let at = |port| SocketAddr::new(cli.listen_address, port);
         let kubernetes = discovery::kubernetes::KubeSettings::from_cli(cli)?;
+        let budget = BudgetConfig {
+            total: cli.memory_budget,
+            max_streams: cli.max_streams,
+        };
         let mut kv_events = cli.kv_events.config()?;
+        kv_events.budget_bytes = budget.kv_event_bytes();
+        kv_events.validate()?;
         // Kubernetes discovery resolves each pod's ports itself (annotations, ranks); the
         // defaults apply to endpoints files, whose entries may omit `kvEvents`/`kvReplay`.
         if kubernetes.is_none() {
@@ -106,6 +115,7 @@ impl Settings {
                 max_body_bytes: cli.max_body_bytes,
                 body_timeout: cli.body_timeout,
             },
+            budget,
             scrape: ScrapeConfig {
                 interval: cli.refresh_metrics_interval,
                 timeout: cli.scrape_timeout,
@@ -139,6 +149,7 @@ impl Settings {
                 max_body_bytes: 16 << 20,
                 body_timeout: Duration::from_secs(60),
             },
+            budget: BudgetConfig::default(),
             scrape: ScrapeConfig {
                 interval: Duration::from_millis(50),
                 timeout: Duration::from_secs(1),

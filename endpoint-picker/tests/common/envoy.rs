@@ -40,10 +40,15 @@ impl Envoy {
     /// Starts Envoy with every picker of `epps` in its ext_proc cluster (round robin: each
     /// request's stream goes to one of them) and waits until it is ready.
     pub async fn start_replicas(epps: &[SocketAddr]) -> Self {
+        Self::start_edited(epps, |t| t.to_owned()).await
+    }
+
+    /// Starts Envoy with the template as `edit` rewrites it (e.g. other processing modes).
+    pub async fn start_edited(epps: &[SocketAddr], edit: impl Fn(&str) -> String) -> Self {
         let envoy = find_envoy();
         let dir = tempfile::tempdir().unwrap();
         let (listen_port, admin_port) = (free_port(), free_port());
-        let template = include_str!("../envoy/gie.yaml.tmpl");
+        let template = edit(include_str!("../envoy/gie.yaml.tmpl"));
         // The template's one picker endpoint, repeated per replica.
         let one = "        - endpoint:\n            address:\n              socket_address: { address: 127.0.0.1, port_value: {EPP_PORT} }\n";
         assert!(

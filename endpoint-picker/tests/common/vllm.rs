@@ -157,6 +157,7 @@ async fn handle(
         "id": "cmpl-1", "object": "text_completion", "model": json["model"],
         "choices": [{"index": 0, "text": "ok", "finish_reason": "length"}],
         "served_by": served_by,
+        "body_bytes": body.len(),
         "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}
     });
     let mut r = Response::new(full(answer.to_string()));

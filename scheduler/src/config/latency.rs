@@ -13,99 +13,102 @@
 //! The inline profile has the fields of `kvpick-sim calibrate`'s `profile.yaml`, so a calibrated
 //! profile is pasted as is.
 
-use serde_yaml::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
 
-use super::fields::{Fields, invalid, kind};
-use crate::error::Error;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+use super::values::{AtLeast, ConfigDuration, Int, section};
 use crate::profile::{EngineProfile, PROFILES};
 use crate::request::Slo;
 use crate::scorers::PredictedLatencyParams;
 
-/// Parses the scorer's `parameters` at `path`.
-pub(crate) fn params(
-    parameters: Option<&Value>,
-    path: &str,
-) -> Result<PredictedLatencyParams, Error> {
-    let f = Fields::new(
-        parameters,
-        path,
-        &[
-            "profile",
-            "expectedOutputTokens",
-            "defaultSlo",
-            "objectiveSlos",
-            "reservationTTL",
-        ],
-        "predicted-latency-scorer",
-    )?;
-    let mut p = PredictedLatencyParams::default();
-    match f.value("profile") {
-        None => {}
-        Some(Value::String(name)) => {
-            p.profile = EngineProfile::named(name).ok_or_else(|| {
-                invalid(
-                    &f.path("profile"),
-                    format!(
-                        "unknown profile {name:?} (built in: {})",
-                        PROFILES.join(", ")
-                    ),
-                )
-            })?;
-        }
-        Some(v @ Value::Mapping(_)) => {
-            let profile: EngineProfile =
-                serde_yaml::from_value(v.clone()).map_err(|e| invalid(&f.path("profile"), e))?;
-            profile
-                .validate()
-                .map_err(|e| invalid(&f.path("profile"), e))?;
-            p.profile = profile;
-        }
-        Some(other) => {
-            return Err(invalid(
-                &f.path("profile"),
-                format!("expected a profile name or mapping, got {}", kind(other)),
-            ));
-        }
-    }
-    if let Some(n) = f.int("expectedOutputTokens", 1)? {
-        p.expected_output_tokens =
-            u32::try_from(n).map_err(|_| invalid(&f.path("expectedOutputTokens"), "too large"))?;
-    }
-    p.default_slo = slo(f.value("defaultSlo"), &f.path("defaultSlo"))?;
-    if let Some(v) = f.value("objectiveSlos") {
-        let at = f.path("objectiveSlos");
-        let Value::Mapping(map) = v else {
-            return Err(invalid(
-                &at,
-                format!(
-                    "expected a mapping of objective name to SLO, got {}",
-                    kind(v)
-                ),
-            ));
-        };
-        for (name, value) in map {
-            let Some(name) = name.as_str() else {
-                return Err(invalid(&at, "objective names must be strings"));
-            };
-            p.objective_slos
-                .insert(name.to_owned(), slo(Some(value), &format!("{at}.{name}"))?);
-        }
-    }
-    if let Some(d) = f.duration("reservationTTL")? {
-        p.reservation_ttl = d;
-    }
-    Ok(p)
+/// The scorer's `parameters`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct PredictedLatencyDoc {
+    profile: Option<ProfileChoice>,
+    expected_output_tokens: Option<Int<1, { u32::MAX as u64 }>>,
+    #[serde(default, deserialize_with = "section")]
+    default_slo: Option<SloDoc>,
+    #[serde(default, deserialize_with = "section")]
+    objective_slos: Option<BTreeMap<String, SloDoc>>,
+    #[serde(rename = "reservationTTL")]
+    reservation_ttl: Option<ConfigDuration>,
 }
 
-fn slo(value: Option<&Value>, path: &str) -> Result<Slo, Error> {
-    let f = Fields::new(value, path, &["ttftMs", "tpotMs"], "an SLO")?;
-    let ms = |key: &str| -> Result<_, Error> {
-        Ok(f.int(key, 1)?.map(std::time::Duration::from_millis))
-    };
-    Ok(Slo {
-        ttft: ms("ttftMs")?,
-        tpot: ms("tpotMs")?,
-    })
+/// An SLO: `{ttftMs, tpotMs}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SloDoc {
+    ttft_ms: Option<AtLeast<1>>,
+    tpot_ms: Option<AtLeast<1>>,
+}
+
+impl SloDoc {
+    fn slo(&self) -> Slo {
+        Slo {
+            ttft: self.ttft_ms.map(|n| Duration::from_millis(n.0)),
+            tpot: self.tpot_ms.map(|n| Duration::from_millis(n.0)),
+        }
+    }
+}
+
+/// `profile`: a built-in profile's name, or a profile's fields inline (validated as read).
+#[derive(Debug)]
+struct ProfileChoice(EngineProfile);
+
+impl<'de> Deserialize<'de> for ProfileChoice {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ProfileChoice;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a profile name or mapping")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<ProfileChoice, E> {
+                EngineProfile::named(name)
+                    .map(ProfileChoice)
+                    .ok_or_else(|| {
+                        E::custom(format!(
+                            "unknown profile {name:?} (built in: {})",
+                            PROFILES.join(", ")
+                        ))
+                    })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ProfileChoice, A::Error> {
+                let p = EngineProfile::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                p.validate().map_err(de::Error::custom)?;
+                Ok(ProfileChoice(p))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl PredictedLatencyDoc {
+    /// The scorer's parameters, defaults for what is absent.
+    pub(super) fn params(&self) -> PredictedLatencyParams {
+        let mut p = PredictedLatencyParams::default();
+        if let Some(profile) = &self.profile {
+            p.profile = profile.0.clone();
+        }
+        if let Some(n) = self.expected_output_tokens {
+            p.expected_output_tokens = n.0 as u32;
+        }
+        if let Some(slo) = &self.default_slo {
+            p.default_slo = slo.slo();
+        }
+        for (name, slo) in self.objective_slos.iter().flatten() {
+            p.objective_slos.insert(name.clone(), slo.slo());
+        }
+        if let Some(d) = self.reservation_ttl {
+            p.reservation_ttl = d.0;
+        }
+        p
+    }
 }
 
 #[cfg(test)]
@@ -180,7 +183,7 @@ mod tests {
             ),
             (
                 "{profile: 3}",
-                "plugins[0].parameters.profile: expected a profile name or mapping",
+                "plugins[0].parameters.profile: invalid type: integer `3`, expected a profile name or mapping",
             ),
             (
                 "{profile: {name: x}}",
@@ -192,7 +195,7 @@ mod tests {
             ),
             (
                 "{objectiveSlos: [a]}",
-                "plugins[0].parameters.objectiveSlos: expected a mapping",
+                "plugins[0].parameters.objectiveSlos: invalid type: sequence, expected a mapping",
             ),
             (
                 "{objectiveSlos: {a: {ttftMs: 0}}}",

@@ -34,18 +34,21 @@
 //! accepted. Everything is validated when parsed: an unknown field, type, parameter or
 //! reference, or a bad value, is an [`Error::InvalidConfig`] naming the field by its path.
 //! Parsing is pure (`&str` in); reading the file is the caller's business.
+//!
+//! How: [`document`] is the YAML's shape as serde types (`deny_unknown_fields`, camelCase,
+//! plugins tagged by `type` with their `parameters`, checked values in [`values`]), read by
+//! `serde-saphyr` (pure Rust, panic-free, with input budgets) through `serde_path_to_error` for the
+//! paths; this module then resolves references and builds the scheduler's types.
 
-mod admission;
-mod fields;
+mod document;
 mod latency;
 pub mod plugins;
+mod values;
 
 use std::collections::HashSet;
 
-use serde_yaml::Value;
-
-use self::fields::{Fields, invalid};
-pub use self::plugins::{PLUGIN_TYPES, PluginSpec};
+use self::document::{Document, FeatureGate, PluginRefDoc, ProfileDoc, Root};
+pub use self::plugins::{PLUGIN_TYPES, PluginSpec, PluginType};
 use crate::error::Error;
 use crate::events::Medium;
 use crate::filters::{FilterSpec, Staleness};
@@ -162,26 +165,11 @@ impl PickerConfig {
 
     /// Parses and validates a config.
     pub fn parse(text: &str) -> Result<Self, Error> {
-        let root: Value = serde_yaml::from_str(text)
-            .map_err(|e| Error::InvalidConfig(format!("not valid YAML: {e}")))?;
-        let top = Fields::new(
-            Some(&root),
-            "",
-            &[
-                "apiVersion",
-                "kind",
-                "index",
-                "staleness",
-                "saturation",
-                "objectives",
-                "featureGates",
-                "flowControl",
-                "plugins",
-                "schedulingProfiles",
-            ],
-            "the config",
-        )?;
-        let api = top.required_str("apiVersion")?;
+        let doc = read(text)?;
+        let api = doc
+            .api_version
+            .as_deref()
+            .ok_or_else(|| invalid("apiVersion", "required"))?;
         if !API_VERSIONS.contains(&api) {
             return Err(invalid(
                 "apiVersion",
@@ -191,19 +179,25 @@ impl PickerConfig {
                 ),
             ));
         }
-        let kind = top.required_str("kind")?;
+        let kind = doc
+            .kind
+            .as_deref()
+            .ok_or_else(|| invalid("kind", "required"))?;
         if kind != "EndpointPickerConfig" {
             return Err(invalid(
                 "kind",
                 format!("expected EndpointPickerConfig, got {kind:?}"),
             ));
         }
-        let index = index(&top)?;
-        let staleness = staleness(&top)?;
-        let saturation = admission::saturation(&top, &staleness)?;
-        let flow = admission::flow_control(&top)?;
-        let plugins = plugin_list(&top, &index)?;
-        let profile = match top.list("schedulingProfiles")? {
+        let index = index(&doc)?;
+        let mut staleness = Staleness::default();
+        if let Some(d) = doc.staleness.as_ref().and_then(|s| s.max_signal_age) {
+            staleness.max_signal_age = d.0;
+        }
+        let saturation = saturation(&doc, &staleness);
+        let flow = flow_control(&doc)?;
+        let plugins = plugin_list(&doc, &index)?;
+        let profile = match doc.scheduling_profiles.as_deref() {
             None => implicit_profile(&plugins)?,
             Some([one]) => profile(one, "schedulingProfiles[0]", &plugins)?,
             Some(many) => {
@@ -226,77 +220,158 @@ impl PickerConfig {
     }
 }
 
-fn index(top: &Fields<'_>) -> Result<IndexConfig, Error> {
+/// An error at `path`.
+pub(crate) fn invalid(path: &str, problem: impl std::fmt::Display) -> Error {
+    let path = if path.is_empty() { "config" } else { path };
+    Error::InvalidConfig(format!("{path}: {problem}"))
+}
+
+/// The document, or the first thing wrong with it: at its path (where serde was) and its line
+/// and column (where the YAML reader was).
+fn read(text: &str) -> Result<Document, Error> {
+    let mut at = String::new();
+    let read = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de)
+            .map(|Root(doc)| doc)
+            .map_err(|e| {
+                at = e.path().to_string();
+                e.into_inner()
+            })
+    });
+    read.map_err(|e| {
+        let line = e
+            .location()
+            .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+            .unwrap_or_default();
+        let at = if at == "." { "" } else { &at };
+        invalid(at, format!("{}{line}", bare_message(&e)))
+    })
+}
+
+/// What the YAML reader says is wrong, without its own location suffix or source snippet (the
+/// path and the location added above say where).
+fn bare_message(e: &serde_saphyr::Error) -> String {
+    let text = e.without_snippet().to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    let text = match e.location() {
+        Some(l) => text
+            .strip_suffix(&format!(" at line {}, column {}", l.line(), l.column()))
+            .unwrap_or(text),
+        None => text,
+    };
+    text.to_owned()
+}
+
+fn index(doc: &Document) -> Result<IndexConfig, Error> {
     let mut config = IndexConfig::default();
-    let f = Fields::new(
-        top.value("index"),
-        "index",
-        &["blockSize", "capacity", "tierWeights"],
-        "index",
-    )?;
-    if let Some(n) = f.int("blockSize", 1)? {
-        config.block_size = u32::try_from(n)
+    let Some(f) = &doc.index else {
+        return Ok(config);
+    };
+    if let Some(n) = f.block_size {
+        config.block_size = u32::try_from(n.0)
             .ok()
             .and_then(BlockSize::new)
-            .ok_or_else(|| invalid(&f.path("blockSize"), format!("too large: {n}")))?;
+            .ok_or_else(|| invalid("index.blockSize", format!("too large: {}", n.0)))?;
     }
-    if let Some(n) = f.int("capacity", 1)? {
-        config.capacity = usize::try_from(n).unwrap_or(usize::MAX);
+    if let Some(n) = f.capacity {
+        config.capacity = usize::try_from(n.0).unwrap_or(usize::MAX);
     }
-    let tiers = Fields::new(
-        f.value("tierWeights"),
-        &f.path("tierWeights"),
-        &["gpu", "cpu", "storage"],
-        "tierWeights",
-    )?;
-    for medium in Medium::ALL {
-        if let Some(w) = tiers.fraction(&medium.as_str().to_ascii_lowercase())? {
-            config.tier_weights[medium.tier()] = w as f32;
+    if let Some(t) = &f.tier_weights {
+        for (medium, w) in [
+            (Medium::Gpu, t.gpu),
+            (Medium::Cpu, t.cpu),
+            (Medium::Storage, t.storage),
+        ] {
+            if let Some(w) = w {
+                config.tier_weights[medium.tier()] = w.0 as f32;
+            }
         }
     }
     Ok(config)
 }
 
-fn staleness(top: &Fields<'_>) -> Result<Staleness, Error> {
-    let f = Fields::new(
-        top.value("staleness"),
-        "staleness",
-        &["maxSignalAge"],
-        "staleness",
-    )?;
-    let mut s = Staleness::default();
-    if let Some(d) = f.duration("maxSignalAge")? {
-        s.max_signal_age = d;
+/// `saturation` and `objectives`; the signal age is `staleness`'s.
+fn saturation(doc: &Document, staleness: &Staleness) -> SaturationConfig {
+    let mut c = SaturationConfig {
+        max_signal_age: staleness.max_signal_age,
+        ..SaturationConfig::default()
+    };
+    if let Some(s) = &doc.saturation {
+        if let Some(n) = s.queue_depth_threshold {
+            c.queue_depth = u32::try_from(n.0).unwrap_or(u32::MAX);
+        }
+        if let Some(x) = s.kv_cache_util_threshold {
+            c.kv_usage = x.0;
+        }
     }
-    Ok(s)
+    for (name, p) in doc.objectives.iter().flatten() {
+        c.objectives.insert(name.clone(), p.0);
+    }
+    c
 }
 
-fn plugin_list(top: &Fields<'_>, index: &IndexConfig) -> Result<Vec<(String, PluginSpec)>, Error> {
-    let items = top
-        .list("plugins")?
+/// `flowControl`, read only when `featureGates` lists `flowControl`: a section without its gate
+/// is an error rather than silently ignored.
+fn flow_control(doc: &Document) -> Result<FlowConfig, Error> {
+    let mut c = FlowConfig {
+        enabled: doc
+            .feature_gates
+            .iter()
+            .flatten()
+            .any(|g| *g == FeatureGate::FlowControl),
+        ..FlowConfig::default()
+    };
+    let Some(f) = &doc.flow_control else {
+        return Ok(c);
+    };
+    if !c.enabled {
+        return Err(invalid(
+            "flowControl",
+            "set, but the flowControl feature gate is off (add `featureGates: [flowControl]`)",
+        ));
+    }
+    if let Some(n) = f.max_requests {
+        c.max_requests = usize::try_from(n.0).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = f.max_bytes {
+        c.max_bytes = n.0;
+    }
+    if let Some(d) = f.queue_ttl {
+        if d.0.is_zero() {
+            return Err(invalid("flowControl.queueTTL", "must be greater than zero"));
+        }
+        c.ttl = d.0;
+    }
+    Ok(c)
+}
+
+fn plugin_list(doc: &Document, index: &IndexConfig) -> Result<Vec<(String, PluginSpec)>, Error> {
+    let items = doc
+        .plugins
+        .as_deref()
         .filter(|l| !l.is_empty())
         .ok_or_else(|| invalid("plugins", "required: at least one plugin"))?;
     let mut out: Vec<(String, PluginSpec)> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = format!("plugins[{i}]");
-        let f = Fields::new(Some(item), &at, &["type", "name", "parameters"], "a plugin")?;
-        let ty = f.required_str("type")?;
-        let name = f.str("name")?.unwrap_or(ty);
+        let spec = item.spec(&at, index)?;
+        let name = match (&item.name, item.kind) {
+            (Some(name), _) => name.clone(),
+            (None, kind) => kind.map_or("", PluginType::name).to_owned(),
+        };
         if name.is_empty() {
-            return Err(invalid(&f.path("name"), "must not be empty"));
+            return Err(invalid(&format!("{at}.name"), "must not be empty"));
         }
-        if out.iter().any(|(n, _)| n == name) {
+        if out.iter().any(|(n, _)| *n == name) {
             return Err(invalid(
-                &f.path("name"),
+                &format!("{at}.name"),
                 format!("duplicate plugin name {name:?} (give each instance its own `name`)"),
             ));
         }
-        let spec = plugins::parse(ty, f.value("parameters"), &at, index)?;
-        out.push((name.to_owned(), spec));
+        out.push((name, spec));
     }
     Ok(out)
 }
-
 /// Builds a profile from `(path, plugin name, weight)` references.
 fn resolve<'p>(
     name: String,
@@ -367,26 +442,26 @@ fn resolve<'p>(
     Ok(profile)
 }
 
-fn profile(value: &Value, at: &str, plugins: &[(String, PluginSpec)]) -> Result<Profile, Error> {
-    let f = Fields::new(Some(value), at, &["name", "plugins"], "a profile")?;
-    let name = f.required_str("name")?.to_owned();
-    let items = f
-        .list("plugins")?
-        .ok_or_else(|| invalid(&f.path("plugins"), "required"))?;
-    let refs = items.iter().enumerate().map(|(j, item)| {
-        let path = format!("{at}.plugins[{j}]");
-        let r = Fields::new(
-            Some(item),
-            &path,
-            &["pluginRef", "weight"],
-            "a plugin reference",
-        )?;
-        Ok((
-            path.clone(),
-            r.required_str("pluginRef")?,
-            r.non_negative("weight")?,
-        ))
-    });
+fn profile(doc: &ProfileDoc, at: &str, plugins: &[(String, PluginSpec)]) -> Result<Profile, Error> {
+    let name = doc
+        .name
+        .clone()
+        .ok_or_else(|| invalid(&format!("{at}.name"), "required"))?;
+    let items = doc
+        .plugins
+        .as_deref()
+        .ok_or_else(|| invalid(&format!("{at}.plugins"), "required"))?;
+    let refs = items
+        .iter()
+        .enumerate()
+        .map(|(j, r): (usize, &PluginRefDoc)| {
+            let path = format!("{at}.plugins[{j}]");
+            let plugin = r
+                .plugin_ref
+                .as_deref()
+                .ok_or_else(|| invalid(&format!("{path}.pluginRef"), "required"))?;
+            Ok((path, plugin, r.weight.map(|w| w.0)))
+        });
     resolve(name, refs, plugins)
 }
 

@@ -8,12 +8,20 @@ use crate::scorers::ApproxPrefixParams;
 const HEAD: &str =
     "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n";
 
-/// The message of the error `body` (after the standard head) fails with.
-fn error(body: &str) -> String {
-    match PickerConfig::parse(&format!("{HEAD}{body}")) {
-        Err(Error::InvalidConfig(msg)) => msg,
+/// The message of the error `text` fails with, without the location the YAML reader adds.
+fn message(text: &str) -> String {
+    match PickerConfig::parse(text) {
+        Err(Error::InvalidConfig(msg)) => match msg.rsplit_once(" (line ") {
+            Some((m, at)) if at.ends_with(')') && at.contains(", column ") => m.to_owned(),
+            _ => msg,
+        },
         other => panic!("expected InvalidConfig, got {other:?}"),
     }
+}
+
+/// The message of the error `body` (after the standard head) fails with.
+fn error(body: &str) -> String {
+    message(&format!("{HEAD}{body}"))
 }
 
 fn ok(body: &str) -> PickerConfig {
@@ -151,11 +159,11 @@ fn validation_errors_name_the_field() {
         ),
         (
             refs("  - pluginRef: queue-scorer\n    weight: .nan\n"),
-            "schedulingProfiles[0].plugins[0].weight: must be a finite number ≥ 0, got NaN",
+            "schedulingProfiles[0].plugins[0].weight: non-finite float `.nan` rejected by the configured policy",
         ),
         (
             refs("  - pluginRef: queue-scorer\n    weight: high\n"),
-            "schedulingProfiles[0].plugins[0].weight: expected a number, got a string",
+            "schedulingProfiles[0].plugins[0].weight: invalid type: string \"high\", expected a number",
         ),
         (
             refs("  - pluginRef: max-score-picker\n    weight: 1\n"),
@@ -167,7 +175,7 @@ fn validation_errors_name_the_field() {
         ),
         (
             refs("  - pluginRef: queue-scorer\n    wieght: 1\n"),
-            "schedulingProfiles[0].plugins[0].wieght: unknown field (expected one of: pluginRef, weight)",
+            "schedulingProfiles[0].plugins[0].wieght: unknown field `wieght`, expected one of pluginRef, weight",
         ),
         (
             refs("  - weight: 1\n"),
@@ -201,7 +209,7 @@ fn validation_errors_name_the_field() {
         ),
         (
             "plugins:\n- type: queue-scorer\n- type: foo-scorer\n".into(),
-            "plugins[1].type: unknown plugin type \"foo-scorer\" (known: precise-prefix-cache-scorer, prefix-cache-scorer, queue-scorer, running-requests-size-scorer, kv-cache-utilization-scorer, lora-affinity-scorer, session-affinity-scorer, predicted-latency-scorer, model-filter, label-selector-filter, max-score-picker, weighted-random-picker, random-picker, single-profile-handler)",
+            "plugins[1].type: unknown variant `foo-scorer`, expected one of precise-prefix-cache-scorer, prefix-cache-scorer, queue-scorer, running-requests-size-scorer, kv-cache-utilization-scorer, lora-affinity-scorer, session-affinity-scorer, predicted-latency-scorer, model-filter, label-selector-filter, max-score-picker, weighted-random-picker, random-picker, single-profile-handler",
         ),
         ("plugins:\n- name: x\n".into(), "plugins[0].type: required"),
         (
@@ -210,12 +218,12 @@ fn validation_errors_name_the_field() {
         ),
         (
             "plugins:\n- type: queue-scorer\n  parameters: {threshold: 3}\n".into(),
-            "plugins[0].parameters.threshold: unknown field (queue-scorer takes no fields)",
+            "plugins[0].parameters.threshold: unknown field `threshold` (queue-scorer takes no parameters)",
         ),
         (
             "plugins:\n- type: precise-prefix-cache-scorer\n  parameters:\n    indexerConfig: {}\n"
                 .into(),
-            "plugins[0].parameters.indexerConfig: unknown field (precise-prefix-cache-scorer takes no fields)",
+            "plugins[0].parameters.indexerConfig: unknown field `indexerConfig` (precise-prefix-cache-scorer takes no parameters)",
         ),
         (
             "plugins:\n- type: prefix-cache-scorer\n  parameters: {blockSize: 24}\n".into(),
@@ -228,7 +236,7 @@ fn validation_errors_name_the_field() {
         ),
         (
             "plugins:\n- type: prefix-cache-scorer\n  parameters: {hashBlockSize: 5}\n".into(),
-            "plugins[0].parameters.hashBlockSize: unknown field (expected one of: blockSize, maxPrefixBlocksToMatch, lruCapacityPerServer, textChunkChars)",
+            "plugins[0].parameters.hashBlockSize: unknown field `hashBlockSize`, expected one of blockSize, maxPrefixBlocksToMatch, lruCapacityPerServer, textChunkChars",
         ),
         (
             "plugins:\n- type: session-affinity-scorer\n  parameters: {capacity: 100000000}\n"
@@ -250,7 +258,7 @@ fn validation_errors_name_the_field() {
         ),
         (
             "plugins:\n- type: model-filter\n  parameters: {adapters: {base: a}}\n".into(),
-            "plugins[0].parameters.adapters.base: expected a list of adapter names, got a string",
+            "plugins[0].parameters.adapters.base: invalid type: string \"a\", expected a list of adapter names",
         ),
         (
             "plugins:\n- type: max-score-picker\n  parameters: {maxNumOfEndpoints: 0}\n".into(),
@@ -258,7 +266,7 @@ fn validation_errors_name_the_field() {
         ),
         (
             "plugins:\n- type: max-score-picker\n  parameters: [1]\n".into(),
-            "plugins[0].parameters: expected a mapping, got a list",
+            "plugins[0].parameters: invalid type: sequence, expected a mapping of parameters",
         ),
         (
             "plugins: []\n".into(),
@@ -274,23 +282,23 @@ fn validation_errors_name_the_field() {
         ),
         (
             format!("{THREE}index: {{tierWeights: {{hbm: 1}}}}\n"),
-            "index.tierWeights.hbm: unknown field (expected one of: gpu, cpu, storage)",
+            "index.tierWeights.hbm: unknown field `hbm`, expected one of gpu, cpu, storage",
         ),
         (
             format!("{THREE}staleness: {{maxSignalAge: 2}}\n"),
-            "staleness.maxSignalAge: expected a string, got a number",
+            "staleness.maxSignalAge: invalid type: integer `2`, expected a duration with its unit, such as 500ms, 2s or 1m30s",
         ),
         (
             format!("{THREE}staleness: {{maxSignalAge: soon}}\n"),
-            "staleness.maxSignalAge: expected a duration such as \"500ms\" or \"2s\", got \"soon\"",
+            "staleness.maxSignalAge: \"soon\" is not a duration with its unit, such as 500ms, 2s or 1m30s: expected number at 0",
         ),
         (
             format!("{THREE}featureGate: [flowControl]\n"),
-            "featureGate: unknown field (expected one of: apiVersion, kind, index, staleness, saturation, objectives, featureGates, flowControl, plugins, schedulingProfiles)",
+            "featureGate: unknown field `featureGate`, expected one of apiVersion, kind, index, staleness, saturation, objectives, featureGates, flowControl, plugins, schedulingProfiles",
         ),
         (
             format!("{THREE}featureGates: [flowControl, prefillDecode]\n"),
-            "featureGates[1]: unknown feature gate \"prefillDecode\" (expected one of: flowControl)",
+            "featureGates[1]: unknown variant `prefillDecode`, expected one of flowControl",
         ),
         (
             format!("{THREE}flowControl: {{maxRequests: 10}}\n"),
@@ -305,17 +313,19 @@ fn validation_errors_name_the_field() {
             "flowControl.maxRequests: must be at least 1, got 0",
         ),
     ];
-    for (body, want) in cases {
-        assert_eq!(error(&body), want, "for:\n{body}");
-    }
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter_map(|(body, want)| {
+            let got = error(body);
+            (got != *want).then(|| format!("for:\n{body}\n  got:  {got:?}\n  want: {want:?}"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
 }
 
 #[test]
 fn the_head_is_checked() {
-    let err = |text: &str| match PickerConfig::parse(text) {
-        Err(Error::InvalidConfig(m)) => m,
-        other => panic!("{other:?}"),
-    };
+    let err = message;
     assert_eq!(
         err(&format!("kind: EndpointPickerConfig\n{THREE}")),
         "apiVersion: required"
@@ -335,8 +345,21 @@ fn the_head_is_checked() {
         )),
         "kind: expected EndpointPickerConfig, got \"ConfigMap\""
     );
-    assert_eq!(err("- a\n- b\n"), "config: expected a mapping, got a list");
-    assert!(err("a: [").starts_with("not valid YAML: "));
+    assert_eq!(
+        err("- a\n- b\n"),
+        "config: invalid type: sequence, expected a mapping (an EndpointPickerConfig)"
+    );
+    assert_eq!(err("["), "config: unclosed bracket '['");
+    // Every message ends with where the reader was.
+    let Err(Error::InvalidConfig(e)) = PickerConfig::parse(&format!(
+        "{HEAD}plugins:\n- type: queue-scorer\n  name: 'x\n"
+    )) else {
+        panic!("an unclosed quote parsed");
+    };
+    assert!(
+        e.starts_with("plugins[0]: unclosed quote (line 5, column "),
+        "{e}"
+    );
 }
 
 proptest::proptest! {
@@ -370,7 +393,7 @@ fn saturation_and_objectives() {
     );
     assert_eq!(
         error(&format!("{THREE}objectives: {{batch: low}}\n")),
-        "objectives.batch: expected an integer priority"
+        "objectives.batch: invalid type: string \"low\", expected an integer priority"
     );
 }
 
@@ -393,5 +416,21 @@ fn flow_control_is_off_by_default_and_on_with_its_feature_gate() {
             max_bytes: 1 << 20,
             ttl: Duration::from_millis(1500),
         }
+    );
+}
+
+#[test]
+fn parameters_may_come_before_the_type() {
+    let c = ok("plugins:\n- parameters: {freeSlotScore: 0.5}\n  type: lora-affinity-scorer\n");
+    assert_eq!(
+        c.profile.scorers[0].spec,
+        ScorerSpec::LoraAffinity(crate::scorers::LoraAffinityParams {
+            free_slot_score: 0.5,
+            ..Default::default()
+        })
+    );
+    assert_eq!(
+        error("plugins:\n- parameters: {freeSlotScore: 1.5}\n  type: lora-affinity-scorer\n"),
+        "plugins[0]: parameters.freeSlotScore: must be between 0 and 1, got 1.5"
     );
 }

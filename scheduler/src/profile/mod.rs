@@ -104,7 +104,7 @@ impl EngineProfile {
     /// A profile from YAML with the fields of [`EngineProfile`] (a `profile.yaml` written by
     /// `kvpick-sim calibrate`, or a picker config's inline profile), validated.
     pub fn parse(text: &str) -> Result<Self, Error> {
-        let p: EngineProfile = serde_yaml::from_str(text)
+        let p: EngineProfile = serde_saphyr::from_str(text)
             .map_err(|e| Error::InvalidConfig(format!("engine profile: {e}")))?;
         p.validate()?;
         Ok(p)

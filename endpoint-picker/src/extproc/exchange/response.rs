@@ -43,7 +43,8 @@ impl Exchange {
         }
         match self.response_mode {
             Mode::Duplex => out.push(reply::response_body_chunk(b.body, b.end_of_stream)),
-            Mode::Buffered => out.push(reply::response_body_continue()),
+            // STREAMED, BUFFERED, BUFFERED_PARTIAL: the body passes unchanged.
+            _ => out.push(reply::response_body_continue()),
         }
         if b.end_of_stream {
             self.finish_usage();

@@ -13,29 +13,14 @@ use kvpick_sim::report::Summary;
 
 use crate::cli::CalibrateArgs;
 
-/// `30s`, `10m`, `2h`, `1d` or plain seconds.
+/// A positive duration in seconds, in kvpick's one syntax (`30s`, `10m`, `2h`, `1d`: the unit is
+/// required).
 fn seconds(text: &str, what: &str) -> anyhow::Result<f64> {
-    let t = text.trim();
-    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let mult = match unit {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "d" => 86_400.0,
-        _ => bail!("{what} {text:?}: unit must be ms, s, m, h or d"),
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .with_context(|| format!("{what} {text:?}: not a duration"))?;
-    if !(v.is_finite() && v > 0.0) {
+    let d = kvpick_scheduler::duration::parse(text).with_context(|| what.to_owned())?;
+    if d.is_zero() {
         bail!("{what} {text:?}: must be positive");
     }
-    Ok(v * mult)
+    Ok(d.as_secs_f64())
 }
 
 fn unix_now() -> f64 {

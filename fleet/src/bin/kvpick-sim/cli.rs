@@ -376,7 +376,7 @@ pub struct CalibrateArgs {
     /// Prometheus' base URL, e.g. http://prometheus.monitoring:9090.
     #[arg(long)]
     pub prometheus: String,
-    /// How far back to look: `30s`, `10m`, `2h` (or seconds).
+    /// How far back to look: `30s`, `10m`, `2h` (a duration needs its unit).
     #[arg(long, default_value = "10m")]
     pub window: String,
     /// Fit window and query step (at least two scrape intervals): `15s`, `1m`.
