@@ -4,7 +4,7 @@
 //! | part | share | charged with | when spent |
 //! |---|---|---|---|
 //! | index | 1/2 | (endpoint, block) entries at [`INDEX_BYTES_PER_ENTRY`] | the index evicts (its `capacity` is capped) |
-//! | requests | 1/4 | [`STREAM_BYTES`] per open ext_proc stream + its request body as it arrives | the request gets a 503 (`memory_budget`); bodies over [`LARGE_BODY`] may only use 7/8 of the part, so a few huge slow bodies cannot starve ordinary requests |
+//! | requests | 1/4 | [`STREAM_BYTES`] for each of the `--max-streams` streams, set aside; the rest by request bodies as they arrive | the request gets a 503 (`memory_budget`); bodies over [`LARGE_BODY`] may only use 7/8 of the body bytes, so large slow bodies cannot starve ordinary requests |
 //! | KV events | 1/4 | payload bytes of queued and held batches and of replies of running replays | the batch is refused and its endpoint resynchronised; a replay fails |
 //!
 //! Besides bytes, `--max-streams` caps the ext_proc streams open at once (503 `too-many-streams`).
@@ -22,11 +22,11 @@ use crate::telemetry as t;
 /// Bytes one (endpoint, block) index entry is budgeted at: 43.8 bytes measured when every block
 /// is unique to one endpoint (BENCHMARKS.md), plus room for a table grow (1.25×) in flight.
 pub const INDEX_BYTES_PER_ENTRY: usize = 64;
-/// Bytes charged for an open ext_proc stream before its body: HTTP/2 stream state, gRPC
-/// decode buffers and the exchange itself.
+/// Bytes set aside for each stream `--max-streams` allows, besides its body: HTTP/2 stream
+/// state, gRPC decode buffers and the exchange itself.
 pub const STREAM_BYTES: usize = 64 << 10;
-/// A body past this size counts as large: it may not take the last 1/8 of the request part.
-pub const LARGE_BODY: usize = 1 << 20;
+/// A body past this size counts as large: it may not take the last 1/8 of the body bytes.
+pub const LARGE_BODY: usize = 64 << 10;
 /// The default `--memory-budget`: 3 GiB, under the shipped 4 GiB container limit.
 pub const DEFAULT_BUDGET: usize = 3 << 30;
 /// The default `--max-streams`.
@@ -66,6 +66,12 @@ impl BudgetConfig {
         self.total / 4
     }
 
+    /// Of those, what is left for request bodies once every stream's share is set aside.
+    pub fn body_bytes(&self) -> usize {
+        self.request_bytes()
+            .saturating_sub(self.max_streams.saturating_mul(STREAM_BYTES))
+    }
+
     /// Bytes for KV-event batches queued, held and replayed.
     pub fn kv_event_bytes(&self) -> usize {
         self.total / 4
@@ -75,7 +81,7 @@ impl BudgetConfig {
 /// The process's budget: the parts charged at run time (the index's part is its capacity).
 #[derive(Debug)]
 pub struct Budget {
-    /// Open streams and their request bodies.
+    /// Request bodies (the streams' own bytes are set aside, one share per allowed stream).
     pub requests: Arc<Part>,
     /// Open ext_proc streams, counted one each.
     pub streams: Arc<Part>,
@@ -87,7 +93,7 @@ impl Budget {
     /// The parts of `config`, with their limits exported.
     pub fn new(config: &BudgetConfig) -> Self {
         Self {
-            requests: Part::new("request_bytes", config.request_bytes()),
+            requests: Part::new("request_body_bytes", config.body_bytes()),
             streams: Part::new("streams", config.max_streams),
             kv_events: Part::new("kv_event_bytes", config.kv_event_bytes()),
         }
@@ -263,5 +269,7 @@ mod tests {
         assert!(c.total <= 3 << 30);
         // 24 Mi entries at the default: the same order as the measured workloads (12.8M).
         assert_eq!(c.index_capacity(), 25_165_824);
+        // 4096 streams set 256 MiB aside: 512 MiB for bodies, 32 of the largest at once.
+        assert_eq!(c.body_bytes(), 512 << 20);
     }
 }

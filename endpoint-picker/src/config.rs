@@ -254,12 +254,13 @@ impl Cli {
             total: self.memory_budget,
             max_streams: self.max_streams,
         };
-        if self.max_streams == 0 || budget.request_bytes() < self.max_body_bytes {
+        if self.max_streams == 0 || budget.body_bytes() < self.max_body_bytes {
             return Err(Error::Config(format!(
-                "--memory-budget {} leaves {} bytes for requests, less than one \
-                 --max-body-bytes body ({}); --max-streams must be positive",
+                "--memory-budget {} leaves {} bytes for request bodies once --max-streams {} \
+                 streams have their 64 KiB each, less than one --max-body-bytes body ({})",
                 self.memory_budget,
-                budget.request_bytes(),
+                budget.body_bytes(),
+                self.max_streams,
                 self.max_body_bytes
             )));
         }

@@ -21,8 +21,9 @@
 //! Headers-only requests are decided at once in every mode. Response path (`response`): every
 //! body chunk is answered as it arrives, echoed in full-duplex mode, let through otherwise.
 //!
-//! Memory: each stream holds a charge against the budget's request part ([`crate::budget`]) for
-//! itself and for its body as the body grows; a body that does not fit gets a 503.
+//! Memory: each stream holds a slot under `--max-streams` (its own bytes are set aside per slot)
+//! and charges its body to the budget's body bytes as it grows ([`crate::budget`]); a body that
+//! does not fit gets a 503.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
-use kvpick_scheduler::FlowId;
+use kvpick_scheduler::{FlowId, ReservationId, Slo};
 use pb::processing_request::Request as In;
 use pb::processing_response::Response as Out;
 use tokio::time::Instant;
@@ -102,10 +103,10 @@ pub struct Exchange {
     session: Option<String>,
     subset: Option<Vec<SocketAddr>>,
     body: Vec<u8>,
-    /// The stream's own share of the budget (also its slot under `--max-streams`), or why the
-    /// budget had no room for it.
+    /// Why the stream is refused (no slot under `--max-streams`); its slot, which also holds
+    /// its share of the budget's request bytes.
     refusal: Option<Error>,
-    _admitted: [Charge; 2],
+    _slot: Charge,
     /// The budget held for `body`'s capacity.
     body_charge: Charge,
     /// A full-duplex body being re-sent, chunk by chunk.
@@ -122,28 +123,28 @@ pub struct Exchange {
     /// From the request headers: its priority and fairness id, for flow control.
     priority: i32,
     flow: FlowId,
+    /// From the request headers: latency objectives and the objective's name.
+    slo: Slo,
+    objective: Option<String>,
+    /// The in-flight reservation on the primary, released at end of stream or drop.
+    reservation: Option<ReservationId>,
+    /// The primary's predicted time to first token, µs.
+    predicted_ttft_us: Option<f64>,
 }
 
 impl Exchange {
-    /// A fresh stream, charged to the budget (a stream over budget is refused on its headers).
+    /// A fresh stream, holding a slot under `--max-streams` (one over it is refused on its
+    /// headers).
     pub fn new(shared: Arc<Shared>) -> Self {
         let budget = &shared.budget;
-        let (refusal, admitted) = match budget.streams.try_charge(1) {
+        let (refusal, slot) = match budget.streams.try_charge(1) {
             None => (
                 Some(Error::TooManyStreams {
                     max: budget.streams.limit(),
                 }),
-                [Charge::none(), Charge::none()],
+                Charge::none(),
             ),
-            Some(slot) => match budget.requests.try_charge(budget::STREAM_BYTES) {
-                None => (
-                    Some(Error::MemoryBudget {
-                        part: budget.requests.name(),
-                    }),
-                    [slot, Charge::none()],
-                ),
-                Some(bytes) => (None, [slot, bytes]),
-            },
+            Some(slot) => (None, slot),
         };
         let body_charge = Charge::empty(&budget.requests);
         Self {
@@ -157,7 +158,7 @@ impl Exchange {
             subset: None,
             body: Vec::new(),
             refusal,
-            _admitted: admitted,
+            _slot: slot,
             body_charge,
             resend: None,
             picked: None,
@@ -169,6 +170,10 @@ impl Exchange {
             served: None,
             priority: 0,
             flow: FlowId::default(),
+            slo: Slo::default(),
+            objective: None,
+            reservation: None,
+            predicted_ttft_us: None,
         }
     }
 
@@ -221,6 +226,8 @@ impl Exchange {
         self.subset = reply::subset_hint(metadata);
         self.priority = shedding::priority(&self.shared, headers);
         self.flow = flow_control::flow_id(&self.shared, headers);
+        self.slo = crate::slo::from_headers(|n| reply::header(headers, n));
+        self.objective = reply::header(headers, shedding::OBJECTIVE_HEADER).map(str::to_owned);
         let handling = match (self.request_mode, self.response_mode) {
             (Mode::Unknown(m), _) | (_, Mode::Unknown(m)) => Err(Error::UnsupportedBodyMode(m)),
             (Mode::HeadersFirst, _) => Ok("headers"),
@@ -275,13 +282,14 @@ impl Exchange {
     /// Routes without a prompt: load, subset hint and session only.
     fn route_on_headers(&mut self) -> Result<Routing, Error> {
         let start = Instant::now();
+        let (slo, objective) = (self.slo, self.objective.clone());
         let routing = self.route(|picker, subset, session| {
             picker.route(&RouteRequest {
-                model: "",
-                cache_salt: None,
-                prompt: kvpick_scheduler::Prompt::Empty,
                 session,
                 subset,
+                slo,
+                objective: objective.as_deref(),
+                ..RouteRequest::new("", kvpick_scheduler::Prompt::Empty)
             })
         });
         metrics::histogram!(t::SCHEDULING).record(start.elapsed().as_secs_f64());
@@ -422,6 +430,7 @@ impl Exchange {
         let body = Bytes::from(std::mem::take(&mut self.body));
         let start = Instant::now();
         let tokenizer = self.shared.tokenizer.clone();
+        let (slo, objective) = (self.slo, self.objective.clone());
         let routed = match request::parse(&body) {
             // BUFFERED_PARTIAL cut the body at the gateway's buffer limit (or trailers follow a
             // body that does not parse): route on what the headers say.
@@ -441,6 +450,9 @@ impl Exchange {
                         prompt,
                         session,
                         subset,
+                        max_tokens: req.max_tokens,
+                        slo,
+                        objective: objective.as_deref(),
                     })
                 })
             }
@@ -507,6 +519,8 @@ impl Exchange {
         );
         if let Ok(r) = &r {
             self.picked = Some(r.primary);
+            self.reservation = r.reservation;
+            self.predicted_ttft_us = r.predicted.map(|p| p.ttft_us);
             metrics::counter!(t::PICKS, "endpoint" => r.primary.to_string()).increment(1);
         }
         r
@@ -539,6 +553,8 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.finish_usage();
+        // Client gone or stream reset before the end: the reservation goes with it.
+        self.release();
         if self.phase == Phase::Start {
             return;
         }
