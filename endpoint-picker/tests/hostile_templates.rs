@@ -37,7 +37,7 @@ async fn start(dir: &Path, name: &'static str, extra: &[&str]) -> Epp {
     let file = dir.join(format!("{name}.yaml"));
     write_endpoints(
         &file,
-        &[serde_yaml::from_str("address: 127.0.0.1:9").unwrap()],
+        &[serde_saphyr::from_str("address: 127.0.0.1:9").unwrap()],
     );
     let tokenizer = format!("{MODEL}={}", fixture().display());
     let mut args = vec!["--tokenizer", tokenizer.as_str(), "--drain-timeout", "1s"];
