@@ -6,7 +6,9 @@
 //!   [`extproc::reply`] builds Envoy's messages.
 //! - [`request`]: pure parser of OpenAI-style bodies; [`prompt`]: the tokenizer seam, served by
 //!   [`tokenizer`] (`kvpick-tokenize`, off the reactor, with a deadline).
-//! - [`picker`]: candidates from the pool, then `kvpick_scheduler::Scheduler::pick`.
+//! - [`picker`]: candidates from the pool, then `kvpick_scheduler::Scheduler::pick`; it reserves
+//!   each request's cost on its primary, released as the response ends; [`slo`]: the latency
+//!   objectives of the `x-slo-*` headers.
 //! - [`shedding`]: request priority and the saturated pool's 429 for sheddable requests;
 //!   [`flow_control`]: with the `flowControl` gate, the queue where the rest wait for room.
 //! - [`usage`]: token usage read from responses as they stream past; [`prediction`] compares the
@@ -49,6 +51,7 @@ pub mod request;
 pub mod scrape;
 pub mod server;
 pub mod shedding;
+pub mod slo;
 pub mod telemetry;
 pub mod tokenizer;
 pub mod usage;

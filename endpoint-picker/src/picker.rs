@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvpick_scheduler::{
-    Candidate, Decision, EndpointSet, PodSignals, Prompt, Request, Scheduler, Timestamp,
+    Candidate, Decision, EndpointSet, PodSignals, Prediction, Prompt, Request, ReservationId,
+    Scheduler, Slo, Timestamp,
 };
 
 use crate::clock::Clock;
@@ -56,6 +57,28 @@ pub struct RouteRequest<'a> {
     pub session: Option<&'a str>,
     /// The proxy's subset hint.
     pub subset: Option<&'a [SocketAddr]>,
+    /// `max_tokens` from the body, for the latency model.
+    pub max_tokens: Option<u32>,
+    /// Latency objectives from the headers.
+    pub slo: Slo,
+    /// The InferenceObjective name from the headers.
+    pub objective: Option<&'a str>,
+}
+
+impl<'a> RouteRequest<'a> {
+    /// A request for `model` with `prompt` and nothing else set.
+    pub fn new(model: &'a str, prompt: Prompt<'a>) -> Self {
+        Self {
+            model,
+            cache_salt: None,
+            prompt,
+            session: None,
+            subset: None,
+            max_tokens: None,
+            slo: Slo::default(),
+            objective: None,
+        }
+    }
 }
 
 /// One candidate's scores, for `--emit-scores` and the query API.
@@ -82,6 +105,11 @@ pub struct Routing {
     pub total_blocks: u32,
     /// Every eligible candidate's scores, best first.
     pub scored: Vec<Scored>,
+    /// The cost reserved on the primary; give it back with [`Picker::first_token`] and
+    /// [`Picker::release`].
+    pub reservation: Option<ReservationId>,
+    /// The primary's predicted latency, when the profile has a latency scorer.
+    pub predicted: Option<Prediction>,
 }
 
 /// The request-path glue between the pool and the scheduler. Shared by all streams.
@@ -165,7 +193,9 @@ impl Picker {
             prompt: req.prompt,
             session: req.session,
             subset: subset.as_ref(),
-            ..Request::new(req.model, req.prompt)
+            max_tokens: req.max_tokens,
+            slo: req.slo,
+            objective: req.objective,
         };
         let decision = self.scheduler.pick(&request, &candidates, now)?;
         let addresses = decision
@@ -191,12 +221,45 @@ impl Picker {
         }
     }
 
-    /// Picks the destination for `req`: the primary and up to `fallbacks` more.
+    /// The request of `id` produced its first response byte: its prefill is done.
+    pub fn first_token(&self, id: ReservationId) {
+        self.scheduler.first_token(id, self.clock.now());
+    }
+
+    /// The request of `id` ended (end of stream, client gone, error).
+    pub fn release(&self, id: ReservationId, endpoint: SocketAddr) {
+        self.scheduler.release(id, self.clock.now());
+        self.export_inflight(endpoint);
+    }
+
+    /// Exports `endpoint`'s in-flight accounting as gauges.
+    fn export_inflight(&self, endpoint: SocketAddr) {
+        let view = self.pool.view();
+        let Some(m) = view.by_address(&endpoint) else {
+            return;
+        };
+        let load = self
+            .scheduler
+            .inflight()
+            .load(m.endpoint.id, self.clock.now());
+        let label = endpoint.to_string();
+        metrics::gauge!(crate::telemetry::INFLIGHT, "endpoint" => label.clone(), "phase" => "prefill")
+            .set(f64::from(load.prefill_requests));
+        metrics::gauge!(crate::telemetry::INFLIGHT, "endpoint" => label.clone(), "phase" => "decode")
+            .set(f64::from(load.decode_requests));
+        metrics::gauge!(crate::telemetry::INFLIGHT_PREFILL_TOKENS, "endpoint" => label)
+            .set(load.prefill_tokens as f64);
+    }
+
+    /// Picks the destination for `req`: the primary and up to `fallbacks` more, and reserves
+    /// the request's cost on the primary.
     pub fn route(&self, req: &RouteRequest<'_>) -> Result<Routing, Error> {
         let (decision, addresses) = self.rank(req)?;
         let Some(&primary) = addresses.first() else {
             return Err(Error::NoEndpoint("no candidate is eligible".into()));
         };
+        let reservation = self.scheduler.reserve(&decision, self.clock.now());
+        self.export_inflight(primary);
         let mut destination = String::with_capacity(22 * (1 + self.config.fallbacks));
         for (i, a) in addresses.iter().take(1 + self.config.fallbacks).enumerate() {
             if i > 0 {
@@ -225,6 +288,8 @@ impl Picker {
             matched_blocks: decision.matched_blocks,
             total_blocks: decision.total_blocks,
             scored,
+            reservation,
+            predicted: decision.predicted,
         })
     }
 }

@@ -27,6 +27,9 @@ pub struct InferenceRequest<'a> {
     pub add_special_tokens: Option<bool>,
     /// The prompt.
     pub prompt: PromptInput<'a>,
+    /// `max_tokens` (or `max_completion_tokens`) when it is a count that fits a u32; anything
+    /// else is the server's to refuse, and the latency model uses its own expectation.
+    pub max_tokens: Option<u32>,
 }
 
 /// The prompt as the client sent it.
@@ -68,6 +71,10 @@ struct Body<'a> {
     prompt: Option<PromptField<'a>>,
     #[serde(borrow, default)]
     messages: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_completion_tokens: Option<&'a RawValue>,
 }
 
 /// Parses an OpenAI-style request body. `model` is required; a body with neither `prompt` nor
@@ -93,6 +100,10 @@ pub fn parse(body: &[u8]) -> Result<InferenceRequest<'_>, Error> {
         cache_salt: parsed.cache_salt.map(|t| t.0),
         add_special_tokens: parsed.add_special_tokens,
         prompt,
+        max_tokens: parsed
+            .max_completion_tokens
+            .or(parsed.max_tokens)
+            .and_then(|v| v.get().parse().ok()),
     })
 }
 

@@ -76,6 +76,13 @@ pub const POOL_SATURATED: &str = "kvpick_pool_saturated";
 /// Prefix tokens kvpick predicted the primary holds minus the `cached_tokens` the pod reported.
 pub const PREFIX_PREDICTION_ERROR: &str = "kvpick_prefix_prediction_error_tokens";
 
+/// Requests picked and not yet finished, per endpoint and phase (prefill until the first
+/// response byte, then decode): the picker's in-flight accounting.
+pub const INFLIGHT: &str = "kvpick_endpoint_inflight_requests";
+/// Uncached prompt tokens reserved on an endpoint and not yet past their first byte.
+pub const INFLIGHT_PREFILL_TOKENS: &str = "kvpick_endpoint_inflight_prefill_tokens";
+/// |predicted − observed| time to first byte of routed requests.
+pub const TTFT_PREDICTION_ERROR: &str = "kvpick_ttft_prediction_error_seconds";
 /// Requests through the flow-control queue, by outcome (`queued`, `dispatched`, `expired`,
 /// `displaced`, `full`, `too_large`, `cancelled`, `shutdown`).
 pub const FLOW_QUEUE: &str = "kvpick_flow_queue_total";
@@ -188,6 +195,19 @@ fn describe() {
         "Mean waiting requests per endpoint over the pool's fresh endpoints"
     );
     describe_gauge!(POOL_READY, "Endpoints with fresh signals");
+    describe_gauge!(
+        INFLIGHT,
+        "Requests picked and not yet finished, by phase (prefill until the first byte, then decode)"
+    );
+    describe_gauge!(
+        INFLIGHT_PREFILL_TOKENS,
+        "Uncached prompt tokens reserved and not yet past their first byte"
+    );
+    describe_histogram!(
+        TTFT_PREDICTION_ERROR,
+        Unit::Seconds,
+        "|predicted - observed| time to first byte of routed requests"
+    );
     describe_counter!(
         FLOW_QUEUE,
         "Requests through the flow-control queue, by outcome"

@@ -23,7 +23,7 @@ async fn start(dir: &std::path::Path, drain: &str) -> Epp {
     let file = dir.join("endpoints.yaml");
     write_endpoints(
         &file,
-        &[serde_yaml::from_str("address: 127.0.0.1:9").unwrap()],
+        &[serde_saphyr::from_str("address: 127.0.0.1:9").unwrap()],
     );
     Epp::start(dir, "kvpick-epp", &file, &["--drain-timeout", drain]).await
 }

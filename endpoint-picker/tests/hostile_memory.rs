@@ -124,7 +124,7 @@ const POD: &str = "127.0.0.1:9";
 fn one_endpoint(address: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let endpoints = dir.path().join("endpoints.yaml");
-    let entry = serde_yaml::from_str(&format!("address: {address}")).unwrap();
+    let entry = serde_saphyr::from_str(&format!("address: {address}")).unwrap();
     write_endpoints(&endpoints, &[entry]);
     (dir, endpoints)
 }
@@ -293,9 +293,9 @@ async fn endpoint_churn_leaves_no_metric_series_behind() {
             .collect()
     };
     let write = |addrs: &[String]| {
-        let entries: Vec<serde_yaml::Value> = addrs
+        let entries: Vec<serde_json::Value> = addrs
             .iter()
-            .map(|a| serde_yaml::from_str(&format!("address: {a}")).unwrap())
+            .map(|a| serde_saphyr::from_str(&format!("address: {a}")).unwrap())
             .collect();
         write_endpoints(&endpoints, &entries);
     };

@@ -90,9 +90,10 @@ fn queried_names() -> BTreeSet<String> {
         &std::fs::read_to_string(dir.join("monitoring/kvpick-dashboard.json")).unwrap(),
     )
     .unwrap();
-    let keda: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("keda/scaledobject.yaml")).unwrap())
-            .unwrap();
+    let keda: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(dir.join("keda/scaledobject.yaml")).unwrap(),
+    )
+    .unwrap();
     let mut texts = Vec::new();
     queries(&dashboard, &mut texts);
     queries(&keda, &mut texts);

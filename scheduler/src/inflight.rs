@@ -42,6 +42,12 @@ impl Cost {
     fn mean_context(&self) -> u64 {
         u64::from(self.prompt_tokens) + u64::from(self.output_tokens) / 2
     }
+
+    /// KV tokens it adds to the endpoint's cache at its peak: its cached prefix is shared with
+    /// whoever holds it, the rest of the prompt and its output are its own.
+    pub fn kv_tokens(&self) -> u64 {
+        u64::from(self.uncached_tokens()) + u64::from(self.output_tokens)
+    }
 }
 
 /// A reservation's handle, returned by a pick and given back to release it.
@@ -89,7 +95,7 @@ pub struct EndpointLoad {
     pub decode_requests: u32,
     /// Their mean KV context (prompt + half the output), summed.
     pub decode_context: u64,
-    /// KV tokens all reservations will hold (prompt + output), summed.
+    /// KV tokens all reservations add at their peak (uncached prompt + output), summed.
     pub kv_tokens: u64,
     /// Waiting requests the last scrape showed beyond the reservations (other pickers' traffic).
     pub external_waiting: u32,
@@ -99,7 +105,13 @@ pub struct EndpointLoad {
     pub typical_uncached: u64,
     /// Mean context of recent reservations anywhere.
     pub typical_context: u64,
+    /// Picks per second over the whole pool, averaged over the last [`RATE_WINDOW`].
+    pub pick_rate: f64,
 }
+
+/// The time constant of the pick-rate average: long enough that a burst reads as a burst (a
+/// few picks over the window), not as a sustained rate.
+pub const RATE_WINDOW: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -120,6 +132,8 @@ struct PerEndpoint {
     kv_tokens: u64,
     external_waiting: u32,
     external_running: u32,
+    /// `scraped_at` of the scrape last folded in.
+    reconciled: Option<Timestamp>,
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +144,9 @@ struct State {
     /// Exponential means over reservations (×1, f64 for smoothness).
     typical_uncached: f64,
     typical_context: f64,
+    /// Exponentially decaying pick count / window (picks per second), as of `rate_at`.
+    rate: f64,
+    rate_at: Timestamp,
 }
 
 /// The accounting, shared by every pick (`Send + Sync`).
@@ -163,6 +180,9 @@ impl InFlight {
         }
         let id = s.next;
         s.next += 1;
+        let window = RATE_WINDOW.as_secs_f64();
+        s.rate = s.rate_now(now) + 1.0 / window;
+        s.rate_at = now;
         let uncached = cost.uncached_tokens();
         let first = s.typical_uncached == 0.0;
         let blend = |mean: f64, x: f64| {
@@ -180,7 +200,7 @@ impl InFlight {
         }
         e.prefill.insert(id, uncached);
         e.prefill_tokens += u64::from(uncached);
-        e.kv_tokens += u64::from(cost.prompt_tokens) + u64::from(cost.output_tokens);
+        e.kv_tokens += cost.kv_tokens();
         s.entries.insert(
             id,
             Entry {
@@ -228,11 +248,16 @@ impl InFlight {
     }
 
     /// Folds a scrape of `endpoint` in: what it reports beyond the reservations made before
-    /// `signals.scraped_at` is external load, kept until the next scrape.
+    /// `signals.scraped_at` is external load, kept until the next scrape. A scrape already
+    /// folded in (same `scraped_at`) is skipped, so callers may pass every snapshot they see.
     pub fn reconcile(&self, endpoint: EndpointId, signals: &PodSignals) {
         let mut guard = self.state.lock();
         let s = &mut *guard;
-        s.endpoint_mut(endpoint);
+        let e = s.endpoint_mut(endpoint);
+        if e.reconciled == Some(signals.scraped_at) {
+            return;
+        }
+        e.reconciled = Some(signals.scraped_at);
         let (entries, e) = (&s.entries, &mut s.endpoints[endpoint.index()]);
         let before = e
             .prefill
@@ -314,7 +339,7 @@ impl State {
         } else if let Some(uncached) = e.prefill.remove(&id) {
             e.prefill_tokens -= u64::from(uncached);
         }
-        e.kv_tokens -= u64::from(entry.cost.prompt_tokens) + u64::from(entry.cost.output_tokens);
+        e.kv_tokens -= entry.cost.kv_tokens();
     }
 
     fn expire(&mut self, now: Timestamp, ttl: Duration) {
@@ -326,13 +351,20 @@ impl State {
         }
     }
 
+    fn rate_now(&self, now: Timestamp) -> f64 {
+        let elapsed = now.saturating_since(self.rate_at).as_secs_f64();
+        self.rate * (-elapsed / RATE_WINDOW.as_secs_f64()).exp()
+    }
+
     fn load(&self, endpoint: EndpointId, now: Timestamp) -> EndpointLoad {
         let typical_uncached = self.typical_uncached.round() as u64;
         let typical_context = self.typical_context.round() as u64;
+        let pick_rate = self.rate_now(now);
         let Some(e) = self.endpoints.get(endpoint.index()) else {
             return EndpointLoad {
                 typical_uncached,
                 typical_context,
+                pick_rate,
                 ..EndpointLoad::default()
             };
         };
@@ -351,6 +383,7 @@ impl State {
             external_running: e.external_running,
             typical_uncached,
             typical_context,
+            pick_rate,
         }
     }
 }

@@ -31,7 +31,7 @@ fn reserve_first_token_release() {
         (2, 1100, 600)
     );
     assert_eq!(l.head_elapsed, Duration::from_millis(30));
-    assert_eq!(l.kv_tokens, 1100 + 600);
+    assert_eq!(l.kv_tokens, 600 + 100 + 500 + 100);
     f.first_token(a, ms(40));
     let l = f.load(ep(1), ms(50));
     assert_eq!(
@@ -45,15 +45,19 @@ fn reserve_first_token_release() {
     f.release(a, ms(60));
     f.release(b, ms(60));
     f.release(b, ms(61));
+    let idle = f.load(ep(1), ms(70));
     assert_eq!(
-        f.load(ep(1), ms(70)),
+        idle,
         EndpointLoad {
             head_elapsed: Duration::from_millis(10),
-            typical_uncached: f.load(ep(1), ms(70)).typical_uncached,
-            typical_context: f.load(ep(1), ms(70)).typical_context,
+            typical_uncached: idle.typical_uncached,
+            typical_context: idle.typical_context,
+            pick_rate: idle.pick_rate,
             ..EndpointLoad::default()
         }
     );
+    // Two picks in 10 ms, averaged over the 30 s window.
+    assert!((idle.pick_rate - 2.0 / 30.0).abs() < 0.01, "{idle:?}");
     assert!(f.is_empty());
     assert_eq!(f.load(ep(2), ms(0)).prefill_requests, 0);
 }
@@ -118,7 +122,7 @@ proptest! {
             for (i, pe) in s.endpoints.iter().enumerate() {
                 let live: Vec<_> = s.entries.values().filter(|x| x.endpoint.index() == i).collect();
                 let prefill: u64 = live.iter().filter(|x| !x.decoding).map(|x| u64::from(x.cost.uncached_tokens())).sum();
-                let kv: u64 = live.iter().map(|x| u64::from(x.cost.prompt_tokens + x.cost.output_tokens)).sum();
+                let kv: u64 = live.iter().map(|x| x.cost.kv_tokens()).sum();
                 prop_assert_eq!(pe.prefill_tokens, prefill);
                 prop_assert_eq!(pe.kv_tokens, kv);
                 prop_assert_eq!(pe.decode_requests as usize, live.iter().filter(|x| x.decoding).count());

@@ -16,7 +16,12 @@
 //!        + preemption: KV tokens demanded beyond the cache, recomputed
 //! TPOT   = overhead + per_decode_seq·(decoding + 1) + per_context_token·(Σ context + its own)
 //!        + the prefill work queued there spread over its decode
+//! cost   = TTFT + own prefill · (arrivals there per second) · TTFT
 //! ```
+//!
+//! The cost is what the scorer ranks by: on an idle pool it is the TTFT, and as queues build it
+//! charges a cache miss for the wait it adds to every later arrival at that endpoint (greedy
+//! TTFT alone trades hits for balance under overload, and the queues then grow faster).
 //!
 //! Deliberately simple and cheap (a few flops per candidate): the point is to see what was just
 //! sent, price a cache hit in time rather than as a unitless share, and stay calibratable.
@@ -34,6 +39,12 @@ pub struct Prediction {
     pub ttft_us: f64,
     /// Time per output token after the first, µs.
     pub tpot_us: f64,
+    /// Of the TTFT, the time its own uncached prefill takes there, µs: the work it adds to the
+    /// endpoint, which every later arrival there waits for too.
+    pub prefill_us: f64,
+    /// What sending it there costs everyone, µs: its TTFT plus the delay its prefill imposes on
+    /// the requests expected to arrive there while it waits (`prefill × arrivals/s × TTFT`).
+    pub cost_us: f64,
 }
 
 impl Prediction {
@@ -66,8 +77,14 @@ impl LatencyModel {
     }
 
     /// The prediction for a request costing `cost` on an endpoint with `load` (whose last scrape
-    /// is `signals`).
-    pub fn predict(&self, cost: &Cost, load: &EndpointLoad, signals: &PodSignals) -> Prediction {
+    /// is `signals`) that receives `arrivals` requests per second.
+    pub fn predict(
+        &self,
+        cost: &Cost,
+        load: &EndpointLoad,
+        signals: &PodSignals,
+        arrivals: f64,
+    ) -> Prediction {
         let p = &self.profile;
         let t = &p.step_time;
         let decoding = f64::from(load.decode_requests) + f64::from(load.external_running);
@@ -90,14 +107,14 @@ impl LatencyModel {
             + t.per_prefill_token_us * work
             + t.per_attention_pair_us * own_pairs;
         // KV pressure: what does not fit is preempted and recomputed (vLLM's recompute policy).
+        // The scrape counts blocks in use; reservations add what they will newly hold (outputs
+        // grow over the decode: half on average).
         let capacity = f64::from(p.kv_blocks) * f64::from(p.block_size);
         let scraped = signals.kv_usage.clamp(0.0, 1.0) * capacity;
-        let reserved = load.kv_tokens as f64
+        let reserved = load.kv_tokens as f64 * 0.5
             + f64::from(load.external_running + load.external_waiting)
                 * load.typical_context as f64;
-        let demand = reserved.max(scraped)
-            + f64::from(cost.prompt_tokens)
-            + f64::from(cost.output_tokens) / 2.0;
+        let demand = reserved.max(scraped) + own + f64::from(cost.output_tokens) / 2.0;
         let overflow = (demand - capacity).max(0.0);
         ttft += t.per_prefill_token_us * overflow;
         let own_context = f64::from(cost.prompt_tokens) + f64::from(cost.output_tokens) / 2.0;
@@ -106,9 +123,14 @@ impl LatencyModel {
             + t.per_decode_seq_us * (decoding + 1.0)
             + t.per_context_token_us * (context + own_context)
             + t.per_prefill_token_us * ahead.min(chunk * out) / out;
+        let prefill = own / chunk * fixed
+            + t.per_prefill_token_us * own
+            + t.per_attention_pair_us * own_pairs;
         Prediction {
             ttft_us: ttft,
             tpot_us: tpot,
+            prefill_us: prefill,
+            cost_us: ttft + prefill * arrivals.max(0.0) * ttft / 1e6,
         }
     }
 }
@@ -134,7 +156,7 @@ mod tests {
     fn idle_ttft_is_the_profile_prefill_time() {
         let m = model();
         let idle = PodSignals::idle(Timestamp::ZERO);
-        let p = m.predict(&cost(8192, 0), &EndpointLoad::default(), &idle);
+        let p = m.predict(&cost(8192, 0), &EndpointLoad::default(), &idle, 0.0);
         // One full step: 10 ms overhead + 8192 × 100 µs + attention pairs.
         let pairs = 8192.0 * 8193.0 / 2.0 * 0.00175;
         assert!(
@@ -151,8 +173,8 @@ mod tests {
     fn cache_hits_queued_work_and_decode_batch_order_candidates() {
         let m = model();
         let idle = PodSignals::idle(Timestamp::ZERO);
-        let cold = m.predict(&cost(12_000, 0), &EndpointLoad::default(), &idle);
-        let warm = m.predict(&cost(12_000, 8_000), &EndpointLoad::default(), &idle);
+        let cold = m.predict(&cost(12_000, 0), &EndpointLoad::default(), &idle, 0.0);
+        let warm = m.predict(&cost(12_000, 8_000), &EndpointLoad::default(), &idle, 0.0);
         assert!(warm.ttft_us < cold.ttft_us / 2.0);
         let queued = EndpointLoad {
             prefill_requests: 1,
@@ -160,21 +182,21 @@ mod tests {
             head_tokens: 12_000,
             ..EndpointLoad::default()
         };
-        let behind = m.predict(&cost(12_000, 8_000), &queued, &idle);
+        let behind = m.predict(&cost(12_000, 8_000), &queued, &idle, 0.0);
         assert!(behind.ttft_us > cold.ttft_us, "{behind:?} vs {cold:?}");
         // Progress on the head shortens the wait, never below the rest of the queue.
         let half = EndpointLoad {
             head_elapsed: Duration::from_millis(600),
             ..queued
         };
-        let later = m.predict(&cost(12_000, 8_000), &half, &idle);
+        let later = m.predict(&cost(12_000, 8_000), &half, &idle, 0.0);
         assert!(later.ttft_us < behind.ttft_us && later.ttft_us > warm.ttft_us);
         let busy = EndpointLoad {
             decode_requests: 200,
             decode_context: 200 * 7_000,
             ..EndpointLoad::default()
         };
-        let slow = m.predict(&cost(12_000, 0), &busy, &idle);
+        let slow = m.predict(&cost(12_000, 0), &busy, &idle, 0.0);
         assert!(slow.ttft_us > cold.ttft_us && slow.tpot_us > cold.tpot_us * 1.5);
     }
 
@@ -183,11 +205,11 @@ mod tests {
         let m = model();
         let idle = PodSignals::idle(Timestamp::ZERO);
         let full = EndpointLoad {
-            kv_tokens: 307_328,
+            kv_tokens: 2 * 307_328,
             ..EndpointLoad::default()
         };
-        let roomy = m.predict(&cost(1_000, 0), &EndpointLoad::default(), &idle);
-        let tight = m.predict(&cost(1_000, 0), &full, &idle);
+        let roomy = m.predict(&cost(1_000, 0), &EndpointLoad::default(), &idle, 0.0);
+        let tight = m.predict(&cost(1_000, 0), &full, &idle, 0.0);
         assert!(tight.ttft_us > roomy.ttft_us + 1_000.0 * 100.0);
     }
 }

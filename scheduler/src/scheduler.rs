@@ -14,8 +14,8 @@
 //! there, expected output) and predicted latency are computed from the in-flight accounting
 //! ([`crate::inflight`]) and the latency model ([`crate::latency`]). The caller reserves the
 //! decision's cost on the primary with [`Scheduler::reserve`] and releases it as the response
-//! goes ([`Scheduler::first_token`], [`Scheduler::release`]); scrapes are folded in with
-//! [`Scheduler::reconcile`].
+//! goes ([`Scheduler::first_token`], [`Scheduler::release`]); each new scrape a pick sees is
+//! folded in ([`Scheduler::reconcile`]) so that what the pod reports is not counted twice.
 
 use std::sync::Arc;
 
@@ -223,14 +223,19 @@ impl Scheduler {
             .collect();
         let predictions: Vec<Prediction> = match &self.latency {
             Some(model) if self.needs.predict => {
+                for c in &eligible {
+                    self.inflight.reconcile(c.endpoint.id, c.signals);
+                }
                 let loads = self
                     .inflight
                     .loads(eligible.iter().map(|c| c.endpoint.id), now);
+                // Arrivals per endpoint: the pool's pick rate spread over the candidates.
+                let arrivals = loads.first().map_or(0.0, |l| l.pick_rate) / n_eligible(&eligible);
                 eligible
                     .iter()
                     .zip(&costs)
                     .zip(&loads)
-                    .map(|((c, cost), load)| model.predict(cost, load, c.signals))
+                    .map(|((c, cost), load)| model.predict(cost, load, c.signals, arrivals))
                     .collect()
             }
             _ => Vec::new(),
@@ -299,6 +304,10 @@ impl Scheduler {
             predicted: predictions.get(first).copied(),
         })
     }
+}
+
+fn n_eligible(eligible: &[Candidate<'_>]) -> f64 {
+    eligible.len().max(1) as f64
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
-use kvpick_scheduler::FlowId;
+use kvpick_scheduler::{FlowId, ReservationId, Slo};
 use pb::processing_request::Request as In;
 use pb::processing_response::Response as Out;
 use tokio::time::Instant;
@@ -123,6 +123,13 @@ pub struct Exchange {
     /// From the request headers: its priority and fairness id, for flow control.
     priority: i32,
     flow: FlowId,
+    /// From the request headers: latency objectives and the objective's name.
+    slo: Slo,
+    objective: Option<String>,
+    /// The in-flight reservation on the primary, released at end of stream or drop.
+    reservation: Option<ReservationId>,
+    /// The primary's predicted time to first token, µs.
+    predicted_ttft_us: Option<f64>,
 }
 
 impl Exchange {
@@ -163,6 +170,10 @@ impl Exchange {
             served: None,
             priority: 0,
             flow: FlowId::default(),
+            slo: Slo::default(),
+            objective: None,
+            reservation: None,
+            predicted_ttft_us: None,
         }
     }
 
@@ -215,6 +226,8 @@ impl Exchange {
         self.subset = reply::subset_hint(metadata);
         self.priority = shedding::priority(&self.shared, headers);
         self.flow = FlowId::new(reply::header(headers, flow_control::FAIRNESS_HEADER));
+        self.slo = crate::slo::from_headers(|n| reply::header(headers, n));
+        self.objective = reply::header(headers, shedding::OBJECTIVE_HEADER).map(str::to_owned);
         let handling = match (self.request_mode, self.response_mode) {
             (Mode::Unknown(m), _) | (_, Mode::Unknown(m)) => Err(Error::UnsupportedBodyMode(m)),
             (Mode::HeadersFirst, _) => Ok("headers"),
@@ -269,13 +282,14 @@ impl Exchange {
     /// Routes without a prompt: load, subset hint and session only.
     fn route_on_headers(&mut self) -> Result<Routing, Error> {
         let start = Instant::now();
+        let (slo, objective) = (self.slo, self.objective.clone());
         let routing = self.route(|picker, subset, session| {
             picker.route(&RouteRequest {
-                model: "",
-                cache_salt: None,
-                prompt: kvpick_scheduler::Prompt::Empty,
                 session,
                 subset,
+                slo,
+                objective: objective.as_deref(),
+                ..RouteRequest::new("", kvpick_scheduler::Prompt::Empty)
             })
         });
         metrics::histogram!(t::SCHEDULING).record(start.elapsed().as_secs_f64());
@@ -416,6 +430,7 @@ impl Exchange {
         let body = Bytes::from(std::mem::take(&mut self.body));
         let start = Instant::now();
         let tokenizer = self.shared.tokenizer.clone();
+        let (slo, objective) = (self.slo, self.objective.clone());
         let routed = match request::parse(&body) {
             // BUFFERED_PARTIAL cut the body at the gateway's buffer limit (or trailers follow a
             // body that does not parse): route on what the headers say.
@@ -435,6 +450,9 @@ impl Exchange {
                         prompt,
                         session,
                         subset,
+                        max_tokens: req.max_tokens,
+                        slo,
+                        objective: objective.as_deref(),
                     })
                 })
             }
@@ -501,6 +519,8 @@ impl Exchange {
         );
         if let Ok(r) = &r {
             self.picked = Some(r.primary);
+            self.reservation = r.reservation;
+            self.predicted_ttft_us = r.predicted.map(|p| p.ttft_us);
             metrics::counter!(t::PICKS, "endpoint" => r.primary.to_string()).increment(1);
         }
         r
@@ -533,6 +553,8 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.finish_usage();
+        // Client gone or stream reset before the end: the reservation goes with it.
+        self.release();
         if self.phase == Phase::Start {
             return;
         }

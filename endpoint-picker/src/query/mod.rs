@@ -86,11 +86,9 @@ impl Index for IndexApi {
         };
         let prompt = tokenized.prompt(&input);
         let route = RouteRequest {
-            model: &req.model,
             cache_salt: req.cache_salt.as_deref(),
-            prompt,
-            session: None,
             subset: (!subset.is_empty()).then_some(&subset[..]),
+            ..RouteRequest::new(&req.model, prompt)
         };
         let (decision, addresses) = picker
             .rank(&route)

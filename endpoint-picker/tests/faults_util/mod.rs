@@ -106,7 +106,7 @@ fn sim_bin() -> PathBuf {
 pub struct SimFleet {
     pub proc: Proc,
     /// Its endpoints file entries (address, metrics, kvEvents, kvReplay).
-    pub entries: Vec<serde_yaml::Value>,
+    pub entries: Vec<serde_json::Value>,
     pub addrs: Vec<SocketAddr>,
 }
 
@@ -141,8 +141,8 @@ impl SimFleet {
             assert!(Instant::now() < deadline, "fleet not up: {}", proc.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-        let entries = doc["endpoints"].as_sequence().unwrap().clone();
+        let doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        let entries = doc["endpoints"].as_array().unwrap().clone();
         let addrs = entries
             .iter()
             .map(|e| e["address"].as_str().unwrap().parse().unwrap())
@@ -156,15 +156,10 @@ impl SimFleet {
 }
 
 /// Writes an endpoints file listing `entries` (each a YAML mapping) for model `m`, blocks of 16.
-pub fn write_endpoints(path: &Path, entries: &[serde_yaml::Value]) {
-    let doc = serde_yaml::to_string(&serde_yaml::Mapping::from_iter([
-        ("model".into(), MODEL.into()),
-        ("blockSize".into(), 16.into()),
-        (
-            "endpoints".into(),
-            serde_yaml::Value::Sequence(entries.to_vec()),
-        ),
-    ]))
+pub fn write_endpoints(path: &Path, entries: &[serde_json::Value]) {
+    let doc = serde_saphyr::to_string(&serde_json::json!({
+        "model": MODEL, "blockSize": 16, "endpoints": entries,
+    }))
     .unwrap();
     std::fs::write(path, doc).unwrap();
 }

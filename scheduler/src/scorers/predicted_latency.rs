@@ -4,7 +4,9 @@
 //! The pipeline computes one [`Prediction`] per candidate (the model needs the in-flight
 //! accounting, which the scheduler owns); this scorer turns them into scores:
 //!
-//! - no objective: `min TTFT / TTFT` (the fastest first token scores 1);
+//! - no objective: `min cost / cost`, the cost being the predicted TTFT plus the delay its own
+//!   prefill imposes on later arrivals there ([`crate::latency`]): on an idle pool the fastest
+//!   first token wins, under sustained load cache hits weigh more;
 //! - with objectives (the request's headers, else its objective's, else the config's defaults):
 //!   candidates predicted to meet them score in [0.5, 1], ordered by the share of the prompt they
 //!   hold cached (then by TTFT), so that work lands where it keeps caches warm while the SLO holds;
@@ -93,8 +95,13 @@ impl Scorer for PredictedLatency {
         let speed = |ttft: f64| best / ttft.max(1.0);
         let slo = self.params.slo_for(ctx.request.slo, ctx.request.objective);
         if slo.is_empty() {
+            let least = predictions
+                .iter()
+                .map(|p| p.cost_us)
+                .fold(f64::INFINITY, f64::min)
+                .max(1.0);
             for (o, p) in out.iter_mut().zip(predictions) {
-                *o = speed(p.ttft_us);
+                *o = least / p.cost_us.max(1.0);
             }
             return;
         }

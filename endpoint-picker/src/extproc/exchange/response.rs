@@ -36,7 +36,14 @@ impl Exchange {
     pub(super) fn response_body(&mut self, b: pb::HttpBody, out: &mut Vec<pb::ProcessingResponse>) {
         if !self.first_byte && !b.body.is_empty() {
             self.first_byte = true;
-            metrics::histogram!(t::TTFT).record(self.started.elapsed().as_secs_f64());
+            let ttfb = self.started.elapsed().as_secs_f64();
+            metrics::histogram!(t::TTFT).record(ttfb);
+            if let Some(id) = self.reservation {
+                self.shared.picker.first_token(id);
+            }
+            if let Some(p) = self.predicted_ttft_us {
+                metrics::histogram!(t::TTFT_PREDICTION_ERROR).record((p / 1e6 - ttfb).abs());
+            }
         }
         if let Some(scanner) = &mut self.usage {
             scanner.feed(&b.body);
@@ -48,6 +55,14 @@ impl Exchange {
         }
         if b.end_of_stream {
             self.finish_usage();
+            self.release();
+        }
+    }
+
+    /// Gives the in-flight reservation back, once.
+    pub(super) fn release(&mut self) {
+        if let (Some(id), Some(picked)) = (self.reservation.take(), self.picked) {
+            self.shared.picker.release(id, picked);
         }
     }
 

@@ -1,0 +1,67 @@
+//! Per-request latency objectives from the request headers: kvpick's `x-slo-ttft-ms` and
+//! `x-slo-tpot-ms`, and llm-d's `x-llm-d-slo-ttft-ms` and `x-llm-d-slo-tpot-ms` (kvpick's name
+//! wins when both are set). A value that is not a whole number of milliseconds in
+//! [1, 3,600,000] is ignored: the config's default applies, as if the header were absent.
+
+use std::time::Duration;
+
+use kvpick_scheduler::Slo;
+
+/// Time-to-first-token objective headers, in order of precedence.
+pub const TTFT_HEADERS: [&str; 2] = ["x-slo-ttft-ms", "x-llm-d-slo-ttft-ms"];
+/// Time-per-output-token objective headers, in order of precedence.
+pub const TPOT_HEADERS: [&str; 2] = ["x-slo-tpot-ms", "x-llm-d-slo-tpot-ms"];
+
+const MAX_MS: u64 = 3_600_000;
+
+/// The objectives `header` (a lookup by lower-case name) gives.
+pub fn from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Slo {
+    let first = |names: [&str; 2]| {
+        names.iter().find_map(|n| {
+            header(n)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|ms| (1..=MAX_MS).contains(ms))
+                .map(Duration::from_millis)
+        })
+    };
+    Slo {
+        ttft: first(TTFT_HEADERS),
+        tpot: first(TPOT_HEADERS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slo(pairs: &[(&'static str, &'static str)]) -> Slo {
+        from_headers(|n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v))
+    }
+
+    #[test]
+    fn both_header_families_parse_and_kvpicks_wins() {
+        let s = slo(&[("x-llm-d-slo-ttft-ms", "500"), ("x-slo-tpot-ms", " 40 ")]);
+        assert_eq!(s.ttft, Some(Duration::from_millis(500)));
+        assert_eq!(s.tpot, Some(Duration::from_millis(40)));
+        let s = slo(&[("x-llm-d-slo-ttft-ms", "500"), ("x-slo-ttft-ms", "200")]);
+        assert_eq!(s.ttft, Some(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn bad_values_are_ignored() {
+        for v in [
+            "",
+            "-1",
+            "0",
+            "1.5",
+            "abc",
+            "99999999999999999999",
+            "3600001",
+        ] {
+            assert_eq!(slo(&[("x-slo-ttft-ms", v)]), Slo::default(), "{v:?}");
+        }
+        // A bad kvpick header falls through to llm-d's.
+        let s = slo(&[("x-slo-ttft-ms", "x"), ("x-llm-d-slo-ttft-ms", "700")]);
+        assert_eq!(s.ttft, Some(Duration::from_millis(700)));
+    }
+}
