@@ -149,7 +149,7 @@ async fn a_hanging_metrics_endpoint_is_bounded_and_marked_stale() {
         }
     });
     let mut entries = fleet.entries.clone();
-    entries.push(serde_yaml::from_str(&format!("address: {h}")).unwrap());
+    entries.push(serde_saphyr::from_str(&format!("address: {h}")).unwrap());
     let file = dir.path().join("endpoints.yaml");
     write_endpoints(&file, &entries);
     let epp = Epp::start(dir.path(), "kvpick-epp", &file, &[]).await;
@@ -284,7 +284,7 @@ async fn an_event_flood_from_one_pod_stays_bounded_and_spares_the_others() {
     };
     let mut entries = fleet.entries.clone();
     entries.push(
-        serde_yaml::from_str(&format!(
+        serde_saphyr::from_str(&format!(
             "{{address: 127.0.0.1:9, kvEvents: 'tcp://127.0.0.1:{port}'}}"
         ))
         .unwrap(),

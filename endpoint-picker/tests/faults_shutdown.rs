@@ -23,7 +23,7 @@ async fn start(dir: &std::path::Path, drain: &str) -> Epp {
     let file = dir.join("endpoints.yaml");
     write_endpoints(
         &file,
-        &[serde_yaml::from_str("address: 127.0.0.1:9").unwrap()],
+        &[serde_saphyr::from_str("address: 127.0.0.1:9").unwrap()],
     );
     Epp::start(dir, "kvpick-epp", &file, &["--drain-timeout", drain]).await
 }
@@ -149,19 +149,4 @@ async fn a_stream_that_never_ends_is_cut_at_the_drain_timeout() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(3),
         "exited after {took:?} with a 1 s drain timeout"
     );
-}
-
-async fn wait_exit(epp: &mut Epp, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = epp.proc.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running {within:?} after SIGTERM\n{}",
-            epp.proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -90,9 +90,10 @@ fn queried_names() -> BTreeSet<String> {
         &std::fs::read_to_string(dir.join("monitoring/kvpick-dashboard.json")).unwrap(),
     )
     .unwrap();
-    let keda: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("keda/scaledobject.yaml")).unwrap())
-            .unwrap();
+    let keda: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(dir.join("keda/scaledobject.yaml")).unwrap(),
+    )
+    .unwrap();
     let mut texts = Vec::new();
     queries(&dashboard, &mut texts);
     queries(&keda, &mut texts);
@@ -197,6 +198,8 @@ async fn the_binary_discovers_its_pool_and_exports_every_series_the_dashboard_an
             &grpc.to_string(),
             "--health-port",
             &health.to_string(),
+            "--query-port",
+            "0",
         ])
         .args(["--metrics-port", &metrics.to_string()])
         .stdout(Stdio::null())

@@ -29,6 +29,7 @@ async fn epp_accepts(config: &std::path::Path, dir: &std::path::Path) -> Result<
         ("--grpc-port", free_port().unwrap()),
         ("--health-port", free_port().unwrap()),
         ("--metrics-port", metrics),
+        ("--query-port", 0),
     ] {
         args.extend([flag.to_owned(), port.to_string()]);
     }
@@ -145,8 +146,8 @@ async fn tune_beats_or_matches_default_and_writes_deployable_config() {
         .map(|s| (s.name.as_str(), s.weight))
         .collect();
     assert_eq!(got, want);
-    let cm: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(out.join("configmap.yaml")).unwrap())
+    let cm: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(out.join("configmap.yaml")).unwrap())
             .unwrap();
     assert_eq!(cm["kind"], "ConfigMap");
     assert_eq!(cm["metadata"]["name"], "kvpick-epp-config");

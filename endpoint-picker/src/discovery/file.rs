@@ -58,7 +58,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Discovered, Error> {
             endpoints: Vec::new(),
         }
     } else {
-        serde_yaml::from_str(text).map_err(|e| fail(e.to_string()))?
+        serde_saphyr::from_str(text).map_err(|e| fail(e.to_string()))?
     };
     let block_size = match doc.block_size {
         None => None,

@@ -54,7 +54,7 @@ impl Fleet {
                 })
                 .collect(),
         };
-        let body = serde_yaml::to_string(&doc).unwrap_or_default();
+        let body = serde_saphyr::to_string(&doc).unwrap_or_default();
         format!(
             "# Written by kvpick-sim fleet: {} simulated vLLM server(s).\n{body}",
             self.servers().len()

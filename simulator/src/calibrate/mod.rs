@@ -251,7 +251,7 @@ impl Calibration {
             std::fs::write(&path, body).map_err(|e| SimError::io(&path, e))?;
             Ok::<_, SimError>(path)
         };
-        let yaml = serde_yaml::to_string(&self.profile)
+        let yaml = serde_saphyr::to_string(&self.profile)
             .map_err(|e| SimError::InvalidConfig(format!("profile: {e}")))?;
         let header = format!(
             "# Calibrated from Prometheus: {} engines, {} windows, R² {:.3}, RMSE {:.0} µs.\n\

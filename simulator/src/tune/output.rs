@@ -233,7 +233,7 @@ mod tests {
         );
         assert_eq!(c.profile.picker.name, "weighted-random-picker");
         let cm = configmap_yaml(&y, "kvpick-epp-config", Some("llm"));
-        let v: serde_yaml::Value = serde_yaml::from_str(&cm).unwrap();
+        let v: serde_json::Value = serde_saphyr::from_str(&cm).unwrap();
         assert_eq!(v["metadata"]["namespace"], "llm");
         let inner = v["data"]["config.yaml"].as_str().unwrap();
         assert_eq!(inner, y);

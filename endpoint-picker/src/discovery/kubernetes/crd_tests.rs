@@ -140,7 +140,7 @@ fn schema_matches_the_published_api() {
 
 #[test]
 fn published_examples_round_trip() {
-    let pool: InferencePool = serde_yaml::from_str(
+    let pool: InferencePool = serde_saphyr::from_str(
         r#"
 apiVersion: inference.networking.k8s.io/v1
 kind: InferencePool

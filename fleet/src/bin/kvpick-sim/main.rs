@@ -86,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         Command::Profiles => {
             for name in PROFILES {
                 if let Some(p) = Profile::named(name) {
-                    println!("---\n{}", serde_yaml::to_string(&p)?);
+                    println!("---\n{}", serde_saphyr::to_string(&p)?);
                 }
             }
             Ok(())
@@ -307,6 +307,6 @@ fn fit(samples: &Path, profile: &str) -> anyhow::Result<()> {
     let mut p = Profile::named(profile).context("unknown profile")?;
     p.step_time = StepTimeModel::fit(&rows)?;
     p.name = format!("{profile}-fitted");
-    print!("{}", serde_yaml::to_string(&p)?);
+    print!("{}", serde_saphyr::to_string(&p)?);
     Ok(())
 }
