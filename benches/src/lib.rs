@@ -3,3 +3,4 @@
 
 pub mod index_workload;
 pub mod probe;
+pub mod proc_stats;

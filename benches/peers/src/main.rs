@@ -15,12 +15,14 @@
 //!
 //! `cargo run --release --manifest-path benches/peers/Cargo.toml -- [ENTRIES] [LOOKUPS] [CHURN]`
 //! (defaults 12,800,000 entries, 20,000 lookups per class, 40,000 churn operations).
+//! `KVPICK_PEERS_ONLY_KVPICK=1` applies the events to kvpick alone (for profiling its writer).
 #![allow(
     clippy::disallowed_types,
     clippy::disallowed_methods,
     reason = "a load generator measures wall time"
 )]
 
+#[path = "../../src/proc_stats.rs"]
 mod cpu;
 mod subjects;
 mod workload;
@@ -119,6 +121,8 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
 fn main() {
     let (entries, lookups, churn) = (arg(1, 12_800_000), arg(2, 20_000), arg(3, 40_000));
     let rss0 = cpu::rss_bytes();
+    // For profiling kvpick's writer alone: no peers, no lookups.
+    let only_kvpick = std::env::var_os("KVPICK_PEERS_ONLY_KVPICK").is_some();
     let mut s = Subjects {
         kv: Kvpick::new(),
         sg: Sglang::new(),
@@ -137,6 +141,9 @@ fn main() {
         n_events += events.len() as u64;
         for k in 0..3 {
             let which = (round + k) % 3;
+            if only_kvpick && which != 0 {
+                continue;
+            }
             s.apply(which, &events, &mut build[which]);
         }
         round += 1;
@@ -158,7 +165,7 @@ fn main() {
     // Lookups, per class: interleaved wall-clock percentiles, then CPU per lookup per index.
     let mut rows = Vec::new();
     let mut scores = [Vec::new(), Vec::new(), Vec::new()];
-    for class in Class::ALL {
+    for class in Class::ALL.into_iter().filter(|_| !only_kvpick) {
         let query = |i: u64| {
             let t = workload::query(&fleet, class, i ^ (class as u64) << 40);
             Query {
@@ -222,6 +229,9 @@ fn main() {
         churn_blocks += events.iter().map(|e| e.blocks() as u64).sum::<u64>();
         for k in 0..3 {
             let which = (round + k) % 3;
+            if only_kvpick && which != 0 {
+                continue;
+            }
             s.apply(which, &events, &mut churned[which]);
         }
         round += 1;

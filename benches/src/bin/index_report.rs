@@ -21,6 +21,7 @@ use std::collections::HashMap;
 
 use cap::Cap;
 use kvpick_benches::index_workload::{self as w, Sharing};
+use kvpick_benches::proc_stats::{rss_bytes, thread_ns as cpu_ns};
 use kvpick_scheduler::index::{KvIndex, PrefixMatches};
 use kvpick_scheduler::keys::BlockKey;
 use kvpick_scheduler::pods::EndpointSet;
@@ -38,25 +39,6 @@ fn huge_bytes() -> usize {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
         })
         .map_or(0, |kb| kb * 1024)
-}
-
-fn rss_bytes() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Nanoseconds this thread has spent on a CPU (to tell the machine's load from our cost).
-fn cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The obvious index, for a same-process ratio: std `HashMap` from key to its holders, and a

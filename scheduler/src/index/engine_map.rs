@@ -6,8 +6,9 @@
 //! bits): an insert or a lookup reads one line, rarely its neighbour. Open addressing over lines
 //! with an 8-bit overflow counter per line (how many entries homed at or before it were placed
 //! after it), so a search stops at the first line whose counter is 0 and removals leave no
-//! tombstones. Up to 90% load, growth by 1.125× (it is only read by its writer; memory counts
-//! more than a longer probe). Engine hashes come from pods (and need not be well mixed), so the
+//! tombstones. Up to 90% load, growth by 1.25×: each growth re-places every entry, and at
+//! 1.125× an entry was re-placed ~8 times over its map's life, a quarter of the build's time
+//! (1.25×: +25% store rate, +1.4 B/entry; BENCHMARKS.md). Engine hashes come from pods (and need not be well mixed), so the
 //! home line comes from a mix keyed by the index's secret: a pod cannot pick hashes that share
 //! a probe run. Its entries count toward the index's capacity, so it is bounded too.
 //!
@@ -243,7 +244,7 @@ impl EngineMap {
         pos: ChainPos,
     ) -> Option<(BlockKey, ChainPos)> {
         if (self.len + 1) * 100 > self.n_lines() * SLOTS * MAX_LOAD_PERCENT {
-            let n = self.n_lines() + (self.n_lines() / 8).max(1);
+            let n = self.n_lines() + (self.n_lines() / 4).max(1);
             self.rebuild(n);
         }
         match self.seek(r) {

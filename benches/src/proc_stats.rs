@@ -1,7 +1,8 @@
-//! CPU time from the kernel's per-thread accounting, so that rates measure our cost and not the
-//! machine's load; and memory as the allocator counts it.
+//! What the kernel says about this process: CPU time per thread (so that rates measure our cost
+//! and not the machine's load) and resident memory. Also included by `benches/peers` (its own
+//! workspace), by path.
 
-/// Nanoseconds the thread of `path` (a `.../schedstat` file) has spent on a CPU.
+/// Nanoseconds the thread of `path` (a `/proc/.../schedstat` file) has spent on a CPU.
 pub fn schedstat(path: &str) -> u64 {
     std::fs::read_to_string(path)
         .ok()
