@@ -52,6 +52,7 @@ impl Epp {
             .env("KVPICK_GRPC_PORT", grpc.to_string())
             .env("KVPICK_HEALTH_PORT", health.to_string())
             .env("KVPICK_METRICS_PORT", metrics.to_string())
+            .env("KVPICK_QUERY_PORT", "0")
             // A bare directory: the default tokenizer of every model.
             .env("KVPICK_TOKENIZER", fixture())
             // Generous: a debug build on a shared machine.
