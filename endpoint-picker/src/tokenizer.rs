@@ -204,7 +204,7 @@ impl Tokenizer {
 }
 
 impl Tokenize for Tokenizer {
-    fn tokenize(&self, call: TokenizeCall) -> BoxFuture<Tokens> {
+    fn tokenize(&self, call: TokenizeCall) -> BoxFuture<'static, Tokens> {
         let this = self.clone();
         Box::pin(async move {
             let model = match &call {
