@@ -9,6 +9,9 @@
    its openAPIV3Schema with unknown fields refused, plus its two CEL rules.
 4. The Envoy example's configuration passes `envoy --mode validate`.
 5. The base picker config is the scheduler's default (scheduler/src/config/default.yaml).
+6. kvpick-epp's NetworkPolicy selects its pods and opens exactly the ext_proc (9002), KV-event
+   (5557) and metrics (9090) ports; in every overlay that ships a gateway and model servers, its
+   peers select those pods (the gateway for 9002, the pool for 5557) and nothing else.
 Kinds of other projects' CRDs (Gateway API, Prometheus Operator, KEDA, cert-manager) are listed
 as not schema-checked, by name.
 
@@ -31,7 +34,8 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent
 REPO = ROOT.parent
 K8S_VERSIONS = ["1.33.0", kubernetes_validate.latest_version()]
-BUILTIN_GROUPS = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "policy/v1", "batch/v1"}
+BUILTIN_GROUPS = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "policy/v1", "batch/v1",
+                  "networking.k8s.io/v1"}
 FOREIGN = {
     "gateway.networking.k8s.io/v1": {"Gateway", "HTTPRoute"},
     "monitoring.coreos.com/v1": {"ServiceMonitor", "PodMonitor"},
@@ -110,6 +114,46 @@ def cel(pool):
         yield "port is required when kind is 'Service' or unspecified"
 
 
+def pod_labels(docs):
+    """(deployment name, its pod template's labels) of every Deployment in `docs`."""
+    for obj in docs:
+        if obj.get("kind") == "Deployment":
+            yield obj["metadata"]["name"], obj["spec"]["template"]["metadata"].get("labels", {})
+
+
+def selects(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def check_network_policy(name, docs):
+    policies = [o for o in docs if o.get("kind") == "NetworkPolicy" and o["metadata"]["name"] == "kvpick-epp"]
+    pods = dict(pod_labels(docs))
+    if "kvpick-epp" not in pods:
+        return
+    if len(policies) != 1:
+        fail(f"{name}: kvpick-epp without its NetworkPolicy")
+        return
+    spec = policies[0]["spec"]
+    if not selects(spec["podSelector"], pods["kvpick-epp"]):
+        fail(f"{name}: the NetworkPolicy does not select kvpick-epp's pods")
+    by_port = {}
+    for rule in spec.get("ingress", []):
+        for port in rule.get("ports", []):
+            by_port.setdefault(port["port"], []).extend(rule.get("from", []))
+    if sorted(by_port) != [5557, 9002, 9090]:
+        fail(f"{name}: the NetworkPolicy opens ports {sorted(by_port)}, expected 5557, 9002, 9090")
+    # Where the overlay ships the peers, each port's peers are exactly them.
+    for port, peer in ((9002, "inference-envoy"), (5557, "vllm-qwen3")):
+        if peer not in pods:
+            continue
+        admitted = {d for d, labels in pods.items()
+                    for p in by_port.get(port, []) if "podSelector" in p and selects(p["podSelector"], labels)}
+        if admitted != {peer}:
+            fail(f"{name}: port {port} admits pods of {sorted(admitted)}, expected only {peer}")
+        else:
+            print(f"ok   {name}: NetworkPolicy admits only {peer} to {port}")
+
+
 def main():
     kubectl_cmd, envoy = kubectl(), need("envoy")
     crd = yaml.safe_load((ROOT / "crds/inferencepool.yaml").read_text())
@@ -156,6 +200,8 @@ def main():
                         fail(f"{name}: envoy --mode validate: {out.stdout[-2000:]}{out.stderr[-2000:]}")
                     else:
                         print(f"ok   {name}: envoy --mode validate")
+    for name, docs in rendered.items():
+        check_network_policy(name, docs)
     default = REPO / "scheduler/src/config/default.yaml"
     if not default.exists():
         fail(f"{default} is missing: cannot check manifests/base/picker-config.yaml against it")

@@ -29,9 +29,17 @@ pub struct Cli {
     /// Address the servers listen on.
     #[arg(long, env = "KVPICK_LISTEN_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub listen_address: IpAddr,
-    /// Port of the ext_proc gRPC server the gateway calls (also serves kvpick.v1.Index).
+    /// Port of the ext_proc gRPC server the gateway calls.
     #[arg(long, env = "KVPICK_GRPC_PORT", default_value_t = 9002)]
     pub grpc_port: u16,
+    /// Port of the kvpick.v1.Index query API (`kvpick-epp query`): it lists pods and their load
+    /// and tells whether a prompt prefix is cached, so it is not on the ext_proc port.
+    #[arg(long, env = "KVPICK_QUERY_PORT", default_value_t = 9004)]
+    pub query_port: u16,
+    /// Address the query API listens on: loopback by default (reach it with `kubectl
+    /// port-forward` or `kubectl exec`); set 0.0.0.0 to expose it, behind a NetworkPolicy.
+    #[arg(long, env = "KVPICK_QUERY_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub query_address: IpAddr,
     /// Port of the gRPC health service (liveness, readiness, ext_proc).
     #[arg(long, env = "KVPICK_HEALTH_PORT", default_value_t = 9003)]
     pub health_port: u16,
@@ -105,6 +113,15 @@ pub struct Cli {
     /// Fallback endpoints listed after the primary (`ip:port,ip:port`); needs Envoy's override_host policy.
     #[arg(long, env = "KVPICK_FALLBACKS", default_value_t = 0)]
     pub fallbacks: usize,
+    /// Believe the x-kvpick-priority header. Only when the gateway sets it (or strips it from
+    /// clients): otherwise a client can put itself ahead of others. Off: ignored and counted in
+    /// kvpick_untrusted_headers_ignored_total.
+    #[arg(long, env = "KVPICK_TRUST_PRIORITY_HEADER", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub trust_priority_header: bool,
+    /// Believe the x-gateway-inference-fairness-id header (flow control). Only when the gateway
+    /// sets it (e.g. from the authenticated tenant) and strips what clients send.
+    #[arg(long, env = "KVPICK_TRUST_FAIRNESS_HEADER", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub trust_fairness_header: bool,
     /// Put each candidate's scores in the `kvpick.scores` dynamic metadata (debugging).
     #[arg(long, env = "KVPICK_EMIT_SCORES", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub emit_scores: bool,
@@ -153,11 +170,11 @@ pub struct Cli {
 pub enum Command {
     /// Ask a running kvpick-epp (its kvpick.v1.Index API) without routing anything.
     Query {
-        /// The server's gRPC URL.
+        /// The server's query API URL (its --query-port).
         #[arg(
             long,
             env = "KVPICK_QUERY_SERVER",
-            default_value = "http://127.0.0.1:9002"
+            default_value = "http://127.0.0.1:9004"
         )]
         server: String,
         /// What to ask.
@@ -266,6 +283,13 @@ mod tests {
             (c.grpc_port, c.health_port, c.metrics_port),
             (9002, 9003, 9090)
         );
+        // The query API is on its own port, loopback only unless exposed.
+        assert_eq!(
+            (c.query_port, c.query_address),
+            (9004, IpAddr::V4(Ipv4Addr::LOCALHOST))
+        );
+        assert!(!c.tokenize.trust_request_chat_template);
+        assert!(!c.trust_priority_header && !c.trust_fairness_header);
         assert_eq!(c.refresh_metrics_interval, Duration::from_millis(50));
         assert_eq!(c.max_body_bytes, 16 << 20);
         assert_eq!(c.body_timeout, Duration::from_secs(60));
@@ -408,7 +432,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(server, "http://127.0.0.1:9002");
+        assert_eq!(server, "http://127.0.0.1:9004", "the query port's default");
     }
 
     #[test]

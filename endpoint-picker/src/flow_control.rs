@@ -17,11 +17,14 @@ use kvpick_scheduler::{FlowConfig, FlowGate, FlowId};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+
 use crate::error::Error;
 use crate::telemetry as t;
 use crate::{Shared, shedding};
 
-/// Names the request's flow for fairness (set by the gateway, like the objective header).
+/// Names the request's flow for fairness; believed only with `--trust-fairness-header` (the
+/// gateway sets it, e.g. from the authenticated tenant, and strips what clients send).
 pub const FAIRNESS_HEADER: &str = "x-gateway-inference-fairness-id";
 /// Drop reasons, in [`shedding::DROP_REASON_HEADER`]: the queue had no room for the request.
 pub const QUEUE_FULL: &str = "queue-full";
@@ -29,6 +32,12 @@ pub const QUEUE_FULL: &str = "queue-full";
 pub const QUEUE_EXPIRED: &str = "queue-ttl-expired";
 /// A request of a higher priority took the request's place in a full queue.
 pub const QUEUE_DISPLACED: &str = "queue-displaced";
+
+/// The request's flow: its fairness id when that header is trusted, else the default flow.
+pub fn flow_id(shared: &Shared, headers: Option<&HeaderMap>) -> FlowId {
+    let trusted = shared.picker.config().trusted_headers.fairness;
+    FlowId::new(shedding::trusted_header(headers, FAIRNESS_HEADER, trusted))
+}
 
 /// How often the dispatch loop looks at the pool while requests wait: well under a scrape
 /// interval, so room is used within a few milliseconds of a scrape showing it.

@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         if let Some(Command::Query { server, what }) = cli.command {
             let text = kvpick_epp::query::client::run(server, what).await?;
             print!("{text}");
@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
             .context("starting kvpick-epp")?;
         tracing::info!(
             grpc = ?server.grpc_addr(),
+            query = ?server.query_addr(),
             health = ?server.health_addr(),
             metrics = ?server.metrics_addr(),
             "listening"
@@ -38,7 +39,11 @@ fn main() -> anyhow::Result<()> {
             .run(shutdown_signal())
             .await
             .context("kvpick-epp failed")
-    })
+    });
+    // Dropping the runtime would wait for every blocking task; the server's shutdown already
+    // stopped renders and waited its grace period, so exit without waiting again.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn init_logging(format: &str) {

@@ -31,6 +31,8 @@ pub struct RouteConfig {
     /// How long an endpoint that answered a 5xx is avoided (while others are eligible); zero
     /// turns passive health off.
     pub failure_cooldown: Duration,
+    /// Which client-settable scheduling headers are believed (none by default).
+    pub trusted_headers: crate::shedding::TrustedHeaders,
 }
 
 impl Default for RouteConfig {
@@ -40,6 +42,7 @@ impl Default for RouteConfig {
             staleness: Duration::from_secs(2),
             emit_scores: false,
             failure_cooldown: Duration::from_secs(2),
+            trusted_headers: Default::default(),
         }
     }
 }

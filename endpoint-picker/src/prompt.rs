@@ -16,17 +16,14 @@ use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 
-use std::future::Future;
-use std::pin::Pin;
-
 use bytes::Bytes;
 use kvpick_scheduler::Prompt;
 
 use crate::request::{InferenceRequest, PromptInput};
 use crate::telemetry as t;
 
-/// A boxed future that owns what it needs.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+/// A boxed future (`'static` here: it owns what it needs); one alias with the tokenizer crate's.
+pub use kvpick_tokenize::remote::BoxFuture;
 
 /// What to tokenize, owned (the work outlives nothing borrowed from the stream).
 #[derive(Clone, Debug, PartialEq)]
@@ -74,7 +71,7 @@ pub trait Tokenize: Send + Sync + std::fmt::Debug {
         true
     }
     /// Tokenizes `call`; must answer within its own deadline and never panic.
-    fn tokenize(&self, call: TokenizeCall) -> BoxFuture<Tokens>;
+    fn tokenize(&self, call: TokenizeCall) -> BoxFuture<'static, Tokens>;
 }
 
 /// The tokenizer used when none is configured: declines everything.
@@ -86,7 +83,7 @@ impl Tokenize for NoTokenizer {
         false
     }
 
-    fn tokenize(&self, _call: TokenizeCall) -> BoxFuture<Tokens> {
+    fn tokenize(&self, _call: TokenizeCall) -> BoxFuture<'static, Tokens> {
         Box::pin(std::future::ready(Tokens::Unavailable {
             reason: "no_tokenizer",
         }))
@@ -181,7 +178,7 @@ mod tests {
     #[derive(Debug)]
     struct ByteIds;
     impl Tokenize for ByteIds {
-        fn tokenize(&self, call: TokenizeCall) -> BoxFuture<Tokens> {
+        fn tokenize(&self, call: TokenizeCall) -> BoxFuture<'static, Tokens> {
             Box::pin(std::future::ready(match call {
                 TokenizeCall::Completion { text, .. } => Tokens::Ids {
                     ids: text.bytes().map(u32::from).collect(),

@@ -15,7 +15,8 @@ use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 /// Names the request's InferenceObjective, whose priority the picker config's `objectives` gives.
 pub const OBJECTIVE_HEADER: &str = "x-gateway-inference-objective";
 /// A priority as an integer, for requests without a configured objective. Trusting it means
-/// trusting the client: a gateway should set or strip it, as it does the objective header.
+/// trusting the client, so it is ignored unless `--trust-priority-header` says the gateway sets
+/// or strips it (the shipped Envoy and agentgateway examples strip it).
 pub const PRIORITY_HEADER: &str = "x-kvpick-priority";
 /// Set on every immediate response kvpick sends: why the request was dropped (`pool-saturated`
 /// for shedding, else the error label such as `no_endpoint` or `invalid_body`).
@@ -23,11 +24,47 @@ pub const DROP_REASON_HEADER: &str = "x-kvpick-drop-reason";
 /// The drop reason of a request shed because no endpoint has room.
 pub const POOL_SATURATED: &str = "pool-saturated";
 
-/// The request's priority from its headers (objective, then priority header, else 0).
+/// Which client-settable scheduling headers are believed (`--trust-priority-header`,
+/// `--trust-fairness-header`). Off by default: a client could otherwise put itself ahead of
+/// others in the flow-control queue or spread over many fairness ids.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrustedHeaders {
+    /// Believe [`PRIORITY_HEADER`].
+    pub priority: bool,
+    /// Believe [`crate::flow_control::FAIRNESS_HEADER`].
+    pub fairness: bool,
+}
+
+impl TrustedHeaders {
+    /// Both headers believed (a gateway that sets them itself).
+    pub const ALL: Self = Self {
+        priority: true,
+        fairness: true,
+    };
+}
+
+/// `name`'s value when `trusted`; an untrusted header that is present is ignored and counted in
+/// [`t::UNTRUSTED_HEADERS`].
+pub fn trusted_header<'a>(
+    headers: Option<&'a HeaderMap>,
+    name: &'static str,
+    trusted: bool,
+) -> Option<&'a str> {
+    let value = reply::header(headers, name)?;
+    if trusted {
+        return Some(value);
+    }
+    metrics::counter!(t::UNTRUSTED_HEADERS, "header" => name).increment(1);
+    None
+}
+
+/// The request's priority from its headers (objective, then the priority header when trusted,
+/// else 0).
 pub fn priority(shared: &Shared, headers: Option<&HeaderMap>) -> i32 {
+    let trusted = shared.picker.config().trusted_headers.priority;
     shared.picker.scheduler().config().saturation.priority(
         reply::header(headers, OBJECTIVE_HEADER),
-        reply::header(headers, PRIORITY_HEADER),
+        trusted_header(headers, PRIORITY_HEADER, trusted),
     )
 }
 

@@ -51,6 +51,8 @@ pub const INDEX_ENTRIES: &str = "kvpick_index_entries";
 /// Text and chat prompts by tokenization `source` (`local`, `cache`, `remote`, `unavailable`) and
 /// `outcome` (`ok`, or why there are no ids: `no_tokenizer`, `timeout`, `overloaded`, ...).
 pub const TOKENIZE: &str = "kvpick_tokenize_total";
+/// Client-settable scheduling headers ignored because they are not trusted, by header.
+pub const UNTRUSTED_HEADERS: &str = "kvpick_untrusted_headers_ignored_total";
 /// Server errors (5xx) answered by an endpoint, each starting its failure cool-down.
 pub const ENDPOINT_FAILURES: &str = "kvpick_endpoint_failures_total";
 /// Requests the proxy served on another endpoint than the picker's primary (a fallback, a retry).
@@ -131,6 +133,10 @@ fn describe() {
     describe_histogram!(
         PREFIX_PREDICTION_ERROR,
         "Predicted prefix-cache tokens minus the pod's reported cached_tokens, per request"
+    );
+    describe_counter!(
+        UNTRUSTED_HEADERS,
+        "Scheduling headers sent by clients and ignored (not trusted), by header"
     );
     describe_counter!(
         REQUESTS,

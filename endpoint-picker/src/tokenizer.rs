@@ -12,9 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kvpick_tokenize::limits;
 use kvpick_tokenize::{
-    ChatRequest, HyperClient, ModelSource, RegistryConfig, RemoteTokenizer, Tokenization,
-    TokenizationOptions, TokenizeInput, TokenizeOutcome, TokenizerRegistry,
+    ChatRequest, HyperClient, ModelSource, RegistryConfig, RemoteTokenizer, TemplatePolicy,
+    Tokenization, TokenizationOptions, TokenizeInput, TokenizeOutcome, TokenizerRegistry,
 };
 
 use crate::byte_count::parse_bytes;
@@ -48,6 +49,19 @@ pub struct TokenizeArgs {
     /// disables it).
     #[arg(long, env = "KVPICK_TOKENIZE_CACHE_BYTES", default_value = "256Mi", value_parser = parse_bytes)]
     pub tokenize_cache_bytes: usize,
+    /// Render a request's own `chat_template` source (as vLLM's flag of the same name). Off: such
+    /// a request is routed without exact token ids (counted as
+    /// kvpick_tokenize_total{outcome="untrusted_chat_template"}). Templates named by the model
+    /// are always used.
+    #[arg(long, env = "KVPICK_TRUST_REQUEST_CHAT_TEMPLATE", action = clap::ArgAction::SetTrue)]
+    pub trust_request_chat_template: bool,
+    /// minijinja fuel of one chat-template render (instructions, plus one unit per 64 bytes it
+    /// creates): bounds the CPU and memory of every render, the model's templates included.
+    #[arg(long, env = "KVPICK_TEMPLATE_FUEL", default_value_t = limits::DEFAULT_FUEL)]
+    pub template_fuel: u64,
+    /// Largest prompt one chat-template render may produce (e.g. 32Mi).
+    #[arg(long, env = "KVPICK_TEMPLATE_MAX_OUTPUT", default_value = "32Mi", value_parser = parse_bytes)]
+    pub template_max_output: usize,
 }
 
 impl TokenizeArgs {
@@ -74,6 +88,11 @@ impl TokenizeArgs {
             registry: RegistryConfig {
                 dir: self.tokenizers_dir.clone(),
                 models,
+                templates: TemplatePolicy {
+                    trust_request_template: self.trust_request_chat_template,
+                    fuel: self.template_fuel,
+                    max_output_bytes: self.template_max_output,
+                },
             },
             remote: self.remote_tokenize,
             timeout: self.tokenize_timeout,
@@ -185,7 +204,7 @@ impl Tokenizer {
 }
 
 impl Tokenize for Tokenizer {
-    fn tokenize(&self, call: TokenizeCall) -> BoxFuture<Tokens> {
+    fn tokenize(&self, call: TokenizeCall) -> BoxFuture<'static, Tokens> {
         let this = self.clone();
         Box::pin(async move {
             let model = match &call {

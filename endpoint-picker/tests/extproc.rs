@@ -420,13 +420,30 @@ async fn sheddable_requests_get_429_only_while_the_pool_is_saturated() {
     .unwrap();
     let settings = Settings {
         scheduler: Some(config),
+        picker: kvpick_epp::picker::RouteConfig {
+            trusted_headers: kvpick_epp::shedding::TrustedHeaders::ALL,
+            ..Default::default()
+        },
         ..Settings::loopback()
     };
+    let untrusting = Picker::start(
+        Settings {
+            picker: Default::default(),
+            ..settings.clone()
+        },
+        &[A, B],
+    )
+    .await;
     let p = Picker::start(settings, &[A, B]).await;
     let sheddable = [("x-kvpick-priority", "-1")];
     // A over the queue threshold, B over the KV-usage threshold: no endpoint has room.
-    scraped(&p, A, 6, 0.1);
-    scraped(&p, B, 0, 0.95);
+    for picker in [&p, &untrusting] {
+        scraped(picker, A, 6, 0.1);
+        scraped(picker, B, 0, 0.95);
+    }
+    // By default the header is the client's word, and ignored: priority 0, routed.
+    let r = first_answer(&untrusting, &sheddable).await;
+    assert!(matches!(r.response, Some(Out::RequestHeaders(_))), "{r:?}");
     let r = first_answer(&p, &sheddable).await;
     let (status, json) = immediate(&r);
     assert_eq!(status, 429);
@@ -459,6 +476,10 @@ async fn objectives_from_the_config_set_the_priority() {
     .unwrap();
     let settings = Settings {
         scheduler: Some(config),
+        picker: kvpick_epp::picker::RouteConfig {
+            trusted_headers: kvpick_epp::shedding::TrustedHeaders::ALL,
+            ..Default::default()
+        },
         ..Settings::loopback()
     };
     let p = Picker::start(settings, &[A]).await;

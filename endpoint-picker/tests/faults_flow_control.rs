@@ -41,7 +41,9 @@ async fn overload(envoy: Arc<Envoy>, pods: &[std::net::SocketAddr], seed: u32) -
         })
     };
     let start = Instant::now();
-    let send = |i: u32, priority: &'static str| {
+    // Priorities come from the InferenceObjective the request names (the shipped Envoy config
+    // strips the client's x-kvpick-priority); "normal" is no configured objective: priority 0.
+    let send = |i: u32, objective: &'static str| {
         let envoy = envoy.clone();
         tokio::spawn(async move {
             let body = serde_json::json!({
@@ -51,7 +53,7 @@ async fn overload(envoy: Arc<Envoy>, pods: &[std::net::SocketAddr], seed: u32) -
                 &envoy,
                 "/v1/completions",
                 body.to_string().as_bytes(),
-                &[("x-kvpick-priority", priority)],
+                &[("x-gateway-inference-objective", objective)],
             )
             .await;
             assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
@@ -60,10 +62,10 @@ async fn overload(envoy: Arc<Envoy>, pods: &[std::net::SocketAddr], seed: u32) -
     };
     let mut low = Vec::new();
     for i in 0..24 {
-        low.push(send(i, "0"));
+        low.push(send(i, "normal"));
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let high: Vec<_> = (100..104).map(|i| send(i, "10")).collect();
+    let high: Vec<_> = (100..104).map(|i| send(i, "urgent")).collect();
     let mut run = Run {
         most_waiting: 0,
         low: Vec::new(),
@@ -96,7 +98,8 @@ async fn under_overload_requests_wait_in_kvpick_and_higher_priorities_overtake()
     let picker_config = |name: &str, flow: &str| {
         let path = dir.path().join(name);
         let yaml = kvpick_scheduler::PickerConfig::DEFAULT_YAML
-            .replace("queueDepthThreshold: 5", "queueDepthThreshold: 0");
+            .replace("queueDepthThreshold: 5", "queueDepthThreshold: 0")
+            .replace("objectives: {}", "objectives: {urgent: 10}");
         std::fs::write(&path, format!("{yaml}{flow}")).unwrap();
         path.to_str().unwrap().to_owned()
     };

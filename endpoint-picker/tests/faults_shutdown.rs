@@ -150,18 +150,3 @@ async fn a_stream_that_never_ends_is_cut_at_the_drain_timeout() {
         "exited after {took:?} with a 1 s drain timeout"
     );
 }
-
-async fn wait_exit(epp: &mut Epp, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = epp.proc.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running {within:?} after SIGTERM\n{}",
-            epp.proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}

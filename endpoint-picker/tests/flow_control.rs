@@ -20,8 +20,13 @@ async fn picker(flow: &str) -> Picker {
         "{}featureGates: [flowControl]\nflowControl: {{{flow}}}\n",
         kvpick_scheduler::PickerConfig::DEFAULT_YAML
     );
+    // This gateway sets the priority and fairness headers itself.
     let settings = Settings {
         scheduler: Some(kvpick_scheduler::PickerConfig::parse(&yaml).unwrap()),
+        picker: kvpick_epp::picker::RouteConfig {
+            trusted_headers: kvpick_epp::shedding::TrustedHeaders::ALL,
+            ..Default::default()
+        },
         ..Settings::loopback()
     };
     Picker::start(settings, &[A]).await

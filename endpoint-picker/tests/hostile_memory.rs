@@ -117,15 +117,22 @@ async fn ordinary(grpc: SocketAddr) -> Result<String, (u32, String)> {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_large_bodies_are_bounded_and_ordinary_requests_still_route() {
+/// Where every request is routed: nothing listens there, and nothing needs to.
+const POD: &str = "127.0.0.1:9";
+
+/// A directory with an endpoints file listing `address` alone.
+fn one_endpoint(address: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let endpoints = dir.path().join("endpoints.yaml");
-    let pod = "127.0.0.1:9";
-    write_endpoints(
-        &endpoints,
-        &[serde_saphyr::from_str(&format!("address: {pod}")).unwrap()],
-    );
+    let entry = serde_saphyr::from_str(&format!("address: {address}")).unwrap();
+    write_endpoints(&endpoints, &[entry]);
+    (dir, endpoints)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_large_bodies_are_bounded_and_ordinary_requests_still_route() {
+    let (dir, endpoints) = one_endpoint(POD);
+    let pod = POD;
     let mut epp = Epp::start(
         dir.path(),
         "epp",
@@ -215,13 +222,8 @@ async fn slow_large_bodies_are_bounded_and_ordinary_requests_still_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_past_max_streams_get_503_at_once_and_free_slots_are_reused() {
-    let dir = tempfile::tempdir().unwrap();
-    let endpoints = dir.path().join("endpoints.yaml");
-    let pod = "127.0.0.1:9";
-    write_endpoints(
-        &endpoints,
-        &[serde_saphyr::from_str(&format!("address: {pod}")).unwrap()],
-    );
+    let (dir, endpoints) = one_endpoint(POD);
+    let pod = POD;
     let epp = Epp::start(dir.path(), "epp", &endpoints, &["--max-streams", "8"]).await;
     // Eight streams that send headers and then nothing: each holds a slot.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);

@@ -198,6 +198,8 @@ async fn the_binary_discovers_its_pool_and_exports_every_series_the_dashboard_an
             &grpc.to_string(),
             "--health-port",
             &health.to_string(),
+            "--query-port",
+            "0",
         ])
         .args(["--metrics-port", &metrics.to_string()])
         .stdout(Stdio::null())

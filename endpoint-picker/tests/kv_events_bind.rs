@@ -1,5 +1,6 @@
-//! KV-event ingestion in bind mode: pods' PUB sockets connect to kvpick's bound SUB; the topic
-//! names the pod and the rank picks its endpoint. Real sockets on 127.0.0.1.
+//! KV-event ingestion in bind mode: pods' PUB sockets connect to kvpick's bound port; the topic
+//! names the pod (which must be the connection's own address) and the rank picks its endpoint.
+//! Real sockets on loopback, each pod connecting from its own 127.0.0.x address.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use kv_events_common::*;
 use kvpick_epp::kv_events::{DropReason, KvEventsConfig, KvSource};
-use kvpick_scheduler::events::{EncodeOptions, HashEncoding};
+use kvpick_scheduler::events::{EncodeOptions, HashEncoding, KvEvent};
 use kvpick_scheduler::scheduler::EventsState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -32,10 +33,10 @@ fn ranked(n: u32, address: &str, rank: u32, replay: Option<SocketAddr>) -> KvSou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_topic_and_rank_and_drops_strangers() {
     let sources = vec![
-        ranked(0, "10.0.0.1:8000", 0, None),
+        ranked(0, "127.0.0.1:8000", 0, None),
         // A data-parallel pod: two endpoints behind one IP.
-        ranked(1, "10.0.0.2:8000", 0, None),
-        ranked(2, "10.0.0.2:8001", 1, None),
+        ranked(1, "127.0.0.2:8000", 0, None),
+        ranked(2, "127.0.0.2:8001", 1, None),
     ];
     let h = Harness::start(bind_config(2), sources).await;
     assert_eq!(h.bound.len(), 2);
@@ -43,13 +44,21 @@ async fn routes_by_topic_and_rank_and_drops_strangers() {
     let (rank0_port, rank1_port) = (h.bound[0], h.bound[1]);
 
     let mut a =
-        Publisher::connect(rank0_port, topic_for("10.0.0.1:8000"), EncodeOptions::MAP).await;
+        Publisher::connect(rank0_port, topic_for("127.0.0.1:8000"), EncodeOptions::MAP).await;
     // Both ranks on rank 0's port: the batch's own data_parallel_rank picks the endpoint.
-    let mut b0 =
-        Publisher::connect(rank0_port, topic_for("10.0.0.2:8000"), EncodeOptions::ARRAY).await;
+    let mut b0 = Publisher::connect(
+        rank0_port,
+        topic_for("127.0.0.2:8000"),
+        EncodeOptions::ARRAY,
+    )
+    .await;
     b0.rank = Some(0);
-    let mut b1 =
-        Publisher::connect(rank0_port, topic_for("10.0.0.2:8000"), EncodeOptions::ARRAY).await;
+    let mut b1 = Publisher::connect(
+        rank0_port,
+        topic_for("127.0.0.2:8000"),
+        EncodeOptions::ARRAY,
+    )
+    .await;
     b1.rank = Some(1);
     a.sync(&h, 0).await;
     b0.sync(&h, 1).await;
@@ -70,8 +79,12 @@ async fn routes_by_topic_and_rank_and_drops_strangers() {
     assert_eq!(h.state(2), EventsState::Live);
 
     // A rank that publishes without saying its rank is known by the port it connected to.
-    let mut b1_port =
-        Publisher::connect(rank1_port, topic_for("10.0.0.2:8000"), EncodeOptions::ARRAY).await;
+    let mut b1_port = Publisher::connect(
+        rank1_port,
+        topic_for("127.0.0.2:8000"),
+        EncodeOptions::ARRAY,
+    )
+    .await;
     b1_port.sync(&h, 2).await;
     b1_port.send(batch(vec![stored(4, 0, 2, None)])).await;
     wait_for("rank from the port", WAIT, || {
@@ -79,17 +92,19 @@ async fn routes_by_topic_and_rank_and_drops_strangers() {
     })
     .await;
 
-    // Strangers: a topic naming no known endpoint, a rank it does not have, a bad topic.
+    // Strangers: a topic naming another pod than its sender, a rank it does not have, a bad
+    // topic.
     let entries = h.index.stats().entries;
     let mut stranger =
         Publisher::connect(rank0_port, topic_for("10.9.9.9:8000"), EncodeOptions::MAP).await;
     let mut no_rank =
-        Publisher::connect(rank0_port, topic_for("10.0.0.1:8000"), EncodeOptions::MAP).await;
+        Publisher::connect(rank0_port, topic_for("127.0.0.1:8000"), EncodeOptions::MAP).await;
     no_rank.rank = Some(5);
     let mut bad_topic =
         Publisher::connect(rank0_port, "kv@no-model".into(), EncodeOptions::MAP).await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while h.handle.dropped(DropReason::UnknownTopic) < 10
+    while h.handle.dropped(DropReason::UnknownTopic) < 5
+        || h.handle.dropped(DropReason::SenderMismatch) < 5
         || h.handle.dropped(DropReason::BadTopic) < 1
     {
         assert!(
@@ -115,7 +130,7 @@ async fn warm_start_gaps_and_restarts_with_replay() {
     p.lose(batch(vec![stored(1, 0, 4, None)]));
     let h = Harness::start(
         bind_config(1),
-        vec![ranked(0, "10.0.0.1:8000", 0, Some(replay))],
+        vec![ranked(0, "127.0.0.1:8000", 0, Some(replay))],
     )
     .await;
     wait_for("warm from replay", Duration::from_secs(1), || {
@@ -124,7 +139,7 @@ async fn warm_start_gaps_and_restarts_with_replay() {
     .await;
 
     // The pod's PUB now connects to kvpick and goes on from its history.
-    let mut live = Publisher::connect(h.bound[0], topic_for("10.0.0.1:8000"), p.opts).await;
+    let mut live = Publisher::connect(h.bound[0], topic_for("127.0.0.1:8000"), p.opts).await;
     live.history = p.history.clone();
     live.next_seq = 1; // the same process: numbering goes on after the replayed history
     live.lose(batch(vec![stored(2, 0, 2, None)])); // lost before the connection took
@@ -148,9 +163,9 @@ async fn warm_start_gaps_and_restarts_with_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_peers_are_cut_off() {
-    let h = Harness::start(bind_config(1), vec![ranked(0, "10.0.0.1:8000", 0, None)]).await;
+    let h = Harness::start(bind_config(1), vec![ranked(0, "127.0.0.1:8000", 0, None)]).await;
     let mut good =
-        Publisher::connect(h.bound[0], topic_for("10.0.0.1:8000"), EncodeOptions::MAP).await;
+        Publisher::connect(h.bound[0], topic_for("127.0.0.1:8000"), EncodeOptions::MAP).await;
     good.sync(&h, 0).await;
     good.send(batch(vec![stored(1, 0, 2, None)])).await;
     wait_for("good batch", WAIT, || h.blocks(0, &tokens(1, 2)) == 2).await;
@@ -176,9 +191,9 @@ async fn oversized_and_malformed_peers_are_cut_off() {
     })
     .await;
     // Wrong frame counts from a real PUB.
-    good.send_raw(vec![b"kv@10.0.0.1:8000@m".to_vec()]).await;
+    good.send_raw(vec![b"kv@127.0.0.1:8000@m".to_vec()]).await;
     good.send_raw(vec![
-        b"kv@10.0.0.1:8000@m".to_vec(),
+        b"kv@127.0.0.1:8000@m".to_vec(),
         vec![0; 8],
         vec![],
         vec![],
@@ -195,4 +210,105 @@ async fn oversized_and_malformed_peers_are_cut_off() {
     .await;
     assert_eq!(h.blocks(0, &tokens(1, 2)), 2);
     h.stop().await;
+}
+
+/// Issue 14, item 3, as an attacker who reaches the bind port would try it: events forged for
+/// another pod (a block it never held, then `AllBlocksCleared` to wipe it), a connection from an
+/// address that is no pod, a flood of connections from one pod's address, and a peer that never
+/// finishes its handshake. Each is dropped and counted; the real pod's state is untouched and it
+/// keeps being heard; the process's peak RSS stays under a stated bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_senders_strangers_and_floods_are_dropped_and_counted() {
+    const PEAK_RSS_MIB: u64 = 512;
+    let cfg = KvEventsConfig {
+        max_bind_connections_per_peer: 2,
+        bind_handshake_timeout: Duration::from_millis(300),
+        ..bind_config(1)
+    };
+    let sources = vec![
+        ranked(0, "127.0.0.1:8000", 0, None),
+        ranked(1, "127.0.0.2:8000", 0, None),
+    ];
+    let h = Harness::start(cfg, sources).await;
+    let port = h.bound[0];
+    let mut victim =
+        Publisher::connect(port, topic_for("127.0.0.2:8000"), EncodeOptions::MAP).await;
+    victim.sync(&h, 1).await;
+    victim.send(batch(vec![stored(1, 0, 3, None)])).await;
+    wait_for("the victim's blocks", WAIT, || {
+        h.blocks(1, &tokens(1, 3)) == 3
+    })
+    .await;
+
+    // Pod 127.0.0.1 publishes under the victim's topic: a block it never held, then a wipe.
+    let mut forger =
+        Publisher::connect(port, topic_for("127.0.0.1:8000"), EncodeOptions::MAP).await;
+    forger.sync(&h, 0).await;
+    forger.topic = topic_for("127.0.0.2:8000");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while h.handle.dropped(DropReason::SenderMismatch) < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "forgeries not counted"
+        );
+        forger.send(batch(vec![stored(7, 0, 4, None)])).await;
+        forger.send(batch(vec![KvEvent::AllBlocksCleared])).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.blocks(1, &tokens(7, 4)), 0, "no forged block");
+    assert_eq!(h.blocks(1, &tokens(1, 3)), 3, "no forged wipe");
+
+    // A connection from an address that is no endpoint's: refused before its handshake.
+    let (stranger_at, _relay) = connect_from("127.0.0.3".parse().unwrap(), port).await;
+    let mut stranger = tokio::net::TcpStream::connect(stranger_at).await.unwrap();
+    stranger.write_all(&zmtp_hello("PUB")).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, stranger.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a stranger's connection is closed");
+    wait_for("stranger counted", WAIT, || {
+        h.handle.dropped(DropReason::UnknownPeer) >= 1
+    })
+    .await;
+
+    // Pod 127.0.0.1 already holds one connection (the forger); its cap is 2. Silent connections:
+    // the first fills the cap and is cut at the handshake deadline, the rest are refused at once.
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(tokio::net::TcpStream::connect(port).await.unwrap());
+    }
+    wait_for("flood and silence counted", WAIT, || {
+        h.handle.dropped(DropReason::TooManyConnections) >= 4
+            && h.handle.dropped(DropReason::TimedOut) >= 1
+    })
+    .await;
+    for mut s in silent {
+        let closed = tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "every silent or surplus connection is closed"
+        );
+    }
+
+    // The victim is still heard, and its state is its own.
+    victim.send(batch(vec![stored(2, 0, 2, None)])).await;
+    wait_for("the victim still heard", WAIT, || {
+        h.blocks(1, &tokens(2, 2)) == 2
+    })
+    .await;
+    assert_eq!(h.blocks(1, &tokens(1, 3)), 3);
+    assert_eq!(h.state(1), EventsState::Live);
+    let peak = peak_rss_mib();
+    assert!(peak < PEAK_RSS_MIB, "peak RSS {peak} MiB");
+    h.stop().await;
+}
+
+/// This process's peak resident memory (`VmHWM`), in MiB.
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        / 1024
 }

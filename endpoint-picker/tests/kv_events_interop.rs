@@ -179,7 +179,7 @@ async fn bind_mode(layout: &str, hashes: &str, replay_topic: bool) {
     };
     let h = Harness::start(cfg, Vec::new()).await;
     let endpoint = format!("tcp://{}", h.bound[0]);
-    let topic = topic_for("10.0.0.1:8000");
+    let topic = topic_for("127.0.0.1:8000");
     let mut args = vec!["--mode", "bind", "--endpoint", &endpoint, "--topic", &topic];
     args.extend(["--layout", layout, "--hashes", hashes]);
     if replay_topic {
@@ -189,7 +189,7 @@ async fn bind_mode(layout: &str, hashes: &str, replay_topic: bool) {
     // Published before kvpick knows the pod: dropped live, but kept in the pod's buffer.
     py.publish(&[vec![stored(1, 0, 4, None)]]).await;
     h.sources
-        .send_replace(vec![source(0, "10.0.0.1:8000", None, Some(py.replay))]);
+        .send_replace(vec![source(0, "127.0.0.1:8000", None, Some(py.replay))]);
     scenario(&h, &mut py).await;
     h.stop().await;
     py.quit().await;

@@ -20,6 +20,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 struct Running {
     server_grpc: SocketAddr,
+    query: SocketAddr,
     health: SocketAddr,
     metrics: Option<SocketAddr>,
     shared: std::sync::Arc<kvpick_epp::Shared>,
@@ -35,6 +36,7 @@ async fn start(settings: Settings) -> Running {
         server.grpc_addr().unwrap(),
         server.health_addr().unwrap(),
         server.metrics_addr(),
+        server.query_addr().unwrap(),
     );
     let (shared, pool) = (server.shared().clone(), server.pool().clone());
     let task = tokio::spawn(server.run(async move {
@@ -42,6 +44,7 @@ async fn start(settings: Settings) -> Running {
     }));
     Running {
         server_grpc: r.0,
+        query: r.3,
         health: r.1,
         metrics: r.2,
         shared,
@@ -200,7 +203,7 @@ async fn health_export_and_query_api() {
     let tokens: Vec<u32> = (1000..1160).collect();
     store(&r, pods[0].addr, &tokens[..128]);
 
-    let mut api = pb::index_client::IndexClient::connect(format!("http://{}", r.server_grpc))
+    let mut api = pb::index_client::IndexClient::connect(format!("http://{}", r.query))
         .await
         .unwrap();
     let score = api
@@ -257,11 +260,21 @@ async fn health_export_and_query_api() {
         .find(|e| e.address == pods[0].addr.to_string())
         .unwrap();
     assert_eq!(e0.blocks_held, 8);
+    // Whoever reaches the ext_proc port cannot use the query API there.
+    let mut on_extproc =
+        pb::index_client::IndexClient::connect(format!("http://{}", r.server_grpc))
+            .await
+            .unwrap();
+    let refused = on_extproc
+        .list_endpoints(pb::ListEndpointsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented);
 
     // The binary's `query` subcommand against the same server.
     let out = Command::new(env!("CARGO_BIN_EXE_kvpick-epp"))
         .args(["query", "endpoints"])
-        .env("KVPICK_QUERY_SERVER", format!("http://{}", r.server_grpc))
+        .env("KVPICK_QUERY_SERVER", format!("http://{}", r.query))
         .output()
         .unwrap();
     assert!(

@@ -83,6 +83,7 @@ async fn promtool_parses_and_prometheus_scrapes() {
         ("--grpc-port", free_port().unwrap()),
         ("--health-port", free_port().unwrap()),
         ("--metrics-port", epp_port),
+        ("--query-port", 0),
     ] {
         args.extend([flag.to_owned(), port.to_string()]);
     }

@@ -29,6 +29,7 @@ async fn epp_accepts(config: &std::path::Path, dir: &std::path::Path) -> Result<
         ("--grpc-port", free_port().unwrap()),
         ("--health-port", free_port().unwrap()),
         ("--metrics-port", metrics),
+        ("--query-port", 0),
     ] {
         args.extend([flag.to_owned(), port.to_string()]);
     }

@@ -4,10 +4,7 @@
 //! `Vec`, linked by `u32` indices instead of pointers: no allocation per entry, no `unsafe`, and a
 //! freed node is reused by the next insert, so the slab never grows past the largest number of
 //! entries live at once. Callers keep their own key → node maps and decide when to evict
-//! ([`LruSlab::back`]). [`KeyHasher`] hashes keys that already are hashes (block keys, session
-//! hashes) by passing them through, which makes those maps cheap.
-
-use std::hash::{BuildHasherDefault, Hasher};
+//! ([`LruSlab::back`]). Their maps hash with [`BuildKeyHasher`], keyed by a per-process secret.
 
 /// Marks the absence of a node.
 const NIL: u32 = u32::MAX;
@@ -173,33 +170,27 @@ impl<T> LruSlab<T> {
     }
 }
 
-/// A `Hasher` for keys that are already uniformly distributed 64-bit hashes.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached for non-u64 keys; fold them in so the hasher stays correct anyway.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// Builds [`KeyHasher`]s for `HashMap`s keyed by prehashed `u64`s.
-pub(crate) type BuildKeyHasher = BuildHasherDefault<KeyHasher>;
+/// Builds the hashers of maps keyed by block keys and session hashes: SipHash with random keys
+/// drawn per process (std's `RandomState`). Those keys come from clients (block keys are an
+/// unkeyed xxh3 chain over the prompt's tokens, which anyone can compute offline), so a
+/// pass-through hasher would let a client choose keys that share their low bits and turn every
+/// probe of the map into a walk over all of them; keyed, the bucket of a key cannot be planned.
+pub(crate) type BuildKeyHasher = std::collections::hash_map::RandomState;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_chosen_to_share_their_low_bits_still_spread() {
+        // With a pass-through hasher these 4096 keys would all land in one bucket group.
+        use std::hash::BuildHasher;
+        let build = BuildKeyHasher::default();
+        let buckets: std::collections::HashSet<u64> = (0..4096u64)
+            .map(|i| build.hash_one(i << 40) & 1023)
+            .collect();
+        assert!(buckets.len() > 900, "{} of 1024 buckets", buckets.len());
+    }
 
     fn values(slab: &LruSlab<u32>, list: &LruList) -> Vec<u32> {
         slab.iter(list).map(|at| *slab.get(at)).collect()

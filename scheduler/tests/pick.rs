@@ -100,7 +100,7 @@ fn order(d: &Decision) -> Vec<u32> {
 
 #[test]
 fn the_endpoint_holding_the_prefix_wins_and_the_next_longest_is_the_first_fallback() {
-    let c = PickerConfig::default();
+    let c = PickerConfig::precise_prefix();
     let pool = Pool::new(4, &c);
     let tokens = prompt(1, 8 * BLOCK);
     pool.store(2, &tokens);
@@ -123,7 +123,7 @@ fn the_endpoint_holding_the_prefix_wins_and_the_next_longest_is_the_first_fallba
 
 #[test]
 fn a_loaded_holder_loses_to_an_idle_endpoint_when_the_weights_say_so() {
-    let c = PickerConfig::default();
+    let c = PickerConfig::precise_prefix();
     let mut pool = Pool::new(3, &c);
     let tokens = prompt(3, 32 * BLOCK);
     pool.store(0, &tokens);
@@ -168,7 +168,7 @@ schedulingProfiles:
 
 #[test]
 fn the_subset_hint_is_respected_and_an_empty_one_is_an_error() {
-    let c = PickerConfig::default();
+    let c = PickerConfig::precise_prefix();
     let pool = Pool::new(4, &c);
     let tokens = prompt(4, 8 * BLOCK);
     pool.store(0, &tokens);
@@ -258,7 +258,7 @@ schedulingProfiles:
 
 #[test]
 fn stale_events_or_stale_signals_take_the_holder_out_of_the_running() {
-    let c = PickerConfig::default();
+    let c = PickerConfig::precise_prefix();
     let mut pool = Pool::new(2, &c);
     let tokens = prompt(5, 16 * BLOCK);
     pool.store(0, &tokens);

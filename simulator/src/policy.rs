@@ -5,9 +5,9 @@
 //! as the endpoint picker builds it: `least-loaded` (queue scorer), `approx-prefix` (the
 //! routing-history `prefix-cache-scorer`, KV utilization and queue, as llm-d's default profile),
 //! `precise-prefix` (kvpick's
-//! default profile: `precise-prefix-cache-scorer` over a [`KvIndex`] fed only by the engines' KV
-//! events through `KvIndex::apply`, KV utilization and queue), `predicted-latency` (the
-//! `predicted-latency-scorer`, priced with the engines' own profile), and `config:FILE` (any
+//! previous default profile: `precise-prefix-cache-scorer` over a [`KvIndex`] fed only by the engines' KV
+//! events through `KvIndex::apply`, KV utilization and queue), `predicted-latency` (kvpick's
+//! default profile, the `predicted-latency-scorer`, priced with the engines' own profile), and `config:FILE` (any
 //! picker config file). `--seed` reseeds each config's picker so that runs differ by seed only.
 //!
 //! Config-driven policies run the core's in-flight accounting as the endpoint picker does: each
@@ -42,10 +42,11 @@ pub enum PolicySpec {
     LeastLoaded,
     /// `Scheduler` with routing-history prefix scoring ([`APPROX_PREFIX_YAML`]).
     ApproxPrefix,
-    /// `Scheduler` with kvpick's default profile, precise prefix scoring from KV events.
+    /// `Scheduler` with kvpick's previous default profile ([`PickerConfig::precise_prefix`]):
+    /// precise prefix scoring from KV events, KV utilization, queue.
     PrecisePrefix,
-    /// `Scheduler` with `predicted-latency-scorer` ([`PREDICTED_LATENCY_YAML`]), priced with the
-    /// engines' profile.
+    /// `Scheduler` with kvpick's default profile, `predicted-latency-scorer`
+    /// ([`PREDICTED_LATENCY_YAML`]), priced with the engines' profile.
     PredictedLatency,
     /// `Scheduler` built from an `EndpointPickerConfig` YAML file, the endpoint picker's format.
     Config(PathBuf),
@@ -261,7 +262,7 @@ impl Router {
             PolicySpec::LeastLoaded => Some(builtin(LEAST_LOADED_YAML, shape.block_size)?),
             PolicySpec::ApproxPrefix => Some(builtin(APPROX_PREFIX_YAML, shape.block_size)?),
             PolicySpec::PrecisePrefix => {
-                let mut c = PickerConfig::default();
+                let mut c = PickerConfig::precise_prefix();
                 c.index.block_size = shape.block_size;
                 Some(c)
             }

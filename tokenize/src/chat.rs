@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::conversation::{conversation, tool_schema};
 use crate::error::Error;
+use crate::limits::TemplatePolicy;
 use crate::template::{ChatTemplates, ContentFormat};
 
 /// The parts of a chat request that decide its prompt.
@@ -108,11 +109,13 @@ const RESERVED: [&str; 6] = [
     "tokenize",
 ];
 
-/// Renders `request` with the model's `templates` and special tokens (`bos_token`, ... → text).
+/// Renders `request` with the model's `templates` and special tokens (`bos_token`, ... → text); a
+/// request's own template source only when `policy` trusts it.
 pub fn render(
     templates: Option<&ChatTemplates>,
     special_tokens: &[(String, String)],
     request: &ChatRequest,
+    policy: &TemplatePolicy,
 ) -> Result<String, Error> {
     if request.continue_final_message && request.add_generation_prompt {
         return Err(Error::InvalidRequest(
@@ -129,6 +132,9 @@ pub fn render(
         .chat_template
         .as_deref()
         .filter(|s| templates.is_none_or(|t| t.select(Some(s), false).is_err()));
+    if own_source.is_some() && !policy.trust_request_template {
+        return Err(Error::UntrustedTemplate);
+    }
     let selected = match (own_source, templates) {
         (Some(_), _) => None,
         (None, Some(t)) => Some(t.select(request.chat_template.as_deref(), tools.is_some())?),
@@ -178,7 +184,7 @@ pub fn render(
     }
     let context = minijinja::Value::from(minijinja::value::Serde(&context));
     let rendered = match (own_source, selected, templates) {
-        (Some(src), _, _) => ChatTemplates::render_source(src, &context)?.0,
+        (Some(src), _, _) => ChatTemplates::render_source(src, &context, policy)?.0,
         (None, Some(name), Some(t)) => t.render(name, &context)?,
         _ => return Err(Error::NoChatTemplate("the model has none".into())),
     };

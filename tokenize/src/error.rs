@@ -22,6 +22,13 @@ pub enum Error {
     /// The chat template failed to compile or raised (e.g. `raise_exception` on role alternation).
     #[error("chat template error: {0}")]
     Template(String),
+    /// The request carries its own `chat_template` source and request templates are not trusted
+    /// (`--trust-request-chat-template` off, as in vLLM by default).
+    #[error("request-supplied chat template refused (not trusted)")]
+    UntrustedTemplate,
+    /// A render ran out of fuel, passed the output cap, or was stopped by its caller.
+    #[error("chat template limit: {0}")]
+    TemplateLimit(String),
     /// The request uses something that cannot be tokenized exactly here (e.g. images).
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
@@ -46,6 +53,8 @@ impl Error {
             Error::NoChatTemplate(_) => "no_chat_template",
             Error::InvalidRequest(_) => "invalid_request",
             Error::Template(_) => "template",
+            Error::UntrustedTemplate => "untrusted_chat_template",
+            Error::TemplateLimit(_) => "template_limit",
             Error::Unsupported(_) => "unsupported",
             Error::Encode(_) => "encode",
             Error::Remote(_) => "remote",
@@ -57,6 +66,18 @@ impl Error {
 impl From<minijinja::Error> for Error {
     fn from(e: minijinja::Error) -> Self {
         // `{:#}` keeps the template name and line, which is what an operator needs.
-        Error::Template(format!("{e:#}"))
+        match e.kind() {
+            minijinja::ErrorKind::OutOfFuel | minijinja::ErrorKind::WriteFailure => {
+                // The output's own reason (cap, cancel) is the write error's source.
+                let mut message = format!("{e:#}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                Error::TemplateLimit(message)
+            }
+            _ => Error::Template(format!("{e:#}")),
+        }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`chat`]: an OpenAI chat request and its rendering with the model's template.
 //! - [`conversation`]: messages and tools normalised as vLLM and transformers do.
 //! - [`template`]: the jinja environment HF templates expect (minijinja with Python semantics).
+//! - [`limits`]: fuel, output cap, cancellation and trust for chat-template renders.
 //! - [`pyjson`]: Python's `json.dumps` and `str()` for template values.
 //! - [`encode`]: the tokenizer pipeline returning ids only, skipping no-op Unicode normalizers.
 //! - [`segment`]: where a prompt may be cut without changing its ids (added-token boundaries).
@@ -28,6 +29,7 @@ pub mod conversation;
 pub mod encode;
 pub mod error;
 pub mod hf_config;
+pub mod limits;
 pub mod model;
 pub mod pool;
 pub mod pyjson;
@@ -39,6 +41,7 @@ pub mod template;
 pub use cache::TokenCache;
 pub use chat::ChatRequest;
 pub use error::Error;
+pub use limits::{Cancel, TemplatePolicy};
 pub use model::{Encoded, ModelTokenizer, TokenizeInput};
 pub use pool::{
     Tokenization, TokenizationOptions, TokenizeOutcome, TokenizeRequest, TokenizeSource,

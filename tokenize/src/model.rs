@@ -21,6 +21,7 @@ use crate::chat::{self, ChatRequest};
 use crate::encode::Pipeline;
 use crate::error::Error;
 use crate::hf_config::{SPECIAL_NAMES, config_templates, parse_json, read, token_of};
+use crate::limits::TemplatePolicy;
 use crate::segment::Boundaries;
 use crate::template::ChatTemplates;
 
@@ -61,11 +62,18 @@ pub struct ModelTokenizer {
     /// adds an affix (TemplateProcessing, ByteLevel, Bert, Roberta); else encode whole.
     affix: Option<(Vec<u32>, Vec<u32>)>,
     seed: u64,
+    /// How chat templates run (fuel, output cap, request templates).
+    policy: TemplatePolicy,
 }
 
 impl ModelTokenizer {
-    /// Loads the tokenizer files of one model directory.
+    /// Loads the tokenizer files of one model directory, with the default [`TemplatePolicy`].
     pub fn load(dir: &Path) -> Result<Self, Error> {
+        Self::load_with(dir, TemplatePolicy::default())
+    }
+
+    /// Loads the tokenizer files of one model directory; its templates run under `policy`.
+    pub fn load_with(dir: &Path, policy: TemplatePolicy) -> Result<Self, Error> {
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer_json = read(&tokenizer_path)?
             .ok_or_else(|| Error::Load(format!("{}: not found", tokenizer_path.display())))?;
@@ -100,7 +108,7 @@ impl ModelTokenizer {
                 templates = config_templates(&legacy);
             }
         }
-        Self::from_parts(&tokenizer_json, &config, templates)
+        Self::from_parts_with(&tokenizer_json, &config, templates, policy)
             .map_err(|e| Error::Load(format!("{}: {e}", dir.display())))
     }
 
@@ -110,6 +118,16 @@ impl ModelTokenizer {
         tokenizer_json: &str,
         config: &Value,
         templates: Vec<(String, String)>,
+    ) -> Result<Self, Error> {
+        Self::from_parts_with(tokenizer_json, config, templates, TemplatePolicy::default())
+    }
+
+    /// [`Self::from_parts`] with the templates running under `policy`.
+    pub fn from_parts_with(
+        tokenizer_json: &str,
+        config: &Value,
+        templates: Vec<(String, String)>,
+        policy: TemplatePolicy,
     ) -> Result<Self, Error> {
         let mut tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes())
             .map_err(|e| Error::Load(e.to_string()))?;
@@ -210,7 +228,7 @@ impl ModelTokenizer {
         let templates = if templates.is_empty() {
             None
         } else {
-            Some(ChatTemplates::compile(templates)?)
+            Some(ChatTemplates::compile(templates, policy)?)
         };
         let mut boundaries = Boundaries::analyze(&tokenizer);
         if !boundaries.self_check(&tokenizer) {
@@ -231,6 +249,7 @@ impl ModelTokenizer {
             pipeline,
             affix,
             seed: hasher.finish(),
+            policy,
         })
     }
 
@@ -257,7 +276,17 @@ impl ModelTokenizer {
 
     /// The prompt text vLLM renders for a chat request.
     pub fn render_chat(&self, request: &ChatRequest) -> Result<String, Error> {
-        chat::render(self.templates.as_ref(), &self.special_tokens, request)
+        chat::render(
+            self.templates.as_ref(),
+            &self.special_tokens,
+            request,
+            &self.policy,
+        )
+    }
+
+    /// How this model's (and its requests') chat templates run.
+    pub fn template_policy(&self) -> &TemplatePolicy {
+        &self.policy
     }
 
     /// The ids vLLM computes for `input`, splicing cached segments where that is exact.

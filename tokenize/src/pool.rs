@@ -3,8 +3,10 @@
 //! Local tokenization runs on tokio's blocking pool behind a semaphore (at most `max_in_flight`
 //! encodes at once, at most `max_queued` requests waiting for one). Each request has a deadline
 //! (`--tokenize-timeout`) covering the wait and the work; past it the caller gets
-//! [`TokenizeOutcome::Unavailable`] and routes approximately. An encode that overran still finishes
-//! in the background and fills the cache, so the conversation's next turn is cheap.
+//! [`TokenizeOutcome::Unavailable`] and routes approximately. A chat-template render whose caller gave
+//! up (deadline, dropped future, shutdown) stops at once and frees its slot (see [`crate::limits`]);
+//! an encode that overran still finishes in the background and fills the cache, so the
+//! conversation's next turn is cheap.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::TokenCache;
 use crate::error::Error;
+use crate::limits::{self, Cancel, CancelOnDrop};
 use crate::model::TokenizeInput;
 use crate::registry::TokenizerRegistry;
 use crate::remote::RemoteTokenizer;
@@ -172,6 +175,8 @@ pub struct Tokenization {
     permits: Arc<Semaphore>,
     queued: AtomicUsize,
     tasks: TaskTracker,
+    /// Set at shutdown: stops every running render.
+    stopping: Cancel,
     options: TokenizationOptions,
 }
 
@@ -189,6 +194,7 @@ impl Tokenization {
             permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
             queued: AtomicUsize::new(0),
             tasks: TaskTracker::new(),
+            stopping: Cancel::new(),
             options,
         }
     }
@@ -249,14 +255,20 @@ impl Tokenization {
             Ok(Ok(p)) => p,
         };
         let cache = self.cache.clone();
+        // Returning early (the deadline below) or being dropped stops this request's render.
+        let cancel = Cancel::new();
+        let _stop_render = CancelOnDrop(cancel.clone());
+        let flags = [cancel, self.stopping.clone()];
         let handle = self.tasks.spawn_blocking(move || {
             let _permit = permit;
-            let input = build();
-            let result = match (&input, &tokenizer) {
-                (Ok(input), Some(t)) => Some(t.tokenize(input, &cache)),
-                _ => None,
-            };
-            (input, result)
+            limits::with_cancel(&flags, || {
+                let input = build();
+                let result = match (&input, &tokenizer) {
+                    (Ok(input), Some(t)) => Some(t.tokenize(input, &cache)),
+                    _ => None,
+                };
+                (input, result)
+            })
         });
         let input = match tokio::time::timeout_at(deadline, handle).await {
             Err(_) => return TokenizeOutcome::Unavailable(Unavailable::Timeout),
@@ -319,8 +331,9 @@ impl Tokenization {
         }
     }
 
-    /// Refuses new requests and waits for running encodes to finish.
+    /// Refuses new requests, stops running renders and waits for running encodes to finish.
     pub async fn shutdown(&self) {
+        self.stopping.cancel();
         self.tasks.close();
         self.permits.close();
         self.tasks.wait().await;

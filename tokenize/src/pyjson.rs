@@ -23,6 +23,9 @@ pub struct DumpOptions {
     pub key_sep: String,
     /// Sort map keys.
     pub sort_keys: bool,
+    /// Largest output in bytes; past it, an error (a template can build values whose dump is far
+    /// larger than the values: one long string referenced many times, or a long indent).
+    pub max_len: usize,
 }
 
 impl Default for DumpOptions {
@@ -33,6 +36,7 @@ impl Default for DumpOptions {
             item_sep: ", ".into(),
             key_sep: ": ".into(),
             sort_keys: false,
+            max_len: usize::MAX,
         }
     }
 }
@@ -55,16 +59,31 @@ pub fn dumps(value: &Value, options: &DumpOptions) -> Result<String, Error> {
     Ok(out)
 }
 
-fn newline(out: &mut String, options: &DumpOptions, level: usize) {
+fn newline(out: &mut String, options: &DumpOptions, level: usize) -> Result<(), Error> {
     if let Some(indent) = &options.indent {
+        let grow = indent.len().saturating_mul(level).saturating_add(1);
+        within(out.len().saturating_add(grow), options.max_len)?;
         out.push('\n');
         for _ in 0..level {
             out.push_str(indent);
         }
     }
+    Ok(())
+}
+
+/// Fails when `len` is past `max`.
+fn within(len: usize, max: usize) -> Result<(), Error> {
+    if len > max {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("serialized value over {max} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 fn write_json(out: &mut String, v: &Value, o: &DumpOptions, level: usize) -> Result<(), Error> {
+    within(out.len(), o.max_len)?;
     match v.kind() {
         ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
@@ -81,10 +100,10 @@ fn write_json(out: &mut String, v: &Value, o: &DumpOptions, level: usize) -> Res
                 if i > 0 {
                     out.push_str(&o.item_sep);
                 }
-                newline(out, o, level + 1);
+                newline(out, o, level + 1)?;
                 write_json(out, item, o, level + 1)?;
             }
-            newline(out, o, level);
+            newline(out, o, level)?;
             out.push(']');
         }
         ValueKind::Map => {
@@ -105,12 +124,12 @@ fn write_json(out: &mut String, v: &Value, o: &DumpOptions, level: usize) -> Res
                 if i > 0 {
                     out.push_str(&o.item_sep);
                 }
-                newline(out, o, level + 1);
+                newline(out, o, level + 1)?;
                 write_key(out, key, o)?;
                 out.push_str(&o.key_sep);
                 write_json(out, item, o, level + 1)?;
             }
-            newline(out, o, level);
+            newline(out, o, level)?;
             out.push('}');
         }
         _ => {
@@ -227,7 +246,13 @@ fn write_string(out: &mut String, s: &str, ensure_ascii: bool) {
 
 /// Python's `str(value)` as jinja2 prints it: `None`, `True`, float repr, and `repr` for containers.
 pub fn py_str(value: &Value) -> Option<String> {
-    match value.kind() {
+    py_str_capped(value, usize::MAX).ok().flatten()
+}
+
+/// [`py_str`] that fails once the text passes `max` bytes (a template can build a list whose `str()`
+/// is far larger than the list: one long string referenced many times).
+pub fn py_str_capped(value: &Value, max: usize) -> Result<Option<String>, Error> {
+    Ok(match value.kind() {
         ValueKind::None => Some("None".into()),
         ValueKind::Bool => Some(if value.is_true() { "True" } else { "False" }.into()),
         ValueKind::Number if !value.is_integer() => f64::try_from(value.clone())
@@ -235,14 +260,15 @@ pub fn py_str(value: &Value) -> Option<String> {
             .map(|f| float_repr(f, false)),
         ValueKind::Seq | ValueKind::Map => {
             let mut out = String::new();
-            py_repr(&mut out, value).ok()?;
+            py_repr(&mut out, value, max)?;
             Some(out)
         }
         _ => None,
-    }
+    })
 }
 
-fn py_repr(out: &mut String, v: &Value) -> Result<(), Error> {
+fn py_repr(out: &mut String, v: &Value, max: usize) -> Result<(), Error> {
+    within(out.len(), max)?;
     match v.kind() {
         ValueKind::String => {
             let s = v.as_str().unwrap_or_default();
@@ -276,7 +302,7 @@ fn py_repr(out: &mut String, v: &Value) -> Result<(), Error> {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                py_repr(out, &item)?;
+                py_repr(out, &item, max)?;
             }
             out.push(']');
         }
@@ -287,9 +313,9 @@ fn py_repr(out: &mut String, v: &Value) -> Result<(), Error> {
                     out.push_str(", ");
                 }
                 let item = v.get_item(&key)?;
-                py_repr(out, &key)?;
+                py_repr(out, &key, max)?;
                 out.push_str(": ");
-                py_repr(out, &item)?;
+                py_repr(out, &item, max)?;
             }
             out.push('}');
         }

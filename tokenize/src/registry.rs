@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::Error;
+use crate::limits::TemplatePolicy;
 use crate::model::ModelTokenizer;
 
 /// Where one model's tokenizer comes from.
@@ -29,6 +30,8 @@ pub struct RegistryConfig {
     pub dir: Option<PathBuf>,
     /// Explicit entries, applied after `dir` in order.
     pub models: Vec<(String, ModelSource)>,
+    /// How every model's chat templates run.
+    pub templates: TemplatePolicy,
 }
 
 impl RegistryConfig {
@@ -80,7 +83,7 @@ impl TokenizerRegistry {
             let tokenizer = match by_path.get(&canonical) {
                 Some(t) => t.clone(),
                 None => {
-                    let t = Arc::new(ModelTokenizer::load(&canonical)?);
+                    let t = Arc::new(ModelTokenizer::load_with(&canonical, config.templates)?);
                     by_path.insert(canonical, t.clone());
                     t
                 }

@@ -12,6 +12,7 @@ use minijinja::value::{Kwargs, Rest, ValueKind};
 use minijinja::{Environment, ErrorKind, State, Value};
 
 use crate::error::Error;
+use crate::limits::{self, CappedOutput, TemplatePolicy};
 use crate::pyjson::{self, DumpOptions};
 
 /// How vLLM passes message content to a template (vLLM's `--chat-template-content-format auto`).
@@ -29,11 +30,14 @@ pub struct ChatTemplates {
     env: Environment<'static>,
     /// Template name → how its content is passed; `default` is the single-template case.
     formats: BTreeMap<String, ContentFormat>,
+    policy: TemplatePolicy,
 }
 
-/// The environment every template (the model's or a request's own) renders in.
-fn environment() -> Result<Environment<'static>, Error> {
+/// The environment every template (the model's or a request's own) renders in, with the policy's
+/// fuel (see [`crate::limits`]).
+fn environment(policy: &TemplatePolicy) -> Result<Environment<'static>, Error> {
     let mut env = Environment::new();
+    env.set_fuel(Some(policy.fuel));
     let syntax = minijinja::syntax::SyntaxConfig::builder()
         .trim_blocks(true)
         .lstrip_blocks(true)
@@ -44,26 +48,37 @@ fn environment() -> Result<Environment<'static>, Error> {
     env.add_filter("tojson", tojson);
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
-    env.set_formatter(|out, state, value| match pyjson::py_str(value) {
-        Some(s) => out
-            .write_str(&s)
-            .map_err(|_| minijinja::Error::from(ErrorKind::WriteFailure)),
-        None => minijinja::escape_formatter(out, state, value),
+    env.add_function("range", range);
+    env.set_formatter(|out, state, value| {
+        match pyjson::py_str_capped(value, limits::value_cap())? {
+            Some(s) => out
+                .write_str(&s)
+                .map_err(|_| minijinja::Error::from(ErrorKind::WriteFailure)),
+            None => minijinja::escape_formatter(out, state, value),
+        }
     });
     Ok(env)
 }
 
 impl ChatTemplates {
-    /// Compiles `templates` (name → source). A single unnamed template is named `default`.
-    pub fn compile(templates: Vec<(String, String)>) -> Result<Self, Error> {
-        let mut env = environment()?;
+    /// Compiles `templates` (name → source) to render under `policy`. A single unnamed template
+    /// is named `default`.
+    pub fn compile(
+        templates: Vec<(String, String)>,
+        policy: TemplatePolicy,
+    ) -> Result<Self, Error> {
+        let mut env = environment(&policy)?;
         let mut formats = BTreeMap::new();
         for (name, source) in templates {
             let format = content_format(&source);
             env.add_template_owned(name.clone(), rewrite_generation_tags(&source))?;
             formats.insert(name, format);
         }
-        Ok(Self { env, formats })
+        Ok(Self {
+            env,
+            formats,
+            policy,
+        })
     }
 
     /// The template transformers picks: a request's named template, else `tool_use` when the request
@@ -94,19 +109,115 @@ impl ChatTemplates {
             .unwrap_or(ContentFormat::String)
     }
 
-    /// Renders template `name` with `context`.
-    pub fn render(&self, name: &str, context: &Value) -> Result<String, Error> {
-        Ok(self.env.get_template(name)?.render(context)?)
+    /// How these templates run.
+    pub fn policy(&self) -> &TemplatePolicy {
+        &self.policy
     }
 
-    /// Renders a template given in the request itself (vLLM's `chat_template` request field).
-    pub fn render_source(source: &str, context: &Value) -> Result<(String, ContentFormat), Error> {
-        let env = environment()?;
+    /// Renders template `name` with `context`.
+    pub fn render(&self, name: &str, context: &Value) -> Result<String, Error> {
+        render_capped(
+            &self.env.get_template(name)?,
+            context,
+            self.policy.max_output_bytes,
+        )
+    }
+
+    /// Renders a template given in the request itself (vLLM's `chat_template` request field),
+    /// when `policy` trusts such templates.
+    pub fn render_source(
+        source: &str,
+        context: &Value,
+        policy: &TemplatePolicy,
+    ) -> Result<(String, ContentFormat), Error> {
+        if !policy.trust_request_template {
+            return Err(Error::UntrustedTemplate);
+        }
+        let env = environment(policy)?;
         let rewritten = rewrite_generation_tags(source);
-        let rendered = env.render_str(&rewritten, context)?;
+        let template = env.template_from_str(&rewritten)?;
+        let rendered = render_capped(&template, context, policy.max_output_bytes)?;
         Ok((rendered, content_format(source)))
     }
 }
+
+/// Renders into an output capped at `max` bytes that stops when the render is cancelled.
+fn render_capped(
+    template: &minijinja::Template<'_, '_>,
+    context: &Value,
+    max: usize,
+) -> Result<String, Error> {
+    limits::with_value_cap(max, || {
+        let mut out = CappedOutput::new(max);
+        template.render_captured_to(context, &mut out)?;
+        String::from_utf8(out.buf)
+            .map_err(|_| Error::Template("rendered prompt is not UTF-8".into()))
+    })
+}
+
+/// Python's `range` as minijinja's (at most 100,000 items), except that iteration ends when the
+/// render is cancelled: a loop of loops stops as soon as its caller gives up.
+fn range(lower: i64, upper: Option<i64>, step: Option<i64>) -> Result<Value, minijinja::Error> {
+    const MAX_ITEMS: i128 = 100_000;
+    let (start, end) = match upper {
+        Some(upper) => (lower, upper),
+        None => (0, lower),
+    };
+    let step = step.unwrap_or(1);
+    if step == 0 {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "cannot create range with step of 0",
+        ));
+    }
+    let (start, end, step) = (i128::from(start), i128::from(end), i128::from(step));
+    let span = if step > 0 { end - start } else { start - end };
+    let len = if span <= 0 {
+        0
+    } else {
+        (span + step.abs() - 1) / step.abs()
+    };
+    if len > MAX_ITEMS {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "range has too many elements",
+        ));
+    }
+    let items = CancellableRange {
+        next: start,
+        step,
+        left: len as usize,
+    };
+    Ok(Value::make_iterable(move || items.clone()))
+}
+
+/// The items of a [`range`]; yields nothing more once the render is cancelled.
+#[derive(Debug, Clone)]
+struct CancellableRange {
+    next: i128,
+    step: i128,
+    left: usize,
+}
+
+impl Iterator for CancellableRange {
+    type Item = i64;
+
+    fn next(&mut self) -> Option<i64> {
+        if self.left == 0 || limits::cancelled() {
+            return None;
+        }
+        let item = i64::try_from(self.next).ok()?;
+        self.left -= 1;
+        self.next += self.step;
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for CancellableRange {}
 
 /// vLLM detects the "openai" content format when the template iterates over a message's content
 /// (`{% for part in message['content'] %}` or `message.content`); otherwise text parts are joined.
@@ -160,7 +271,14 @@ fn rewrite_generation_tags(source: &str) -> String {
 }
 
 /// transformers' `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
-fn tojson(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
+/// Serialising costs fuel as minijinja's own `tojson` does (a quarter fuel per byte), and the
+/// result is capped like the render's output.
+fn tojson(
+    state: &State,
+    value: &Value,
+    args: Rest<Value>,
+    kwargs: Kwargs,
+) -> Result<Value, minijinja::Error> {
     let mut positional = args.0.into_iter();
     let ensure_ascii = kwargs
         .get::<Option<Value>>("ensure_ascii")?
@@ -180,8 +298,14 @@ fn tojson(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value, min
         None => None,
         Some(v) if v.is_none() => None,
         Some(v) if v.kind() == ValueKind::Number => {
-            let n = i64::try_from(v)?;
-            Some(" ".repeat(n.max(0) as usize))
+            let n = usize::try_from(i64::try_from(v)?.max(0)).unwrap_or(usize::MAX);
+            if n > limits::value_cap() {
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson indent is too large",
+                ));
+            }
+            Some(" ".repeat(n))
         }
         Some(v) => Some(v.as_str().unwrap_or_default().to_string()),
     };
@@ -198,7 +322,10 @@ fn tojson(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value, min
             options.key_sep = key.as_str().unwrap_or_default().to_string();
         }
     }
-    pyjson::dumps(value, &options).map(Value::from)
+    options.max_len = limits::value_cap();
+    let json = pyjson::dumps(value, &options)?;
+    state.consume_fuel(json.len() as u64 / 4)?;
+    Ok(Value::from(json))
 }
 
 fn raise_exception(message: String) -> Result<Value, minijinja::Error> {
@@ -327,7 +454,8 @@ mod tests {
             rewrite_generation_tags(src),
             "a{%- if true %}b{% endif -%} c"
         );
-        let t = ChatTemplates::compile(vec![("default".into(), src.into())]).unwrap();
+        let t = ChatTemplates::compile(vec![("default".into(), src.into())], Default::default())
+            .unwrap();
         assert_eq!(t.render("default", &Value::from(())).unwrap(), "abc");
     }
 
@@ -353,7 +481,7 @@ mod tests {
             "default".into(),
             "{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ n }}|{{ b }}|{{ ' a '.strip() }}|{{ 'a,b'.split(',') }}"
                 .into(),
-        )])
+        )], TemplatePolicy::default())
         .unwrap();
         let ctx = Value::from(minijinja::value::Serde(
             serde_json::json!({"x": {"k": [1, "é<"]}, "n": null, "b": true}),
@@ -362,10 +490,10 @@ mod tests {
             t.render("default", &ctx).unwrap(),
             "{\"k\": [1, \"é<\"]}|{\n  \"k\": [\n    1,\n    \"é<\"\n  ]\n}|None|True|a|['a', 'b']"
         );
-        let err = ChatTemplates::compile(vec![(
-            "default".into(),
-            "{{ raise_exception('no') }}".into(),
-        )])
+        let err = ChatTemplates::compile(
+            vec![("default".into(), "{{ raise_exception('no') }}".into())],
+            TemplatePolicy::default(),
+        )
         .unwrap()
         .render("default", &ctx)
         .unwrap_err();

@@ -39,6 +39,7 @@ fn directory_layout_with_orgs_hidden_entries_symlinks_and_aliases() {
             RegistryConfig::parse_entry(&format!("mistral={}", fixture("mistral").display()))
                 .unwrap(),
         ],
+        ..Default::default()
     };
     let registry = TokenizerRegistry::load(&config).unwrap();
     assert_eq!(
@@ -76,6 +77,7 @@ fn errors_name_what_is_wrong() {
     let missing = RegistryConfig {
         dir: None,
         models: vec![("m".into(), ModelSource::Dir("/nonexistent/dir".into()))],
+        ..Default::default()
     };
     assert!(
         matches!(TokenizerRegistry::load(&missing), Err(Error::Load(m)) if m.contains("/nonexistent/dir"))
@@ -83,6 +85,7 @@ fn errors_name_what_is_wrong() {
     let alias = RegistryConfig {
         dir: None,
         models: vec![RegistryConfig::parse_entry("lora=@base").unwrap()],
+        ..Default::default()
     };
     assert!(matches!(
         TokenizerRegistry::load(&alias),
@@ -93,6 +96,7 @@ fn errors_name_what_is_wrong() {
     let broken = RegistryConfig {
         dir: None,
         models: vec![("m".into(), ModelSource::Dir(dir.path().to_path_buf()))],
+        ..Default::default()
     };
     assert!(matches!(
         TokenizerRegistry::load(&broken),

@@ -35,6 +35,7 @@ fn registry() -> Arc<TokenizerRegistry> {
         models: vec![
             RegistryConfig::parse_entry(&format!("qwen={}", fixture("chatml").display())).unwrap(),
         ],
+        ..Default::default()
     };
     Arc::new(TokenizerRegistry::load(&config).unwrap())
 }

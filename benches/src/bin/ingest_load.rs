@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kvpick_benches::index_workload::mix;
 use kvpick_epp::kv_events::{KvEvents, KvEventsConfig, KvSource};
 use kvpick_scheduler::events::{
     BlockStored, EncodeOptions, EngineHash, EventBatch, KvEvent, decode_batch, encode_batch,
@@ -83,7 +84,7 @@ fn payloads(a: Args) -> Result<Vec<Vec<Bytes>>, Box<dyn Error>> {
             let block_hashes: Vec<EngineHash> = (0..a.blocks)
                 .map(|_| {
                     hash += 1;
-                    EngineHash(splitmix64(hash))
+                    EngineHash(mix(hash))
                 })
                 .collect();
             let n = a.blocks * BLOCK;
@@ -107,14 +108,6 @@ fn payloads(a: Args) -> Result<Vec<Vec<Bytes>>, Box<dyn Error>> {
         pods.push(out);
     }
     Ok(pods)
-}
-
-/// vLLM's int block hashes are the low 64 bits of a digest: uniformly spread, like these.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 fn index() -> Arc<KvIndex> {

@@ -225,7 +225,7 @@ impl Exchange {
             .map(str::to_owned);
         self.subset = reply::subset_hint(metadata);
         self.priority = shedding::priority(&self.shared, headers);
-        self.flow = FlowId::new(reply::header(headers, flow_control::FAIRNESS_HEADER));
+        self.flow = flow_control::flow_id(&self.shared, headers);
         self.slo = crate::slo::from_headers(|n| reply::header(headers, n));
         self.objective = reply::header(headers, shedding::OBJECTIVE_HEADER).map(str::to_owned);
         let handling = match (self.request_mode, self.response_mode) {

@@ -1,6 +1,16 @@
-//! Bind mode: pods connect to kvpick. One guarded listener and one SUB per data-parallel rank
-//! port (vLLM's rank N connects to the configured port + N); the topic `kv@<ip[:port]>@<model>`
-//! says which pod a batch comes from, the rank which of its endpoints.
+//! Bind mode: pods connect to kvpick. One guarded listener per data-parallel rank port (vLLM's
+//! rank N connects to the configured port + N), and one SUB per accepted connection: the topic
+//! `kv@<ip[:port]>@<model>` says which pod a batch is about, the connection who sent it, and the
+//! two must agree.
+//!
+//! Who may send: a connection is accepted only from the IP of a known endpoint (else dropped and
+//! counted as `unknown_peer`), at most `max_bind_connections` at once and
+//! `max_bind_connections_per_peer` from one IP; the peer must finish its ZMTP handshake within
+//! `bind_handshake_timeout` and may stay silent at most `bind_idle_timeout`. A batch whose topic
+//! names another IP than its connection's is dropped and counted (`sender_mismatch`): a pod can
+//! speak only for itself. `zeromq`'s SUB does not say which peer a message came from, so each
+//! connection gets its own SUB, reached over a one-shot loopback relay (the frame guard's, which
+//! also bounds what the peer can make us buffer); the handshake stays `zeromq`'s.
 //!
 //! Endpoint resolution, for topic host `ip`, optional port `P`, and rank `r` (the batch's
 //! `data_parallel_rank`, else the rank of the port it arrived on):
@@ -22,16 +32,16 @@ use bytes::Bytes;
 use kvpick_scheduler::events::{Topic, decode_batch, parse_message};
 use parking_lot::RwLock;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use zeromq::{Endpoint, Socket, SocketRecv, SubSocket, ZmqMessage};
+use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket, ZmqMessage};
 
-use super::guard::{self, RelayEnd};
+use super::guard::{self, Deadlines, RelayEnd};
 use super::mailbox::{Item, Mailbox};
 use super::metrics::EndpointMetrics;
 use super::sequencer::Batch;
-use super::subscriber::{count_end, push};
+use super::subscriber::{DRAIN, count_end, push};
 use super::{DropReason, Shared};
 use crate::error::Error;
 
@@ -56,13 +66,16 @@ impl Routes {
     pub fn new(routes: impl IntoIterator<Item = Route>) -> Self {
         let mut by_ip: HashMap<IpAddr, Vec<Route>> = HashMap::new();
         for route in routes {
-            by_ip.entry(route.address.ip()).or_default().push(route);
+            by_ip
+                .entry(route.address.ip().to_canonical())
+                .or_default()
+                .push(route);
         }
         Self { by_ip }
     }
 
-    fn pod(&self, topic: &Topic<'_>) -> Option<&[Route]> {
-        self.by_ip.get(&topic.ip()?).map(Vec::as_slice)
+    fn pod(&self, ip: IpAddr) -> Option<&[Route]> {
+        self.by_ip.get(&ip).map(Vec::as_slice)
     }
 }
 
@@ -82,7 +95,7 @@ fn resolve(pod: &[Route], port: Option<u16>, rank: u32) -> Option<&Route> {
 /// The routes the receivers read, replaced by the manager.
 pub(crate) type SharedRoutes = Arc<RwLock<Arc<Routes>>>;
 
-/// Binds one guarded listener per rank port and starts their accept loops and receivers.
+/// Binds one listener per rank port and starts their accept loops.
 /// Returns the addresses bound (ports resolved).
 pub(crate) async fn start(
     shared: &Arc<Shared>,
@@ -107,94 +120,172 @@ pub(crate) async fn start(
         let public = listener
             .local_addr()
             .map_err(|source| Error::Bind { addr, source })?;
-        let mut sub = SubSocket::new();
-        let bind_err = |e: zeromq::ZmqError| Error::Bind {
-            addr: public,
-            source: std::io::Error::other(e.to_string()),
-        };
-        sub.subscribe(Topic::PREFIX).await.map_err(bind_err)?;
-        let upstream = match sub.bind("tcp://127.0.0.1:0").await.map_err(bind_err)? {
-            Endpoint::Tcp(_, port) => SocketAddr::from(([127, 0, 0, 1], port)),
-            _ => {
-                return Err(bind_err(zeromq::ZmqError::Other(
-                    "bound a non-TCP endpoint",
-                )));
-            }
-        };
         tasks.spawn(accept(
             listener,
-            upstream,
+            rank,
+            Arc::clone(routes),
             Arc::clone(shared),
             cancel.clone(),
         ));
-        let receiver = Receiver {
-            rank,
-            routes: Arc::clone(routes),
-            shared: Arc::clone(shared),
-        };
-        tasks.spawn(receiver.run(sub, cancel.clone()));
         bound.push(public);
     }
     Ok(bound)
 }
 
-/// Accepts pods and relays each, frame-checked, to the rank's SUB.
+/// Live connections per peer IP, shared by a listener's connections.
+type PeerCounts = Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>;
+
+/// One connection's place in its peer's count; given back when dropped.
+struct PeerSlot {
+    counts: PeerCounts,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    fn take(counts: &PeerCounts, ip: IpAddr, max: usize) -> Option<Self> {
+        let mut map = counts.lock();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts pods: each known peer, within the connection caps, gets its own guarded SUB.
 async fn accept(
     listener: TcpListener,
-    upstream: SocketAddr,
+    rank: u32,
+    routes: SharedRoutes,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(shared.config.max_bind_connections));
-    let mut relays: JoinSet<RelayEnd> = JoinSet::new();
+    let per_peer: PeerCounts = Arc::default();
+    let mut peers: JoinSet<RelayEnd> = JoinSet::new();
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
-            Some(end) = relays.join_next(), if !relays.is_empty() => {
+            Some(end) = peers.join_next(), if !peers.is_empty() => {
                 count_end(&shared.metrics, end.unwrap_or(RelayEnd::Closed));
             }
             accepted = listener.accept() => {
-                let Ok((peer, _)) = accepted else {
-                    // Out of descriptors, typically: let relays finish rather than spin.
+                let Ok((stream, from)) = accepted else {
+                    // Out of descriptors, typically: let connections finish rather than spin.
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     continue;
                 };
+                let ip = from.ip().to_canonical();
+                if routes.read().pod(ip).is_none() {
+                    shared.metrics.dropped(DropReason::UnknownPeer);
+                    continue;
+                }
                 let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
                     shared.metrics.dropped(DropReason::TooManyConnections);
                     continue;
                 };
-                let (limits, token) = (shared.limits(), cancel.clone());
-                relays.spawn(async move {
-                    let _slot = slot;
-                    let _ = guard::tune(&peer);
-                    match TcpStream::connect(upstream).await {
-                        Ok(local) => guard::relay(peer, local, limits, token).await,
-                        Err(_) => RelayEnd::Closed,
-                    }
-                });
+                let max = shared.config.max_bind_connections_per_peer;
+                let Some(peer_slot) = PeerSlot::take(&per_peer, ip, max) else {
+                    shared.metrics.dropped(DropReason::TooManyConnections);
+                    continue;
+                };
+                let peer = Peer {
+                    ip,
+                    rank,
+                    routes: Arc::clone(&routes),
+                    shared: Arc::clone(&shared),
+                };
+                peers.spawn(peer.serve(stream, (slot, peer_slot), cancel.clone()));
             }
         }
     }
-    relays.shutdown().await;
+    peers.shutdown().await;
 }
 
-struct Receiver {
+/// One accepted connection: who it is, and where its batches go.
+struct Peer {
+    ip: IpAddr,
     rank: u32,
     routes: SharedRoutes,
     shared: Arc<Shared>,
 }
 
-impl Receiver {
-    async fn run(self, mut sub: SubSocket, cancel: CancellationToken) {
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                received = sub.recv() => match received {
-                    Ok(message) => self.route(message),
-                    Err(e) => tracing::debug!(error = %e, "KV-event bind socket: peer error"),
-                },
+impl Peer {
+    /// Relays the peer to its own SUB and routes what it publishes, until either side closes.
+    async fn serve(
+        self,
+        stream: TcpStream,
+        _slots: (OwnedSemaphorePermit, PeerSlot),
+        cancel: CancellationToken,
+    ) -> RelayEnd {
+        let _ = guard::tune(&stream);
+        let config = &self.shared.config;
+        let deadlines = Deadlines {
+            handshake: Some(config.bind_handshake_timeout),
+            idle: Some(config.bind_idle_timeout).filter(|d| !d.is_zero()),
+        };
+        let link = guard::link(
+            stream,
+            self.shared.limits(),
+            deadlines,
+            config.connect_timeout,
+        );
+        let Ok(mut link) = link.await else {
+            return RelayEnd::Closed;
+        };
+        let mut options = SocketOptions::default();
+        options.connect_timeout(config.connect_timeout);
+        let mut sub = SubSocket::with_options(options);
+        let endpoint = link.endpoint.clone();
+        let ready = async {
+            sub.subscribe(Topic::PREFIX).await?;
+            sub.connect(&endpoint).await
+        };
+        // The handshake waits on the peer too: its deadline ends the relay, and so this.
+        let ready = tokio::select! {
+            () = cancel.cancelled() => false,
+            end = link.ended() => return end,
+            ready = ready => ready.is_ok(),
+        };
+        if ready {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    end = link.ended() => {
+                        // Deliver what the pod sent before it closed.
+                        while let Ok(Ok(message)) = tokio::time::timeout(DRAIN, sub.recv()).await {
+                            self.route(message);
+                        }
+                        return end;
+                    }
+                    received = sub.recv() => match received {
+                        Ok(message) => self.route(message),
+                        Err(e) => {
+                            tracing::debug!(error = %e, peer = %self.ip, "KV-event bind socket: peer error");
+                            break;
+                        }
+                    },
+                }
             }
         }
+        drop(sub);
+        link.close().await
     }
 
     fn route(&self, message: ZmqMessage) {
@@ -206,8 +297,15 @@ impl Receiver {
         let Ok(topic) = Topic::parse(parsed.topic) else {
             return metrics.dropped(DropReason::BadTopic);
         };
+        let Some(ip) = topic.ip().map(|ip| ip.to_canonical()) else {
+            return metrics.dropped(DropReason::UnknownTopic);
+        };
+        if ip != self.ip {
+            // Another pod's topic: a pod speaks only for itself.
+            return metrics.dropped(DropReason::SenderMismatch);
+        }
         let routes = Arc::clone(&self.routes.read());
-        let Some(pod) = routes.pod(&topic) else {
+        let Some(pod) = routes.pod(ip) else {
             return metrics.dropped(DropReason::UnknownTopic);
         };
         let payload = frames.get(2).cloned().unwrap_or_else(Bytes::new);

@@ -52,8 +52,16 @@ pub struct KvEventsConfig {
     pub max_replay_bytes: usize,
     /// Replays running at once over all endpoints (a restart asks every pod at once).
     pub max_replays_in_flight: usize,
-    /// Bind mode: most peer connections at once.
+    /// Bind mode: most peer connections at once, per rank port.
     pub max_bind_connections: usize,
+    /// Bind mode: most connections at once from one IP, per rank port (a vLLM rank holds one;
+    /// a reconnect may briefly overlap the old one).
+    pub max_bind_connections_per_peer: usize,
+    /// Bind mode: how long a peer may take to send its ZMTP greeting and READY after connecting.
+    pub bind_handshake_timeout: Duration,
+    /// Bind mode: longest silence from a connected peer before it is disconnected (zero: no
+    /// limit). A publisher with nothing to say reconnects at once.
+    pub bind_idle_timeout: Duration,
     /// How often index sizes and queue depths are exported.
     pub stats_interval: Duration,
 }
@@ -78,6 +86,9 @@ impl Default for KvEventsConfig {
             max_replay_bytes: 256 << 20,
             max_replays_in_flight: 16,
             max_bind_connections: 4096,
+            max_bind_connections_per_peer: 4,
+            bind_handshake_timeout: Duration::from_secs(10),
+            bind_idle_timeout: Duration::from_secs(600),
             stats_interval: Duration::from_secs(1),
         }
     }
@@ -107,7 +118,10 @@ impl KvEventsConfig {
         if self.bind_ranks == 0 || self.bind_ranks > 64 {
             return fail("bind ranks must be in 1..=64");
         }
-        if self.max_replays_in_flight == 0 || self.max_bind_connections == 0 {
+        if self.max_replays_in_flight == 0
+            || self.max_bind_connections == 0
+            || self.max_bind_connections_per_peer == 0
+        {
             return fail("replay and connection limits must be positive");
         }
         if self.reconnect_min.is_zero() || self.reconnect_min > self.reconnect_max {
@@ -157,6 +171,16 @@ pub struct KvEventsArgs {
     /// is disconnected before it is buffered).
     #[arg(long, env = "KVPICK_KV_EVENTS_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub kv_events_max_message_bytes: usize,
+    /// Bind mode: most connections at once from one pod IP, per rank port.
+    #[arg(long, env = "KVPICK_KV_EVENTS_BIND_MAX_PER_PEER", default_value_t = 4)]
+    pub kv_events_bind_max_per_peer: usize,
+    /// Bind mode: how long a connecting pod may take to finish its ZMTP handshake.
+    #[arg(long, env = "KVPICK_KV_EVENTS_BIND_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = crate::config::duration)]
+    pub kv_events_bind_handshake_timeout: Duration,
+    /// Bind mode: longest silence from a connected pod before it is disconnected (it reconnects
+    /// at once); 0s: no limit.
+    #[arg(long, env = "KVPICK_KV_EVENTS_BIND_IDLE_TIMEOUT", default_value = "10m", value_parser = crate::config::duration)]
+    pub kv_events_bind_idle_timeout: Duration,
     /// Bound on one replay request to a pod, from request to end marker.
     #[arg(long, env = "KVPICK_KV_REPLAY_TIMEOUT", default_value = "5s", value_parser = crate::config::duration)]
     pub kv_replay_timeout: Duration,
@@ -177,6 +201,9 @@ impl KvEventsArgs {
             queue_bytes: self.kv_events_queue_bytes,
             max_message_bytes: self.kv_events_max_message_bytes,
             replay_timeout: self.kv_replay_timeout,
+            max_bind_connections_per_peer: self.kv_events_bind_max_per_peer,
+            bind_handshake_timeout: self.kv_events_bind_handshake_timeout,
+            bind_idle_timeout: self.kv_events_bind_idle_timeout,
             ..KvEventsConfig::default()
         };
         config.validate()?;

@@ -81,6 +81,8 @@ pub(crate) struct FrameScanner {
     state: State,
     message_bytes: u64,
     message_frames: u32,
+    /// Frames completed so far (commands included).
+    frames: u64,
 }
 
 impl FrameScanner {
@@ -90,7 +92,14 @@ impl FrameScanner {
             state: State::Greeting(0),
             message_bytes: 0,
             message_frames: 0,
+            frames: 0,
         }
+    }
+
+    /// Whether the peer has sent its greeting and a whole first frame (ZMTP's READY command):
+    /// the handshake is done on its side.
+    pub fn handshaken(&self) -> bool {
+        self.frames > 0
     }
 
     /// Checks the next bytes of the stream. On a violation, says how many of them came before
@@ -179,6 +188,7 @@ impl FrameScanner {
         if left > 0 {
             return State::Body { flags, left };
         }
+        self.frames += 1;
         if flags & (COMMAND | MORE) == 0 {
             self.message_bytes = 0;
             self.message_frames = 0;
@@ -194,24 +204,46 @@ pub(crate) enum RelayEnd {
     Closed,
     /// The peer broke a limit and was cut off.
     Violation(Violation),
+    /// The peer did not finish its handshake, or stayed silent, for too long (see [`Deadlines`]).
+    TimedOut,
 }
 
-/// Relays `peer` ⇄ `local` until either side closes, `cancel` fires or the peer breaks a limit.
+/// How long a peer that connected to us may take (bind mode; pods we dial have none).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Deadlines {
+    /// From accept until the peer's greeting and first frame (ZMTP READY) are in.
+    pub handshake: Option<Duration>,
+    /// Longest silence from the peer after that. A vLLM publisher that had nothing to say
+    /// reconnects at once (ZMQ's reconnect interval is 100 ms).
+    pub idle: Option<Duration>,
+}
+
+/// Relays `peer` ⇄ `local` until either side closes, `cancel` fires, the peer breaks a limit or
+/// misses a deadline.
 pub(crate) async fn relay(
     peer: TcpStream,
     local: TcpStream,
     limits: Limits,
+    deadlines: Deadlines,
     cancel: CancellationToken,
 ) -> RelayEnd {
     let (mut peer_rx, mut peer_tx) = peer.into_split();
     let (mut local_rx, mut local_tx) = local.into_split();
+    let handshake_by = deadlines.handshake.map(|d| tokio::time::Instant::now() + d);
     let inbound = async {
         let mut scanner = FrameScanner::new(limits);
         let mut buf = vec![0u8; 32 << 10];
         loop {
-            let n = match peer_rx.read(&mut buf).await {
-                Ok(0) | Err(_) => return RelayEnd::Closed,
-                Ok(n) => n,
+            let read = peer_rx.read(&mut buf);
+            let read = match (scanner.handshaken(), handshake_by, deadlines.idle) {
+                (false, Some(at), _) => tokio::time::timeout_at(at, read).await,
+                (true, _, Some(idle)) => tokio::time::timeout(idle, read).await,
+                _ => Ok(read.await),
+            };
+            let n = match read {
+                Err(_) => return RelayEnd::TimedOut,
+                Ok(Ok(0) | Err(_)) => return RelayEnd::Closed,
+                Ok(Ok(n)) => n,
             };
             if let Err(cut) = scanner.scan(&buf[..n]) {
                 let _ = local_tx.write_all(&buf[..cut.clean]).await;
@@ -295,6 +327,18 @@ pub(crate) async fn dial(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     tune(&peer)?;
+    link(peer, limits, Deadlines::default(), timeout).await
+}
+
+/// Relays an established `peer` connection to a one-shot loopback listener for a local `zeromq`
+/// socket to connect to within `timeout`. The listener takes one connection and closes: whoever
+/// is first gets the peer's stream, so nothing else on the host can speak as this peer.
+pub(crate) async fn link(
+    peer: TcpStream,
+    limits: Limits,
+    deadlines: Deadlines,
+    timeout: Duration,
+) -> io::Result<Link> {
     let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
     let endpoint = format!("tcp://{}", listener.local_addr()?);
     let cancel = CancellationToken::new();
@@ -308,7 +352,7 @@ pub(crate) async fn dial(
             Ok(Ok((local, _))) => {
                 drop(listener);
                 let _ = local.set_nodelay(true);
-                relay(peer, local, limits, token).await
+                relay(peer, local, limits, deadlines, token).await
             }
             _ => RelayEnd::Closed,
         }

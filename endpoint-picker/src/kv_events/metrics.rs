@@ -36,13 +36,19 @@ pub enum DropReason {
     Oversized,
     /// A peer broke ZMTP framing (greeting, flags, frame count); its connection was cut.
     BadFraming,
-    /// Bind mode: too many peer connections at once.
+    /// Bind mode: too many peer connections at once, in all or from one address.
     TooManyConnections,
+    /// Bind mode: a connection from an address that is no endpoint's; refused at once.
+    UnknownPeer,
+    /// Bind mode: a batch whose topic names another pod than the address it came from.
+    SenderMismatch,
+    /// Bind mode: a peer that did not finish its handshake, or stayed silent, in time.
+    TimedOut,
 }
 
 impl DropReason {
     /// Every reason, in the order of [`DropReason::index`].
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::QueueFull,
         DropReason::Malformed,
         DropReason::BadTopic,
@@ -52,6 +58,9 @@ impl DropReason {
         DropReason::Oversized,
         DropReason::BadFraming,
         DropReason::TooManyConnections,
+        DropReason::UnknownPeer,
+        DropReason::SenderMismatch,
+        DropReason::TimedOut,
     ];
 
     /// The metric label.
@@ -66,6 +75,9 @@ impl DropReason {
             DropReason::Oversized => "oversized",
             DropReason::BadFraming => "bad_framing",
             DropReason::TooManyConnections => "too_many_connections",
+            DropReason::UnknownPeer => "unknown_peer",
+            DropReason::SenderMismatch => "sender_mismatch",
+            DropReason::TimedOut => "timed_out",
         }
     }
 

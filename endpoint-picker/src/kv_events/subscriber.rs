@@ -24,7 +24,7 @@ use super::{DropReason, Shared};
 use kvpick_scheduler::scheduler::EventsState;
 
 /// After the pod closed the connection, how long to keep reading what `zeromq` still holds.
-const DRAIN: Duration = Duration::from_millis(50);
+pub(crate) const DRAIN: Duration = Duration::from_millis(50);
 
 /// One endpoint's subscription.
 #[derive(Debug)]
@@ -140,5 +140,6 @@ pub(crate) fn count_end(metrics: &IngestMetrics, end: RelayEnd) {
         RelayEnd::Closed => {}
         RelayEnd::Violation(Violation::Oversized) => metrics.dropped(DropReason::Oversized),
         RelayEnd::Violation(_) => metrics.dropped(DropReason::BadFraming),
+        RelayEnd::TimedOut => metrics.dropped(DropReason::TimedOut),
     }
 }

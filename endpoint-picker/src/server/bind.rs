@@ -86,10 +86,15 @@ impl Server {
             None => None,
         };
         let grpc = listen(settings.grpc).await?;
+        let query = match settings.query {
+            Some(addr) => Some(listen(addr).await?),
+            None => None,
+        };
         let health = listen(settings.health).await?;
         let kv_events_stop = CancellationToken::new();
         let mut server = Self {
             grpc,
+            query,
             health,
             metrics,
             tls,

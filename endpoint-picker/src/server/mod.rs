@@ -32,6 +32,7 @@ pub use settings::Settings;
 pub struct Server {
     settings: Settings,
     grpc: TcpListener,
+    query: Option<TcpListener>,
     health: TcpListener,
     metrics: Option<TcpListener>,
     tls: Option<tls::Tls>,
@@ -53,9 +54,14 @@ async fn listen(addr: SocketAddr) -> Result<TcpListener, Error> {
 }
 
 impl Server {
-    /// Where the ext_proc and kvpick.v1 services listen.
+    /// Where the ext_proc service listens.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.grpc.local_addr().ok()
+    }
+
+    /// Where the kvpick.v1.Index query API listens.
+    pub fn query_addr(&self) -> Option<SocketAddr> {
+        self.query.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Where gRPC health listens.

@@ -52,8 +52,21 @@ impl Server {
             .initial_stream_window_size(Some(16 << 20))
             .initial_connection_window_size(Some(64 << 20))
             .tcp_nodelay(true)
-            .add_service(ExtProc::new(self.shared.clone()).into_server())
-            .add_service(IndexApi::new(self.shared.clone()).into_server());
+            .add_service(ExtProc::new(self.shared.clone()).into_server());
+        if let Some(listener) = self.query.take() {
+            // Its own listener (loopback by default): the query API reveals pods, their load and
+            // whether a prefix is cached, so whoever reaches the ext_proc port must not reach it.
+            let incoming = TcpListenerStream::new(listener);
+            let api = IndexApi::new(self.shared.clone()).into_server();
+            let s = background.clone();
+            tasks.spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(api)
+                    .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
+                    .await
+                    .map_err(Error::from)
+            });
+        }
         let s = serving.clone();
         match self.tls.take() {
             None => {

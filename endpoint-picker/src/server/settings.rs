@@ -21,8 +21,10 @@ use crate::{Limits, discovery};
 /// Everything the server needs, independent of how it was configured.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// ext_proc + kvpick.v1 listener.
+    /// ext_proc listener.
     pub grpc: SocketAddr,
+    /// kvpick.v1.Index listener (loopback unless configured); `None` serves no query API.
+    pub query: Option<SocketAddr>,
     /// gRPC health listener.
     pub health: SocketAddr,
     /// Prometheus listener; `None` runs without exporting (metrics are still recorded).
@@ -89,6 +91,7 @@ impl Settings {
             .transpose()?;
         Ok(Self {
             grpc: at(cli.grpc_port),
+            query: Some(SocketAddr::new(cli.query_address, cli.query_port)),
             health: at(cli.health_port),
             metrics: Some(at(cli.metrics_port)),
             tls: TlsSource::from_cli(cli),
@@ -103,6 +106,10 @@ impl Settings {
                 staleness: cli.metrics_staleness_threshold,
                 emit_scores: cli.emit_scores,
                 failure_cooldown: cli.failure_cooldown,
+                trusted_headers: crate::shedding::TrustedHeaders {
+                    priority: cli.trust_priority_header,
+                    fairness: cli.trust_fairness_header,
+                },
             },
             limits: Limits {
                 max_body_bytes: cli.max_body_bytes,
@@ -128,6 +135,7 @@ impl Settings {
         let lo = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
             grpc: lo,
+            query: Some(lo),
             health: lo,
             metrics: None,
             tls: None,

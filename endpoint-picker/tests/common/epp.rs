@@ -33,6 +33,7 @@ impl Epp {
             .env("KVPICK_GRPC_PORT", grpc.to_string())
             .env("KVPICK_HEALTH_PORT", health.to_string())
             .env("KVPICK_METRICS_PORT", metrics.to_string())
+            .env("KVPICK_QUERY_PORT", "0")
             .env("KVPICK_TOKENIZER", tokenizer)
             // Generous: a debug build on a shared machine.
             .env("KVPICK_TOKENIZE_TIMEOUT", "10s")

@@ -71,10 +71,19 @@ impl Proc {
 
     /// Resident memory in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The most resident memory it ever had, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
@@ -168,6 +177,8 @@ pub fn write_endpoints(path: &Path, entries: &[serde_json::Value]) {
 pub struct Epp {
     pub proc: Proc,
     pub grpc: SocketAddr,
+    /// The kvpick.v1.Index query API (loopback).
+    pub query: SocketAddr,
     pub health: SocketAddr,
     pub metrics: SocketAddr,
 }
@@ -179,9 +190,11 @@ pub const STALENESS: Duration = Duration::from_millis(300);
 impl Epp {
     pub async fn start(dir: &Path, name: &'static str, endpoints: &Path, extra: &[&str]) -> Self {
         let (grpc, health, metrics) = (free_port(), free_port(), free_port());
+        let query = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvpick-epp"));
         cmd.args(["--listen-address", "127.0.0.1"])
             .args(["--grpc-port", &grpc.to_string()])
+            .args(["--query-port", &query.to_string()])
             .args(["--health-port", &health.to_string()])
             .args(["--metrics-port", &metrics.to_string()])
             .arg("--endpoints-file")
@@ -199,11 +212,12 @@ impl Epp {
         let epp = Self {
             proc,
             grpc: at(grpc),
+            query: at(query),
             health: at(health),
             metrics: at(metrics),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while IndexClient::connect(format!("http://{}", epp.grpc))
+        while IndexClient::connect(format!("http://{}", epp.query))
             .await
             .is_err()
         {
@@ -218,7 +232,7 @@ impl Epp {
     }
 
     pub async fn index(&self) -> IndexClient<tonic::transport::Channel> {
-        IndexClient::connect(format!("http://{}", self.grpc))
+        IndexClient::connect(format!("http://{}", self.query))
             .await
             .unwrap()
     }
@@ -402,4 +416,20 @@ pub fn sample_sum(page: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Waits for `epp` to exit, up to `within` (a bound for a loaded machine, not a latency target).
+pub async fn wait_exit(epp: &mut Epp, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = epp.proc.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running {within:?} after SIGTERM\n{}",
+            epp.proc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

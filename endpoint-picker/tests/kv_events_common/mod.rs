@@ -201,6 +201,8 @@ pub struct Publisher {
     pub next_seq: u64,
     pub history: History,
     replay: Option<(SocketAddr, JoinHandle<()>)>,
+    /// Bind mode from another loopback address: the relay that connects from it.
+    forward: Option<JoinHandle<()>>,
 }
 
 impl Publisher {
@@ -222,14 +224,31 @@ impl Publisher {
         Self::new(socket, Some(bound), String::new(), opts)
     }
 
-    /// Connects a PUB to kvpick's bound SUB (bind mode) with `topic`.
+    /// Connects a PUB to kvpick's bound SUB (bind mode) with `topic`. As a pod connects from its
+    /// own IP, a topic naming a loopback address other than 127.0.0.1 connects from that address
+    /// (through a relay bound to it); any other topic connects from 127.0.0.1.
     pub async fn connect(to: SocketAddr, topic: String, opts: EncodeOptions) -> Self {
+        let from = topic
+            .split('@')
+            .nth(1)
+            .and_then(|host| host.parse::<SocketAddr>().ok())
+            .map(|a| a.ip())
+            .filter(|ip| ip.is_loopback() && *ip != std::net::Ipv4Addr::LOCALHOST);
+        let (target, forward) = match from {
+            Some(ip) => {
+                let (addr, task) = connect_from(ip, to).await;
+                (addr, Some(task))
+            }
+            None => (to, None),
+        };
         let mut socket = PubSocket::new();
         socket
-            .connect(&format!("tcp://{to}"))
+            .connect(&format!("tcp://{target}"))
             .await
             .expect("PUB connects");
-        Self::new(socket, None, topic, opts)
+        let mut p = Self::new(socket, None, topic, opts);
+        p.forward = forward;
+        p
     }
 
     fn new(
@@ -247,6 +266,7 @@ impl Publisher {
             next_seq: 0,
             history: History::default(),
             replay: None,
+            forward: None,
         }
     }
 
@@ -323,6 +343,9 @@ impl Publisher {
         if let Some((_, task)) = self.replay.take() {
             task.abort();
             let _ = task.await;
+        }
+        if let Some(task) = self.forward.take() {
+            task.abort();
         }
         let _ = self.socket.close().await;
     }
@@ -407,4 +430,25 @@ pub fn huge_frame_header(len: u64) -> Vec<u8> {
     let mut h = vec![0x02u8];
     h.extend_from_slice(&len.to_be_bytes());
     h
+}
+
+/// A loopback listener whose every connection is relayed to `to` from source address `from`:
+/// how a test stands in for a pod connecting from its own IP. Returns the listener's address.
+pub async fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> (SocketAddr, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut relays = tokio::task::JoinSet::new();
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(from, 0)).unwrap();
+            let Ok(mut outbound) = socket.connect(to).await else {
+                continue;
+            };
+            relays.spawn(async move {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (addr, task)
 }

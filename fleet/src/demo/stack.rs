@@ -133,6 +133,10 @@ impl Stack {
                     port(health),
                     "--metrics-port".into(),
                     port(metrics),
+                    // The query API (loopback) is not used: any free port, so passes and
+                    // concurrent demos never collide on the default.
+                    "--query-port".into(),
+                    "0".into(),
                     "--endpoints-file".into(),
                     endpoints.display().to_string(),
                 ],

@@ -117,9 +117,23 @@ pub struct PickerConfig {
 }
 
 impl Default for PickerConfig {
-    /// llm-d's precise profile: prefix 2, KV utilization 1, queue 1, max-score picker; the same
-    /// config as [`PickerConfig::DEFAULT_YAML`].
+    /// The latency-predicting profile: `predicted-latency-scorer` (default parameters) and the
+    /// max-score picker; the same config as [`PickerConfig::DEFAULT_YAML`].
     fn default() -> Self {
+        let mut config = Self::precise_prefix();
+        config.profile.scorers = vec![WeightedScorer {
+            name: "predicted-latency-scorer".to_owned(),
+            spec: ScorerSpec::PredictedLatency(Box::default()),
+            weight: 1.0,
+        }];
+        config
+    }
+}
+
+impl PickerConfig {
+    /// The previous default, llm-d's precise profile: prefix 2, KV utilization 1, queue 1,
+    /// max-score picker; the same config as [`PickerConfig::PRECISE_PREFIX_YAML`].
+    pub fn precise_prefix() -> Self {
         let scorer = |name: &str, spec, weight| WeightedScorer {
             name: name.to_owned(),
             spec,
@@ -162,6 +176,9 @@ fn default_picker() -> Named<PickerSpec> {
 impl PickerConfig {
     /// The default config as YAML, with comments: what [`PickerConfig::default`] parses from.
     pub const DEFAULT_YAML: &'static str = include_str!("default.yaml");
+
+    /// The previous default as YAML: what [`PickerConfig::precise_prefix`] parses from.
+    pub const PRECISE_PREFIX_YAML: &'static str = include_str!("precise_prefix.yaml");
 
     /// Parses and validates a config.
     pub fn parse(text: &str) -> Result<Self, Error> {

@@ -46,15 +46,26 @@ fn the_default_yaml_is_the_default_config() {
         Ok(PickerConfig::default())
     );
     let d = PickerConfig::default();
+    assert_eq!(weights(&d), [("predicted-latency-scorer", 1.0)]);
+    assert_eq!(d.profile.picker.spec.kind, PickerKind::MaxScore);
     assert_eq!(
-        weights(&d),
+        PickerConfig::parse(PickerConfig::PRECISE_PREFIX_YAML),
+        Ok(PickerConfig::precise_prefix())
+    );
+    let p = PickerConfig::precise_prefix();
+    assert_eq!(
+        weights(&p),
         [
             ("precise-prefix-cache-scorer", 2.0),
             ("kv-cache-utilization-scorer", 1.0),
             ("queue-scorer", 1.0)
         ]
     );
-    assert_eq!(d.profile.picker.spec.kind, PickerKind::MaxScore);
+    // Everything but the scorers is the same.
+    assert_eq!(
+        (d.index, d.staleness, d.saturation),
+        (p.index, p.staleness, p.saturation)
+    );
 }
 
 #[test]

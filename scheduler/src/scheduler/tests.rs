@@ -43,17 +43,10 @@ fn a_scheduler_is_shared_across_threads() {
 }
 
 #[test]
-fn the_default_profile_is_prefix_kv_queue() {
+fn the_default_profile_predicts_latency() {
     let s = Scheduler::new(Arc::new(KvIndex::new(IndexConfig::default())));
     let names: Vec<&str> = s.scorer_names().iter().map(|n| &**n).collect();
-    assert_eq!(
-        names,
-        [
-            "precise-prefix-cache-scorer",
-            "kv-cache-utilization-scorer",
-            "queue-scorer"
-        ]
-    );
+    assert_eq!(names, ["predicted-latency-scorer"]);
 }
 
 #[test]

@@ -479,7 +479,8 @@ pub struct TuneArgs {
     /// Simulations in parallel (default: available cores).
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// The current picker config to beat (default: kvpick's default profile).
+    /// The current picker config to beat (default: the `precise-prefix` profile, whose three
+    /// scorers the default space weighs).
     #[arg(long)]
     pub current: Option<PathBuf>,
     /// How often the router's view of engine metrics refreshes, ms.
