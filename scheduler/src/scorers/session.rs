@@ -4,12 +4,15 @@
 //! turn holds it. This matters most where prefix scoring is blind (no KV events, text prompts).
 //! llm-d's scorer of the same name round-trips the endpoint through a response header; kvpick
 //! remembers it instead, in a bounded LRU of session → endpoint keyed by a 64-bit hash of the
-//! session id, so memory is `capacity` × a few dozen bytes however long the ids are.
+//! session id, so memory is `capacity` × a few dozen bytes however long the ids are. The hash is
+//! keyed by a per-process secret (SipHash, [`BuildKeyHasher`]): session ids come from clients, and
+//! with an unkeyed hash a client could craft an id that collides with another tenant's and
+//! overwrite where that tenant's session goes.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use parking_lot::RwLock;
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::{ScoreContext, Scorer};
 use crate::lru::{BuildKeyHasher, LruList, LruSlab};
@@ -39,6 +42,8 @@ struct Sessions {
 #[derive(Debug)]
 pub struct SessionAffinity {
     capacity: usize,
+    /// Keys the session-id hash; drawn per process.
+    ids: BuildKeyHasher,
     sessions: RwLock<Sessions>,
 }
 
@@ -47,6 +52,7 @@ impl SessionAffinity {
     pub fn new(params: SessionAffinityParams) -> Self {
         Self {
             capacity: params.capacity.max(1),
+            ids: BuildKeyHasher::default(),
             sessions: RwLock::default(),
         }
     }
@@ -69,7 +75,7 @@ impl Scorer for SessionAffinity {
             return;
         };
         let sessions = self.sessions.read();
-        if let Some(&at) = sessions.by_session.get(&xxh3_64(session.as_bytes()))
+        if let Some(&at) = sessions.by_session.get(&self.ids.hash_one(session))
             && let Some(i) = ctx.position(sessions.slab.get(at).1)
         {
             out[i] = 1.0;
@@ -80,7 +86,7 @@ impl Scorer for SessionAffinity {
         let Some(session) = ctx.request.session else {
             return;
         };
-        let hash = xxh3_64(session.as_bytes());
+        let hash = self.ids.hash_one(session);
         let mut guard = self.sessions.write();
         let Sessions {
             slab,
