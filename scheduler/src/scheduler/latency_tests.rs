@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
+use super::tests::candidates;
 use super::*;
 use crate::events::{BlockStored, EngineHash, EventBatch, KvEvent};
-use crate::pods::{Endpoint, PodSignals};
-use crate::request::{EventsState, Slo};
+use crate::pods::PodSignals;
+use crate::request::Slo;
 use crate::scorers::testing::endpoint;
 
 const LATENCY: &str = "apiVersion: llm-d.ai/v1
@@ -22,17 +23,6 @@ fn scheduler() -> Scheduler {
     let config = PickerConfig::parse(LATENCY).unwrap();
     let index = Arc::new(KvIndex::new(config.index.clone()));
     Scheduler::with_config(config, index).unwrap()
-}
-
-fn candidates<'a>(eps: &'a [Endpoint], signals: &'a [PodSignals]) -> Vec<Candidate<'a>> {
-    eps.iter()
-        .zip(signals)
-        .map(|(endpoint, signals)| Candidate {
-            endpoint,
-            signals,
-            events: EventsState::Live,
-        })
-        .collect()
 }
 
 /// Endpoint `ep` caches the first `blocks` blocks of `tokens`.

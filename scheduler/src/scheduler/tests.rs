@@ -13,7 +13,7 @@ fn scheduler(yaml_body: &str) -> Scheduler {
     Scheduler::with_config(config, index).unwrap()
 }
 
-fn candidates<'a>(eps: &'a [Endpoint], signals: &'a [PodSignals]) -> Vec<Candidate<'a>> {
+pub(super) fn candidates<'a>(eps: &'a [Endpoint], signals: &'a [PodSignals]) -> Vec<Candidate<'a>> {
     eps.iter()
         .zip(signals)
         .map(|(endpoint, signals)| Candidate {
