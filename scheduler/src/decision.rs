@@ -3,6 +3,7 @@
 use crate::inflight::Cost;
 use crate::latency::Prediction;
 use crate::pods::EndpointId;
+use crate::slo::SloVerdict;
 
 /// One ranked endpoint of a decision.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +30,9 @@ pub struct Decision {
     pub cost: Cost,
     /// The primary's predicted latency (when the profile has a latency scorer).
     pub predicted: Option<Prediction>,
+    /// Whether any candidate is predicted to meet the request's objectives: the caller routes,
+    /// queues or sheds by it ([`SloVerdict::action`]).
+    pub slo: SloVerdict,
 }
 
 impl Decision {

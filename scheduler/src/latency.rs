@@ -7,12 +7,13 @@
 //! computed, in steps that each also carry the decode batch:
 //!
 //! ```text
-//! ahead  = reserved uncached tokens not yet prefilled (the oldest one's progress taken off)
+//! ahead  = reserved uncached tokens and attention pairs not yet prefilled (the share of the
+//!          oldest one's time already spent taken off)
 //!        + external waiting requests × a typical uncached prompt
 //! work   = ahead + this request's uncached tokens there (prompt − tier-weighted cached)
 //! chunk  = max_num_batched_tokens − decoding sequences
 //! TTFT   = ⌈work / chunk⌉ · (overhead + per_decode_seq·decoding + per_context_token·Σ context)
-//!        + per_prefill_token · work + per_attention_pair · (its own chunk pairs)
+//!        + per_prefill_token · work + per_attention_pair · (pairs ahead + its own)
 //!        + preemption: KV tokens demanded beyond the cache, recomputed
 //! TPOT   = overhead + per_decode_seq·(decoding + 1) + per_context_token·(Σ context + its own)
 //!        + the prefill work queued there spread over its decode
@@ -94,18 +95,31 @@ impl LatencyModel {
         let chunk = (budget - decoding).max(budget / 16.0).max(1.0);
         let fixed =
             t.overhead_us + t.per_decode_seq_us * decoding + t.per_context_token_us * context;
-        // Prefill work ahead: the oldest reservation has been computing for `head_elapsed`.
-        let rate = chunk / (fixed + t.per_prefill_token_us * chunk); // tokens per µs
-        let done = (rate * load.head_elapsed.as_secs_f64() * 1e6).min(load.head_tokens as f64);
-        let ahead = (load.prefill_tokens as f64 - done).max(0.0)
-            + f64::from(load.external_waiting) * load.typical_uncached as f64;
+        // Computing `tokens` prefill tokens with `pairs` attention pairs there, in chunks.
+        let prefill_time = |tokens: f64, pairs: f64| {
+            (tokens / chunk).ceil() * fixed
+                + t.per_prefill_token_us * tokens
+                + t.per_attention_pair_us * pairs
+        };
+        // Prefill work ahead: the oldest reservation has been computing for `head_elapsed`, so
+        // that share of its time is done (attention included: a long prompt's last chunks are
+        // its slowest, and counting tokens alone would call it done early).
+        let (head_tokens, head_pairs) = (load.head_tokens as f64, load.head_pairs as f64);
+        let head_time = prefill_time(head_tokens, head_pairs);
+        let gone = if head_time > 0.0 {
+            (load.head_elapsed.as_secs_f64() * 1e6 / head_time).min(1.0)
+        } else {
+            0.0
+        };
+        let external = f64::from(load.external_waiting);
+        let typical = load.typical_uncached as f64;
+        let ahead = (load.prefill_tokens as f64 - gone * head_tokens).max(0.0) + external * typical;
+        let ahead_pairs = (load.prefill_pairs as f64 - gone * head_pairs).max(0.0)
+            + external * typical * (typical + 1.0) / 2.0;
         let own = f64::from(cost.uncached_tokens());
+        let own_pairs = cost.attention_pairs() as f64;
         let work = ahead + own;
-        let cached = f64::from(cost.prompt_tokens) - own;
-        let own_pairs = own * cached.max(0.0) + own * (own + 1.0) / 2.0;
-        let mut ttft = (work / chunk).ceil() * fixed
-            + t.per_prefill_token_us * work
-            + t.per_attention_pair_us * own_pairs;
+        let mut ttft = prefill_time(work, ahead_pairs + own_pairs);
         // KV pressure: what does not fit is preempted and recomputed (vLLM's recompute policy).
         // The scrape counts blocks in use; reservations add what they will newly hold (outputs
         // grow over the decode: half on average).
@@ -123,9 +137,8 @@ impl LatencyModel {
             + t.per_decode_seq_us * (decoding + 1.0)
             + t.per_context_token_us * (context + own_context)
             + t.per_prefill_token_us * ahead.min(chunk * out) / out;
-        let prefill = own / chunk * fixed
-            + t.per_prefill_token_us * own
-            + t.per_attention_pair_us * own_pairs;
+        let prefill =
+            own / chunk * fixed + t.per_prefill_token_us * own + t.per_attention_pair_us * own_pairs;
         Prediction {
             ttft_us: ttft,
             tpot_us: tpot,

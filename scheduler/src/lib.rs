@@ -40,6 +40,7 @@ pub mod request;
 pub mod saturation;
 pub mod scheduler;
 pub mod scorers;
+pub mod slo;
 pub mod time;
 
 pub use config::PickerConfig;
@@ -54,5 +55,6 @@ pub use pods::{Endpoint, EndpointId, EndpointSet, PodSignals};
 pub use profile::EngineProfile;
 pub use request::Slo;
 pub use saturation::{PoolSaturation, SaturationConfig};
+pub use slo::{SloAction, SloMiss, SloVerdict};
 pub use scheduler::{Candidate, Decision, EventsState, Prompt, Ranked, Request, Scheduler};
 pub use time::Timestamp;

@@ -28,7 +28,10 @@ use crate::keys::{BlockKey, block_keys};
 use crate::latency::{LatencyModel, Prediction};
 use crate::pickers::Picker;
 use crate::pods::{EndpointId, EndpointSet, PodSignals};
-use crate::scorers::{Needs, ScoreContext, Scorer, ScorerSpec, positions_of};
+use crate::scorers::{
+    Needs, PredictedLatencyParams, ScoreContext, Scorer, ScorerSpec, positions_of,
+};
+use crate::slo::SloVerdict;
 use crate::time::Timestamp;
 
 pub use crate::decision::{Decision, Ranked};
@@ -49,6 +52,8 @@ pub struct Scheduler {
     inflight: InFlight,
     latency: Option<LatencyModel>,
     expected_output_tokens: u32,
+    /// The latency scorer's parameters (objectives by request, objective and default).
+    slo_params: Option<PredictedLatencyParams>,
 }
 
 impl Scheduler {
@@ -92,6 +97,7 @@ impl Scheduler {
         Self {
             latency: predicted.map(|p| LatencyModel::new(p.profile.clone())),
             expected_output_tokens: predicted.map_or(256, |p| p.expected_output_tokens),
+            slo_params: predicted.map(|p| (**p).clone()),
             inflight: InFlight::new(inflight),
             filters: profile.filters.iter().map(|f| f.spec.clone()).collect(),
             weight_sum: weights.iter().sum(),
@@ -240,6 +246,10 @@ impl Scheduler {
             }
             _ => Vec::new(),
         };
+        let slo = match &self.slo_params {
+            Some(p) => SloVerdict::of(&p.slo_for(request.slo, request.objective), &predictions),
+            None => SloVerdict::NoObjective,
+        };
         let ctx = ScoreContext {
             request,
             candidates: &eligible,
@@ -302,6 +312,7 @@ impl Scheduler {
             ranked,
             cost: costs.get(first).copied().unwrap_or_default(),
             predicted: predictions.get(first).copied(),
+            slo,
         })
     }
 }

@@ -105,9 +105,7 @@ impl Scorer for PredictedLatency {
             }
             return;
         }
-        let meets = |p: &crate::latency::Prediction| {
-            slo.ttft.is_none_or(|t| p.ttft() <= t) && slo.tpot.is_none_or(|t| p.tpot() <= t)
-        };
+        let meets = |p: &crate::latency::Prediction| crate::slo::SloMiss::of(&slo, p).is_none();
         for ((o, p), cost) in out.iter_mut().zip(predictions).zip(ctx.costs) {
             *o = if meets(p) {
                 let cached = if cost.prompt_tokens == 0 {

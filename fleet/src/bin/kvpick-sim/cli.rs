@@ -174,6 +174,10 @@ pub struct RunArgs {
     /// Directory for results.json, summary.md and SVG plots.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also write every request's record (arrival, engine, tokens, cached, first token,
+    /// predicted TTFT) to `requests-POLICY.jsonl` in `--out`, for per-request analysis.
+    #[arg(long, requires = "out")]
+    pub records: bool,
 }
 
 /// The engine's shape and speed (shared by `run`, `fleet` and `demo`).

@@ -277,6 +277,16 @@ fn write_outputs(
     for (name, svg) in report::plots(runs, summaries) {
         write(name, &svg)?;
     }
+    if args.records {
+        for run in runs {
+            let mut body = String::new();
+            for r in &run.records {
+                body.push_str(&serde_json::to_string(r)?);
+                body.push('\n');
+            }
+            write(&format!("requests-{}.jsonl", run.policy), &body)?;
+        }
+    }
     eprintln!("wrote {}/{{results.json,summary.md,*.svg}}", dir.display());
     Ok(())
 }
