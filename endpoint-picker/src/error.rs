@@ -74,6 +74,11 @@ pub enum Error {
     /// to the client in [`crate::shedding::DROP_REASON_HEADER`].
     #[error("request shed: {0}")]
     Shed(&'static str),
+    /// No endpoint is predicted to meet the request's latency objectives and it may wait for
+    /// room in flow control ([`kvpick_scheduler::SloAction::Queue`]); the exchange waits and
+    /// picks again. Should it reach a client, it is a 429 naming the miss.
+    #[error("no endpoint is predicted to meet the request's objectives: {}", .0.reason())]
+    SloUnattainable(kvpick_scheduler::SloMiss),
     /// A part of the memory budget (`--memory-budget`) is spent; the request is refused rather
     /// than buffered.
     #[error("kvpick's memory budget for {part} is spent; retry later")]
@@ -142,6 +147,7 @@ impl Error {
             Error::MissingModel => "missing_model",
             Error::NoEndpoint(_) => "no_endpoint",
             Error::Shed(_) => "shed",
+            Error::SloUnattainable(_) => "slo_unattainable",
             Error::ShuttingDown => "shutting_down",
             Error::MemoryBudget { .. } => "memory_budget",
             Error::TooManyStreams { .. } => "too_many_streams",
@@ -161,7 +167,7 @@ impl Error {
             | Error::MemoryBudget { .. }
             | Error::TooManyStreams { .. } => 503,
             Error::BodyTimeout { .. } => 408,
-            Error::Shed(_) => 429,
+            Error::Shed(_) | Error::SloUnattainable(_) => 429,
             Error::Scheduler(kvpick_scheduler::Error::NoEndpoint(_)) => 503,
             _ => 500,
         }
@@ -172,6 +178,7 @@ impl Error {
     pub fn drop_reason(&self) -> &'static str {
         match self {
             Error::Shed(reason) => reason,
+            Error::SloUnattainable(miss) => miss.reason(),
             other => other.label(),
         }
     }

@@ -124,9 +124,33 @@ impl FlowControl {
         flow: &FlowId,
         bytes: usize,
     ) -> Result<(), Error> {
+        self.wait(shared, priority, flow, bytes, false).await
+    }
+
+    /// Makes a request that no endpoint is predicted to serve within its objectives wait for
+    /// the next dispatch round with room, whatever the pool's room now (the pods' queues drain
+    /// meanwhile); refused like any waiting request when the queue is full or its TTL passes.
+    pub async fn wait_for_turn(
+        &self,
+        shared: &Shared,
+        priority: i32,
+        flow: &FlowId,
+        bytes: usize,
+    ) -> Result<(), Error> {
+        self.wait(shared, priority, flow, bytes, true).await
+    }
+
+    async fn wait(
+        &self,
+        shared: &Shared,
+        priority: i32,
+        flow: &FlowId,
+        bytes: usize,
+        always: bool,
+    ) -> Result<(), Error> {
         let pool = shedding::pool_saturation(shared);
         // The gate's own rule, read without its lock.
-        if self.waiting.load(Ordering::Relaxed) == 0 && !pool.is_saturated() {
+        if !always && self.waiting.load(Ordering::Relaxed) == 0 && !pool.is_saturated() {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
@@ -136,10 +160,13 @@ impl FlowControl {
                 return Err(Error::ShuttingDown);
             }
             let now = shared.clock.now();
-            let queued = match s
-                .gate
-                .arrive(&pool, priority, flow.clone(), bytes as u64, tx, now)
-            {
+            let (flow, bytes) = (flow.clone(), bytes as u64);
+            let arrival = if always {
+                s.gate.enqueue(priority, flow, bytes, tx, now)
+            } else {
+                s.gate.arrive(&pool, priority, flow, bytes, tx, now)
+            };
+            let queued = match arrival {
                 Arrival::Go(_) => return Ok(()),
                 Arrival::Queued(q) => q,
                 Arrival::Refused(refusal) => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kvpick_scheduler::{
     Candidate, Decision, EndpointSet, PodSignals, Prediction, Prompt, Request, ReservationId,
-    Scheduler, Slo, Timestamp,
+    Scheduler, Slo, SloAction, SloVerdict, Timestamp,
 };
 
 use crate::clock::Clock;
@@ -66,6 +66,11 @@ pub struct RouteRequest<'a> {
     pub slo: Slo,
     /// The InferenceObjective name from the headers.
     pub objective: Option<&'a str>,
+    /// Its priority (negative: sheddable), for what to do when no endpoint meets its objectives.
+    pub priority: i32,
+    /// Whether it may wait in flow control when no endpoint meets its objectives (else a
+    /// request that is not sheddable goes to the fastest endpoint).
+    pub may_queue: bool,
 }
 
 impl<'a> RouteRequest<'a> {
@@ -80,6 +85,8 @@ impl<'a> RouteRequest<'a> {
             max_tokens: None,
             slo: Slo::default(),
             objective: None,
+            priority: 0,
+            may_queue: false,
         }
     }
 }
@@ -256,8 +263,25 @@ impl Picker {
 
     /// Picks the destination for `req`: the primary and up to `fallbacks` more, and reserves
     /// the request's cost on the primary.
+    ///
+    /// When no endpoint is predicted to meet the request's objectives, a sheddable request is
+    /// refused ([`Error::Shed`] with the miss as reason) and one that may queue gets
+    /// [`Error::SloUnattainable`]; nothing is reserved for either.
     pub fn route(&self, req: &RouteRequest<'_>) -> Result<Routing, Error> {
         let (decision, addresses) = self.rank(req)?;
+        if let SloVerdict::Unattainable(miss) = decision.slo {
+            let action = decision.slo.action(req.priority, req.may_queue);
+            let (label, refusal) = match action {
+                SloAction::Shed(_) => ("shed", Some(Error::Shed(miss.reason()))),
+                SloAction::Queue(_) => ("queued", Some(Error::SloUnattainable(miss))),
+                SloAction::Route => ("routed", None),
+            };
+            metrics::counter!(crate::telemetry::SLO_UNATTAINABLE, "reason" => miss.reason(), "action" => label)
+                .increment(1);
+            if let Some(e) = refusal {
+                return Err(e);
+            }
+        }
         let Some(&primary) = addresses.first() else {
             return Err(Error::NoEndpoint("no candidate is eligible".into()));
         };

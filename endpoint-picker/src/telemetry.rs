@@ -85,6 +85,10 @@ pub const INFLIGHT: &str = "kvpick_endpoint_inflight_requests";
 pub const INFLIGHT_PREFILL_TOKENS: &str = "kvpick_endpoint_inflight_prefill_tokens";
 /// |predicted − observed| time to first byte of routed requests.
 pub const TTFT_PREDICTION_ERROR: &str = "kvpick_ttft_prediction_error_seconds";
+/// Requests no endpoint was predicted to meet the objectives of, by `reason` (the miss, as in
+/// `x-kvpick-drop-reason`) and `action` (`shed`: sheddable, refused; `queued`: waited in flow
+/// control and was picked again; `routed`: sent to the fastest endpoint).
+pub const SLO_UNATTAINABLE: &str = "kvpick_slo_unattainable_total";
 /// Requests through the flow-control queue, by outcome (`queued`, `dispatched`, `expired`,
 /// `displaced`, `full`, `too_large`, `cancelled`, `shutdown`).
 pub const FLOW_QUEUE: &str = "kvpick_flow_queue_total";
@@ -217,6 +221,10 @@ fn describe() {
     describe_counter!(
         FLOW_QUEUE,
         "Requests through the flow-control queue, by outcome"
+    );
+    describe_counter!(
+        SLO_UNATTAINABLE,
+        "Requests no endpoint was predicted to meet the objectives of, by reason and action"
     );
     describe_gauge!(
         FLOW_QUEUE_REQUESTS,

@@ -137,8 +137,9 @@ impl LatencyModel {
             + t.per_decode_seq_us * (decoding + 1.0)
             + t.per_context_token_us * (context + own_context)
             + t.per_prefill_token_us * ahead.min(chunk * out) / out;
-        let prefill =
-            own / chunk * fixed + t.per_prefill_token_us * own + t.per_attention_pair_us * own_pairs;
+        let prefill = own / chunk * fixed
+            + t.per_prefill_token_us * own
+            + t.per_attention_pair_us * own_pairs;
         Prediction {
             ttft_us: ttft,
             tpot_us: tpot,

@@ -55,6 +55,6 @@ pub use pods::{Endpoint, EndpointId, EndpointSet, PodSignals};
 pub use profile::EngineProfile;
 pub use request::Slo;
 pub use saturation::{PoolSaturation, SaturationConfig};
-pub use slo::{SloAction, SloMiss, SloVerdict};
 pub use scheduler::{Candidate, Decision, EventsState, Prompt, Ranked, Request, Scheduler};
+pub use slo::{SloAction, SloMiss, SloVerdict};
 pub use time::Timestamp;

@@ -120,10 +120,16 @@ mod tests {
             tpot_us: tpot_ms * 1e3,
             ..Prediction::default()
         };
-        let slo = Slo { ttft: ms(500), tpot: ms(50) };
+        let slo = Slo {
+            ttft: ms(500),
+            tpot: ms(50),
+        };
         let fast_ttft_slow_tpot = p(100.0, 80.0);
         let slow_ttft = p(900.0, 20.0);
-        assert_eq!(SloVerdict::of(&slo, &[slow_ttft, p(400.0, 40.0)]), SloVerdict::Met);
+        assert_eq!(
+            SloVerdict::of(&slo, &[slow_ttft, p(400.0, 40.0)]),
+            SloVerdict::Met
+        );
         assert_eq!(
             SloVerdict::of(&slo, &[fast_ttft_slow_tpot]),
             SloVerdict::Unattainable(SloMiss::Tpot)
@@ -133,7 +139,10 @@ mod tests {
             SloVerdict::of(&slo, &[fast_ttft_slow_tpot, slow_ttft]),
             SloVerdict::Unattainable(SloMiss::Ttft)
         );
-        assert_eq!(SloVerdict::of(&Slo::default(), &[slow_ttft]), SloVerdict::NoObjective);
+        assert_eq!(
+            SloVerdict::of(&Slo::default(), &[slow_ttft]),
+            SloVerdict::NoObjective
+        );
         assert_eq!(SloVerdict::of(&slo, &[]), SloVerdict::NoObjective);
     }
 }

@@ -282,13 +282,14 @@ impl Exchange {
     /// Routes without a prompt: load, subset hint and session only.
     fn route_on_headers(&mut self) -> Result<Routing, Error> {
         let start = Instant::now();
-        let (slo, objective) = (self.slo, self.objective.clone());
+        let (slo, objective, priority) = (self.slo, self.objective.clone(), self.priority);
         let routing = self.route(|picker, subset, session| {
             picker.route(&RouteRequest {
                 session,
                 subset,
                 slo,
                 objective: objective.as_deref(),
+                priority,
                 ..RouteRequest::new("", kvpick_scheduler::Prompt::Empty)
             })
         });
@@ -443,18 +444,37 @@ impl Exchange {
                 let tokens = Tokenized::new(&*tokenizer, &req, &body).await;
                 let prompt = tokens.prompt(&req.prompt);
                 self.outcome = "routed";
-                self.route(|picker, subset, session| {
-                    picker.route(&RouteRequest {
-                        model: &req.model,
-                        cache_salt: req.cache_salt.as_deref(),
-                        prompt,
-                        session,
-                        subset,
-                        max_tokens: req.max_tokens,
-                        slo,
-                        objective: objective.as_deref(),
-                    })
-                })
+                // No endpoint predicted to meet the objectives: with flow control, wait once
+                // for a round with room and pick again (then the fastest, if still none).
+                let mut may_queue = self.shared.flow.is_some();
+                loop {
+                    let priority = self.priority;
+                    let routed = self.route(|picker, subset, session| {
+                        picker.route(&RouteRequest {
+                            model: &req.model,
+                            cache_salt: req.cache_salt.as_deref(),
+                            prompt,
+                            session,
+                            subset,
+                            max_tokens: req.max_tokens,
+                            slo,
+                            objective: objective.as_deref(),
+                            priority,
+                            may_queue,
+                        })
+                    });
+                    match (routed, &self.shared.flow) {
+                        (Err(Error::SloUnattainable(_)), Some(flow)) if may_queue => {
+                            may_queue = false;
+                            let shared = self.shared.clone();
+                            let turn = flow.wait_for_turn(&shared, priority, &self.flow, body.len());
+                            if let Err(e) = turn.await {
+                                break Err(e);
+                            }
+                        }
+                        (routed, _) => break routed,
+                    }
+                }
             }
         };
         metrics::histogram!(t::SCHEDULING).record(start.elapsed().as_secs_f64());

@@ -78,6 +78,20 @@ impl<T> FlowGate<T> {
         if self.queue.is_empty() && !pool.is_saturated() {
             return Arrival::Go(value);
         }
+        self.enqueue(priority, flow, bytes, value, now)
+    }
+
+    /// Queues a request whatever the pool's room: one that no endpoint is predicted to serve
+    /// within its objectives waits for the next dispatch round that has room, and is picked
+    /// again then ([`crate::SloAction::Queue`]).
+    pub fn enqueue(
+        &mut self,
+        priority: i32,
+        flow: FlowId,
+        bytes: u64,
+        value: T,
+        now: Timestamp,
+    ) -> Arrival<T> {
         match self.queue.push(priority, flow, bytes, value, now) {
             Ok(queued) => Arrival::Queued(queued),
             Err(refusal) => Arrival::Refused(refusal),

@@ -120,6 +120,7 @@ fn an_slo_picks_the_best_cached_endpoint_that_meets_it() {
     // No objective: the fastest. Endpoint 1 (2048 cached, idle) beats 0 (cold) and 2 (queued).
     let d = s.pick(&req, &c, Timestamp::ZERO).unwrap();
     assert_eq!(d.primary().unwrap().get(), 1);
+    assert_eq!(d.slo, SloVerdict::NoObjective);
     // A loose TTFT SLO: every endpoint meets it, the most cached one wins.
     req.slo = Slo {
         ttft: Some(Duration::from_secs(10)),
@@ -139,11 +140,25 @@ fn an_slo_picks_the_best_cached_endpoint_that_meets_it() {
     let d = s.pick(&req, &c, Timestamp::ZERO).unwrap();
     assert_eq!(d.primary().unwrap().get(), 1);
     assert!(d.ranked[0].score >= 0.5 && d.ranked[2].score < 0.5, "{d:?}");
-    // An SLO nobody meets: the fastest predicted.
+    assert_eq!(d.slo, SloVerdict::Met);
+    // An SLO nobody meets: the fastest predicted, and the decision says so (the caller sheds
+    // a sheddable request, queues or routes the rest: `SloVerdict::action`).
     req.slo.ttft = Some(Duration::from_millis(1));
     let d = s.pick(&req, &c, Timestamp::ZERO).unwrap();
     assert_eq!(d.primary().unwrap().get(), 1);
     assert!(d.ranked.iter().all(|r| r.score < 0.5));
+    assert_eq!(d.slo, SloVerdict::Unattainable(crate::slo::SloMiss::Ttft));
+    assert_eq!(
+        d.slo.action(-1, false),
+        crate::SloAction::Shed(crate::slo::SloMiss::Ttft)
+    );
+    req.objective = None;
+    req.slo = Slo {
+        ttft: None,
+        tpot: Some(Duration::from_micros(100)),
+    };
+    let d = s.pick(&req, &c, Timestamp::ZERO).unwrap();
+    assert_eq!(d.slo, SloVerdict::Unattainable(crate::slo::SloMiss::Tpot));
 }
 
 #[test]
