@@ -28,7 +28,9 @@ async fn picker(flow_control: bool) -> Picker {
         ""
     };
     let settings = Settings {
-        scheduler: Some(kvpick_scheduler::PickerConfig::parse(&format!("{PREDICTED}{gate}")).unwrap()),
+        scheduler: Some(
+            kvpick_scheduler::PickerConfig::parse(&format!("{PREDICTED}{gate}")).unwrap(),
+        ),
         ..Settings::loopback()
     };
     let p = Picker::start(settings, &PODS).await;
@@ -65,7 +67,11 @@ fn count(metric: &str, labels: &[(&str, &str)]) -> f64 {
     let page = kvpick_epp::telemetry::install().render();
     page.lines()
         .filter(|l| l.starts_with(&format!("{metric}{{")))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -114,7 +120,11 @@ async fn an_impossible_slo_sheds_the_sheddable_and_routes_the_critical() {
     assert_eq!(immediate(&shed).0, 429);
     assert_eq!(drop_reason(&shed).as_deref(), Some("slo-ttft-unattainable"));
     assert_eq!(
-        (unattainable("queued"), unattainable("routed"), unattainable("shed")),
+        (
+            unattainable("queued"),
+            unattainable("routed"),
+            unattainable("shed")
+        ),
         (1.0, 2.0, 2.0)
     );
 }

@@ -40,8 +40,8 @@ impl Cost {
 
     /// Attention pairs its prefill computes: each uncached token attends to the cached prefix
     /// and to the uncached tokens before it. Long prompts spend a large share of their prefill
-    /// here (a 40k-token prompt: ~1.4 s of ~5.4 s on an H100 pair), so work queued ahead is
-    /// priced with it too.
+    /// here (a 40k-token prompt: ~1.4 s of ~5.4 s on an H100 pair), so the progress of the one
+    /// being computed is measured against it too.
     pub fn attention_pairs(&self) -> u64 {
         let own = u64::from(self.uncached_tokens());
         let cached = u64::from(self.prompt_tokens).saturating_sub(own);
@@ -96,11 +96,9 @@ pub struct EndpointLoad {
     pub prefill_requests: u32,
     /// Their uncached prompt tokens, summed.
     pub prefill_tokens: u64,
-    /// Their prefills' attention pairs ([`Cost::attention_pairs`]), summed.
-    pub prefill_pairs: u64,
     /// Uncached tokens of the oldest of them (the one the engine is most likely computing).
     pub head_tokens: u64,
-    /// Attention pairs of the oldest of them.
+    /// Attention pairs of the oldest of them ([`Cost::attention_pairs`]).
     pub head_pairs: u64,
     /// How long the oldest has been the one computed (since it was picked, or since the previous
     /// one's first token).
@@ -141,7 +139,6 @@ struct PerEndpoint {
     /// tokens and attention pairs.
     prefill: BTreeMap<u64, (u32, u64)>,
     prefill_tokens: u64,
-    prefill_pairs: u64,
     head_since: Timestamp,
     decode_requests: u32,
     decode_context: u64,
@@ -217,7 +214,6 @@ impl InFlight {
         let pairs = cost.attention_pairs();
         e.prefill.insert(id, (uncached, pairs));
         e.prefill_tokens += u64::from(uncached);
-        e.prefill_pairs += pairs;
         e.kv_tokens += cost.kv_tokens();
         s.entries.insert(
             id,
@@ -338,9 +334,8 @@ impl InFlight {
 impl PerEndpoint {
     /// Removes prefill reservation `id`, if it is one.
     fn take_prefill(&mut self, id: u64) {
-        if let Some((uncached, pairs)) = self.prefill.remove(&id) {
+        if let Some((uncached, _)) = self.prefill.remove(&id) {
             self.prefill_tokens -= u64::from(uncached);
-            self.prefill_pairs -= pairs;
         }
     }
 }
@@ -401,7 +396,6 @@ impl State {
         EndpointLoad {
             prefill_requests: e.prefill.len() as u32,
             prefill_tokens: e.prefill_tokens,
-            prefill_pairs: e.prefill_pairs,
             head_tokens: head.0,
             head_pairs: head.1,
             head_elapsed: now.saturating_since(e.head_since),

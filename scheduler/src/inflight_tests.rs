@@ -122,10 +122,8 @@ proptest! {
             for (i, pe) in s.endpoints.iter().enumerate() {
                 let live: Vec<_> = s.entries.values().filter(|x| x.endpoint.index() == i).collect();
                 let prefill: u64 = live.iter().filter(|x| !x.decoding).map(|x| u64::from(x.cost.uncached_tokens())).sum();
-                let pairs: u64 = live.iter().filter(|x| !x.decoding).map(|x| x.cost.attention_pairs()).sum();
                 let kv: u64 = live.iter().map(|x| x.cost.kv_tokens()).sum();
                 prop_assert_eq!(pe.prefill_tokens, prefill);
-                prop_assert_eq!(pe.prefill_pairs, pairs);
                 prop_assert_eq!(pe.kv_tokens, kv);
                 prop_assert_eq!(pe.decode_requests as usize, live.iter().filter(|x| x.decoding).count());
             }
@@ -135,6 +133,6 @@ proptest! {
         }
         f.expire(ms(now + 10_000));
         let s = f.state.lock();
-        prop_assert!(s.endpoints.iter().all(|e| e.prefill_tokens == 0 && e.prefill_pairs == 0 && e.kv_tokens == 0 && e.decode_requests == 0 && e.decode_context == 0));
+        prop_assert!(s.endpoints.iter().all(|e| e.prefill_tokens == 0 && e.kv_tokens == 0 && e.decode_requests == 0 && e.decode_context == 0));
     }
 }

@@ -7,13 +7,13 @@
 //! computed, in steps that each also carry the decode batch:
 //!
 //! ```text
-//! ahead  = reserved uncached tokens and attention pairs not yet prefilled (the share of the
-//!          oldest one's time already spent taken off)
+//! ahead  = reserved uncached tokens not yet prefilled (the oldest one's share done taken off:
+//!          the time it has had over its predicted prefill time, attention included)
 //!        + external waiting requests × a typical uncached prompt
 //! work   = ahead + this request's uncached tokens there (prompt − tier-weighted cached)
 //! chunk  = max_num_batched_tokens − decoding sequences
 //! TTFT   = ⌈work / chunk⌉ · (overhead + per_decode_seq·decoding + per_context_token·Σ context)
-//!        + per_prefill_token · work + per_attention_pair · (pairs ahead + its own)
+//!        + per_prefill_token · work + per_attention_pair · (its own attention pairs)
 //!        + preemption: KV tokens demanded beyond the cache, recomputed
 //! TPOT   = overhead + per_decode_seq·(decoding + 1) + per_context_token·(Σ context + its own)
 //!        + the prefill work queued there spread over its decode
@@ -102,8 +102,11 @@ impl LatencyModel {
                 + t.per_attention_pair_us * pairs
         };
         // Prefill work ahead: the oldest reservation has been computing for `head_elapsed`, so
-        // that share of its time is done (attention included: a long prompt's last chunks are
-        // its slowest, and counting tokens alone would call it done early).
+        // that share of its predicted time is done. Its attention counts here: a 40k-token
+        // prompt's is a quarter of its prefill, and counting tokens alone called it done early
+        // (Mooncake synthetic: short requests sent to pods still mid-prefill). The attention of
+        // the rest of the queue is left out on purpose: adding it tipped one llm-d seed into a
+        // preemption storm (TTFT p90 135 s instead of 12 s, hit rate 95.5% instead of 97.2%).
         let (head_tokens, head_pairs) = (load.head_tokens as f64, load.head_pairs as f64);
         let head_time = prefill_time(head_tokens, head_pairs);
         let gone = if head_time > 0.0 {
@@ -114,12 +117,10 @@ impl LatencyModel {
         let external = f64::from(load.external_waiting);
         let typical = load.typical_uncached as f64;
         let ahead = (load.prefill_tokens as f64 - gone * head_tokens).max(0.0) + external * typical;
-        let ahead_pairs = (load.prefill_pairs as f64 - gone * head_pairs).max(0.0)
-            + external * typical * (typical + 1.0) / 2.0;
         let own = f64::from(cost.uncached_tokens());
         let own_pairs = cost.attention_pairs() as f64;
         let work = ahead + own;
-        let mut ttft = prefill_time(work, ahead_pairs + own_pairs);
+        let mut ttft = prefill_time(work, own_pairs);
         // KV pressure: what does not fit is preempted and recomputed (vLLM's recompute policy).
         // The scrape counts blocks in use; reservations add what they will newly hold (outputs
         // grow over the decode: half on average).

@@ -467,7 +467,8 @@ impl Exchange {
                         (Err(Error::SloUnattainable(_)), Some(flow)) if may_queue => {
                             may_queue = false;
                             let shared = self.shared.clone();
-                            let turn = flow.wait_for_turn(&shared, priority, &self.flow, body.len());
+                            let turn =
+                                flow.wait_for_turn(&shared, priority, &self.flow, body.len());
                             if let Err(e) = turn.await {
                                 break Err(e);
                             }

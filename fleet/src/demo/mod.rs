@@ -1,6 +1,9 @@
 //! The one-command demo: the same shared-prefix workload sent through a real Envoy to a simulated
-//! vLLM fleet twice, routed by kvpick-epp first without KV events (it then sees only the pods'
-//! load: cache-blind) and then with them (kvpick's default), measured at the client both times.
+//! vLLM fleet three times, routed by kvpick-epp first without KV events (it then sees only the
+//! pods' load: cache-blind), then with them under the previous default profile (precise prefix,
+//! KV utilization, queue), then under kvpick's default (the latency-predicting profile, priced
+//! with the fleet's engine profile, as a calibrated deployment would be), measured at the client
+//! each time.
 //!
 //! Each pass gets a fresh stack ([`stack`]: fleet, kvpick-epp, Envoy), so both start with cold
 //! caches. The workload is the simulator's shared-prefix generator, sized so that the pods'
@@ -112,17 +115,18 @@ impl DemoConfig {
 /// The outcome of a demo.
 #[derive(Clone, Debug)]
 pub struct DemoResult {
-    /// Cache-blind first, then kvpick.
+    /// Cache-blind first, then the previous default (precise prefix), then kvpick's default.
     pub runs: Vec<LoadSummary>,
     /// The printed comparison.
     pub report: String,
 }
 
 impl DemoResult {
-    /// Whether kvpick had the higher client-measured hit rate and the lower TTFT p90.
+    /// Whether kvpick's default had the higher client-measured hit rate and the lower TTFT p90
+    /// than cache-blind routing.
     pub fn kvpick_wins(&self) -> bool {
         match &self.runs[..] {
-            [blind, kvpick] => {
+            [blind, _, kvpick] => {
                 kvpick.client_hit_rate > blind.client_hit_rate && kvpick.ttft.p90 < blind.ttft.p90
             }
             _ => false,
@@ -130,8 +134,29 @@ impl DemoResult {
     }
 }
 
-/// The two passes: label, whether kvpick-epp gets the KV-event publishers.
-const PASSES: [(&str, bool); 2] = [("cache-blind", false), ("kvpick", true)];
+/// The passes: label, whether kvpick-epp gets the KV-event publishers.
+const PASSES: [(&str, bool); 3] = [
+    ("cache-blind", false),
+    ("precise-prefix", true),
+    ("kvpick", true),
+];
+
+/// The picker config of a pass: the previous default for `precise-prefix`; kvpick's default
+/// priced with the fleet's `profile` (its fields inline, as a calibrated profile is given) for
+/// `kvpick`; kvpick-epp's built-in default for cache-blind (it has no index to read anyway).
+fn pass_config(label: &str, profile: &Profile) -> Option<String> {
+    match label {
+        "precise-prefix" => Some(kvpick_scheduler::PickerConfig::PRECISE_PREFIX_YAML.to_owned()),
+        "kvpick" => {
+            let inline = serde_json::to_string(profile).unwrap_or_default();
+            Some(
+                kvpick_scheduler::PickerConfig::DEFAULT_YAML
+                    .replace("profile: h100-tp2-qwen3-32b", &format!("profile: {inline}")),
+            )
+        }
+        _ => None,
+    }
+}
 
 /// Runs both passes, writes `out/`, prints and returns the comparison. With `keep_running`, the
 /// kvpick stack stays up after the comparison until `cancel`.
@@ -144,7 +169,7 @@ pub async fn run(
 ) -> Result<DemoResult, FleetError> {
     let trace = cfg.workload.generate()?;
     eprintln!(
-        "demo: {} pods ({} KV tokens each), {}: {} requests over {:.0} s, twice through Envoy → kvpick-epp",
+        "demo: {} pods ({} KV tokens each), {}: {} requests over {:.0} s, three times through Envoy → kvpick-epp",
         cfg.pods,
         cfg.profile.kv_tokens(),
         trace.name,
@@ -170,7 +195,16 @@ pub async fn run(
     for (label, kv_events) in PASSES {
         eprintln!("demo: {label}: starting the fleet, kvpick-epp and envoy...");
         let dir = out.join(label);
-        let mut stack = Stack::start(fleet_cfg.clone(), kv_events, tools, &dir, cancel).await?;
+        let config = pass_config(label, &cfg.profile);
+        let mut stack = Stack::start_with(
+            fleet_cfg.clone(),
+            kv_events,
+            config.as_deref(),
+            tools,
+            &dir,
+            cancel,
+        )
+        .await?;
         eprintln!(
             "demo: {label}: sending {} requests through http://{}",
             trace.requests.len(),
@@ -218,7 +252,8 @@ pub async fn run(
     .map_err(|e| FleetError::io(&results, e))?;
     let mut text = format!(
         "\n{}\nSame workload, same fleet, routed through Envoy by kvpick-epp: cache-blind = without the\n\
-         pods' KV events (load only); kvpick = with them (default profile). Measured at the client.\n\n",
+         pods' KV events (load only); precise-prefix = with them, the previous default profile;\n\
+         kvpick = with them, the default (latency-predicting) profile. Measured at the client.\n\n",
         trace.name
     );
     text += &report::table(&runs);
