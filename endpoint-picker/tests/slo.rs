@@ -29,7 +29,7 @@ async fn picker(flow_control: bool) -> Picker {
     };
     let settings = Settings {
         scheduler: Some(
-            kvpick_scheduler::PickerConfig::parse(&format!("{PREDICTED}{gate}")).unwrap(),
+            kvpick_scheduler::EndpointPickerConfig::parse(&format!("{PREDICTED}{gate}")).unwrap(),
         ),
         ..Settings::loopback()
     };
@@ -88,7 +88,7 @@ fn unattainable(action: &str) -> f64 {
 async fn an_impossible_slo_sheds_the_sheddable_and_routes_the_critical() {
     kvpick_epp::telemetry::install();
     let p = picker(false).await;
-    let inflight = p.shared.picker.scheduler().inflight();
+    let inflight = p.shared.router.scheduler().inflight();
 
     let shed = ask(&p, "batch", "50").await;
     let (status, body) = immediate(&shed);

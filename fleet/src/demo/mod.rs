@@ -146,11 +146,13 @@ const PASSES: [(&str, bool); 3] = [
 /// `kvpick`; kvpick-epp's built-in default for cache-blind (it has no index to read anyway).
 fn pass_config(label: &str, profile: &Profile) -> Option<String> {
     match label {
-        "precise-prefix" => Some(kvpick_scheduler::PickerConfig::PRECISE_PREFIX_YAML.to_owned()),
+        "precise-prefix" => {
+            Some(kvpick_scheduler::EndpointPickerConfig::PRECISE_PREFIX_YAML.to_owned())
+        }
         "kvpick" => {
             let inline = serde_json::to_string(profile).unwrap_or_default();
             Some(
-                kvpick_scheduler::PickerConfig::DEFAULT_YAML
+                kvpick_scheduler::EndpointPickerConfig::DEFAULT_YAML
                     .replace("profile: h100-tp2-qwen3-32b", &format!("profile: {inline}")),
             )
         }

@@ -412,5 +412,4 @@ impl State {
 }
 
 #[cfg(test)]
-#[path = "inflight_tests.rs"]
 mod tests;
