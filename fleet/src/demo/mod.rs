@@ -1,9 +1,6 @@
 //! The one-command demo: the same shared-prefix workload sent through a real Envoy to a simulated
-//! vLLM fleet three times, routed by kvpick-epp first without KV events (it then sees only the
-//! pods' load: cache-blind), then with them under the previous default profile (precise prefix,
-//! KV utilization, queue), then under kvpick's default (the latency-predicting profile, priced
-//! with the fleet's engine profile, as a calibrated deployment would be), measured at the client
-//! each time.
+//! vLLM fleet twice, routed by kvpick-epp first without KV events (it then sees only the pods'
+//! load: cache-blind) and then with them (kvpick's default), measured at the client both times.
 //!
 //! Each pass gets a fresh stack ([`stack`]: fleet, kvpick-epp, Envoy), so both start with cold
 //! caches. The workload is the simulator's shared-prefix generator, sized so that the pods'
@@ -105,7 +102,7 @@ impl DemoConfig {
         stage.rate = rate.unwrap_or(stage.rate);
         if !(stage.rate > 0.0 && stage.duration_s > 0.0) {
             return Err(FleetError::InvalidConfig(
-                "--rate and --duration-s must be positive".into(),
+                "--rate and --duration must be positive".into(),
             ));
         }
         Ok(self)
@@ -115,18 +112,17 @@ impl DemoConfig {
 /// The outcome of a demo.
 #[derive(Clone, Debug)]
 pub struct DemoResult {
-    /// Cache-blind first, then the previous default (precise prefix), then kvpick's default.
+    /// Cache-blind first, then kvpick.
     pub runs: Vec<LoadSummary>,
     /// The printed comparison.
     pub report: String,
 }
 
 impl DemoResult {
-    /// Whether kvpick's default had the higher client-measured hit rate and the lower TTFT p90
-    /// than cache-blind routing.
+    /// Whether kvpick had the higher client-measured hit rate and the lower TTFT p90.
     pub fn kvpick_wins(&self) -> bool {
         match &self.runs[..] {
-            [blind, _, kvpick] => {
+            [blind, kvpick] => {
                 kvpick.client_hit_rate > blind.client_hit_rate && kvpick.ttft.p90 < blind.ttft.p90
             }
             _ => false,
@@ -134,31 +130,8 @@ impl DemoResult {
     }
 }
 
-/// The passes: label, whether kvpick-epp gets the KV-event publishers.
-const PASSES: [(&str, bool); 3] = [
-    ("cache-blind", false),
-    ("precise-prefix", true),
-    ("kvpick", true),
-];
-
-/// The picker config of a pass: the previous default for `precise-prefix`; kvpick's default
-/// priced with the fleet's `profile` (its fields inline, as a calibrated profile is given) for
-/// `kvpick`; kvpick-epp's built-in default for cache-blind (it has no index to read anyway).
-fn pass_config(label: &str, profile: &Profile) -> Option<String> {
-    match label {
-        "precise-prefix" => {
-            Some(kvpick_scheduler::EndpointPickerConfig::PRECISE_PREFIX_YAML.to_owned())
-        }
-        "kvpick" => {
-            let inline = serde_json::to_string(profile).unwrap_or_default();
-            Some(
-                kvpick_scheduler::EndpointPickerConfig::DEFAULT_YAML
-                    .replace("profile: h100-tp2-qwen3-32b", &format!("profile: {inline}")),
-            )
-        }
-        _ => None,
-    }
-}
+/// The two passes: label, whether kvpick-epp gets the KV-event publishers.
+const PASSES: [(&str, bool); 2] = [("cache-blind", false), ("kvpick", true)];
 
 /// Runs both passes, writes `out/`, prints and returns the comparison. With `keep_running`, the
 /// kvpick stack stays up after the comparison until `cancel`.
@@ -171,7 +144,7 @@ pub async fn run(
 ) -> Result<DemoResult, FleetError> {
     let trace = cfg.workload.generate()?;
     eprintln!(
-        "demo: {} pods ({} KV tokens each), {}: {} requests over {:.0} s, three times through Envoy → kvpick-epp",
+        "demo: {} pods ({} KV tokens each), {}: {} requests over {:.0} s, twice through Envoy → kvpick-epp",
         cfg.pods,
         cfg.profile.kv_tokens(),
         trace.name,
@@ -197,16 +170,7 @@ pub async fn run(
     for (label, kv_events) in PASSES {
         eprintln!("demo: {label}: starting the fleet, kvpick-epp and envoy...");
         let dir = out.join(label);
-        let config = pass_config(label, &cfg.profile);
-        let mut stack = Stack::start_with(
-            fleet_cfg.clone(),
-            kv_events,
-            config.as_deref(),
-            tools,
-            &dir,
-            cancel,
-        )
-        .await?;
+        let mut stack = Stack::start(fleet_cfg.clone(), kv_events, tools, &dir, cancel).await?;
         eprintln!(
             "demo: {label}: sending {} requests through http://{}",
             trace.requests.len(),
@@ -254,8 +218,7 @@ pub async fn run(
     .map_err(|e| FleetError::io(&results, e))?;
     let mut text = format!(
         "\n{}\nSame workload, same fleet, routed through Envoy by kvpick-epp: cache-blind = without the\n\
-         pods' KV events (load only); precise-prefix = with them, the previous default profile;\n\
-         kvpick = with them, the default (latency-predicting) profile. Measured at the client.\n\n",
+         pods' KV events (load only); kvpick = with them (default profile). Measured at the client.\n\n",
         trace.name
     );
     text += &report::table(&runs);

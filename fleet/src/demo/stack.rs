@@ -92,28 +92,9 @@ impl Stack {
         dir: &Path,
         cancel: &CancellationToken,
     ) -> Result<Self, FleetError> {
-        Self::start_with(fleet_cfg, kv_events, None, tools, dir, cancel).await
-    }
-
-    /// [`Stack::start`] with kvpick-epp running `picker_config` (a picker config's YAML, written
-    /// to `dir/picker-config.yaml`) instead of its default.
-    pub async fn start_with(
-        fleet_cfg: FleetConfig,
-        kv_events: bool,
-        picker_config: Option<&str>,
-        tools: &Tools,
-        dir: &Path,
-        cancel: &CancellationToken,
-    ) -> Result<Self, FleetError> {
         std::fs::create_dir_all(dir).map_err(|e| FleetError::io(dir, e))?;
-        let mut args = Vec::new();
-        if let Some(text) = picker_config {
-            let path = dir.join("picker-config.yaml");
-            std::fs::write(&path, text).map_err(|e| FleetError::io(&path, e))?;
-            args = vec!["--config".to_owned(), path.display().to_string()];
-        }
         let fleet = Fleet::start(fleet_cfg).await?;
-        match Self::front(fleet, kv_events, &args, tools, dir, cancel).await {
+        match Self::front(fleet, kv_events, tools, dir, cancel).await {
             Ok(s) => Ok(s),
             Err((fleet, e)) => {
                 fleet.shutdown().await;
@@ -125,7 +106,6 @@ impl Stack {
     async fn front(
         fleet: Fleet,
         kv_events: bool,
-        extra_args: &[String],
         tools: &Tools,
         dir: &Path,
         cancel: &CancellationToken,
@@ -159,9 +139,7 @@ impl Stack {
                     "0".into(),
                     "--endpoints-file".into(),
                     endpoints.display().to_string(),
-                ]
-                .into_iter()
-                .chain(extra_args.iter().cloned()),
+                ],
                 &[("RUST_LOG", "info")],
                 &dir.join("kvpick-epp.log"),
             )?;
