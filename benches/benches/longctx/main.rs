@@ -234,7 +234,7 @@ async fn run_form(
         let text = match form {
             Form::Text => true,
             Form::Tokens => false,
-            Form::Mixed => i % 2 == 0,
+            Form::Mixed => i.is_multiple_of(2),
         };
         let (ctx, n, id) = (ctx.clone(), i, *seq);
         *seq += 1;
