@@ -258,6 +258,51 @@ async fn reset_prefix_cache(addr: std::net::SocketAddr) {
     assert_eq!(resp.status(), 200, "/reset_prefix_cache on {addr}");
 }
 
+/// The events of each batch `tap` received, by type.
+fn event_types(tap: &Tap) -> Vec<Vec<String>> {
+    tap.payloads()
+        .iter()
+        .map(|p| {
+            p[1].as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["type"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+/// `/reset_prefix_cache` on an idle server publishes nothing at once: `AllBlocksCleared` comes
+/// with the engine's next step, at the head of the first batch after the reset.
+async fn cleared_at_next_step(addr: std::net::SocketAddr, tap: &Tap, who: &str) {
+    let before = event_types(tap).len();
+    reset_prefix_cache(addr).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let idle = event_types(tap);
+    assert_eq!(
+        idle.len(),
+        before,
+        "{who} published {:?} on an idle reset, before any step",
+        &idle[before..]
+    );
+    let body = json!({"model": MODEL, "prompt": "after the reset, the next step", "max_tokens": 2});
+    post_direct(addr, "/v1/completions", &body).await;
+    for _ in 0..300 {
+        let now = event_types(tap);
+        if now.len() > before {
+            assert_eq!(
+                now[before].first().map(String::as_str),
+                Some("AllBlocksCleared"),
+                "{who}: the first batch after the reset: {:?}",
+                now[before]
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{who} published no batch after the reset and a request");
+}
+
 /// Runs the same history on a fleet pod as `vllm` went through (stores, evictions, a cache
 /// reset), then compares the two field by field. `tap` has been subscribed to `vllm` since it
 /// started.
@@ -279,7 +324,9 @@ pub async fn fleet_matches_vllm(vllm: &Vllm, tap: &Tap) {
         let body = json!({"model": MODEL, "prompt": ids, "max_tokens": 2});
         post_direct(server.address, "/v1/completions", &body).await;
     }
-    reset_prefix_cache(server.address).await;
+    // The reset's timing, on both: vLLM (idle at this point of the suite) and the fleet.
+    cleared_at_next_step(vllm.addr, tap, "vLLM").await;
+    cleared_at_next_step(server.address, &fleet_tap, "the fleet").await;
     let usage_fleet = usage_shapes(server.address).await;
     let usage_vllm = usage_shapes(vllm.addr).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use kvpick_scheduler::KvEvent;
 use kvpick_scheduler::events::EventBatch;
 use tokio::sync::{mpsc, watch};
 
@@ -38,6 +39,9 @@ pub(super) struct Sink<'a> {
     pub(super) stats: &'a mut EngineStats,
     pub(super) events: &'a mpsc::Sender<PubCommand>,
     pub(super) dp_rank: Option<u32>,
+    /// A `/reset_prefix_cache` not yet published: vLLM queues `AllBlocksCleared` with the cache's
+    /// other events and publishes it at the head of its next step's batch.
+    pub(super) cleared: &'a mut bool,
 }
 
 type LoraCounts = BTreeMap<String, u32>;
@@ -139,6 +143,9 @@ impl EngineSink for Sink<'_> {
     }
 
     fn kv_events(&mut self, mut batch: EventBatch) {
+        if std::mem::take(self.cleared) {
+            batch.events.insert(0, KvEvent::AllBlocksCleared);
+        }
         batch.ts = unix_now();
         batch.data_parallel_rank = self.dp_rank;
         if self.events.try_send(PubCommand::Batch(batch)).is_err() {
