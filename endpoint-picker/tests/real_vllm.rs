@@ -447,7 +447,9 @@ async fn tool_call_arguments_vllm_refuses(
             {"role": "tool", "tool_call_id": "call_9", "content": "3 C"}]});
         let req = hyper::Request::post(format!("http://{}/tokenize", rig.pods[0].addr))
             .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
             .unwrap();
         let status = envoy::client().request(req).await.unwrap().status();
         assert_eq!(status, 400, "vLLM's /tokenize for {function}");

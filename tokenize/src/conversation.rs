@@ -327,7 +327,13 @@ mod tests {
         let absent = json!({"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
             "function": {"name": "f"}}]});
         assert!(normalize_message(&absent, ContentFormat::String).is_err());
-        for args in [json!({"city": "Oslo"}), json!({}), json!(null), json!([1]), json!(3)] {
+        for args in [
+            json!({"city": "Oslo"}),
+            json!({}),
+            json!(null),
+            json!([1]),
+            json!(3),
+        ] {
             let m = json!({"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
                 "function": {"name": "f", "arguments": args}}]});
             assert!(

@@ -293,6 +293,7 @@ impl Driver {
                 prompt_len,
                 lora: s.lora,
                 arrival,
+                scheduled: arrival,
                 generated: 0,
                 running: false,
             },

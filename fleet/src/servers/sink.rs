@@ -22,6 +22,8 @@ pub(super) struct Live {
     pub(super) prompt_len: u32,
     pub(super) lora: Option<Arc<str>>,
     pub(super) arrival: SimTime,
+    /// When first scheduled (vLLM's prefill time runs from here to the first token).
+    pub(super) scheduled: SimTime,
     pub(super) generated: u32,
     pub(super) running: bool,
 }
@@ -68,6 +70,7 @@ impl EngineSink for Sink<'_> {
         self.stats.prefix_queries += l.prompt_len as u64;
         self.stats.prefix_hits += cached_tokens as u64;
         self.stats.queue.observe(now.secs_since(l.arrival));
+        l.scheduled = now;
         l.running = true;
         if let Some(name) = &l.lora {
             move_lora(
@@ -86,6 +89,7 @@ impl EngineSink for Sink<'_> {
             return;
         };
         self.stats.ttft.observe(now.secs_since(l.arrival));
+        self.stats.prefill.observe(now.secs_since(l.scheduled));
         self.stats.prompt_tokens += l.prompt_len as u64;
         self.stats.generation_tokens += 1;
         l.generated = 1;
