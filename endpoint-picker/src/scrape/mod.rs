@@ -48,12 +48,9 @@ pub async fn supervise(
     config: ScrapeConfig,
     stop: CancellationToken,
 ) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.timeout));
-    connector.set_nodelay(true);
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
+        .build(kvpick_tokenize::remote::connector(config.timeout));
     let mut views = pool.subscribe();
     let mut loops: HashMap<EndpointId, (String, CancellationToken)> = HashMap::new();
     let mut tasks = JoinSet::new();
