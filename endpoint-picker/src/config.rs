@@ -66,6 +66,10 @@ pub struct Cli {
     /// kvpick's default profile (precise prefix 2, KV utilization 1, queue 1), flow control off.
     #[arg(long, env = "KVPICK_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Engine profile the predicted-latency scorer prices work with: a `profile.yaml` as
+    /// `kvpick-sim calibrate` writes it (replaces the config's `profile` parameter).
+    #[arg(long, env = "KVPICK_ENGINE_PROFILE")]
+    pub engine_profile: Option<PathBuf>,
     /// Endpoints file for file discovery (YAML; re-read when it changes; format in README.md).
     #[arg(long, env = "KVPICK_ENDPOINTS_FILE")]
     pub endpoints_file: Option<PathBuf>,
