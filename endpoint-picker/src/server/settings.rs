@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kvpick_scheduler::profile::online::OnlineConfig;
 use kvpick_scheduler::{BlockSize, EngineProfile};
 use kvpick_scheduler::config::PickerConfig as SchedulerConfig;
 
@@ -44,6 +45,8 @@ pub struct Settings {
     /// `--engine-profile`: the predicted-latency scorer's engine profile, overriding the
     /// scheduler config's.
     pub engine_profile: Option<EngineProfile>,
+    /// Online calibration of that profile (`--online-calibration`); `None` keeps it fixed.
+    pub online_calibration: Option<OnlineConfig>,
     /// `--kv-tier-weights` (GPU, CPU, STORAGE), overriding the scheduler config's.
     pub tier_weights: Option<[f32; 3]>,
     /// Picker settings.
@@ -108,6 +111,11 @@ impl Settings {
                 .as_deref()
                 .map(load_engine_profile)
                 .transpose()?,
+            online_calibration: cli.online_calibration.then(|| OnlineConfig {
+                interval: cli.calibration_interval,
+                window: cli.calibration_window,
+                ..OnlineConfig::default()
+            }),
             tier_weights,
             picker: RouteConfig {
                 fallbacks: cli.fallbacks,
@@ -152,6 +160,7 @@ impl Settings {
             block_size: BlockSize::DEFAULT,
             scheduler: None,
             engine_profile: None,
+            online_calibration: None,
             tier_weights: None,
             picker: RouteConfig::default(),
             limits: Limits {
@@ -225,6 +234,8 @@ mod tests {
         )
         .unwrap();
         let s = settings(&path).unwrap();
+        let online = s.online_calibration.unwrap();
+        assert_eq!(online.interval, Duration::from_secs(30), "on by default");
         let p = s.engine_profile.unwrap();
         assert_eq!((p.kv_blocks, p.step_time.per_prefill_token_us), (2048, 29.9));
         for (body, expected) in [

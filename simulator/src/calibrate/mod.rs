@@ -8,8 +8,6 @@
 //! workload shape ([`shape`]). [`Calibration::write`] writes `profile.yaml` (for
 //! `--profile-file`), `workload.jsonl` (for `--trace`), `calibration.json` and `fit.svg`.
 
-pub mod fit;
-mod lsq;
 pub mod shape;
 pub mod windows;
 
@@ -22,6 +20,7 @@ use crate::engine::Profile;
 use crate::error::SimError;
 use crate::report::svg::{LinePlot, Series as PlotSeries};
 use crate::trace::generate::RateStage;
+pub use kvpick_scheduler::profile::fit;
 use fit::StepFit;
 use shape::{LengthDist, Workload};
 use windows::{Counter, Series, Window};

@@ -44,10 +44,14 @@
 
 use serde::Serialize;
 
-use super::lsq::{Row, correlation, nonnegative_fit, rss, spread};
-use super::windows::{Counter, Window};
-use crate::engine::StepTimeModel;
-use crate::error::SimError;
+mod counters;
+mod lsq;
+
+pub use counters::{COUNTERS, Counter, Window, increase};
+use lsq::{Row, correlation, nonnegative_fit, rss, spread};
+
+use super::StepTimeModel;
+use crate::error::Error;
 
 /// The regressors, in column order after the intercept.
 pub(super) const COLUMNS: [&str; 3] = ["per_prefill_token", "per_decode_seq", "per_context_token"];
@@ -104,84 +108,10 @@ pub fn fit_step_time(
     min_gaps: f64,
     chunk_tokens: u32,
     fit_context: bool,
-) -> Result<StepFit, SimError> {
-    let (mean_in, mean_out) = mean_lengths(windows);
-    let mut rows = Vec::new();
-    let mut used = Vec::new();
-    for w in windows {
-        let steps = w.get(Counter::Steps);
-        if steps < 1.0 {
-            continue;
-        }
-        let gaps = w.get(Counter::ItlCount);
-        let firsts = w.get(Counter::TtftCount);
-        let prefill = (w.get(Counter::StepTokens) - w.get(Counter::Generated)).max(0.0);
-        let mean = |sum: Counter, count: Counter, default: f64| {
-            let n = w.get(count);
-            if n > 0.0 { w.get(sum) / n } else { default }
-        };
-        let len_in = mean(Counter::PromptLenSum, Counter::PromptLenCount, mean_in);
-        let len_out = mean(Counter::OutputLenSum, Counter::OutputLenCount, mean_out);
-        let decode = gaps / steps;
-        let len = len_in + len_out / 2.0;
-        // Sequences decoding at a random instant: decode-seconds per second.
-        let decoding = w.get(Counter::ItlSum) / w.secs.max(f64::MIN_POSITIVE);
-        if gaps >= min_gaps.max(1.0) {
-            rows.push(Row {
-                kind: "gap",
-                x: [
-                    1.0,
-                    decoding * prefill / gaps,
-                    decode + 1.0,
-                    (decode + 1.0) * len,
-                ],
-                y: w.get(Counter::ItlSum) / gaps * 1e6,
-                w: gaps,
-            });
-            used.push(w);
-        }
-        let prefill_s = if w.get(Counter::PrefillCount) > 0.0 {
-            Some(mean(Counter::PrefillSum, Counter::PrefillCount, 0.0))
-        } else if w.get(Counter::QueueCount) > 0.0 && firsts > 0.0 {
-            Some(
-                mean(Counter::TtftSum, Counter::TtftCount, 0.0)
-                    - mean(Counter::QueueSum, Counter::QueueCount, 0.0),
-            )
-        } else {
-            None
-        };
-        if let Some(t) = prefill_s.filter(|t| *t > 0.0 && firsts >= 3.0) {
-            let per_request = prefill / firsts;
-            let chunks = (per_request / chunk_tokens.max(1) as f64).ceil().max(1.0);
-            rows.push(Row {
-                kind: "prefill",
-                x: [
-                    chunks,
-                    per_request,
-                    chunks * decoding,
-                    chunks * decoding * len,
-                ],
-                y: t * 1e6,
-                w: firsts,
-            });
-            used.push(w);
-        }
-    }
-    // Each kind of evidence weighs the same in total.
-    let total = |k: &str| {
-        rows.iter()
-            .filter(|r| r.kind == k)
-            .map(|r| r.w)
-            .sum::<f64>()
-    };
-    let (gap_w, prefill_w) = (total("gap"), total("prefill"));
-    if gap_w > 0.0 && prefill_w > 0.0 {
-        for r in rows.iter_mut().filter(|r| r.kind == "prefill") {
-            r.w *= gap_w / prefill_w;
-        }
-    }
+) -> Result<StepFit, Error> {
+    let (rows, used) = rows(windows, min_gaps, chunk_tokens);
     if rows.len() < 4 {
-        return Err(SimError::Prometheus(format!(
+        return Err(Error::Calibration(format!(
             "{} windows with traffic, need at least 4: widen --window, shorten \
              --resolution, or calibrate while the pods serve traffic",
             rows.len()
@@ -271,17 +201,129 @@ pub fn fit_step_time(
     })
 }
 
+/// The regression rows of `windows` (see the module docs), weighted, with the window of each.
+fn rows(windows: &[Window], min_gaps: f64, chunk_tokens: u32) -> (Vec<Row>, Vec<&Window>) {
+    let (mean_in, mean_out) = mean_lengths(windows);
+    let mut rows = Vec::new();
+    let mut used = Vec::new();
+    for w in windows {
+        let steps = w.get(Counter::Steps);
+        if steps < 1.0 {
+            continue;
+        }
+        let gaps = w.get(Counter::ItlCount);
+        let firsts = w.get(Counter::TtftCount);
+        let prefill = (w.get(Counter::StepTokens) - w.get(Counter::Generated)).max(0.0);
+        let mean = |sum: Counter, count: Counter, default: f64| {
+            let n = w.get(count);
+            if n > 0.0 { w.get(sum) / n } else { default }
+        };
+        let len_in = mean(Counter::PromptLenSum, Counter::PromptLenCount, mean_in);
+        let len_out = mean(Counter::OutputLenSum, Counter::OutputLenCount, mean_out);
+        let decode = gaps / steps;
+        let len = len_in + len_out / 2.0;
+        // Sequences decoding at a random instant: decode-seconds per second.
+        let decoding = w.get(Counter::ItlSum) / w.secs.max(f64::MIN_POSITIVE);
+        if gaps >= min_gaps.max(1.0) {
+            rows.push(Row {
+                kind: "gap",
+                x: [
+                    1.0,
+                    decoding * prefill / gaps,
+                    decode + 1.0,
+                    (decode + 1.0) * len,
+                ],
+                y: w.get(Counter::ItlSum) / gaps * 1e6,
+                w: gaps,
+            });
+            used.push(w);
+        }
+        let prefill_s = if w.get(Counter::PrefillCount) > 0.0 {
+            Some(mean(Counter::PrefillSum, Counter::PrefillCount, 0.0))
+        } else if w.get(Counter::QueueCount) > 0.0 && firsts > 0.0 {
+            Some(
+                mean(Counter::TtftSum, Counter::TtftCount, 0.0)
+                    - mean(Counter::QueueSum, Counter::QueueCount, 0.0),
+            )
+        } else {
+            None
+        };
+        if let Some(t) = prefill_s.filter(|t| *t > 0.0 && firsts >= 3.0) {
+            let per_request = prefill / firsts;
+            let chunks = (per_request / chunk_tokens.max(1) as f64).ceil().max(1.0);
+            rows.push(Row {
+                kind: "prefill",
+                x: [
+                    chunks,
+                    per_request,
+                    chunks * decoding,
+                    chunks * decoding * len,
+                ],
+                y: t * 1e6,
+                w: firsts,
+            });
+            used.push(w);
+        }
+    }
+    // Each kind of evidence weighs the same in total.
+    let total = |k: &str| {
+        rows.iter()
+            .filter(|r| r.kind == k)
+            .map(|r| r.w)
+            .sum::<f64>()
+    };
+    let (gap_w, prefill_w) = (total("gap"), total("prefill"));
+    if gap_w > 0.0 && prefill_w > 0.0 {
+        for r in rows.iter_mut().filter(|r| r.kind == "prefill") {
+            r.w *= gap_w / prefill_w;
+        }
+    }
+    (rows, used)
+}
+
+/// Weighted root mean square error, µs, of `model` over the windows' mean inter-token gaps and
+/// prefill times (the rows [`fit_step_time`] fits); `None` when no window qualifies. The attention
+/// coefficient has no regressor here (see the module docs) and is left out.
+pub fn rmse_us(
+    model: &StepTimeModel,
+    windows: &[Window],
+    min_gaps: f64,
+    chunk_tokens: u32,
+) -> Option<f64> {
+    let (rows, _) = rows(windows, min_gaps, chunk_tokens);
+    let coef = [
+        model.overhead_us,
+        model.per_prefill_token_us,
+        model.per_decode_seq_us,
+        model.per_context_token_us,
+    ];
+    let weight: f64 = rows.iter().map(|r| r.w).sum();
+    (weight > 0.0).then(|| (rss(&rows, &coef) / weight).sqrt())
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::calibrate::windows::COUNTERS;
-    use rand::rngs::SmallRng;
-    use rand::{Rng, SeedableRng};
+    use super::COUNTERS;
+
+    /// A seeded generator for the synthetic windows (splitmix64; the core has no `rand`).
+    pub(crate) struct TestRng(pub(crate) u64);
+
+    impl TestRng {
+        pub(crate) fn random_range(&mut self, r: std::ops::Range<f64>) -> f64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            let u = (z ^ (z >> 31)) as f64 / u64::MAX as f64;
+            r.start + (r.end - r.start) * u
+        }
+    }
 
     /// Windows of an engine whose steps follow `truth` exactly, at varied loads and prompts;
     /// `noise` is the relative error of each window's mean gap.
-    fn synthetic(truth: &StepTimeModel, noise: f64, vary_prompts: bool) -> Vec<Window> {
-        let mut rng = SmallRng::seed_from_u64(7);
+    pub(crate) fn synthetic(truth: &StepTimeModel, noise: f64, vary_prompts: bool) -> Vec<Window> {
+        let mut rng = TestRng(7);
         (0..60)
             .map(|k| {
                 let steps: f64 = rng.random_range(200.0..400.0);
@@ -336,7 +378,7 @@ mod tests {
             .collect()
     }
 
-    const TRUTH: StepTimeModel = StepTimeModel {
+    pub(crate) const TRUTH: StepTimeModel = StepTimeModel {
         overhead_us: 5000.0,
         per_prefill_token_us: 40.0,
         per_decode_seq_us: 150.0,
