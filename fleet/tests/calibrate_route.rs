@@ -43,13 +43,15 @@ pub fn truth() -> Profile {
     p
 }
 
-/// Requests/s (whole pool), prompt length range, output length range, seconds: light decoding,
-/// heavy prefill, heavy decoding.
+/// Requests/s (whole pool), prompt length range, output length range, seconds: long prompts
+/// (prefill dominates their TTFT, so a profile's error shows over the few milliseconds of
+/// step-boundary waits and proxy hops), longer ones, then a decoding phase for the per-sequence
+/// cost.
 type Phase = (f64, (u32, u32), (u32, u32), f64);
 const PHASES: [Phase; 3] = [
-    (8.0, (96, 192), (16, 32), 10.0),
-    (4.0, (600, 1000), (16, 32), 10.0),
-    (12.0, (96, 192), (96, 160), 10.0),
+    (4.0, (1000, 2000), (16, 32), 10.0),
+    (2.0, (2000, 3000), (16, 32), 10.0),
+    (4.0, (96, 192), (96, 160), 8.0),
 ];
 
 /// Poisson arrivals per phase, a 64-token prefix shared by 4 groups.
@@ -424,5 +426,8 @@ async fn online_calibration_shrinks_the_prediction_error_of_a_wrong_profile() {
         "fitted per_prefill_token {fitted} µs vs truth {}",
         TRUTH.per_prefill_token_us
     );
-    assert!(e2 < e1 * 0.6, "error p50 {e2:.4} s after vs {e1:.4} s before");
+    assert!(
+        e2 < e1 * 0.6,
+        "error p50 {e2:.4} s after vs {e1:.4} s before"
+    );
 }

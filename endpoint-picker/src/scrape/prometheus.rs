@@ -83,11 +83,7 @@ fn family(name: &str) -> Option<Family> {
         "vllm:lora_requests_info" => Family::Lora,
         // Buckets are the bulk of a page: rejected before the counters' names are compared.
         _ if name.ends_with("_bucket") => return None,
-        _ => Family::Counter(
-            COUNTERS
-                .into_iter()
-                .find(|c| c.names().contains(&name))?,
-        ),
+        _ => Family::Counter(COUNTERS.into_iter().find(|c| c.names().contains(&name))?),
     })
 }
 
@@ -259,7 +255,11 @@ vllm:e2e_request_latency_seconds_count 12
         );
         assert_eq!(m.counters[Counter::Steps as usize], Some(15.0));
         assert_eq!(m.counters[Counter::StepTokens as usize], Some(700.0));
-        assert_eq!(m.counters[Counter::ItlSum as usize], Some(0.5), "older name");
+        assert_eq!(
+            m.counters[Counter::ItlSum as usize],
+            Some(0.5),
+            "older name"
+        );
         assert_eq!(m.counters[Counter::TtftCount as usize], Some(4.0));
         assert_eq!(m.counters[Counter::PrefillSum as usize], None);
         assert!(parse(PAGE).counters[Counter::Steps as usize].is_none());

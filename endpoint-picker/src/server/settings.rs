@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kvpick_scheduler::config::PickerConfig as SchedulerConfig;
 use kvpick_scheduler::profile::online::OnlineConfig;
 use kvpick_scheduler::{BlockSize, EngineProfile};
-use kvpick_scheduler::config::PickerConfig as SchedulerConfig;
 
 use super::tls::TlsSource;
 use crate::budget::BudgetConfig;
@@ -237,14 +237,20 @@ mod tests {
         let online = s.online_calibration.unwrap();
         assert_eq!(online.interval, Duration::from_secs(30), "on by default");
         let p = s.engine_profile.unwrap();
-        assert_eq!((p.kv_blocks, p.step_time.per_prefill_token_us), (2048, 29.9));
+        assert_eq!(
+            (p.kv_blocks, p.step_time.per_prefill_token_us),
+            (2048, 29.9)
+        );
         for (body, expected) in [
             ("name: x\n", "missing field"),
             ("name: x\nkv_blocks: lots\n", "kv_blocks"),
         ] {
             std::fs::write(&path, body).unwrap();
             let e = settings(&path).unwrap_err().to_string();
-            assert!(e.contains("--engine-profile") && e.contains(expected), "{e}");
+            assert!(
+                e.contains("--engine-profile") && e.contains(expected),
+                "{e}"
+            );
         }
         let e = settings(&dir.path().join("absent.yaml"))
             .unwrap_err()

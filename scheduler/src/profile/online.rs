@@ -240,9 +240,7 @@ impl Calibrator {
             ),
             ("per_decode_seq", m.per_decode_seq_us, start_decode),
         ] {
-            let ok = got.is_finite()
-                && got <= start * c.max_factor
-                && got >= start / c.max_factor;
+            let ok = got.is_finite() && got <= start * c.max_factor && got >= start / c.max_factor;
             if !ok && start > 0.0 {
                 return Err(Rejection::Implausible(format!(
                     "{name} {got:.2} µs is beyond ×{} of the starting {start:.2} µs",

@@ -181,7 +181,11 @@ fn a_model_priced_with_its_own_profile() {
     let tokens: Vec<u32> = (0..4096).collect();
     let ttft = |model: &str| {
         let req = Request::new(model, Prompt::Tokens(&tokens));
-        s.pick(&req, &c, Timestamp::ZERO).unwrap().predicted.unwrap().ttft_us
+        s.pick(&req, &c, Timestamp::ZERO)
+            .unwrap()
+            .predicted
+            .unwrap()
+            .ttft_us
     };
     let before = (ttft("m"), ttft("other"));
     let mut slow = s.engine_profile("m").unwrap();

@@ -20,8 +20,8 @@ use crate::engine::Profile;
 use crate::error::SimError;
 use crate::report::svg::{LinePlot, Series as PlotSeries};
 use crate::trace::generate::RateStage;
-pub use kvpick_scheduler::profile::fit;
 use fit::StepFit;
+pub use kvpick_scheduler::profile::fit;
 use shape::{LengthDist, Workload};
 use windows::{Counter, Series, Window};
 

@@ -303,8 +303,8 @@ pub fn rmse_us(
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::*;
     use super::COUNTERS;
+    use super::*;
 
     /// A seeded generator for the synthetic windows (splitmix64; the core has no `rand`).
     pub(crate) struct TestRng(pub(crate) u64);

@@ -69,7 +69,10 @@ fn a_wrong_start_is_refitted_close_to_the_truth() {
     assert!((m.per_prefill_token_us / 40.0 - 1.0).abs() < 0.15, "{m:?}");
     assert!((m.overhead_us / 5000.0 - 1.0).abs() < 0.15, "{m:?}");
     assert_eq!(c.current(), &profile);
-    assert_eq!((profile.kv_blocks, profile.max_num_batched_tokens), (256, 512));
+    assert_eq!(
+        (profile.kv_blocks, profile.max_num_batched_tokens),
+        (256, 512)
+    );
     // Not again before the interval.
     assert_eq!(c.refit(now + Duration::from_secs(1)), None);
     assert!(c.refit(now + Duration::from_secs(31)).is_some());
