@@ -98,7 +98,7 @@ impl OnlineCalibration {
                     "accepted"
                 }
                 Outcome::Rejected(r) => {
-                    tracing::debug!(model, reason = ?r, "online calibration: fit rejected");
+                    tracing::info!(model, reason = ?r, "online calibration: fit rejected");
                     r.label()
                 }
             };

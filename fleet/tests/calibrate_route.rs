@@ -385,30 +385,54 @@ async fn online_calibration_shrinks_the_prediction_error_of_a_wrong_profile() {
             "coefficient=\"per_prefill_token\"",
         )
     };
-    // The same load twice: the first pass runs (mostly) on the wrong profile while the pods'
-    // counters accumulate, the second on what online calibration fitted from them.
-    let mut pages = Vec::new();
-    for seed in [1, 2] {
-        let records = load::run(&trace(seed), &load_cfg, &cancel).await.unwrap();
+    let accepted = |page: &str| {
+        sample(
+            page,
+            "kvpick_engine_profile_fits_total",
+            "outcome=\"accepted\"",
+        )
+        .unwrap_or(0.0)
+    };
+    // The first pass runs on the wrong profile while the pods' counters accumulate (a fit may be
+    // accepted towards its end). Then, until a fit is accepted (refits every 5 s; up to three
+    // more passes if the windows do not determine one yet), and a last pass measured on it.
+    async fn run(stack: &mut Stack, cfg: &LoadConfig, seed: u64) -> String {
+        let records = load::run(&trace(seed), cfg, &CancellationToken::new())
+            .await
+            .unwrap();
         assert!(records.iter().all(|r| r.outcome.error.is_none()));
         stack.check_alive().unwrap();
-        pages.push(stack.epp_metrics_text().await.unwrap());
+        stack.epp_metrics_text().await.unwrap()
     }
+    let first_page = run(&mut stack, &load_cfg, 1).await;
+    let mut seed = 2;
+    let mut page = first_page.clone();
+    loop {
+        for _ in 0..12 {
+            if accepted(&page) >= 1.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            page = stack.epp_metrics_text().await.unwrap();
+        }
+        if accepted(&page) >= 1.0 || seed > 4 {
+            break;
+        }
+        page = run(&mut stack, &load_cfg, seed).await;
+        seed += 1;
+    }
+    let last_page = run(&mut stack, &load_cfg, seed).await;
     stack.stop().await;
+    let pages = [first_page, last_page];
     let first = histogram(&pages[0], ERR);
-    let second = minus(&histogram(&pages[1], ERR), &first);
+    let last = minus(&histogram(&pages[1], ERR), &histogram(&page, ERR));
     let (e1, e2) = (
         quantile(&first, 0.5).unwrap(),
-        quantile(&second, 0.5).unwrap(),
+        quantile(&last, 0.5).unwrap(),
     );
-    let accepted = sample(
-        &pages[1],
-        "kvpick_engine_profile_fits_total",
-        "outcome=\"accepted\"",
-    )
-    .unwrap_or(0.0);
+    let accepted = accepted(&pages[1]);
     println!(
-        "online calibration: error p50 first pass {:.1} ms, second {:.1} ms; per_prefill_token {:?} → {:?} µs; {accepted} fits accepted",
+        "online calibration: error p50 first pass {:.1} ms, pass {seed} (after a fit) {:.1} ms; per_prefill_token {:?} → {:?} µs; {accepted} fits accepted",
         e1 * 1e3,
         e2 * 1e3,
         prefill(&start_page),
@@ -419,7 +443,13 @@ async fn online_calibration_shrinks_the_prediction_error_of_a_wrong_profile() {
         Some(TRUTH.per_prefill_token_us * 3.0),
         "the configured profile, before any fit"
     );
-    assert!(accepted >= 1.0, "no fit accepted:\n{}", pages[1]);
+    let log = std::fs::read_to_string(dir.path().join("kvpick-epp.log")).unwrap_or_default();
+    let calibration_log: Vec<&str> = log.lines().filter(|l| l.contains("calibration")).collect();
+    assert!(
+        accepted >= 1.0,
+        "no fit accepted; kvpick-epp's log says:\n{}",
+        calibration_log.join("\n")
+    );
     let fitted = prefill(&pages[1]).unwrap();
     assert!(
         (fitted / TRUTH.per_prefill_token_us - 1.0).abs() < 0.3,

@@ -120,14 +120,14 @@ impl Server {
             tasks.spawn(ok(watch));
         }
         let calibration = self.settings.online_calibration.clone().and_then(|c| {
-            OnlineCalibration::new(c, self.shared.picker.scheduler().clone()).map(Arc::new)
+            OnlineCalibration::new(c, self.shared.router.scheduler().clone()).map(Arc::new)
         });
         let supervise = scrape::supervise(
             self.pool.clone(),
             self.index.clone(),
             self.shared.clock,
             ScrapeConfig {
-                staleness: self.shared.picker.config().staleness,
+                staleness: self.shared.router.config().staleness,
                 ..self.settings.scrape.clone()
             },
             calibration,

@@ -5,16 +5,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kvpick_scheduler::config::PickerConfig as SchedulerConfig;
 use kvpick_scheduler::profile::online::OnlineConfig;
-use kvpick_scheduler::{BlockSize, EngineProfile};
+use kvpick_scheduler::{BlockSize, EndpointPickerConfig, EngineProfile};
 
 use super::tls::TlsSource;
 use crate::budget::BudgetConfig;
 use crate::config::Cli;
 use crate::error::Error;
 use crate::kv_events::KvEventsConfig;
-use crate::picker::RouteConfig;
+use crate::router::RouteConfig;
 use crate::scrape::ScrapeConfig;
 use crate::tokenizer::TokenizeSettings;
 use crate::{Limits, discovery};
@@ -41,7 +40,7 @@ pub struct Settings {
     pub block_size: BlockSize,
     /// The scheduler's config (`--config`); `None` runs the default profile with `block_size`
     /// and the picker's staleness.
-    pub scheduler: Option<SchedulerConfig>,
+    pub scheduler: Option<EndpointPickerConfig>,
     /// `--engine-profile`: the predicted-latency scorer's engine profile, overriding the
     /// scheduler config's.
     pub engine_profile: Option<EngineProfile>,
@@ -50,7 +49,7 @@ pub struct Settings {
     /// `--kv-tier-weights` (GPU, CPU, STORAGE), overriding the scheduler config's.
     pub tier_weights: Option<[f32; 3]>,
     /// Picker settings.
-    pub picker: RouteConfig,
+    pub route: RouteConfig,
     /// Request bounds.
     pub limits: Limits,
     /// The process's memory budget (`--memory-budget`, `--max-streams`).
@@ -117,7 +116,7 @@ impl Settings {
                 ..OnlineConfig::default()
             }),
             tier_weights,
-            picker: RouteConfig {
+            route: RouteConfig {
                 fallbacks: cli.fallbacks,
                 staleness: cli.metrics_staleness_threshold,
                 emit_scores: cli.emit_scores,
@@ -162,7 +161,7 @@ impl Settings {
             engine_profile: None,
             online_calibration: None,
             tier_weights: None,
-            picker: RouteConfig::default(),
+            route: RouteConfig::default(),
             limits: Limits {
                 max_body_bytes: 16 << 20,
                 body_timeout: Duration::from_secs(60),
@@ -189,10 +188,10 @@ impl Settings {
 }
 
 /// Reads and validates a picker config file.
-fn load_config(path: &std::path::Path) -> Result<SchedulerConfig, Error> {
+fn load_config(path: &std::path::Path) -> Result<EndpointPickerConfig, Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Config(format!("--config {}: {e}", path.display())))?;
-    SchedulerConfig::parse(&text)
+    EndpointPickerConfig::parse(&text)
         .map_err(|e| Error::Config(format!("--config {}: {e}", path.display())))
 }
 

@@ -88,7 +88,7 @@ impl<'de> Deserialize<'de> for ProfileChoice {
     }
 }
 
-impl super::PickerConfig {
+impl super::EndpointPickerConfig {
     /// Prices every `predicted-latency-scorer` of the profile with `profile` (a calibrated
     /// `profile.yaml`, e.g. kvpick-epp's `--engine-profile`). Fails when the profile has no such
     /// scorer: the engine profile would silently do nothing.
@@ -140,11 +140,11 @@ impl PredictedLatencyDoc {
 mod tests {
     use std::time::Duration;
 
-    use crate::PickerConfig;
+    use crate::EndpointPickerConfig;
     use crate::scorers::ScorerSpec;
 
-    fn parse(parameters: &str) -> Result<PickerConfig, String> {
-        PickerConfig::parse(&format!(
+    fn parse(parameters: &str) -> Result<EndpointPickerConfig, String> {
+        EndpointPickerConfig::parse(&format!(
             "apiVersion: llm-d.ai/v1\nkind: EndpointPickerConfig\nplugins:\n- type: predicted-latency-scorer\n  parameters: {parameters}\n"
         ))
         .map_err(|e| e.to_string())
@@ -210,7 +210,7 @@ mod tests {
             panic!("{c:?}");
         };
         assert_eq!(p.profile, fitted);
-        let mut old = PickerConfig::precise_prefix();
+        let mut old = EndpointPickerConfig::precise_prefix();
         let e = old.set_engine_profile(&fitted).unwrap_err().to_string();
         assert!(e.contains("no predicted-latency-scorer"), "{e}");
         fitted.kv_blocks = 0;

@@ -221,7 +221,7 @@ impl Calibrator {
         let chunk = self.start.max_num_batched_tokens;
         let f = fit::fit_step_time(train, c.min_gaps, chunk, false)
             .map_err(|e| Rejection::Failed(e.to_string()))?;
-        if !(f.r2 >= c.min_r2) {
+        if f.r2.is_nan() || f.r2 < c.min_r2 {
             return Err(Rejection::Implausible(format!(
                 "R² {:.3} below {}",
                 f.r2, c.min_r2

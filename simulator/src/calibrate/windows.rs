@@ -117,13 +117,7 @@ mod tests {
         );
         assert_eq!((w[1].get(Counter::Steps), w[1].end), (2.0, 120.0));
         assert_eq!(w[1].get(Counter::PrefixHits), 0.0);
-        assert_eq!(engine_key(&w[0].labels_for_test()), "pod=a");
-    }
-
-    impl Window {
-        fn labels_for_test(&self) -> BTreeMap<String, String> {
-            let (k, v) = self.engine.split_once('=').unwrap();
-            [(k.to_owned(), v.to_owned())].into()
-        }
+        assert_eq!(w[0].engine, "pod=a");
+        assert_eq!(engine_key(&series("a", &[]).labels), "pod=a");
     }
 }

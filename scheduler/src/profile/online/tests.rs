@@ -34,8 +34,8 @@ fn config() -> OnlineConfig {
 fn feed(c: &mut Calibrator, truths: &[StepTimeModel], noise: f64) -> Timestamp {
     let mut now = Timestamp::from_millis(1000);
     let mut cum = [[0.0f64; COUNTERS.len()]; 2];
-    for pod in 0..2 {
-        c.observe(&format!("pod{pod}"), now, &cum[pod].map(Some));
+    for (pod, values) in cum.iter().enumerate() {
+        c.observe(&format!("pod{pod}"), now, &values.map(Some));
     }
     for truth in truths {
         for (k, w) in synthetic(truth, noise, true).iter().enumerate() {

@@ -20,7 +20,7 @@ plugins:
 ";
 
 fn scheduler() -> Scheduler {
-    let config = PickerConfig::parse(LATENCY).unwrap();
+    let config = EndpointPickerConfig::parse(LATENCY).unwrap();
     let index = Arc::new(KvIndex::new(config.index.clone()));
     Scheduler::with_config(config, index).unwrap()
 }
@@ -195,8 +195,8 @@ fn a_model_priced_with_its_own_profile() {
     assert!(ttft("m") > before.0 * 1.5, "{} vs {}", ttft("m"), before.0);
     assert_eq!(ttft("other"), before.1);
     let plain = Scheduler::with_config(
-        PickerConfig::precise_prefix(),
-        Arc::new(KvIndex::new(PickerConfig::precise_prefix().index)),
+        EndpointPickerConfig::precise_prefix(),
+        Arc::new(KvIndex::new(EndpointPickerConfig::precise_prefix().index)),
     )
     .unwrap();
     assert!(!plain.set_engine_profile("m", s.engine_profile("other").unwrap()));
