@@ -73,18 +73,34 @@ enum Family {
     Counter(Counter),
 }
 
+/// The series read, by name.
+const FAMILIES: [(&str, Family); 6] = [
+    ("vllm:num_requests_waiting", Family::Waiting),
+    ("vllm:num_requests_running", Family::Running),
+    ("vllm:kv_cache_usage_perc", Family::KvUsage),
+    ("vllm:gpu_cache_usage_perc", Family::GpuUsageLegacy),
+    ("vllm:cache_config_info", Family::CacheConfig),
+    ("vllm:lora_requests_info", Family::Lora),
+];
+
+/// The names of the series kvpick reads from a pod's page (the fleet must expose those vLLM does:
+/// `endpoint-picker/tests/real_vllm/conformance.rs`).
+pub fn scraped_names() -> impl Iterator<Item = &'static str> {
+    FAMILIES.iter().map(|(n, _)| *n)
+}
+
 fn family(name: &str) -> Option<Family> {
-    Some(match name {
-        "vllm:num_requests_waiting" => Family::Waiting,
-        "vllm:num_requests_running" => Family::Running,
-        "vllm:kv_cache_usage_perc" => Family::KvUsage,
-        "vllm:gpu_cache_usage_perc" => Family::GpuUsageLegacy,
-        "vllm:cache_config_info" => Family::CacheConfig,
-        "vllm:lora_requests_info" => Family::Lora,
-        // Buckets are the bulk of a page: rejected before the counters' names are compared.
-        _ if name.ends_with("_bucket") => return None,
-        _ => Family::Counter(COUNTERS.into_iter().find(|c| c.names().contains(&name))?),
-    })
+    if let Some((_, f)) = FAMILIES.iter().find(|(n, _)| *n == name) {
+        return Some(*f);
+    }
+    // Buckets are the bulk of a page: rejected before the counters' names are compared.
+    if name.ends_with("_bucket") {
+        return None;
+    }
+    COUNTERS
+        .into_iter()
+        .find(|c| c.names().contains(&name))
+        .map(Family::Counter)
 }
 
 /// Scans a metrics page. Malformed lines of the families read are skipped, never fatal.
