@@ -305,32 +305,22 @@ pub fn rmse_us(
 pub(crate) mod tests {
     use super::COUNTERS;
     use super::*;
+    use crate::splitmix::SplitMix64;
 
-    /// A seeded generator for the synthetic windows (splitmix64; the core has no `rand`).
-    pub(crate) struct TestRng(pub(crate) u64);
-
-    impl TestRng {
-        pub(crate) fn random_range(&mut self, r: std::ops::Range<f64>) -> f64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            let u = (z ^ (z >> 31)) as f64 / u64::MAX as f64;
-            r.start + (r.end - r.start) * u
-        }
+    /// Uniform in `r`.
+    fn random_range(rng: &mut SplitMix64, r: std::ops::Range<f64>) -> f64 {
+        r.start + (r.end - r.start) * rng.unit()
     }
 
-    /// Windows of an engine whose steps follow `truth` exactly, at varied loads and prompts;
-    /// `noise` is the relative error of each window's mean gap.
     pub(crate) fn synthetic(truth: &StepTimeModel, noise: f64, vary_prompts: bool) -> Vec<Window> {
-        let mut rng = TestRng(7);
+        let mut rng = SplitMix64(7);
         (0..60)
             .map(|k| {
-                let steps: f64 = rng.random_range(200.0..400.0);
-                let decode: f64 = rng.random_range(1.0..40.0);
-                let prefill: f64 = rng.random_range(0.0..300.0);
+                let steps: f64 = random_range(&mut rng, 200.0..400.0);
+                let decode: f64 = random_range(&mut rng, 1.0..40.0);
+                let prefill: f64 = random_range(&mut rng, 0.0..300.0);
                 let len_in = if vary_prompts {
-                    rng.random_range(200.0..3000.0)
+                    random_range(&mut rng, 200.0..3000.0)
                 } else {
                     1000.0
                 };
@@ -351,7 +341,7 @@ pub(crate) mod tests {
                 set(Counter::Generated, gaps + 10.0);
                 set(Counter::StepTokens, prefill * steps + gaps + 10.0);
                 set(Counter::ItlCount, gaps);
-                let err = 1.0 + noise * rng.random_range(-1.0..1.0);
+                let err = 1.0 + noise * random_range(&mut rng, -1.0..1.0);
                 set(Counter::ItlSum, gaps * seen * err / 1e6);
                 set(Counter::PromptLenCount, 10.0);
                 set(Counter::PromptLenSum, 10.0 * len_in);
