@@ -18,8 +18,9 @@ use kvpick_scheduler::events::{BlockStored, EngineHash};
 use kvpick_scheduler::keys::block_keys;
 use kvpick_scheduler::pods::LoraState;
 use kvpick_scheduler::{
-    Candidate, Endpoint, EndpointId, EndpointSet, EventBatch, EventsState, IndexConfig, KvEvent,
-    KvIndex, PickerConfig, PodSignals, PrefixMatches, Prompt, Request, Scheduler, Timestamp,
+    Candidate, Endpoint, EndpointId, EndpointPickerConfig, EndpointSet, EventBatch, EventsState,
+    IndexConfig, KvEvent, KvIndex, PodSignals, PrefixMatches, Prompt, Request, Scheduler,
+    Timestamp,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -167,7 +168,7 @@ plugins:
 
 fn profiles(w: &Workload) -> Vec<(&'static str, Scheduler)> {
     let build = |yaml| {
-        let config = PickerConfig::parse(yaml).unwrap_or_else(|e| panic!("{e}"));
+        let config = EndpointPickerConfig::parse(yaml).unwrap_or_else(|e| panic!("{e}"));
         Scheduler::with_config(config, w.index.clone()).unwrap_or_else(|e| panic!("{e}"))
     };
     vec![

@@ -35,7 +35,7 @@ pub const QUEUE_DISPLACED: &str = "queue-displaced";
 
 /// The request's flow: its fairness id when that header is trusted, else the default flow.
 pub fn flow_id(shared: &Shared, headers: Option<&HeaderMap>) -> FlowId {
-    let trusted = shared.picker.config().trusted_headers.fairness;
+    let trusted = shared.router.config().trusted_headers.fairness;
     FlowId::new(shedding::trusted_header(headers, FAIRNESS_HEADER, trusted))
 }
 

@@ -6,7 +6,7 @@
 //!   [`extproc::reply`] builds Envoy's messages.
 //! - [`request`]: pure parser of OpenAI-style bodies; [`prompt`]: the tokenizer seam, served by
 //!   [`tokenizer`] (`kvpick-tokenize`, off the reactor, with a deadline).
-//! - [`picker`]: candidates from the pool, then `kvpick_scheduler::Scheduler::pick`; it reserves
+//! - [`router`]: candidates from the pool, then `kvpick_scheduler::Scheduler::pick`; it reserves
 //!   each request's cost on its primary, released as the response ends; [`slo`]: the latency
 //!   objectives of the `x-slo-*` headers.
 //! - [`shedding`]: request priority and the saturated pool's 429 for sheddable requests;
@@ -42,12 +42,12 @@ pub mod extproc;
 pub mod flow_control;
 pub mod health;
 pub mod kv_events;
-pub mod picker;
 pub mod pool;
 pub mod prediction;
 pub mod prompt;
 pub mod query;
 pub mod request;
+pub mod router;
 pub mod scrape;
 pub mod server;
 pub mod shedding;
@@ -73,7 +73,7 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct Shared {
     /// Decides where requests go.
-    pub picker: picker::Picker,
+    pub router: router::Router,
     /// Tokenizes text prompts (declines until one is configured).
     pub tokenizer: Arc<dyn prompt::Tokenize>,
     /// Per-request bounds.
@@ -88,7 +88,7 @@ pub struct Shared {
 
 /// What KV-event ingestion ([`kv_events`]) receives from the picker: the pool's
 /// views (each member's id, model, `kvEvents` and `kvReplay` addresses, and its
-/// [`pool::Live`] cell to report [`kvpick_scheduler::scheduler::EventsState`] in), the index to
+/// [`pool::Live`] cell to report [`kvpick_scheduler::EventsState`] in), the index to
 /// apply events to, and the `--kv-events-bind` address. A subscriber must stop writing for an
 /// endpoint within [`pool::DRAIN_GRACE`] of it leaving a view.
 #[derive(Debug, Clone)]

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
+use kvpick_scheduler::EventsState;
 use kvpick_scheduler::pods::EndpointIds;
-use kvpick_scheduler::scheduler::EventsState;
 use kvpick_scheduler::{Endpoint, EndpointId, KvIndex, PodSignals, Timestamp};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 
 use crate::Shared;
-use crate::picker::Routing;
+use crate::router::Routing;
 
 /// What was predicted for one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub struct Prediction {
 impl Prediction {
     /// The prediction behind `routing`: its matched blocks in tokens of the index's block size.
     pub fn new(shared: &Shared, routing: &Routing) -> Self {
-        let block = u64::from(shared.picker.scheduler().index().block_size().get());
+        let block = u64::from(shared.router.scheduler().index().block_size().get());
         Self {
             primary: routing.primary,
             tokens: u64::from(routing.matched_blocks) * block,

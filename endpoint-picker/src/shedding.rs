@@ -88,8 +88,8 @@ pub fn trusted_header<'a>(
 /// The request's priority from its headers (objective, then the priority header when trusted,
 /// else 0).
 pub fn priority(shared: &Shared, headers: Option<&HeaderMap>) -> i32 {
-    let trusted = shared.picker.config().trusted_headers.priority;
-    shared.picker.scheduler().config().saturation.priority(
+    let trusted = shared.router.config().trusted_headers.priority;
+    shared.router.scheduler().config().saturation.priority(
         reply::header(headers, OBJECTIVE_HEADER),
         trusted_header(headers, PRIORITY_HEADER, trusted),
     )
@@ -97,8 +97,8 @@ pub fn priority(shared: &Shared, headers: Option<&HeaderMap>) -> i32 {
 
 /// The pool's saturation now, also exported as [`t::POOL_SATURATION`] and [`t::POOL_SATURATED`].
 pub fn pool_saturation(shared: &Shared) -> PoolSaturation {
-    let config = &shared.picker.scheduler().config().saturation;
-    let view = shared.picker.pool().view();
+    let config = &shared.router.scheduler().config().saturation;
+    let view = shared.router.pool().view();
     let signals: Vec<_> = view.members.iter().map(|m| m.live.signals()).collect();
     let p = config.pool(signals.iter().map(|s| s.as_deref()), shared.clock.now());
     metrics::gauge!(t::POOL_SATURATION).set(p.fraction());

@@ -21,8 +21,8 @@ use common::vllm::Pod;
 use http_body_util::{BodyExt, Full};
 use kvpick_epp::pool::Freshness;
 use kvpick_epp::{Server, Settings};
+use kvpick_scheduler::EventsState;
 use kvpick_scheduler::events::{BlockStored, EngineHash, EventBatch, KvEvent};
-use kvpick_scheduler::scheduler::EventsState;
 use tokio::sync::oneshot;
 
 struct Fleet {
@@ -53,7 +53,7 @@ impl Fleet {
         settings.endpoints_file = Some(file);
         settings.endpoints_poll = Duration::from_millis(200);
         settings.metrics = Some("127.0.0.1:0".parse().unwrap());
-        settings.picker.staleness = STALENESS;
+        settings.route.staleness = STALENESS;
         settings.limits.max_body_bytes = 100_000;
         settings.scrape.staleness = STALENESS;
         settings.scrape.timeout = Duration::from_millis(200);
@@ -99,7 +99,7 @@ impl Fleet {
 
     /// Stands in for pod `i`'s KV events: it now holds `tokens`' full blocks.
     fn store(&self, i: usize, tokens: &[u32]) {
-        let index = self.shared.picker.scheduler().index();
+        let index = self.shared.router.scheduler().index();
         let view = self.pool.view();
         let member = view.by_address(&self.pods[i].addr).unwrap();
         let id = member.endpoint.id;

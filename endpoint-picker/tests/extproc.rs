@@ -302,7 +302,7 @@ async fn no_endpoint_is_503() {
 #[tokio::test]
 async fn fallbacks_are_listed_in_order() {
     let settings = Settings {
-        picker: kvpick_epp::picker::RouteConfig {
+        route: kvpick_epp::router::RouteConfig {
             fallbacks: 2,
             emit_scores: true,
             ..Default::default()
@@ -413,14 +413,14 @@ async fn response_bodies_stream_back_in_order_and_usage_is_read() {
 async fn sheddable_requests_get_429_only_while_the_pool_is_saturated() {
     // Signals turn stale after 300 ms here (the process clock starts near 0, so the default 2 s
     // could not be aged past without a long sleep).
-    let config = kvpick_scheduler::PickerConfig::parse(
-        &kvpick_scheduler::PickerConfig::DEFAULT_YAML
+    let config = kvpick_scheduler::EndpointPickerConfig::parse(
+        &kvpick_scheduler::EndpointPickerConfig::DEFAULT_YAML
             .replace("maxSignalAge: 2s", "maxSignalAge: 300ms"),
     )
     .unwrap();
     let settings = Settings {
         scheduler: Some(config),
-        picker: kvpick_epp::picker::RouteConfig {
+        route: kvpick_epp::router::RouteConfig {
             trusted_headers: kvpick_epp::shedding::TrustedHeaders::ALL,
             ..Default::default()
         },
@@ -428,7 +428,7 @@ async fn sheddable_requests_get_429_only_while_the_pool_is_saturated() {
     };
     let untrusting = Picker::start(
         Settings {
-            picker: Default::default(),
+            route: Default::default(),
             ..settings.clone()
         },
         &[A, B],
@@ -469,14 +469,14 @@ async fn sheddable_requests_get_429_only_while_the_pool_is_saturated() {
 
 #[tokio::test]
 async fn objectives_from_the_config_set_the_priority() {
-    let config = kvpick_scheduler::PickerConfig::parse(&format!(
+    let config = kvpick_scheduler::EndpointPickerConfig::parse(&format!(
         "{}objectives: {{batch: -5, chat: 0}}\n",
-        kvpick_scheduler::PickerConfig::DEFAULT_YAML.replace("objectives: {}\n", "")
+        kvpick_scheduler::EndpointPickerConfig::DEFAULT_YAML.replace("objectives: {}\n", "")
     ))
     .unwrap();
     let settings = Settings {
         scheduler: Some(config),
-        picker: kvpick_epp::picker::RouteConfig {
+        route: kvpick_epp::router::RouteConfig {
             trusted_headers: kvpick_epp::shedding::TrustedHeaders::ALL,
             ..Default::default()
         },

@@ -294,7 +294,7 @@ async fn an_event_flood_from_one_pod_stays_bounded_and_spares_the_others() {
     let config = dir.path().join("picker.yaml");
     std::fs::write(
         &config,
-        kvpick_scheduler::PickerConfig::DEFAULT_YAML
+        kvpick_scheduler::EndpointPickerConfig::DEFAULT_YAML
             .replace("capacity: 67108864", &format!("capacity: {CAPACITY}")),
     )
     .unwrap();

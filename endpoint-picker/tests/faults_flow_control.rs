@@ -97,7 +97,7 @@ async fn under_overload_requests_wait_in_kvpick_and_higher_priorities_overtake()
     write_endpoints(&file, &fleet.entries);
     let picker_config = |name: &str, flow: &str| {
         let path = dir.path().join(name);
-        let yaml = kvpick_scheduler::PickerConfig::DEFAULT_YAML
+        let yaml = kvpick_scheduler::EndpointPickerConfig::DEFAULT_YAML
             .replace("queueDepthThreshold: 5", "queueDepthThreshold: 0")
             .replace("objectives: {}", "objectives: {urgent: 10}");
         std::fs::write(&path, format!("{yaml}{flow}")).unwrap();

@@ -18,12 +18,12 @@ const A: &str = "127.0.0.1:40101";
 async fn picker(flow: &str) -> Picker {
     let yaml = format!(
         "{}featureGates: [flowControl]\nflowControl: {{{flow}}}\n",
-        kvpick_scheduler::PickerConfig::DEFAULT_YAML
+        kvpick_scheduler::EndpointPickerConfig::DEFAULT_YAML
     );
     // This gateway sets the priority and fairness headers itself.
     let settings = Settings {
-        scheduler: Some(kvpick_scheduler::PickerConfig::parse(&yaml).unwrap()),
-        picker: kvpick_epp::picker::RouteConfig {
+        scheduler: Some(kvpick_scheduler::EndpointPickerConfig::parse(&yaml).unwrap()),
+        route: kvpick_epp::router::RouteConfig {
             trusted_headers: kvpick_epp::shedding::TrustedHeaders::ALL,
             ..Default::default()
         },

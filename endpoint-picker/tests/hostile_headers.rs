@@ -11,7 +11,7 @@ use common::envoy::{self, Envoy};
 use common::*;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Out;
 use kvpick_epp::Settings;
-use kvpick_epp::picker::RouteConfig;
+use kvpick_epp::router::RouteConfig;
 use kvpick_epp::shedding::TrustedHeaders;
 
 const A: &str = "127.0.0.1:40111";
@@ -19,7 +19,7 @@ const A: &str = "127.0.0.1:40111";
 /// A picker over A whose only endpoint is saturated: priority < 0 is shed with a 429.
 async fn saturated(trusted: TrustedHeaders) -> Picker {
     let settings = Settings {
-        picker: RouteConfig {
+        route: RouteConfig {
             trusted_headers: trusted,
             ..Default::default()
         },

@@ -58,7 +58,7 @@ async fn burst(p: &Picker) -> (HashMap<String, usize>, Vec<Stream>) {
 #[tokio::test]
 async fn a_burst_spreads_by_predicted_cost_and_reservations_are_released() {
     let settings = Settings {
-        scheduler: Some(kvpick_scheduler::PickerConfig::parse(PREDICTED).unwrap()),
+        scheduler: Some(kvpick_scheduler::EndpointPickerConfig::parse(PREDICTED).unwrap()),
         ..Settings::loopback()
     };
     let p = Picker::start(settings, &PODS).await;
@@ -71,7 +71,7 @@ async fn a_burst_spreads_by_predicted_cost_and_reservations_are_released() {
     for pod in &PODS[1..] {
         assert!(picks.get(*pod).copied().unwrap_or(0) >= 3, "{picks:?}");
     }
-    let inflight = p.shared.picker.scheduler().inflight();
+    let inflight = p.shared.router.scheduler().inflight();
     assert_eq!(inflight.len(), 50);
     // Half the responses stream to their end: first byte, then end of stream.
     for s in streams.drain(..25) {
@@ -98,7 +98,7 @@ async fn a_burst_spreads_by_predicted_cost_and_reservations_are_released() {
 async fn without_the_latency_scorer_the_same_burst_lands_on_one_pod() {
     // The previous default: weights over scraped gauges, which do not move within a scrape.
     let settings = Settings {
-        scheduler: Some(kvpick_scheduler::PickerConfig::precise_prefix()),
+        scheduler: Some(kvpick_scheduler::EndpointPickerConfig::precise_prefix()),
         ..Settings::loopback()
     };
     let p = Picker::start(settings, &PODS).await;

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use kv_events_common::*;
 use kvpick_epp::kv_events::{DropReason, parse_tier_weights};
+use kvpick_scheduler::EventsState;
 use kvpick_scheduler::IndexConfig;
 use kvpick_scheduler::events::{EncodeOptions, HashEncoding, KvEvent, Medium};
-use kvpick_scheduler::scheduler::EventsState;
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

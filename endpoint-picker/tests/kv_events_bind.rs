@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use kv_events_common::*;
 use kvpick_epp::kv_events::{DropReason, KvEventsConfig, KvSource};
+use kvpick_scheduler::EventsState;
 use kvpick_scheduler::events::{EncodeOptions, HashEncoding, KvEvent};
-use kvpick_scheduler::scheduler::EventsState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn bind_config(ranks: u16) -> KvEventsConfig {

@@ -13,8 +13,8 @@ use kvpick_epp::clock::Clock;
 use kvpick_epp::discovery::{Discovered, EndpointSpec};
 use kvpick_epp::kv_events::KvEvents;
 use kvpick_epp::pool::Pool;
+use kvpick_scheduler::EventsState;
 use kvpick_scheduler::events::EncodeOptions;
-use kvpick_scheduler::scheduler::EventsState;
 use kvpick_scheduler::{IndexConfig, KvIndex};
 use tokio_util::sync::CancellationToken;
 

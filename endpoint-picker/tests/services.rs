@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::vllm::Pod;
 use kvpick_epp::query::pb;
 use kvpick_epp::{Server, Settings};
+use kvpick_scheduler::EventsState;
 use kvpick_scheduler::events::{BlockStored, EngineHash, EventBatch, KvEvent};
-use kvpick_scheduler::scheduler::EventsState;
 use tokio::sync::oneshot;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -96,7 +96,7 @@ fn store(r: &Running, addr: SocketAddr, tokens: &[u32]) {
         })],
         ..Default::default()
     };
-    r.shared.picker.scheduler().index().apply(id, "m", &batch);
+    r.shared.router.scheduler().index().apply(id, "m", &batch);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +123,7 @@ async fn file_discovery_reloads_and_clears_leaving_endpoints() {
     assert_eq!(m.endpoint.labels["role"], "decode");
     let id_b = first.by_address(&b).unwrap().endpoint.id;
     store(&r, b, &(0..64).collect::<Vec<u32>>());
-    let index = r.shared.picker.scheduler().index().clone();
+    let index = r.shared.router.scheduler().index().clone();
     assert_eq!(index.endpoint_entries(id_b), 4);
 
     // b leaves, c joins: the KV-event manager's watch sees it, and b's entries are gone.

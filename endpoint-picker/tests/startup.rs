@@ -9,14 +9,14 @@ use kvpick_epp::{Server, Settings};
 
 #[tokio::test]
 async fn a_picker_config_must_agree_with_the_endpoints_file_on_block_size() {
-    use kvpick_scheduler::config::PickerConfig;
+    use kvpick_scheduler::config::EndpointPickerConfig;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("endpoints.yaml");
     std::fs::write(&file, "model: m\nblockSize: 16\nendpoints: []\n").unwrap();
     let config_file = dir.path().join("picker.yaml");
     std::fs::write(
         &config_file,
-        PickerConfig::DEFAULT_YAML.replace("blockSize: 16", "blockSize: 32"),
+        EndpointPickerConfig::DEFAULT_YAML.replace("blockSize: 16", "blockSize: 32"),
     )
     .unwrap();
 

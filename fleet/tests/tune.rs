@@ -1,7 +1,7 @@
 //! `kvpick-sim tune` end to end on a small regenerated llm-d workload (shared-prefix preset, 30
 //! groups, 6 QPS for 30 s, 4 engines): random search, 2 seeds per point, 2 jobs. The best point is
 //! at least as good as the default config on TTFT p90 (paired over the same seeds), and what it
-//! writes is deployable unchanged: `picker.yaml` parses with `PickerConfig::parse` into exactly the
+//! writes is deployable unchanged: `picker.yaml` parses with `EndpointPickerConfig::parse` into exactly the
 //! winning weights, `configmap.yaml` carries the same text, and the real kvpick-epp starts with
 //! `--config picker.yaml` (while it refuses a corrupted copy, so the check can fail).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: a failed unwrap is a failed test
@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kvpick_fleet::demo::procs::{Child, free_port};
-use kvpick_scheduler::PickerConfig;
+use kvpick_scheduler::EndpointPickerConfig;
 use serde_json::Value;
 
 /// Starts kvpick-epp with `config`; `Ok` once its metrics answer, `Err(log)` if it exits.
@@ -130,7 +130,7 @@ async fn tune_beats_or_matches_default_and_writes_deployable_config() {
 
     // The written config is the winner, loadable as is.
     let picker = std::fs::read_to_string(out.join("picker.yaml")).unwrap();
-    let config = PickerConfig::parse(&picker).unwrap();
+    let config = EndpointPickerConfig::parse(&picker).unwrap();
     assert_eq!(config.index.block_size.get(), 16);
     let best: Vec<f64> = serde_json::from_value(points[0]["weights"].clone()).unwrap();
     let names = [

@@ -11,7 +11,8 @@
 //! - [`inflight`]: what was sent to each endpoint and not yet finished (reserve on pick).
 //! - [`latency`]: predicted TTFT/TPOT per candidate from in-flight load and the engine profile.
 //! - [`profile`]: engine profiles (vLLM limits, step-time coefficients), shared with the simulator.
-//! - [`scheduler`]: `Scheduler::pick`, from a request and its candidates to a ranked decision.
+//! - [`pipeline`]: the [`Scheduler`] and its `pick`, from a request and its candidates to a ranked
+//!   decision.
 //! - [`request`], [`decision`]: what `pick` takes and returns.
 //! - [`filters`], [`scorers`], [`pickers`]: the plugins of the pipeline.
 //! - [`saturation`]: whether the pool has room, for shedding sheddable requests.
@@ -34,15 +35,16 @@ pub mod keys;
 pub mod latency;
 mod lru;
 pub mod pickers;
+pub mod pipeline;
 pub mod pods;
 pub mod profile;
 pub mod request;
 pub mod saturation;
-pub mod scheduler;
 pub mod scorers;
 pub mod time;
 
-pub use config::PickerConfig;
+pub use config::EndpointPickerConfig;
+pub use decision::{Decision, Ranked};
 pub use error::Error;
 pub use events::{EventBatch, KvEvent};
 pub use flow::{FlowConfig, FlowGate, FlowId, FlowQueue, Pacer};
@@ -50,9 +52,9 @@ pub use index::{IndexConfig, KvIndex, PrefixMatches};
 pub use inflight::{Cost, EndpointLoad, InFlight, ReservationId};
 pub use keys::{BlockKey, BlockSize, Partition};
 pub use latency::{LatencyModel, Prediction};
+pub use pipeline::Scheduler;
 pub use pods::{Endpoint, EndpointId, EndpointSet, PodSignals};
 pub use profile::EngineProfile;
-pub use request::Slo;
+pub use request::{Candidate, EventsState, Prompt, Request, Slo};
 pub use saturation::{PoolSaturation, SaturationConfig};
-pub use scheduler::{Candidate, Decision, EventsState, Prompt, Ranked, Request, Scheduler};
 pub use time::Timestamp;

@@ -17,8 +17,12 @@ pub enum Prompt<'a> {
 }
 
 /// What the scheduler needs to know about one request.
-#[derive(Clone, Copy, Debug)]
-pub struct Request<'a> {
+///
+/// `S` is how the proxy's subset hint is given: endpoint ids ([`EndpointSet`], what
+/// [`crate::Scheduler::pick`] takes), or the caller's own addresses until it resolves them
+/// ([`Request::with_subset`]).
+#[derive(Debug)]
+pub struct Request<'a, S: ?Sized = EndpointSet> {
     /// The `model` field: a base model, or a LoRA adapter served on top of one.
     pub model: &'a str,
     /// vLLM's `cache_salt`, which partitions the prefix cache.
@@ -27,8 +31,8 @@ pub struct Request<'a> {
     pub prompt: Prompt<'a>,
     /// A session id for session affinity (`x-session-token` / `x-session-id`).
     pub session: Option<&'a str>,
-    /// The proxy's subset hint, resolved to endpoint ids: pick only from it when present.
-    pub subset: Option<&'a EndpointSet>,
+    /// The proxy's subset hint: pick only from it when present.
+    pub subset: Option<&'a S>,
     /// `max_tokens` (or `max_completion_tokens`): what it may generate, for the latency model.
     pub max_tokens: Option<u32>,
     /// Latency objectives from its headers (`x-slo-ttft-ms`, `x-slo-tpot-ms`, llm-d's names).
@@ -61,7 +65,16 @@ impl Slo {
     }
 }
 
-impl<'a> Request<'a> {
+// By hand: derived impls would require `S: Clone`, which an unsized `S` (`[SocketAddr]`) is not.
+impl<S: ?Sized> Clone for Request<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S: ?Sized> Copy for Request<'_, S> {}
+
+impl<'a, S: ?Sized> Request<'a, S> {
     /// A request for `model` with `prompt` and nothing else set.
     pub fn new(model: &'a str, prompt: Prompt<'a>) -> Self {
         Self {
@@ -73,6 +86,20 @@ impl<'a> Request<'a> {
             max_tokens: None,
             slo: Slo::default(),
             objective: None,
+        }
+    }
+
+    /// The same request with its subset hint given as `subset` (e.g. resolved to endpoint ids).
+    pub fn with_subset<T: ?Sized>(self, subset: Option<&'a T>) -> Request<'a, T> {
+        Request {
+            model: self.model,
+            cache_salt: self.cache_salt,
+            prompt: self.prompt,
+            session: self.session,
+            subset,
+            max_tokens: self.max_tokens,
+            slo: self.slo,
+            objective: self.objective,
         }
     }
 

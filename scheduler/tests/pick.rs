@@ -8,8 +8,8 @@ use kvpick_scheduler::events::{BlockStored, EngineHash};
 use kvpick_scheduler::filters::SUBSET_HINT;
 use kvpick_scheduler::pods::LoraState;
 use kvpick_scheduler::{
-    Candidate, Decision, Endpoint, EndpointId, EndpointSet, Error, EventBatch, EventsState,
-    KvEvent, KvIndex, PickerConfig, PodSignals, Prompt, Request, Scheduler, Timestamp,
+    Candidate, Decision, Endpoint, EndpointId, EndpointPickerConfig, EndpointSet, Error,
+    EventBatch, EventsState, KvEvent, KvIndex, PodSignals, Prompt, Request, Scheduler, Timestamp,
 };
 
 const MODEL: &str = "qwen";
@@ -23,7 +23,7 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(n: u32, config: &PickerConfig) -> Self {
+    fn new(n: u32, config: &EndpointPickerConfig) -> Self {
         Self {
             endpoints: (0..n)
                 .map(|i| Endpoint {
@@ -76,13 +76,13 @@ impl Pool {
             .collect()
     }
 
-    fn scheduler(&self, config: PickerConfig) -> Scheduler {
+    fn scheduler(&self, config: EndpointPickerConfig) -> Scheduler {
         Scheduler::with_config(config, self.index.clone()).unwrap()
     }
 }
 
-fn config(body: &str) -> PickerConfig {
-    PickerConfig::parse(&format!(
+fn config(body: &str) -> EndpointPickerConfig {
+    EndpointPickerConfig::parse(&format!(
         "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n{body}"
     ))
     .unwrap()
@@ -100,7 +100,7 @@ fn order(d: &Decision) -> Vec<u32> {
 
 #[test]
 fn the_endpoint_holding_the_prefix_wins_and_the_next_longest_is_the_first_fallback() {
-    let c = PickerConfig::precise_prefix();
+    let c = EndpointPickerConfig::precise_prefix();
     let pool = Pool::new(4, &c);
     let tokens = prompt(1, 8 * BLOCK);
     pool.store(2, &tokens);
@@ -123,7 +123,7 @@ fn the_endpoint_holding_the_prefix_wins_and_the_next_longest_is_the_first_fallba
 
 #[test]
 fn a_loaded_holder_loses_to_an_idle_endpoint_when_the_weights_say_so() {
-    let c = PickerConfig::precise_prefix();
+    let c = EndpointPickerConfig::precise_prefix();
     let mut pool = Pool::new(3, &c);
     let tokens = prompt(3, 32 * BLOCK);
     pool.store(0, &tokens);
@@ -168,7 +168,7 @@ schedulingProfiles:
 
 #[test]
 fn the_subset_hint_is_respected_and_an_empty_one_is_an_error() {
-    let c = PickerConfig::precise_prefix();
+    let c = EndpointPickerConfig::precise_prefix();
     let pool = Pool::new(4, &c);
     let tokens = prompt(4, 8 * BLOCK);
     pool.store(0, &tokens);
@@ -258,7 +258,7 @@ schedulingProfiles:
 
 #[test]
 fn stale_events_or_stale_signals_take_the_holder_out_of_the_running() {
-    let c = PickerConfig::precise_prefix();
+    let c = EndpointPickerConfig::precise_prefix();
     let mut pool = Pool::new(2, &c);
     let tokens = prompt(5, 16 * BLOCK);
     pool.store(0, &tokens);
@@ -333,7 +333,7 @@ fn a_seed_fixes_every_tie_break() {
         "plugins:\n- type: queue-scorer\n- type: max-score-picker\n  parameters: {seed: 9}\n",
     );
     let pool = Pool::new(16, &c);
-    let run = |config: PickerConfig| {
+    let run = |config: EndpointPickerConfig| {
         let s = pool.scheduler(config);
         (0..64)
             .map(|_| {

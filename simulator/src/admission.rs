@@ -8,7 +8,7 @@
 //! are the picker's own.
 
 use kvpick_scheduler::flow::Arrival;
-use kvpick_scheduler::{FlowGate, FlowId, PickerConfig, PodSignals, SaturationConfig};
+use kvpick_scheduler::{EndpointPickerConfig, FlowGate, FlowId, PodSignals, SaturationConfig};
 
 use crate::clock::SimTime;
 
@@ -44,7 +44,7 @@ pub struct Admission {
 
 impl Admission {
     /// Flow control as `config` sets it; `None` when its feature gate is off.
-    pub fn new(config: &PickerConfig) -> Option<Self> {
+    pub fn new(config: &EndpointPickerConfig) -> Option<Self> {
         config.flow.enabled.then(|| Self {
             gate: FlowGate::new(config.flow.clone()),
             saturation: config.saturation.clone(),
@@ -85,10 +85,10 @@ impl Admission {
 mod tests {
     use super::*;
 
-    fn config(flow: &str) -> PickerConfig {
-        PickerConfig::parse(&format!(
+    fn config(flow: &str) -> EndpointPickerConfig {
+        EndpointPickerConfig::parse(&format!(
             "{}featureGates: [flowControl]\nflowControl: {{{flow}}}\n",
-            PickerConfig::DEFAULT_YAML
+            EndpointPickerConfig::DEFAULT_YAML
         ))
         .unwrap()
     }
@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn off_without_the_feature_gate() {
-        assert!(Admission::new(&PickerConfig::default()).is_none());
+        assert!(Admission::new(&EndpointPickerConfig::default()).is_none());
     }
 
     #[test]

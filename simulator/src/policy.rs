@@ -22,8 +22,8 @@ use std::sync::Arc;
 use kvpick_scheduler::events::EventBatch;
 use kvpick_scheduler::scorers::ScorerSpec;
 use kvpick_scheduler::{
-    BlockSize, Candidate, Endpoint, EndpointId, EngineProfile, EventsState, KvIndex, PickerConfig,
-    PodSignals, Prompt, Request, ReservationId, Scheduler,
+    BlockSize, Candidate, Endpoint, EndpointId, EndpointPickerConfig, EngineProfile, EventsState,
+    KvIndex, PodSignals, Prompt, Request, ReservationId, Scheduler,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -42,7 +42,7 @@ pub enum PolicySpec {
     LeastLoaded,
     /// `Scheduler` with routing-history prefix scoring ([`APPROX_PREFIX_YAML`]).
     ApproxPrefix,
-    /// `Scheduler` with kvpick's previous default profile ([`PickerConfig::precise_prefix`]):
+    /// `Scheduler` with kvpick's previous default profile ([`EndpointPickerConfig::precise_prefix`]):
     /// precise prefix scoring from KV events, KV utilization, queue.
     PrecisePrefix,
     /// `Scheduler` with kvpick's default profile, `predicted-latency-scorer`
@@ -208,16 +208,20 @@ impl std::fmt::Debug for Router {
 }
 
 /// A built-in profile's YAML (without an `index` section) over the engines' block size.
-fn builtin(yaml: &str, block_size: BlockSize) -> Result<PickerConfig, SimError> {
-    let mut c = PickerConfig::parse(yaml)?;
+fn builtin(yaml: &str, block_size: BlockSize) -> Result<EndpointPickerConfig, SimError> {
+    let mut c = EndpointPickerConfig::parse(yaml)?;
     c.index.block_size = block_size;
     Ok(c)
 }
 
 /// A picker config's text, checked against the engines' block size; `what` names it in errors.
-fn parse_config(text: &str, what: &str, shape: &PoolShape) -> Result<PickerConfig, SimError> {
-    let c =
-        PickerConfig::parse(text).map_err(|e| SimError::InvalidConfig(format!("{what}: {e}")))?;
+fn parse_config(
+    text: &str,
+    what: &str,
+    shape: &PoolShape,
+) -> Result<EndpointPickerConfig, SimError> {
+    let c = EndpointPickerConfig::parse(text)
+        .map_err(|e| SimError::InvalidConfig(format!("{what}: {e}")))?;
     if c.index.block_size != shape.block_size {
         return Err(SimError::InvalidConfig(format!(
             "{what}: index.blockSize {} differs from the engines' block size {} (--block-size)",
@@ -262,7 +266,7 @@ impl Router {
             PolicySpec::LeastLoaded => Some(builtin(LEAST_LOADED_YAML, shape.block_size)?),
             PolicySpec::ApproxPrefix => Some(builtin(APPROX_PREFIX_YAML, shape.block_size)?),
             PolicySpec::PrecisePrefix => {
-                let mut c = PickerConfig::precise_prefix();
+                let mut c = EndpointPickerConfig::precise_prefix();
                 c.index.block_size = shape.block_size;
                 Some(c)
             }
@@ -339,7 +343,7 @@ impl Router {
     }
 
     /// The picker config of a config-driven policy (`None` for `random` and `round-robin`).
-    pub fn picker_config(&self) -> Option<&PickerConfig> {
+    pub fn picker_config(&self) -> Option<&EndpointPickerConfig> {
         match &self.kind {
             Kind::Scheduled { scheduler, .. } => Some(scheduler.config()),
             _ => None,

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use kvpick_scheduler::PickerConfig;
+use kvpick_scheduler::EndpointPickerConfig;
 use kvpick_sim::des::{RunResult, SimConfig};
 use kvpick_sim::engine::Profile;
 use kvpick_sim::policy::PolicySpec;
@@ -17,7 +17,7 @@ use kvpick_sim::trace::generate::{Arrivals, RateStage, SharedPrefix};
 /// latency-predicting default the same burst leaves up to 8 waiting on one engine (not 3): its
 /// picks follow predicted cost, not the queue gauge the pacer's room is computed from.
 fn policy(name: &str, flow: &str) -> PolicySpec {
-    let yaml = PickerConfig::PRECISE_PREFIX_YAML
+    let yaml = EndpointPickerConfig::PRECISE_PREFIX_YAML
         .replace("queueDepthThreshold: 5", "queueDepthThreshold: 0");
     PolicySpec::Inline {
         name: name.into(),

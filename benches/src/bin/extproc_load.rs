@@ -194,7 +194,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let mut settings = Settings::loopback();
     settings.scrape.interval = Duration::from_secs(3600);
-    settings.picker.staleness = Duration::from_secs(3600);
+    settings.route.staleness = Duration::from_secs(3600);
     let server = server_rt.block_on(Server::bind(settings))?;
     let endpoints: Vec<EndpointSpec> = (0..args.endpoints)
         .map(|i| EndpointSpec {
@@ -221,12 +221,11 @@ fn main() -> anyhow::Result<()> {
         s.kv_usage = (i % 10) as f64 / 10.0;
         m.live.set_signals(s);
         // Stands in for the KV-event subscriber, which marks endpoints whose events flow.
-        m.live
-            .set_events(kvpick_scheduler::scheduler::EventsState::Live);
+        m.live.set_events(kvpick_scheduler::EventsState::Live);
     }
 
     // Prompts: `groups` prefixes, each held by 1-3 endpoints to a random depth.
-    let index = server.shared().picker.scheduler().index().clone();
+    let index = server.shared().router.scheduler().index().clone();
     let view = server.pool().view();
     let mut bodies = Vec::with_capacity(args.groups);
     let mut next_hash = 1u64;

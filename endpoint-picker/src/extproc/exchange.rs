@@ -40,9 +40,9 @@ use tokio::time::Instant;
 use super::reply;
 use crate::budget::{self, Charge};
 use crate::error::Error;
-use crate::picker::{RouteRequest, Routing};
 use crate::prediction::Prediction;
 use crate::prompt::Tokenized;
+use crate::router::{AddressedRequest, Routing};
 use crate::telemetry as t;
 use crate::usage::UsageScanner;
 use crate::{Shared, flow_control, request, shedding};
@@ -286,13 +286,13 @@ impl Exchange {
     fn route_on_headers(&mut self) -> Result<Routing, Error> {
         let start = Instant::now();
         let (slo, objective) = (self.slo, self.objective.clone());
-        let routing = self.route(|picker, subset, session| {
-            picker.route(&RouteRequest {
+        let routing = self.route(|router, subset, session| {
+            router.route(&AddressedRequest {
                 session,
                 subset,
                 slo,
                 objective: objective.as_deref(),
-                ..RouteRequest::new("", kvpick_scheduler::Prompt::Empty)
+                ..AddressedRequest::new("", kvpick_scheduler::Prompt::Empty)
             })
         });
         metrics::histogram!(t::SCHEDULING).record(start.elapsed().as_secs_f64());
@@ -446,8 +446,8 @@ impl Exchange {
                 let tokens = Tokenized::new(&*tokenizer, &req, &body).await;
                 let prompt = tokens.prompt(&req.prompt);
                 self.outcome = "routed";
-                self.route(|picker, subset, session| {
-                    picker.route(&RouteRequest {
+                self.route(|router, subset, session| {
+                    router.route(&AddressedRequest {
                         model: &req.model,
                         cache_salt: req.cache_salt.as_deref(),
                         prompt,
@@ -510,13 +510,13 @@ impl Exchange {
     fn route(
         &mut self,
         pick: impl FnOnce(
-            &crate::picker::Picker,
+            &crate::router::Router,
             Option<&[SocketAddr]>,
             Option<&str>,
         ) -> Result<Routing, Error>,
     ) -> Result<Routing, Error> {
         let r = pick(
-            &self.shared.picker,
+            &self.shared.router,
             self.subset.as_deref(),
             self.session.as_deref(),
         );
@@ -530,7 +530,7 @@ impl Exchange {
     }
 
     fn metadata(&self, r: &Routing) -> envoy_types::pb::google::protobuf::Struct {
-        reply::routing_metadata(r, self.shared.picker.scheduler().scorer_names())
+        reply::routing_metadata(r, self.shared.router.scheduler().scorer_names())
     }
 
     /// Envoy broke the protocol: the request gets an immediate 500 saying so.

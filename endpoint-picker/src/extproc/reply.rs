@@ -10,7 +10,7 @@ use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use pb::processing_response::Response;
 
 use crate::error::Error;
-use crate::picker::Routing;
+use crate::router::Routing;
 
 /// The request header (and `envoy.lb` metadata key) carrying the decision.
 pub const DESTINATION: &str = "x-gateway-destination-endpoint";

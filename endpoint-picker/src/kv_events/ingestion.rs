@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use kvpick_scheduler::EndpointId;
-use kvpick_scheduler::scheduler::EventsState;
+use kvpick_scheduler::EventsState;
 use tokio_util::sync::CancellationToken;
 
 use super::{

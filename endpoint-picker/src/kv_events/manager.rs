@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kvpick_scheduler::EndpointId;
-use kvpick_scheduler::scheduler::EventsState;
+use kvpick_scheduler::EventsState;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use kvpick_scheduler::EndpointId;
+use kvpick_scheduler::EventsState;
 use kvpick_scheduler::index::{ApplyReport, IndexStats};
-use kvpick_scheduler::scheduler::EventsState;
 use metrics::{Counter, Gauge, counter, gauge};
 use parking_lot::RwLock;
 

@@ -37,7 +37,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use kvpick_scheduler::scheduler::EventsState;
+use kvpick_scheduler::EventsState;
 use kvpick_scheduler::{EndpointId, KvIndex};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kvpick_scheduler::EventBatch;
-use kvpick_scheduler::scheduler::EventsState;
+use kvpick_scheduler::EventsState;
 use tokio::time::Instant;
 use xxhash_rust::xxh3::xxh3_64;
 

@@ -21,7 +21,7 @@ use super::mailbox::{Item, Mailbox, Pushed};
 use super::metrics::{EndpointMetrics, IngestMetrics};
 use super::sequencer::Batch;
 use super::{DropReason, Shared};
-use kvpick_scheduler::scheduler::EventsState;
+use kvpick_scheduler::EventsState;
 
 /// After the pod closed the connection, how long to keep reading what `zeromq` still holds.
 pub(crate) const DRAIN: Duration = Duration::from_millis(50);

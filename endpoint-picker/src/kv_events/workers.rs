@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use kvpick_scheduler::EventsState;
 use kvpick_scheduler::events::decode_batch;
-use kvpick_scheduler::scheduler::EventsState;
 use kvpick_scheduler::{EndpointId, EventBatch};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;

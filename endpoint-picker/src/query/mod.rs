@@ -1,20 +1,20 @@
-//! kvpick's own query API, `kvpick.v1.Index` (`proto/kvpick/v1/index.proto`): what the picker
+//! kvpick's own query API, `kvpick.v1.Index` (`proto/kvpick/v1/index.proto`): what the router
 //! knows and how it would rank, for other routers, tools and `kvpick-epp query`.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use kvpick_scheduler::EventsState;
 use kvpick_scheduler::keys::block_keys;
-use kvpick_scheduler::scheduler::EventsState;
 use kvpick_scheduler::{EndpointSet, Partition, PrefixMatches, Prompt};
 use tonic::{Request, Response, Status};
 
 use crate::Shared;
-use crate::picker::RouteRequest;
 use crate::pool::Freshness;
 use crate::prompt::{TokenizeCall, Tokenized, Tokens};
 use crate::request::PromptInput;
+use crate::router::AddressedRequest;
 
 pub mod client;
 
@@ -68,7 +68,7 @@ impl Index for IndexApi {
             Some(pb::score_request::Prompt::Text(t)) => PromptInput::Text(Cow::Owned(t)),
             None => PromptInput::None,
         };
-        let picker = &self.shared.picker;
+        let router = &self.shared.router;
         let tokenizer = &self.shared.tokenizer;
         let tokenized = match &input {
             PromptInput::Text(text) if tokenizer.enabled() => {
@@ -85,15 +85,15 @@ impl Index for IndexApi {
             _ => Tokenized::default(),
         };
         let prompt = tokenized.prompt(&input);
-        let route = RouteRequest {
+        let route = AddressedRequest {
             cache_salt: req.cache_salt.as_deref(),
             subset: (!subset.is_empty()).then_some(&subset[..]),
-            ..RouteRequest::new(&req.model, prompt)
+            ..AddressedRequest::new(&req.model, prompt)
         };
-        let (decision, addresses) = picker
+        let (decision, addresses) = router
             .rank(&route)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let index = picker.scheduler().index();
+        let index = router.scheduler().index();
         let mut matches = PrefixMatches::default();
         if let Prompt::Tokens(tokens) = prompt {
             let partition = Partition {
@@ -124,7 +124,7 @@ impl Index for IndexApi {
         Ok(Response::new(pb::ScoreResponse {
             total_blocks: decision.total_blocks,
             block_size: index.block_size().get(),
-            scorers: picker
+            scorers: router
                 .scheduler()
                 .scorer_names()
                 .iter()
@@ -138,10 +138,10 @@ impl Index for IndexApi {
         &self,
         _request: Request<pb::ListEndpointsRequest>,
     ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
-        let picker = &self.shared.picker;
-        let view = picker.pool().view();
+        let router = &self.shared.router;
+        let view = router.pool().view();
         let now = self.shared.clock.now();
-        let index = picker.scheduler().index();
+        let index = router.scheduler().index();
         let endpoints = view
             .members
             .iter()
@@ -163,7 +163,7 @@ impl Index for IndexApi {
                         running_loras: s.lora.running.clone(),
                         waiting_loras: s.lora.waiting.clone(),
                     }),
-                    freshness: match m.freshness(now, picker.config().staleness) {
+                    freshness: match m.freshness(now, router.config().staleness) {
                         Freshness::Fresh => "fresh",
                         Freshness::Stale => "stale",
                         Freshness::Unknown => "unknown",

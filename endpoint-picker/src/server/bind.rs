@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use kvpick_scheduler::config::PickerConfig as SchedulerConfig;
+use kvpick_scheduler::EndpointPickerConfig;
 use kvpick_scheduler::index::IndexSecret;
 use kvpick_scheduler::{KvIndex, Scheduler};
 use tokio_util::sync::CancellationToken;
@@ -12,9 +12,9 @@ use crate::clock::Clock;
 use crate::error::Error;
 use crate::flow_control::FlowControl;
 use crate::kv_events::KvEvents;
-use crate::picker::Picker;
 use crate::pool::Pool;
 use crate::prompt::{NoTokenizer, Tokenize};
+use crate::router::Router;
 use crate::tokenizer::Tokenizer;
 use crate::{Shared, discovery};
 
@@ -38,7 +38,7 @@ impl Server {
             config.index.capacity = fits;
         }
         config.index.secret = index_secret();
-        let mut route = settings.picker.clone();
+        let mut route = settings.route.clone();
         route.staleness = config.staleness.max_signal_age;
         let tls = settings.tls.clone().map(tls::Tls::new).transpose()?;
         let clock = Clock::new();
@@ -67,7 +67,7 @@ impl Server {
             .then(|| Arc::new(FlowControl::new(config.flow.clone())));
         let scheduler = Arc::new(Scheduler::with_config(config, index.clone())?);
         let shared = Arc::new(Shared {
-            picker: Picker::new(scheduler, pool.clone(), clock, route),
+            router: Router::new(scheduler, pool.clone(), clock, route),
             tokenizer: seam,
             limits: settings.limits,
             clock,
@@ -133,7 +133,7 @@ impl Server {
 fn scheduler_config(
     settings: &Settings,
     file_block_size: Option<kvpick_scheduler::BlockSize>,
-) -> Result<SchedulerConfig, Error> {
+) -> Result<EndpointPickerConfig, Error> {
     let mut config = match settings.scheduler.clone() {
         Some(config) => {
             if let Some(b) = file_block_size.filter(|&b| b != config.index.block_size) {
@@ -145,9 +145,9 @@ fn scheduler_config(
             config
         }
         None => {
-            let mut config = SchedulerConfig::default();
+            let mut config = EndpointPickerConfig::default();
             config.index.block_size = file_block_size.unwrap_or(settings.block_size);
-            config.staleness.max_signal_age = settings.picker.staleness;
+            config.staleness.max_signal_age = settings.route.staleness;
             config
         }
     };

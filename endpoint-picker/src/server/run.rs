@@ -116,7 +116,7 @@ impl Server {
             self.index.clone(),
             self.shared.clock,
             ScrapeConfig {
-                staleness: self.shared.picker.config().staleness,
+                staleness: self.shared.router.config().staleness,
                 ..self.settings.scrape.clone()
             },
             background.clone(),

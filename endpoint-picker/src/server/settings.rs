@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kvpick_scheduler::BlockSize;
-use kvpick_scheduler::config::PickerConfig as SchedulerConfig;
+use kvpick_scheduler::EndpointPickerConfig;
 
 use super::listener::ConnectionLimits;
 use super::tls::TlsSource;
@@ -14,7 +14,7 @@ use crate::budget::BudgetConfig;
 use crate::config::Cli;
 use crate::error::Error;
 use crate::kv_events::KvEventsConfig;
-use crate::picker::RouteConfig;
+use crate::router::RouteConfig;
 use crate::scrape::ScrapeConfig;
 use crate::tokenizer::TokenizeSettings;
 use crate::{Limits, discovery};
@@ -44,11 +44,11 @@ pub struct Settings {
     pub block_size: BlockSize,
     /// The scheduler's config (`--config`); `None` runs the default profile with `block_size`
     /// and the picker's staleness.
-    pub scheduler: Option<SchedulerConfig>,
+    pub scheduler: Option<EndpointPickerConfig>,
     /// `--kv-tier-weights` (GPU, CPU, STORAGE), overriding the scheduler config's.
     pub tier_weights: Option<[f32; 3]>,
     /// Picker settings.
-    pub picker: RouteConfig,
+    pub route: RouteConfig,
     /// Request bounds.
     pub limits: Limits,
     /// The process's memory budget (`--memory-budget`, `--max-streams`, `--max-connections`).
@@ -111,7 +111,7 @@ impl Settings {
                 .ok_or_else(|| Error::Config("--block-size must be positive".into()))?,
             scheduler: cli.config.as_deref().map(load_config).transpose()?,
             tier_weights,
-            picker: RouteConfig {
+            route: RouteConfig {
                 fallbacks: cli.fallbacks,
                 staleness: cli.metrics_staleness_threshold,
                 emit_scores: cli.emit_scores,
@@ -156,7 +156,7 @@ impl Settings {
             block_size: BlockSize::DEFAULT,
             scheduler: None,
             tier_weights: None,
-            picker: RouteConfig::default(),
+            route: RouteConfig::default(),
             limits: Limits {
                 max_body_bytes: 16 << 20,
                 body_timeout: Duration::from_secs(60),
@@ -188,9 +188,9 @@ impl Settings {
 }
 
 /// Reads and validates a picker config file.
-fn load_config(path: &std::path::Path) -> Result<SchedulerConfig, Error> {
+fn load_config(path: &std::path::Path) -> Result<EndpointPickerConfig, Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Config(format!("--config {}: {e}", path.display())))?;
-    SchedulerConfig::parse(&text)
+    EndpointPickerConfig::parse(&text)
         .map_err(|e| Error::Config(format!("--config {}: {e}", path.display())))
 }

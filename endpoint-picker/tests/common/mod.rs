@@ -18,8 +18,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use kvpick_epp::discovery::{Discovered, EndpointSpec};
 use kvpick_epp::{Server, Settings};
+use kvpick_scheduler::EventsState;
 use kvpick_scheduler::events::{BlockStored, EventBatch, KvEvent};
-use kvpick_scheduler::scheduler::EventsState;
 use kvpick_scheduler::{EndpointId, KvIndex};
 use pb::external_processor_client::ExternalProcessorClient;
 use pb::processing_request::Request as In;
@@ -81,7 +81,7 @@ impl Picker {
     }
 
     pub fn index(&self) -> &Arc<KvIndex> {
-        self.shared.picker.scheduler().index()
+        self.shared.router.scheduler().index()
     }
 
     pub fn live(&self, address: &str) -> Arc<kvpick_epp::pool::Live> {

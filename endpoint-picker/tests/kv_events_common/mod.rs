@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kvpick_epp::kv_events::{KvEvents, KvEventsConfig, KvEventsHandle, KvSource};
+use kvpick_scheduler::EventsState;
 use kvpick_scheduler::events::{
     BlockRemoved, BlockStored, EncodeOptions, EngineHash, EventBatch, KvEvent, Medium, Topic,
     encode_batch, seq_frame,
 };
 use kvpick_scheduler::keys::{BlockSize, Partition, block_keys};
-use kvpick_scheduler::scheduler::EventsState;
 use kvpick_scheduler::{EndpointId, EndpointSet, IndexConfig, KvIndex, PrefixMatches};
 use parking_lot::Mutex;
 use tokio::sync::watch;

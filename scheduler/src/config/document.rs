@@ -1,6 +1,6 @@
 //! The picker config's YAML shape as serde types: every section and field, camelCase, unknown
 //! fields refused. What the types cannot say (references between sections, a block size that must
-//! divide another) is checked when the document becomes a [`super::PickerConfig`].
+//! divide another) is checked when the document becomes a [`super::EndpointPickerConfig`].
 
 use std::collections::BTreeMap;
 

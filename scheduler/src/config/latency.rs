@@ -115,11 +115,11 @@ impl PredictedLatencyDoc {
 mod tests {
     use std::time::Duration;
 
-    use crate::PickerConfig;
+    use crate::EndpointPickerConfig;
     use crate::scorers::ScorerSpec;
 
-    fn parse(parameters: &str) -> Result<PickerConfig, String> {
-        PickerConfig::parse(&format!(
+    fn parse(parameters: &str) -> Result<EndpointPickerConfig, String> {
+        EndpointPickerConfig::parse(&format!(
             "apiVersion: llm-d.ai/v1\nkind: EndpointPickerConfig\nplugins:\n- type: predicted-latency-scorer\n  parameters: {parameters}\n"
         ))
         .map_err(|e| e.to_string())

@@ -102,7 +102,7 @@ pub struct Profile {
 
 /// A validated picker config.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PickerConfig {
+pub struct EndpointPickerConfig {
     /// The KV index's settings (`index`).
     pub index: IndexConfig,
     /// When an endpoint's signals are too old (`staleness`).
@@ -116,9 +116,9 @@ pub struct PickerConfig {
     pub flow: FlowConfig,
 }
 
-impl Default for PickerConfig {
+impl Default for EndpointPickerConfig {
     /// The latency-predicting profile: `predicted-latency-scorer` (default parameters) and the
-    /// max-score picker; the same config as [`PickerConfig::DEFAULT_YAML`].
+    /// max-score picker; the same config as [`EndpointPickerConfig::DEFAULT_YAML`].
     fn default() -> Self {
         let mut config = Self::precise_prefix();
         config.profile.scorers = vec![WeightedScorer {
@@ -130,9 +130,9 @@ impl Default for PickerConfig {
     }
 }
 
-impl PickerConfig {
+impl EndpointPickerConfig {
     /// The previous default, llm-d's precise profile: prefix 2, KV utilization 1, queue 1,
-    /// max-score picker; the same config as [`PickerConfig::PRECISE_PREFIX_YAML`].
+    /// max-score picker; the same config as [`EndpointPickerConfig::PRECISE_PREFIX_YAML`].
     pub fn precise_prefix() -> Self {
         let scorer = |name: &str, spec, weight| WeightedScorer {
             name: name.to_owned(),
@@ -173,11 +173,11 @@ fn default_picker() -> Named<PickerSpec> {
     }
 }
 
-impl PickerConfig {
-    /// The default config as YAML, with comments: what [`PickerConfig::default`] parses from.
+impl EndpointPickerConfig {
+    /// The default config as YAML, with comments: what [`EndpointPickerConfig::default`] parses from.
     pub const DEFAULT_YAML: &'static str = include_str!("default.yaml");
 
-    /// The previous default as YAML: what [`PickerConfig::precise_prefix`] parses from.
+    /// The previous default as YAML: what [`EndpointPickerConfig::precise_prefix`] parses from.
     pub const PRECISE_PREFIX_YAML: &'static str = include_str!("precise_prefix.yaml");
 
     /// Parses and validates a config.

@@ -10,7 +10,7 @@ const HEAD: &str =
 
 /// The message of the error `text` fails with, without the location the YAML reader adds.
 fn message(text: &str) -> String {
-    match PickerConfig::parse(text) {
+    match EndpointPickerConfig::parse(text) {
         Err(Error::InvalidConfig(msg)) => match msg.rsplit_once(" (line ") {
             Some((m, at)) if at.ends_with(')') && at.contains(", column ") => m.to_owned(),
             _ => msg,
@@ -24,12 +24,12 @@ fn error(body: &str) -> String {
     message(&format!("{HEAD}{body}"))
 }
 
-fn ok(body: &str) -> PickerConfig {
-    PickerConfig::parse(&format!("{HEAD}{body}")).unwrap()
+fn ok(body: &str) -> EndpointPickerConfig {
+    EndpointPickerConfig::parse(&format!("{HEAD}{body}")).unwrap()
 }
 
 /// The profile's scorers as (name, weight), in order.
-fn weights(c: &PickerConfig) -> Vec<(&str, f64)> {
+fn weights(c: &EndpointPickerConfig) -> Vec<(&str, f64)> {
     c.profile
         .scorers
         .iter()
@@ -42,17 +42,17 @@ const THREE: &str = "plugins:\n- type: queue-scorer\n- type: kv-cache-utilizatio
 #[test]
 fn the_default_yaml_is_the_default_config() {
     assert_eq!(
-        PickerConfig::parse(PickerConfig::DEFAULT_YAML),
-        Ok(PickerConfig::default())
+        EndpointPickerConfig::parse(EndpointPickerConfig::DEFAULT_YAML),
+        Ok(EndpointPickerConfig::default())
     );
-    let d = PickerConfig::default();
+    let d = EndpointPickerConfig::default();
     assert_eq!(weights(&d), [("predicted-latency-scorer", 1.0)]);
     assert_eq!(d.profile.picker.spec.kind, PickerKind::MaxScore);
     assert_eq!(
-        PickerConfig::parse(PickerConfig::PRECISE_PREFIX_YAML),
-        Ok(PickerConfig::precise_prefix())
+        EndpointPickerConfig::parse(EndpointPickerConfig::PRECISE_PREFIX_YAML),
+        Ok(EndpointPickerConfig::precise_prefix())
     );
-    let p = PickerConfig::precise_prefix();
+    let p = EndpointPickerConfig::precise_prefix();
     assert_eq!(
         weights(&p),
         [
@@ -70,7 +70,7 @@ fn the_default_yaml_is_the_default_config() {
 
 #[test]
 fn an_llm_d_precise_config_parses_with_kvpick_defaults_for_the_rest() {
-    let c = PickerConfig::parse(
+    let c = EndpointPickerConfig::parse(
         "apiVersion: llm-d.ai/v1alpha1
 kind: EndpointPickerConfig
 plugins:
@@ -362,7 +362,7 @@ fn the_head_is_checked() {
     );
     assert_eq!(err("["), "config: unclosed bracket '['");
     // Every message ends with where the reader was.
-    let Err(Error::InvalidConfig(e)) = PickerConfig::parse(&format!(
+    let Err(Error::InvalidConfig(e)) = EndpointPickerConfig::parse(&format!(
         "{HEAD}plugins:\n- type: queue-scorer\n  name: 'x\n"
     )) else {
         panic!("an unclosed quote parsed");
@@ -377,12 +377,12 @@ proptest::proptest! {
     /// Corrupting the default config anywhere yields a config or an error, never a panic.
     #[test]
     fn corrupted_configs_never_panic(at in 0usize..1500, cut in 0usize..8, with in "[-a-zA-Z0-9 :.\\[\\]{}\n]{0,10}") {
-        let text = PickerConfig::DEFAULT_YAML;
+        let text = EndpointPickerConfig::DEFAULT_YAML;
         let at = (at % text.len()).min(text.len());
         let end = (at + cut).min(text.len());
         if text.is_char_boundary(at) && text.is_char_boundary(end) {
             let corrupted = format!("{}{}{}", &text[..at], with, &text[end..]);
-            let _ = PickerConfig::parse(&corrupted);
+            let _ = EndpointPickerConfig::parse(&corrupted);
         }
     }
 }

@@ -41,7 +41,7 @@ impl Files<'_> {
         );
         let picker = picker_yaml(&r.space, &best.weights, self.block_size, &header);
         // What is written is what was evaluated: the same text parses to the same config.
-        kvpick_scheduler::PickerConfig::parse(&picker)?;
+        kvpick_scheduler::EndpointPickerConfig::parse(&picker)?;
         let write = |name: &str, body: &str| {
             let path = dir.join(name);
             std::fs::write(&path, body).map_err(|e| SimError::io(&path, e))
@@ -213,13 +213,13 @@ pub fn landscape(r: &TuneResult, search: Search) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kvpick_scheduler::PickerConfig;
+    use kvpick_scheduler::EndpointPickerConfig;
 
     #[test]
     fn written_yaml_parses_as_written() {
         let space = Space::parse(super::super::DEFAULT_SPACE, "weighted-random-picker").unwrap();
         let y = picker_yaml(&space, &[2.5, 0.0, 1.0], 32, "tuned by kvpick-sim\nseed 1");
-        let c = PickerConfig::parse(&y).unwrap();
+        let c = EndpointPickerConfig::parse(&y).unwrap();
         assert_eq!(c.index.block_size.get(), 32);
         let w: Vec<(&str, f64)> = c
             .profile

@@ -24,7 +24,7 @@ impl Exchange {
         if self.status.is_some_and(|s| (500..600).contains(&s))
             && let Some(failed) = self.served.or(self.picked)
         {
-            self.shared.picker.report_failure(failed);
+            self.shared.router.report_failure(failed);
         }
         if let (Some(served), Some(picked)) = (self.served, self.picked)
             && served != picked
@@ -47,7 +47,7 @@ impl Exchange {
             let ttfb = self.started.elapsed().as_secs_f64();
             metrics::histogram!(t::TTFT).record(ttfb);
             if let Some(id) = self.reservation {
-                self.shared.picker.first_token(id);
+                self.shared.router.first_token(id);
             }
             if let Some(p) = self.predicted_ttft_us {
                 metrics::histogram!(t::TTFT_PREDICTION_ERROR).record((p / 1e6 - ttfb).abs());
@@ -88,7 +88,7 @@ impl Exchange {
     /// Gives the in-flight reservation back, once.
     pub(super) fn release(&mut self) {
         if let (Some(id), Some(picked)) = (self.reservation.take(), self.picked) {
-            self.shared.picker.release(id, picked);
+            self.shared.router.release(id, picked);
         }
     }
 

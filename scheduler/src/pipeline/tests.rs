@@ -5,7 +5,7 @@ use crate::pods::{Endpoint, PodSignals};
 use crate::scorers::testing::endpoint;
 
 fn scheduler(yaml_body: &str) -> Scheduler {
-    let config = PickerConfig::parse(&format!(
+    let config = EndpointPickerConfig::parse(&format!(
         "apiVersion: llm-d.ai/v1\nkind: EndpointPickerConfig\n{yaml_body}"
     ))
     .unwrap();
@@ -98,7 +98,7 @@ fn zero_weights_give_zero_totals_but_keep_scores() {
 
 #[test]
 fn a_config_for_another_block_size_is_refused() {
-    let config = PickerConfig::default();
+    let config = EndpointPickerConfig::default();
     let index = Arc::new(KvIndex::new(IndexConfig {
         block_size: BlockSize::new(64).unwrap(),
         ..IndexConfig::default()

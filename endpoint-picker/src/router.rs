@@ -1,6 +1,6 @@
 //! From a request to a destination: candidates from the pool view, then [`Scheduler::pick`].
 //!
-//! The picker only turns the pool into candidates: the proxy's subset hint (addresses) becomes an
+//! The router only turns the pool into candidates: the proxy's subset hint (addresses) becomes an
 //! [`EndpointSet`], and an endpoint never scraped gets signals dated at the epoch, so that the
 //! scheduler's staleness filter treats it like a dead one. Everything else (model and LoRA
 //! filters, staleness, scoring, tie-breaks) is the scheduler's, as its config says.
@@ -10,15 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvpick_scheduler::{
-    Candidate, Decision, EndpointSet, PodSignals, Prediction, Prompt, Request, ReservationId,
-    Scheduler, Slo, Timestamp,
+    Candidate, Decision, EndpointSet, PodSignals, Prediction, Request, ReservationId, Scheduler,
+    Timestamp,
 };
 
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::pool::{Member, Pool};
 
-/// How the picker turns a decision into a destination.
+/// How the router turns a decision into a destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteConfig {
     /// Fallback endpoints listed after the primary.
@@ -47,42 +47,9 @@ impl Default for RouteConfig {
     }
 }
 
-/// One request as the picker needs it.
-#[derive(Clone, Copy, Debug)]
-pub struct RouteRequest<'a> {
-    /// The `model` field (empty for headers-only requests: any model).
-    pub model: &'a str,
-    /// vLLM's `cache_salt`.
-    pub cache_salt: Option<&'a str>,
-    /// The prompt.
-    pub prompt: Prompt<'a>,
-    /// Session id for affinity.
-    pub session: Option<&'a str>,
-    /// The proxy's subset hint.
-    pub subset: Option<&'a [SocketAddr]>,
-    /// `max_tokens` from the body, for the latency model.
-    pub max_tokens: Option<u32>,
-    /// Latency objectives from the headers.
-    pub slo: Slo,
-    /// The InferenceObjective name from the headers.
-    pub objective: Option<&'a str>,
-}
-
-impl<'a> RouteRequest<'a> {
-    /// A request for `model` with `prompt` and nothing else set.
-    pub fn new(model: &'a str, prompt: Prompt<'a>) -> Self {
-        Self {
-            model,
-            cache_salt: None,
-            prompt,
-            session: None,
-            subset: None,
-            max_tokens: None,
-            slo: Slo::default(),
-            objective: None,
-        }
-    }
-}
+/// One request as the router takes it: the core's [`Request`] with the proxy's subset hint still
+/// in addresses (the router resolves them to endpoint ids).
+pub type AddressedRequest<'a> = Request<'a, [SocketAddr]>;
 
 /// One candidate's scores, for `--emit-scores` and the query API.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,24 +75,25 @@ pub struct Routing {
     pub total_blocks: u32,
     /// Every eligible candidate's scores, best first.
     pub scored: Vec<Scored>,
-    /// The cost reserved on the primary; give it back with [`Picker::first_token`] and
-    /// [`Picker::release`].
+    /// The cost reserved on the primary; give it back with [`Router::first_token`] and
+    /// [`Router::release`].
     pub reservation: Option<ReservationId>,
     /// The primary's predicted latency, when the profile has a latency scorer.
     pub predicted: Option<Prediction>,
 }
 
-/// The request-path glue between the pool and the scheduler. Shared by all streams.
+/// The request path's glue between the pool and the scheduler: turns the pool into candidates and
+/// a decision into a destination. Shared by all streams.
 #[derive(Debug)]
-pub struct Picker {
+pub struct Router {
     scheduler: Arc<Scheduler>,
     pool: Arc<Pool>,
     clock: Clock,
     config: RouteConfig,
 }
 
-impl Picker {
-    /// A picker over `pool` deciding with `scheduler`.
+impl Router {
+    /// A router over `pool` deciding with `scheduler`.
     pub fn new(
         scheduler: Arc<Scheduler>,
         pool: Arc<Pool>,
@@ -156,7 +124,7 @@ impl Picker {
     }
 
     /// Ranks the eligible endpoints for `req` and returns the full decision, mapped to addresses.
-    pub fn rank(&self, req: &RouteRequest<'_>) -> Result<(Decision, Vec<SocketAddr>), Error> {
+    pub fn rank(&self, req: &AddressedRequest<'_>) -> Result<(Decision, Vec<SocketAddr>), Error> {
         let view = self.pool.view();
         if view.members.is_empty() {
             return Err(Error::NoEndpoint("no endpoints discovered".into()));
@@ -190,16 +158,7 @@ impl Picker {
         let subset: Option<EndpointSet> = req
             .subset
             .map(|_| candidates.iter().map(|c| c.endpoint.id).collect());
-        let request = Request {
-            model: req.model,
-            cache_salt: req.cache_salt,
-            prompt: req.prompt,
-            session: req.session,
-            subset: subset.as_ref(),
-            max_tokens: req.max_tokens,
-            slo: req.slo,
-            objective: req.objective,
-        };
+        let request = req.with_subset(subset.as_ref());
         let decision = self.scheduler.pick(&request, &candidates, now)?;
         let addresses = decision
             .ranked
@@ -256,7 +215,7 @@ impl Picker {
 
     /// Picks the destination for `req`: the primary and up to `fallbacks` more, and reserves
     /// the request's cost on the primary.
-    pub fn route(&self, req: &RouteRequest<'_>) -> Result<Routing, Error> {
+    pub fn route(&self, req: &AddressedRequest<'_>) -> Result<Routing, Error> {
         let (decision, addresses) = self.rank(req)?;
         let Some(&primary) = addresses.first() else {
             return Err(Error::NoEndpoint("no candidate is eligible".into()));

@@ -20,7 +20,7 @@ plugins:
 ";
 
 fn scheduler() -> Scheduler {
-    let config = PickerConfig::parse(LATENCY).unwrap();
+    let config = EndpointPickerConfig::parse(LATENCY).unwrap();
     let index = Arc::new(KvIndex::new(config.index.clone()));
     Scheduler::with_config(config, index).unwrap()
 }

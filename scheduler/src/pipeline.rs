@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use crate::config::PickerConfig;
+use crate::config::EndpointPickerConfig;
 use crate::error::Error;
 use crate::filters::{self, FilterSpec};
 use crate::index::{KvIndex, PrefixMatches};
@@ -31,14 +31,14 @@ use crate::pods::{EndpointId, EndpointSet, PodSignals};
 use crate::scorers::{Needs, ScoreContext, Scorer, ScorerSpec, positions_of};
 use crate::time::Timestamp;
 
-pub use crate::decision::{Decision, Ranked};
-pub use crate::request::{Candidate, EventsState, Prompt, Request};
+use crate::decision::{Decision, Ranked};
+use crate::request::{Candidate, EventsState, Prompt, Request};
 
 /// The scheduling pipeline of one profile, shared by every request (`Send + Sync`).
 #[derive(Debug)]
 pub struct Scheduler {
     index: Arc<KvIndex>,
-    config: PickerConfig,
+    config: EndpointPickerConfig,
     filters: Vec<FilterSpec>,
     scorers: Vec<Box<dyn Scorer>>,
     weights: Vec<f64>,
@@ -52,17 +52,17 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler with the default config ([`PickerConfig::default`]) over `index`, whose own
+    /// A scheduler with the default config ([`EndpointPickerConfig::default`]) over `index`, whose own
     /// settings replace the config's `index` section.
     pub fn new(index: Arc<KvIndex>) -> Self {
-        let mut config = PickerConfig::default();
+        let mut config = EndpointPickerConfig::default();
         config.index = index.config().clone();
         Self::build(config, index)
     }
 
     /// A scheduler running `config`'s profile over `index`. Fails when the index was built with
     /// another block size than the config's (keys would never meet).
-    pub fn with_config(config: PickerConfig, index: Arc<KvIndex>) -> Result<Self, Error> {
+    pub fn with_config(config: EndpointPickerConfig, index: Arc<KvIndex>) -> Result<Self, Error> {
         if config.index.block_size != index.block_size() {
             return Err(Error::InvalidConfig(format!(
                 "index.blockSize: {} does not match the KV index's block size {}",
@@ -73,7 +73,7 @@ impl Scheduler {
         Ok(Self::build(config, index))
     }
 
-    fn build(config: PickerConfig, index: Arc<KvIndex>) -> Self {
+    fn build(config: EndpointPickerConfig, index: Arc<KvIndex>) -> Self {
         let profile = &config.profile;
         let scorers: Vec<Box<dyn Scorer>> =
             profile.scorers.iter().map(|s| s.spec.build()).collect();
@@ -115,7 +115,7 @@ impl Scheduler {
     }
 
     /// The config it runs.
-    pub fn config(&self) -> &PickerConfig {
+    pub fn config(&self) -> &EndpointPickerConfig {
         &self.config
     }
 
