@@ -40,8 +40,8 @@ pub const SEND_BUFFER_BYTES: usize = 16 << 10;
 /// Bytes set aside for each ext_proc connection `--max-connections` allows: its receive window
 /// and, for each stream it may open, a header list and the stream's HTTP/2 state (a stream over
 /// `--max-streams` holds no stream share while it is refused).
-pub const CONNECTION_BYTES: usize =
-    CONNECTION_WINDOW as usize + STREAMS_PER_CONNECTION as usize * (HEADER_LIST_BYTES as usize + (4 << 10));
+pub const CONNECTION_BYTES: usize = CONNECTION_WINDOW as usize
+    + STREAMS_PER_CONNECTION as usize * (HEADER_LIST_BYTES as usize + (4 << 10));
 /// A body past this size counts as large: it may not take the last 1/8 of the body bytes.
 pub const LARGE_BODY: usize = 64 << 10;
 /// The default `--memory-budget`: 3 GiB, under the shipped 4 GiB container limit.

@@ -257,9 +257,9 @@ impl Cli {
         crate::budget::BudgetConfig {
             total: self.memory_budget,
             max_streams: self.max_streams,
-            max_connections: self
-                .max_connections
-                .unwrap_or_else(|| crate::budget::BudgetConfig::default_max_connections(self.memory_budget)),
+            max_connections: self.max_connections.unwrap_or_else(|| {
+                crate::budget::BudgetConfig::default_max_connections(self.memory_budget)
+            }),
         }
     }
 

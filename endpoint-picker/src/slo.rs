@@ -39,7 +39,8 @@ pub fn from_headers<'a>(trusted: bool, header: impl Fn(&str) -> Option<&'a str>)
                 .ok()
                 .filter(|ms| (1..=MAX_MS).contains(ms));
             if ms.is_none() {
-                metrics::counter!(crate::telemetry::SLO_HEADERS_IGNORED, "header" => n).increment(1);
+                metrics::counter!(crate::telemetry::SLO_HEADERS_IGNORED, "header" => n)
+                    .increment(1);
             }
             ms.map(Duration::from_millis)
         })
@@ -55,7 +56,9 @@ mod tests {
     use super::*;
 
     fn slo(pairs: &[(&'static str, &'static str)]) -> Slo {
-        from_headers(true, |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v))
+        from_headers(true, |n| {
+            pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v)
+        })
     }
 
     #[test]

@@ -75,7 +75,10 @@ async fn push(send: &mut h2::SendStream<Bytes>, mut data: Bytes) -> bool {
             Some(Ok(n)) => n,
             _ => return false,
         };
-        if send.send_data(data.split_to(granted.min(data.len())), false).is_err() {
+        if send
+            .send_data(data.split_to(granted.min(data.len())), false)
+            .is_err()
+        {
             return false;
         }
     }
@@ -83,7 +86,11 @@ async fn push(send: &mut h2::SendStream<Bytes>, mut data: Bytes) -> bool {
 }
 
 /// A stream that announces a 16 MiB message and pushes `bytes` of it, never finishing it.
-async fn unfinished_message(mut client: h2::client::SendRequest<Bytes>, to: SocketAddr, bytes: usize) {
+async fn unfinished_message(
+    mut client: h2::client::SendRequest<Bytes>,
+    to: SocketAddr,
+    bytes: usize,
+) {
     let Ok((_answer, mut send)) = client.send_request(grpc_request(to), false) else {
         return;
     };
@@ -171,9 +178,7 @@ async fn wait_open(epp: &Epp, listener: &str, n: usize) {
 fn refused(page: &str, listener: &str, reason: &str) -> f64 {
     sample_sum(
         page,
-        &format!(
-            "kvpick_connections_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}}"
-        ),
+        &format!("kvpick_connections_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}}"),
     )
 }
 
@@ -242,7 +247,9 @@ async fn raw_http2_floods_are_bounded_counted_and_ordinary_requests_still_route(
                 continue;
             };
             for _ in 0..500 {
-                let Ok(ready) = client.ready().await else { break };
+                let Ok(ready) = client.ready().await else {
+                    break;
+                };
                 client = ready;
                 let Ok((_, mut send)) = client.send_request(grpc_request(grpc), false) else {
                     break;

@@ -228,7 +228,7 @@ impl Exchange {
         self.subset = reply::subset_hint(metadata);
         self.priority = shedding::priority(&self.shared, headers);
         self.flow = flow_control::flow_id(&self.shared, headers);
-        let trusted = self.shared.picker.config().trusted_headers.slo;
+        let trusted = self.shared.router.config().trusted_headers.slo;
         self.slo = crate::slo::from_headers(trusted, |n| reply::header(headers, n));
         self.objective = reply::header(headers, shedding::OBJECTIVE_HEADER).map(str::to_owned);
         let handling = match (self.request_mode, self.response_mode) {

@@ -114,7 +114,9 @@ pub async fn serve<I, IO>(
             let service = service_fn(move |request: hyper::Request<Incoming>| {
                 let mut routes = routes.clone();
                 let request = request.map(|body| Metered::new(body, &meter));
-                async move { Ok::<_, Infallible>(routes.call(request).await.unwrap_or_else(|e| match e {})) }
+                async move {
+                    Ok::<_, Infallible>(routes.call(request).await.unwrap_or_else(|e| match e {}))
+                }
             });
             let connection = builder.serve_connection(TokioIo::new(io), service);
             let stop = stop.clone();

@@ -72,14 +72,26 @@ impl Server {
         match self.tls.take() {
             None => {
                 let incoming = gate.incoming(self.grpc);
-                servers.spawn(ok(http2::serve(incoming, routes, http2::EXT_PROC, meter, s)));
+                servers.spawn(ok(http2::serve(
+                    incoming,
+                    routes,
+                    http2::EXT_PROC,
+                    meter,
+                    s,
+                )));
             }
             Some(tls) => {
                 // Handshakes (and certificate reloads) in their own task, feeding the server.
                 let (tx, rx) = tokio::sync::mpsc::channel(super::tls::ACCEPTED_QUEUE);
                 servers.spawn(ok(tls.serve(self.grpc, gate, tx, s.clone())));
                 let incoming = ReceiverStream::new(rx);
-                servers.spawn(ok(http2::serve(incoming, routes, http2::EXT_PROC, meter, s)));
+                servers.spawn(ok(http2::serve(
+                    incoming,
+                    routes,
+                    http2::EXT_PROC,
+                    meter,
+                    s,
+                )));
             }
         }
 

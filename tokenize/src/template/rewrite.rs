@@ -51,7 +51,9 @@ pub fn rewrite(source: &str) -> String {
             _ => String::new(),
         };
         let body = inner.trim_matches(['-', '+']).trim();
-        let word = body.split(|c: char| !c.is_alphanumeric() && c != '_').next();
+        let word = body
+            .split(|c: char| !c.is_alphanumeric() && c != '_')
+            .next();
         match word {
             Some("generation") if body == "generation" => {
                 out.push_str(&format!("{{%{lead} if true {trail}%}}"));

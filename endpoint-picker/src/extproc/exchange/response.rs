@@ -79,7 +79,11 @@ impl Exchange {
         let target = len.saturating_sub(ECHO_FREE);
         let more = target.saturating_sub(self.echo_charge.held());
         let part = &self.shared.budget.requests;
-        if more > 0 && !self.echo_charge.grow_within(more, part.limit() - part.limit() / 8) {
+        if more > 0
+            && !self
+                .echo_charge
+                .grow_within(more, part.limit() - part.limit() / 8)
+        {
             return Err(Error::MemoryBudget { part: part.name() });
         }
         Ok(())
