@@ -1,8 +1,10 @@
 //! The rules between the workspace's six parts (README.md, "Layout"), checked on the manifests as
-//! `cargo metadata` reports them: a crate that gains a forbidden dependency fails here.
+//! `cargo metadata` reports them: a crate that gains a forbidden dependency fails here. Also the one
+//! module layout inside the crates' `src/`.
 #![allow(clippy::expect_used)] // test support code outside #[test] fns
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
@@ -167,4 +169,50 @@ fn the_simulation_is_pure_and_imports_neither_the_picker_nor_the_fleet() {
 fn the_fleet_talks_to_the_picker_only_over_sockets() {
     let ws = workspace();
     assert_none(FLEET, &deps(&ws, FLEET, ALL), &[EPP, BENCHES]);
+}
+
+/// Every `.rs` file below `dir`.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("src folders are readable") {
+        let path = entry.expect("folder entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn modules_with_children_are_folders_with_mod_rs_and_unit_tests_sit_inside_them() {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let mut bad = Vec::new();
+    let mut files = Vec::new();
+    for part in [
+        "scheduler",
+        "tokenize",
+        "endpoint-picker",
+        "simulator",
+        "fleet",
+        "benches",
+    ] {
+        rust_files(&root.join(part).join("src"), &mut files);
+    }
+    assert!(files.len() > 100, "found only {} source files", files.len());
+    for file in &files {
+        // `name.rs` beside a folder `name/`: the other style (the workspace uses `name/mod.rs`).
+        if file.with_extension("").is_dir() {
+            bad.push(format!("{}: use its folder's mod.rs", file.display()));
+        }
+        // `#[path]` puts a module's file somewhere else than where its name says (unit tests go in
+        // `mod tests { … }` at the module's end, or in its folder's `tests.rs`).
+        let text = std::fs::read_to_string(file).expect("source files are readable");
+        if text.lines().any(|l| l.trim_start().starts_with("#[path")) {
+            bad.push(format!("{}: a #[path] module", file.display()));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "module layout (README.md, Layout): {bad:#?}"
+    );
 }

@@ -61,14 +61,15 @@ impl Series {
         render(&self.store.lock())
     }
 
-    /// Series held now (for tests and bounds).
-    /// Series held now (for tests and bounds).
-    pub fn len(&self) -> usize {
+    /// Series held now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.store.lock().series.len()
     }
 
     /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -23,10 +23,9 @@ use crate::config::Cli;
 use crate::error::Error;
 
 pub mod crd;
-pub mod endpoints;
-pub mod watch;
+mod endpoints;
+mod watch;
 
-pub use crd::{InferencePool, InferencePoolSpec};
 pub use endpoints::{EndpointDefaults, Scope, Selector};
 pub use watch::{Discovery, Retry};
 

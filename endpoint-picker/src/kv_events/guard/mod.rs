@@ -366,5 +366,4 @@ pub(crate) async fn link(
 }
 
 #[cfg(test)]
-#[path = "guard_tests.rs"]
 mod tests;

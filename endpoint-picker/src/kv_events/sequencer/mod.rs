@@ -420,5 +420,4 @@ impl Sequencer {
 }
 
 #[cfg(test)]
-#[path = "sequencer_tests.rs"]
 mod tests;

@@ -275,5 +275,4 @@ pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
 }
 
 #[cfg(test)]
-#[path = "crd_tests.rs"]
 mod tests;

@@ -283,5 +283,4 @@ fn port_of(pod: &PodInfo, annotation: &str, default: u16, out: &mut Outcome) -> 
 }
 
 #[cfg(test)]
-#[path = "endpoints_tests.rs"]
 mod tests;

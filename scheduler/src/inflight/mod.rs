@@ -389,5 +389,4 @@ impl State {
 }
 
 #[cfg(test)]
-#[path = "inflight_tests.rs"]
 mod tests;

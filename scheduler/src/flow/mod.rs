@@ -312,5 +312,4 @@ impl<T> FlowQueue<T> {
 }
 
 #[cfg(test)]
-#[path = "flow_tests.rs"]
 mod tests;
