@@ -24,8 +24,6 @@ use common::{duplex, request_body, request_headers, response_body, response_head
 /// The budget under test (a quarter for requests: 64 MiB, of which 16 MiB is set aside for
 /// `--max-streams 256` and 15 MiB for `--max-connections 12`).
 const BUDGET_MIB: u64 = 256;
-/// Where every request is routed: nothing listens there, and nothing needs to.
-const POD: &str = "127.0.0.1:9";
 const PROCESS: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
 /// HTTP/2's client preface: what a silent connection never sends.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -184,12 +182,7 @@ fn refused(page: &str, listener: &str, reason: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_http2_floods_are_bounded_counted_and_ordinary_requests_still_route() {
-    let dir = tempfile::tempdir().unwrap();
-    let endpoints = dir.path().join("endpoints.yaml");
-    write_endpoints(
-        &endpoints,
-        &[serde_saphyr::from_str(&format!("address: {POD}")).unwrap()],
-    );
+    let (dir, endpoints) = one_endpoint(POD);
     let mut epp = Epp::start(
         dir.path(),
         "epp",
@@ -303,12 +296,7 @@ async fn raw_http2_floods_are_bounded_counted_and_ordinary_requests_still_route(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn side_ports_cap_connections_and_close_slow_or_silent_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let endpoints = dir.path().join("endpoints.yaml");
-    write_endpoints(
-        &endpoints,
-        &[serde_saphyr::from_str(&format!("address: {POD}")).unwrap()],
-    );
+    let (dir, endpoints) = one_endpoint(POD);
     let epp = Epp::start(dir.path(), "epp", &endpoints, &[]).await;
     // Metrics: a request head that never ends (slowloris) is closed by the header timeout.
     let mut slow = connect_from([127, 0, 0, 7], epp.metrics).await;

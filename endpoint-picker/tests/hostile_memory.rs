@@ -122,18 +122,6 @@ async fn ordinary(grpc: SocketAddr) -> Result<String, (u32, String)> {
     )
 }
 
-/// Where every request is routed: nothing listens there, and nothing needs to.
-const POD: &str = "127.0.0.1:9";
-
-/// A directory with an endpoints file listing `address` alone.
-fn one_endpoint(address: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let endpoints = dir.path().join("endpoints.yaml");
-    let entry = serde_saphyr::from_str(&format!("address: {address}")).unwrap();
-    write_endpoints(&endpoints, &[entry]);
-    (dir, endpoints)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_large_bodies_are_bounded_and_ordinary_requests_still_route() {
     let (dir, endpoints) = one_endpoint(POD);
