@@ -36,12 +36,7 @@ pub enum Sharing {
 }
 
 /// splitmix64: a cheap, well-mixed deterministic stream.
-pub fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
+pub use kvpick_scheduler::splitmix::splitmix64 as mix;
 
 /// The tokens of chain `chain` (all [`CHAIN_BLOCKS`] blocks).
 pub fn chain_tokens(chain: u64, out: &mut Vec<u32>) {

@@ -249,7 +249,7 @@ async fn kvpick_routes_real_vllm_to_the_pod_holding_the_prefix() {
     replayed_history_routes_to_its_pod(&mut rig, &history, history_tokens).await;
     a_pod_with_no_events_yet_gets_traffic(&mut rig).await;
     follow_ups_land_on_the_prefix(&mut rig).await;
-    kvpick_tokenizes_as_vllm(&rig).await;
+    kvpick_tokenizes_as_vllm(&mut rig).await;
     a_cache_reset_moves_traffic(&mut rig).await;
     an_eviction_moves_traffic(&mut rig).await;
     a_restarted_pod_is_relearned(&mut rig).await;
@@ -366,7 +366,7 @@ async fn follow_ups_land_on_the_prefix(rig: &mut Rig) {
 
 /// kvpick's token ids (the tokenize crate kvpick-epp runs, on the model's own files) equal
 /// vLLM's `/tokenize` for text and chat requests.
-async fn kvpick_tokenizes_as_vllm(rig: &Rig) {
+async fn kvpick_tokenizes_as_vllm(rig: &mut Rig) {
     let tokenizer = ModelTokenizer::load(tiny_model()).unwrap();
     let cache = TokenCache::new(0);
     let cases = [
@@ -421,6 +421,60 @@ async fn kvpick_tokenizes_as_vllm(rig: &Rig) {
             ours, theirs,
             "kvpick's ids differ from vLLM's /tokenize for {case}"
         );
+    }
+    tool_call_arguments_vllm_refuses(rig, &tokenizer, &cache).await;
+}
+
+/// A tool call whose `arguments` is an object (or absent) is refused by vLLM 0.32 (400): kvpick
+/// makes no ids for it either, routes it without them (by load) and counts it.
+async fn tool_call_arguments_vllm_refuses(
+    rig: &mut Rig,
+    tokenizer: &ModelTokenizer,
+    cache: &TokenCache,
+) {
+    let series = "kvpick_tokenize_total{source=\"unavailable\",outcome=\"invalid_request\"}";
+    for (n, function) in [
+        json!({"name": "get_weather", "arguments": {"city": "Oslo"}}),
+        json!({"name": "get_weather"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = json!({"model": MODEL, "max_tokens": 2, "tools": [weather()], "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_9", "type": "function", "function": function}]},
+            {"role": "tool", "tool_call_id": "call_9", "content": "3 C"}]});
+        let req = hyper::Request::post(format!("http://{}/tokenize", rig.pods[0].addr))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .unwrap();
+        let status = envoy::client().request(req).await.unwrap().status();
+        assert_eq!(status, 400, "vLLM's /tokenize for {function}");
+        let ours = ChatRequest::from_body(body.as_object().unwrap())
+            .and_then(|chat| tokenizer.tokenize(&TokenizeInput::Chat(chat), cache));
+        assert!(
+            matches!(ours, Err(kvpick_tokenize::Error::InvalidRequest(_))),
+            "kvpick tokenized what vLLM refuses ({function}): {ours:?}"
+        );
+        let before = rig.epp.value(series).await;
+        let (status, _, answer) = envoy::post(
+            &rig.gateway,
+            "/v1/chat/completions",
+            body.to_string().as_bytes(),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            status,
+            400,
+            "routed to a pod, which refuses it: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        rig.epp.wait_for(series, before + 1.0).await;
+        assert!(rig.epp.value(series).await >= (n + 1) as f64);
     }
 }
 

@@ -108,6 +108,23 @@ impl Prometheus {
     }
 }
 
+/// The length histograms calibration reads: prompt, output.
+const BUCKETS: [&str; 2] = [
+    "vllm:request_prompt_tokens_bucket",
+    "vllm:request_generation_tokens_bucket",
+];
+/// The cache config calibration reads.
+const CACHE_CONFIG: &str = "vllm:cache_config_info";
+
+/// Every series calibration may read, older vLLM names included (the fleet must expose those
+/// vLLM does: `endpoint-picker/tests/real_vllm/conformance.rs`).
+pub fn calibrate_reads() -> Vec<&'static str> {
+    let mut names: Vec<&str> = COUNTERS.iter().flat_map(|c| c.names()).copied().collect();
+    names.extend(BUCKETS);
+    names.push(CACHE_CONFIG);
+    names
+}
+
 /// Queries everything calibration needs.
 pub async fn observe(prom: &Prometheus, opts: &CalibrateOptions) -> Result<Observed, FleetError> {
     let (start, points) = opts.grid()?;
@@ -139,12 +156,10 @@ pub async fn observe(prom: &Prometheus, opts: &CalibrateOptions) -> Result<Obser
         }
         obs.counters.insert(c, found);
     }
+    let [prompt, output] = BUCKETS;
     for (name, out) in [
-        ("vllm:request_prompt_tokens_bucket", &mut obs.prompt_buckets),
-        (
-            "vllm:request_generation_tokens_bucket",
-            &mut obs.output_buckets,
-        ),
+        (prompt, &mut obs.prompt_buckets),
+        (output, &mut obs.output_buckets),
     ] {
         let series = prom
             .query_range(&format!("{name}{sel}"), start, opts.end, step)
@@ -152,7 +167,7 @@ pub async fn observe(prom: &Prometheus, opts: &CalibrateOptions) -> Result<Obser
         *out = bucket_increases(&series);
     }
     let info = prom
-        .query(&format!("vllm:cache_config_info{sel}"), opts.end)
+        .query(&format!("{CACHE_CONFIG}{sel}"), opts.end)
         .await?;
     obs.cache_config = info.iter().find_map(|s| {
         Some((

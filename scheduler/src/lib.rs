@@ -33,14 +33,16 @@ pub mod index;
 pub mod inflight;
 pub mod keys;
 pub mod latency;
-mod lru;
+pub mod lru;
 pub mod pickers;
 pub mod pipeline;
 pub mod pods;
+pub mod prehashed;
 pub mod profile;
 pub mod request;
 pub mod saturation;
 pub mod scorers;
+pub mod splitmix;
 pub mod time;
 
 pub use config::EndpointPickerConfig;

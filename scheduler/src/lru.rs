@@ -1,4 +1,5 @@
-//! Recency lists over one slab: the bounded-memory building block of the routing-history scorers.
+//! Recency lists over one slab: the bounded-memory building block of the routing-history scorers
+//! (and of the simulator's LRU caches).
 //!
 //! [`LruSlab`] holds nodes of any number of doubly linked recency lists ([`LruList`]) in one
 //! `Vec`, linked by `u32` indices instead of pointers: no allocation per entry, no `unsafe`, and a
@@ -11,7 +12,7 @@ const NIL: u32 = u32::MAX;
 
 /// One recency list: most recent at the front. The nodes live in an [`LruSlab`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct LruList {
+pub struct LruList {
     head: u32,
     tail: u32,
     len: u32,
@@ -29,8 +30,13 @@ impl Default for LruList {
 
 impl LruList {
     /// Entries in the list.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len as usize
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -43,7 +49,7 @@ struct Node<T> {
 
 /// Nodes of many recency lists, addressed by `u32` handles that stay valid until removed.
 #[derive(Clone, Debug)]
-pub(crate) struct LruSlab<T> {
+pub struct LruSlab<T> {
     nodes: Vec<Node<T>>,
     /// Head of the chain of free nodes, linked through `next`.
     free: u32,
@@ -62,23 +68,28 @@ impl<T> Default for LruSlab<T> {
 
 impl<T> LruSlab<T> {
     /// Live nodes over all lists.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.live
     }
 
+    /// Whether no node is live.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
     /// The value of node `at`.
-    pub(crate) fn get(&self, at: u32) -> &T {
+    pub fn get(&self, at: u32) -> &T {
         &self.nodes[at as usize].value
     }
 
     /// The value of node `at`, mutably.
-    pub(crate) fn get_mut(&mut self, at: u32) -> &mut T {
+    pub fn get_mut(&mut self, at: u32) -> &mut T {
         &mut self.nodes[at as usize].value
     }
 
     /// Adds `value` at the front (most recent) of `list`; returns its handle, or `None` when all
     /// `u32` handles are live (callers bound their capacity far below that).
-    pub(crate) fn push_front(&mut self, list: &mut LruList, value: T) -> Option<u32> {
+    pub fn push_front(&mut self, list: &mut LruList, value: T) -> Option<u32> {
         let node = Node {
             prev: NIL,
             next: list.head,
@@ -108,7 +119,7 @@ impl<T> LruSlab<T> {
     }
 
     /// Makes node `at` of `list` the most recent.
-    pub(crate) fn touch(&mut self, list: &mut LruList, at: u32) {
+    pub fn touch(&mut self, list: &mut LruList, at: u32) {
         if list.head == at {
             return;
         }
@@ -125,13 +136,13 @@ impl<T> LruSlab<T> {
     }
 
     /// The least recent node of `list`.
-    pub(crate) fn back(&self, list: &LruList) -> Option<u32> {
+    pub fn back(&self, list: &LruList) -> Option<u32> {
         (list.tail != NIL).then_some(list.tail)
     }
 
     /// Takes node `at` out of `list` and frees it; its value stays readable until reused, so the
     /// caller can still use it to clean up its own maps.
-    pub(crate) fn remove(&mut self, list: &mut LruList, at: u32) {
+    pub fn remove(&mut self, list: &mut LruList, at: u32) {
         self.unlink(list, at);
         list.len -= 1;
         self.live -= 1;

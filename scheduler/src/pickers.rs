@@ -17,6 +17,8 @@
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::splitmix::{GAMMA, SplitMix64, splitmix64};
+
 /// How a picker orders candidates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PickerKind {
@@ -59,29 +61,6 @@ impl Default for PickerSpec {
     }
 }
 
-const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A splitmix64 stream local to one pick.
-struct Stream(u64);
-
-impl Stream {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(GAMMA);
-        mix(self.0)
-    }
-
-    /// Uniform in (0, 1].
-    fn unit(&mut self) -> f64 {
-        ((self.next() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// A configured picker, shared by all requests.
 #[derive(Debug)]
 pub struct Picker {
@@ -106,10 +85,7 @@ impl Picker {
     /// Writes to `order` the positions of `scores` in order of preference.
     pub fn rank(&self, scores: &[f64], order: &mut Vec<usize>) {
         // One atomic step per pick; the pick's own draws come from a stream seeded by it.
-        let mut rng = Stream(mix(self
-            .state
-            .fetch_add(GAMMA, Ordering::Relaxed)
-            .wrapping_add(GAMMA)));
+        let mut rng = SplitMix64(splitmix64(self.state.fetch_add(GAMMA, Ordering::Relaxed)));
         let mut keyed: Vec<(f64, u64, usize)> = scores
             .iter()
             .enumerate()
@@ -121,7 +97,7 @@ impl Picker {
                     PickerKind::WeightedRandom if s > 0.0 => rng.unit().ln() / s,
                     PickerKind::WeightedRandom => f64::NEG_INFINITY,
                 };
-                (key, rng.next(), i)
+                (key, rng.next_u64(), i)
             })
             .collect();
         keyed.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));

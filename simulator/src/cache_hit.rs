@@ -12,8 +12,8 @@ use kvpick_scheduler::Partition;
 use serde::Serialize;
 
 use crate::lru::LruSet;
-use crate::prehashed::PrehashedMap;
 use crate::trace::{PromptSpec, Trace};
+use kvpick_scheduler::prehashed::PrehashedMap;
 
 /// The analysis' result.
 #[derive(Clone, Debug, Serialize, PartialEq)]

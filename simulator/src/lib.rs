@@ -28,7 +28,6 @@ pub mod error;
 pub mod lru;
 pub mod metrics;
 pub mod policy;
-pub mod prehashed;
 pub mod report;
 pub mod trace;
 pub mod tune;

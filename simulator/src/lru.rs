@@ -1,25 +1,25 @@
-//! A least-recently-used set with amortized O(1) touch and evict: a map from key to its last touch
-//! stamp plus a queue of (stamp, key) in touch order whose stale entries are skipped lazily.
+//! A least-recently-used set: the core's recency list ([`kvpick_scheduler::lru`]) plus a map from
+//! key to its node.
 
-use std::collections::VecDeque;
 use std::hash::Hash;
 
-use crate::prehashed::PrehashedMap;
+use kvpick_scheduler::lru::{LruList, LruSlab};
+use kvpick_scheduler::prehashed::PrehashedMap;
 
 /// The LRU set (keys must be uniform hashes: see [`PrehashedMap`]).
 #[derive(Debug)]
 pub struct LruSet<K> {
-    stamp: PrehashedMap<K, u64>,
-    order: VecDeque<(u64, K)>,
-    clock: u64,
+    nodes: PrehashedMap<K, u32>,
+    slab: LruSlab<K>,
+    list: LruList,
 }
 
 impl<K> Default for LruSet<K> {
     fn default() -> Self {
         Self {
-            stamp: PrehashedMap::default(),
-            order: VecDeque::new(),
-            clock: 0,
+            nodes: PrehashedMap::default(),
+            slab: LruSlab::default(),
+            list: LruList::default(),
         }
     }
 }
@@ -27,39 +27,35 @@ impl<K> Default for LruSet<K> {
 impl<K: Copy + Eq + Hash> LruSet<K> {
     /// Whether `key` is present.
     pub fn contains(&self, key: &K) -> bool {
-        self.stamp.contains_key(key)
+        self.nodes.contains_key(key)
     }
 
     /// Keys present.
     pub fn len(&self) -> usize {
-        self.stamp.len()
+        self.nodes.len()
     }
 
     /// Whether no key is present.
     pub fn is_empty(&self) -> bool {
-        self.stamp.is_empty()
+        self.nodes.is_empty()
     }
 
     /// Inserts `key` or makes it the most recent.
     pub fn touch(&mut self, key: K) {
-        self.clock += 1;
-        self.stamp.insert(key, self.clock);
-        self.order.push_back((self.clock, key));
-        if self.order.len() > 4 * self.stamp.len() + 1024 {
-            let stamp = &self.stamp;
-            self.order.retain(|(t, k)| stamp.get(k) == Some(t));
+        if let Some(&at) = self.nodes.get(&key) {
+            self.slab.touch(&mut self.list, at);
+        } else if let Some(at) = self.slab.push_front(&mut self.list, key) {
+            self.nodes.insert(key, at);
         }
     }
 
     /// Removes and returns the least recently touched key.
     pub fn evict(&mut self) -> Option<K> {
-        while let Some((t, k)) = self.order.pop_front() {
-            if self.stamp.get(&k) == Some(&t) {
-                self.stamp.remove(&k);
-                return Some(k);
-            }
-        }
-        None
+        let at = self.slab.back(&self.list)?;
+        let key = *self.slab.get(at);
+        self.slab.remove(&mut self.list, at);
+        self.nodes.remove(&key);
+        Some(key)
     }
 }
 
@@ -81,6 +77,8 @@ mod tests {
         for k in 0..10_000 {
             l.touch(k % 7);
         }
-        assert!(l.order.len() <= 4 * 7 + 1024 + 1);
+        assert_eq!(l.len(), 7);
+        assert_eq!(l.slab.len(), 7, "touching a present key allocates nothing");
+        assert_eq!(l.evict(), Some(9_993 % 7));
     }
 }

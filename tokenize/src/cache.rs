@@ -3,124 +3,57 @@
 //! Keys are 128-bit seeded hashes of (tokenizer, segment text), so a segment's text is never stored:
 //! a collision would need 2^64 work, and the seed is drawn per process so it cannot be planned
 //! offline (a collision would only mis-route a request, never change what the pod computes).
-//! Sharded so that concurrent requests rarely meet on a lock; each shard is an intrusive LRU list
-//! over a slab, so a hit is a hash lookup and two index swaps, with no allocation.
+//! Sharded so that concurrent requests rarely meet on a lock; each shard is the core's recency list
+//! over a slab ([`kvpick_scheduler::lru`]), so a hit is a hash lookup and two index swaps, with no
+//! allocation.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use kvpick_scheduler::lru::{LruList, LruSlab};
+use kvpick_scheduler::prehashed::PrehashedMap;
 use parking_lot::Mutex;
 
 const SHARDS: usize = 16;
 /// Bytes charged per entry besides its ids: key, links, Arc header, map slot.
 pub const ENTRY_OVERHEAD: usize = 96;
-const NIL: u32 = u32::MAX;
 
-/// A segment's cache key: 128 bits of seeded xxh3.
+/// A segment's cache key: 128 bits of seeded xxh3 (so a uniform hash no outsider can choose: the
+/// map uses its low bits as they are).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SegmentKey(pub u128);
 
-/// Keys are already uniform hashes: use their low bits as the map hash.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
-    }
-}
-
 #[derive(Debug)]
-struct Node {
+struct Entry {
     key: SegmentKey,
     ids: Arc<[u32]>,
-    prev: u32,
-    next: u32,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<SegmentKey, u32, BuildHasherDefault<KeyHasher>>,
-    nodes: Vec<Node>,
-    free: Vec<u32>,
-    head: u32,
-    tail: u32,
+    map: PrehashedMap<SegmentKey, u32>,
+    slab: LruSlab<Entry>,
+    recency: LruList,
     bytes: usize,
 }
 
-impl std::fmt::Debug for KeyHasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeyHasher")
-    }
-}
-
 impl Shard {
-    fn new() -> Self {
-        Self {
-            head: NIL,
-            tail: NIL,
-            ..Self::default()
-        }
-    }
-
-    fn unlink(&mut self, i: u32) {
-        let (prev, next) = {
-            let n = &self.nodes[i as usize];
-            (n.prev, n.next)
-        };
-        match prev {
-            NIL => self.head = next,
-            p => self.nodes[p as usize].next = next,
-        }
-        match next {
-            NIL => self.tail = prev,
-            n => self.nodes[n as usize].prev = prev,
-        }
-    }
-
-    fn push_front(&mut self, i: u32) {
-        let old = self.head;
-        {
-            let n = &mut self.nodes[i as usize];
-            n.prev = NIL;
-            n.next = old;
-        }
-        match old {
-            NIL => self.tail = i,
-            o => self.nodes[o as usize].prev = i,
-        }
-        self.head = i;
-    }
-
     fn get(&mut self, key: SegmentKey) -> Option<Arc<[u32]>> {
-        let i = *self.map.get(&key)?;
-        if self.head != i {
-            self.unlink(i);
-            self.push_front(i);
-        }
-        Some(self.nodes[i as usize].ids.clone())
+        let at = *self.map.get(&key)?;
+        self.slab.touch(&mut self.recency, at);
+        Some(self.slab.get(at).ids.clone())
     }
 
     fn evict_lru(&mut self) {
-        let i = self.tail;
-        if i == NIL {
+        let Some(at) = self.slab.back(&self.recency) else {
             return;
-        }
-        self.unlink(i);
-        let node = &mut self.nodes[i as usize];
-        self.map.remove(&node.key);
-        self.bytes -= charge(node.ids.len());
-        node.ids = Arc::from(Vec::new());
-        self.free.push(i);
+        };
+        let entry = self.slab.get_mut(at);
+        self.map.remove(&entry.key);
+        // The freed node keeps its value until reused: drop the ids now, they are what the
+        // budget counts.
+        let ids = std::mem::replace(&mut entry.ids, Arc::from(Vec::new()));
+        self.bytes -= charge(ids.len());
+        self.slab.remove(&mut self.recency, at);
     }
 
     fn insert(&mut self, key: SegmentKey, ids: Arc<[u32]>, budget: usize) {
@@ -128,34 +61,18 @@ impl Shard {
         if cost > budget {
             return;
         }
-        if let Some(&i) = self.map.get(&key) {
+        if let Some(&at) = self.map.get(&key) {
             // Same content, same ids: just refresh.
-            self.unlink(i);
-            self.push_front(i);
+            self.slab.touch(&mut self.recency, at);
             return;
         }
-        while self.bytes + cost > budget && self.tail != NIL {
+        while self.bytes + cost > budget && !self.recency.is_empty() {
             self.evict_lru();
         }
-        let node = Node {
-            key,
-            ids,
-            prev: NIL,
-            next: NIL,
-        };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.nodes[i as usize] = node;
-                i
-            }
-            None => {
-                self.nodes.push(node);
-                (self.nodes.len() - 1) as u32
-            }
-        };
-        self.map.insert(key, i);
-        self.push_front(i);
-        self.bytes += cost;
+        if let Some(at) = self.slab.push_front(&mut self.recency, Entry { key, ids }) {
+            self.map.insert(key, at);
+            self.bytes += cost;
+        }
     }
 }
 
@@ -174,7 +91,7 @@ impl TokenCache {
     /// A cache holding at most `budget_bytes` (ids plus per-entry overhead). Zero disables it.
     pub fn new(budget_bytes: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             shard_budget: budget_bytes / SHARDS,
         }
     }
@@ -224,6 +141,7 @@ impl TokenCache {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     fn key(shard: u128, n: u128) -> SegmentKey {
         SegmentKey((shard << 64) | n)

@@ -165,7 +165,9 @@ fn declared_order(map: &Map<String, Value>, fields: &[&str]) -> Map<String, Valu
 /// vLLM validates each call against the OpenAI client's `ChatCompletionMessageFunctionToolCallParam`
 /// (`id`, `function` {`arguments`, `name`}, `type`, in that order), parses its `arguments` JSON
 /// string into an object (`{}` when empty, invalid or not an object) and drops an empty
-/// `tool_calls` list.
+/// `tool_calls` list. `arguments` absent or given as anything but a string (an object, as some
+/// clients send) fails that validation: vLLM 0.32 answers 400, so no ids are made for a prompt it never
+/// renders (the picker routes such a request without them, and counts it).
 fn normalize_tool_calls(calls: &Value) -> Result<Value, Error> {
     let Value::Array(calls) = calls else {
         return Ok(calls.clone());
@@ -189,8 +191,13 @@ fn normalize_tool_calls(calls: &Value) -> Result<Value, Error> {
                 Ok(Value::Object(o)) => Value::Object(o),
                 _ => Value::Object(Map::new()),
             },
-            Some(Value::Object(o)) if !o.is_empty() => Value::Object(o.clone()),
-            _ => Value::Object(Map::new()),
+            Some(Value::String(_)) => Value::Object(Map::new()),
+            other => {
+                return Err(Error::InvalidRequest(format!(
+                    "tool call `arguments` must be a JSON string, not {} (vLLM answers 400)",
+                    other.map_or("absent", kind)
+                )));
+            }
         };
         function.insert("arguments".into(), parsed);
         out.push(Value::Object(call));
@@ -200,6 +207,18 @@ fn normalize_tool_calls(calls: &Value) -> Result<Value, Error> {
     } else {
         Value::Array(out)
     })
+}
+
+/// A JSON value's kind, for error messages.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// transformers: `{"thinking": r, **message, "reasoning_content": r}` when a message has reasoning.
@@ -301,6 +320,27 @@ mod tests {
             serde_json::to_string(&t).unwrap(),
             r#"{"type":"function","function":{"name":"f","description":null,"parameters":null,"strict":false,"defer_loading":true},"defer_loading":true}"#
         );
+    }
+
+    #[test]
+    fn tool_call_arguments_must_be_text_as_vllm_requires() {
+        let absent = json!({"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+            "function": {"name": "f"}}]});
+        assert!(normalize_message(&absent, ContentFormat::String).is_err());
+        for args in [
+            json!({"city": "Oslo"}),
+            json!({}),
+            json!(null),
+            json!([1]),
+            json!(3),
+        ] {
+            let m = json!({"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                "function": {"name": "f", "arguments": args}}]});
+            assert!(
+                matches!(normalize_message(&m, ContentFormat::String), Err(Error::InvalidRequest(e)) if e.contains("must be a JSON string")),
+                "{args}"
+            );
+        }
     }
 
     #[test]

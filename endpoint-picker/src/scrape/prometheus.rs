@@ -67,16 +67,24 @@ enum Family {
     Lora,
 }
 
+/// The series read, by name.
+const FAMILIES: [(&str, Family); 6] = [
+    ("vllm:num_requests_waiting", Family::Waiting),
+    ("vllm:num_requests_running", Family::Running),
+    ("vllm:kv_cache_usage_perc", Family::KvUsage),
+    ("vllm:gpu_cache_usage_perc", Family::GpuUsageLegacy),
+    ("vllm:cache_config_info", Family::CacheConfig),
+    ("vllm:lora_requests_info", Family::Lora),
+];
+
+/// The names of the series kvpick reads from a pod's page (the fleet must expose those vLLM does:
+/// `endpoint-picker/tests/real_vllm/conformance.rs`).
+pub fn scraped_names() -> impl Iterator<Item = &'static str> {
+    FAMILIES.iter().map(|(n, _)| *n)
+}
+
 fn family(name: &str) -> Option<Family> {
-    Some(match name {
-        "vllm:num_requests_waiting" => Family::Waiting,
-        "vllm:num_requests_running" => Family::Running,
-        "vllm:kv_cache_usage_perc" => Family::KvUsage,
-        "vllm:gpu_cache_usage_perc" => Family::GpuUsageLegacy,
-        "vllm:cache_config_info" => Family::CacheConfig,
-        "vllm:lora_requests_info" => Family::Lora,
-        _ => return None,
-    })
+    FAMILIES.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
 /// Scans a metrics page. Malformed lines of the families read are skipped, never fatal.

@@ -2,8 +2,9 @@
 //! to a fleet pod and to a vLLM server, and what each sends back is compared in shape — KV-event
 //! batches and each event type's fields in order (`group_idx`, `kv_cache_spec_kind`,
 //! `extra_keys`, `medium`, `lora_name`...), replay framing and its end marker, the `usage`
-//! objects, and the `/metrics` names and labels the fleet exposes. Values that depend on the
-//! engine (hashes, timings) are not compared; their kinds are.
+//! objects, when a prefix-cache reset is published, and the `/metrics` names and labels both ways
+//! (vLLM's series the fleet omits are listed, each with its reason, in [`OMITTED`]). Values that
+//! depend on the engine (hashes, timings) are not compared; their kinds are.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -217,6 +218,161 @@ async fn usage_shapes(addr: std::net::SocketAddr) -> Vec<String> {
     shapes
 }
 
+/// vLLM 0.32's metric families (sample names without `_bucket`/`_sum`/`_count`, then without
+/// `_total`) that the fleet does not expose, and why. Nothing kvpick or calibrate reads may be
+/// here (checked). vLLM also exposes `_created` samples (prometheus_client's creation time of
+/// each counter and histogram), which nothing reads and the fleet omits.
+const OMITTED: &[(&str, &str)] = &[
+    (
+        "vllm:admission_rejections",
+        "vLLM's admission control; the fleet refuses with its own queue bound",
+    ),
+    ("vllm:engine_sleep_state", "sleep mode is not simulated"),
+    (
+        "vllm:estimated_flops_per_gpu",
+        "GPU utilisation estimates; the fleet has no hardware model",
+    ),
+    (
+        "vllm:estimated_read_bytes_per_gpu",
+        "GPU utilisation estimates; the fleet has no hardware model",
+    ),
+    (
+        "vllm:estimated_write_bytes_per_gpu",
+        "GPU utilisation estimates; the fleet has no hardware model",
+    ),
+    (
+        "vllm:external_prefix_cache_hits",
+        "no KV connector (offloaded or remote cache) in the fleet",
+    ),
+    (
+        "vllm:external_prefix_cache_queries",
+        "no KV connector (offloaded or remote cache) in the fleet",
+    ),
+    ("vllm:mm_cache_hits", "multimodal inputs are not simulated"),
+    (
+        "vllm:mm_cache_queries",
+        "multimodal inputs are not simulated",
+    ),
+    (
+        "vllm:num_requests_waiting_by_reason",
+        "kvpick reads the total, vllm:num_requests_waiting",
+    ),
+    (
+        "vllm:prompt_tokens_by_source",
+        "the same counts are in vllm:prefix_cache_hits and vllm:prompt_tokens",
+    ),
+    (
+        "vllm:prompt_tokens_cached",
+        "the same counts are in vllm:prefix_cache_hits",
+    ),
+    (
+        "vllm:prompt_tokens_cached_by_source",
+        "the same counts are in vllm:prefix_cache_hits",
+    ),
+    (
+        "vllm:request_decode_time_seconds",
+        "calibrate reads the queue, prefill, TTFT and inter-token histograms",
+    ),
+    (
+        "vllm:request_inference_time_seconds",
+        "calibrate reads the queue, prefill, TTFT and inter-token histograms",
+    ),
+    (
+        "vllm:request_time_per_output_token_seconds",
+        "calibrate reads the inter-token histogram",
+    ),
+    (
+        "vllm:request_max_num_generation_tokens",
+        "request parameters; calibrate reads the lengths served",
+    ),
+    (
+        "vllm:request_params_max_tokens",
+        "request parameters; calibrate reads the lengths served",
+    ),
+    (
+        "vllm:request_params_n",
+        "request parameters; the load asks n = 1",
+    ),
+    (
+        "vllm:request_num_preemptions",
+        "the fleet counts preemptions in vllm:num_preemptions",
+    ),
+    (
+        "vllm:request_prefill_kv_computed_tokens",
+        "calibrate derives it from vllm:iteration_tokens_total",
+    ),
+];
+
+/// A sample name's family, as [`OMITTED`] names them.
+fn family(sample: &str) -> &str {
+    let base = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| sample.strip_suffix(s))
+        .unwrap_or(sample);
+    base.strip_suffix("_total").unwrap_or(base)
+}
+
+/// The fleet's `vllm:` series against vLLM's, both ways: each the fleet exposes exists in vLLM
+/// with the same label names; each vLLM exposes exists in the fleet likewise, or its family is
+/// in [`OMITTED`]; nothing kvpick or calibrate reads is omitted.
+fn metrics_match(
+    fleet: &BTreeMap<String, BTreeSet<String>>,
+    vllm: &BTreeMap<String, BTreeSet<String>>,
+) {
+    let omitted: BTreeSet<&str> = OMITTED.iter().map(|(n, _)| *n).collect();
+    let read: BTreeSet<&str> = kvpick_epp::scrape::prometheus::scraped_names()
+        .chain(kvpick_fleet::prometheus::calibrate_reads())
+        .collect();
+    for name in &read {
+        assert!(
+            !omitted.contains(family(name)),
+            "{name} is read (by kvpick or calibrate) but listed as omitted"
+        );
+    }
+    let same = |name: &str, ours: &BTreeSet<String>, theirs: &BTreeSet<String>| {
+        if name == "vllm:cache_config_info" {
+            // The fleet's cache config is a subset of vLLM's (those it has a value for).
+            assert!(
+                ours.is_subset(theirs),
+                "{name}: {ours:?} vs vLLM's {theirs:?}"
+            );
+        } else {
+            assert_eq!(
+                ours, theirs,
+                "{name}'s labels: the fleet's (left), vLLM's (right)"
+            );
+        }
+    };
+    for (name, labels) in fleet.iter().filter(|(n, _)| n.starts_with("vllm:")) {
+        let theirs = vllm
+            .get(name)
+            .unwrap_or_else(|| panic!("the fleet exposes {name}, vLLM does not"));
+        same(name, labels, theirs);
+    }
+    let mut seen_omitted = BTreeSet::new();
+    for (name, theirs) in vllm
+        .iter()
+        .filter(|(n, _)| n.starts_with("vllm:") && !n.ends_with("_created"))
+    {
+        match fleet.get(name) {
+            Some(ours) => same(name, ours, theirs),
+            None => {
+                assert!(
+                    omitted.contains(family(name)),
+                    "vLLM exposes {name} {theirs:?}, the fleet does not: add it to the fleet \
+                     (fleet/src/servers/stats.rs), or to OMITTED with the reason"
+                );
+                seen_omitted.insert(family(name));
+            }
+        }
+    }
+    let stale: Vec<&&str> = omitted.difference(&seen_omitted).collect();
+    assert!(
+        stale.is_empty(),
+        "OMITTED lists families vLLM did not expose: {stale:?}"
+    );
+}
+
 /// Metric name → label names, from a Prometheus text page.
 fn metric_labels(page: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut out = BTreeMap::new();
@@ -258,6 +414,51 @@ async fn reset_prefix_cache(addr: std::net::SocketAddr) {
     assert_eq!(resp.status(), 200, "/reset_prefix_cache on {addr}");
 }
 
+/// The events of each batch `tap` received, by type.
+fn event_types(tap: &Tap) -> Vec<Vec<String>> {
+    tap.payloads()
+        .iter()
+        .map(|p| {
+            p[1].as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["type"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+/// `/reset_prefix_cache` on an idle server publishes nothing at once: `AllBlocksCleared` comes
+/// with the engine's next step, at the head of the first batch after the reset.
+async fn cleared_at_next_step(addr: std::net::SocketAddr, tap: &Tap, who: &str) {
+    let before = event_types(tap).len();
+    reset_prefix_cache(addr).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let idle = event_types(tap);
+    assert_eq!(
+        idle.len(),
+        before,
+        "{who} published {:?} on an idle reset, before any step",
+        &idle[before..]
+    );
+    let body = json!({"model": MODEL, "prompt": "after the reset, the next step", "max_tokens": 2});
+    post_direct(addr, "/v1/completions", &body).await;
+    for _ in 0..300 {
+        let now = event_types(tap);
+        if now.len() > before {
+            assert_eq!(
+                now[before].first().map(String::as_str),
+                Some("AllBlocksCleared"),
+                "{who}: the first batch after the reset: {:?}",
+                now[before]
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{who} published no batch after the reset and a request");
+}
+
 /// Runs the same history on a fleet pod as `vllm` went through (stores, evictions, a cache
 /// reset), then compares the two field by field. `tap` has been subscribed to `vllm` since it
 /// started.
@@ -279,7 +480,9 @@ pub async fn fleet_matches_vllm(vllm: &Vllm, tap: &Tap) {
         let body = json!({"model": MODEL, "prompt": ids, "max_tokens": 2});
         post_direct(server.address, "/v1/completions", &body).await;
     }
-    reset_prefix_cache(server.address).await;
+    // The reset's timing, on both: vLLM (idle at this point of the suite) and the fleet.
+    cleared_at_next_step(vllm.addr, tap, "vLLM").await;
+    cleared_at_next_step(server.address, &fleet_tap, "the fleet").await;
     let usage_fleet = usage_shapes(server.address).await;
     let usage_vllm = usage_shapes(vllm.addr).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -315,32 +518,7 @@ pub async fn fleet_matches_vllm(vllm: &Vllm, tap: &Tap) {
 
     let metrics_fleet = metric_labels(&get(server.address, "/metrics").await);
     let metrics_vllm = metric_labels(&get(vllm.addr, "/metrics").await);
-    for (name, labels) in metrics_fleet.iter().filter(|(n, _)| n.starts_with("vllm:")) {
-        let theirs = metrics_vllm
-            .get(name)
-            .unwrap_or_else(|| panic!("the fleet exposes {name}, vLLM does not"));
-        if name == "vllm:cache_config_info" {
-            assert!(
-                labels.is_subset(theirs),
-                "{name}: {labels:?} vs vLLM's {theirs:?}"
-            );
-        } else {
-            assert_eq!(labels, theirs, "{name}'s labels");
-        }
-    }
-    for name in [
-        "vllm:num_requests_waiting",
-        "vllm:num_requests_running",
-        "vllm:kv_cache_usage_perc",
-        "vllm:cache_config_info",
-        "vllm:prefix_cache_hits_total",
-        "vllm:time_to_first_token_seconds_bucket",
-    ] {
-        assert!(
-            metrics_fleet.contains_key(name),
-            "the fleet lacks {name}, which kvpick reads"
-        );
-    }
+    metrics_match(&metrics_fleet, &metrics_vllm);
     drop(fleet_tap);
     fleet.shutdown().await;
 }

@@ -1,6 +1,6 @@
 //! One request against an OpenAI-compatible server, measured at the client.
 //!
-//! Streaming: TTFT is the time to the first SSE event carrying generated text, each later such
+//! Streaming: TTFT is the time to the first SSE event carrying a generated token, each later such
 //! event adds an inter-token gap, `usage` comes from the final chunk (`stream_options.
 //! include_usage`); a non-streaming request has only its end-to-end time and usage. Bodies are
 //! bounded (an event over 1 MiB or a body over 64 MiB fails the request).
@@ -44,7 +44,7 @@ pub struct Outcome {
     pub ttft_s: Option<f64>,
     /// Send to end of body, s.
     pub e2e_s: Option<f64>,
-    /// Gaps between text-carrying events, s.
+    /// Gaps between token-carrying events, s.
     #[serde(skip)]
     pub gaps_s: Vec<f64>,
     /// `usage.prompt_tokens`.
@@ -53,7 +53,7 @@ pub struct Outcome {
     pub completion_tokens: Option<u64>,
     /// `usage.prompt_tokens_details.cached_tokens` (0 when the server omits it).
     pub cached_tokens: u64,
-    /// Text-carrying events received.
+    /// Token-carrying events received.
     pub chunks: u32,
 }
 
@@ -76,17 +76,19 @@ impl Outcome {
     }
 }
 
-/// Whether a chunk carries generated text.
-fn has_text(v: &Value) -> bool {
+/// Whether a chunk carries a generated token. A completion chunk does whatever its text: vLLM
+/// sends one per token and leaves `text` empty while a multi-byte character is incomplete (a
+/// byte-level tokenizer's first token often is), so waiting for text would add a step to TTFT. A
+/// chat chunk counts only with content: the first one carries the role, before any token.
+fn carries_token(v: &Value) -> bool {
     let Some(choices) = v.get("choices").and_then(Value::as_array) else {
         return false;
     };
     choices.iter().any(|c| {
-        let t = c
-            .get("text")
-            .or_else(|| c.pointer("/delta/content"))
-            .and_then(Value::as_str);
-        t.is_some_and(|t| !t.is_empty())
+        c.get("text").is_some_and(Value::is_string)
+            || c.pointer("/delta/content")
+                .and_then(Value::as_str)
+                .is_some_and(|t| !t.is_empty())
     })
 }
 
@@ -193,7 +195,7 @@ async fn read_stream(mut body: Incoming, mut out: Outcome, started: Instant) -> 
                     let msg = e.get("message").and_then(Value::as_str).unwrap_or("error");
                     return out.fail(format!("in-stream error: {msg}"));
                 }
-                if has_text(&v) {
+                if carries_token(&v) {
                     match last {
                         None => out.ttft_s = Some((now - started).as_secs_f64()),
                         Some(t) => out.gaps_s.push((now - t).as_secs_f64()),
@@ -232,7 +234,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_and_text_detection() {
+    fn events_and_token_detection() {
         assert_eq!(find_event_end(b"data: x\n\ndata: y"), Some((7, 2)));
         assert_eq!(find_event_end(b"data: x\r\n\r\n"), Some((7, 4)));
         assert_eq!(find_event_end(b"data: x\n"), None);
@@ -243,7 +245,9 @@ mod tests {
                 .unwrap();
         let usage: Value =
             serde_json::from_str(r#"{"choices":[],"usage":{"prompt_tokens":3}}"#).unwrap();
-        assert!(has_text(&chat) && !has_text(&role) && !has_text(&usage));
+        let partial: Value = serde_json::from_str(r#"{"choices":[{"text":""}]}"#).unwrap();
+        assert!(carries_token(&chat) && carries_token(&partial));
+        assert!(!carries_token(&role) && !carries_token(&usage));
         let mut o = Outcome::default();
         o.take_usage(&usage);
         assert_eq!((o.prompt_tokens, o.cached_tokens), (Some(3), 0));

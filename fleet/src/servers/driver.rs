@@ -119,6 +119,8 @@ pub struct Driver {
     up: Arc<AtomicBool>,
     epoch: Instant,
     restarts: u64,
+    /// A prefix-cache reset whose `AllBlocksCleared` waits for the next step (see [`Sink`]).
+    cleared: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -149,6 +151,7 @@ impl Driver {
             up,
             epoch: Instant::now(),
             restarts: 0,
+            cleared: false,
         })
     }
 
@@ -204,6 +207,10 @@ impl Driver {
             busy_until = Some(deadline);
             let now = self.now();
             self.with_sink(|engine, sink| engine.finish_step(now, sink));
+            // A step that changed no block still carries a pending reset out.
+            if std::mem::take(&mut self.cleared) {
+                self.publish(vec![KvEvent::AllBlocksCleared]);
+            }
             let after = self.engine.stats();
             let mut s = self.stats.lock();
             let computed = (after.prefill_tokens + after.decode_tokens)
@@ -223,6 +230,7 @@ impl Driver {
             stats: &mut stats,
             events: &self.events,
             dp_rank: self.cfg.dp_rank,
+            cleared: &mut self.cleared,
         };
         f(&mut self.engine, &mut sink)
     }
@@ -285,6 +293,7 @@ impl Driver {
                 prompt_len,
                 lora: s.lora,
                 arrival,
+                scheduled: arrival,
                 generated: 0,
                 running: false,
             },
@@ -300,6 +309,7 @@ impl Driver {
             self.engine = e;
         }
         *self.stats.lock() = EngineStats::new(self.cfg.profile.max_model_len);
+        self.cleared = false;
         // In order with the batches before it: the new process numbers from 0 again.
         let sent = tokio::select! {
             _ = cancel.cancelled() => false,
@@ -324,9 +334,16 @@ impl Driver {
             Err(_) => return,
         }
         self.stats.lock().kv_usage = 0.0;
+        // Published with the engine's next step, as vLLM does (an idle pod publishes it when its
+        // next request arrives).
+        self.cleared = true;
+    }
+
+    /// Publishes `events` as one batch of this engine's.
+    fn publish(&mut self, events: Vec<KvEvent>) {
         let batch = EventBatch {
             ts: unix_now(),
-            events: vec![KvEvent::AllBlocksCleared],
+            events,
             data_parallel_rank: self.cfg.dp_rank,
         };
         if self.events.try_send(PubCommand::Batch(batch)).is_err() {

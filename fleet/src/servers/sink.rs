@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use kvpick_scheduler::KvEvent;
 use kvpick_scheduler::events::EventBatch;
 use tokio::sync::{mpsc, watch};
 
@@ -21,6 +22,8 @@ pub(super) struct Live {
     pub(super) prompt_len: u32,
     pub(super) lora: Option<Arc<str>>,
     pub(super) arrival: SimTime,
+    /// When first scheduled (vLLM's prefill time runs from here to the first token).
+    pub(super) scheduled: SimTime,
     pub(super) generated: u32,
     pub(super) running: bool,
 }
@@ -38,6 +41,9 @@ pub(super) struct Sink<'a> {
     pub(super) stats: &'a mut EngineStats,
     pub(super) events: &'a mpsc::Sender<PubCommand>,
     pub(super) dp_rank: Option<u32>,
+    /// A `/reset_prefix_cache` not yet published: vLLM queues `AllBlocksCleared` with the cache's
+    /// other events and publishes it at the head of its next step's batch.
+    pub(super) cleared: &'a mut bool,
 }
 
 type LoraCounts = BTreeMap<String, u32>;
@@ -64,6 +70,7 @@ impl EngineSink for Sink<'_> {
         self.stats.prefix_queries += l.prompt_len as u64;
         self.stats.prefix_hits += cached_tokens as u64;
         self.stats.queue.observe(now.secs_since(l.arrival));
+        l.scheduled = now;
         l.running = true;
         if let Some(name) = &l.lora {
             move_lora(
@@ -82,6 +89,7 @@ impl EngineSink for Sink<'_> {
             return;
         };
         self.stats.ttft.observe(now.secs_since(l.arrival));
+        self.stats.prefill.observe(now.secs_since(l.scheduled));
         self.stats.prompt_tokens += l.prompt_len as u64;
         self.stats.generation_tokens += 1;
         l.generated = 1;
@@ -139,6 +147,9 @@ impl EngineSink for Sink<'_> {
     }
 
     fn kv_events(&mut self, mut batch: EventBatch) {
+        if std::mem::take(self.cleared) {
+            batch.events.insert(0, KvEvent::AllBlocksCleared);
+        }
         batch.ts = unix_now();
         batch.data_parallel_rank = self.dp_rank;
         if self.events.try_send(PubCommand::Batch(batch)).is_err() {

@@ -23,7 +23,7 @@ const ITL: &[f64] = &[
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
     40.0, 80.0,
 ];
-/// Request latency buckets (s): e2e, queue.
+/// Request latency buckets (s): e2e, queue, prefill.
 const REQUEST: &[f64] = &[
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
     480.0, 960.0, 1920.0, 7680.0,
@@ -72,6 +72,8 @@ pub struct EngineStats {
     pub e2e: Histogram,
     /// Arrival to first scheduled (s).
     pub queue: Histogram,
+    /// First scheduled to first token (s).
+    pub prefill: Histogram,
     /// Prompt length of finished requests.
     pub request_prompt_tokens: Histogram,
     /// Output length of finished requests.
@@ -102,6 +104,7 @@ impl EngineStats {
             itl: Histogram::new(ITL),
             e2e: Histogram::new(REQUEST),
             queue: Histogram::new(REQUEST),
+            prefill: Histogram::new(REQUEST),
             request_prompt_tokens: Histogram::one_two_five(max_model_len),
             request_generation_tokens: Histogram::one_two_five(max_model_len),
             iteration_tokens: Histogram::new(ITERATION),
@@ -290,6 +293,11 @@ pub fn render(s: &EngineStats, info: &PageInfo<'_>) -> String {
         "vllm:request_queue_time_seconds",
         "Histogram of time spent in WAITING phase for request.",
         &s.queue,
+    );
+    p.histogram(
+        "vllm:request_prefill_time_seconds",
+        "Histogram of time spent in PREFILL phase for request.",
+        &s.prefill,
     );
     let i = p.info;
     p.head(

@@ -9,7 +9,7 @@
 
 use kvpick_scheduler::events::{BlockRemoved, EngineHash, KvEvent, Medium};
 
-use crate::prehashed::PrehashedMap;
+use kvpick_scheduler::prehashed::PrehashedMap;
 
 /// A block's index in the pool.
 pub type BlockId = u32;

@@ -6,23 +6,15 @@
 //! (with probability 1 − 2⁻⁶⁴ per block key), and a prefix of a stream is the prefix of the stream,
 //! so a trailing partial block of a Mooncake request is the start of that hash id's 512 tokens.
 
+use kvpick_scheduler::splitmix::{GAMMA, splitmix64};
+
 /// Vocabulary size the synthetic ids are drawn from (Qwen3's, though any size works).
 pub const VOCAB: u32 = 151_936;
-
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
-
-#[inline]
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(GOLDEN);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 /// Token `i` of the stream named `id`.
 #[inline]
 pub fn token(id: u64, i: u32) -> u32 {
-    let r = splitmix64(id.wrapping_mul(GOLDEN) ^ i as u64);
+    let r = splitmix64(id.wrapping_mul(GAMMA) ^ i as u64);
     // Multiply-shift maps 32 random bits onto [0, VOCAB) without a division.
     (((r >> 32) * VOCAB as u64) >> 32) as u32
 }
