@@ -1,6 +1,7 @@
-//! Parsing an OpenAI completions body whose prompt is 8,192 token ids: kvpick-epp's parser (a
-//! flat-array scanner) against serde_json deserializing the same `prompt` into `Vec<u32>`, the
-//! baseline, in the same process.
+//! Parsing an OpenAI completions body whose prompt is 8,192 token ids: kvpick-epp's parser (its
+//! token-array fast path) against its reference (serde_json alone, the parser before the fast
+//! path) and against serde_json deserializing the same `prompt` into `Vec<u32>`, the baseline, in
+//! the same process.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::rngs::SmallRng;
@@ -26,6 +27,11 @@ fn parse(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(b.len() as u64));
     g.bench_function("kvpick_epp", |bench| {
         bench.iter(|| kvpick_epp::request::parse(std::hint::black_box(&b)).map(|r| r.model.len()))
+    });
+    g.bench_function("kvpick_epp_reference", |bench| {
+        bench.iter(|| {
+            kvpick_epp::request::parse_reference(std::hint::black_box(&b)).map(|r| r.model.len())
+        })
     });
     g.bench_function("serde_vec_u32_baseline", |bench| {
         bench.iter(|| {

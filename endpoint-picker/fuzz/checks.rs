@@ -11,11 +11,18 @@ use std::path::Path;
 
 use kvpick_scheduler::Timestamp;
 
-/// Any bytes as a request body: `parse` returns a request or an error, never panics, and a
-/// parsed request always has a model.
+/// Any bytes as a request body: `parse` returns a request or an error, never panics, a parsed
+/// request always has a model, and `parse` (its token-array fast path first) gives exactly what
+/// serde_json alone (`parse_reference`) gives: the same request, or the same error.
 pub fn request_body(body: &[u8]) {
-    if let Ok(r) = kvpick_epp::request::parse(body) {
-        assert!(!r.model.is_empty());
+    use kvpick_epp::request::{parse, parse_reference};
+    match (parse(body), parse_reference(body)) {
+        (Ok(fast), Ok(reference)) => {
+            assert!(!fast.model.is_empty());
+            assert_eq!(fast, reference);
+        }
+        (Err(fast), Err(reference)) => assert_eq!(fast.to_string(), reference.to_string()),
+        (fast, reference) => panic!("fast path {fast:?} vs serde_json {reference:?}"),
     }
 }
 

@@ -22,21 +22,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
-use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
+use kvpick_benches::extproc_client::{self, percentile};
 use kvpick_benches::probe::{Probe, Samples, thread_cpu};
 use kvpick_epp::discovery::{Discovered, EndpointSpec};
 use kvpick_epp::{Server, Settings};
 use kvpick_scheduler::events::{BlockStored, EngineHash, EventBatch, KvEvent};
 use kvpick_scheduler::{PodSignals, Timestamp};
-use pb::external_processor_client::ExternalProcessorClient;
-use pb::processing_request::Request as In;
-use pb::processing_response::Response as Out;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
+
+/// The response body the picker reads usage from.
+const USAGE: &[u8] =
+    br#"{"choices":[{"text":"ok"}],"usage":{"prompt_tokens":8192,"completion_tokens":1}}"#;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -67,109 +65,6 @@ struct Args {
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
-}
-
-fn headers(pairs: &[(&str, &str)]) -> Option<HeaderMap> {
-    Some(HeaderMap {
-        headers: pairs
-            .iter()
-            .map(|(k, v)| HeaderValue {
-                key: (*k).into(),
-                value: String::new(),
-                raw_value: v.as_bytes().to_vec(),
-            })
-            .collect(),
-    })
-}
-
-fn msg(request: In) -> pb::ProcessingRequest {
-    pb::ProcessingRequest {
-        request: Some(request),
-        ..Default::default()
-    }
-}
-
-/// One full-duplex exchange; returns the decision latency seen by the client.
-async fn exchange(
-    client: &mut ExternalProcessorClient<tonic::transport::Channel>,
-    body: &[u8],
-    chunk: usize,
-) -> anyhow::Result<Duration> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let mut answers = client.process(ReceiverStream::new(rx)).await?.into_inner();
-    let protocol = pb::ProtocolConfiguration {
-        request_body_mode: BodySendMode::FullDuplexStreamed as i32,
-        response_body_mode: BodySendMode::FullDuplexStreamed as i32,
-        ..Default::default()
-    };
-    let mut first = msg(In::RequestHeaders(pb::HttpHeaders {
-        headers: headers(&[
-            (":method", "POST"),
-            (":path", "/v1/completions"),
-            ("content-type", "application/json"),
-        ]),
-        ..Default::default()
-    }));
-    first.protocol_config = Some(protocol);
-    tx.send(first).await?;
-    let pieces = body.chunks(chunk).count();
-    for (i, piece) in body.chunks(chunk).enumerate() {
-        let end_of_stream = i + 1 == pieces;
-        tx.send(msg(In::RequestBody(pb::HttpBody {
-            body: piece.to_vec(),
-            end_of_stream,
-            ..Default::default()
-        })))
-        .await?;
-    }
-    let sent = Instant::now();
-    let decision = answers
-        .message()
-        .await?
-        .context("stream closed before the decision")?;
-    let latency = sent.elapsed();
-    anyhow::ensure!(
-        matches!(decision.response, Some(Out::RequestHeaders(_))),
-        "unexpected answer {decision:?}"
-    );
-    loop {
-        let m = answers.message().await?.context("stream closed mid-body")?;
-        if let Some(Out::RequestBody(b)) = &m.response
-            && let Some(pb::body_mutation::Mutation::StreamedResponse(s)) = b
-                .response
-                .as_ref()
-                .and_then(|c| c.body_mutation.as_ref())
-                .and_then(|m| m.mutation.as_ref())
-            && s.end_of_stream
-        {
-            break;
-        }
-    }
-    tx.send(msg(In::ResponseHeaders(pb::HttpHeaders {
-        headers: headers(&[(":status", "200"), ("content-type", "application/json")]),
-        ..Default::default()
-    })))
-    .await?;
-    answers.message().await?;
-    let usage =
-        br#"{"choices":[{"text":"ok"}],"usage":{"prompt_tokens":8192,"completion_tokens":1}}"#;
-    tx.send(msg(In::ResponseBody(pb::HttpBody {
-        body: usage.to_vec(),
-        end_of_stream: true,
-        ..Default::default()
-    })))
-    .await?;
-    answers.message().await?;
-    drop(tx);
-    while answers.message().await?.is_some() {}
-    Ok(latency)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn main() -> anyhow::Result<()> {
@@ -319,16 +214,7 @@ async fn load(
     bodies: Vec<Arc<Vec<u8>>>,
     samples: &Samples,
 ) -> anyhow::Result<(u64, f64, f64, Vec<f64>)> {
-    let mut clients = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())?
-            .tcp_nodelay(true)
-            .initial_stream_window_size(Some(16 << 20))
-            .initial_connection_window_size(Some(64 << 20))
-            .connect()
-            .await?;
-        clients.push(ExternalProcessorClient::new(channel).max_decoding_message_size(64 << 20));
-    }
+    let clients = extproc_client::connect(&url, args.connections).await?;
 
     let started = Instant::now();
     let warmup_end = started + Duration::from_secs(1);
@@ -348,7 +234,10 @@ async fn load(
                     break;
                 }
                 let body = &bodies[rng.random_range(0..bodies.len())];
-                let latency = exchange(&mut client, body, chunk).await?;
+                let decided =
+                    extproc_client::decide(&mut client, "/v1/completions", body, chunk).await?;
+                let latency = decided.latency;
+                decided.finish(USAGE).await?;
                 if now >= warmup_end {
                     latencies.push(latency.as_secs_f64());
                     done += 1;

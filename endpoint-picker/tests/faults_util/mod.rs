@@ -133,7 +133,7 @@ impl SimFleet {
             "--speed",
             "4",
         ])
-        .args(["--pods", &pods.to_string(), "--restart-downtime-ms", "200"])
+        .args(["--pods", &pods.to_string(), "--restart-downtime", "200ms"])
         .arg("--endpoints-file")
         .arg(&file)
         .args(extra);

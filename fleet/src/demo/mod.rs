@@ -102,7 +102,7 @@ impl DemoConfig {
         stage.rate = rate.unwrap_or(stage.rate);
         if !(stage.rate > 0.0 && stage.duration_s > 0.0) {
             return Err(FleetError::InvalidConfig(
-                "--rate and --duration-s must be positive".into(),
+                "--rate and --duration must be positive".into(),
             ));
         }
         Ok(self)

@@ -50,6 +50,11 @@ impl Child {
         })
     }
 
+    /// Its process id (for `/proc/PID`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// An error if the process has exited, with the end of its log.
     pub fn check_alive(&mut self) -> Result<(), FleetError> {
         match self.child.try_wait() {

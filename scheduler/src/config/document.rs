@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
-use super::plugins::PluginDoc;
+use super::plugin_doc::PluginDoc;
 use super::values::{
     AtLeast, ConfigDuration, Fraction, NonNegative, Priority, mapping, section, sequence,
 };

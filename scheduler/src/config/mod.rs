@@ -42,19 +42,18 @@
 
 mod document;
 mod latency;
+mod plugin_doc;
 pub mod plugins;
+mod profiles;
+mod sections;
 mod values;
 
-use std::collections::HashSet;
-
-use self::document::{Document, FeatureGate, PluginRefDoc, ProfileDoc, Root};
+use self::document::{Document, Root};
 pub use self::plugins::{PLUGIN_TYPES, PluginSpec, PluginType};
 use crate::error::Error;
-use crate::events::Medium;
 use crate::filters::{FilterSpec, Staleness};
 use crate::flow::FlowConfig;
 use crate::index::IndexConfig;
-use crate::keys::BlockSize;
 use crate::pickers::PickerSpec;
 use crate::saturation::SaturationConfig;
 use crate::scorers::ScorerSpec;
@@ -206,17 +205,17 @@ impl EndpointPickerConfig {
                 format!("expected EndpointPickerConfig, got {kind:?}"),
             ));
         }
-        let index = index(&doc)?;
+        let index = sections::index(&doc)?;
         let mut staleness = Staleness::default();
         if let Some(d) = doc.staleness.as_ref().and_then(|s| s.max_signal_age) {
             staleness.max_signal_age = d.0;
         }
-        let saturation = saturation(&doc, &staleness);
-        let flow = flow_control(&doc)?;
-        let plugins = plugin_list(&doc, &index)?;
+        let saturation = sections::saturation(&doc, &staleness);
+        let flow = sections::flow_control(&doc)?;
+        let plugins = profiles::plugin_list(&doc, &index)?;
         let profile = match doc.scheduling_profiles.as_deref() {
-            None => implicit_profile(&plugins)?,
-            Some([one]) => profile(one, "schedulingProfiles[0]", &plugins)?,
+            None => profiles::implicit_profile(&plugins)?,
+            Some([one]) => profiles::profile(one, "schedulingProfiles[0]", &plugins)?,
             Some(many) => {
                 return Err(invalid(
                     "schedulingProfiles",
@@ -277,228 +276,6 @@ fn bare_message(e: &serde_saphyr::Error) -> String {
         None => text,
     };
     text.to_owned()
-}
-
-fn index(doc: &Document) -> Result<IndexConfig, Error> {
-    let mut config = IndexConfig::default();
-    let Some(f) = &doc.index else {
-        return Ok(config);
-    };
-    if let Some(n) = f.block_size {
-        config.block_size = u32::try_from(n.0)
-            .ok()
-            .and_then(BlockSize::new)
-            .ok_or_else(|| invalid("index.blockSize", format!("too large: {}", n.0)))?;
-    }
-    if let Some(n) = f.capacity {
-        config.capacity = usize::try_from(n.0).unwrap_or(usize::MAX);
-    }
-    if let Some(t) = &f.tier_weights {
-        for (medium, w) in [
-            (Medium::Gpu, t.gpu),
-            (Medium::Cpu, t.cpu),
-            (Medium::Storage, t.storage),
-        ] {
-            if let Some(w) = w {
-                config.tier_weights[medium.tier()] = w.0 as f32;
-            }
-        }
-    }
-    Ok(config)
-}
-
-/// `saturation` and `objectives`; the signal age is `staleness`'s.
-fn saturation(doc: &Document, staleness: &Staleness) -> SaturationConfig {
-    let mut c = SaturationConfig {
-        max_signal_age: staleness.max_signal_age,
-        ..SaturationConfig::default()
-    };
-    if let Some(s) = &doc.saturation {
-        if let Some(n) = s.queue_depth_threshold {
-            c.queue_depth = u32::try_from(n.0).unwrap_or(u32::MAX);
-        }
-        if let Some(x) = s.kv_cache_util_threshold {
-            c.kv_usage = x.0;
-        }
-    }
-    for (name, p) in doc.objectives.iter().flatten() {
-        c.objectives.insert(name.clone(), p.0);
-    }
-    c
-}
-
-/// `flowControl`, read only when `featureGates` lists `flowControl`: a section without its gate
-/// is an error rather than silently ignored.
-fn flow_control(doc: &Document) -> Result<FlowConfig, Error> {
-    let mut c = FlowConfig {
-        enabled: doc
-            .feature_gates
-            .iter()
-            .flatten()
-            .any(|g| *g == FeatureGate::FlowControl),
-        ..FlowConfig::default()
-    };
-    let Some(f) = &doc.flow_control else {
-        return Ok(c);
-    };
-    if !c.enabled {
-        return Err(invalid(
-            "flowControl",
-            "set, but the flowControl feature gate is off (add `featureGates: [flowControl]`)",
-        ));
-    }
-    if let Some(n) = f.max_requests {
-        c.max_requests = usize::try_from(n.0).unwrap_or(usize::MAX);
-    }
-    if let Some(n) = f.max_bytes {
-        c.max_bytes = n.0;
-    }
-    if let Some(d) = f.queue_ttl {
-        if d.0.is_zero() {
-            return Err(invalid("flowControl.queueTTL", "must be greater than zero"));
-        }
-        c.ttl = d.0;
-    }
-    Ok(c)
-}
-
-fn plugin_list(doc: &Document, index: &IndexConfig) -> Result<Vec<(String, PluginSpec)>, Error> {
-    let items = doc
-        .plugins
-        .as_deref()
-        .filter(|l| !l.is_empty())
-        .ok_or_else(|| invalid("plugins", "required: at least one plugin"))?;
-    let mut out: Vec<(String, PluginSpec)> = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let at = format!("plugins[{i}]");
-        let spec = item.spec(&at, index)?;
-        let name = match (&item.name, item.kind) {
-            (Some(name), _) => name.clone(),
-            (None, kind) => kind.map_or("", PluginType::name).to_owned(),
-        };
-        if name.is_empty() {
-            return Err(invalid(&format!("{at}.name"), "must not be empty"));
-        }
-        if out.iter().any(|(n, _)| *n == name) {
-            return Err(invalid(
-                &format!("{at}.name"),
-                format!("duplicate plugin name {name:?} (give each instance its own `name`)"),
-            ));
-        }
-        out.push((name, spec));
-    }
-    Ok(out)
-}
-/// Builds a profile from `(path, plugin name, weight)` references.
-fn resolve<'p>(
-    name: String,
-    refs: impl Iterator<Item = Result<(String, &'p str, Option<f64>), Error>>,
-    plugins: &[(String, PluginSpec)],
-) -> Result<Profile, Error> {
-    let mut profile = Profile {
-        name,
-        filters: Vec::new(),
-        scorers: Vec::new(),
-        picker: default_picker(),
-    };
-    let (mut seen, mut picker_at) = (HashSet::new(), None::<String>);
-    for r in refs {
-        let (path, plugin, weight) = r?;
-        let Some((_, spec)) = plugins.iter().find(|(n, _)| n == plugin) else {
-            return Err(invalid(
-                &format!("{path}.pluginRef"),
-                format!("no plugin named {plugin:?}"),
-            ));
-        };
-        if !seen.insert(plugin) {
-            return Err(invalid(
-                &format!("{path}.pluginRef"),
-                format!("{plugin:?} is already in this profile"),
-            ));
-        }
-        if weight.is_some() && !matches!(spec, PluginSpec::Scorer(_)) {
-            return Err(invalid(
-                &format!("{path}.weight"),
-                format!(
-                    "only scorers take a weight, and {plugin:?} is {}",
-                    spec.role()
-                ),
-            ));
-        }
-        match spec {
-            PluginSpec::Scorer(s) => profile.scorers.push(WeightedScorer {
-                name: plugin.to_owned(),
-                spec: s.clone(),
-                weight: weight.unwrap_or(1.0),
-            }),
-            PluginSpec::Filter(f) => profile.filters.push(Named {
-                name: plugin.to_owned(),
-                spec: f.clone(),
-            }),
-            PluginSpec::Picker(p) => {
-                if let Some(first) = &picker_at {
-                    return Err(invalid(
-                        &format!("{path}.pluginRef"),
-                        format!("a profile has one picker, and {first} is already one"),
-                    ));
-                }
-                picker_at = Some(format!("{plugin:?}"));
-                profile.picker = Named {
-                    name: plugin.to_owned(),
-                    spec: p.clone(),
-                };
-            }
-            PluginSpec::ProfileHandler => {
-                return Err(invalid(
-                    &format!("{path}.pluginRef"),
-                    format!("{plugin:?} is a profile handler, not a plugin a profile runs"),
-                ));
-            }
-        }
-    }
-    Ok(profile)
-}
-
-fn profile(doc: &ProfileDoc, at: &str, plugins: &[(String, PluginSpec)]) -> Result<Profile, Error> {
-    let name = doc
-        .name
-        .clone()
-        .ok_or_else(|| invalid(&format!("{at}.name"), "required"))?;
-    let items = doc
-        .plugins
-        .as_deref()
-        .ok_or_else(|| invalid(&format!("{at}.plugins"), "required"))?;
-    let refs = items
-        .iter()
-        .enumerate()
-        .map(|(j, r): (usize, &PluginRefDoc)| {
-            let path = format!("{at}.plugins[{j}]");
-            let plugin = r
-                .plugin_ref
-                .as_deref()
-                .ok_or_else(|| invalid(&format!("{path}.pluginRef"), "required"))?;
-            Ok((path, plugin, r.weight.map(|w| w.0)))
-        });
-    resolve(name, refs, plugins)
-}
-
-/// Without `schedulingProfiles`: every plugin (but profile handlers), scorers at weight 1.
-fn implicit_profile(plugins: &[(String, PluginSpec)]) -> Result<Profile, Error> {
-    let pickers = plugins
-        .iter()
-        .filter(|(_, spec)| matches!(spec, PluginSpec::Picker(_)))
-        .count();
-    if pickers > 1 {
-        return Err(invalid(
-            "schedulingProfiles",
-            format!("required when plugins holds more than one picker ({pickers}): say which runs"),
-        ));
-    }
-    let refs = plugins
-        .iter()
-        .filter(|(_, spec)| !matches!(spec, PluginSpec::ProfileHandler))
-        .map(|(name, _)| Ok(("schedulingProfiles".to_owned(), name.as_str(), None)));
-    resolve("default".to_owned(), refs, plugins)
 }
 
 #[cfg(test)]

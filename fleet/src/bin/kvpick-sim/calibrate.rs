@@ -2,9 +2,9 @@
 //! fit (`kvpick_sim::calibrate`), files out, and a check run of the simulation.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use kvpick_fleet::prometheus::{self, Prometheus};
 use kvpick_sim::calibrate::{self, CalibrateOptions, Calibration};
 use kvpick_sim::des::{self, SimConfig};
@@ -12,16 +12,6 @@ use kvpick_sim::policy::PolicySpec;
 use kvpick_sim::report::Summary;
 
 use crate::cli::CalibrateArgs;
-
-/// A positive duration in seconds, in kvpick's one syntax (`30s`, `10m`, `2h`, `1d`: the unit is
-/// required).
-fn seconds(text: &str, what: &str) -> anyhow::Result<f64> {
-    let d = kvpick_scheduler::duration::parse(text).with_context(|| what.to_owned())?;
-    if d.is_zero() {
-        bail!("{what} {text:?}: must be positive");
-    }
-    Ok(d.as_secs_f64())
-}
 
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -33,17 +23,14 @@ pub fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     let opts = CalibrateOptions {
         selector: args.selector.clone(),
         end: args.end.unwrap_or_else(unix_now),
-        window_s: seconds(&args.window, "--window")?,
-        resolution_s: seconds(&args.resolution, "--resolution")?,
+        window_s: args.window.as_secs_f64(),
+        resolution_s: args.resolution.as_secs_f64(),
         base: crate::profile(&args.engine)?,
         groups: args.groups,
         min_gaps: args.min_gaps,
         fit_context: args.fit_context,
     };
-    if !(args.timeout_s.is_finite() && args.timeout_s > 0.0) {
-        bail!("--timeout-s must be positive");
-    }
-    let prom = Prometheus::new(&args.prometheus, Duration::from_secs_f64(args.timeout_s))?;
+    let prom = Prometheus::new(&args.prometheus, args.timeout)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kvpick_fleet::KvLayout;
@@ -12,6 +13,9 @@ use kvpick_sim::trace::generate::Arrivals;
 /// Trace-driven simulator for kvpick's routing policies: replays request traces through kvpick's own
 /// scheduling code against simulated vLLM engines (continuous batching, chunked prefill, paged KV
 /// cache with prefix caching, preemption), to see what KV-cache-aware routing buys on your traffic.
+///
+/// Durations take their unit: 500ms, 2s, 1m30s, 1.5s (a bare number is refused: 200 could mean
+/// milliseconds or seconds), as kvpick-epp's flags and picker config do.
 #[derive(Debug, Parser)]
 #[command(name = "kvpick-sim", version)]
 pub struct Cli {
@@ -125,9 +129,9 @@ pub struct GenArgs {
     /// chat: distinct system prompts. [4]
     #[arg(long, default_value_t = 4)]
     pub system_prompts: u32,
-    /// chat: mean seconds between turns. [20]
-    #[arg(long, default_value_t = 20.0)]
-    pub think_time: f64,
+    /// chat: mean time between turns. [20s]
+    #[arg(long, default_value = "20s", value_parser = duration)]
+    pub think_time: Duration,
     /// Generator seed (defaults to --seed).
     #[arg(long)]
     pub gen_seed: Option<u64>,
@@ -138,11 +142,8 @@ pub struct GenArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub workload: WorkloadArgs,
-    /// Simulated engines (vLLM pods).
-    #[arg(long, default_value_t = 16)]
-    pub engines: usize,
     #[command(flatten)]
-    pub engine: ProfileArgs,
+    pub sim: SimArgs,
     /// Comma-separated policies: random, round-robin, least-loaded, approx-prefix,
     /// precise-prefix, predicted-latency, config:FILE (an EndpointPickerConfig YAML, as the
     /// endpoint picker reads).
@@ -152,19 +153,9 @@ pub struct RunArgs {
         default_value = "random,round-robin,least-loaded,approx-prefix,precise-prefix,predicted-latency"
     )]
     pub policies: Vec<String>,
-    /// Served model name (the cache partition of requests without a LoRA).
-    #[arg(long, default_value = "qwen3-32b")]
-    pub model: String,
-    /// How often the router's view of engine metrics (waiting, running, KV usage) refreshes, ms;
-    /// 0 = always fresh.
-    #[arg(long, default_value_t = 50.0)]
-    pub metrics_interval_ms: f64,
-    /// Delay from an engine step to its KV events reaching the precise index, ms.
-    #[arg(long, default_value_t = 1.0)]
-    pub kv_event_latency_ms: f64,
-    /// Timeline sampling period for plots, s (default: the trace's span / 300).
-    #[arg(long)]
-    pub sample_interval_s: Option<f64>,
+    /// Timeline sampling period for plots (default: the trace's span / 300, at least 100ms).
+    #[arg(long, value_parser = positive_duration)]
+    pub sample_interval: Option<Duration>,
     /// Seed of every random choice (routing, generators, sub-sampling).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -203,6 +194,26 @@ pub struct ProfileArgs {
     /// Override step-time coefficients, e.g. `overhead=8000,per_prefill_token=80` (µs).
     #[arg(long)]
     pub step_time: Option<String>,
+}
+
+/// The simulated pool and the router's view of it (shared by `run` and `tune`).
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Simulated engines (vLLM pods).
+    #[arg(long, default_value_t = 16)]
+    pub engines: usize,
+    #[command(flatten)]
+    pub engine: ProfileArgs,
+    /// Served model name (the cache partition of requests without a LoRA).
+    #[arg(long, default_value = "qwen3-32b")]
+    pub model: String,
+    /// How often the router's view of engine metrics (waiting, running, KV usage) refreshes;
+    /// 0s = always fresh.
+    #[arg(long, default_value = "50ms", value_parser = duration)]
+    pub metrics_interval: Duration,
+    /// Delay from an engine step to its KV events reaching the precise index.
+    #[arg(long, default_value = "1ms", value_parser = duration)]
+    pub kv_event_latency: Duration,
 }
 
 /// Where requests come from: a trace file or a generator, then scaled, sampled, cut.
@@ -284,9 +295,9 @@ pub struct FleetArgs {
     /// Fault injection: share of generation requests answered with HTTP 500 (also POST /admin/fault).
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
-    /// How long POST /admin/restart keeps a server down, ms.
-    #[arg(long, default_value_t = 500)]
-    pub restart_downtime_ms: u64,
+    /// How long POST /admin/restart keeps a server down.
+    #[arg(long, default_value = "500ms", value_parser = duration)]
+    pub restart_downtime: Duration,
     /// Connections each server serves at once.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
@@ -324,9 +335,9 @@ pub struct LoadArgs {
     /// Requests in flight at most; later arrivals wait (and are counted as delayed).
     #[arg(long, default_value_t = 256)]
     pub max_concurrency: usize,
-    /// Per-request timeout, s.
-    #[arg(long, default_value_t = 600.0)]
-    pub timeout_s: f64,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10m", value_parser = positive_duration)]
+    pub timeout: Duration,
     /// Caps every request's output tokens.
     #[arg(long)]
     pub max_output_tokens: Option<u32>,
@@ -347,9 +358,9 @@ pub struct DemoArgs {
     /// Simulated vLLM pods.
     #[arg(long, default_value_t = 4)]
     pub pods: usize,
-    /// Seconds of traffic per policy (default: 20 with --quick, else 60).
-    #[arg(long)]
-    pub duration_s: Option<f64>,
+    /// Traffic per policy (default: 20s with --quick, else 60s).
+    #[arg(long, value_parser = positive_duration)]
+    pub duration: Option<Duration>,
     /// Requests per second.
     #[arg(long)]
     pub rate: Option<f64>,
@@ -376,12 +387,12 @@ pub struct CalibrateArgs {
     /// Prometheus' base URL, e.g. http://prometheus.monitoring:9090.
     #[arg(long)]
     pub prometheus: String,
-    /// How far back to look: `30s`, `10m`, `2h` (a duration needs its unit).
-    #[arg(long, default_value = "10m")]
-    pub window: String,
+    /// How far back to look: `30s`, `10m`, `2h`.
+    #[arg(long, default_value = "10m", value_parser = positive_duration)]
+    pub window: Duration,
     /// Fit window and query step (at least two scrape intervals): `15s`, `1m`.
-    #[arg(long, default_value = "15s")]
-    pub resolution: String,
+    #[arg(long, default_value = "15s", value_parser = positive_duration)]
+    pub resolution: Duration,
     /// Label selector for the vLLM series, e.g. '{namespace="llm",model_name="qwen3-32b"}'.
     #[arg(long, default_value = "")]
     pub selector: String,
@@ -404,9 +415,9 @@ pub struct CalibrateArgs {
     /// windows; otherwise it folds into the per-sequence cost).
     #[arg(long)]
     pub fit_context: bool,
-    /// Per-query timeout, s.
-    #[arg(long, default_value_t = 30.0)]
-    pub timeout_s: f64,
+    /// Per-query timeout.
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
+    pub timeout: Duration,
     /// Seed of the synthetic workload.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -421,7 +432,7 @@ pub struct CalibrateArgs {
 pub enum ObjectiveArg {
     /// Lowest TTFT p90.
     TtftP90,
-    /// Most output tokens/s from requests meeting --slo-ttft-s.
+    /// Most output tokens/s from requests meeting --slo-ttft.
     ThroughputAtSlo,
     /// Highest prefix-cache hit rate.
     HitRate,
@@ -441,20 +452,14 @@ pub enum SearchArg {
 pub struct TuneArgs {
     #[command(flatten)]
     pub workload: WorkloadArgs,
-    /// Simulated engines (vLLM pods).
-    #[arg(long, default_value_t = 16)]
-    pub engines: usize,
     #[command(flatten)]
-    pub engine: ProfileArgs,
-    /// Served model name.
-    #[arg(long, default_value = "qwen3-32b")]
-    pub model: String,
+    pub sim: SimArgs,
     /// What to optimize.
     #[arg(long, value_enum, default_value_t = ObjectiveArg::TtftP90)]
     pub objective: ObjectiveArg,
-    /// TTFT SLO of throughput-at-slo, s.
-    #[arg(long, default_value_t = 2.0)]
-    pub slo_ttft_s: f64,
+    /// TTFT SLO of throughput-at-slo.
+    #[arg(long, default_value = "2s", value_parser = positive_duration)]
+    pub slo_ttft: Duration,
     /// Search strategy.
     #[arg(long, value_enum, default_value_t = SearchArg::Grid)]
     pub search: SearchArg,
@@ -483,12 +488,6 @@ pub struct TuneArgs {
     /// scorers the default space weighs).
     #[arg(long)]
     pub current: Option<PathBuf>,
-    /// How often the router's view of engine metrics refreshes, ms.
-    #[arg(long, default_value_t = 50.0)]
-    pub metrics_interval_ms: f64,
-    /// Delay from an engine step to its KV events reaching the index, ms.
-    #[arg(long, default_value_t = 1.0)]
-    pub kv_event_latency_ms: f64,
     /// Rows of the printed table.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
@@ -501,4 +500,17 @@ pub struct TuneArgs {
     /// Directory for picker.yaml, configmap.yaml, tune.json, summary.md, landscape.svg.
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// A duration option: kvpick's one syntax ([`kvpick_scheduler::duration`]).
+fn duration(text: &str) -> Result<Duration, String> {
+    kvpick_scheduler::duration::parse_flag(text)
+}
+
+/// A duration option that must be more than zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        d if d.is_zero() => Err(format!("{text:?} must be more than zero")),
+        d => Ok(d),
+    }
 }

@@ -65,7 +65,7 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     cfg.max_waiting = args.max_waiting;
     cfg.default_max_tokens = args.default_max_tokens;
     cfg.error_rate = args.error_rate;
-    cfg.restart_downtime = Duration::from_millis(args.restart_downtime_ms);
+    cfg.restart_downtime = args.restart_downtime;
     if let Some(dir) = &args.tokenizer {
         cfg.tokenizer = Tokenizer::load(dir)?;
     }
@@ -106,7 +106,7 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
         text: args.text,
         stream: !args.no_stream,
         max_concurrency: args.max_concurrency,
-        timeout: Duration::try_from_secs_f64(args.timeout_s).context("--timeout-s")?,
+        timeout: args.timeout,
         max_output_tokens: args.max_output_tokens,
     };
     load::check_url(&cfg.base_url)?;
@@ -138,7 +138,7 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let cfg = DemoConfig::new(args.quick, args.seed)
         .pods(args.pods)
-        .traffic(args.duration_s, args.rate)?;
+        .traffic(args.duration.map(|d| d.as_secs_f64()), args.rate)?;
     let out = match args.out {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("kvpick-demo-{}", std::process::id())),

@@ -12,6 +12,7 @@ mod tune;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 use std::time::SystemTime;
 
 use anyhow::{Context, bail};
@@ -23,7 +24,7 @@ use kvpick_sim::report::{self, Summary};
 use kvpick_sim::trace::generate::{Chat, SharedPrefix, parse_stages};
 use kvpick_sim::trace::{self, Trace};
 
-use cli::{Cli, Command, GenArgs, Generator, ProfileArgs, RunArgs, WorkloadArgs};
+use cli::{Cli, Command, GenArgs, Generator, ProfileArgs, RunArgs, SimArgs, WorkloadArgs};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -123,7 +124,7 @@ fn generated(g: &GenArgs, default_seed: u64) -> anyhow::Result<Option<Trace>> {
             turns: g.turns,
             user_len: g.user_len,
             answer_len: g.output_len.unwrap_or(200),
-            think_time_s: g.think_time,
+            think_time_s: g.think_time.as_secs_f64(),
             stages: stages("0.5:120")?,
             arrivals: g.arrivals,
             seed,
@@ -157,11 +158,23 @@ fn profile(args: &ProfileArgs) -> anyhow::Result<Profile> {
     Ok(p)
 }
 
-fn ms_to_us(ms: f64, what: &str) -> anyhow::Result<u64> {
-    if !(ms.is_finite() && ms >= 0.0) {
-        bail!("{what} must be a non-negative number of milliseconds");
-    }
-    Ok((ms * 1000.0).round() as u64)
+/// Microseconds, the simulator's clock unit.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The simulation `run` and `tune` set up from their shared options.
+fn sim_config(args: &SimArgs, sample_interval_us: u64, seed: u64) -> anyhow::Result<SimConfig> {
+    Ok(SimConfig {
+        engines: args.engines,
+        profile: profile(&args.engine)?,
+        model: Arc::from(args.model.as_str()),
+        metrics_interval_us: micros(args.metrics_interval),
+        kv_event_latency_us: micros(args.kv_event_latency),
+        sample_interval_us,
+        seed,
+        check_invariants: false,
+    })
 }
 
 /// The trace a command runs: loaded or generated, then scaled, sampled and cut.
@@ -193,21 +206,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| p.trim().parse::<PolicySpec>())
         .collect::<Result<Vec<_>, _>>()?;
-    let profile = profile(&args.engine)?;
     let span = trace.span().micros();
-    let cfg = SimConfig {
-        engines: args.engines,
-        profile,
-        model: Arc::from(args.model.as_str()),
-        metrics_interval_us: ms_to_us(args.metrics_interval_ms, "--metrics-interval-ms")?,
-        kv_event_latency_us: ms_to_us(args.kv_event_latency_ms, "--kv-event-latency-ms")?,
-        sample_interval_us: match args.sample_interval_s {
-            Some(s) => ms_to_us(s * 1000.0, "--sample-interval-s")?,
-            None => (span / 300).max(100_000),
-        },
-        seed: args.seed,
-        check_invariants: false,
+    let sample_interval_us = match args.sample_interval {
+        Some(d) => micros(d),
+        None => (span / 300).max(100_000),
     };
+    let cfg = sim_config(&args.sim, sample_interval_us, args.seed)?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

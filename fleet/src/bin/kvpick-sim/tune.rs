@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use anyhow::{Context, bail};
-use kvpick_sim::des::SimConfig;
 use kvpick_sim::policy::PolicySpec;
 use kvpick_sim::trace::Trace;
 use kvpick_sim::tune::{self, Objective, Search, Space, TuneConfig, output};
@@ -17,14 +16,9 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
     let objective = match args.objective {
         ObjectiveArg::TtftP90 => Objective::TtftP90,
         ObjectiveArg::HitRate => Objective::HitRate,
-        ObjectiveArg::ThroughputAtSlo => {
-            if !(args.slo_ttft_s.is_finite() && args.slo_ttft_s > 0.0) {
-                bail!("--slo-ttft-s must be positive");
-            }
-            Objective::ThroughputAtSlo {
-                ttft_slo_s: args.slo_ttft_s,
-            }
-        }
+        ObjectiveArg::ThroughputAtSlo => Objective::ThroughputAtSlo {
+            ttft_slo_s: args.slo_ttft.as_secs_f64(),
+        },
     };
     let space = Space::parse(&args.space, &args.picker)?;
     let search = match args.search {
@@ -40,7 +34,6 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
     if points.is_empty() || args.seeds == 0 {
         bail!("nothing to evaluate: the space has no non-zero point, or --seeds is 0");
     }
-    let profile = crate::profile(&args.engine)?;
     let seeds: Vec<u64> = (0..args.seeds).map(|i| args.seed + i).collect();
     // A trace file is loaded once; a generated workload is regenerated per seed.
     let mut workloads: Vec<(u64, Arc<Trace>)> = Vec::new();
@@ -62,22 +55,7 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     let cfg = TuneConfig {
-        sim: SimConfig {
-            engines: args.engines,
-            profile,
-            model: Arc::from(args.model.as_str()),
-            metrics_interval_us: crate::ms_to_us(
-                args.metrics_interval_ms,
-                "--metrics-interval-ms",
-            )?,
-            kv_event_latency_us: crate::ms_to_us(
-                args.kv_event_latency_ms,
-                "--kv-event-latency-ms",
-            )?,
-            sample_interval_us: (span / 300).max(100_000),
-            seed: args.seed,
-            check_invariants: false,
-        },
+        sim: crate::sim_config(&args.sim, (span / 300).max(100_000), args.seed)?,
         objective,
         jobs,
     };
@@ -88,7 +66,7 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
         points.len(),
         seeds.len(),
         requests / seeds.len(),
-        args.engines,
+        args.sim.engines,
         cfg.sim.profile.name,
         jobs
     );

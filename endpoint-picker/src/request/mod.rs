@@ -14,6 +14,8 @@ use serde_json::value::RawValue;
 
 use crate::error::Error;
 
+mod scan;
+
 /// What an inference request's body says, borrowing from the body.
 #[derive(Debug, PartialEq)]
 pub struct InferenceRequest<'a> {
@@ -57,7 +59,7 @@ impl PartialEq for PromptInput<'_> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct Body<'a> {
     #[serde(borrow, default)]
     model: Option<Text<'a>>,
@@ -78,12 +80,35 @@ struct Body<'a> {
 }
 
 /// Parses an OpenAI-style request body. `model` is required; a body with neither `prompt` nor
-/// `messages` parses with [`PromptInput::None`] (e.g. embeddings with `input`).
+/// `messages` parses with [`PromptInput::None`] (e.g. embeddings with `input`). A token-id
+/// prompt is read by a fast path ([`scan`]); anything else, errors included, by serde_json, and
+/// the answer is always [`parse_reference`]'s.
 pub fn parse(body: &[u8]) -> Result<InferenceRequest<'_>, Error> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| Error::InvalidBody(format!("not UTF-8 at byte {}", e.valid_up_to())))?;
+    let text = utf8(body)?;
+    match scan::body(text) {
+        Some(parsed) => assemble(parsed),
+        None => reference(text),
+    }
+}
+
+/// [`parse`] with serde_json for the whole body: the reference the fast path is checked (and
+/// benchmarked) against.
+pub fn parse_reference(body: &[u8]) -> Result<InferenceRequest<'_>, Error> {
+    reference(utf8(body)?)
+}
+
+fn utf8(body: &[u8]) -> Result<&str, Error> {
+    std::str::from_utf8(body)
+        .map_err(|e| Error::InvalidBody(format!("not UTF-8 at byte {}", e.valid_up_to())))
+}
+
+fn reference(text: &str) -> Result<InferenceRequest<'_>, Error> {
     let parsed: Body<'_> =
         serde_json::from_str(text).map_err(|e| Error::InvalidBody(describe(&e)))?;
+    assemble(parsed)
+}
+
+fn assemble(parsed: Body<'_>) -> Result<InferenceRequest<'_>, Error> {
     let model = match parsed.model {
         Some(Text(m)) if !m.is_empty() => m,
         _ => return Err(Error::MissingModel),
