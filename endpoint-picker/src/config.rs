@@ -66,6 +66,21 @@ pub struct Cli {
     /// kvpick's default profile (precise prefix 2, KV utilization 1, queue 1), flow control off.
     #[arg(long, env = "KVPICK_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Engine profile the predicted-latency scorer prices work with: a `profile.yaml` as
+    /// `kvpick-sim calibrate` writes it (replaces the config's `profile` parameter).
+    #[arg(long, env = "KVPICK_ENGINE_PROFILE")]
+    pub engine_profile: Option<PathBuf>,
+    /// Refine that profile per model from the pods' own metrics (iteration tokens, TTFT,
+    /// inter-token, queue and prefill time histograms), guarded: a fit must predict the latest
+    /// traffic at least as well as the starting profile (README, "Online calibration").
+    #[arg(long, env = "KVPICK_ONLINE_CALIBRATION", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub online_calibration: bool,
+    /// Online calibration refits at most this often.
+    #[arg(long, env = "KVPICK_CALIBRATION_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub calibration_interval: Duration,
+    /// Online calibration fits over this long a past.
+    #[arg(long, env = "KVPICK_CALIBRATION_WINDOW", default_value = "10m", value_parser = duration)]
+    pub calibration_window: Duration,
     /// Endpoints file for file discovery (YAML; re-read when it changes; format in README.md).
     #[arg(long, env = "KVPICK_ENDPOINTS_FILE")]
     pub endpoints_file: Option<PathBuf>,

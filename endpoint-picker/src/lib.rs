@@ -33,6 +33,7 @@ use tokio::sync::watch;
 
 pub mod budget;
 mod byte_count;
+pub mod calibration;
 pub mod clock;
 pub mod config;
 pub mod discovery;

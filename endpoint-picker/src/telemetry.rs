@@ -85,6 +85,17 @@ pub const INFLIGHT: &str = "kvpick_endpoint_inflight_requests";
 pub const INFLIGHT_PREFILL_TOKENS: &str = "kvpick_endpoint_inflight_prefill_tokens";
 /// |predicted − observed| time to first byte of routed requests.
 pub const TTFT_PREDICTION_ERROR: &str = "kvpick_ttft_prediction_error_seconds";
+/// The engine profile the predicted-latency scorer uses per model, by step-time `coefficient`
+/// (`overhead`, `per_prefill_token`, ...), µs: the configured one, then what online calibration
+/// fitted.
+pub const ENGINE_PROFILE: &str = "kvpick_engine_profile_microseconds";
+/// Online calibration's refits by model and `outcome` (`accepted`, `failed`, `implausible`,
+/// `worse_than_start`).
+pub const PROFILE_FITS: &str = "kvpick_engine_profile_fits_total";
+/// Its buckets, s: 1-2-5 from 1 ms, fine enough to tell a calibrated profile from a wrong one.
+pub const TTFT_ERROR_BUCKETS: [f64; 14] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+];
 /// Requests through the flow-control queue, by outcome (`queued`, `dispatched`, `expired`,
 /// `displaced`, `full`, `too_large`, `cancelled`, `shutdown`).
 pub const FLOW_QUEUE: &str = "kvpick_flow_queue_total";
@@ -152,6 +163,15 @@ fn describe() {
     describe_gauge!(
         POOL_SATURATED,
         "1 while no endpoint has room and sheddable requests are refused"
+    );
+    describe_gauge!(
+        ENGINE_PROFILE,
+        Unit::Microseconds,
+        "Step-time coefficients of the engine profile latency predictions use, per model"
+    );
+    describe_counter!(
+        PROFILE_FITS,
+        "Online calibration refits by model and outcome (accepted, failed, implausible, worse_than_start)"
     );
     describe_histogram!(
         PREFIX_PREDICTION_ERROR,
@@ -305,6 +325,12 @@ pub fn install() -> Exporter {
                     b.set_buckets_for_metric(Matcher::Full(FLOW_QUEUE_WAIT.into()), &ttft)
                 })
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PREFIX_MATCH.into()), &ratio))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(TTFT_PREDICTION_ERROR.into()),
+                        &TTFT_ERROR_BUCKETS,
+                    )
+                })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(PREFIX_PREDICTION_ERROR.into()),

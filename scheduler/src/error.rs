@@ -16,6 +16,9 @@ pub enum Error {
     /// A picker configuration that does not validate; the message names the field.
     #[error("invalid picker config: {0}")]
     InvalidConfig(String),
+    /// An engine profile could not be fitted to the metrics (too few or too uniform windows).
+    #[error("calibration: {0}")]
+    Calibration(String),
     /// No candidate endpoint is eligible for the request.
     #[error("no eligible endpoint: {0}")]
     NoEndpoint(&'static str),
@@ -30,6 +33,7 @@ impl Error {
             Error::MalformedMessage(_) => "malformed_message",
             Error::InvalidConfig(_) => "invalid_config",
             Error::NoEndpoint(_) => "no_endpoint",
+            Error::Calibration(_) => "calibration",
         }
     }
 }

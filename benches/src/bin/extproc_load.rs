@@ -65,6 +65,10 @@ struct Args {
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// Picker config: `default` (predicted-latency-scorer) or `precise-prefix` (the previous
+    /// default), to compare the latency scorer's cost.
+    #[arg(long, default_value = "default", value_parser = ["default", "precise-prefix"])]
+    picker_config: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,6 +94,12 @@ fn main() -> anyhow::Result<()> {
     let mut settings = Settings::loopback();
     settings.scrape.interval = Duration::from_secs(3600);
     settings.route.staleness = Duration::from_secs(3600);
+    let mut config = match args.picker_config.as_str() {
+        "precise-prefix" => kvpick_scheduler::EndpointPickerConfig::precise_prefix(),
+        _ => kvpick_scheduler::EndpointPickerConfig::default(),
+    };
+    config.staleness.max_signal_age = settings.route.staleness;
+    settings.scheduler = Some(config);
     let server = server_rt.block_on(Server::bind(settings))?;
     let endpoints: Vec<EndpointSpec> = (0..args.endpoints)
         .map(|i| EndpointSpec {
@@ -176,8 +186,8 @@ fn main() -> anyhow::Result<()> {
         stats.entries
     );
     println!(
-        "threads: picker {}, load generator {}",
-        args.server_threads, args.client_threads
+        "threads: picker {}, load generator {}; picker config {}",
+        args.server_threads, args.client_threads, args.picker_config
     );
     println!(
         "requests/s:                 {:.0} ({} in {:.1} s)",

@@ -14,10 +14,12 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use kvpick_scheduler::profile::online::CounterSample;
 use kvpick_scheduler::{EndpointId, KvIndex};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::calibration::OnlineCalibration;
 use crate::clock::Clock;
 use crate::pool::{Freshness, Live, Pool};
 use crate::telemetry as t;
@@ -40,12 +42,14 @@ pub struct ScrapeConfig {
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// Keeps one scrape loop per endpoint of `pool` until `stop`, and refreshes the pool and index
-/// gauges every second.
+/// gauges every second; with `calibration`, hands it every page's counters and asks it for a
+/// refit every second.
 pub async fn supervise(
     pool: Arc<Pool>,
     index: Arc<KvIndex>,
     clock: Clock,
     config: ScrapeConfig,
+    calibration: Option<Arc<OnlineCalibration>>,
     stop: CancellationToken,
 ) {
     let mut connector = HttpConnector::new();
@@ -55,7 +59,8 @@ pub async fn supervise(
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
     let mut views = pool.subscribe();
-    let mut loops: HashMap<EndpointId, (String, CancellationToken)> = HashMap::new();
+    // Per endpoint: metrics URL, label, the loop's token.
+    let mut loops: HashMap<EndpointId, (String, String, CancellationToken)> = HashMap::new();
     let mut tasks = JoinSet::new();
     let mut gauges = tokio::time::interval(Duration::from_secs(1));
     gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -63,10 +68,13 @@ pub async fn supervise(
     loop {
         if sync {
             let view = views.borrow_and_update().clone();
-            loops.retain(|id, (url, token)| {
+            loops.retain(|id, (url, label, token)| {
                 let keep = view.by_id(*id).is_some_and(|m| &m.spec.metrics == url);
                 if !keep {
                     token.cancel();
+                    if let Some(c) = &calibration {
+                        c.forget(label);
+                    }
                 }
                 keep
             });
@@ -75,11 +83,17 @@ pub async fn supervise(
                     continue;
                 }
                 let token = stop.child_token();
-                loops.insert(m.endpoint.id, (m.spec.metrics.clone(), token.clone()));
+                let label = m.endpoint.address.to_string();
+                loops.insert(
+                    m.endpoint.id,
+                    (m.spec.metrics.clone(), label.clone(), token.clone()),
+                );
                 let job = Job {
                     client: client.clone(),
                     url: m.spec.metrics.clone(),
-                    label: m.endpoint.address.to_string(),
+                    label,
+                    model: m.spec.model.clone(),
+                    calibration: calibration.clone(),
                     live: m.live.clone(),
                     clock,
                     config: config.clone(),
@@ -94,11 +108,16 @@ pub async fn supervise(
                 Ok(()) => sync = true,
                 Err(_) => break,
             },
-            _ = gauges.tick() => refresh_gauges(&pool, &index, clock, config.staleness),
+            _ = gauges.tick() => {
+                refresh_gauges(&pool, &index, clock, config.staleness);
+                if let Some(c) = &calibration {
+                    c.refit(clock.now());
+                }
+            }
             Some(_) = tasks.join_next() => {}
         }
     }
-    for (_, token) in loops.values() {
+    for (_, _, token) in loops.values() {
         token.cancel();
     }
     while tasks.join_next().await.is_some() {}
@@ -175,6 +194,8 @@ struct Job {
     client: HttpClient,
     url: String,
     label: String,
+    model: Arc<str>,
+    calibration: Option<Arc<OnlineCalibration>>,
     live: Arc<Live>,
     clock: Clock,
     config: ScrapeConfig,
@@ -201,7 +222,10 @@ impl Job {
                 r = tokio::time::timeout(self.config.timeout, self.scrape(&uri)) => r.unwrap_or(Err("timeout")),
             };
             match result {
-                Ok(signals) => {
+                Ok((signals, counters)) => {
+                    if let Some(c) = &self.calibration {
+                        c.observe(&self.model, &self.label, signals.scraped_at, &counters);
+                    }
                     metrics::gauge!(t::WAITING, "endpoint" => self.label.clone())
                         .set(f64::from(signals.waiting));
                     metrics::gauge!(t::RUNNING, "endpoint" => self.label.clone())
@@ -218,7 +242,10 @@ impl Job {
         }
     }
 
-    async fn scrape(&self, uri: &hyper::Uri) -> Result<kvpick_scheduler::PodSignals, &'static str> {
+    async fn scrape(
+        &self,
+        uri: &hyper::Uri,
+    ) -> Result<(kvpick_scheduler::PodSignals, CounterSample), &'static str> {
         let response = self.client.get(uri.clone()).await.map_err(|_| "connect")?;
         if !response.status().is_success() {
             return Err("status");
@@ -239,7 +266,8 @@ impl Job {
         if !parsed.seen_queue {
             return Err("not_vllm");
         }
-        Ok(parsed.into_signals(self.clock.now()))
+        let counters = parsed.counters;
+        Ok((parsed.into_signals(self.clock.now()), counters))
     }
 }
 

@@ -9,6 +9,8 @@
 //! takes the largest value.
 
 use kvpick_scheduler::pods::LoraState;
+use kvpick_scheduler::profile::fit::{COUNTERS, Counter};
+use kvpick_scheduler::profile::online::CounterSample;
 use kvpick_scheduler::{BlockSize, PodSignals, Timestamp};
 
 /// What one scrape of a vLLM `/metrics` page said.
@@ -28,6 +30,9 @@ pub struct VllmMetrics {
     pub lora: Option<LoraState>,
     /// Whether any queue gauge was present (otherwise the page is not a vLLM server's).
     pub seen_queue: bool,
+    /// The counters online calibration reads (steps, tokens, latency histograms' sums and
+    /// counts), summed over models.
+    pub counters: CounterSample,
 }
 
 impl VllmMetrics {
@@ -65,6 +70,7 @@ enum Family {
     GpuUsageLegacy,
     CacheConfig,
     Lora,
+    Counter(Counter),
 }
 
 /// The series read, by name.
@@ -84,7 +90,17 @@ pub fn scraped_names() -> impl Iterator<Item = &'static str> {
 }
 
 fn family(name: &str) -> Option<Family> {
-    FAMILIES.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+    if let Some((_, f)) = FAMILIES.iter().find(|(n, _)| *n == name) {
+        return Some(*f);
+    }
+    // Buckets are the bulk of a page: rejected before the counters' names are compared.
+    if name.ends_with("_bucket") {
+        return None;
+    }
+    COUNTERS
+        .into_iter()
+        .find(|c| c.names().contains(&name))
+        .map(Family::Counter)
 }
 
 /// Scans a metrics page. Malformed lines of the families read are skipped, never fatal.
@@ -136,6 +152,10 @@ pub fn parse(page: &str) -> VllmMetrics {
                     m.block_size = label(labels, "block_size").and_then(|v| v.parse().ok());
                     m.num_gpu_blocks = label(labels, "num_gpu_blocks").and_then(|v| v.parse().ok());
                 }
+            }
+            Family::Counter(c) => {
+                let slot = &mut m.counters[c as usize];
+                *slot = Some(slot.unwrap_or(0.0) + value);
             }
             Family::Lora => {
                 if lora.is_none_or(|(best, _)| value > best) {
@@ -237,6 +257,28 @@ vllm:e2e_request_latency_seconds_count 12
         let s = m.into_signals(Timestamp::from_millis(5));
         assert_eq!((s.waiting, s.running), (5, 7));
         assert_eq!(s.block_size, BlockSize::new(16));
+    }
+
+    #[test]
+    fn reads_the_calibration_counters_summed_over_models() {
+        let m = parse(
+            "vllm:iteration_tokens_total_count{model_name=\"a\"} 10\n\
+             vllm:iteration_tokens_total_count{model_name=\"b\"} 5\n\
+             vllm:iteration_tokens_total_sum{model_name=\"a\"} 700\n\
+             vllm:iteration_tokens_total_bucket{le=\"1\"} 3\n\
+             vllm:time_per_output_token_seconds_sum 0.5\n\
+             vllm:time_to_first_token_seconds_count 4\n",
+        );
+        assert_eq!(m.counters[Counter::Steps as usize], Some(15.0));
+        assert_eq!(m.counters[Counter::StepTokens as usize], Some(700.0));
+        assert_eq!(
+            m.counters[Counter::ItlSum as usize],
+            Some(0.5),
+            "older name"
+        );
+        assert_eq!(m.counters[Counter::TtftCount as usize], Some(4.0));
+        assert_eq!(m.counters[Counter::PrefillSum as usize], None);
+        assert!(parse(PAGE).counters[Counter::Steps as usize].is_none());
     }
 
     #[test]

@@ -154,6 +154,11 @@ fn scheduler_config(
     if let Some(weights) = settings.tier_weights {
         config.index.tier_weights = weights;
     }
+    if let Some(profile) = &settings.engine_profile {
+        config
+            .set_engine_profile(profile)
+            .map_err(|e| Error::Config(format!("--engine-profile: {e}")))?;
+    }
     Ok(config)
 }
 

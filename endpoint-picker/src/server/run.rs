@@ -12,6 +12,7 @@ use super::Server;
 use super::http2;
 use super::listener::{ConnectionLimits, Gate};
 use super::shutdown::{Running, Tasks, flatten, ok};
+use crate::calibration::OnlineCalibration;
 use crate::error::Error;
 use crate::extproc::ExtProc;
 use crate::health::Health;
@@ -123,6 +124,9 @@ impl Server {
             );
             tasks.spawn(ok(watch));
         }
+        let calibration = self.settings.online_calibration.clone().and_then(|c| {
+            OnlineCalibration::new(c, self.shared.router.scheduler().clone()).map(Arc::new)
+        });
         let supervise = scrape::supervise(
             self.pool.clone(),
             self.index.clone(),
@@ -131,6 +135,7 @@ impl Server {
                 staleness: self.shared.router.config().staleness,
                 ..self.settings.scrape.clone()
             },
+            calibration,
             background.clone(),
         );
         tasks.spawn(ok(supervise));

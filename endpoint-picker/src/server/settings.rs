@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kvpick_scheduler::BlockSize;
-use kvpick_scheduler::EndpointPickerConfig;
+use kvpick_scheduler::profile::online::OnlineConfig;
+use kvpick_scheduler::{BlockSize, EndpointPickerConfig, EngineProfile};
 
 use super::listener::ConnectionLimits;
 use super::tls::TlsSource;
@@ -45,6 +45,11 @@ pub struct Settings {
     /// The scheduler's config (`--config`); `None` runs the default profile with `block_size`
     /// and the picker's staleness.
     pub scheduler: Option<EndpointPickerConfig>,
+    /// `--engine-profile`: the predicted-latency scorer's engine profile, overriding the
+    /// scheduler config's.
+    pub engine_profile: Option<EngineProfile>,
+    /// Online calibration of that profile (`--online-calibration`); `None` keeps it fixed.
+    pub online_calibration: Option<OnlineConfig>,
     /// `--kv-tier-weights` (GPU, CPU, STORAGE), overriding the scheduler config's.
     pub tier_weights: Option<[f32; 3]>,
     /// Picker settings.
@@ -110,6 +115,16 @@ impl Settings {
             block_size: BlockSize::new(cli.block_size)
                 .ok_or_else(|| Error::Config("--block-size must be positive".into()))?,
             scheduler: cli.config.as_deref().map(load_config).transpose()?,
+            engine_profile: cli
+                .engine_profile
+                .as_deref()
+                .map(load_engine_profile)
+                .transpose()?,
+            online_calibration: cli.online_calibration.then(|| OnlineConfig {
+                interval: cli.calibration_interval,
+                window: cli.calibration_window,
+                ..OnlineConfig::default()
+            }),
             tier_weights,
             route: RouteConfig {
                 fallbacks: cli.fallbacks,
@@ -155,6 +170,8 @@ impl Settings {
             endpoints_poll: Duration::from_secs(1),
             block_size: BlockSize::DEFAULT,
             scheduler: None,
+            engine_profile: None,
+            online_calibration: None,
             tier_weights: None,
             route: RouteConfig::default(),
             limits: Limits {
@@ -193,4 +210,67 @@ fn load_config(path: &std::path::Path) -> Result<EndpointPickerConfig, Error> {
         .map_err(|e| Error::Config(format!("--config {}: {e}", path.display())))?;
     EndpointPickerConfig::parse(&text)
         .map_err(|e| Error::Config(format!("--config {}: {e}", path.display())))
+}
+
+/// Reads and validates an engine profile file (`kvpick-sim calibrate`'s `profile.yaml`).
+fn load_engine_profile(path: &std::path::Path) -> Result<EngineProfile, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("--engine-profile {}: {e}", path.display())))?;
+    EngineProfile::parse(&text)
+        .map_err(|e| Error::Config(format!("--engine-profile {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::parse_ignoring_environment;
+
+    fn settings(profile: &std::path::Path) -> Result<Settings, Error> {
+        let cli = parse_ignoring_environment([
+            "kvpick-epp",
+            "--engine-profile",
+            &profile.display().to_string(),
+        ])
+        .unwrap();
+        Settings::from_cli(&cli)
+    }
+
+    #[test]
+    fn engine_profile_file_is_read_and_bad_ones_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("profile.yaml");
+        // What `kvpick-sim calibrate` writes: a comment header, then the profile's fields.
+        std::fs::write(
+            &path,
+            "# Calibrated from Prometheus: 2 engines\nname: calibrated\nkv_blocks: 2048\n\
+             block_size: 16\nmax_num_batched_tokens: 512\nmax_num_seqs: 16\nmax_model_len: 4096\n\
+             step_time:\n  overhead_us: 4100.5\n  per_prefill_token_us: 29.9\n  \
+             per_decode_seq_us: 790.0\n  per_context_token_us: 0.0\n  per_attention_pair_us: 0.0\n",
+        )
+        .unwrap();
+        let s = settings(&path).unwrap();
+        let online = s.online_calibration.unwrap();
+        assert_eq!(online.interval, Duration::from_secs(30), "on by default");
+        let p = s.engine_profile.unwrap();
+        assert_eq!(
+            (p.kv_blocks, p.step_time.per_prefill_token_us),
+            (2048, 29.9)
+        );
+        for (body, expected) in [
+            ("name: x\n", "missing field"),
+            ("name: x\nkv_blocks: lots\n", "kv_blocks"),
+        ] {
+            std::fs::write(&path, body).unwrap();
+            let e = settings(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("--engine-profile") && e.contains(expected),
+                "{e}"
+            );
+        }
+        let e = settings(&dir.path().join("absent.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("absent.yaml"), "{e}");
+    }
 }

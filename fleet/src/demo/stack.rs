@@ -92,9 +92,22 @@ impl Stack {
         dir: &Path,
         cancel: &CancellationToken,
     ) -> Result<Self, FleetError> {
+        Self::start_with(fleet_cfg, kv_events, tools, &[], dir, cancel).await
+    }
+
+    /// [`Stack::start`], with `epp_args` added to kvpick-epp's command line (e.g. `--config`,
+    /// `--engine-profile`).
+    pub async fn start_with(
+        fleet_cfg: FleetConfig,
+        kv_events: bool,
+        tools: &Tools,
+        epp_args: &[String],
+        dir: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<Self, FleetError> {
         std::fs::create_dir_all(dir).map_err(|e| FleetError::io(dir, e))?;
         let fleet = Fleet::start(fleet_cfg).await?;
-        match Self::front(fleet, kv_events, tools, dir, cancel).await {
+        match Self::front(fleet, kv_events, tools, epp_args, dir, cancel).await {
             Ok(s) => Ok(s),
             Err((fleet, e)) => {
                 fleet.shutdown().await;
@@ -107,6 +120,7 @@ impl Stack {
         fleet: Fleet,
         kv_events: bool,
         tools: &Tools,
+        epp_args: &[String],
         dir: &Path,
         cancel: &CancellationToken,
     ) -> Result<Self, (Fleet, FleetError)> {
@@ -139,7 +153,9 @@ impl Stack {
                     "0".into(),
                     "--endpoints-file".into(),
                     endpoints.display().to_string(),
-                ],
+                ]
+                .into_iter()
+                .chain(epp_args.iter().cloned()),
                 &[("RUST_LOG", "info")],
                 &dir.join("kvpick-epp.log"),
             )?;

@@ -88,6 +88,31 @@ impl<'de> Deserialize<'de> for ProfileChoice {
     }
 }
 
+impl super::EndpointPickerConfig {
+    /// Prices every `predicted-latency-scorer` of the profile with `profile` (a calibrated
+    /// `profile.yaml`, e.g. kvpick-epp's `--engine-profile`). Fails when the profile has no such
+    /// scorer: the engine profile would silently do nothing.
+    pub fn set_engine_profile(&mut self, profile: &EngineProfile) -> Result<(), crate::Error> {
+        profile.validate()?;
+        let mut found = false;
+        for s in &mut self.profile.scorers {
+            if let crate::scorers::ScorerSpec::PredictedLatency(p) = &mut s.spec {
+                p.profile = profile.clone();
+                found = true;
+            }
+        }
+        if found {
+            Ok(())
+        } else {
+            Err(crate::Error::InvalidConfig(format!(
+                "engine profile {:?}: the picker config's profile {:?} has no \
+                 predicted-latency-scorer to use it",
+                profile.name, self.profile.name
+            )))
+        }
+    }
+}
+
 impl PredictedLatencyDoc {
     /// The scorer's parameters, defaults for what is absent.
     pub(super) fn params(&self) -> PredictedLatencyParams {
@@ -172,6 +197,24 @@ mod tests {
             panic!("{c:?}");
         };
         assert_eq!(p.profile.step_time.per_prefill_token_us, 30.0);
+    }
+
+    #[test]
+    fn an_engine_profile_replaces_the_scorers_and_needs_one() {
+        let mut c = parse("{profile: tiny}").unwrap();
+        let mut fitted = crate::profile::EngineProfile::named("tiny").unwrap();
+        fitted.name = "calibrated".into();
+        fitted.step_time.per_prefill_token_us = 31.5;
+        c.set_engine_profile(&fitted).unwrap();
+        let ScorerSpec::PredictedLatency(p) = &c.profile.scorers[0].spec else {
+            panic!("{c:?}");
+        };
+        assert_eq!(p.profile, fitted);
+        let mut old = EndpointPickerConfig::precise_prefix();
+        let e = old.set_engine_profile(&fitted).unwrap_err().to_string();
+        assert!(e.contains("no predicted-latency-scorer"), "{e}");
+        fitted.kv_blocks = 0;
+        assert!(c.set_engine_profile(&fitted).is_err());
     }
 
     #[test]

@@ -171,3 +171,34 @@ fn scrapes_reconcile_and_first_tokens_free_the_prefill_queue() {
     let l = s.inflight().load(eps[1].id, Timestamp::from_millis(300));
     assert_eq!((l.prefill_requests, l.decode_requests), (0, 1));
 }
+
+#[test]
+fn a_model_priced_with_its_own_profile() {
+    let s = scheduler();
+    let eps: Vec<_> = (0..2).map(endpoint).collect();
+    let sig = vec![PodSignals::idle(Timestamp::ZERO); 2];
+    let c = candidates(&eps, &sig);
+    let tokens: Vec<u32> = (0..4096).collect();
+    let ttft = |model: &str| {
+        let req = Request::new(model, Prompt::Tokens(&tokens));
+        s.pick(&req, &c, Timestamp::ZERO)
+            .unwrap()
+            .predicted
+            .unwrap()
+            .ttft_us
+    };
+    let before = (ttft("m"), ttft("other"));
+    let mut slow = s.engine_profile("m").unwrap();
+    slow.step_time.per_prefill_token_us *= 2.0;
+    assert!(s.set_engine_profile("m", slow.clone()));
+    assert_eq!(s.engine_profile("m"), Some(slow));
+    assert!(ttft("m") > before.0 * 1.5, "{} vs {}", ttft("m"), before.0);
+    assert_eq!(ttft("other"), before.1);
+    let plain = Scheduler::with_config(
+        EndpointPickerConfig::precise_prefix(),
+        Arc::new(KvIndex::new(EndpointPickerConfig::precise_prefix().index)),
+    )
+    .unwrap();
+    assert!(!plain.set_engine_profile("m", s.engine_profile("other").unwrap()));
+    assert_eq!(plain.engine_profile("m"), None);
+}

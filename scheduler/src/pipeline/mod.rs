@@ -28,6 +28,7 @@ use crate::keys::{BlockKey, block_keys};
 use crate::latency::{LatencyModel, Prediction};
 use crate::pickers::Picker;
 use crate::pods::{EndpointId, EndpointSet, PodSignals};
+use crate::profile::EngineProfile;
 use crate::scorers::{Needs, ScoreContext, Scorer, ScorerSpec, positions_of};
 use crate::time::Timestamp;
 
@@ -48,8 +49,13 @@ pub struct Scheduler {
     needs: Needs,
     inflight: InFlight,
     latency: Option<LatencyModel>,
+    /// Profiles calibrated online, by model ([`Scheduler::set_engine_profile`]); a few entries.
+    tuned: parking_lot::RwLock<Vec<(Arc<str>, Arc<LatencyModel>)>>,
     expected_output_tokens: u32,
 }
+
+/// Models with a profile of their own at most.
+const MAX_TUNED_MODELS: usize = 64;
 
 impl Scheduler {
     /// A scheduler with the default config ([`EndpointPickerConfig::default`]) over `index`, whose own
@@ -91,6 +97,7 @@ impl Scheduler {
         }
         Self {
             latency: predicted.map(|p| LatencyModel::new(p.profile.clone())),
+            tuned: Default::default(),
             expected_output_tokens: predicted.map_or(256, |p| p.expected_output_tokens),
             inflight: InFlight::new(inflight),
             filters: profile.filters.iter().map(|f| f.spec.clone()).collect(),
@@ -122,6 +129,44 @@ impl Scheduler {
     /// Names of the scorers, in the order of [`Ranked::scores`].
     pub fn scorer_names(&self) -> &[Arc<str>] {
         &self.scorer_names
+    }
+
+    /// The engine profile predictions for `model` use: its own ([`Scheduler::set_engine_profile`])
+    /// or the config's; `None` without a predicted-latency scorer.
+    pub fn engine_profile(&self, model: &str) -> Option<EngineProfile> {
+        match self.tuned(model) {
+            Some(m) => Some(m.profile().clone()),
+            None => self.latency.as_ref().map(|m| m.profile().clone()),
+        }
+    }
+
+    /// Prices `model`'s requests with `profile` from now on (online calibration). Returns false
+    /// when the config has no predicted-latency scorer, or when 64 models already have one.
+    pub fn set_engine_profile(&self, model: &str, profile: EngineProfile) -> bool {
+        if self.latency.is_none() {
+            return false;
+        }
+        let mut tuned = self.tuned.write();
+        let latency = Arc::new(LatencyModel::new(profile));
+        if let Some(entry) = tuned.iter_mut().find(|(m, _)| &**m == model) {
+            entry.1 = latency;
+        } else if tuned.len() < MAX_TUNED_MODELS {
+            tuned.push((Arc::from(model), latency));
+        } else {
+            return false;
+        }
+        true
+    }
+
+    fn tuned(&self, model: &str) -> Option<Arc<LatencyModel>> {
+        let tuned = self.tuned.read();
+        if tuned.is_empty() {
+            return None;
+        }
+        tuned
+            .iter()
+            .find(|(m, _)| &**m == model)
+            .map(|(_, l)| l.clone())
     }
 
     /// The in-flight accounting (for export).
@@ -221,7 +266,8 @@ impl Scheduler {
                 }
             })
             .collect();
-        let predictions: Vec<Prediction> = match &self.latency {
+        let tuned = self.tuned(request.model);
+        let predictions: Vec<Prediction> = match tuned.as_deref().or(self.latency.as_ref()) {
             Some(model) if self.needs.predict => {
                 for c in &eligible {
                     self.inflight.reconcile(c.endpoint.id, c.signals);

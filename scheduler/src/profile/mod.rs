@@ -5,6 +5,8 @@
 //! ([`crate::latency`], which prices the work it routes with it), so the loop "scrape production →
 //! calibrate → route with it" runs on one set of numbers.
 
+pub mod fit;
+pub mod online;
 mod step_time;
 
 use serde::{Deserialize, Serialize};

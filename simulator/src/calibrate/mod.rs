@@ -8,8 +8,6 @@
 //! workload shape ([`shape`]). [`Calibration::write`] writes `profile.yaml` (for
 //! `--profile-file`), `workload.jsonl` (for `--trace`), `calibration.json` and `fit.svg`.
 
-pub mod fit;
-mod lsq;
 pub mod shape;
 pub mod windows;
 
@@ -23,6 +21,7 @@ use crate::error::SimError;
 use crate::report::svg::{LinePlot, Series as PlotSeries};
 use crate::trace::generate::RateStage;
 use fit::StepFit;
+pub use kvpick_scheduler::profile::fit;
 use shape::{LengthDist, Workload};
 use windows::{Counter, Series, Window};
 

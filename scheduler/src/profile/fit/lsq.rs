@@ -1,9 +1,9 @@
 //! Weighted least squares for the step-time fit: at most four coefficients, some held at 0, all
 //! constrained non-negative.
 
-use super::fit::COLUMNS;
-use crate::error::SimError;
-use kvpick_scheduler::profile::solve;
+use super::COLUMNS;
+use crate::error::Error;
+use crate::profile::solve;
 
 /// A regression row: regressors (intercept first), observation, weight.
 pub(super) struct Row {
@@ -19,10 +19,10 @@ pub(super) fn nonnegative_fit(
     rows: &[Row],
     active: &mut [bool; 4],
     dropped: &mut Vec<String>,
-) -> Result<[f64; 4], SimError> {
+) -> Result<[f64; 4], Error> {
     loop {
         let c = weighted_ls(rows, active).ok_or_else(|| {
-            SimError::Prometheus(
+            Error::Calibration(
                 "step-time fit: the windows do not determine the coefficients (too little \
                  variation in load)"
                     .into(),

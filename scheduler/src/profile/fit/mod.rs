@@ -44,10 +44,14 @@
 
 use serde::Serialize;
 
-use super::lsq::{Row, correlation, nonnegative_fit, rss, spread};
-use super::windows::{Counter, Window};
-use crate::engine::StepTimeModel;
-use crate::error::SimError;
+mod counters;
+mod lsq;
+
+pub use counters::{COUNTERS, Counter, Window, increase};
+use lsq::{Row, correlation, nonnegative_fit, rss, spread};
+
+use super::StepTimeModel;
+use crate::error::Error;
 
 /// The regressors, in column order after the intercept.
 pub(super) const COLUMNS: [&str; 3] = ["per_prefill_token", "per_decode_seq", "per_context_token"];
@@ -104,84 +108,10 @@ pub fn fit_step_time(
     min_gaps: f64,
     chunk_tokens: u32,
     fit_context: bool,
-) -> Result<StepFit, SimError> {
-    let (mean_in, mean_out) = mean_lengths(windows);
-    let mut rows = Vec::new();
-    let mut used = Vec::new();
-    for w in windows {
-        let steps = w.get(Counter::Steps);
-        if steps < 1.0 {
-            continue;
-        }
-        let gaps = w.get(Counter::ItlCount);
-        let firsts = w.get(Counter::TtftCount);
-        let prefill = (w.get(Counter::StepTokens) - w.get(Counter::Generated)).max(0.0);
-        let mean = |sum: Counter, count: Counter, default: f64| {
-            let n = w.get(count);
-            if n > 0.0 { w.get(sum) / n } else { default }
-        };
-        let len_in = mean(Counter::PromptLenSum, Counter::PromptLenCount, mean_in);
-        let len_out = mean(Counter::OutputLenSum, Counter::OutputLenCount, mean_out);
-        let decode = gaps / steps;
-        let len = len_in + len_out / 2.0;
-        // Sequences decoding at a random instant: decode-seconds per second.
-        let decoding = w.get(Counter::ItlSum) / w.secs.max(f64::MIN_POSITIVE);
-        if gaps >= min_gaps.max(1.0) {
-            rows.push(Row {
-                kind: "gap",
-                x: [
-                    1.0,
-                    decoding * prefill / gaps,
-                    decode + 1.0,
-                    (decode + 1.0) * len,
-                ],
-                y: w.get(Counter::ItlSum) / gaps * 1e6,
-                w: gaps,
-            });
-            used.push(w);
-        }
-        let prefill_s = if w.get(Counter::PrefillCount) > 0.0 {
-            Some(mean(Counter::PrefillSum, Counter::PrefillCount, 0.0))
-        } else if w.get(Counter::QueueCount) > 0.0 && firsts > 0.0 {
-            Some(
-                mean(Counter::TtftSum, Counter::TtftCount, 0.0)
-                    - mean(Counter::QueueSum, Counter::QueueCount, 0.0),
-            )
-        } else {
-            None
-        };
-        if let Some(t) = prefill_s.filter(|t| *t > 0.0 && firsts >= 3.0) {
-            let per_request = prefill / firsts;
-            let chunks = (per_request / chunk_tokens.max(1) as f64).ceil().max(1.0);
-            rows.push(Row {
-                kind: "prefill",
-                x: [
-                    chunks,
-                    per_request,
-                    chunks * decoding,
-                    chunks * decoding * len,
-                ],
-                y: t * 1e6,
-                w: firsts,
-            });
-            used.push(w);
-        }
-    }
-    // Each kind of evidence weighs the same in total.
-    let total = |k: &str| {
-        rows.iter()
-            .filter(|r| r.kind == k)
-            .map(|r| r.w)
-            .sum::<f64>()
-    };
-    let (gap_w, prefill_w) = (total("gap"), total("prefill"));
-    if gap_w > 0.0 && prefill_w > 0.0 {
-        for r in rows.iter_mut().filter(|r| r.kind == "prefill") {
-            r.w *= gap_w / prefill_w;
-        }
-    }
+) -> Result<StepFit, Error> {
+    let (rows, used) = rows(windows, min_gaps, chunk_tokens);
     if rows.len() < 4 {
-        return Err(SimError::Prometheus(format!(
+        return Err(Error::Calibration(format!(
             "{} windows with traffic, need at least 4: widen --window, shorten \
              --resolution, or calibrate while the pods serve traffic",
             rows.len()
@@ -271,24 +201,126 @@ pub fn fit_step_time(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::calibrate::windows::COUNTERS;
-    use rand::rngs::SmallRng;
-    use rand::{Rng, SeedableRng};
+/// The regression rows of `windows` (see the module docs), weighted, with the window of each.
+fn rows(windows: &[Window], min_gaps: f64, chunk_tokens: u32) -> (Vec<Row>, Vec<&Window>) {
+    let (mean_in, mean_out) = mean_lengths(windows);
+    let mut rows = Vec::new();
+    let mut used = Vec::new();
+    for w in windows {
+        let steps = w.get(Counter::Steps);
+        if steps < 1.0 {
+            continue;
+        }
+        let gaps = w.get(Counter::ItlCount);
+        let firsts = w.get(Counter::TtftCount);
+        let prefill = (w.get(Counter::StepTokens) - w.get(Counter::Generated)).max(0.0);
+        let mean = |sum: Counter, count: Counter, default: f64| {
+            let n = w.get(count);
+            if n > 0.0 { w.get(sum) / n } else { default }
+        };
+        let len_in = mean(Counter::PromptLenSum, Counter::PromptLenCount, mean_in);
+        let len_out = mean(Counter::OutputLenSum, Counter::OutputLenCount, mean_out);
+        let decode = gaps / steps;
+        let len = len_in + len_out / 2.0;
+        // Sequences decoding at a random instant: decode-seconds per second.
+        let decoding = w.get(Counter::ItlSum) / w.secs.max(f64::MIN_POSITIVE);
+        if gaps >= min_gaps.max(1.0) {
+            rows.push(Row {
+                kind: "gap",
+                x: [
+                    1.0,
+                    decoding * prefill / gaps,
+                    decode + 1.0,
+                    (decode + 1.0) * len,
+                ],
+                y: w.get(Counter::ItlSum) / gaps * 1e6,
+                w: gaps,
+            });
+            used.push(w);
+        }
+        let prefill_s = if w.get(Counter::PrefillCount) > 0.0 {
+            Some(mean(Counter::PrefillSum, Counter::PrefillCount, 0.0))
+        } else if w.get(Counter::QueueCount) > 0.0 && firsts > 0.0 {
+            Some(
+                mean(Counter::TtftSum, Counter::TtftCount, 0.0)
+                    - mean(Counter::QueueSum, Counter::QueueCount, 0.0),
+            )
+        } else {
+            None
+        };
+        if let Some(t) = prefill_s.filter(|t| *t > 0.0 && firsts >= 3.0) {
+            let per_request = prefill / firsts;
+            let chunks = (per_request / chunk_tokens.max(1) as f64).ceil().max(1.0);
+            rows.push(Row {
+                kind: "prefill",
+                x: [
+                    chunks,
+                    per_request,
+                    chunks * decoding,
+                    chunks * decoding * len,
+                ],
+                y: t * 1e6,
+                w: firsts,
+            });
+            used.push(w);
+        }
+    }
+    // Each kind of evidence weighs the same in total.
+    let total = |k: &str| {
+        rows.iter()
+            .filter(|r| r.kind == k)
+            .map(|r| r.w)
+            .sum::<f64>()
+    };
+    let (gap_w, prefill_w) = (total("gap"), total("prefill"));
+    if gap_w > 0.0 && prefill_w > 0.0 {
+        for r in rows.iter_mut().filter(|r| r.kind == "prefill") {
+            r.w *= gap_w / prefill_w;
+        }
+    }
+    (rows, used)
+}
 
-    /// Windows of an engine whose steps follow `truth` exactly, at varied loads and prompts;
-    /// `noise` is the relative error of each window's mean gap.
-    fn synthetic(truth: &StepTimeModel, noise: f64, vary_prompts: bool) -> Vec<Window> {
-        let mut rng = SmallRng::seed_from_u64(7);
+/// Weighted root mean square error, µs, of `model` over the windows' mean inter-token gaps and
+/// prefill times (the rows [`fit_step_time`] fits); `None` when no window qualifies. The attention
+/// coefficient has no regressor here (see the module docs) and is left out.
+pub fn rmse_us(
+    model: &StepTimeModel,
+    windows: &[Window],
+    min_gaps: f64,
+    chunk_tokens: u32,
+) -> Option<f64> {
+    let (rows, _) = rows(windows, min_gaps, chunk_tokens);
+    let coef = [
+        model.overhead_us,
+        model.per_prefill_token_us,
+        model.per_decode_seq_us,
+        model.per_context_token_us,
+    ];
+    let weight: f64 = rows.iter().map(|r| r.w).sum();
+    (weight > 0.0).then(|| (rss(&rows, &coef) / weight).sqrt())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::COUNTERS;
+    use super::*;
+    use crate::splitmix::SplitMix64;
+
+    /// Uniform in `r`.
+    fn random_range(rng: &mut SplitMix64, r: std::ops::Range<f64>) -> f64 {
+        r.start + (r.end - r.start) * rng.unit()
+    }
+
+    pub(crate) fn synthetic(truth: &StepTimeModel, noise: f64, vary_prompts: bool) -> Vec<Window> {
+        let mut rng = SplitMix64(7);
         (0..60)
             .map(|k| {
-                let steps: f64 = rng.random_range(200.0..400.0);
-                let decode: f64 = rng.random_range(1.0..40.0);
-                let prefill: f64 = rng.random_range(0.0..300.0);
+                let steps: f64 = random_range(&mut rng, 200.0..400.0);
+                let decode: f64 = random_range(&mut rng, 1.0..40.0);
+                let prefill: f64 = random_range(&mut rng, 0.0..300.0);
                 let len_in = if vary_prompts {
-                    rng.random_range(200.0..3000.0)
+                    random_range(&mut rng, 200.0..3000.0)
                 } else {
                     1000.0
                 };
@@ -309,7 +341,7 @@ mod tests {
                 set(Counter::Generated, gaps + 10.0);
                 set(Counter::StepTokens, prefill * steps + gaps + 10.0);
                 set(Counter::ItlCount, gaps);
-                let err = 1.0 + noise * rng.random_range(-1.0..1.0);
+                let err = 1.0 + noise * random_range(&mut rng, -1.0..1.0);
                 set(Counter::ItlSum, gaps * seen * err / 1e6);
                 set(Counter::PromptLenCount, 10.0);
                 set(Counter::PromptLenSum, 10.0 * len_in);
@@ -336,7 +368,7 @@ mod tests {
             .collect()
     }
 
-    const TRUTH: StepTimeModel = StepTimeModel {
+    pub(crate) const TRUTH: StepTimeModel = StepTimeModel {
         overhead_us: 5000.0,
         per_prefill_token_us: 40.0,
         per_decode_seq_us: 150.0,
