@@ -43,14 +43,21 @@ pub struct HyperClient {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
+/// The TCP connector kvpick's HTTP clients share (this one, the endpoint picker's scrapes, the
+/// fleet's load generator): plain HTTP, `TCP_NODELAY` (requests are small and latency-bound), and
+/// a connect timeout so that an unreachable peer fails fast instead of after the OS's minutes.
+pub fn connector(connect_timeout: Duration) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector
+}
+
 impl HyperClient {
     /// A client with its own connection pool (must be created inside a tokio runtime).
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(connector(Duration::from_secs(2))),
         }
     }
 }

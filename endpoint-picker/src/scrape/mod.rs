@@ -52,12 +52,9 @@ pub async fn supervise(
     calibration: Option<Arc<OnlineCalibration>>,
     stop: CancellationToken,
 ) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.timeout));
-    connector.set_nodelay(true);
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
+        .build(kvpick_tokenize::remote::connector(config.timeout));
     let mut views = pool.subscribe();
     // Per endpoint: metrics URL, label, the loop's token.
     let mut loops: HashMap<EndpointId, (String, String, CancellationToken)> = HashMap::new();

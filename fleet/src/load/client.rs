@@ -25,12 +25,9 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// A pooled HTTP/1.1 client (plain HTTP).
 pub fn client(max_idle: usize) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(10)));
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(max_idle)
-        .build(connector)
+        .build(kvpick_tokenize::remote::connector(Duration::from_secs(10)))
 }
 
 /// What one request measured.
