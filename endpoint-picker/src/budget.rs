@@ -4,7 +4,7 @@
 //! | part | share | charged with | when spent |
 //! |---|---|---|---|
 //! | index | 1/2 | (endpoint, block) entries at [`INDEX_BYTES_PER_ENTRY`] | the index evicts (its `capacity` is capped) |
-//! | requests | 1/4 | [`STREAM_BYTES`] for each of the `--max-streams` streams, set aside; the rest by request bodies as they arrive | the request gets a 503 (`memory_budget`); bodies over [`LARGE_BODY`] may only use 7/8 of the body bytes, so large slow bodies cannot starve ordinary requests |
+//! | requests | 1/4 | [`CONNECTION_BYTES`] for each of the `--max-connections` ext_proc connections and [`STREAM_BYTES`] for each of the `--max-streams` streams, set aside; the rest by request bodies (and gRPC messages past [`crate::server`]'s free bytes) as they arrive | the request gets a 503 (`memory_budget`); bodies over [`LARGE_BODY`] may only use 7/8 of the body bytes, so large slow bodies cannot starve ordinary requests |
 //! | KV events | 1/4 | payload bytes of queued and held batches and of replies of running replays | the batch is refused and its endpoint resynchronised; a replay fails |
 //!
 //! Besides bytes, `--max-streams` caps the ext_proc streams open at once (503 `too-many-streams`).
@@ -22,9 +22,26 @@ use crate::telemetry as t;
 /// Bytes one (endpoint, block) index entry is budgeted at: 43.8 bytes measured when every block
 /// is unique to one endpoint (BENCHMARKS.md), plus room for a table grow (1.25×) in flight.
 pub const INDEX_BYTES_PER_ENTRY: usize = 64;
-/// Bytes set aside for each stream `--max-streams` allows, besides its body: HTTP/2 stream
-/// state, gRPC decode buffers and the exchange itself.
+/// Bytes set aside for each stream `--max-streams` allows, besides its body: the HTTP/2 send
+/// buffer ([`SEND_BUFFER_BYTES`]), the first 16 KiB of the gRPC decoder's buffer (past that it
+/// is charged as it grows), the encoder's buffer and the exchange itself.
 pub const STREAM_BYTES: usize = 64 << 10;
+/// HTTP/2 receive window of one ext_proc stream: what a peer may send that kvpick has not read.
+pub const STREAM_WINDOW: u32 = 128 << 10;
+/// HTTP/2 receive window of one ext_proc connection (all its streams together).
+pub const CONNECTION_WINDOW: u32 = 256 << 10;
+/// Streams open at once on one ext_proc connection (a gateway opens more connections for more).
+pub const STREAMS_PER_CONNECTION: u32 = 128;
+/// Largest HTTP/2 header list of one stream (gRPC's own headers; the HTTP request's headers
+/// travel inside ext_proc messages).
+pub const HEADER_LIST_BYTES: u32 = 4 << 10;
+/// Response bytes HTTP/2 buffers per stream for a peer that does not read them.
+pub const SEND_BUFFER_BYTES: usize = 16 << 10;
+/// Bytes set aside for each ext_proc connection `--max-connections` allows: its receive window
+/// and, for each stream it may open, a header list and the stream's HTTP/2 state (a stream over
+/// `--max-streams` holds no stream share while it is refused).
+pub const CONNECTION_BYTES: usize = CONNECTION_WINDOW as usize
+    + STREAMS_PER_CONNECTION as usize * (HEADER_LIST_BYTES as usize + (4 << 10));
 /// A body past this size counts as large: it may not take the last 1/8 of the body bytes.
 pub const LARGE_BODY: usize = 64 << 10;
 /// The default `--memory-budget`: 3 GiB, under the shipped 4 GiB container limit.
@@ -39,6 +56,8 @@ pub struct BudgetConfig {
     pub total: usize,
     /// ext_proc streams open at once (`--max-streams`).
     pub max_streams: usize,
+    /// ext_proc connections open at once (`--max-connections`).
+    pub max_connections: usize,
 }
 
 impl Default for BudgetConfig {
@@ -46,11 +65,18 @@ impl Default for BudgetConfig {
         Self {
             total: DEFAULT_BUDGET,
             max_streams: DEFAULT_MAX_STREAMS,
+            max_connections: Self::default_max_connections(DEFAULT_BUDGET),
         }
     }
 }
 
 impl BudgetConfig {
+    /// `--max-connections` when not given: an eighth of the request share's worth of
+    /// connections, between 4 and 256 (76 at the default budget).
+    pub fn default_max_connections(total: usize) -> usize {
+        (total / 4 / 8 / CONNECTION_BYTES).clamp(4, 256)
+    }
+
     /// Bytes for the KV index.
     pub fn index_bytes(&self) -> usize {
         self.total / 2
@@ -66,10 +92,12 @@ impl BudgetConfig {
         self.total / 4
     }
 
-    /// Of those, what is left for request bodies once every stream's share is set aside.
+    /// Of those, what is left for request bodies once every stream's and every connection's
+    /// share is set aside.
     pub fn body_bytes(&self) -> usize {
         self.request_bytes()
             .saturating_sub(self.max_streams.saturating_mul(STREAM_BYTES))
+            .saturating_sub(self.max_connections.saturating_mul(CONNECTION_BYTES))
     }
 
     /// Bytes for KV-event batches queued, held and replayed.
@@ -269,7 +297,10 @@ mod tests {
         assert!(c.total <= 3 << 30);
         // 24 Mi entries at the default: the same order as the measured workloads (12.8M).
         assert_eq!(c.index_capacity(), 25_165_824);
-        // 4096 streams set 256 MiB aside: 512 MiB for bodies, 32 of the largest at once.
-        assert_eq!(c.body_bytes(), 512 << 20);
+        // 4096 streams set 256 MiB aside and 76 connections 95 MiB: 417 MiB for bodies, 26 of
+        // the largest at once.
+        assert_eq!(c.max_connections, 76);
+        assert_eq!(CONNECTION_BYTES, 1280 << 10);
+        assert_eq!(c.body_bytes(), (512 << 20) - 76 * (1280 << 10));
     }
 }

@@ -137,6 +137,11 @@ pub struct Cli {
     /// sets it (e.g. from the authenticated tenant) and strips what clients send.
     #[arg(long, env = "KVPICK_TRUST_FAIRNESS_HEADER", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub trust_fairness_header: bool,
+    /// Believe the latency-objective headers (x-slo-ttft-ms, x-slo-tpot-ms, x-llm-d-slo-*), as
+    /// llm-d does: they only shape the pick of the request that carries them. `false`: ignored
+    /// and counted in kvpick_untrusted_headers_ignored_total; the config's objectives apply.
+    #[arg(long, env = "KVPICK_TRUST_SLO_HEADERS", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub trust_slo_headers: bool,
     /// Put each candidate's scores in the `kvpick.scores` dynamic metadata (debugging).
     #[arg(long, env = "KVPICK_EMIT_SCORES", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub emit_scores: bool,
@@ -155,6 +160,15 @@ pub struct Cli {
     /// Most ext_proc streams (requests in flight through the gateway) open at once; more get 503.
     #[arg(long, env = "KVPICK_MAX_STREAMS", default_value_t = crate::budget::DEFAULT_MAX_STREAMS)]
     pub max_streams: usize,
+    /// Most ext_proc connections open at once; more are closed at accept and counted. Each has
+    /// its HTTP/2 window and streams set aside in the budget (default: an eighth of the request
+    /// share's worth, 76 at 3Gi).
+    #[arg(long, env = "KVPICK_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most ext_proc connections from one IP address (default: half of --max-connections), so
+    /// one peer cannot take every connection.
+    #[arg(long, env = "KVPICK_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<usize>,
     /// How often each endpoint's /metrics is scraped (e.g. 50ms, 1s).
     #[arg(long, env = "KVPICK_REFRESH_METRICS_INTERVAL", default_value = "50ms", value_parser = duration)]
     pub refresh_metrics_interval: Duration,
@@ -253,6 +267,17 @@ where
 }
 
 impl Cli {
+    /// The memory budget the flags ask for.
+    pub fn budget(&self) -> crate::budget::BudgetConfig {
+        crate::budget::BudgetConfig {
+            total: self.memory_budget,
+            max_streams: self.max_streams,
+            max_connections: self.max_connections.unwrap_or_else(|| {
+                crate::budget::BudgetConfig::default_max_connections(self.memory_budget)
+            }),
+        }
+    }
+
     /// Checks what clap cannot: combinations and bounds.
     pub fn validate(&self) -> Result<(), Error> {
         crate::discovery::kubernetes::KubeSettings::from_cli(self)?;
@@ -265,17 +290,20 @@ impl Cli {
         {
             return Err(Error::Config("intervals must be positive".into()));
         }
-        let budget = crate::budget::BudgetConfig {
-            total: self.memory_budget,
-            max_streams: self.max_streams,
-        };
-        if self.max_streams == 0 || budget.body_bytes() < self.max_body_bytes {
+        let budget = self.budget();
+        if self.max_streams == 0
+            || budget.max_connections == 0
+            || budget.body_bytes() < self.max_body_bytes
+        {
             return Err(Error::Config(format!(
                 "--memory-budget {} leaves {} bytes for request bodies once --max-streams {} \
-                 streams have their 64 KiB each, less than one --max-body-bytes body ({})",
+                 streams have their 64 KiB each and --max-connections {} connections their \
+                 {} KiB, less than one --max-body-bytes body ({})",
                 self.memory_budget,
                 budget.body_bytes(),
                 self.max_streams,
+                budget.max_connections,
+                crate::budget::CONNECTION_BYTES >> 10,
                 self.max_body_bytes
             )));
         }

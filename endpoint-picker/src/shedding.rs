@@ -18,6 +18,18 @@ pub const OBJECTIVE_HEADER: &str = "x-gateway-inference-objective";
 /// trusting the client, so it is ignored unless `--trust-priority-header` says the gateway sets
 /// or strips it (the shipped Envoy and agentgateway examples strip it).
 pub const PRIORITY_HEADER: &str = "x-kvpick-priority";
+/// Request headers every shipped gateway config removes from clients before kvpick sees them:
+/// the destination Envoy routes on (kvpick sets it), and the scheduling headers kvpick believes
+/// when an operator trusts them (`--trust-priority-header`, `--trust-fairness-header`). The
+/// latency objectives (`x-slo-*`) and the objective name are the client's own by design and pass.
+/// `manifests/check.py` reads this list (keep it literal) and checks every Envoy config and
+/// HTTPRoute in the repository removes each one.
+pub const GATEWAY_STRIPS: [&str; 3] = [
+    "x-gateway-destination-endpoint",
+    "x-kvpick-priority",
+    "x-gateway-inference-fairness-id",
+];
+
 /// Set on every immediate response kvpick sends: why the request was dropped (`pool-saturated`
 /// for shedding, else the error label such as `no_endpoint` or `invalid_body`).
 pub const DROP_REASON_HEADER: &str = "x-kvpick-drop-reason";
@@ -25,21 +37,36 @@ pub const DROP_REASON_HEADER: &str = "x-kvpick-drop-reason";
 pub const POOL_SATURATED: &str = "pool-saturated";
 
 /// Which client-settable scheduling headers are believed (`--trust-priority-header`,
-/// `--trust-fairness-header`). Off by default: a client could otherwise put itself ahead of
-/// others in the flow-control queue or spread over many fairness ids.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// `--trust-fairness-header`, `--trust-slo-headers`). Priority and fairness are off by default:
+/// a client could otherwise put itself ahead of others in the flow-control queue or spread over
+/// many fairness ids. The latency objectives ([`crate::slo`]) are on, as in llm-d: they only
+/// shape the pick of the request that carries them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrustedHeaders {
     /// Believe [`PRIORITY_HEADER`].
     pub priority: bool,
     /// Believe [`crate::flow_control::FAIRNESS_HEADER`].
     pub fairness: bool,
+    /// Believe the `x-slo-*` and `x-llm-d-slo-*` headers.
+    pub slo: bool,
+}
+
+impl Default for TrustedHeaders {
+    fn default() -> Self {
+        Self {
+            priority: false,
+            fairness: false,
+            slo: true,
+        }
+    }
 }
 
 impl TrustedHeaders {
-    /// Both headers believed (a gateway that sets them itself).
+    /// Every header believed (a gateway that sets them itself).
     pub const ALL: Self = Self {
         priority: true,
         fairness: true,
+        slo: true,
     };
 }
 
@@ -87,4 +114,20 @@ pub fn admit(shared: &Shared, priority: i32) -> Result<(), Error> {
         return Err(Error::Shed(POOL_SATURATED));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_strips_every_header_kvpick_may_trust_or_route_on() {
+        for header in [
+            reply::DESTINATION,
+            PRIORITY_HEADER,
+            crate::flow_control::FAIRNESS_HEADER,
+        ] {
+            assert!(GATEWAY_STRIPS.contains(&header), "{header}");
+        }
+    }
 }

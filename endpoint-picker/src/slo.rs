@@ -1,7 +1,17 @@
 //! Per-request latency objectives from the request headers: kvpick's `x-slo-ttft-ms` and
 //! `x-slo-tpot-ms`, and llm-d's `x-llm-d-slo-ttft-ms` and `x-llm-d-slo-tpot-ms` (kvpick's name
 //! wins when both are set). A value that is not a whole number of milliseconds in
-//! [1, 3,600,000] is ignored: the config's default applies, as if the header were absent.
+//! [1, 3,600,000] is ignored and counted in `kvpick_slo_headers_ignored_total{header}`: the
+//! config's default applies, as if the header were absent.
+//!
+//! Threat model: the headers are the client's, and trusted by default as in llm-d
+//! (`--trust-slo-headers false` ignores them, counted as untrusted). They only change how the
+//! candidates of the request carrying them are scored: they cannot name an endpoint, raise a
+//! priority, pass anyone in a queue or touch another request's objectives. Whatever pod the
+//! request lands on, its cost is reserved there exactly as any request's would be, so the most a
+//! tight objective does is send the client's own request to the fastest pod instead of the one
+//! holding its prefix, which costs the fleet no more than a client sending a prompt no pod has
+//! cached.
 
 use std::time::Duration;
 
@@ -14,14 +24,25 @@ pub const TPOT_HEADERS: [&str; 2] = ["x-slo-tpot-ms", "x-llm-d-slo-tpot-ms"];
 
 const MAX_MS: u64 = 3_600_000;
 
-/// The objectives `header` (a lookup by lower-case name) gives.
-pub fn from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Slo {
-    let first = |names: [&str; 2]| {
-        names.iter().find_map(|n| {
-            header(n)
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .filter(|ms| (1..=MAX_MS).contains(ms))
-                .map(Duration::from_millis)
+/// The objectives `header` (a lookup by lower-case name) gives, when `trusted`.
+pub fn from_headers<'a>(trusted: bool, header: impl Fn(&str) -> Option<&'a str>) -> Slo {
+    let first = |names: [&'static str; 2]| {
+        names.iter().find_map(|&n| {
+            let value = header(n)?;
+            if !trusted {
+                metrics::counter!(crate::telemetry::UNTRUSTED_HEADERS, "header" => n).increment(1);
+                return None;
+            }
+            let ms = value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| (1..=MAX_MS).contains(ms));
+            if ms.is_none() {
+                metrics::counter!(crate::telemetry::SLO_HEADERS_IGNORED, "header" => n)
+                    .increment(1);
+            }
+            ms.map(Duration::from_millis)
         })
     };
     Slo {
@@ -35,7 +56,9 @@ mod tests {
     use super::*;
 
     fn slo(pairs: &[(&'static str, &'static str)]) -> Slo {
-        from_headers(|n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v))
+        from_headers(true, |n| {
+            pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v)
+        })
     }
 
     #[test]
@@ -63,5 +86,11 @@ mod tests {
         // A bad kvpick header falls through to llm-d's.
         let s = slo(&[("x-slo-ttft-ms", "x"), ("x-llm-d-slo-ttft-ms", "700")]);
         assert_eq!(s.ttft, Some(Duration::from_millis(700)));
+    }
+
+    #[test]
+    fn untrusted_headers_are_ignored() {
+        let s = from_headers(false, |n| (n == "x-slo-ttft-ms").then_some("200"));
+        assert_eq!(s, Slo::default());
     }
 }

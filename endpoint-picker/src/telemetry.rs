@@ -10,12 +10,12 @@ use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint_series::{EndpointSeries, Series};
@@ -120,7 +120,30 @@ pub const BUDGET_REFUSED: &str = "kvpick_memory_budget_refused_total";
 /// (`body`: routed on the body; `headers`: routed on the headers alone; `refused`).
 pub const BODY_MODES: &str = "kvpick_ext_proc_body_modes_total";
 
+/// ext_proc, health, query and metrics connections open now, by `listener`.
+pub const CONNECTIONS_OPEN: &str = "kvpick_connections_open";
+/// Connections closed at accept or before their first bytes, by `listener` and `reason`
+/// (`too_many`, `too_many_from_peer`, `silent`).
+pub const CONNECTIONS_REFUSED: &str = "kvpick_connections_refused_total";
+
+/// Latency-objective headers whose value was not a valid objective (ignored), by `header`.
+pub const SLO_HEADERS_IGNORED: &str = "kvpick_slo_headers_ignored_total";
+
+/// How long a `/metrics` request's head may take to arrive.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Largest `/metrics` request head (hyper's minimum buffer).
+const MAX_REQUEST_HEAD: usize = 8192;
+
 fn describe() {
+    describe_gauge!(CONNECTIONS_OPEN, "Connections open now, by listener");
+    describe_counter!(
+        SLO_HEADERS_IGNORED,
+        "Latency-objective headers ignored for an invalid value (not 1..3600000 ms), by header"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at accept (over a cap) or for sending nothing, by listener and reason"
+    );
     describe_gauge!(
         BUDGET_LIMIT,
         "Limit of each part of the memory budget (bytes, or streams for part=streams)"
@@ -345,22 +368,22 @@ pub type LiveEndpoints = Arc<dyn Fn() -> HashSet<String> + Send + Sync>;
 
 /// Serves `GET /metrics` (any path, in fact) on `listener` until `stop`; series of endpoints not
 /// in `live()` are deleted as each page is rendered.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<IO>(
+    incoming: impl Stream<Item = IO>,
     handle: Exporter,
     live: LiveEndpoints,
     stop: CancellationToken,
-) {
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut conns = tokio::task::JoinSet::new();
+    let mut incoming = std::pin::pin!(incoming);
     loop {
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener accept failed");
-                    continue;
-                }
+            accepted = incoming.next() => match accepted {
+                Some(a) => a,
+                None => break,
             },
         };
         let handle = handle.clone();
@@ -378,7 +401,12 @@ pub async fn serve(
                     )
                 }
             });
+            // A request's head must arrive whole, small and soon (slowloris); its body is never
+            // read.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_HEAD)
                 .serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}

@@ -122,11 +122,13 @@ async fn unknown_modes_and_broken_order_are_refused_with_a_reason() {
 
 #[tokio::test]
 async fn a_body_over_the_budget_gets_503_and_gives_its_bytes_back() {
-    // A quarter of 8 MiB for requests, less 8 streams' 64 KiB: 1.5 MiB for bodies.
+    // A quarter of 8 MiB for requests, less 8 streams' 64 KiB: 1.5 MiB for bodies (no
+    // connections set aside).
     let settings = Settings {
         budget: BudgetConfig {
             total: 8 << 20,
             max_streams: 8,
+            max_connections: 0,
         },
         ..Settings::loopback()
     };

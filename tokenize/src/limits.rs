@@ -9,8 +9,10 @@
 //!   allocate (about 64 bytes per unit), and a single huge allocation is refused before it happens.
 //! - The rendered prompt is capped; so is anything our own filters build (`tojson`, `str()`).
 //! - A render whose caller gave up (deadline, closed stream, shutdown) stops: every write to the
-//!   output and every step of `range` checks the caller's [`Cancel`]. Loops that do neither still end
-//!   when the fuel does.
+//!   output, every step of `range`, every `tojson` and the start of every loop iteration (over any
+//!   iterable: the template source is rewritten so each `{% for %}` body first calls a check)
+//!   check the caller's [`Cancel`]. Only a single built-in filter over a huge value (`join`, `sort`
+//!   of 100k items) runs to its end, within its fuel.
 
 use std::cell::RefCell;
 use std::io;

@@ -158,9 +158,21 @@ fn a_cancelled_render_stops() {
             ..TemplatePolicy::default()
         },
     );
-    for source in [
-        CPU_BOMB,
-        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+    for (source, over_range) in [
+        (CPU_BOMB, true),
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            true,
+        ),
+        // No range and no output: loops over a string and over the request's own messages.
+        (
+            "{% set s = 'x' * 100000 %}{% for a in s %}{% for b in s %}{% set c = a ~ b %}{% endfor %}{% endfor %}",
+            false,
+        ),
+        (
+            "{% set s = 'y' * 1000000 %}{% for m in messages %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}{% endfor %}",
+            false,
+        ),
     ] {
         let flag = Cancel::new();
         let cancel = flag.clone();
@@ -170,11 +182,13 @@ fn a_cancelled_render_stops() {
         });
         let result = limits::with_cancel(&[flag], || m.render_chat(&with_template(source)));
         canceller.join().unwrap();
-        // The CPU bomb's loops end early (its result is discarded by the caller); the writing one
-        // fails at its next write.
+        // Every loop checks the flag at each iteration: the render fails as cancelled (without
+        // the check, the silent loops would run for hours). A `range` may instead end early,
+        // ending its loops and the render (the caller discards the result).
         match result {
-            Ok(text) => assert!(text.len() < 10_000_000_000),
-            Err(e) => assert!(matches!(e, Error::TemplateLimit(_)), "{e:?}"),
+            Err(Error::TemplateLimit(m)) => assert!(m.contains("cancelled"), "{m}"),
+            Ok(text) if over_range => assert!(text.len() < 10_000_000_000),
+            other => panic!("{source}: {other:?}"),
         }
     }
 }

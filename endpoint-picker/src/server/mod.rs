@@ -20,6 +20,9 @@ use crate::tokenizer::Tokenizer;
 use crate::{Ingestion, Shared, discovery};
 
 mod bind;
+mod http2;
+pub mod listener;
+mod meter;
 mod run;
 mod settings;
 mod shutdown;

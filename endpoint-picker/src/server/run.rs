@@ -2,13 +2,15 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 
 use super::Server;
+use super::http2;
+use super::listener::{ConnectionLimits, Gate};
 use super::shutdown::{Running, Tasks, flatten, ok};
 use crate::calibration::OnlineCalibration;
 use crate::error::Error;
@@ -35,60 +37,62 @@ impl Server {
             // probe (marked before the health port serves, so no probe sees a stale NOT_SERVING).
             health.ready().await;
         }
-        let incoming = TcpListenerStream::new(self.health);
-        let s = background.clone();
-        tasks.spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(health_service)
-                .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
-                .await
-                .map_err(Error::from)
-        });
+        // Every listener admits a bounded number of connections ([`listener`]) and serves HTTP/2
+        // with limits the memory budget accounts for ([`http2`]).
+        let meter = self.shared.budget.requests.clone();
+        let side = ConnectionLimits {
+            max: http2::SIDE_CONNECTIONS,
+            max_per_peer: http2::SIDE_CONNECTIONS,
+            first_bytes: self.settings.connections.first_bytes,
+        };
+        let incoming = Gate::new("health", side).incoming(self.health);
+        tasks.spawn(ok(http2::serve(
+            incoming,
+            Routes::new(health_service),
+            http2::SIDE,
+            meter.clone(),
+            background.clone(),
+        )));
 
-        // Request bodies arrive whole before the picker answers, so flow-control windows must hold
-        // many bodies in flight: HTTP/2's 64 KiB default would throttle every stream to a trickle
-        // (Envoy's own defaults are 256 MiB).
-        let router = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .initial_stream_window_size(Some(16 << 20))
-            .initial_connection_window_size(Some(64 << 20))
-            .tcp_nodelay(true)
-            .add_service(ExtProc::new(self.shared.clone()).into_server());
+        let routes = Routes::new(ExtProc::new(self.shared.clone()).into_server());
         if let Some(listener) = self.query.take() {
             // Its own listener (loopback by default): the query API reveals pods, their load and
             // whether a prefix is cached, so whoever reaches the ext_proc port must not reach it.
-            let incoming = TcpListenerStream::new(listener);
+            let incoming = Gate::new("query", side).incoming(listener);
             let api = IndexApi::new(self.shared.clone()).into_server();
-            let s = background.clone();
-            tasks.spawn(async move {
-                tonic::transport::Server::builder()
-                    .add_service(api)
-                    .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
-                    .await
-                    .map_err(Error::from)
-            });
+            tasks.spawn(ok(http2::serve(
+                incoming,
+                Routes::new(api),
+                http2::SIDE,
+                meter.clone(),
+                background.clone(),
+            )));
         }
+        let gate = Gate::new("ext_proc", self.settings.connections);
         let s = serving.clone();
         match self.tls.take() {
             None => {
-                let incoming = TcpListenerStream::new(self.grpc);
-                servers.spawn(async move {
-                    router
-                        .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
-                        .await
-                        .map_err(Error::from)
-                });
+                let incoming = gate.incoming(self.grpc);
+                servers.spawn(ok(http2::serve(
+                    incoming,
+                    routes,
+                    http2::EXT_PROC,
+                    meter,
+                    s,
+                )));
             }
             Some(tls) => {
                 // Handshakes (and certificate reloads) in their own task, feeding the server.
                 let (tx, rx) = tokio::sync::mpsc::channel(super::tls::ACCEPTED_QUEUE);
-                servers.spawn(ok(tls.serve(self.grpc, tx, s.clone())));
-                servers.spawn(async move {
-                    router
-                        .serve_with_incoming_shutdown(ReceiverStream::new(rx), s.cancelled_owned())
-                        .await
-                        .map_err(Error::from)
-                });
+                servers.spawn(ok(tls.serve(self.grpc, gate, tx, s.clone())));
+                let incoming = ReceiverStream::new(rx);
+                servers.spawn(ok(http2::serve(
+                    incoming,
+                    routes,
+                    http2::EXT_PROC,
+                    meter,
+                    s,
+                )));
             }
         }
 
@@ -103,8 +107,9 @@ impl Server {
                     .map(|m| m.endpoint.address.to_string())
                     .collect()
             });
+            let incoming = Gate::new("metrics", side).incoming(listener);
             tasks.spawn(ok(telemetry::serve(
-                listener,
+                incoming,
                 handle,
                 live,
                 background.clone(),

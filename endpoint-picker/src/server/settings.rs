@@ -8,6 +8,7 @@ use std::time::Duration;
 use kvpick_scheduler::profile::online::OnlineConfig;
 use kvpick_scheduler::{BlockSize, EndpointPickerConfig, EngineProfile};
 
+use super::listener::ConnectionLimits;
 use super::tls::TlsSource;
 use crate::budget::BudgetConfig;
 use crate::config::Cli;
@@ -17,6 +18,9 @@ use crate::router::RouteConfig;
 use crate::scrape::ScrapeConfig;
 use crate::tokenizer::TokenizeSettings;
 use crate::{Limits, discovery};
+
+/// How long a new connection may stay silent before it is closed.
+const FIRST_BYTES: Duration = Duration::from_secs(10);
 
 /// Everything the server needs, independent of how it was configured.
 #[derive(Clone, Debug)]
@@ -52,8 +56,10 @@ pub struct Settings {
     pub route: RouteConfig,
     /// Request bounds.
     pub limits: Limits,
-    /// The process's memory budget (`--memory-budget`, `--max-streams`).
+    /// The process's memory budget (`--memory-budget`, `--max-streams`, `--max-connections`).
     pub budget: BudgetConfig,
+    /// ext_proc connection caps (`--max-connections`, `--max-connections-per-peer`).
+    pub connections: ConnectionLimits,
     /// Scraping settings.
     pub scrape: ScrapeConfig,
     /// `--kv-events-bind`: where ingestion binds a SUB socket for pods that connect.
@@ -75,9 +81,13 @@ impl Settings {
         cli.validate()?;
         let at = |port| SocketAddr::new(cli.listen_address, port);
         let kubernetes = discovery::kubernetes::KubeSettings::from_cli(cli)?;
-        let budget = BudgetConfig {
-            total: cli.memory_budget,
-            max_streams: cli.max_streams,
+        let budget = cli.budget();
+        let connections = ConnectionLimits {
+            max: budget.max_connections,
+            max_per_peer: cli
+                .max_connections_per_peer
+                .unwrap_or((budget.max_connections / 2).max(1)),
+            first_bytes: FIRST_BYTES,
         };
         let mut kv_events = cli.kv_events.config()?;
         kv_events.budget_bytes = budget.kv_event_bytes();
@@ -124,6 +134,7 @@ impl Settings {
                 trusted_headers: crate::shedding::TrustedHeaders {
                     priority: cli.trust_priority_header,
                     fairness: cli.trust_fairness_header,
+                    slo: cli.trust_slo_headers,
                 },
             },
             limits: Limits {
@@ -131,6 +142,7 @@ impl Settings {
                 body_timeout: cli.body_timeout,
             },
             budget,
+            connections,
             scrape: ScrapeConfig {
                 interval: cli.refresh_metrics_interval,
                 timeout: cli.scrape_timeout,
@@ -167,6 +179,11 @@ impl Settings {
                 body_timeout: Duration::from_secs(60),
             },
             budget: BudgetConfig::default(),
+            connections: ConnectionLimits {
+                max: BudgetConfig::default().max_connections,
+                max_per_peer: BudgetConfig::default().max_connections,
+                first_bytes: FIRST_BYTES,
+            },
             scrape: ScrapeConfig {
                 interval: Duration::from_millis(50),
                 timeout: Duration::from_secs(1),

@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+use super::listener::{Admitted, Gate};
 use crate::config::Cli;
 use crate::error::Error;
 
@@ -157,7 +158,8 @@ impl Tls {
     pub async fn serve(
         mut self,
         listener: TcpListener,
-        accepted: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
+        gate: Arc<Gate>,
+        accepted: mpsc::Sender<TlsStream<Admitted<TcpStream>>>,
         stop: CancellationToken,
     ) {
         let every = match &self.source {
@@ -183,6 +185,7 @@ impl Tls {
                         }
                     };
                     let _ = tcp.set_nodelay(true);
+                    let Some(tcp) = gate.wrap(tcp, peer) else { continue };
                     let (acceptor, out, stop) = (self.acceptor.clone(), accepted.clone(), stop.clone());
                     handshakes.spawn(async move {
                         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
@@ -202,7 +205,7 @@ impl Tls {
                         };
                         tokio::select! {
                             _ = stop.cancelled() => {}
-                            _ = out.send(Ok(stream)) => {}
+                            _ = out.send(stream) => {}
                         }
                     });
                 }

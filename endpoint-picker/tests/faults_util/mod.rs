@@ -173,6 +173,19 @@ pub fn write_endpoints(path: &Path, entries: &[serde_json::Value]) {
     std::fs::write(path, doc).unwrap();
 }
 
+/// An endpoint address where nothing listens, and nothing needs to (the hostile tests route
+/// there).
+pub const POD: &str = "127.0.0.1:9";
+
+/// A directory with an endpoints file listing `address` alone.
+pub fn one_endpoint(address: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = dir.path().join("endpoints.yaml");
+    let entry = serde_saphyr::from_str(&format!("address: {address}")).unwrap();
+    write_endpoints(&endpoints, &[entry]);
+    (dir, endpoints)
+}
+
 /// A `kvpick-epp` process.
 pub struct Epp {
     pub proc: Proc,

@@ -109,6 +109,9 @@ pub struct Exchange {
     _slot: Charge,
     /// The budget held for `body`'s capacity.
     body_charge: Charge,
+    /// The budget held for what echoing response bodies leaves in the gRPC encoder and HTTP/2
+    /// send buffers ([`response`]).
+    echo_charge: Charge,
     /// A full-duplex body being re-sent, chunk by chunk.
     resend: Option<Resend>,
     /// The picker's primary.
@@ -147,6 +150,7 @@ impl Exchange {
             Some(slot) => (None, slot),
         };
         let body_charge = Charge::empty(&budget.requests);
+        let echo_charge = Charge::empty(&budget.requests);
         Self {
             shared,
             phase: Phase::Start,
@@ -160,6 +164,7 @@ impl Exchange {
             refusal,
             _slot: slot,
             body_charge,
+            echo_charge,
             resend: None,
             picked: None,
             outcome: "incomplete",
@@ -198,10 +203,7 @@ impl Exchange {
                 out.push(reply::continue_response(Out::ResponseHeaders));
                 Ok(())
             }
-            Some(In::ResponseBody(b)) => {
-                self.response_body(b, out);
-                Ok(())
-            }
+            Some(In::ResponseBody(b)) => self.response_body(b, out),
             Some(In::ResponseTrailers(_)) => {
                 out.push(reply::trailers(false));
                 Ok(())
@@ -226,7 +228,8 @@ impl Exchange {
         self.subset = reply::subset_hint(metadata);
         self.priority = shedding::priority(&self.shared, headers);
         self.flow = flow_control::flow_id(&self.shared, headers);
-        self.slo = crate::slo::from_headers(|n| reply::header(headers, n));
+        let trusted = self.shared.router.config().trusted_headers.slo;
+        self.slo = crate::slo::from_headers(trusted, |n| reply::header(headers, n));
         self.objective = reply::header(headers, shedding::OBJECTIVE_HEADER).map(str::to_owned);
         let handling = match (self.request_mode, self.response_mode) {
             (Mode::Unknown(m), _) | (_, Mode::Unknown(m)) => Err(Error::UnsupportedBodyMode(m)),

@@ -6,6 +6,10 @@ use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
 
 use super::super::reply;
 use super::{Exchange, Mode};
+use crate::error::Error;
+
+/// Echo bytes covered by the stream's share of the budget ([`crate::budget::STREAM_BYTES`]).
+const ECHO_FREE: usize = 16 << 10;
 use crate::telemetry as t;
 use crate::usage::{self, UsageScanner};
 
@@ -33,7 +37,11 @@ impl Exchange {
         ));
     }
 
-    pub(super) fn response_body(&mut self, b: pb::HttpBody, out: &mut Vec<pb::ProcessingResponse>) {
+    pub(super) fn response_body(
+        &mut self,
+        b: pb::HttpBody,
+        out: &mut Vec<pb::ProcessingResponse>,
+    ) -> Result<(), Error> {
         if !self.first_byte && !b.body.is_empty() {
             self.first_byte = true;
             let ttfb = self.started.elapsed().as_secs_f64();
@@ -49,7 +57,10 @@ impl Exchange {
             scanner.feed(&b.body);
         }
         match self.response_mode {
-            Mode::Duplex => out.push(reply::response_body_chunk(b.body, b.end_of_stream)),
+            Mode::Duplex => {
+                self.charge_echo(b.body.len())?;
+                out.push(reply::response_body_chunk(b.body, b.end_of_stream));
+            }
             // STREAMED, BUFFERED, BUFFERED_PARTIAL: the body passes unchanged.
             _ => out.push(reply::response_body_continue()),
         }
@@ -57,6 +68,25 @@ impl Exchange {
             self.finish_usage();
             self.release();
         }
+        Ok(())
+    }
+
+    /// An echoed chunk is copied into the gRPC encoder's buffer, which keeps its largest size for
+    /// the stream's life, and waits in HTTP/2's send buffer while the peer does not read: the
+    /// largest echo past [`ECHO_FREE`] (covered by the stream's share) is charged, large-body
+    /// rules, until the stream ends.
+    fn charge_echo(&mut self, len: usize) -> Result<(), Error> {
+        let target = len.saturating_sub(ECHO_FREE);
+        let more = target.saturating_sub(self.echo_charge.held());
+        let part = &self.shared.budget.requests;
+        if more > 0
+            && !self
+                .echo_charge
+                .grow_within(more, part.limit() - part.limit() / 8)
+        {
+            return Err(Error::MemoryBudget { part: part.name() });
+        }
+        Ok(())
     }
 
     /// Gives the in-flight reservation back, once.

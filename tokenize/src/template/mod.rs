@@ -15,6 +15,8 @@ use crate::error::Error;
 use crate::limits::{self, CappedOutput, TemplatePolicy};
 use crate::pyjson::{self, DumpOptions};
 
+mod rewrite;
+
 /// How vLLM passes message content to a template (vLLM's `--chat-template-content-format auto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentFormat {
@@ -49,6 +51,7 @@ fn environment(policy: &TemplatePolicy) -> Result<Environment<'static>, Error> {
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
     env.add_function("range", range);
+    env.add_function(rewrite::TICK, tick);
     env.set_formatter(|out, state, value| {
         match pyjson::py_str_capped(value, limits::value_cap())? {
             Some(s) => out
@@ -71,7 +74,7 @@ impl ChatTemplates {
         let mut formats = BTreeMap::new();
         for (name, source) in templates {
             let format = content_format(&source);
-            env.add_template_owned(name.clone(), rewrite_generation_tags(&source))?;
+            env.add_template_owned(name.clone(), rewrite::rewrite(&source))?;
             formats.insert(name, format);
         }
         Ok(Self {
@@ -134,7 +137,7 @@ impl ChatTemplates {
             return Err(Error::UntrustedTemplate);
         }
         let env = environment(policy)?;
-        let rewritten = rewrite_generation_tags(source);
+        let rewritten = rewrite::rewrite(source);
         let template = env.template_from_str(&rewritten)?;
         let rendered = render_capped(&template, context, policy.max_output_bytes)?;
         Ok((rendered, content_format(source)))
@@ -153,6 +156,19 @@ fn render_capped(
         String::from_utf8(out.buf)
             .map_err(|_| Error::Template("rendered prompt is not UTF-8".into()))
     })
+}
+
+/// Called at the start of every loop iteration ([`rewrite`]): fails once the render is
+/// cancelled, so a loop over anything stops as soon as its caller gives up.
+fn tick() -> Result<bool, minijinja::Error> {
+    if limits::cancelled() {
+        // The kind a cancelled output write fails with: counted as a template limit the same way.
+        return Err(minijinja::Error::new(
+            ErrorKind::WriteFailure,
+            "render cancelled",
+        ));
+    }
+    Ok(false)
 }
 
 /// Python's `range` as minijinja's (at most 100,000 items), except that iteration ends when the
@@ -244,32 +260,6 @@ pub fn content_format(source: &str) -> ContentFormat {
     ContentFormat::String
 }
 
-/// transformers' `{% generation %}...{% endgeneration %}` only marks assistant spans for training
-/// masks and renders its body unchanged: an `if true` block with the same whitespace control does too.
-fn rewrite_generation_tags(source: &str) -> String {
-    let mut out = String::with_capacity(source.len());
-    let mut rest = source;
-    while let Some(pos) = rest.find("{%") {
-        out.push_str(&rest[..pos]);
-        let tag = &rest[pos..];
-        let Some(end) = tag.find("%}") else {
-            out.push_str(tag);
-            return out;
-        };
-        let inner = &tag[2..end];
-        let lead = if inner.starts_with('-') { "-" } else { "" };
-        let trail = if inner.ends_with('-') { "-" } else { "" };
-        match inner.trim_matches('-').trim() {
-            "generation" => out.push_str(&format!("{{%{lead} if true {trail}%}}")),
-            "endgeneration" => out.push_str(&format!("{{%{lead} endif {trail}%}}")),
-            _ => out.push_str(&tag[..end + 2]),
-        }
-        rest = &tag[end + 2..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// transformers' `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
 /// Serialising costs fuel as minijinja's own `tojson` does (a quarter fuel per byte), and the
 /// result is capped like the render's output.
@@ -279,6 +269,7 @@ fn tojson(
     args: Rest<Value>,
     kwargs: Kwargs,
 ) -> Result<Value, minijinja::Error> {
+    tick()?;
     let mut positional = args.0.into_iter();
     let ensure_ascii = kwargs
         .get::<Option<Value>>("ensure_ascii")?
@@ -450,10 +441,6 @@ mod tests {
     #[test]
     fn generation_tags_become_transparent_blocks() {
         let src = "a{%- generation %}b{% endgeneration -%} c";
-        assert_eq!(
-            rewrite_generation_tags(src),
-            "a{%- if true %}b{% endif -%} c"
-        );
         let t = ChatTemplates::compile(vec![("default".into(), src.into())], Default::default())
             .unwrap();
         assert_eq!(t.render("default", &Value::from(())).unwrap(), "abc");
