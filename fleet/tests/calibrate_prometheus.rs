@@ -24,11 +24,8 @@ use std::time::Duration;
 use fleet_util::MODEL;
 use kvpick_fleet::load::{self, ApiKind, LoadConfig};
 use kvpick_fleet::{Fleet, FleetConfig};
-use kvpick_sim::SimTime;
 use kvpick_sim::engine::{Profile, StepTimeModel};
-use kvpick_sim::trace::{self, PromptSpec, Segment, Trace, TraceFormat, TraceRequest, tokens};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use kvpick_sim::trace::{self, Trace, TraceFormat, TraceRequest};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -40,11 +37,8 @@ const TRUTH: StepTimeModel = StepTimeModel {
     per_attention_pair_us: 0.0,
 };
 
-/// Requests/s per pod, prompt length range, output length range, seconds.
-type Phase = (f64, (u32, u32), (u32, u32), f64);
-
 /// Light decoding, heavy prefill, heavy decoding (about 8 sequences at once).
-const PHASES: [Phase; 3] = [
+const PHASES: [fleet_util::Phase; 3] = [
     (4.0, (96, 192), (16, 32), 12.0),
     (2.0, (600, 1000), (16, 32), 12.0),
     (6.0, (96, 192), (96, 160), 12.0),
@@ -52,44 +46,7 @@ const PHASES: [Phase; 3] = [
 
 /// One pod's trace: Poisson arrivals per phase, a 64-token prefix shared by 4 groups.
 fn pod_trace(pod: u64) -> Trace {
-    let mut rng = SmallRng::seed_from_u64(pod);
-    let mut requests = Vec::new();
-    let mut start = 0.0;
-    for (rate, (p0, p1), (o0, o1), secs) in PHASES {
-        let mut t = start;
-        loop {
-            t += -(1.0 - rng.random::<f64>()).ln() / rate;
-            if t >= start + secs {
-                break;
-            }
-            let len = rng.random_range(p0..=p1);
-            let id = requests.len() as u64;
-            requests.push(TraceRequest {
-                arrival: SimTime::from_secs_f64(t),
-                prompt: PromptSpec::Segments(vec![
-                    Segment {
-                        id: tokens::content_id("cal/sys", &[id % 4]),
-                        len: 64,
-                    },
-                    Segment {
-                        id: tokens::content_id("cal/user", &[pod, id]),
-                        len: len - 64,
-                    },
-                ]),
-                output_tokens: rng.random_range(o0..=o1),
-                output_id: id,
-                model: None,
-                lora: None,
-                session: None,
-            });
-        }
-        start += secs;
-    }
-    Trace {
-        name: format!("pod{pod}"),
-        requests,
-        prefix_block_tokens: None,
-    }
+    fleet_util::phased_trace(&format!("pod{pod}"), "cal", pod, &PHASES)
 }
 
 fn quantile(mut v: Vec<f64>, q: f64) -> f64 {

@@ -20,11 +20,8 @@ use kvpick_fleet::FleetConfig;
 use kvpick_fleet::demo::Tools;
 use kvpick_fleet::demo::stack::Stack;
 use kvpick_fleet::load::{self, ApiKind, LoadConfig};
-use kvpick_sim::SimTime;
 use kvpick_sim::engine::{Profile, StepTimeModel};
-use kvpick_sim::trace::{PromptSpec, Segment, Trace, TraceRequest, tokens};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use kvpick_sim::trace::Trace;
 use tokio_util::sync::CancellationToken;
 
 const TRUTH: StepTimeModel = StepTimeModel {
@@ -47,8 +44,7 @@ pub fn truth() -> Profile {
 /// (prefill dominates their TTFT, so a profile's error shows over the few milliseconds of
 /// step-boundary waits and proxy hops), longer ones, then a decoding phase for the per-sequence
 /// cost.
-type Phase = (f64, (u32, u32), (u32, u32), f64);
-const PHASES: [Phase; 3] = [
+const PHASES: [fleet_util::Phase; 3] = [
     (4.0, (1000, 2000), (16, 32), 10.0),
     (2.0, (2000, 3000), (16, 32), 10.0),
     (4.0, (96, 192), (96, 160), 8.0),
@@ -56,44 +52,7 @@ const PHASES: [Phase; 3] = [
 
 /// Poisson arrivals per phase, a 64-token prefix shared by 4 groups.
 pub fn trace(seed: u64) -> Trace {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let mut requests = Vec::new();
-    let mut start = 0.0;
-    for (rate, (p0, p1), (o0, o1), secs) in PHASES {
-        let mut t = start;
-        loop {
-            t += -(1.0 - rng.random::<f64>()).ln() / rate;
-            if t >= start + secs {
-                break;
-            }
-            let len = rng.random_range(p0..=p1);
-            let id = requests.len() as u64;
-            requests.push(TraceRequest {
-                arrival: SimTime::from_secs_f64(t),
-                prompt: PromptSpec::Segments(vec![
-                    Segment {
-                        id: tokens::content_id("route/sys", &[id % 4]),
-                        len: 64,
-                    },
-                    Segment {
-                        id: tokens::content_id("route/user", &[seed, id]),
-                        len: len - 64,
-                    },
-                ]),
-                output_tokens: rng.random_range(o0..=o1),
-                output_id: id,
-                model: None,
-                lora: None,
-                session: None,
-            });
-        }
-        start += secs;
-    }
-    Trace {
-        name: format!("route{seed}"),
-        requests,
-        prefix_block_tokens: None,
-    }
+    fleet_util::phased_trace(&format!("route{seed}"), "route", seed, &PHASES)
 }
 
 /// A histogram's cumulative buckets `(le, count)` from a Prometheus text page.

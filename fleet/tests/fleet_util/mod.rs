@@ -8,7 +8,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use kvpick_fleet::load::client::{HttpClient, client};
 use kvpick_fleet::{Fleet, FleetConfig, KvLayout};
+use kvpick_sim::SimTime;
 use kvpick_sim::engine::Profile;
+use kvpick_sim::trace::{PromptSpec, Segment, Trace, TraceRequest, tokens};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 pub const MODEL: &str = "sim-model";
@@ -140,4 +144,51 @@ pub async fn start_prometheus(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("Prometheus targets not all up: {}", prom.log_tail(20));
+}
+
+/// One load phase: (arrivals per second, prompt length range, output length range, seconds).
+pub type Phase = (f64, (u32, u32), (u32, u32), f64);
+
+/// A trace of Poisson arrivals per phase whose prompts start with a 64-token prefix shared by 4
+/// groups (content ids `TAG/sys`), then a part of their own (`TAG/user`, keyed by `seed`).
+pub fn phased_trace(name: &str, tag: &str, seed: u64, phases: &[Phase]) -> Trace {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let (sys, user) = (format!("{tag}/sys"), format!("{tag}/user"));
+    let mut requests = Vec::new();
+    let mut start = 0.0;
+    for &(rate, (p0, p1), (o0, o1), secs) in phases {
+        let mut t = start;
+        loop {
+            t += -(1.0 - rng.random::<f64>()).ln() / rate;
+            if t >= start + secs {
+                break;
+            }
+            let len = rng.random_range(p0..=p1);
+            let id = requests.len() as u64;
+            requests.push(TraceRequest {
+                arrival: SimTime::from_secs_f64(t),
+                prompt: PromptSpec::Segments(vec![
+                    Segment {
+                        id: tokens::content_id(&sys, &[id % 4]),
+                        len: 64,
+                    },
+                    Segment {
+                        id: tokens::content_id(&user, &[seed, id]),
+                        len: len - 64,
+                    },
+                ]),
+                output_tokens: rng.random_range(o0..=o1),
+                output_id: id,
+                model: None,
+                lora: None,
+                session: None,
+            });
+        }
+        start += secs;
+    }
+    Trace {
+        name: name.to_string(),
+        requests,
+        prefix_block_tokens: None,
+    }
 }
