@@ -111,10 +111,40 @@ impl Drop for Child {
     }
 }
 
-/// A port free on 127.0.0.1 right now.
+/// A port free on 127.0.0.1 right now, for a process this one is about to start.
+///
+/// Taken from below the kernel's ephemeral range: a port that `bind(:0)` hands out and this
+/// function then frees may be taken again, before the child binds it, by any outgoing connection
+/// or `:0` listener on the machine (seen in CI as "Address already in use"). Ports below the range
+/// are never handed out that way, and a process-wide cursor (starting at an offset of the pid, so
+/// that concurrent test binaries start apart) never gives one port twice.
 pub fn free_port() -> Result<u16, FleetError> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CURSOR: AtomicU32 = AtomicU32::new(u32::MAX);
+    const LOWEST: u32 = 10_000;
+    let top = ephemeral_low().max(LOWEST + 1_000);
+    let span = top - LOWEST;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    let _ = CURSOR.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let port = LOWEST + CURSOR.fetch_add(1, Ordering::Relaxed) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| FleetError::Network(format!("no free port: {e}")))
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when it cannot be read).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
