@@ -352,9 +352,11 @@ async fn online_calibration_shrinks_the_prediction_error_of_a_wrong_profile() {
         )
         .unwrap_or(0.0)
     };
-    // The first pass runs on the wrong profile while the pods' counters accumulate (a fit may be
-    // accepted towards its end). Then, until a fit is accepted (refits every 5 s; up to three
-    // more passes if the windows do not determine one yet), and a last pass measured on it.
+    // The first pass runs on the wrong profile while the pods' counters accumulate. A fit may be
+    // accepted during it (sooner on a quiet machine, which has more windows by then), so its
+    // baseline is the error histogram as last seen before the first accepted fit: errors the
+    // wrong profile made, and no others. Then, until a fit is accepted (refits every 5 s; up to
+    // three more passes if the windows do not determine one yet), and a last pass measured on it.
     async fn run(stack: &mut Stack, cfg: &LoadConfig, seed: u64) -> String {
         let records = load::run(&trace(seed), cfg, &CancellationToken::new())
             .await
@@ -363,9 +365,35 @@ async fn online_calibration_shrinks_the_prediction_error_of_a_wrong_profile() {
         stack.check_alive().unwrap();
         stack.epp_metrics_text().await.unwrap()
     }
-    let first_page = run(&mut stack, &load_cfg, 1).await;
+    let done = CancellationToken::new();
+    let watch = async {
+        let mut before_fit = None;
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            let page = stack.epp_metrics_text().await.unwrap();
+            if accepted(&page) >= 1.0 {
+                break;
+            }
+            before_fit = Some(page);
+        }
+        before_fit
+    };
+    let first_load = async {
+        let records = load::run(&trace(1), &load_cfg, &CancellationToken::new())
+            .await
+            .unwrap();
+        done.cancel();
+        records
+    };
+    let (before_fit, records) = tokio::join!(watch, first_load);
+    assert!(records.iter().all(|r| r.outcome.error.is_none()));
+    stack.check_alive().unwrap();
+    let baseline = before_fit.expect("a metrics page before the first accepted fit");
     let mut seed = 2;
-    let mut page = first_page.clone();
+    let mut page = stack.epp_metrics_text().await.unwrap();
     loop {
         for _ in 0..12 {
             if accepted(&page) >= 1.0 {
@@ -382,20 +410,26 @@ async fn online_calibration_shrinks_the_prediction_error_of_a_wrong_profile() {
     }
     let last_page = run(&mut stack, &load_cfg, seed).await;
     stack.stop().await;
-    let pages = [first_page, last_page];
-    let first = histogram(&pages[0], ERR);
-    let last = minus(&histogram(&pages[1], ERR), &histogram(&page, ERR));
+    let first = minus(&histogram(&baseline, ERR), &histogram(&start_page, ERR));
+    let last = minus(&histogram(&last_page, ERR), &histogram(&page, ERR));
+    let counted = |b: &[(f64, f64)]| b.last().map_or(0.0, |x| x.1);
+    assert!(
+        counted(&first) >= 10.0,
+        "only {} requests predicted before the first fit",
+        counted(&first)
+    );
     let (e1, e2) = (
         quantile(&first, 0.5).unwrap(),
         quantile(&last, 0.5).unwrap(),
     );
-    let accepted = accepted(&pages[1]);
+    let accepted = accepted(&last_page);
     println!(
-        "online calibration: error p50 first pass {:.1} ms, pass {seed} (after a fit) {:.1} ms; per_prefill_token {:?} → {:?} µs; {accepted} fits accepted",
+        "online calibration: error p50 before any fit {:.1} ms ({} requests), pass {seed} (after a fit) {:.1} ms; per_prefill_token {:?} → {:?} µs; {accepted} fits accepted",
         e1 * 1e3,
+        counted(&first),
         e2 * 1e3,
         prefill(&start_page),
-        prefill(&pages[1])
+        prefill(&last_page)
     );
     assert_eq!(
         prefill(&start_page),
@@ -409,7 +443,7 @@ async fn online_calibration_shrinks_the_prediction_error_of_a_wrong_profile() {
         "no fit accepted; kvpick-epp's log says:\n{}",
         calibration_log.join("\n")
     );
-    let fitted = prefill(&pages[1]).unwrap();
+    let fitted = prefill(&last_page).unwrap();
     assert!(
         (fitted / TRUTH.per_prefill_token_us - 1.0).abs() < 0.3,
         "fitted per_prefill_token {fitted} µs vs truth {}",
