@@ -33,7 +33,39 @@ pub struct ChatRequest {
     pub chat_template_kwargs: Map<String, Value>,
 }
 
+/// The API a chat-style body is written for: each names its conversation differently, and vLLM
+/// turns each into the same chat request before rendering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChatApi {
+    /// OpenAI `/v1/chat/completions` (`messages`).
+    ChatCompletions,
+    /// OpenAI `/v1/responses` (`input`, `instructions`): [`crate::responses`].
+    Responses,
+    /// Anthropic `/v1/messages` (`system`, `messages` of content blocks): [`crate::anthropic`].
+    Messages,
+}
+
 impl ChatRequest {
+    /// Reads the chat request a body of `api` stands for.
+    pub fn from_api_body(api: ChatApi, body: &Map<String, Value>) -> Result<Self, Error> {
+        match api {
+            ChatApi::ChatCompletions => Self::from_body(body),
+            ChatApi::Responses => crate::responses::chat_request(body),
+            ChatApi::Messages => crate::anthropic::chat_request(body),
+        }
+    }
+
+    /// vLLM passes a request's reasoning effort to the template as `reasoning_effort`, and
+    /// `enable_thinking` (false only for `"none"`) unless the request's own kwargs set it.
+    pub fn set_reasoning_effort(&mut self, effort: String) {
+        if !self.chat_template_kwargs.contains_key("enable_thinking") {
+            self.chat_template_kwargs
+                .insert("enable_thinking".into(), Value::Bool(effort != "none"));
+        }
+        self.chat_template_kwargs
+            .insert("reasoning_effort".into(), Value::String(effort));
+    }
+
     /// A request with vLLM's defaults.
     pub fn new(messages: Vec<Value>) -> Self {
         Self {
@@ -84,7 +116,16 @@ impl ChatRequest {
                 ));
             }
         };
-        Ok(Self {
+        let effort = match body.get("reasoning_effort") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                return Err(Error::InvalidRequest(
+                    "`reasoning_effort` must be a string".into(),
+                ));
+            }
+        };
+        let mut request = Self {
             messages,
             tools: list("tools")?,
             documents: list("documents")?,
@@ -93,7 +134,11 @@ impl ChatRequest {
             add_special_tokens: flag("add_special_tokens", false)?,
             chat_template,
             chat_template_kwargs,
-        })
+        };
+        if let Some(effort) = effort {
+            request.set_reasoning_effort(effort);
+        }
+        Ok(request)
     }
 }
 

@@ -10,6 +10,8 @@
 //! - [`hf_config`]: `tokenizer_config.json` values as transformers reads them.
 //! - [`model`]: one model's tokenizer, templates and special tokens; `tokenize` for prompts and chats.
 //! - [`chat`]: an OpenAI chat request and its rendering with the model's template.
+//! - [`responses`], [`anthropic`]: OpenAI Responses and Anthropic Messages bodies as the chat
+//!   requests vLLM renders for them.
 //! - [`conversation`]: messages and tools normalised as vLLM and transformers do.
 //! - [`template`]: the jinja environment HF templates expect (minijinja with Python semantics).
 //! - [`limits`]: fuel, output cap, cancellation and trust for chat-template renders.
@@ -23,6 +25,7 @@
 //! - [`error`]: the crate's one error type.
 #![forbid(unsafe_code)]
 
+pub mod anthropic;
 pub mod cache;
 pub mod chat;
 pub mod conversation;
@@ -35,11 +38,12 @@ pub mod pool;
 pub mod pyjson;
 pub mod registry;
 pub mod remote;
+pub mod responses;
 pub mod segment;
 pub mod template;
 
 pub use cache::TokenCache;
-pub use chat::ChatRequest;
+pub use chat::{ChatApi, ChatRequest};
 pub use error::Error;
 pub use limits::{Cancel, TemplatePolicy};
 pub use model::{Encoded, ModelTokenizer, TokenizeInput};

@@ -2,13 +2,14 @@
 //!
 //! `tests/fixtures/reference.json` comes from `make_fixtures.py`: chat requests normalised as vLLM
 //! does, rendered by `transformers.apply_chat_template` (jinja2), encoded by Python `tokenizers`.
-//! Each case is checked three ways: without a cache, with a cold cache, and again warm (spliced
-//! from cached segments). Any mismatch fails, with the first differing position reported.
+//! OpenAI Responses and Anthropic Messages bodies (`api_chats`, converted by vLLM's own code) are
+//! converted by kvpick and checked the same way. Each case is checked three ways: without a cache,
+//! with a cold cache, and again warm (spliced from cached segments). Any mismatch fails, with the first differing position reported.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
 
 use std::path::{Path, PathBuf};
 
-use kvpick_tokenize::{ChatRequest, Error, ModelTokenizer, TokenCache, TokenizeInput};
+use kvpick_tokenize::{ChatApi, ChatRequest, Error, ModelTokenizer, TokenCache, TokenizeInput};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -109,6 +110,36 @@ fn check_model(name: &str, cases: &Value) -> (usize, Vec<String>) {
             TokenizeInput::Chat(request),
             &want,
         );
+    }
+    let api_chats = cases["api_chats"].as_array().expect("api_chats");
+    for (i, case) in api_chats.iter().enumerate() {
+        let api = match case["api"].as_str() {
+            Some("responses") => ChatApi::Responses,
+            _ => ChatApi::Messages,
+        };
+        let body = case["body"].as_object().expect("body");
+        let request = ChatRequest::from_api_body(api, body);
+        checked += 1;
+        match (case.get("ids"), request) {
+            (None, Ok(r)) => {
+                if model.render_chat(&r).is_ok() {
+                    bad.push(format!(
+                        "{name} api chat #{i}: vLLM or transformers refused it, we rendered it"
+                    ));
+                }
+            }
+            (None, Err(_)) => {}
+            (Some(_), Err(e)) => bad.push(format!("{name} api chat #{i}: {e}")),
+            (Some(ids), Ok(r)) => {
+                let want: Vec<u32> = serde_json::from_value(ids.clone()).expect("ids");
+                compare(
+                    &mut bad,
+                    format!("api chat #{i}"),
+                    TokenizeInput::Chat(r),
+                    &want,
+                );
+            }
+        }
     }
     (checked, bad)
 }
