@@ -1,5 +1,6 @@
 //! Where a request goes and why: the output of [`crate::Scheduler::pick`].
 
+use crate::disagg::PdOutcome;
 use crate::inflight::Cost;
 use crate::latency::Prediction;
 use crate::pods::EndpointId;
@@ -26,13 +27,17 @@ pub struct Decision {
     pub matched_blocks: u32,
     /// Full blocks in the prompt at the index's block size (0 for a text or empty prompt).
     pub total_blocks: u32,
-    /// What the request is expected to cost the primary, for [`crate::Scheduler::reserve`].
+    /// What the request is expected to cost the primary, for [`crate::Scheduler::reserve`]
+    /// (disaggregated: the prompt arrives cached).
     pub cost: Cost,
-    /// The primary's predicted latency (when the profile has a latency scorer).
+    /// The primary's predicted latency (when the profile has a latency scorer); disaggregated,
+    /// the prefill pod's then the decode pod's ([`crate::disagg::combined`]).
     pub predicted: Option<Prediction>,
     /// Whether any candidate is predicted to meet the request's objectives: the caller routes,
     /// queues or sheds by it ([`SloVerdict::action`]).
     pub slo: SloVerdict,
+    /// Under P/D, whether the prompt is prefilled elsewhere and where ([`crate::disagg`]).
+    pub pd: PdOutcome,
 }
 
 impl Decision {

@@ -14,6 +14,7 @@
 //! - [`pipeline`]: the [`Scheduler`] and its `pick`, from a request and its candidates to a ranked
 //!   decision.
 //! - [`request`], [`decision`]: what `pick` takes and returns.
+//! - [`disagg`]: prefill/decode disaggregation (llm-d's P/D profile handler and deciders).
 //! - [`filters`], [`scorers`], [`pickers`]: the plugins of the pipeline.
 //! - [`saturation`]: whether the pool has room, for shedding sheddable requests.
 //! - [`flow`]: the flow-control queue (priority bands, fair turns between flows) and its pacing.
@@ -24,6 +25,7 @@
 
 pub mod config;
 pub mod decision;
+pub mod disagg;
 pub mod duration;
 pub mod error;
 pub mod events;

@@ -30,8 +30,9 @@
 //! `schedulingProfiles`, one profile named `default` uses every plugin, each scorer at weight 1.
 //! The total score is the weighted mean of the scorers' scores, so weights are relative.
 //!
-//! Profiles are a list so that prefill/decode profiles can come later; today exactly one is
-//! accepted. Everything is validated when parsed: an unknown field, type, parameter or
+//! `schedulingProfiles` holds one profile, or, under llm-d's P/D profile handler
+//! (`disagg-profile-handler`, `pd-profile-handler`) with a prefill decider, the decode and the
+//! prefill profile ([`disagg`], [`crate::disagg`]). Everything is validated when parsed: an unknown field, type, parameter or
 //! reference, or a bad value, is an [`Error::InvalidConfig`] naming the field by its path.
 //! Parsing is pure (`&str` in); reading the file is the caller's business.
 //!
@@ -40,7 +41,9 @@
 //! `serde-saphyr` (pure Rust, panic-free, with input budgets) through `serde_path_to_error` for the
 //! paths; this module then resolves references and builds the scheduler's types.
 
+mod disagg;
 mod document;
+mod filter_doc;
 mod latency;
 mod plugin_doc;
 pub mod plugins;
@@ -48,6 +51,7 @@ mod profiles;
 mod sections;
 mod values;
 
+pub use self::disagg::{DisaggHandler, Disaggregation, HandlerSpec};
 use self::document::{Document, Root};
 pub use self::plugins::{PLUGIN_TYPES, PluginSpec, PluginType};
 use crate::error::Error;
@@ -106,8 +110,11 @@ pub struct EndpointPickerConfig {
     pub index: IndexConfig,
     /// When an endpoint's signals are too old (`staleness`).
     pub staleness: Staleness,
-    /// The active profile (the one entry of `schedulingProfiles`).
+    /// The active profile (the one entry of `schedulingProfiles`; under a P/D handler, the
+    /// decode profile).
     pub profile: Profile,
+    /// The prefill side under a P/D profile handler with a decider ([`crate::disagg`]).
+    pub disaggregation: Option<Disaggregation>,
     /// When the pool counts as saturated, and request priorities (`saturation`, `objectives`).
     pub saturation: SaturationConfig,
     /// Whether and how requests wait while the pool is saturated (`featureGates: [flowControl]`,
@@ -159,6 +166,7 @@ impl EndpointPickerConfig {
                 ],
                 picker: default_picker(),
             },
+            disaggregation: None,
             saturation: SaturationConfig::default(),
             flow: FlowConfig::default(),
         }
@@ -178,6 +186,9 @@ impl EndpointPickerConfig {
 
     /// The previous default as YAML: what [`EndpointPickerConfig::precise_prefix`] parses from.
     pub const PRECISE_PREFIX_YAML: &'static str = include_str!("precise_prefix.yaml");
+
+    /// A prefill/decode config in llm-d's names ([`crate::disagg`]), with comments.
+    pub const PD_YAML: &'static str = include_str!("pd.yaml");
 
     /// Parses and validates a config.
     pub fn parse(text: &str) -> Result<Self, Error> {
@@ -213,23 +224,12 @@ impl EndpointPickerConfig {
         let saturation = sections::saturation(&doc, &staleness);
         let flow = sections::flow_control(&doc)?;
         let plugins = profiles::plugin_list(&doc, &index)?;
-        let profile = match doc.scheduling_profiles.as_deref() {
-            None => profiles::implicit_profile(&plugins)?,
-            Some([one]) => profiles::profile(one, "schedulingProfiles[0]", &plugins)?,
-            Some(many) => {
-                return Err(invalid(
-                    "schedulingProfiles",
-                    format!(
-                        "expected exactly one profile, got {} (kvpick runs a single profile for now)",
-                        many.len()
-                    ),
-                ));
-            }
-        };
+        let (profile, disaggregation) = disagg::resolve(&doc, &plugins)?;
         Ok(Self {
             index,
             staleness,
             profile,
+            disaggregation,
             saturation,
             flow,
         })

@@ -8,11 +8,15 @@ use std::num::NonZeroUsize;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 
+use super::disagg::HandlerSpec;
+use super::disagg::doc::{DisaggHandlerDoc, HeaderHandlerDoc, PdHandlerDoc, PrefixDeciderDoc};
+use super::filter_doc::{ByLabelDoc, LabelSelectorDoc};
 use super::invalid;
 use super::latency::PredictedLatencyDoc;
 use super::values::{AtLeast, Fraction, Int, list, mapping};
+use crate::disagg::Decider;
 use crate::error::Error;
-use crate::filters::{FilterSpec, LabelSelector, ModelFilter};
+use crate::filters::{ByLabel, FilterSpec, ModelFilter};
 use crate::index::IndexConfig;
 use crate::pickers::{PickerKind, PickerSpec};
 use crate::scorers::{ApproxPrefixParams, LoraAffinityParams, ScorerSpec, SessionAffinityParams};
@@ -118,27 +122,6 @@ impl<'de> Deserialize<'de> for AdapterName {
     }
 }
 
-/// `label-selector-filter`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct LabelSelectorDoc {
-    selector: Option<SelectorText>,
-    match_labels: Option<BTreeMap<String, String>>,
-}
-
-/// A `selector` string, parsed as it is read.
-#[derive(Debug)]
-struct SelectorText(LabelSelector);
-
-impl<'de> Deserialize<'de> for SelectorText {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        LabelSelector::parse(&text)
-            .map(SelectorText)
-            .map_err(de::Error::custom)
-    }
-}
-
 /// The pickers'.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -157,7 +140,11 @@ enum Parameters {
     PredictedLatency(PredictedLatencyDoc),
     Model(ModelFilterDoc),
     LabelSelector(LabelSelectorDoc),
+    ByLabel(ByLabelDoc),
     Picker(PickerDoc),
+    DisaggHandler(DisaggHandlerDoc),
+    PdHandler(PdHandlerDoc),
+    PrefixDecider(PrefixDeciderDoc),
 }
 
 /// Reads `parameters` for a plugin of the given type (`null` reads as absent).
@@ -179,6 +166,14 @@ impl<'de> DeserializeSeed<'de> for ParametersOf {
             T::PredictedLatencyScorer => Parameters::PredictedLatency(read(d)?),
             T::ModelFilter => Parameters::Model(read(d)?),
             T::LabelSelectorFilter => Parameters::LabelSelector(read(d)?),
+            T::ByLabel => Parameters::ByLabel(read(d)?),
+            T::DisaggProfileHandler => Parameters::DisaggHandler(read(d)?),
+            T::PdProfileHandler => Parameters::PdHandler(read(d)?),
+            T::PrefixBasedPdDecider => Parameters::PrefixDecider(read(d)?),
+            T::DisaggHeadersHandler | T::PrefillHeaderHandler => {
+                read::<D, HeaderHandlerDoc>(d)?;
+                Parameters::None
+            }
             T::MaxScorePicker | T::WeightedRandomPicker | T::RandomPicker => {
                 Parameters::Picker(read(d)?)
             }
@@ -186,7 +181,10 @@ impl<'de> DeserializeSeed<'de> for ParametersOf {
             | T::QueueScorer
             | T::RunningRequestsSizeScorer
             | T::KvCacheUtilizationScorer
-            | T::SingleProfileHandler => {
+            | T::SingleProfileHandler
+            | T::AlwaysDisaggPdDecider
+            | T::PrefillFilter
+            | T::DecodeFilter => {
                 NoParameters(self.0).deserialize(d)?;
                 Parameters::None
             }
@@ -247,10 +245,17 @@ impl<'de> Deserialize<'de> for PluginDoc {
                         de::Error::custom(format!("parameters{at}: {e}"))
                     })?);
                 }
+                // No `parameters`: read as `null`, so each type's defaults apply.
+                let parameters = match (parameters, kind) {
+                    (Some(p), _) => p,
+                    (None, Some(k)) => ParametersOf(k)
+                        .deserialize(de::value::UnitDeserializer::<A::Error>::new())?,
+                    (None, None) => Parameters::None,
+                };
                 Ok(PluginDoc {
                     kind,
                     name,
-                    parameters: parameters.unwrap_or(Parameters::None),
+                    parameters,
                 })
             }
         }
@@ -271,15 +276,28 @@ impl PluginDoc {
             (T::QueueScorer, _) => PluginSpec::Scorer(ScorerSpec::QueueDepth),
             (T::RunningRequestsSizeScorer, _) => PluginSpec::Scorer(ScorerSpec::RunningRequests),
             (T::KvCacheUtilizationScorer, _) => PluginSpec::Scorer(ScorerSpec::KvCacheUtilization),
-            (T::SingleProfileHandler, _) => PluginSpec::ProfileHandler,
+            (T::SingleProfileHandler, _) => PluginSpec::ProfileHandler(HandlerSpec::Single),
+            (T::DisaggProfileHandler, Parameters::DisaggHandler(p)) => {
+                PluginSpec::ProfileHandler(p.spec(&path)?)
+            }
+            (T::PdProfileHandler, Parameters::PdHandler(p)) => {
+                PluginSpec::ProfileHandler(p.spec(&path)?)
+            }
+            (T::PrefixBasedPdDecider, Parameters::PrefixDecider(p)) => {
+                PluginSpec::Decider(p.decider())
+            }
+            (T::ByLabel, Parameters::ByLabel(p)) => {
+                PluginSpec::Filter(FilterSpec::ByLabel(p.filter(&path)?))
+            }
+            (T::AlwaysDisaggPdDecider, _) => PluginSpec::Decider(Decider::Always),
+            (T::DisaggHeadersHandler | T::PrefillHeaderHandler, _) => PluginSpec::HeaderHandler,
+            (T::PrefillFilter, _) => {
+                PluginSpec::Filter(FilterSpec::ByLabel(ByLabel::prefill_role()))
+            }
+            (T::DecodeFilter, _) => PluginSpec::Filter(FilterSpec::ByLabel(ByLabel::decode_role())),
             (T::PrefixCacheScorer, Parameters::ApproxPrefix(p)) => {
                 PluginSpec::Scorer(ScorerSpec::ApproxPrefix(approx(p, &path, index)?))
             }
-            (T::PrefixCacheScorer, _) => PluginSpec::Scorer(ScorerSpec::ApproxPrefix(approx(
-                &ApproxPrefixDoc::default(),
-                &path,
-                index,
-            )?)),
             (T::LoraAffinityScorer, p) => {
                 let d = LoraAffinityParams::default();
                 let (free, waiting) = match p {
@@ -320,13 +338,8 @@ impl PluginDoc {
                 };
                 PluginSpec::Filter(FilterSpec::Model(ModelFilter { adapters }))
             }
-            (T::LabelSelectorFilter, p) => {
-                let empty = LabelSelectorDoc::default();
-                let p = match p {
-                    Parameters::LabelSelector(p) => p,
-                    _ => &empty,
-                };
-                PluginSpec::Filter(FilterSpec::LabelSelector(selector(p, &path)?))
+            (T::LabelSelectorFilter, Parameters::LabelSelector(p)) => {
+                PluginSpec::Filter(FilterSpec::LabelSelector(p.selector(&path)?))
             }
             (T::MaxScorePicker | T::WeightedRandomPicker | T::RandomPicker, p) => {
                 let empty = PickerDoc::default();
@@ -345,6 +358,18 @@ impl PluginDoc {
                     }),
                     seed: p.seed.map_or(PickerSpec::DEFAULT_SEED, |s| s.0),
                 })
+            }
+            (
+                T::PrefixCacheScorer
+                | T::LabelSelectorFilter
+                | T::DisaggProfileHandler
+                | T::PdProfileHandler
+                | T::PrefixBasedPdDecider
+                | T::ByLabel,
+                _,
+            ) => {
+                // Unreachable: `ParametersOf` reads each type's own parameters.
+                return Err(invalid(&path, "parameters of another plugin type"));
             }
         })
     }
@@ -379,22 +404,4 @@ fn approx(
             .lru_capacity_per_server
             .map_or(d.capacity_per_endpoint, |n| n.0 as usize),
     })
-}
-
-fn selector(p: &LabelSelectorDoc, path: &str) -> Result<LabelSelector, Error> {
-    let mut sel = p
-        .selector
-        .as_ref()
-        .map_or_else(LabelSelector::default, |s| s.0.clone());
-    for (k, v) in p.match_labels.iter().flatten() {
-        sel.require_equal(k, v)
-            .map_err(|e| invalid(&format!("{path}.matchLabels.{k}"), e))?;
-    }
-    if sel.is_empty() {
-        return Err(invalid(
-            path,
-            "give a non-empty `selector` or `matchLabels`",
-        ));
-    }
-    Ok(sel)
 }

@@ -16,6 +16,14 @@
 //! | `weighted-random-picker` | picker: random, P ∝ score | `maxNumOfEndpoints` (all), `seed` |
 //! | `random-picker` | picker: uniformly random | `maxNumOfEndpoints` (all), `seed` |
 //! | `single-profile-handler` | accepted for llm-d configs; not referenced by profiles | none |
+//! | `disagg-profile-handler` | P/D: runs the decode profile, then the prefill profile when the decider says so ([`super::disagg`]) | `profiles: {decode, prefill}` (`decode`, `prefill`), `deciders: {prefill}` (none: decode only); llm-d's flat names too |
+//! | `pd-profile-handler` | the same, llm-d's older name | `decodeProfile`, `prefillProfile`, `deciderPluginName` (`prefix-based-pd-decider`), `prefixPluginType`, `prefixPluginName`, `primaryPort` (0) |
+//! | `prefix-based-pd-decider` | decider: disaggregate when ≥ `nonCachedTokens` prompt tokens are not cached on the decode pick | `nonCachedTokens` (0: never) |
+//! | `always-disagg-pd-decider` | decider: always disaggregate | none |
+//! | `prefill-filter` | filter: `llm-d.ai/role` is `prefill`, `encode-prefill`, `prefill-decode`, `both` or `encode-prefill-decode` | none |
+//! | `decode-filter` | filter: `llm-d.ai/role` is `decode`, `prefill-decode`, `both`, `encode-prefill-decode`, or absent | none |
+//! | `by-label` | filter: a label has one of the values | `label`, `validValues`, `allowsNoLabel` (false) |
+//! | `disagg-headers-handler`, `prefill-header-handler` | llm-d's deprecated header writers; kvpick writes `x-prefiller-host-port` itself | `prefillProfile`, `encodeProfile` (unused) |
 //!
 //! Type names follow llm-d's where llm-d has the plugin, and so do parameter names where llm-d
 //! has them (`blockSize`, `maxPrefixBlocksToMatch`, `lruCapacityPerServer`, `matchLabels`,
@@ -25,6 +33,8 @@
 
 use serde::Deserialize;
 
+use super::disagg::HandlerSpec;
+use crate::disagg::Decider;
 use crate::filters::FilterSpec;
 use crate::pickers::PickerSpec;
 use crate::scorers::ScorerSpec;
@@ -38,8 +48,12 @@ pub enum PluginSpec {
     Filter(FilterSpec),
     /// Orders candidates.
     Picker(PickerSpec),
-    /// `single-profile-handler`: accepted for llm-d compatibility; kvpick runs one profile.
-    ProfileHandler,
+    /// Chooses which profiles run: one, or the P/D pair.
+    ProfileHandler(HandlerSpec),
+    /// Decides whether a request is prefilled remotely.
+    Decider(Decider),
+    /// llm-d's deprecated header writers: accepted, no effect.
+    HeaderHandler,
 }
 
 impl PluginSpec {
@@ -49,8 +63,18 @@ impl PluginSpec {
             PluginSpec::Scorer(_) => "a scorer",
             PluginSpec::Filter(_) => "a filter",
             PluginSpec::Picker(_) => "a picker",
-            PluginSpec::ProfileHandler => "a profile handler",
+            PluginSpec::ProfileHandler(_) => "a profile handler",
+            PluginSpec::Decider(_) => "a P/D decider",
+            PluginSpec::HeaderHandler => "a header handler",
         }
+    }
+
+    /// Whether a profile may run it (scorers, filters, pickers).
+    pub fn runs_in_profiles(&self) -> bool {
+        matches!(
+            self,
+            PluginSpec::Scorer(_) | PluginSpec::Filter(_) | PluginSpec::Picker(_)
+        )
     }
 }
 
@@ -72,6 +96,15 @@ pub enum PluginType {
     WeightedRandomPicker,
     RandomPicker,
     SingleProfileHandler,
+    DisaggProfileHandler,
+    PdProfileHandler,
+    PrefixBasedPdDecider,
+    AlwaysDisaggPdDecider,
+    PrefillFilter,
+    DecodeFilter,
+    ByLabel,
+    DisaggHeadersHandler,
+    PrefillHeaderHandler,
 }
 
 /// Every plugin type a config may use, as written.
@@ -90,6 +123,15 @@ pub const PLUGIN_TYPES: &[&str] = &[
     "weighted-random-picker",
     "random-picker",
     "single-profile-handler",
+    "disagg-profile-handler",
+    "pd-profile-handler",
+    "prefix-based-pd-decider",
+    "always-disagg-pd-decider",
+    "prefill-filter",
+    "decode-filter",
+    "by-label",
+    "disagg-headers-handler",
+    "prefill-header-handler",
 ];
 
 impl PluginType {

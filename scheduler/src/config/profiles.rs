@@ -98,10 +98,10 @@ fn resolve<'p>(
                     spec: p.clone(),
                 };
             }
-            PluginSpec::ProfileHandler => {
+            PluginSpec::ProfileHandler(_) | PluginSpec::Decider(_) | PluginSpec::HeaderHandler => {
                 return Err(invalid(
                     &format!("{path}.pluginRef"),
-                    format!("{plugin:?} is a profile handler, not a plugin a profile runs"),
+                    format!("{plugin:?} is {}, not a plugin a profile runs", spec.role()),
                 ));
             }
         }
@@ -136,7 +136,7 @@ pub(super) fn profile(
     resolve(name, refs, plugins)
 }
 
-/// Without `schedulingProfiles`: every plugin (but profile handlers), scorers at weight 1.
+/// Without `schedulingProfiles`: every plugin a profile runs, scorers at weight 1.
 pub(super) fn implicit_profile(plugins: &[(String, PluginSpec)]) -> Result<Profile, Error> {
     let pickers = plugins
         .iter()
@@ -150,7 +150,7 @@ pub(super) fn implicit_profile(plugins: &[(String, PluginSpec)]) -> Result<Profi
     }
     let refs = plugins
         .iter()
-        .filter(|(_, spec)| !matches!(spec, PluginSpec::ProfileHandler))
+        .filter(|(_, spec)| spec.runs_in_profiles())
         .map(|(name, _)| Ok(("schedulingProfiles".to_owned(), name.as_str(), None)));
     resolve("default".to_owned(), refs, plugins)
 }

@@ -212,7 +212,7 @@ fn validation_errors_name_the_field() {
             format!(
                 "{THREE}schedulingProfiles:\n- name: a\n  plugins: []\n- name: b\n  plugins: []\n"
             ),
-            "schedulingProfiles: expected exactly one profile, got 2 (kvpick runs a single profile for now)",
+            "schedulingProfiles: expected exactly one profile, got 2 (several run only under a disagg-profile-handler or pd-profile-handler with a prefill decider)",
         ),
         (
             format!("{THREE}schedulingProfiles:\n- plugins: []\n"),
@@ -220,7 +220,7 @@ fn validation_errors_name_the_field() {
         ),
         (
             "plugins:\n- type: queue-scorer\n- type: foo-scorer\n".into(),
-            "plugins[1].type: unknown variant `foo-scorer`, expected one of precise-prefix-cache-scorer, prefix-cache-scorer, queue-scorer, running-requests-size-scorer, kv-cache-utilization-scorer, lora-affinity-scorer, session-affinity-scorer, predicted-latency-scorer, model-filter, label-selector-filter, max-score-picker, weighted-random-picker, random-picker, single-profile-handler",
+            "plugins[1].type: unknown variant `foo-scorer`, expected one of precise-prefix-cache-scorer, prefix-cache-scorer, queue-scorer, running-requests-size-scorer, kv-cache-utilization-scorer, lora-affinity-scorer, session-affinity-scorer, predicted-latency-scorer, model-filter, label-selector-filter, max-score-picker, weighted-random-picker, random-picker, single-profile-handler, disagg-profile-handler, pd-profile-handler, prefix-based-pd-decider, always-disagg-pd-decider, prefill-filter, decode-filter, by-label, disagg-headers-handler, prefill-header-handler",
         ),
         ("plugins:\n- name: x\n".into(), "plugins[0].type: required"),
         (
@@ -265,7 +265,7 @@ fn validation_errors_name_the_field() {
         ),
         (
             "plugins:\n- type: label-selector-filter\n".into(),
-            "plugins[0].parameters: give a non-empty `selector` or `matchLabels`",
+            "plugins[0].parameters: give a non-empty `selector`, `matchLabels` or `matchExpressions`",
         ),
         (
             "plugins:\n- type: model-filter\n  parameters: {adapters: {base: a}}\n".into(),

@@ -73,6 +73,42 @@ impl LabelSelector {
         Ok(())
     }
 
+    /// Adds one of Kubernetes' `matchExpressions` (`In`, `NotIn`, `Exists`, `DoesNotExist`):
+    /// the set operators need values, the others take none.
+    pub fn require_expression(
+        &mut self,
+        key: &str,
+        operator: &str,
+        values: &[String],
+    ) -> Result<(), SelectorError> {
+        let key = checked(key, "key")?;
+        let values = values
+            .iter()
+            .map(|v| checked(v, "value"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let requirement = match (operator, values.is_empty()) {
+            ("In", false) => Requirement::In(key, values),
+            ("NotIn", false) => Requirement::NotIn(key, values),
+            ("Exists", true) => Requirement::Exists(key),
+            ("DoesNotExist", true) => Requirement::NotExists(key),
+            ("In" | "NotIn", true) => {
+                return Err(SelectorError(format!(
+                    "{operator} needs at least one value"
+                )));
+            }
+            ("Exists" | "DoesNotExist", false) => {
+                return Err(SelectorError(format!("{operator} takes no values")));
+            }
+            _ => {
+                return Err(SelectorError(format!(
+                    "unknown operator {operator:?} (expected In, NotIn, Exists or DoesNotExist)"
+                )));
+            }
+        };
+        self.requirements.push(requirement);
+        Ok(())
+    }
+
     /// Whether `labels` satisfy every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))
@@ -238,6 +274,28 @@ mod tests {
         assert!(s.matches(&labels(&[("role", "decode")])));
         assert!(!s.matches(&labels(&[("role", "prefill")])));
         assert!(s.require_equal("", "x").is_err());
+    }
+
+    #[test]
+    fn match_expressions_are_the_set_operators() {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut s = LabelSelector::default();
+        s.require_expression("role", "In", &v(&["prefill", "both"]))
+            .unwrap();
+        s.require_expression("gpu", "DoesNotExist", &[]).unwrap();
+        assert!(s.matches(&labels(&[("role", "both")])));
+        assert!(!s.matches(&labels(&[("role", "both"), ("gpu", "a")])));
+        assert!(!s.matches(&labels(&[("role", "decode")])));
+        let err = |op: &str, values: &[&str]| {
+            LabelSelector::default()
+                .require_expression("k", op, &v(values))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(err("In", &[]), "In needs at least one value");
+        assert_eq!(err("Exists", &["x"]), "Exists takes no values");
+        assert!(err("in", &["x"]).starts_with("unknown operator \"in\""));
+        assert_eq!(err("NotIn", &["a b"]), "invalid label value \"a b\"");
     }
 
     proptest::proptest! {

@@ -12,12 +12,15 @@
 //! |---|---|
 //! | `model-filter` | [`ModelFilter`]: the endpoint serves the request's model or adapter |
 //! | `label-selector-filter` | [`LabelSelector`]: the endpoint's labels match |
+//! | `prefill-filter`, `decode-filter`, `by-label` | [`ByLabel`]: llm-d's label-value filters, roles for P/D |
 
+mod by_label;
 mod label_selector;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use by_label::{BY_LABEL_FILTER, ByLabel, DECODE_FILTER, PREFILL_FILTER, ROLE_LABEL};
 pub use label_selector::{LabelSelector, SelectorError};
 
 use crate::error::Error;
@@ -72,6 +75,8 @@ pub enum FilterSpec {
     Model(ModelFilter),
     /// `label-selector-filter`.
     LabelSelector(LabelSelector),
+    /// `by-label`, `prefill-filter`, `decode-filter`.
+    ByLabel(ByLabel),
 }
 
 impl FilterSpec {
@@ -80,6 +85,7 @@ impl FilterSpec {
         match self {
             FilterSpec::Model(f) => f.keeps(request.model, candidate),
             FilterSpec::LabelSelector(s) => s.matches(&candidate.endpoint.labels),
+            FilterSpec::ByLabel(f) => f.keeps(&candidate.endpoint.labels),
         }
     }
 
@@ -88,6 +94,7 @@ impl FilterSpec {
         match self {
             FilterSpec::Model(_) => MODEL_FILTER,
             FilterSpec::LabelSelector(_) => LABEL_SELECTOR_FILTER,
+            FilterSpec::ByLabel(f) => f.reason,
         }
     }
 }

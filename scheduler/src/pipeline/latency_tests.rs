@@ -7,6 +7,7 @@ use super::tests::candidates;
 use super::*;
 use crate::events::{BlockStored, EngineHash, EventBatch, KvEvent};
 use crate::pods::PodSignals;
+use crate::request::Prompt;
 use crate::request::Slo;
 use crate::scorers::testing::endpoint;
 
@@ -26,7 +27,7 @@ fn scheduler() -> Scheduler {
 }
 
 /// Endpoint `ep` caches the first `blocks` blocks of `tokens`.
-fn cache(s: &Scheduler, ep: u32, tokens: &[u32], blocks: usize) {
+pub(super) fn cache(s: &Scheduler, ep: u32, tokens: &[u32], blocks: usize) {
     let n = blocks * 16;
     s.index().apply(
         EndpointId::new(ep).unwrap(),

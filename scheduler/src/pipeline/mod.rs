@@ -16,40 +16,43 @@
 //! decision's cost on the primary with [`Scheduler::reserve`] and releases it as the response
 //! goes ([`Scheduler::first_token`], [`Scheduler::release`]); each new scrape a pick sees is
 //! folded in ([`Scheduler::reconcile`]) so that what the pod reports is not counted twice.
+//!
+//! Under a P/D profile handler ([`crate::disagg`]) the steps run for the decode profile; then the
+//! decider reads the decode pick, and when it asks for a remote prefill the prefill profile runs
+//! the same steps over the candidates it keeps (never the decode pod itself), priced as a
+//! prefill-only request ([`disagg`]).
 
 use std::sync::Arc;
 
 use crate::config::EndpointPickerConfig;
+use crate::disagg::{Decider, PdOutcome};
 use crate::error::Error;
-use crate::filters::{self, FilterSpec};
-use crate::index::{KvIndex, PrefixMatches};
-use crate::inflight::{Cost, InFlight, InFlightConfig, ReservationId};
-use crate::keys::{BlockKey, block_keys};
-use crate::latency::{LatencyModel, Prediction};
-use crate::pickers::Picker;
-use crate::pods::{EndpointId, EndpointSet, PodSignals};
+use crate::index::KvIndex;
+use crate::inflight::{InFlight, InFlightConfig, ReservationId};
+use crate::latency::LatencyModel;
+use crate::pods::{EndpointId, PodSignals};
 use crate::profile::EngineProfile;
-use crate::scorers::{
-    Needs, PredictedLatencyParams, ScoreContext, Scorer, ScorerSpec, positions_of,
-};
+use crate::scorers::{PredictedLatencyParams, ScorerSpec};
 use crate::slo::SloVerdict;
 use crate::time::Timestamp;
 
-use crate::decision::{Decision, Ranked};
-use crate::request::{Candidate, EventsState, Prompt, Request};
+use self::stage::{Shared, Side, Stage};
+use crate::decision::Decision;
+use crate::request::{Candidate, Request};
 
-/// The scheduling pipeline of one profile, shared by every request (`Send + Sync`).
+mod pd;
+mod stage;
+
+/// The scheduling pipeline of one profile (or a P/D pair), shared by every request
+/// (`Send + Sync`).
 #[derive(Debug)]
 pub struct Scheduler {
     index: Arc<KvIndex>,
     config: EndpointPickerConfig,
-    filters: Vec<FilterSpec>,
-    scorers: Vec<Box<dyn Scorer>>,
-    weights: Vec<f64>,
-    weight_sum: f64,
-    scorer_names: Vec<Arc<str>>,
-    picker: Picker,
-    needs: Needs,
+    /// The profile that picks the destination (the decode profile under P/D).
+    main: Stage,
+    /// P/D: the prefill profile and the decider that says when it runs.
+    prefill: Option<(Stage, Decider)>,
     inflight: InFlight,
     latency: Option<LatencyModel>,
     /// Profiles calibrated online, by model ([`Scheduler::set_engine_profile`]); a few entries.
@@ -85,17 +88,14 @@ impl Scheduler {
     }
 
     fn build(config: EndpointPickerConfig, index: Arc<KvIndex>) -> Self {
-        let profile = &config.profile;
-        let scorers: Vec<Box<dyn Scorer>> =
-            profile.scorers.iter().map(|s| s.spec.build()).collect();
-        let weights: Vec<f64> = profile.scorers.iter().map(|s| s.weight).collect();
-        let needs = scorers
-            .iter()
-            .fold(Needs::default(), |n, s| n.union(s.needs()));
-        let predicted = profile.scorers.iter().find_map(|s| match &s.spec {
-            ScorerSpec::PredictedLatency(p) => Some(p),
-            _ => None,
-        });
+        let pd = config.disaggregation.as_ref();
+        let predicted = std::iter::once(&config.profile)
+            .chain(pd.map(|d| &d.prefill))
+            .flat_map(|p| &p.scorers)
+            .find_map(|s| match &s.spec {
+                ScorerSpec::PredictedLatency(p) => Some(p),
+                _ => None,
+            });
         let mut inflight = InFlightConfig::default();
         if let Some(p) = predicted {
             inflight.ttl = p.reservation_ttl;
@@ -106,17 +106,9 @@ impl Scheduler {
             expected_output_tokens: predicted.map_or(256, |p| p.expected_output_tokens),
             slo_params: predicted.map(|p| (**p).clone()),
             inflight: InFlight::new(inflight),
-            filters: profile.filters.iter().map(|f| f.spec.clone()).collect(),
-            weight_sum: weights.iter().sum(),
-            weights,
-            scorer_names: profile
-                .scorers
-                .iter()
-                .map(|s| Arc::from(s.name.as_str()))
-                .collect(),
-            picker: Picker::new(profile.picker.spec.clone()),
-            scorers,
-            needs,
+            // The decider reads what the decode pick holds, from the index.
+            main: Stage::new(&config.profile, pd.is_some()),
+            prefill: pd.map(|d| (Stage::new(&d.prefill, false), d.decider.spec)),
             index,
             config,
         }
@@ -134,7 +126,13 @@ impl Scheduler {
 
     /// Names of the scorers, in the order of [`Ranked::scores`].
     pub fn scorer_names(&self) -> &[Arc<str>] {
-        &self.scorer_names
+        &self.main.names
+    }
+
+    /// Names of the prefill profile's scorers under P/D, in the order of the prefill pick's
+    /// [`crate::decision::Ranked::scores`]; empty otherwise.
+    pub fn prefill_scorer_names(&self) -> &[Arc<str>] {
+        self.prefill.as_ref().map_or(&[], |(s, _)| &s.names)
     }
 
     /// The engine profile predictions for `model` use: its own ([`Scheduler::set_engine_profile`])
@@ -205,14 +203,16 @@ impl Scheduler {
     /// the endpoint goes away, before its id is reused; its KV-index entries are the index's
     /// business ([`KvIndex::clear_endpoint`]).
     pub fn forget_endpoint(&self, endpoint: EndpointId) {
-        for scorer in &self.scorers {
-            scorer.forget(endpoint);
+        self.main.forget(endpoint);
+        if let Some((prefill, _)) = &self.prefill {
+            prefill.forget(endpoint);
         }
         self.inflight.forget(endpoint);
     }
 
     /// Ranks the eligible candidates for `request`: primary first, then fallbacks. Candidates
-    /// name distinct endpoints.
+    /// name distinct endpoints. Under P/D the decision also says whether and where the prompt is
+    /// prefilled ([`Decision::pd`]).
     ///
     /// Fails with [`Error::NoEndpoint`] when no candidate is eligible; its reason names the
     /// filter that emptied the set ([`crate::filters`]).
@@ -222,149 +222,53 @@ impl Scheduler {
         candidates: &[Candidate<'_>],
         now: Timestamp,
     ) -> Result<Decision, Error> {
-        let mut eligible = candidates.to_vec();
-        filters::apply(request, &self.filters, &mut eligible)?;
-        self.config.staleness.apply(&mut eligible, now);
-        let mut positions = Vec::new();
-        positions_of(&eligible, &mut positions);
-
-        let block_size = self.index.block_size();
-        let (keys, total_blocks) = match request.prompt {
-            Prompt::Tokens(tokens) => {
-                let total = u32::try_from(block_size.full_blocks(tokens.len())).unwrap_or(u32::MAX);
-                let keys: Vec<BlockKey> = if self.needs.keys || self.needs.lookup {
-                    block_keys(request.partition().root(), tokens, block_size).collect()
-                } else {
-                    Vec::new()
-                };
-                (keys, total)
-            }
-            Prompt::Text(_) | Prompt::Empty => (Vec::new(), 0),
-        };
-        let mut matches = PrefixMatches::default();
-        if self.needs.lookup && !keys.is_empty() {
-            let live: EndpointSet = eligible
-                .iter()
-                .filter(|c| c.events == EventsState::Live)
-                .map(|c| c.endpoint.id)
-                .collect();
-            if !live.is_empty() {
-                self.index.lookup(&keys, &live, &mut matches);
-            }
-        }
-        let prompt_tokens = match request.prompt {
-            Prompt::Tokens(t) => u32::try_from(t.len()).unwrap_or(u32::MAX),
-            // About four characters a token: enough to price an untokenized prompt.
-            Prompt::Text(t) => u32::try_from(t.len() / 4).unwrap_or(u32::MAX),
-            Prompt::Empty => 0,
-        };
-        let output_tokens = request.max_tokens.unwrap_or(self.expected_output_tokens);
-        let costs: Vec<Cost> = eligible
-            .iter()
-            .map(|c| {
-                let cached = matches
-                    .get(c.endpoint.id)
-                    .map_or(0.0, |m| f64::from(m.weighted) * f64::from(block_size.get()));
-                Cost {
-                    prompt_tokens,
-                    cached_tokens: (cached as u32).min(prompt_tokens),
-                    output_tokens,
-                }
-            })
-            .collect();
         let tuned = self.tuned(request.model);
-        let predictions: Vec<Prediction> = match tuned.as_deref().or(self.latency.as_ref()) {
-            Some(model) if self.needs.predict => {
-                for c in &eligible {
-                    self.inflight.reconcile(c.endpoint.id, c.signals);
-                }
-                let loads = self
-                    .inflight
-                    .loads(eligible.iter().map(|c| c.endpoint.id), now);
-                // Arrivals per endpoint: the pool's pick rate spread over the candidates.
-                let arrivals = loads.first().map_or(0.0, |l| l.pick_rate) / n_eligible(&eligible);
-                eligible
-                    .iter()
-                    .zip(&costs)
-                    .zip(&loads)
-                    .map(|((c, cost), load)| model.predict(cost, load, c.signals, arrivals))
-                    .collect()
-            }
-            _ => Vec::new(),
+        let shared = Shared {
+            index: &self.index,
+            inflight: &self.inflight,
+            latency: tuned.as_deref().or(self.latency.as_ref()),
+            expected_output_tokens: self.expected_output_tokens,
         };
+        let staleness = &self.config.staleness;
+        let main = self
+            .main
+            .rank(&shared, Side::Whole, request, candidates, staleness, now)?;
         let slo = match &self.slo_params {
-            Some(p) => SloVerdict::of(&p.slo_for(request.slo, request.objective), &predictions),
+            Some(p) => SloVerdict::of(
+                &p.slo_for(request.slo, request.objective),
+                &main.predictions,
+            ),
             None => SloVerdict::NoObjective,
         };
-        let ctx = ScoreContext {
-            request,
-            candidates: &eligible,
-            costs: &costs,
-            predictions: &predictions,
-            keys: &keys,
-            block_size,
-            matches: &matches,
-            looked_up: self.needs.lookup,
-            positions: &positions,
-            now,
-        };
-
-        let n = eligible.len();
-        let mut scores = vec![0.0; n * self.scorers.len()];
-        let mut totals = vec![0.0; n];
-        for ((scorer, &weight), column) in self
-            .scorers
-            .iter()
-            .zip(&self.weights)
-            .zip(scores.chunks_exact_mut(n))
-        {
-            scorer.score(&ctx, column);
-            for (total, s) in totals.iter_mut().zip(column.iter_mut()) {
-                // A scorer's contract is [0, 1]; hold it to it rather than let NaN rank.
-                *s = if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) };
-                *total += weight * *s;
-            }
-        }
-        if self.weight_sum > 0.0 {
-            for t in &mut totals {
-                *t /= self.weight_sum;
-            }
-        }
-
-        let mut order = Vec::with_capacity(n);
-        self.picker.rank(&totals, &mut order);
-        let ranked: Vec<Ranked> = order
-            .iter()
-            .map(|&i| Ranked {
-                endpoint: eligible[i].endpoint.id,
-                score: totals[i],
-                scores: scores.iter().skip(i).step_by(n).copied().collect(),
-            })
-            .collect();
-        let (Some(primary), Some(&first)) = (ranked.first().map(|r| r.endpoint), order.first())
-        else {
-            return Err(Error::NoEndpoint(filters::NO_CANDIDATES));
-        };
-        for scorer in &self.scorers {
-            scorer.observe(&ctx, primary);
-        }
-        Ok(Decision {
-            matched_blocks: matches
-                .matches
-                .iter()
-                .find(|m| m.endpoint == primary)
-                .map_or(0, |m| m.blocks),
-            total_blocks,
-            ranked,
-            cost: costs.get(first).copied().unwrap_or_default(),
-            predicted: predictions.get(first).copied(),
+        let mut decision = Decision {
+            matched_blocks: main.matched_blocks,
+            total_blocks: main.total_blocks,
+            ranked: main.ranked,
+            cost: main.cost,
+            predicted: main.predicted,
             slo,
-        })
+            pd: PdOutcome::Off,
+        };
+        if let Some((stage, decider)) = &self.prefill {
+            let pd = pd::Step {
+                main: &self.main,
+                prefill: stage,
+                decider,
+                shared: &shared,
+                staleness,
+            };
+            pd.run(request, candidates, &mut decision, now);
+        }
+        Ok(decision)
     }
-}
 
-fn n_eligible(eligible: &[Candidate<'_>]) -> f64 {
-    eligible.len().max(1) as f64
+    /// Reserves the prefill-only request of a disaggregated `decision` on its prefill pod at
+    /// `now`; `None` when it is not disaggregated. Release it like any reservation: its first
+    /// token is the end of its prefill, which is when the decode pod's response starts.
+    pub fn reserve_prefill(&self, decision: &Decision, now: Timestamp) -> Option<ReservationId> {
+        let prefill = decision.pd.prefill()?;
+        Some(self.inflight.reserve(prefill.primary()?, prefill.cost, now))
+    }
 }
 
 #[cfg(test)]
@@ -372,3 +276,6 @@ mod tests;
 
 #[cfg(test)]
 mod latency_tests;
+
+#[cfg(test)]
+mod pd_tests;

@@ -2,6 +2,7 @@ use super::*;
 use crate::index::IndexConfig;
 use crate::keys::BlockSize;
 use crate::pods::{Endpoint, PodSignals};
+use crate::request::{EventsState, Prompt};
 use crate::scorers::testing::endpoint;
 
 fn scheduler(yaml_body: &str) -> Scheduler {
