@@ -10,6 +10,11 @@
 //! ([`InFlight::reconcile`]): what the pod reports beyond the reservations made before the scrape
 //! is *external* load (other pickers, requests sent before this one started), counted once.
 //!
+//! Other replicas of the picker may report their own totals ([`InFlight::fold_peer`],
+//! [`peers`]): they count as reservations do, and a scrape folded in is external only beyond both
+//! as they stood then, so a request a peer sent is counted once (give or take the requests
+//! reported or ended between the scrape and its folding in).
+//!
 //! Bounded: at most `max_reservations` at once (the oldest goes first when full), and per-endpoint
 //! state is a few counters plus that endpoint's prefill queue. Pure: callers pass `now`.
 
@@ -21,44 +26,14 @@ use parking_lot::Mutex;
 use crate::pods::{EndpointId, PodSignals};
 use crate::time::Timestamp;
 
-/// What one request is expected to cost the endpoint it goes to.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Cost {
-    /// Prompt tokens.
-    pub prompt_tokens: u32,
-    /// Of those, tokens expected to hit the endpoint's prefix cache (tier-weighted).
-    pub cached_tokens: u32,
-    /// Tokens it is expected to generate (`max_tokens`, or a configured expectation).
-    pub output_tokens: u32,
-}
+mod cost;
+mod load;
+pub mod peers;
 
-impl Cost {
-    /// Prompt tokens the endpoint must compute: at least one, as vLLM always computes one.
-    pub fn uncached_tokens(&self) -> u32 {
-        self.prompt_tokens.saturating_sub(self.cached_tokens).max(1)
-    }
-
-    /// Attention pairs its prefill computes: each uncached token attends to the cached prefix
-    /// and to the uncached tokens before it. Long prompts spend a large share of their prefill
-    /// here (a 40k-token prompt: ~1.4 s of ~5.4 s on an H100 pair), so the progress of the one
-    /// being computed is measured against it too.
-    pub fn attention_pairs(&self) -> u64 {
-        let own = u64::from(self.uncached_tokens());
-        let cached = u64::from(self.prompt_tokens).saturating_sub(own);
-        own * cached + own * (own + 1) / 2
-    }
-
-    /// KV tokens it holds while decoding, on average over its decode (prompt + half its output).
-    fn mean_context(&self) -> u64 {
-        u64::from(self.prompt_tokens) + u64::from(self.output_tokens) / 2
-    }
-
-    /// KV tokens it adds to the endpoint's cache at its peak: its cached prefix is shared with
-    /// whoever holds it, the rest of the prompt and its output are its own.
-    pub fn kv_tokens(&self) -> u64 {
-        u64::from(self.uncached_tokens()) + u64::from(self.output_tokens)
-    }
-}
+pub use cost::Cost;
+pub use load::{EndpointLoad, RATE_WINDOW};
+use peers::Peers;
+pub use peers::{InFlightTotals, PeerFold, PeerLimits, PeerReport, ReplicaId};
 
 /// A reservation's handle, returned by a pick and given back to release it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,6 +53,8 @@ pub struct InFlightConfig {
     pub ttl: Duration,
     /// Reservations held at most; the oldest is dropped to make room.
     pub max_reservations: usize,
+    /// How other replicas' reports are held.
+    pub peers: PeerLimits,
 }
 
 impl Default for InFlightConfig {
@@ -85,45 +62,10 @@ impl Default for InFlightConfig {
         Self {
             ttl: Duration::from_secs(600),
             max_reservations: 1 << 16,
+            peers: PeerLimits::default(),
         }
     }
 }
-
-/// One endpoint's load as the accounting sees it at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct EndpointLoad {
-    /// Reserved requests not yet past their first token.
-    pub prefill_requests: u32,
-    /// Their uncached prompt tokens, summed.
-    pub prefill_tokens: u64,
-    /// Uncached tokens of the oldest of them (the one the engine is most likely computing).
-    pub head_tokens: u64,
-    /// Attention pairs of the oldest of them ([`Cost::attention_pairs`]).
-    pub head_pairs: u64,
-    /// How long the oldest has been the one computed (since it was picked, or since the previous
-    /// one's first token).
-    pub head_elapsed: Duration,
-    /// Reserved requests decoding.
-    pub decode_requests: u32,
-    /// Their mean KV context (prompt + half the output), summed.
-    pub decode_context: u64,
-    /// KV tokens all reservations add at their peak (uncached prompt + output), summed.
-    pub kv_tokens: u64,
-    /// Waiting requests the last scrape showed beyond the reservations (other pickers' traffic).
-    pub external_waiting: u32,
-    /// Running requests the last scrape showed beyond the reservations.
-    pub external_running: u32,
-    /// Mean uncached prompt tokens of recent reservations anywhere: the guess for external work.
-    pub typical_uncached: u64,
-    /// Mean context of recent reservations anywhere.
-    pub typical_context: u64,
-    /// Picks per second over the whole pool, averaged over the last [`RATE_WINDOW`].
-    pub pick_rate: f64,
-}
-
-/// The time constant of the pick-rate average: long enough that a burst reads as a burst (a
-/// few picks over the window), not as a sustained rate.
-pub const RATE_WINDOW: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -143,6 +85,8 @@ struct PerEndpoint {
     decode_requests: u32,
     decode_context: u64,
     kv_tokens: u64,
+    /// What the last scrape showed beyond this replica's reservations and its peers' reports
+    /// at the time it was folded in.
     external_waiting: u32,
     external_running: u32,
     /// `scraped_at` of the scrape last folded in.
@@ -160,6 +104,7 @@ struct State {
     /// Exponentially decaying pick count / window (picks per second), as of `rate_at`.
     rate: f64,
     rate_at: Timestamp,
+    peers: Peers,
 }
 
 /// The accounting, shared by every pick (`Send + Sync`).
@@ -177,7 +122,10 @@ impl InFlight {
     pub fn new(config: InFlightConfig) -> Self {
         Self {
             config,
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                peers: Peers::new(config.peers),
+                ..State::default()
+            }),
         }
     }
 
@@ -260,7 +208,8 @@ impl InFlight {
     }
 
     /// Folds a scrape of `endpoint` in: what it reports beyond the reservations made before
-    /// `signals.scraped_at` is external load, kept until the next scrape. A scrape already
+    /// `signals.scraped_at` and the peers' reports held now is external load, kept until the
+    /// next scrape (so fold a scrape in soon after it is taken, before later peer reports). A scrape already
     /// folded in (same `scraped_at`) is skipped, so callers may pass every snapshot they see.
     pub fn reconcile(&self, endpoint: EndpointId, signals: &PodSignals) {
         let mut guard = self.state.lock();
@@ -276,15 +225,22 @@ impl InFlight {
             .keys()
             .filter(|id| entries.get(id).is_some_and(|x| x.at <= signals.scraped_at))
             .count() as u32;
-        let decode = e.decode_requests;
-        let total = (signals.waiting + signals.running).saturating_sub(before + decode);
-        e.external_waiting = signals.waiting.saturating_sub(before).min(total);
+        // Peers' requests as last reported: those the scrape shows (bar the few reported or
+        // ended within one round of it). Peers' later picks count on top of it.
+        let peers = s.peers.on(endpoint);
+        let explained = before + e.decode_requests + peers.requests();
+        let total = (signals.waiting + signals.running).saturating_sub(explained);
+        e.external_waiting = signals
+            .waiting
+            .saturating_sub(before + peers.prefill_requests)
+            .min(total);
         e.external_running = total - e.external_waiting;
     }
 
     /// `endpoint`'s load at `now`.
     pub fn load(&self, endpoint: EndpointId, now: Timestamp) -> EndpointLoad {
-        let s = self.state.lock();
+        let mut s = self.state.lock();
+        s.peers.expire(now);
         s.load(endpoint, now)
     }
 
@@ -294,8 +250,54 @@ impl InFlight {
         endpoints: impl Iterator<Item = EndpointId>,
         now: Timestamp,
     ) -> Vec<EndpointLoad> {
-        let s = self.state.lock();
+        let mut s = self.state.lock();
+        s.peers.expire(now);
         endpoints.map(|e| s.load(e, now)).collect()
+    }
+
+    /// Counts `replica`'s `report` in place of its previous one, until it is older than the
+    /// staleness bound ([`PeerLimits`]). Its values are clamped and merged ([`peers`]).
+    pub fn fold_peer(&self, replica: &ReplicaId, report: PeerReport, now: Timestamp) -> PeerFold {
+        self.state.lock().peers.fold(replica, report, now)
+    }
+
+    /// Holds peers' reports to `limits` from now on (the live side learns them from its flags
+    /// after the scheduler is built).
+    pub fn set_peer_limits(&self, limits: PeerLimits) {
+        self.state.lock().peers.set_limits(limits);
+    }
+
+    /// Stops counting `replica`'s report (it said goodbye, or its store is gone).
+    pub fn drop_peer(&self, replica: &ReplicaId) {
+        self.state.lock().peers.remove(replica);
+    }
+
+    /// Replicas whose reports count at `now`.
+    pub fn peers(&self, now: Timestamp) -> usize {
+        let mut s = self.state.lock();
+        s.peers.expire(now);
+        s.peers.len()
+    }
+
+    /// This replica's own totals per endpoint at `now` (peers' left out), with its pick rate:
+    /// what it publishes for the others to fold in. Endpoints it holds nothing on are left out.
+    pub fn report(&self, now: Timestamp) -> PeerReport {
+        let s = self.state.lock();
+        let endpoints = s
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let totals = e.totals();
+                let id = EndpointId::new(u32::try_from(i).ok()?)?;
+                (!totals.is_zero()).then_some((id, totals))
+            })
+            .collect();
+        PeerReport {
+            as_of: now,
+            pick_rate: s.rate_now(now),
+            endpoints,
+        }
     }
 
     /// Reservations held.
@@ -328,10 +330,22 @@ impl InFlight {
         if let Some(e) = s.endpoints.get_mut(endpoint.index()) {
             *e = PerEndpoint::default();
         }
+        s.peers.forget(endpoint);
     }
 }
 
 impl PerEndpoint {
+    /// This replica's reservations here, summed.
+    fn totals(&self) -> InFlightTotals {
+        InFlightTotals {
+            prefill_requests: self.prefill.len() as u32,
+            prefill_tokens: self.prefill_tokens,
+            decode_requests: self.decode_requests,
+            decode_context: self.decode_context,
+            kv_tokens: self.kv_tokens,
+        }
+    }
+
     /// Removes prefill reservation `id`, if it is one.
     fn take_prefill(&mut self, id: u64) {
         if let Some((uncached, _)) = self.prefill.remove(&id) {
@@ -375,39 +389,6 @@ impl State {
     fn rate_now(&self, now: Timestamp) -> f64 {
         let elapsed = now.saturating_since(self.rate_at).as_secs_f64();
         self.rate * (-elapsed / RATE_WINDOW.as_secs_f64()).exp()
-    }
-
-    fn load(&self, endpoint: EndpointId, now: Timestamp) -> EndpointLoad {
-        let typical_uncached = self.typical_uncached.round() as u64;
-        let typical_context = self.typical_context.round() as u64;
-        let pick_rate = self.rate_now(now);
-        let Some(e) = self.endpoints.get(endpoint.index()) else {
-            return EndpointLoad {
-                typical_uncached,
-                typical_context,
-                pick_rate,
-                ..EndpointLoad::default()
-            };
-        };
-        let head = e
-            .prefill
-            .first_key_value()
-            .map_or((0, 0), |(_, &(t, p))| (u64::from(t), p));
-        EndpointLoad {
-            prefill_requests: e.prefill.len() as u32,
-            prefill_tokens: e.prefill_tokens,
-            head_tokens: head.0,
-            head_pairs: head.1,
-            head_elapsed: now.saturating_since(e.head_since),
-            decode_requests: e.decode_requests,
-            decode_context: e.decode_context,
-            kv_tokens: e.kv_tokens,
-            external_waiting: e.external_waiting,
-            external_running: e.external_running,
-            typical_uncached,
-            typical_context,
-            pick_rate,
-        }
     }
 }
 
