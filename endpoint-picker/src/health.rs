@@ -1,8 +1,11 @@
 //! gRPC health (`grpc.health.v1.Health`) for the gateway and Kubernetes probes.
 //!
-//! Services `liveness`, `readiness` and `envoy.service.ext_proc.v3.ExternalProcessor` (and the
-//! server as a whole, `""`). Liveness serves from the start; the other two once discovery has
-//! synced; all go to NOT_SERVING when shutdown begins, so the gateway drains before the port closes.
+//! Services `liveness`, `readiness`, `envoy.service.ext_proc.v3.ExternalProcessor` and
+//! `inference-extension` (and the server as a whole, `""`): the names the endpoint picker charts'
+//! probes and Envoy health checks ask (the charts probe `inference-extension` for both liveness and
+//! readiness with one replica, `liveness`/`readiness` with more). Liveness serves from the start;
+//! the others once discovery has synced, as llm-d's do; all go to NOT_SERVING when shutdown
+//! begins, so the gateway drains before the port closes.
 
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -13,6 +16,10 @@ pub const EXT_PROC: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
 pub const LIVENESS: &str = "liveness";
 /// Kubernetes readiness.
 pub const READINESS: &str = "readiness";
+/// The charts' one-replica probe name (liveness and readiness alike).
+pub const INFERENCE_EXTENSION: &str = "inference-extension";
+/// The services that serve once discovery has synced.
+const READY: [&str; 4] = [READINESS, EXT_PROC, INFERENCE_EXTENSION, ""];
 
 /// Sets the services' statuses as the picker moves through its life.
 #[derive(Clone, Debug)]
@@ -26,7 +33,7 @@ impl Health {
         reporter
             .set_service_status(LIVENESS, ServingStatus::Serving)
             .await;
-        for name in [READINESS, EXT_PROC, ""] {
+        for name in READY {
             reporter
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
@@ -36,7 +43,7 @@ impl Health {
 
     /// Discovery has synced: ready for traffic.
     pub async fn ready(&self) {
-        for name in [READINESS, EXT_PROC, ""] {
+        for name in READY {
             self.reporter
                 .set_service_status(name, ServingStatus::Serving)
                 .await;
@@ -45,7 +52,7 @@ impl Health {
 
     /// Shutdown has begun: nothing serves any more.
     pub async fn shutting_down(&self) {
-        for name in [LIVENESS, READINESS, EXT_PROC, ""] {
+        for name in std::iter::once(LIVENESS).chain(READY) {
             self.reporter
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;

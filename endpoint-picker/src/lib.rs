@@ -9,6 +9,8 @@
 //! - [`router`]: candidates from the pool, then `kvpick_scheduler::Scheduler::pick`; it reserves
 //!   each request's cost on its primary, released as the response ends; [`slo`]: the latency
 //!   objectives of the `x-slo-*` headers.
+//! - [`cluster_policy`]: the InferenceObjectives and InferenceModelRewrites that apply to the
+//!   pool (priorities, latency defaults, model renames before scheduling).
 //! - [`shedding`]: request priority and the saturated pool's 429 for sheddable requests;
 //!   [`flow_control`]: with the `flowControl` gate, the queue where the rest wait for room.
 //! - [`usage`]: token usage read from responses as they stream past; [`prediction`] compares the
@@ -35,6 +37,7 @@ pub mod budget;
 mod byte_count;
 pub mod calibration;
 pub mod clock;
+pub mod cluster_policy;
 pub mod config;
 pub mod discovery;
 mod endpoint_series;
@@ -85,6 +88,8 @@ pub struct Shared {
     pub flow: Option<Arc<flow_control::FlowControl>>,
     /// The memory budget's parts that streams and KV events charge.
     pub budget: budget::Budget,
+    /// The pool's InferenceObjectives and InferenceModelRewrites (empty without a pool).
+    pub policy: Arc<cluster_policy::ClusterPolicy>,
 }
 
 /// What KV-event ingestion ([`kv_events`]) receives from the picker: the pool's

@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    init_logging(&cli.log_format);
+    init_logging(cli.log_json(), cli.chart.log_filter().unwrap_or("info"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -46,15 +46,16 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-fn init_logging(format: &str) {
+/// Logs as `json` or text, filtered by RUST_LOG, else `level` (from `-v`, default info).
+fn init_logging(json: bool, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     // Colour only on a terminal: a log written to a file or a pipe stays plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi);
-    if format == "json" {
+    if json {
         builder.json().init();
     } else {
         builder.init();

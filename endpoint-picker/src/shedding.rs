@@ -12,8 +12,11 @@ use crate::telemetry as t;
 use crate::{Shared, extproc::reply};
 use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 
-/// Names the request's InferenceObjective, whose priority the picker config's `objectives` gives.
+/// Names the request's InferenceObjective (the Inference Extension's name for the header), whose
+/// priority the pool's InferenceObjectives or the picker config's `objectives` give.
 pub const OBJECTIVE_HEADER: &str = "x-gateway-inference-objective";
+/// llm-d's name for [`OBJECTIVE_HEADER`], read first.
+pub const LLM_D_OBJECTIVE_HEADER: &str = "x-llm-d-inference-objective";
 /// A priority as an integer, for requests without a configured objective. Trusting it means
 /// trusting the client, so it is ignored unless `--trust-priority-header` says the gateway sets
 /// or strips it (the shipped Envoy and agentgateway examples strip it).
@@ -85,14 +88,34 @@ pub fn trusted_header<'a>(
     None
 }
 
-/// The request's priority from its headers (objective, then the priority header when trusted,
-/// else 0).
+/// The InferenceObjective the request names, by llm-d's header or the Inference Extension's.
+pub fn objective(headers: Option<&HeaderMap>) -> Option<&str> {
+    reply::header(headers, LLM_D_OBJECTIVE_HEADER)
+        .or_else(|| reply::header(headers, OBJECTIVE_HEADER))
+}
+
+/// The request's priority from its headers: its objective's (the pool's InferenceObjective, else
+/// the picker config's `objectives`), then the priority header when trusted, else 0.
 pub fn priority(shared: &Shared, headers: Option<&HeaderMap>) -> i32 {
+    let named = objective(headers);
+    if let Some(o) = named.and_then(|n| shared.policy.get().objectives.get(n).copied()) {
+        return o.priority;
+    }
     let trusted = shared.router.config().trusted_headers.priority;
-    shared.router.scheduler().config().saturation.priority(
-        reply::header(headers, OBJECTIVE_HEADER),
-        trusted_header(headers, PRIORITY_HEADER, trusted),
-    )
+    shared
+        .router
+        .scheduler()
+        .config()
+        .saturation
+        .priority(named, trusted_header(headers, PRIORITY_HEADER, trusted))
+}
+
+/// The latency objectives the request's InferenceObjective gives (its `kvpick.io/slo-*-ms`
+/// annotations), for those its own headers leave unset.
+pub fn objective_slo(shared: &Shared, objective: Option<&str>) -> kvpick_scheduler::Slo {
+    objective
+        .and_then(|n| shared.policy.get().objectives.get(n).map(|o| o.slo))
+        .unwrap_or_default()
 }
 
 /// The pool's saturation now, also exported as [`t::POOL_SATURATION`] and [`t::POOL_SATURATED`].

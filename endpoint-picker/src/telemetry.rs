@@ -25,6 +25,9 @@ pub const REQUESTS: &str = "kvpick_requests_total";
 /// Time to parse a request and pick its endpoint.
 pub const SCHEDULING: &str = "kvpick_scheduling_duration_seconds";
 /// Fraction of a token prompt's full blocks the chosen endpoint holds.
+/// Requests whose model an InferenceModelRewrite renamed, by rewrite and target model (both
+/// set by whoever may write the pool's rewrites; bounded by `cluster_policy`'s limits).
+pub const MODEL_REWRITES: &str = "kvpick_model_rewrites_total";
 pub const PREFIX_MATCH: &str = "kvpick_prefix_match_ratio";
 /// Requests routed to each `endpoint` (as primary).
 pub const PICKS: &str = "kvpick_endpoint_picks_total";
@@ -188,6 +191,10 @@ fn describe() {
     describe_counter!(
         REQUESTS,
         "Inference requests by outcome and HTTP status code"
+    );
+    describe_counter!(
+        MODEL_REWRITES,
+        "Requests whose model an InferenceModelRewrite renamed, by rewrite and target model"
     );
     describe_histogram!(
         SCHEDULING,

@@ -20,6 +20,7 @@ use crate::Shared;
 use exchange::Exchange;
 
 pub mod exchange;
+// mod model_rewrite; (wired with the exchange split)
 pub mod reply;
 
 /// The ext_proc service over the shared picker state.

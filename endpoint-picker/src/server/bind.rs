@@ -40,7 +40,13 @@ impl Server {
         config.index.secret = index_secret();
         let mut route = settings.route.clone();
         route.staleness = config.staleness.max_signal_age;
-        let tls = settings.tls.clone().map(tls::Tls::new).transpose()?;
+        let tls = settings
+            .tls
+            .clone()
+            .map(|source| {
+                tls::Tls::new(source).map(|t| t.with_plaintext(settings.plaintext_beside_tls))
+            })
+            .transpose()?;
         let clock = Clock::new();
         let index = Arc::new(KvIndex::new(config.index.clone()));
         let pool = Arc::new(Pool::new(index.clone(), clock));
@@ -73,6 +79,7 @@ impl Server {
             clock,
             flow,
             budget: crate::budget::Budget::new(&settings.budget),
+            policy: Arc::default(),
         });
         let kubernetes = match &settings.kubernetes {
             Some(k) => Some(discovery::kubernetes::Discovery::new(

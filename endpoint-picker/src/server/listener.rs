@@ -159,6 +159,13 @@ pub struct Admitted<IO> {
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
+impl<IO> Admitted<IO> {
+    /// The connection underneath (e.g. to peek at its first bytes).
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+}
+
 impl<IO: AsyncRead + Unpin> AsyncRead for Admitted<IO> {
     fn poll_read(
         self: Pin<&mut Self>,

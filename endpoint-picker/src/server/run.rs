@@ -48,13 +48,16 @@ impl Server {
         let incoming = Gate::new("health", side).incoming(self.health);
         tasks.spawn(ok(http2::serve(
             incoming,
-            Routes::new(health_service),
+            Routes::new(health_service.clone()),
             http2::SIDE,
             meter.clone(),
             background.clone(),
         )));
 
-        let routes = Routes::new(ExtProc::new(self.shared.clone()).into_server());
+        // gRPC health on the ext_proc port too: the charts' Envoy health-checks the ext_proc
+        // cluster itself (service envoy.service.ext_proc.v3.ExternalProcessor).
+        let routes = Routes::new(ExtProc::new(self.shared.clone()).into_server())
+            .add_service(health_service);
         if let Some(listener) = self.query.take() {
             // Its own listener (loopback by default): the query API reveals pods, their load and
             // whether a prefix is cached, so whoever reaches the ext_proc port must not reach it.
@@ -147,6 +150,9 @@ impl Server {
         }
 
         if let Some(kube) = self.kubernetes.take() {
+            if let Some(policies) = kube.policy_watch(self.shared.policy.clone()) {
+                tasks.spawn(ok(policies.run(background.clone())));
+            }
             // Ready once the pool and its pods have been listed (and until shutdown).
             let (synced, mut is_synced) = tokio::sync::watch::channel(false);
             tasks.spawn(ok(kube.run(self.pool.clone(), synced, background.clone())));

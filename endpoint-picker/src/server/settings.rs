@@ -36,6 +36,8 @@ pub struct Settings {
     /// TLS for the gRPC listener: PEM files (reloaded when they change) or a self-signed
     /// certificate made at start; `None` serves plaintext.
     pub tls: Option<TlsSource>,
+    /// With `tls`: plaintext connections are served too, told apart by their first byte.
+    pub plaintext_beside_tls: bool,
     /// The endpoints file; `None` leaves the pool to the embedder (tests, benchmarks).
     pub endpoints_file: Option<PathBuf>,
     /// How often the endpoints file is checked.
@@ -109,12 +111,15 @@ impl Settings {
             query: Some(SocketAddr::new(cli.query_address, cli.query_port)),
             health: at(cli.health_port),
             metrics: Some(at(cli.metrics_port)),
-            tls: TlsSource::from_cli(cli),
+            // llm-d's chart sets nothing and expects TLS; kvpick's own manifests expect
+            // plaintext: unset serves both, unless certificate files ask for TLS.
+            tls: (cli.secure_serving != Some(false)).then(|| TlsSource::from_cli(cli)),
+            plaintext_beside_tls: cli.secure_serving.is_none() && cli.cert_path.is_none(),
             endpoints_file: cli.endpoints_file.clone(),
             endpoints_poll: cli.endpoints_poll_interval,
             block_size: BlockSize::new(cli.block_size)
                 .ok_or_else(|| Error::Config("--block-size must be positive".into()))?,
-            scheduler: cli.config.as_deref().map(load_config).transpose()?,
+            scheduler: scheduler_config(cli)?,
             engine_profile: cli
                 .engine_profile
                 .as_deref()
@@ -166,6 +171,7 @@ impl Settings {
             health: lo,
             metrics: None,
             tls: None,
+            plaintext_beside_tls: false,
             endpoints_file: None,
             endpoints_poll: Duration::from_secs(1),
             block_size: BlockSize::DEFAULT,
@@ -210,6 +216,16 @@ fn load_config(path: &std::path::Path) -> Result<EndpointPickerConfig, Error> {
         .map_err(|e| Error::Config(format!("--config {}: {e}", path.display())))?;
     EndpointPickerConfig::parse(&text)
         .map_err(|e| Error::Config(format!("--config {}: {e}", path.display())))
+}
+
+/// The picker config from `--config` (a file) or `--config-text`.
+fn scheduler_config(cli: &Cli) -> Result<Option<EndpointPickerConfig>, Error> {
+    if let Some(text) = cli.chart.config_text.as_deref() {
+        return EndpointPickerConfig::parse(text)
+            .map(Some)
+            .map_err(|e| Error::Config(format!("--config-text: {e}")));
+    }
+    cli.config.as_deref().map(load_config).transpose()
 }
 
 /// Reads and validates an engine profile file (`kvpick-sim calibrate`'s `profile.yaml`).

@@ -3,7 +3,9 @@
 //!
 //! Gateways such as agentgateway always connect to the picker over TLS and do not verify its
 //! certificate, so an in-memory self-signed certificate is all they need (the Gateway API
-//! Inference Extension's own picker does the same). When files are given (cert-manager), the
+//! Inference Extension's own picker does the same). With `--secure-serving` unset the port serves
+//! plaintext beside TLS, told apart by each connection's first byte (a TLS record starts with
+//! 0x16, an HTTP/2 preface with `P`), so both the charts' TLS gateways and a plaintext Envoy work. When files are given (cert-manager), the
 //! certificate is swapped in place for new handshakes as soon as both files parse again;
 //! connections already open keep theirs. Handshakes run concurrently, each bounded in time, so a
 //! slow client cannot hold up the accept loop.
@@ -23,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::listener::{Admitted, Gate};
@@ -35,6 +38,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const ACCEPTED_QUEUE: usize = 64;
 /// Handshakes in progress at once; further connections wait in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 256;
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// A connection as the gRPC server gets it: TLS, or plaintext where that is served too.
+pub type Accepted = Either<TlsStream<Admitted<TcpStream>>, Admitted<TcpStream>>;
 
 /// Where the certificate comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,15 +61,22 @@ pub enum TlsSource {
 }
 
 impl TlsSource {
-    /// What the flags ask for: files when given, else self-signed with `--secure-serving`.
-    pub fn from_cli(cli: &Cli) -> Option<Self> {
+    /// The certificate the flags ask for: files when given (`--cert-path` alone names a
+    /// directory holding `tls.crt` and `tls.key`, as for llm-d), else a self-signed one.
+    pub fn from_cli(cli: &Cli) -> Self {
+        let reload = cli.cert_reload_interval;
         match (&cli.cert_path, &cli.key_path) {
-            (Some(cert), Some(key)) => Some(Self::Files {
+            (Some(cert), Some(key)) => Self::Files {
                 cert: cert.clone(),
                 key: key.clone(),
-                reload: cli.cert_reload_interval,
-            }),
-            _ => cli.secure_serving.then_some(Self::SelfSigned),
+                reload,
+            },
+            (Some(dir), None) => Self::Files {
+                cert: dir.join("tls.crt"),
+                key: dir.join("tls.key"),
+                reload,
+            },
+            _ => Self::SelfSigned,
         }
     }
 }
@@ -87,6 +102,8 @@ pub struct Tls {
     acceptor: TlsAcceptor,
     /// The files' contents the current certificate was made from.
     loaded: Option<(Vec<u8>, Vec<u8>)>,
+    /// Connections that do not start with a TLS record are served as plaintext.
+    plaintext_too: bool,
 }
 
 impl std::fmt::Debug for Tls {
@@ -119,7 +136,14 @@ impl Tls {
             current,
             acceptor: TlsAcceptor::from(Arc::new(config)),
             loaded,
+            plaintext_too: false,
         })
+    }
+
+    /// Serves plaintext connections too (`--secure-serving` unset).
+    pub fn with_plaintext(mut self, plaintext_too: bool) -> Self {
+        self.plaintext_too = plaintext_too;
+        self
     }
 
     /// The certificate chain served now (DER), for tests and logs.
@@ -159,7 +183,7 @@ impl Tls {
         mut self,
         listener: TcpListener,
         gate: Arc<Gate>,
-        accepted: mpsc::Sender<TlsStream<Admitted<TcpStream>>>,
+        accepted: mpsc::Sender<Accepted>,
         stop: CancellationToken,
     ) {
         let every = match &self.source {
@@ -187,7 +211,15 @@ impl Tls {
                     let _ = tcp.set_nodelay(true);
                     let Some(tcp) = gate.wrap(tcp, peer) else { continue };
                     let (acceptor, out, stop) = (self.acceptor.clone(), accepted.clone(), stop.clone());
+                    let plaintext_too = self.plaintext_too;
                     handshakes.spawn(async move {
+                        if plaintext_too && !starts_tls(&tcp, &stop).await {
+                            tokio::select! {
+                                _ = stop.cancelled() => {}
+                                _ = out.send(Either::Right(tcp)) => {}
+                            }
+                            return;
+                        }
                         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
                         let stream = tokio::select! {
                             _ = stop.cancelled() => return,
@@ -205,13 +237,24 @@ impl Tls {
                         };
                         tokio::select! {
                             _ = stop.cancelled() => {}
-                            _ = out.send(stream) => {}
+                            _ = out.send(Either::Left(stream)) => {}
                         }
                     });
                 }
             }
         }
         handshakes.shutdown().await;
+    }
+}
+
+/// Whether the connection's first byte opens a TLS handshake. A connection silent for the
+/// handshake bound, closed, or failing counts as TLS: its handshake then fails as it would.
+async fn starts_tls(tcp: &Admitted<TcpStream>, stop: &CancellationToken) -> bool {
+    let mut first = [0u8; 1];
+    let peek = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.get_ref().peek(&mut first));
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        r = peek => !matches!(r, Ok(Ok(1))) || first[0] == TLS_HANDSHAKE,
     }
 }
 

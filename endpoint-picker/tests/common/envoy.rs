@@ -18,6 +18,7 @@ use super::free_port;
 
 pub struct Envoy {
     pub listen: SocketAddr,
+    admin_port: u16,
     child: Child,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -86,6 +87,7 @@ impl Envoy {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", envoy.display()));
         let mut me = Self {
             listen: SocketAddr::from(([127, 0, 0, 1], listen_port)),
+            admin_port,
             child,
             log,
             _dir: dir,
@@ -115,6 +117,16 @@ impl Envoy {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// An admin page (e.g. `/clusters`) as text.
+    pub async fn admin(&self, path: &str) -> String {
+        let uri: hyper::Uri = format!("http://127.0.0.1:{}{path}", self.admin_port)
+            .parse()
+            .unwrap();
+        let resp = client().get(uri).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
     }
 }
 

@@ -1,5 +1,7 @@
 //! A scripted Kubernetes API server on 127.0.0.1 for discovery tests: real HTTP (hyper), real
-//! Kubernetes JSON. It serves list and watch for pods and InferencePools in one namespace, with
+//! Kubernetes JSON. It serves list and watch for pods, InferencePools, and InferenceObjectives and
+//! InferenceModelRewrites in both their groups (each can be made "not installed": 404), in one
+//! namespace, with
 //! resource versions, label and field selectors (objects moving in or out of a selector are
 //! ADDED/DELETED, as the real watch cache does), BOOKMARKs, 410 Gone for compacted history,
 //! dropped watch connections and injected 500s; and it counts requests so tests wait on facts.
@@ -24,6 +26,53 @@ use tokio_util::sync::CancellationToken;
 pub const NAMESPACE: &str = "ns";
 pub const PODS: &str = "pods";
 pub const POOLS: &str = "inferencepools";
+pub const OBJECTIVES: &str = "inferenceobjectives.llm-d.ai";
+pub const REWRITES: &str = "inferencemodelrewrites.llm-d.ai";
+pub const OLD_OBJECTIVES: &str = "inferenceobjectives.inference.networking.x-k8s.io";
+pub const OLD_REWRITES: &str = "inferencemodelrewrites.inference.networking.x-k8s.io";
+
+/// Every kind served: key, apiVersion, Kind, plural.
+const KINDS: [(&str, &str, &str, &str); 6] = [
+    (PODS, "v1", "Pod", "pods"),
+    (
+        POOLS,
+        "inference.networking.k8s.io/v1",
+        "InferencePool",
+        "inferencepools",
+    ),
+    (
+        OBJECTIVES,
+        "llm-d.ai/v1alpha2",
+        "InferenceObjective",
+        "inferenceobjectives",
+    ),
+    (
+        REWRITES,
+        "llm-d.ai/v1alpha2",
+        "InferenceModelRewrite",
+        "inferencemodelrewrites",
+    ),
+    (
+        OLD_OBJECTIVES,
+        "inference.networking.x-k8s.io/v1alpha2",
+        "InferenceObjective",
+        "inferenceobjectives",
+    ),
+    (
+        OLD_REWRITES,
+        "inference.networking.x-k8s.io/v1alpha2",
+        "InferenceModelRewrite",
+        "inferencemodelrewrites",
+    ),
+];
+
+fn collection_path(api_version: &str, plural: &str) -> String {
+    if api_version == "v1" {
+        format!("/api/v1/namespaces/{NAMESPACE}/{plural}")
+    } else {
+        format!("/apis/{api_version}/namespaces/{NAMESPACE}/{plural}")
+    }
+}
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -47,6 +96,8 @@ struct State {
     requests: HashMap<(&'static str, &'static str), usize>,
     /// The `timeoutSeconds` of every watch, as asked.
     watch_timeouts: Vec<Option<String>>,
+    /// Kinds answered with 404, as when their CRD is not installed.
+    uninstalled: Vec<&'static str>,
 }
 
 /// The server; dropping it stops it.
@@ -108,7 +159,7 @@ impl ApiServer {
         kube::Client::try_from(config).unwrap()
     }
 
-    /// Creates or replaces an object (`kind` is [`PODS`] or [`POOLS`]); returns its version.
+    /// Creates or replaces an object (`kind` is one of [`KINDS`]); returns its version.
     pub fn apply(&self, kind: &'static str, mut object: Value) -> u64 {
         let mut s = self.state.lock();
         s.rv += 1;
@@ -177,6 +228,15 @@ impl ApiServer {
         s.history.clear();
     }
 
+    /// Serves `kind` with 404 (CRD not installed) or again.
+    pub fn set_installed(&self, kind: &'static str, installed: bool) {
+        let mut s = self.state.lock();
+        s.uninstalled.retain(|k| *k != kind);
+        if !installed {
+            s.uninstalled.push(kind);
+        }
+    }
+
     /// Answers every request with 500 (and cuts open watches) until called with false.
     pub fn set_failing(&self, failing: bool) {
         if failing {
@@ -230,15 +290,16 @@ fn handle(
         .query()
         .map(|q| url_pairs(q).collect())
         .unwrap_or_default();
-    let kind = if path == format!("/api/v1/namespaces/{NAMESPACE}/pods") {
-        PODS
-    } else if path
-        == format!("/apis/inference.networking.k8s.io/v1/namespaces/{NAMESPACE}/inferencepools")
-    {
-        POOLS
-    } else {
+    let Some(&(kind, api_version, item_kind, _)) = KINDS
+        .iter()
+        .find(|(_, v, _, plural)| path == collection_path(v, plural))
+    else {
         return full(404, status(404, "NotFound"));
     };
+    if state.lock().uninstalled.contains(&kind) {
+        *state.lock().requests.entry((kind, "missing")).or_default() += 1;
+        return full(404, status(404, "NotFound"));
+    }
     let filter = Filter::new(&query);
     let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     let mut s = state.lock();
@@ -259,14 +320,10 @@ fn handle(
             .filter(|((k, _), o)| *k == kind && filter.matches(o))
             .map(|(_, o)| o.clone())
             .collect();
-        let list_kind = if kind == PODS {
-            "PodList"
-        } else {
-            "InferencePoolList"
-        };
+        let list_kind = format!("{item_kind}List");
         return full(
             200,
-            json!({"kind": list_kind, "apiVersion": "v1",
+            json!({"kind": list_kind, "apiVersion": api_version,
             "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
         );
     }
@@ -317,8 +374,8 @@ fn handle(
                 }
                 Some(_) => continue,
                 None => vec![json!({"type": "BOOKMARK", "object": {
-                    "kind": if kind == PODS { "Pod" } else { "InferencePool" },
-                    "apiVersion": if kind == PODS { "v1" } else { "inference.networking.k8s.io/v1" },
+                    "kind": item_kind,
+                    "apiVersion": api_version,
                     "metadata": {"resourceVersion": last.to_string()}}})],
             };
             for e in lines {

@@ -41,6 +41,7 @@
 //! `serde-saphyr` (pure Rust, panic-free, with input budgets) through `serde_path_to_error` for the
 //! paths; this module then resolves references and builds the scheduler's types.
 
+mod data_layer;
 mod disagg;
 mod document;
 mod filter_doc;

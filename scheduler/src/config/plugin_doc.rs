@@ -8,6 +8,7 @@ use std::num::NonZeroUsize;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 
+use super::data_layer::{ExtractorDoc, MetricsSourceDoc};
 use super::disagg::HandlerSpec;
 use super::disagg::doc::{DisaggHandlerDoc, HeaderHandlerDoc, PdHandlerDoc, PrefixDeciderDoc};
 use super::filter_doc::{ByLabelDoc, LabelSelectorDoc};
@@ -145,6 +146,8 @@ enum Parameters {
     DisaggHandler(DisaggHandlerDoc),
     PdHandler(PdHandlerDoc),
     PrefixDecider(PrefixDeciderDoc),
+    MetricsSource(MetricsSourceDoc),
+    Extractor(ExtractorDoc),
 }
 
 /// Reads `parameters` for a plugin of the given type (`null` reads as absent).
@@ -177,6 +180,8 @@ impl<'de> DeserializeSeed<'de> for ParametersOf {
             T::MaxScorePicker | T::WeightedRandomPicker | T::RandomPicker => {
                 Parameters::Picker(read(d)?)
             }
+            T::MetricsDataSource => Parameters::MetricsSource(read(d)?),
+            T::CoreMetricsExtractor => Parameters::Extractor(read(d)?),
             T::PrecisePrefixCacheScorer
             | T::QueueScorer
             | T::RunningRequestsSizeScorer
@@ -295,6 +300,14 @@ impl PluginDoc {
                 PluginSpec::Filter(FilterSpec::ByLabel(ByLabel::prefill_role()))
             }
             (T::DecodeFilter, _) => PluginSpec::Filter(FilterSpec::ByLabel(ByLabel::decode_role())),
+            (T::MetricsDataSource | T::CoreMetricsExtractor, p) => {
+                match p {
+                    Parameters::MetricsSource(doc) => doc.check(&path)?,
+                    Parameters::Extractor(doc) => doc.check(&path)?,
+                    _ => {}
+                }
+                PluginSpec::DataLayer
+            }
             (T::PrefixCacheScorer, Parameters::ApproxPrefix(p)) => {
                 PluginSpec::Scorer(ScorerSpec::ApproxPrefix(approx(p, &path, index)?))
             }

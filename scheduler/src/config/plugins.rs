@@ -24,6 +24,8 @@
 //! | `decode-filter` | filter: `llm-d.ai/role` is `decode`, `prefill-decode`, `both`, `encode-prefill-decode`, or absent | none |
 //! | `by-label` | filter: a label has one of the values | `label`, `validValues`, `allowsNoLabel` (false) |
 //! | `disagg-headers-handler`, `prefill-header-handler` | llm-d's deprecated header writers; kvpick writes `x-prefiller-host-port` itself | `prefillProfile`, `encodeProfile` (unused) |
+//! | `metrics-data-source` | accepted for llm-d configs: kvpick scrapes `http://pod/metrics` itself | `scheme` (http only), `path` (/metrics only), `insecureSkipVerify` |
+//! | `core-metrics-extractor` | accepted for llm-d configs: kvpick reads vLLM's series | `defaultEngine` (vllm only) |
 //!
 //! Type names follow llm-d's where llm-d has the plugin, and so do parameter names where llm-d
 //! has them (`blockSize`, `maxPrefixBlocksToMatch`, `lruCapacityPerServer`, `matchLabels`,
@@ -54,6 +56,9 @@ pub enum PluginSpec {
     Decider(Decider),
     /// llm-d's deprecated header writers: accepted, no effect.
     HeaderHandler,
+    /// `metrics-data-source`, `core-metrics-extractor`: llm-d's data layer, accepted when it
+    /// asks for what kvpick does anyway ([`super::data_layer`]); not referenced by profiles.
+    DataLayer,
 }
 
 impl PluginSpec {
@@ -66,6 +71,7 @@ impl PluginSpec {
             PluginSpec::ProfileHandler(_) => "a profile handler",
             PluginSpec::Decider(_) => "a P/D decider",
             PluginSpec::HeaderHandler => "a header handler",
+            PluginSpec::DataLayer => "a data source",
         }
     }
 
@@ -105,6 +111,8 @@ pub enum PluginType {
     ByLabel,
     DisaggHeadersHandler,
     PrefillHeaderHandler,
+    MetricsDataSource,
+    CoreMetricsExtractor,
 }
 
 /// Every plugin type a config may use, as written.
@@ -132,6 +140,8 @@ pub const PLUGIN_TYPES: &[&str] = &[
     "by-label",
     "disagg-headers-handler",
     "prefill-header-handler",
+    "metrics-data-source",
+    "core-metrics-extractor",
 ];
 
 impl PluginType {

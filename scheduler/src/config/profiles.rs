@@ -98,7 +98,10 @@ fn resolve<'p>(
                     spec: p.clone(),
                 };
             }
-            PluginSpec::ProfileHandler(_) | PluginSpec::Decider(_) | PluginSpec::HeaderHandler => {
+            PluginSpec::ProfileHandler(_)
+            | PluginSpec::Decider(_)
+            | PluginSpec::HeaderHandler
+            | PluginSpec::DataLayer => {
                 return Err(invalid(
                     &format!("{path}.pluginRef"),
                     format!("{plugin:?} is {}, not a plugin a profile runs", spec.role()),

@@ -220,7 +220,7 @@ fn validation_errors_name_the_field() {
         ),
         (
             "plugins:\n- type: queue-scorer\n- type: foo-scorer\n".into(),
-            "plugins[1].type: unknown variant `foo-scorer`, expected one of precise-prefix-cache-scorer, prefix-cache-scorer, queue-scorer, running-requests-size-scorer, kv-cache-utilization-scorer, lora-affinity-scorer, session-affinity-scorer, predicted-latency-scorer, model-filter, label-selector-filter, max-score-picker, weighted-random-picker, random-picker, single-profile-handler, disagg-profile-handler, pd-profile-handler, prefix-based-pd-decider, always-disagg-pd-decider, prefill-filter, decode-filter, by-label, disagg-headers-handler, prefill-header-handler",
+            "plugins[1].type: unknown variant `foo-scorer`, expected one of precise-prefix-cache-scorer, prefix-cache-scorer, queue-scorer, running-requests-size-scorer, kv-cache-utilization-scorer, lora-affinity-scorer, session-affinity-scorer, predicted-latency-scorer, model-filter, label-selector-filter, max-score-picker, weighted-random-picker, random-picker, single-profile-handler, disagg-profile-handler, pd-profile-handler, prefix-based-pd-decider, always-disagg-pd-decider, prefill-filter, decode-filter, by-label, disagg-headers-handler, prefill-header-handler, metrics-data-source, core-metrics-extractor",
         ),
         ("plugins:\n- name: x\n".into(), "plugins[0].type: required"),
         (

@@ -4,7 +4,8 @@
 //! Structured like kube-rs's controller-rs: [`endpoints`] is the pure part (scope + pods →
 //! [`crate::discovery::Discovered`], tested without an API server) and [`watch`] the loop, which
 //! takes an injected [`kube::Client`] (tests point one at a scripted API server). [`crd`] is the
-//! `InferencePool` type, whose CRD `kvpick-epp crd` prints.
+//! `InferencePool` type, whose CRD `kvpick-epp crd` prints. With a pool, [`PolicyWatch`] also
+//! follows its InferenceObjectives and InferenceModelRewrites ([`crate::cluster_policy`]).
 //!
 //! Per pod, from most to least specific:
 //! - model: the pod's `kvpick.io/model` annotation, else `--model`; a pod with neither is skipped
@@ -24,9 +25,11 @@ use crate::error::Error;
 
 pub mod crd;
 mod endpoints;
+mod policy_watch;
 mod watch;
 
 pub use endpoints::{EndpointDefaults, Scope, Selector};
+pub use policy_watch::PolicyWatch;
 pub use watch::{Discovery, Retry};
 
 /// What discovery watches.

@@ -38,7 +38,7 @@ type Watch<K> = Pin<Box<dyn Stream<Item = Result<Event<K>, watcher::Error>> + Se
 pub const WATCH_TIMEOUT_SECS: u32 = 60;
 
 /// Every watch's settings: bookmarks on (kube's default), the stall bound above.
-fn watch_config() -> watcher::Config {
+pub(super) fn watch_config() -> watcher::Config {
     watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
 }
 
@@ -166,15 +166,40 @@ impl Discovery {
         &self,
         stream: impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
     ) -> Watch<K> {
-        let retry = self.settings.retry;
-        Box::pin(StreamBackoff::new(
-            stream,
-            RetryBackoff {
-                retry,
-                next: retry.min,
-            },
+        backoff_stream(stream, self.settings.retry)
+    }
+
+    /// The watches of the pool's InferenceObjectives and InferenceModelRewrites, publishing
+    /// into `policy`; `None` without a pool (their `poolRef` could name nothing).
+    pub fn policy_watch(
+        &self,
+        policy: Arc<crate::cluster_policy::ClusterPolicy>,
+    ) -> Option<super::PolicyWatch> {
+        let Target::Pool(pool) = &self.settings.target else {
+            return None;
+        };
+        Some(super::PolicyWatch::new(
+            self.client.clone(),
+            self.namespace.clone(),
+            pool.clone(),
+            self.settings.retry,
+            policy,
         ))
     }
+}
+
+/// `stream` retried after errors with `retry`'s backoff.
+pub(super) fn backoff_stream<K: Send + 'static>(
+    stream: impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
+    retry: Retry,
+) -> Watch<K> {
+    Box::pin(StreamBackoff::new(
+        stream,
+        RetryBackoff {
+            retry,
+            next: retry.min,
+        },
+    ))
 }
 
 async fn next<K>(watch: &mut Option<Watch<K>>) -> Option<Result<Event<K>, watcher::Error>> {

@@ -3,6 +3,9 @@
 //! The environment is clap's own (`#[arg(env)]`). [`parse`] reads it; tests parse with
 //! [`parse_ignoring_environment`], a pure function of the arguments, and check the environment by
 //! running the binary with a scoped one (`tests/environment.rs`), never touching their own.
+//!
+//! [`Cli`] declares kvpick's own flags; [`chart`] the endpoint picker charts' flags it accepts
+//! too; [`command`] the `query` subcommand; `validate` the checks clap cannot make.
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,9 +13,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 
-use crate::error::Error;
+pub mod chart;
+mod command;
+mod validate;
+
+pub use chart::ChartFlags;
+pub use command::{Command, Query};
 
 /// KV-cache-aware endpoint picker for vLLM pools behind an Envoy-based gateway.
 ///
@@ -40,31 +48,39 @@ pub struct Cli {
     /// port-forward` or `kubectl exec`); set 0.0.0.0 to expose it, behind a NetworkPolicy.
     #[arg(long, env = "KVPICK_QUERY_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub query_address: IpAddr,
-    /// Port of the gRPC health service (liveness, readiness, ext_proc).
-    #[arg(long, env = "KVPICK_HEALTH_PORT", default_value_t = 9003)]
+    /// Port of the gRPC health service (liveness, readiness, inference-extension, ext_proc).
+    #[arg(
+        long,
+        visible_alias = "grpc-health-port",
+        env = "KVPICK_HEALTH_PORT",
+        default_value_t = 9003
+    )]
     pub health_port: u16,
     /// Port of the Prometheus `/metrics` endpoint.
     #[arg(long, env = "KVPICK_METRICS_PORT", default_value_t = 9090)]
     pub metrics_port: u16,
-    /// TLS certificate (PEM) for the ext_proc port; with --key-path, serves TLS instead of
-    /// plaintext. Both files are re-read when they change (cert-manager renewals), no restart.
-    #[arg(long, env = "KVPICK_CERT_PATH", requires = "key_path")]
+    /// TLS certificate (PEM) for the ext_proc port, with --key-path; without it, a directory
+    /// holding `tls.crt` and `tls.key` (llm-d's meaning, e.g. a mounted Secret). Serves TLS only;
+    /// the files are re-read when they change (cert-manager renewals), no restart.
+    #[arg(long, env = "KVPICK_CERT_PATH")]
     pub cert_path: Option<PathBuf>,
     /// TLS private key (PEM) for the ext_proc port.
     #[arg(long, env = "KVPICK_KEY_PATH", requires = "cert_path")]
     pub key_path: Option<PathBuf>,
-    /// Serve the ext_proc port over TLS with a self-signed certificate made at start, unless
-    /// --cert-path/--key-path give one (gateways that connect over TLS without verifying, such
-    /// as agentgateway, need nothing more).
-    #[arg(long, env = "KVPICK_SECURE_SERVING", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
-    pub secure_serving: bool,
+    /// `true`: the ext_proc port serves TLS only, with a self-signed certificate made at start
+    /// unless --cert-path gives one (gateways that connect over TLS without verifying, such as
+    /// agentgateway and the charts' Envoy and Istio, need nothing more). `false`: plaintext only.
+    /// Unset: either, told apart by the connection's first byte, so gateways that expect llm-d's
+    /// TLS default and plaintext Envoys both work.
+    #[arg(long, env = "KVPICK_SECURE_SERVING", overrides_with = "secure_serving", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub secure_serving: Option<bool>,
     /// How often --cert-path and --key-path are checked for changes.
     #[arg(long, env = "KVPICK_CERT_RELOAD_INTERVAL", default_value = "10s", value_parser = duration)]
     pub cert_reload_interval: Duration,
     /// Picker configuration file (index, staleness, filters, scorers, weights, picker,
     /// saturation, priorities, flow control): llm-d's EndpointPickerConfig YAML; without it,
     /// kvpick's default profile (precise prefix 2, KV utilization 1, queue 1), flow control off.
-    #[arg(long, env = "KVPICK_CONFIG")]
+    #[arg(long, visible_alias = "config-file", env = "KVPICK_CONFIG")]
     pub config: Option<PathBuf>,
     /// Engine profile the predicted-latency scorer prices work with: a `profile.yaml` as
     /// `kvpick-sim calibrate` writes it (replaces the config's `profile` parameter).
@@ -186,55 +202,16 @@ pub struct Cli {
     /// first, then the listeners stop accepting).
     #[arg(long, visible_alias = "drain-timeout", env = "KVPICK_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
-    /// Log format: text or json (filter with RUST_LOG, default info).
-    #[arg(long, env = "KVPICK_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    /// Log format: text or json (`console` is text, as for --zap-encoder); filter with RUST_LOG
+    /// or -v, default info.
+    #[arg(long, visible_alias = "zap-encoder", env = "KVPICK_LOG_FORMAT", default_value = "text", value_parser = ["text", "json", "console"])]
     pub log_format: String,
+    /// The endpoint picker charts' flags.
+    #[command(flatten)]
+    pub chart: ChartFlags,
     /// Query a running kvpick-epp instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Ask a running kvpick-epp (its kvpick.v1.Index API) without routing anything.
-    Query {
-        /// The server's query API URL (its --query-port).
-        #[arg(
-            long,
-            env = "KVPICK_QUERY_SERVER",
-            default_value = "http://127.0.0.1:9004"
-        )]
-        server: String,
-        /// What to ask.
-        #[command(subcommand)]
-        what: Query,
-    },
-}
-
-/// Queries.
-#[derive(Debug, Subcommand)]
-pub enum Query {
-    /// Each endpoint's matched blocks and scores for a prompt.
-    Score {
-        /// The model (or LoRA adapter) the prompt is for.
-        #[arg(long)]
-        model: String,
-        /// The prompt as comma-separated token ids.
-        #[arg(long, value_delimiter = ',', conflicts_with = "text")]
-        tokens: Vec<u32>,
-        /// The prompt as text.
-        #[arg(long)]
-        text: Option<String>,
-        /// vLLM cache_salt.
-        #[arg(long)]
-        cache_salt: Option<String>,
-        /// Only these endpoints (ip:port, comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        candidates: Vec<String>,
-    },
-    /// Every endpoint with its signals, staleness and blocks held.
-    Endpoints,
 }
 
 /// Parses a duration flag: kvpick's one syntax ([`kvpick_scheduler::duration`]).
@@ -266,225 +243,5 @@ where
     Cli::from_arg_matches(&cmd.try_get_matches_from(args)?)
 }
 
-impl Cli {
-    /// The memory budget the flags ask for.
-    pub fn budget(&self) -> crate::budget::BudgetConfig {
-        crate::budget::BudgetConfig {
-            total: self.memory_budget,
-            max_streams: self.max_streams,
-            max_connections: self.max_connections.unwrap_or_else(|| {
-                crate::budget::BudgetConfig::default_max_connections(self.memory_budget)
-            }),
-        }
-    }
-
-    /// Checks what clap cannot: combinations and bounds.
-    pub fn validate(&self) -> Result<(), Error> {
-        crate::discovery::kubernetes::KubeSettings::from_cli(self)?;
-        if self.block_size == 0 {
-            return Err(Error::Config("--block-size must be positive".into()));
-        }
-        if self.refresh_metrics_interval.is_zero()
-            || self.endpoints_poll_interval.is_zero()
-            || self.cert_reload_interval.is_zero()
-        {
-            return Err(Error::Config("intervals must be positive".into()));
-        }
-        let budget = self.budget();
-        if self.max_streams == 0
-            || budget.max_connections == 0
-            || budget.body_bytes() < self.max_body_bytes
-        {
-            return Err(Error::Config(format!(
-                "--memory-budget {} leaves {} bytes for request bodies once --max-streams {} \
-                 streams have their 64 KiB each and --max-connections {} connections their \
-                 {} KiB, less than one --max-body-bytes body ({})",
-                self.memory_budget,
-                budget.body_bytes(),
-                self.max_streams,
-                budget.max_connections,
-                crate::budget::CONNECTION_BYTES >> 10,
-                self.max_body_bytes
-            )));
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
-        parse_ignoring_environment(std::iter::once("kvpick-epp").chain(args.iter().copied()))
-    }
-
-    #[test]
-    fn defaults() {
-        let c = cli(&[]).unwrap();
-        assert_eq!(
-            (c.grpc_port, c.health_port, c.metrics_port),
-            (9002, 9003, 9090)
-        );
-        // The query API is on its own port, loopback only unless exposed.
-        assert_eq!(
-            (c.query_port, c.query_address),
-            (9004, IpAddr::V4(Ipv4Addr::LOCALHOST))
-        );
-        assert!(!c.tokenize.trust_request_chat_template);
-        assert!(!c.trust_priority_header && !c.trust_fairness_header);
-        assert_eq!(c.refresh_metrics_interval, Duration::from_millis(50));
-        assert_eq!(c.max_body_bytes, 16 << 20);
-        assert_eq!(c.body_timeout, Duration::from_secs(60));
-        assert_eq!((c.memory_budget, c.max_streams), (3 << 30, 4096));
-        assert!(!c.emit_scores && c.command.is_none());
-        c.validate().unwrap();
-    }
-
-    #[test]
-    fn flags_set_the_fields() {
-        let c = cli(&[
-            "--grpc-port",
-            "7000",
-            "--health-port=7001",
-            "--emit-scores",
-            "--metrics-staleness-threshold",
-            "250ms",
-            "--endpoints-file",
-            "/tmp/e.yaml",
-        ])
-        .unwrap();
-        assert_eq!((c.grpc_port, c.health_port), (7000, 7001));
-        assert!(c.emit_scores);
-        assert_eq!(c.metrics_staleness_threshold, Duration::from_millis(250));
-        assert_eq!(c.endpoints_file, Some(PathBuf::from("/tmp/e.yaml")));
-    }
-
-    #[test]
-    fn kv_events_and_tokenizer_flags_reach_the_settings() {
-        use crate::server::Settings;
-        use kvpick_tokenize::ModelSource;
-        // Defaults: connect mode from the endpoints file only, no tokenizer.
-        let s = Settings::from_cli(&cli(&[]).unwrap()).unwrap();
-        assert_eq!(
-            (s.kv_events_bind.as_deref(), s.kv_events.publisher_port),
-            (None, None)
-        );
-        assert!(!s.tokenize.enabled());
-        assert_eq!(s.tokenize.timeout, Duration::from_millis(200));
-        let c = cli(&[
-            "--tokenizer",
-            "lora-a=@base",
-            "--kv-events-queue",
-            "99",
-            "--kv-events-bind=tcp://*:6000",
-            "--kv-events-bind-ranks=2",
-            "--kv-events-port=6100",
-            "--kv-replay-port=6200",
-            "--kv-events-workers=3",
-            "--kv-tier-weights=1,0.5,0.25",
-            "--tokenizers-dir=/models",
-            "--tokenize-timeout=1.5s",
-            "--tokenize-cache-bytes=64Mi",
-        ])
-        .unwrap();
-        let s = Settings::from_cli(&c).unwrap();
-        assert_eq!(s.kv_events_bind.as_deref(), Some("tcp://*:6000"));
-        let kv = &s.kv_events;
-        assert_eq!((kv.bind_ranks, kv.workers, kv.queue_capacity), (2, 3, 99));
-        assert_eq!(
-            (kv.publisher_port, kv.replay_port),
-            (Some(6100), Some(6200))
-        );
-        assert_eq!(s.tier_weights, Some([1.0, 0.5, 0.25]));
-        let t = &s.tokenize;
-        assert_eq!(t.registry.dir, Some(PathBuf::from("/models")));
-        assert_eq!(
-            t.registry.models,
-            vec![("lora-a".to_owned(), ModelSource::Alias("base".into()))]
-        );
-        assert_eq!(
-            (t.timeout, t.cache_bytes),
-            (Duration::from_millis(1500), 64 << 20)
-        );
-        // A comma list (as KVPICK_TOKENIZER gives it): a default directory plus a named model.
-        let c = cli(&["--tokenizer=/tok/default,base=/tok/base"]).unwrap();
-        let t = Settings::from_cli(&c).unwrap().tokenize;
-        assert_eq!(t.registry.models.len(), 2);
-        assert_eq!(
-            t.registry.models[0].1,
-            ModelSource::Dir("/tok/default".into())
-        );
-        assert_eq!(
-            t.registry.models[1],
-            ("base".to_owned(), ModelSource::Dir("/tok/base".into()))
-        );
-        let two_defaults = cli(&["--tokenizer", "/a", "--tokenizer", "/b"]).unwrap();
-        assert!(Settings::from_cli(&two_defaults).is_err());
-        assert!(Settings::from_cli(&cli(&["--kv-tier-weights", "2,1,1"]).unwrap()).is_err());
-    }
-
-    #[test]
-    fn bad_values_are_errors() {
-        assert!(cli(&["--grpc-port", "x"]).is_err());
-        assert!(cli(&["--refresh-metrics-interval", "50"]).is_err());
-        assert!(cli(&["--cert-path", "c.pem"]).is_err(), "key required");
-        let c = cli(&["--pool-name", "p", "--endpoints-file", "e.yaml"]).unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("exclude"));
-        let c = cli(&["--memory-budget", "32Mi"]).unwrap();
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("--memory-budget")
-        );
-        assert!(cli(&["--memory-budget", "lots"]).is_err());
-    }
-
-    #[test]
-    fn query_subcommand() {
-        let c = cli(&[
-            "--grpc-port=7000",
-            "query",
-            "--server",
-            "http://h:1",
-            "score",
-            "--model",
-            "m",
-            "--tokens",
-            "1,2,3",
-        ])
-        .unwrap();
-        let Some(Command::Query {
-            server,
-            what: Query::Score { tokens, model, .. },
-        }) = c.command
-        else {
-            panic!("{c:?}")
-        };
-        assert_eq!(
-            (server.as_str(), model.as_str(), tokens),
-            ("http://h:1", "m", vec![1, 2, 3])
-        );
-        assert_eq!(c.grpc_port, 7000);
-        let c = cli(&["query", "endpoints"]).unwrap();
-        let Some(Command::Query {
-            server,
-            what: Query::Endpoints,
-        }) = c.command
-        else {
-            panic!()
-        };
-        assert_eq!(server, "http://127.0.0.1:9004", "the query port's default");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(duration("ms").is_err());
-        let bare = duration("200").unwrap_err();
-        assert!(bare.contains("unit"), "{bare}");
-    }
-}
+mod tests;
