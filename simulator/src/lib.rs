@@ -6,6 +6,7 @@
 //! - [`engine`]: one simulated vLLM engine, a pure state machine: continuous batching with chunked
 //!   prefill, a paged KV cache with automatic prefix caching, preemption by recompute, KV events.
 //! - [`policy`]: the routing policies under test, config-driven ones through `Scheduler::pick`.
+//! - [`replicas`]: several picker replicas behind one gateway, each with its own view.
 //! - [`des`]: the discrete-event loop that wires trace, policy and engines together in simulated time;
 //!   [`admission`]: the picker's flow control (`featureGates: [flowControl]`) in that time.
 //! - [`metrics`] and [`report`]: what a run measured, as a table, JSON and SVG plots.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod lru;
 pub mod metrics;
 pub mod policy;
+pub mod replicas;
 pub mod report;
 pub mod trace;
 pub mod tune;

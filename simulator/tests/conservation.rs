@@ -89,6 +89,7 @@ proptest! {
             sample_interval_us: 50_000,
             seed,
             check_invariants: true,
+            replicas: Default::default(),
         };
         let r = run(&trace, &policy, &cfg, None).unwrap();
         prop_assert_eq!(r.violation, None);

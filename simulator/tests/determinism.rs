@@ -26,6 +26,7 @@ fn summaries(threads: usize, seed: u64) -> Vec<String> {
         sample_interval_us: 1_000_000,
         seed,
         check_invariants: false,
+        replicas: Default::default(),
     };
     let policies: Vec<PolicySpec> = BUILTIN.iter().map(|p| p.parse().unwrap()).collect();
     run_many(&trace, &policies, &cfg, threads, None)

@@ -64,6 +64,7 @@ fn the_backlog_waits_in_the_router_and_past_the_ttl_is_refused() {
         sample_interval_us: 10_000,
         seed: 1,
         check_invariants: false,
+        replicas: Default::default(),
     };
     let gate = "featureGates: [flowControl]\n";
     let policies = [

@@ -44,6 +44,7 @@ fn precise_beats_approx_beats_random_and_round_robin() {
         sample_interval_us: 0,
         seed: 1,
         check_invariants: false,
+        replicas: Default::default(),
     };
     let policies = [
         PolicySpec::PrecisePrefix,

@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kvpick_scheduler::PodSignals;
 use kvpick_scheduler::events::EventBatch;
 
-use crate::admission::{self, Admission, Verdict};
+use crate::admission::{self, Verdict};
 use crate::clock::SimTime;
 use crate::engine::{Engine, EngineRequest, EngineStats, Profile, RequestId};
 use crate::error::SimError;
 use crate::metrics::{LogHistogram, Recorder, RequestRecord, Sample};
-use crate::policy::{PolicySpec, PoolShape, Router};
+use crate::policy::{PolicySpec, PoolShape};
+use crate::replicas::{ReplicaSetup, Replicas};
 use crate::trace::Trace;
 
 mod parallel;
@@ -44,6 +45,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// Check every engine's bookkeeping after each step (slow; for tests).
     pub check_invariants: bool,
+    /// The picker replicas in front of the engines (default: one).
+    pub replicas: ReplicaSetup,
 }
 
 /// Everything one policy's run produced.
@@ -69,29 +72,32 @@ pub struct RunResult {
     pub index_entries: Option<Vec<usize>>,
     /// The first broken engine invariant, when checking was on.
     pub violation: Option<String>,
+    /// Requests each picker replica routed.
+    pub routed_per_replica: Vec<u64>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     StepDone(u32),
-    Deliver(u32),
-    Scrape,
+    /// The oldest undelivered event batch of `engine` reaches index view `view`.
+    Deliver {
+        engine: u32,
+        view: u32,
+    },
+    /// A replica's scrape of every engine.
+    Scrape(u32),
     Sample,
-    /// Flow control's dispatch round, while requests wait.
-    Dispatch,
+    /// A replica's flow-control dispatch round, while requests wait there.
+    Dispatch(u32),
 }
 
 struct Loop<'a> {
     trace: &'a Trace,
     cfg: &'a SimConfig,
-    router: Router,
-    /// Flow control, when the policy's picker config turns it on.
-    admission: Option<Admission>,
-    /// A [`Event::Dispatch`] is on the heap.
-    dispatching: bool,
+    pickers: Replicas,
     engines: Vec<Engine>,
     busy: Vec<bool>,
-    signals: Vec<PodSignals>,
+    /// Event batches on their way, per (index view, engine): `view · engines + engine`.
     inflight: Vec<VecDeque<EventBatch>>,
     pending_deliveries: usize,
     heap: BinaryHeap<Reverse<(SimTime, u64, Event)>>,
@@ -122,7 +128,6 @@ pub fn run(
             .ok_or_else(|| SimError::InvalidConfig("block size must be positive".into()))?,
         profile: cfg.profile.clone(),
     };
-    let router = Router::new(policy, &shape, cfg.seed)?;
     let engines = (0..cfg.engines)
         .map(|i| {
             let seed = crate::trace::tokens::content_id("engine-hash-seed", &[cfg.seed, i as u64]);
@@ -139,17 +144,15 @@ pub fn run(
             ..Default::default()
         })
         .collect();
-    let admission = router.picker_config().and_then(Admission::new);
+    let signals: Vec<PodSignals> = engines.iter().map(|e| e.signals(SimTime::ZERO)).collect();
+    let pickers = Replicas::new(policy, &shape, &cfg.replicas, &signals, cfg.seed)?;
     let mut l = Loop {
         trace,
         cfg,
-        router,
-        admission,
-        dispatching: false,
         busy: vec![false; cfg.engines],
-        signals: engines.iter().map(|e| e.signals(SimTime::ZERO)).collect(),
         engines,
-        inflight: vec![VecDeque::new(); cfg.engines],
+        inflight: vec![VecDeque::new(); cfg.engines * cfg.replicas.index_views()],
+        pickers,
         pending_deliveries: 0,
         heap: BinaryHeap::new(),
         seq: 0,
@@ -163,7 +166,10 @@ pub fn run(
         violation: None,
     };
     if cfg.metrics_interval_us > 0 {
-        l.push(SimTime::ZERO, Event::Scrape);
+        for r in 0..cfg.replicas.count {
+            let phase = cfg.replicas.scrape_phase_us(cfg.metrics_interval_us, r);
+            l.push(SimTime::ZERO.plus_micros(phase), Event::Scrape(r as u32));
+        }
     }
     if cfg.sample_interval_us > 0 {
         l.push(SimTime::ZERO, Event::Sample);
@@ -182,8 +188,9 @@ pub fn run(
             .iter()
             .map(|e| e.cache().cached_blocks())
             .collect(),
-        index_entries: l.router.index_entries(),
+        index_entries: l.pickers.index_entries(),
         violation: l.violation,
+        routed_per_replica: l.pickers.routed_per_replica(),
     })
 }
 
@@ -197,7 +204,7 @@ impl Loop<'_> {
         next_arrival < self.trace.requests.len()
             || self.busy.iter().any(|&b| b)
             || self.pending_deliveries > 0
-            || self.admission.as_ref().is_some_and(|a| !a.is_empty())
+            || self.pickers.queued()
     }
 
     fn run(&mut self, progress: Option<&AtomicU64>) -> Result<SimTime, SimError> {
@@ -239,78 +246,83 @@ impl Loop<'_> {
         Ok(now)
     }
 
-    /// Signals as of now when scrapes are instant (`metrics_interval_us` 0).
-    fn refresh_signals(&mut self, now: SimTime) {
+    /// Replica `r`'s signals as of now when scrapes are instant (`metrics_interval_us` 0).
+    fn refresh_signals(&mut self, r: usize, now: SimTime) {
         if self.cfg.metrics_interval_us == 0 {
-            self.scrape(now);
+            self.scrape(r, now);
         }
     }
 
-    /// Every engine's signals as of `now`, folded into the router's in-flight accounting.
-    fn scrape(&mut self, now: SimTime) {
-        for (i, (s, e)) in self.signals.iter_mut().zip(&self.engines).enumerate() {
+    /// Replica `r`'s scrape: every engine's signals as of `now`, folded into its in-flight
+    /// accounting.
+    fn scrape(&mut self, r: usize, now: SimTime) {
+        let replica = self.pickers.get_mut(r);
+        for (i, (s, e)) in replica.signals.iter_mut().zip(&self.engines).enumerate() {
             *s = e.signals(now);
-            self.router.observe_signals(i, s);
+            replica.router.observe_signals(i, s);
         }
     }
 
     fn arrive(&mut self, i: usize, now: SimTime) -> Result<(), SimError> {
-        self.refresh_signals(now);
-        let verdict = match &mut self.admission {
+        let r = self.pickers.assign(i);
+        self.refresh_signals(r, now);
+        let replica = self.pickers.get_mut(r);
+        let verdict = match &mut replica.admission {
             None => Verdict::Route,
-            Some(a) => a.arrive(i, &self.signals, now),
+            Some(a) => a.arrive(i, &replica.signals, now),
         };
         match verdict {
-            Verdict::Route => self.route(i, now),
+            Verdict::Route => self.route(i, r, now),
             Verdict::Rejected => {
                 self.rec.records[i].rejected = true;
                 Ok(())
             }
             Verdict::Queued => {
-                if !self.dispatching {
-                    self.dispatching = true;
-                    self.push(now, Event::Dispatch);
+                if !std::mem::replace(&mut replica.dispatching, true) {
+                    self.push(now, Event::Dispatch(r as u32));
                 }
                 Ok(())
             }
         }
     }
 
-    /// Flow control's round: refuse what expired, route what the pool has room for.
-    fn dispatch(&mut self, now: SimTime) -> Result<(), SimError> {
-        self.refresh_signals(now);
-        let Some(a) = &mut self.admission else {
+    /// Replica `r`'s flow-control round: refuse what expired, route what the pool has room for.
+    fn dispatch(&mut self, r: usize, now: SimTime) -> Result<(), SimError> {
+        self.refresh_signals(r, now);
+        let replica = self.pickers.get_mut(r);
+        let Some(a) = &mut replica.admission else {
             return Ok(());
         };
-        let released = a.release(&self.signals, now);
+        let released = a.release(&replica.signals, now);
         let waiting = !a.is_empty();
+        replica.dispatching = waiting;
         for i in released.expired {
             self.rec.records[i].rejected = true;
         }
         for i in released.route {
-            self.route(i, now)?;
+            self.route(i, r, now)?;
         }
-        self.dispatching = waiting;
         if waiting {
             self.push(
                 now.plus_micros(admission::DISPATCH_TICK_US),
-                Event::Dispatch,
+                Event::Dispatch(r as u32),
             );
         }
         Ok(())
     }
 
-    /// Picks request `i`'s engine and hands it over.
-    fn route(&mut self, i: usize, now: SimTime) -> Result<(), SimError> {
+    /// Replica `r` picks request `i`'s engine and hands it over.
+    fn route(&mut self, i: usize, r: usize, now: SimTime) -> Result<(), SimError> {
         let req = &self.trace.requests[i];
         req.prompt.materialize(&mut self.tokens);
-        let routed = self.router.pick(
+        let replica = self.pickers.get_mut(r);
+        let routed = replica.router.pick(
             i,
             &self.tokens,
             req.lora.as_deref(),
             req.session.as_deref(),
             req.output_tokens,
-            &self.signals,
+            &replica.signals,
             now,
         )?;
         let e = routed.engine;
@@ -325,13 +337,32 @@ impl Loop<'_> {
         };
         if self.engines[e].add_request(engine_req).is_err() {
             self.rec.records[i].unfit = true;
-            self.router.release(i, now);
+            self.pickers.release(i, now);
             return Ok(());
         }
         if !self.busy[e] {
             self.start_step(e, now);
         }
         Ok(())
+    }
+
+    /// Engine `e`'s event batch, on its way to index view `view`.
+    fn send_events(&mut self, view: usize, e: usize, batch: EventBatch, now: SimTime) {
+        let latency = (self.cfg.replicas).event_latency_us(self.cfg.kv_event_latency_us, view);
+        if latency == 0 {
+            self.pickers.apply_events(view, e, &batch);
+            self.event_batches += 1;
+        } else {
+            self.inflight[view * self.cfg.engines + e].push_back(batch);
+            self.pending_deliveries += 1;
+            self.push(
+                now.plus_micros(latency),
+                Event::Deliver {
+                    engine: e as u32,
+                    view: view as u32,
+                },
+            );
+        }
     }
 
     fn start_step(&mut self, e: usize, now: SimTime) {
@@ -346,15 +377,15 @@ impl Loop<'_> {
 
     fn handle(&mut self, ev: Event, now: SimTime, next_arrival: usize) -> Result<(), SimError> {
         match ev {
-            Event::Dispatch => self.dispatch(now)?,
+            Event::Dispatch(r) => self.dispatch(r as usize, now)?,
             Event::StepDone(e) => {
                 let e = e as usize;
                 self.engines[e].finish_step(now, &mut self.rec);
                 for (req, finished, at) in std::mem::take(&mut self.rec.lifecycle) {
                     if finished {
-                        self.router.release(req.0 as usize, at);
+                        self.pickers.release(req.0 as usize, at);
                     } else {
-                        self.router.first_token(req.0 as usize, at);
+                        self.pickers.first_token(req.0 as usize, at);
                     }
                 }
                 if self.cfg.check_invariants && self.violation.is_none() {
@@ -363,37 +394,34 @@ impl Loop<'_> {
                         .err()
                         .map(|v| format!("engine {e} at {now:?}: {v}"));
                 }
-                let wants = self.router.wants_events();
-                for batch in std::mem::take(&mut self.rec.outbox) {
-                    if !wants {
-                        continue;
-                    }
-                    if self.cfg.kv_event_latency_us == 0 {
-                        self.router.apply_events(e, &batch);
-                        self.event_batches += 1;
-                    } else {
-                        self.inflight[e].push_back(batch);
-                        self.pending_deliveries += 1;
-                        self.push(
-                            now.plus_micros(self.cfg.kv_event_latency_us),
-                            Event::Deliver(e as u32),
-                        );
+                let outbox = std::mem::take(&mut self.rec.outbox);
+                if self.pickers.wants_events() {
+                    let views = self.cfg.replicas.index_views();
+                    for batch in outbox {
+                        for view in 1..views {
+                            self.send_events(view, e, batch.clone(), now);
+                        }
+                        self.send_events(0, e, batch, now);
                     }
                 }
                 self.start_step(e, now);
             }
-            Event::Deliver(e) => {
-                let e = e as usize;
-                if let Some(batch) = self.inflight[e].pop_front() {
-                    self.router.apply_events(e, &batch);
+            Event::Deliver { engine, view } => {
+                let (e, view) = (engine as usize, view as usize);
+                let channel = view * self.cfg.engines + e;
+                if let Some(batch) = self.inflight[channel].pop_front() {
+                    self.pickers.apply_events(view, e, &batch);
                     self.event_batches += 1;
                     self.pending_deliveries -= 1;
                 }
             }
-            Event::Scrape => {
-                self.scrape(now);
+            Event::Scrape(r) => {
+                self.scrape(r as usize, now);
                 if self.active(next_arrival) {
-                    self.push(now.plus_micros(self.cfg.metrics_interval_us), Event::Scrape);
+                    self.push(
+                        now.plus_micros(self.cfg.metrics_interval_us),
+                        Event::Scrape(r),
+                    );
                 }
             }
             Event::Sample => {

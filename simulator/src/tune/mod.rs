@@ -6,9 +6,12 @@
 //! `Scheduler` as production, on every seed of the workload, next to the current config. Points
 //! are ranked by the mean of the [`Objective`] over seeds; the spread over seeds and the paired
 //! gain against the current config (same seeds, same traces) say whether a difference is real.
-//! Runs of one seed go in parallel across cores through [`des::run_many`] (bounded by `jobs`).
+//! Runs of one seed go in parallel across cores through [`des::run_many`] (bounded by `jobs`);
+//! a search too large for one machine runs as shards, each its own process ([`shard`]), whose
+//! results merge into the same ranking.
 
 pub mod output;
+pub mod shard;
 mod space;
 
 pub use space::{DEFAULT_SPACE, Param, SCORERS, Search, Space, points};
@@ -16,7 +19,7 @@ pub use space::{DEFAULT_SPACE, Param, SCORERS, Search, Space, points};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::des::{self, RunResult, SimConfig};
 use crate::error::SimError;
@@ -25,7 +28,7 @@ use crate::report::Summary;
 use crate::trace::Trace;
 
 /// What the search optimizes.
-#[derive(Copy, Clone, Debug, PartialEq, Serialize)]
+#[derive(Copy, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Objective {
     /// 90th percentile of time to first token, s (lower is better).
     TtftP90,
@@ -177,14 +180,39 @@ pub fn evaluate(
     cfg: &TuneConfig,
     progress: Option<&AtomicU64>,
 ) -> Result<TuneResult, SimError> {
+    let units: Vec<usize> = (0..=points.len()).collect();
+    let scores = score(workloads, space, &points, current, cfg, &units, progress)?;
+    let seeds = workloads.iter().map(|(s, _)| *s).collect();
+    Ok(rank(cfg.objective, space, seeds, points, scores))
+}
+
+/// The objective of each of `units` on every `(seed, trace)`, one score per seed, in `units`
+/// order. Unit 0 is `current`, unit `k` is `points[k - 1]`: the units of a search, which
+/// [`shard`] splits between processes.
+pub fn score(
+    workloads: &[(u64, Arc<Trace>)],
+    space: &Space,
+    points: &[Vec<f64>],
+    current: &PolicySpec,
+    cfg: &TuneConfig,
+    units: &[usize],
+    progress: Option<&AtomicU64>,
+) -> Result<Vec<Vec<f64>>, SimError> {
     let block_size = cfg.sim.profile.block_size;
-    let mut policies = vec![current.clone()];
-    for (i, w) in points.iter().enumerate() {
-        policies.push(PolicySpec::Inline {
-            name: format!("point-{i}"),
-            yaml: Arc::from(output::picker_yaml(space, w, block_size, "")),
-        });
-    }
+    let policies = (units.iter())
+        .map(|&u| match u.checked_sub(1) {
+            None => Ok(current.clone()),
+            Some(i) => {
+                let w = points.get(i).ok_or_else(|| {
+                    SimError::InvalidConfig(format!("unit {u}: the search has {} points", points.len()))
+                })?;
+                Ok(PolicySpec::Inline {
+                    name: format!("point-{i}"),
+                    yaml: Arc::from(output::picker_yaml(space, w, block_size, "")),
+                })
+            }
+        })
+        .collect::<Result<Vec<_>, SimError>>()?;
     let mut scores: Vec<Vec<f64>> = vec![Vec::new(); policies.len()];
     for (seed, trace) in workloads {
         let sim = SimConfig {
@@ -196,31 +224,41 @@ pub fn evaluate(
             s.push(cfg.objective.of(&r?));
         }
     }
+    Ok(scores)
+}
+
+/// Ranks a search from its units' scores ([`score`]: `scores[0]` the current config's,
+/// `scores[k]` point `k - 1`'s), best first.
+pub fn rank(
+    objective: Objective,
+    space: &Space,
+    seeds: Vec<u64>,
+    points: Vec<Vec<f64>>,
+    scores: Vec<Vec<f64>>,
+) -> TuneResult {
     let mut scores = scores.into_iter();
     let base_scores = scores.next().unwrap_or_default();
-    let baseline = PointResult::new(
-        Vec::new(),
-        base_scores.clone(),
-        &base_scores,
-        &cfg.objective,
-    );
+    let baseline = PointResult::new(Vec::new(), base_scores.clone(), &base_scores, &objective);
     let mut results: Vec<PointResult> = points
         .into_iter()
         .zip(scores)
-        .map(|(w, s)| PointResult::new(w, s, &base_scores, &cfg.objective))
+        .map(|(w, s)| PointResult::new(w, s, &base_scores, &objective))
         .collect();
-    let o = cfg.objective;
     results.sort_by(|a, b| {
         let ord = a.mean.total_cmp(&b.mean);
-        if o.maximize() { ord.reverse() } else { ord }
+        if objective.maximize() {
+            ord.reverse()
+        } else {
+            ord
+        }
     });
-    Ok(TuneResult {
-        objective: cfg.objective,
+    TuneResult {
+        objective,
         space: space.clone(),
-        seeds: workloads.iter().map(|(s, _)| *s).collect(),
+        seeds,
         baseline,
         points: results,
-    })
+    }
 }
 
 #[cfg(test)]

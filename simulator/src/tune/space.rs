@@ -2,7 +2,7 @@
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::SimError;
 
@@ -86,7 +86,7 @@ impl Space {
 }
 
 /// How candidate points are drawn.
-#[derive(Copy, Clone, Debug, PartialEq)]
+#[derive(Copy, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Search {
     /// Every combination of `levels` evenly spaced values per weight.
     Grid {

@@ -97,6 +97,7 @@ fn check(c: &Calibration, args: &CalibrateArgs) -> anyhow::Result<()> {
         sample_interval_us: (trace.span().micros() / 300).max(100_000),
         seed: args.seed,
         check_invariants: false,
+        replicas: Default::default(),
     };
     let s = Summary::of(&des::run(&trace, &policy, &cfg, None)?);
     let o = &c.observed;

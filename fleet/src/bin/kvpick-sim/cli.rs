@@ -65,6 +65,8 @@ pub enum Command {
     Calibrate(Box<CalibrateArgs>),
     /// Search the picker config's scorer weights on a workload, several seeds per point, in
     /// parallel; writes the winner as picker.yaml (kvpick-epp --config) and configmap.yaml.
+    /// A large search runs as shards (`--shard I/N`, one process each, e.g. a Kubernetes
+    /// Indexed Job) and `tune merge` ranks their results as one process would.
     Tune(Box<TuneArgs>),
     /// Print the built-in engine profiles as YAML (a starting point for --profile-file).
     Profiles,
@@ -218,6 +220,52 @@ pub struct SimArgs {
     /// Delay from an engine step to its KV events reaching the precise index.
     #[arg(long, default_value = "1ms", value_parser = duration)]
     pub kv_event_latency: Duration,
+    #[command(flatten)]
+    pub replicas: ReplicaArgs,
+}
+
+/// Picker replicas behind one gateway (kvpick runs active-active). Each replica has its own
+/// picker (in-flight reservations, routing history), its own scrape loop (out of phase with the
+/// others') and its own flow-control queue; without --share-inflight a replica sees the others'
+/// requests only when a scrape shows them.
+#[derive(Debug, Args)]
+pub struct ReplicaArgs {
+    /// Picker replicas the gateway spreads requests over.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub replicas: u32,
+    /// How the gateway spreads requests over the replicas.
+    #[arg(long, value_enum, default_value_t = ReplicaRoutingArg::RoundRobin)]
+    pub replica_routing: ReplicaRoutingArg,
+    /// The replicas' KV index: one shared view, or one per replica (each its own subscription;
+    /// see --replica-event-skew).
+    #[arg(long, value_enum, default_value_t = ReplicaIndexArg::Shared)]
+    pub replica_index: ReplicaIndexArg,
+    /// per-replica index: replica r receives each KV event --kv-event-latency + r × this after
+    /// its step.
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    pub replica_event_skew: Duration,
+    /// Each replica folds in the others' in-flight reservations, at most this stale (what
+    /// kvpick-epp's shared in-flight state through Valkey does); off when absent.
+    #[arg(long, value_name = "STALENESS", value_parser = duration)]
+    pub share_inflight: Option<Duration>,
+}
+
+/// `--replica-routing`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReplicaRoutingArg {
+    /// A uniformly random replica per request (seeded by --seed).
+    Random,
+    /// Replicas in turn (Envoy's default load balancing).
+    RoundRobin,
+}
+
+/// `--replica-index`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReplicaIndexArg {
+    /// One index every replica reads.
+    Shared,
+    /// An index per replica, fed by its own (possibly lagging) event delivery.
+    PerReplica,
 }
 
 /// Where requests come from: a trace file or a generator, then scaled, sampled, cut.
@@ -453,7 +501,10 @@ pub enum SearchArg {
 
 /// `tune` arguments.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct TuneArgs {
+    #[command(subcommand)]
+    pub action: Option<TuneAction>,
     #[command(flatten)]
     pub workload: WorkloadArgs,
     #[command(flatten)]
@@ -501,9 +552,46 @@ pub struct TuneArgs {
     /// Namespace of the written ConfigMap.
     #[arg(long)]
     pub namespace: Option<String>,
-    /// Directory for picker.yaml, configmap.yaml, tune.json, summary.md, landscape.svg.
+    /// Directory for picker.yaml, configmap.yaml, tune.json, summary.md, landscape.svg (with
+    /// --shard: for shard-I-of-N.json only).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Run only shard I of N (0 ≤ I < N; a Kubernetes Indexed Job's JOB_COMPLETION_INDEX) of the
+    /// search: every N-th candidate from I (the current config is candidate 0), all seeds; writes
+    /// their scores to OUT/shard-I-of-N.json for `kvpick-sim tune merge`. Every shard must be
+    /// given the same options.
+    #[arg(long, value_name = "I/N", requires = "out")]
+    pub shard: Option<kvpick_sim::tune::shard::Shard>,
+}
+
+/// What `tune` does besides searching.
+#[derive(Debug, Subcommand)]
+pub enum TuneAction {
+    /// Merge the results of every shard of one search (`tune --shard I/N`) into the ranking,
+    /// picker.yaml, configmap.yaml, tune.json, summary.md and landscape.svg the search run in
+    /// one process writes. Refuses shards of different searches (options, trace or settings),
+    /// a shard given twice and a missing one.
+    Merge(Box<MergeArgs>),
+}
+
+/// `tune merge` arguments.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Shard files (shard-I-of-N.json), or directories holding them.
+    #[arg(required = true, value_name = "SHARD")]
+    pub shards: Vec<PathBuf>,
+    /// Directory for picker.yaml, configmap.yaml, tune.json, summary.md, landscape.svg.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Rows of the printed table.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Name of the written ConfigMap (the one manifests/base mounts).
+    #[arg(long, default_value = "kvpick-epp-config")]
+    pub configmap_name: String,
+    /// Namespace of the written ConfigMap.
+    #[arg(long)]
+    pub namespace: Option<String>,
 }
 
 /// A duration option: kvpick's one syntax ([`kvpick_scheduler::duration`]).

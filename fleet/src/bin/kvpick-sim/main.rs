@@ -11,7 +11,6 @@ mod tune;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use std::time::SystemTime;
 
@@ -20,6 +19,7 @@ use clap::Parser;
 use kvpick_sim::des::{self, SimConfig};
 use kvpick_sim::engine::{BatchShape, PROFILES, Profile, StepTimeModel};
 use kvpick_sim::policy::PolicySpec;
+use kvpick_sim::replicas::{IndexView, ReplicaRouting, ReplicaSetup};
 use kvpick_sim::report::{self, Summary};
 use kvpick_sim::trace::generate::{Chat, SharedPrefix, parse_stages};
 use kvpick_sim::trace::{self, Trace};
@@ -174,6 +174,28 @@ fn sim_config(args: &SimArgs, sample_interval_us: u64, seed: u64) -> anyhow::Res
         sample_interval_us,
         seed,
         check_invariants: false,
+        replicas: replica_setup(&args.replicas)?,
+    })
+}
+
+/// The picker replicas `run` and `tune` simulate.
+fn replica_setup(args: &cli::ReplicaArgs) -> anyhow::Result<ReplicaSetup> {
+    if args.replica_index == cli::ReplicaIndexArg::Shared && !args.replica_event_skew.is_zero() {
+        bail!("--replica-event-skew needs --replica-index per-replica");
+    }
+    Ok(ReplicaSetup {
+        count: args.replicas as usize,
+        routing: match args.replica_routing {
+            cli::ReplicaRoutingArg::Random => ReplicaRouting::Random,
+            cli::ReplicaRoutingArg::RoundRobin => ReplicaRouting::RoundRobin,
+        },
+        index: match args.replica_index {
+            cli::ReplicaIndexArg::Shared => IndexView::Shared,
+            cli::ReplicaIndexArg::PerReplica => IndexView::PerReplica {
+                skew_us: micros(args.replica_event_skew),
+            },
+        },
+        share_inflight_us: args.share_inflight.map(micros),
     })
 }
 
@@ -216,7 +238,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     eprintln!(
-        "{}: {} requests over {:.0} s, {} input tokens; {} × {} ({} KV tokens each); {} policies on {} threads",
+        "{}: {} requests over {:.0} s, {} input tokens; {} × {} ({} KV tokens each); {} picker replica(s){}; {} policies on {} threads",
         trace.name,
         trace.requests.len(),
         trace.span().secs(),
@@ -224,19 +246,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         cfg.engines,
         cfg.profile.name,
         cfg.profile.kv_tokens(),
+        cfg.replicas.count,
+        match cfg.replicas.share_inflight_us {
+            Some(us) => format!(" sharing in-flight load ≤ {} ms stale", us / 1000),
+            None if cfg.replicas.count > 1 => " without sharing".into(),
+            None => String::new(),
+        },
         policies.len(),
         threads.min(policies.len()),
     );
-    let done = AtomicU64::new(0);
-    let stop = AtomicBool::new(false);
     let total = (trace.requests.len() * policies.len()) as u64;
     let started = SystemTime::now();
-    let results = std::thread::scope(|s| {
-        let bar = s.spawn(|| progress::draw("simulating", &done, total, &stop));
-        let r = des::run_many(&trace, &policies, &cfg, threads, Some(&done));
-        stop.store(true, Ordering::Relaxed);
-        let _ = bar.join();
-        r
+    let results = progress::around("simulating", total, |done| {
+        des::run_many(&trace, &policies, &cfg, threads, Some(done))
     });
     let wall = started.elapsed().map_or(0.0, |d| d.as_secs_f64());
     let runs = results.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -268,6 +290,9 @@ fn write_outputs(
         "requests": trace.requests.len(), "engines": cfg.engines, "profile": cfg.profile,
         "policies": args.policies, "metrics_interval_us": cfg.metrics_interval_us,
         "kv_event_latency_us": cfg.kv_event_latency_us, "seed": cfg.seed,
+        "replicas": cfg.replicas.count, "replica_routing": format!("{:?}", cfg.replicas.routing),
+        "replica_index": format!("{:?}", cfg.replicas.index),
+        "share_inflight_us": cfg.replicas.share_inflight_us,
         "time_scale": args.workload.time_scale, "sample": args.workload.sample,
         "limit": args.workload.limit,
     });

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Draws `done / total` every 200 ms until `stop` is set.
-pub fn draw(label: &str, done: &AtomicU64, total: u64, stop: &AtomicBool) {
+fn draw(label: &str, done: &AtomicU64, total: u64, stop: &AtomicBool) {
     let mut err = std::io::stderr();
     if !err.is_terminal() || total == 0 {
         return;
@@ -26,4 +26,18 @@ pub fn draw(label: &str, done: &AtomicU64, total: u64, stop: &AtomicBool) {
     }
     let _ = write!(err, "\r{}\r", " ".repeat(100));
     let _ = err.flush();
+}
+
+/// Runs `work`, handing it the counter of arrivals done, while a progress line shows
+/// `done / total`.
+pub fn around<T>(label: &str, total: u64, work: impl FnOnce(&AtomicU64) -> T) -> T {
+    let done = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let bar = s.spawn(|| draw(label, &done, total, &stop));
+        let r = work(&done);
+        stop.store(true, Ordering::Relaxed);
+        let _ = bar.join();
+        r
+    })
 }
