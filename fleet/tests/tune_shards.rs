@@ -66,7 +66,10 @@ fn shards_as_separate_processes_merge_into_the_single_process_ranking() {
     let mut args = job_args(&job);
     assert_eq!(args[0], "tune");
     // The pod's index comes from the Job; N is the Job's completions.
-    assert!(args.contains(&format!("--shard=$(SHARD_INDEX)/{shards}")), "{args:?}");
+    assert!(
+        args.contains(&format!("--shard=$(SHARD_INDEX)/{shards}")),
+        "{args:?}"
+    );
     // Cut down to a test's size: the trace's first 150 requests on 4 engines, a 2-level grid
     // (7 points and the current config: one candidate per shard), 2 seeds, 1 job per process.
     let trace = repo().join("traces/conversation_trace.jsonl");
@@ -166,7 +169,10 @@ fn shards_as_separate_processes_merge_into_the_single_process_ranking() {
         String::from_utf8_lossy(&out.stderr).to_string()
     };
     let missing = refused(&partial);
-    assert!(missing.contains(&format!("shard 0/{shards} missing")), "{missing}");
+    assert!(
+        missing.contains(&format!("shard 0/{shards} missing")),
+        "{missing}"
+    );
     let mut other = shard_args(0);
     set(&mut other, "--seeds", "3");
     set(&mut other, "--out", partial.to_str().unwrap());

@@ -126,7 +126,9 @@ mod tests {
             ..ReplicaSetup::default()
         };
         assert_eq!(
-            (0..4).map(|r| s.scrape_phase_us(100, r)).collect::<Vec<_>>(),
+            (0..4)
+                .map(|r| s.scrape_phase_us(100, r))
+                .collect::<Vec<_>>(),
             [0, 25, 50, 75]
         );
         assert_eq!(s.event_latency_us(1_000, 3), 2_500);
@@ -140,7 +142,10 @@ mod tests {
             .validate()
             .is_err()
         );
-        assert_eq!("random".parse::<ReplicaRouting>().ok(), Some(ReplicaRouting::Random));
+        assert_eq!(
+            "random".parse::<ReplicaRouting>().ok(),
+            Some(ReplicaRouting::Random)
+        );
         assert!("hash".parse::<ReplicaRouting>().is_err());
     }
 }

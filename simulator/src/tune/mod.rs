@@ -204,7 +204,10 @@ pub fn score(
             None => Ok(current.clone()),
             Some(i) => {
                 let w = points.get(i).ok_or_else(|| {
-                    SimError::InvalidConfig(format!("unit {u}: the search has {} points", points.len()))
+                    SimError::InvalidConfig(format!(
+                        "unit {u}: the search has {} points",
+                        points.len()
+                    ))
                 })?;
                 Ok(PolicySpec::Inline {
                     name: format!("point-{i}"),
