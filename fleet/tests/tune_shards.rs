@@ -70,7 +70,7 @@ fn shards_as_separate_processes_merge_into_the_single_process_ranking() {
         args.contains(&format!("--shard=$(SHARD_INDEX)/{shards}")),
         "{args:?}"
     );
-    // Cut down to a test's size: the trace's first 150 requests on 4 engines, a 2-level grid
+    // Cut down to a test's size: the trace's first 100 requests on 4 engines, a 2-level grid
     // (7 points and the current config: one candidate per shard), 2 seeds, 1 job per process.
     let trace = repo().join("traces/conversation_trace.jsonl");
     set(&mut args, "--trace", trace.to_str().unwrap());
@@ -79,7 +79,7 @@ fn shards_as_separate_processes_merge_into_the_single_process_ranking() {
     set(&mut args, "--seeds", "2");
     set(&mut args, "--jobs", "1");
     set(&mut args, "--out", results.to_str().unwrap());
-    args.extend(["--limit=150".into(), "--time-scale=0.25".into()]);
+    args.extend(["--limit=100".into(), "--time-scale=0.25".into()]);
 
     // Every shard its own process, two at a time (a 2-core machine).
     let shard_args = |i: u64| {

@@ -76,7 +76,7 @@ impl Replicas {
         Ok(Self {
             replicas,
             setup: setup.clone(),
-            rng: SmallRng::seed_from_u64(seed ^ 0x5eed_0f_4e91_1ca5),
+            rng: SmallRng::seed_from_u64(seed ^ 0x005e_ed0f_4e91_1ca5),
             next: 0,
             owner: Vec::new(),
         })

@@ -1,5 +1,5 @@
 //! How the picker replicas of a run are set up: how many, how the gateway spreads requests over
-//! them, where their KV index comes from, and whether they share in-flight load.
+//! them, and where their KV index comes from.
 
 use std::str::FromStr;
 
@@ -56,9 +56,6 @@ pub struct ReplicaSetup {
     pub routing: ReplicaRouting,
     /// Their KV index.
     pub index: IndexView,
-    /// Whether each replica folds in the others' in-flight reservations, and how stale they may
-    /// be (µs): what the Valkey path publishes.
-    pub share_inflight_us: Option<u64>,
 }
 
 impl Default for ReplicaSetup {
@@ -67,7 +64,6 @@ impl Default for ReplicaSetup {
             count: 1,
             routing: ReplicaRouting::default(),
             index: IndexView::default(),
-            share_inflight_us: None,
         }
     }
 }

@@ -226,8 +226,8 @@ pub struct SimArgs {
 
 /// Picker replicas behind one gateway (kvpick runs active-active). Each replica has its own
 /// picker (in-flight reservations, routing history), its own scrape loop (out of phase with the
-/// others') and its own flow-control queue; without --share-inflight a replica sees the others'
-/// requests only when a scrape shows them.
+/// others') and its own flow-control queue; a replica sees the others' requests only when a
+/// scrape shows them.
 #[derive(Debug, Args)]
 pub struct ReplicaArgs {
     /// Picker replicas the gateway spreads requests over.
@@ -244,10 +244,6 @@ pub struct ReplicaArgs {
     /// its step.
     #[arg(long, default_value = "0s", value_parser = duration)]
     pub replica_event_skew: Duration,
-    /// Each replica folds in the others' in-flight reservations, at most this stale (what
-    /// kvpick-epp's shared in-flight state through Valkey does); off when absent.
-    #[arg(long, value_name = "STALENESS", value_parser = duration)]
-    pub share_inflight: Option<Duration>,
 }
 
 /// `--replica-routing`.

@@ -195,7 +195,6 @@ fn replica_setup(args: &cli::ReplicaArgs) -> anyhow::Result<ReplicaSetup> {
                 skew_us: micros(args.replica_event_skew),
             },
         },
-        share_inflight_us: args.share_inflight.map(micros),
     })
 }
 
@@ -238,7 +237,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     eprintln!(
-        "{}: {} requests over {:.0} s, {} input tokens; {} × {} ({} KV tokens each); {} picker replica(s){}; {} policies on {} threads",
+        "{}: {} requests over {:.0} s, {} input tokens; {} × {} ({} KV tokens each); {} picker replica(s); {} policies on {} threads",
         trace.name,
         trace.requests.len(),
         trace.span().secs(),
@@ -247,11 +246,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         cfg.profile.name,
         cfg.profile.kv_tokens(),
         cfg.replicas.count,
-        match cfg.replicas.share_inflight_us {
-            Some(us) => format!(" sharing in-flight load ≤ {} ms stale", us / 1000),
-            None if cfg.replicas.count > 1 => " without sharing".into(),
-            None => String::new(),
-        },
         policies.len(),
         threads.min(policies.len()),
     );
@@ -292,7 +286,6 @@ fn write_outputs(
         "kv_event_latency_us": cfg.kv_event_latency_us, "seed": cfg.seed,
         "replicas": cfg.replicas.count, "replica_routing": format!("{:?}", cfg.replicas.routing),
         "replica_index": format!("{:?}", cfg.replicas.index),
-        "share_inflight_us": cfg.replicas.share_inflight_us,
         "time_scale": args.workload.time_scale, "sample": args.workload.sample,
         "limit": args.workload.limit,
     });
