@@ -233,7 +233,7 @@ async fn replay(endpoint: &str, from: u64) -> Vec<(u64, Bytes)> {
         );
         match parse_replay_reply(&m).unwrap() {
             ReplayReply::End => return out,
-            ReplayReply::Batch(b) => out.push((b.seq, m[3].clone())),
+            ReplayReply::Batch(b) => out.push((b.seq, b.payload.clone())),
         }
     }
 }
@@ -251,7 +251,10 @@ async fn replay_returns_exactly_the_missed_batches_and_restart_resets() {
     let live: Vec<(u64, Bytes)> = drain(&mut sub, Duration::from_millis(500))
         .await
         .into_iter()
-        .map(|f| (parse_message(&f).unwrap().seq, f[2].clone()))
+        .map(|f| {
+            let m = parse_message(&f).unwrap();
+            (m.seq, m.payload.clone())
+        })
         .collect();
     let n = live.len() as u64;
     assert_eq!(n, 4, "one batch per prompt");

@@ -8,6 +8,7 @@
 
 use kvpick_scheduler::events::{
     EncodeOptions, Topic, decode_batch, encode_batch, parse_message, parse_replay_reply,
+    parse_replay_request,
 };
 
 /// Any bytes: `decode_batch` returns, never panics, and what it accepts survives a round trip
@@ -46,4 +47,5 @@ pub fn parse_message_frames(data: &[u8]) {
         let _ = decode_batch(msg.payload);
     }
     let _ = parse_replay_reply(&frames);
+    let _ = parse_replay_request(&frames);
 }

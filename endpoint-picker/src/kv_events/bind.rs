@@ -28,8 +28,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use kvpick_scheduler::events::{Topic, decode_batch, parse_message};
+use kvpick_scheduler::events::{Topic, parse_message};
 use parking_lot::RwLock;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -40,7 +39,7 @@ use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket, ZmqMessage};
 use super::guard::{self, Deadlines, RelayEnd};
 use super::mailbox::{Item, Mailbox};
 use super::metrics::EndpointMetrics;
-use super::sequencer::Batch;
+use super::batch::Batch;
 use super::subscriber::{DRAIN, count_end, push};
 use super::{DropReason, Shared};
 use crate::error::Error;
@@ -308,16 +307,12 @@ impl Peer {
         let Some(pod) = routes.pod(ip) else {
             return metrics.dropped(DropReason::UnknownTopic);
         };
-        let payload = frames.get(2).cloned().unwrap_or_else(Bytes::new);
-        let mut batch = Batch::new(parsed.seq, payload);
+        let mut batch = Batch::new(parsed.seq, parsed.payload.clone());
         let mut rank = self.rank;
         if pod.len() > 1 {
             // Several endpoints behind this IP: the batch's own rank picks one.
-            match decode_batch(&batch.payload) {
-                Ok(decoded) => {
-                    rank = decoded.data_parallel_rank.unwrap_or(rank);
-                    batch.decoded = Some(Box::new(decoded));
-                }
+            match batch.events() {
+                Ok(events) => rank = events.data_parallel_rank.unwrap_or(rank),
                 Err(_) => return metrics.dropped(DropReason::Malformed),
             }
         }

@@ -15,7 +15,8 @@ use crate::budget::Part;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::sequencer::{Batch, ReplayOutcome};
+use super::batch::Batch;
+use super::sequencer::ReplayOutcome;
 
 /// What a receiver tells an endpoint's worker, in arrival order.
 #[derive(Debug)]

@@ -21,6 +21,7 @@
 //! anything implementing [`KvSourceView`] (then read states with [`KvEventsHandle::state`]);
 //! [`KvEvents::join`] after the shutdown token fired. Flags: [`KvEventsArgs`].
 
+mod batch;
 mod bind;
 mod config;
 mod guard;

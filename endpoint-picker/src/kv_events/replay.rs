@@ -13,7 +13,7 @@ use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMes
 
 use super::guard::{self, Limits};
 use super::metrics::IngestMetrics;
-use super::sequencer::Batch;
+use super::batch::Batch;
 use super::subscriber::count_end;
 
 /// Bounds of one replay.
@@ -68,16 +68,15 @@ async fn exchange(endpoint: &str, from: u64, bounds: ReplayBounds) -> Result<Vec
             .await
             .map_err(|e| format!("recv: {e}"))?
             .into_vec();
-        let seq = match parse_replay_reply(&frames).map_err(|e| e.to_string())? {
+        let (seq, payload) = match parse_replay_reply(&frames).map_err(|e| e.to_string())? {
             ReplayReply::End => return Ok(batches),
-            ReplayReply::Batch(message) => message.seq,
+            ReplayReply::Batch(message) => (message.seq, message.payload.clone()),
         };
         if seq < from || batches.last().is_some_and(|b| b.seq >= seq) {
             return Err(format!(
                 "replayed seq {seq} out of order (asked from {from})"
             ));
         }
-        let payload = frames.last().cloned().unwrap_or_default();
         bytes += payload.len();
         if bytes > bounds.max_bytes {
             return Err(format!("replay exceeds {} bytes", bounds.max_bytes));

@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use kvpick_scheduler::events::parse_message;
 use tokio_util::sync::CancellationToken;
 use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket, ZmqMessage};
@@ -19,7 +18,7 @@ use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket, ZmqMessage};
 use super::guard::{self, Link, RelayEnd, Violation};
 use super::mailbox::{Item, Mailbox, Pushed};
 use super::metrics::{EndpointMetrics, IngestMetrics};
-use super::sequencer::Batch;
+use super::batch::Batch;
 use super::{DropReason, Shared};
 use kvpick_scheduler::EventsState;
 
@@ -112,8 +111,8 @@ impl Subscriber {
         let frames = message.into_vec();
         match parse_message(&frames) {
             Ok(parsed) => {
-                let payload = frames.get(2).cloned().unwrap_or_else(Bytes::new);
-                self.push(Item::Batch(Batch::new(parsed.seq, payload)));
+                let batch = Batch::new(parsed.seq, parsed.payload.clone());
+                self.push(Item::Batch(batch));
             }
             Err(_) => self.shared.metrics.dropped(DropReason::Malformed),
         }

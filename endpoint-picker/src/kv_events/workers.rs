@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kvpick_scheduler::EventsState;
-use kvpick_scheduler::events::decode_batch;
 use kvpick_scheduler::{EndpointId, EventBatch};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -17,9 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::mailbox::{Item, Mailbox, ReplayDone, RunQueue, Slice};
 use super::metrics::EndpointMetrics;
 use super::replay;
-use super::sequencer::{
-    Batch, Effects, HoldLimits, Note, ReplayOutcome, ReplayRequest, Reset, Sequencer,
-};
+use super::batch::Batch;
+use super::sequencer::{Effects, HoldLimits, Note, ReplayOutcome, ReplayRequest, Reset, Sequencer};
 use super::{DropReason, Shared};
 
 /// Items taken from one mailbox per turn: bounds how long one endpoint holds its worker.
@@ -217,16 +215,13 @@ impl<'a> Fx<'a> {
         if !self.reg.bind_mode {
             return Some(batch);
         }
-        if batch.decoded.is_none() {
-            match decode_batch(&batch.payload) {
-                Ok(decoded) => batch.decoded = Some(Box::new(decoded)),
-                Err(e) => {
-                    self.reg.metrics.decode_error(e.label());
-                    return None;
-                }
+        let rank = match batch.events() {
+            Ok(events) => events.data_parallel_rank,
+            Err(e) => {
+                self.reg.metrics.decode_error(e.label());
+                return None;
             }
-        }
-        let rank = batch.decoded.as_ref().and_then(|d| d.data_parallel_rank);
+        };
         if rank.is_some_and(|r| r != self.reg.rank) {
             self.shared.metrics.dropped(DropReason::UnknownTopic);
             return None;
@@ -235,10 +230,7 @@ impl<'a> Fx<'a> {
     }
 
     fn decode(&self, batch: Batch) -> Option<EventBatch> {
-        if let Some(decoded) = batch.decoded {
-            return Some(*decoded);
-        }
-        match decode_batch(&batch.payload) {
+        match batch.into_events() {
             Ok(decoded) => Some(decoded),
             Err(e) => {
                 self.reg.metrics.decode_error(e.label());

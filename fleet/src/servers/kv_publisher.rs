@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kvpick_scheduler::events::{
-    EncodeOptions, EventBatch, REPLAY_END_SEQ, encode_batch, seq_frame,
+    EncodeOptions, EventBatch, REPLAY_END_SEQ, encode_batch, parse_replay_request, seq_frame,
 };
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -152,15 +152,10 @@ async fn publish(
     socket.close().await;
 }
 
-/// The start sequence of a replay request `[identity, "", seq]` (or without the delimiter).
+/// The asker's identity (the ROUTER's envelope) and the start sequence of its replay request.
 fn replay_start(frames: &[Bytes]) -> Option<(Bytes, u64)> {
-    let (id, start) = match frames {
-        [id, d, s] if d.is_empty() => (id, s),
-        [id, s] => (id, s),
-        _ => return None,
-    };
-    let start: [u8; 8] = start.as_ref().try_into().ok()?;
-    Some((id.clone(), u64::from_be_bytes(start)))
+    let (id, request) = frames.split_first()?;
+    Some((id.clone(), parse_replay_request(request).ok()?))
 }
 
 async fn serve_replay(

@@ -1,6 +1,8 @@
 //! vLLM's ZMQ transport around the payloads, as pure functions over frames: what a SUB socket
 //! receives from a pod's PUB socket, what a DEALER receives back from the pod's replay ROUTER,
-//! what it sends to ask, and the topic convention.
+//! what it sends to ask (and what the ROUTER reads), and the topic convention. The only code that
+//! knows which frame holds what: callers get the parts back, the payload as the very frame they
+//! passed in (so a reference-counted frame is shared, not copied).
 //!
 //! Facts (vLLM `ZmqEventPublisher`): PUB sends `[topic, seq, payload]`, `seq` a u64 big-endian
 //! counting from 0; the replay ROUTER takes `["", start_seq]` (8 bytes big-endian) and answers
@@ -16,23 +18,24 @@ use crate::Error;
 /// The sequence number of the replay end marker: -1 as a signed 64-bit big-endian int.
 pub const REPLAY_END_SEQ: u64 = u64::MAX;
 
-/// One batch as it travels: its topic, its sequence number and the undecoded payload.
+/// One batch as it travels: its topic, its sequence number and the undecoded payload, the frame
+/// of type `F` it arrived in.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct Message<'a> {
+pub struct Message<'a, F> {
     /// The PUB topic (vLLM's default is empty; by convention `kv@<endpoint>@<model>`). Empty
     /// for replay replies that do not carry it.
     pub topic: &'a [u8],
     /// The publisher's sequence number; a jump means lost batches.
     pub seq: u64,
     /// The msgpack batch, for [`super::decode_batch`].
-    pub payload: &'a [u8],
+    pub payload: &'a F,
 }
 
 /// One reply from the replay ROUTER.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum ReplayReply<'a> {
+pub enum ReplayReply<'a, F> {
     /// A buffered batch.
-    Batch(Message<'a>),
+    Batch(Message<'a, F>),
     /// The end marker: every buffered batch from the requested sequence on has been sent.
     End,
 }
@@ -52,12 +55,12 @@ fn seq(frame: &[u8]) -> Result<u64, Error> {
 }
 
 /// Reads a PUB message: exactly `[topic, seq, payload]`.
-pub fn parse_message<F: AsRef<[u8]>>(frames: &[F]) -> Result<Message<'_>, Error> {
+pub fn parse_message<F: AsRef<[u8]>>(frames: &[F]) -> Result<Message<'_, F>, Error> {
     match frames {
         [topic, s, payload] => Ok(Message {
             topic: topic.as_ref(),
             seq: seq(s.as_ref())?,
-            payload: payload.as_ref(),
+            payload,
         }),
         _ => Err(malformed(format!(
             "{} frames, expected 3: [topic, seq, payload]",
@@ -69,7 +72,7 @@ pub fn parse_message<F: AsRef<[u8]>>(frames: &[F]) -> Result<Message<'_>, Error>
 /// Reads what a DEALER receives from the replay ROUTER: `["", seq, payload]` or
 /// `["", topic, seq, payload]`; also `[seq, payload]`, as a REQ-like socket that strips the
 /// empty delimiter delivers it. `seq` [`REPLAY_END_SEQ`] with an empty payload is the end.
-pub fn parse_replay_reply<F: AsRef<[u8]>>(frames: &[F]) -> Result<ReplayReply<'_>, Error> {
+pub fn parse_replay_reply<F: AsRef<[u8]>>(frames: &[F]) -> Result<ReplayReply<'_, F>, Error> {
     let (delimiter, topic, s, payload) = match frames {
         [s, payload] => (None, &[][..], s, payload),
         [d, s, payload] => (Some(d), &[][..], s, payload),
@@ -87,12 +90,11 @@ pub fn parse_replay_reply<F: AsRef<[u8]>>(frames: &[F]) -> Result<ReplayReply<'_
             d.len()
         )));
     }
-    let (seq, payload) = (seq(s.as_ref())?, payload.as_ref());
-    match (seq, payload.is_empty()) {
-        (REPLAY_END_SEQ, true) => Ok(ReplayReply::End),
-        (REPLAY_END_SEQ, false) => Err(malformed(format!(
-            "end marker (seq -1) with a {}-byte payload, expected none",
-            payload.len()
+    let seq = seq(s.as_ref())?;
+    match (seq, payload.as_ref().len()) {
+        (REPLAY_END_SEQ, 0) => Ok(ReplayReply::End),
+        (REPLAY_END_SEQ, len) => Err(malformed(format!(
+            "end marker (seq -1) with a {len}-byte payload, expected none"
         ))),
         _ => Ok(ReplayReply::Batch(Message {
             topic,
@@ -105,6 +107,20 @@ pub fn parse_replay_reply<F: AsRef<[u8]>>(frames: &[F]) -> Result<ReplayReply<'_
 /// The frames a DEALER sends to ask the replay ROUTER for every batch from `start_seq` on.
 pub fn replay_request(start_seq: u64) -> [Vec<u8>; 2] {
     [Vec::new(), seq_frame(start_seq).to_vec()]
+}
+
+/// Reads a replay request as the ROUTER gets it after the sender's identity frame:
+/// `["", start_seq]`, or `[start_seq]` from a sender that leaves out the delimiter. Returns
+/// `start_seq`.
+pub fn parse_replay_request<F: AsRef<[u8]>>(frames: &[F]) -> Result<u64, Error> {
+    match frames {
+        [d, s] if d.as_ref().is_empty() => seq(s.as_ref()),
+        [s] => seq(s.as_ref()),
+        _ => Err(malformed(format!(
+            "{} frames, expected [\"\", start_seq]",
+            frames.len()
+        ))),
+    }
 }
 
 /// A sequence number as its frame (publishers and replay servers write it this way).
@@ -213,7 +229,7 @@ mod tests {
     fn pub_frames() {
         let frames = [&b"kv@10.0.0.5:8000@m"[..], &seq_frame(7), b"\x92\x00\x90"];
         let msg = parse_message(&frames).expect("parses");
-        assert_eq!((msg.topic, msg.seq, msg.payload), (frames[0], 7, frames[2]));
+        assert_eq!((msg.topic, msg.seq, *msg.payload), (frames[0], 7, frames[2]));
 
         let err = |frames: &[&[u8]]| match parse_message(frames) {
             Err(Error::MalformedMessage(m)) => m,
@@ -227,11 +243,12 @@ mod tests {
     fn replay_replies() {
         let seq = seq_frame(41);
         let end = seq_frame(REPLAY_END_SEQ);
+        let payload: &[u8] = b"\x90";
         let batch = |topic: &'static [u8]| {
             ReplayReply::Batch(Message {
                 topic,
                 seq: 41,
-                payload: b"\x90",
+                payload: &payload,
             })
         };
         // vLLM's ROUTER: ["", seq, payload]; with the topic; delimiter already stripped.
@@ -267,9 +284,20 @@ mod tests {
 
     #[test]
     fn replay_request_frames() {
-        let [delimiter, start] = replay_request(0x0102);
+        let request = replay_request(0x0102);
+        let [delimiter, start] = &request;
         assert!(delimiter.is_empty());
-        assert_eq!(start, [0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(start, &[0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(parse_replay_request(&request), Ok(0x0102));
+        assert_eq!(parse_replay_request(&[&seq_frame(7)]), Ok(7), "no delimiter");
+        let seq = seq_frame(7);
+        let bad: [&[&[u8]]; 3] = [&[b"x", &seq], &[b"", b"1234"], &[]];
+        for frames in bad {
+            assert!(
+                matches!(parse_replay_request(frames), Err(Error::MalformedMessage(_))),
+                "{frames:?}"
+            );
+        }
     }
 
     #[test]

@@ -26,8 +26,8 @@ pub use decode::{MAX_BLOCKS_PER_EVENT, MAX_EVENTS_PER_BATCH, MAX_TOKENS_PER_EVEN
 pub use encode::{EncodeOptions, Encoding, HashEncoding, encode_batch, encode_batch_into};
 pub use extra_keys::{MAX_EXTRA_KEY_DEPTH, MAX_EXTRA_KEY_VALUES};
 pub use message::{
-    Message, REPLAY_END_SEQ, ReplayReply, Topic, parse_message, parse_replay_reply, replay_request,
-    seq_frame,
+    Message, REPLAY_END_SEQ, ReplayReply, Topic, parse_message, parse_replay_reply,
+    parse_replay_request, replay_request, seq_frame,
 };
 
 use std::fmt;

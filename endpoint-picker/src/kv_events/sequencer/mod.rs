@@ -13,32 +13,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kvpick_scheduler::EventBatch;
 use kvpick_scheduler::EventsState;
 use tokio::time::Instant;
 use xxhash_rust::xxh3::xxh3_64;
 
-/// One batch as it arrived: the publisher's sequence number, its payload, the payload decoded
-/// when routing already needed it, and the memory budget it holds until it is dropped (applied,
-/// discarded or cleared with its endpoint).
-#[derive(Debug)]
-pub(crate) struct Batch {
-    pub seq: u64,
-    pub payload: Bytes,
-    pub decoded: Option<Box<EventBatch>>,
-    pub charge: crate::budget::Charge,
-}
-
-impl Batch {
-    pub fn new(seq: u64, payload: Bytes) -> Self {
-        Self {
-            seq,
-            payload,
-            decoded: None,
-            charge: crate::budget::Charge::none(),
-        }
-    }
-}
+use super::batch::Batch;
 
 /// Identifies a batch's payload without keeping it (a kept `Bytes` would pin the whole receive
 /// buffer it was cut from).
