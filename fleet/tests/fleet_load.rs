@@ -124,7 +124,7 @@ async fn load_command_writes_json() {
             "--output-len",
             "3",
         ])
-        .args(["--stages", "10:1", "--max-concurrency", "2", "--out"])
+        .args(["--stages", "10:1s", "--max-concurrency", "2", "--out"])
         .arg(&out)
         .status()
         .await

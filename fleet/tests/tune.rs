@@ -77,7 +77,7 @@ async fn tune_beats_or_matches_default_and_writes_deployable_config() {
         "--groups",
         "30",
         "--stages",
-        "6:30",
+        "6:30s",
         "--engines",
         "4",
         "--objective",

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use kvpick_scheduler::duration;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -47,7 +48,14 @@ pub const LLM_D_STAGES: [(f64, f64); 17] = [
     (60.0, 25.0),
 ];
 
-/// Parses `RATE:SECONDS[,RATE:SECONDS...]`, or `llm-d` for llm-d's benchmark ladder.
+/// What a stage ladder looks like, for `--help` and error messages.
+pub const STAGES_EXPECTED: &str =
+    "RATE:DURATION[,RATE:DURATION...] (requests per second, and a duration with its unit, \
+     e.g. 4:10s,8:1m30s) or llm-d";
+
+/// Parses `RATE:DURATION[,RATE:DURATION...]`, or `llm-d` for llm-d's benchmark ladder. Each
+/// `DURATION` is kvpick's one duration syntax ([`kvpick_scheduler::duration`]): a bare number is
+/// refused.
 pub fn parse_stages(spec: &str) -> Result<Vec<RateStage>, SimError> {
     if spec == "llm-d" {
         return Ok(LLM_D_STAGES
@@ -55,23 +63,30 @@ pub fn parse_stages(spec: &str) -> Result<Vec<RateStage>, SimError> {
             .map(|&(rate, duration_s)| RateStage { rate, duration_s })
             .collect());
     }
-    let bad = || {
+    let bad = |why: String| {
         SimError::InvalidConfig(format!(
-            "stages {spec:?}: expected RATE:SECONDS[,RATE:SECONDS...] or llm-d"
+            "stages {spec:?}: {why}; expected {STAGES_EXPECTED}"
         ))
     };
     spec.split(',')
         .map(|s| {
-            let (r, d) = s.split_once(':').ok_or_else(bad)?;
-            let stage = RateStage {
-                rate: r.trim().parse().map_err(|_| bad())?,
-                duration_s: d.trim().parse().map_err(|_| bad())?,
-            };
-            let ok = stage.rate.is_finite()
-                && stage.rate > 0.0
-                && stage.duration_s.is_finite()
-                && stage.duration_s > 0.0;
-            ok.then_some(stage).ok_or_else(bad)
+            let (r, d) = s
+                .split_once(':')
+                .ok_or_else(|| bad(format!("stage {s:?} lacks \":\"")))?;
+            let rate = r
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .ok_or_else(|| bad(format!("rate {r:?} is not a number above 0")))?;
+            let duration = duration::parse(d).map_err(|e| bad(e.to_string()))?;
+            if duration.is_zero() {
+                return Err(bad(format!("duration {d:?} is not more than zero")));
+            }
+            Ok(RateStage {
+                rate,
+                duration_s: duration.as_secs_f64(),
+            })
         })
         .collect()
 }
@@ -298,6 +313,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stage_durations_need_their_unit() {
+        let stage = |rate, duration_s| RateStage { rate, duration_s };
+        assert_eq!(
+            parse_stages("4:10s, 8:1m30s").unwrap(),
+            vec![stage(4.0, 10.0), stage(8.0, 90.0)]
+        );
+        assert_eq!(parse_stages("0.5:500ms").unwrap(), vec![stage(0.5, 0.5)]);
+        let e = parse_stages("4:10").unwrap_err().to_string();
+        assert!(
+            e.contains("\"10\"") && e.contains("unit") && e.contains("4:10s"),
+            "{e}"
+        );
+        for bad in ["", "4", "0:10s", "-1:10s", "x:10s", "4:0s", "4:-1s", "4:10s,"] {
+            assert!(parse_stages(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn llm_d_workload_shape() {
         let t = SharedPrefix::llm_d_benchmark(1).generate().unwrap();
         // Σ rate × duration over the ladder is 17,084 expected arrivals.
@@ -323,7 +356,7 @@ mod tests {
             user_len: 10,
             answer_len: 20,
             think_time_s: 5.0,
-            stages: parse_stages("1:10").unwrap(),
+            stages: parse_stages("1:10s").unwrap(),
             arrivals: Arrivals::Constant,
             seed: 3,
         };
@@ -342,6 +375,6 @@ mod tests {
             seg[2].id, s0[0].output_id,
             "the answer is the next turn's history"
         );
-        assert!(parse_stages("3:0").is_err() && parse_stages("x").is_err());
+        assert!(parse_stages("3:0s").is_err() && parse_stages("x").is_err());
     }
 }

@@ -8,14 +8,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kvpick_fleet::KvLayout;
 use kvpick_fleet::load::ApiKind;
 use kvpick_sim::trace::TraceFormat;
-use kvpick_sim::trace::generate::Arrivals;
+use kvpick_sim::trace::generate::{Arrivals, RateStage, parse_stages};
 
 /// Trace-driven simulator for kvpick's routing policies: replays request traces through kvpick's own
 /// scheduling code against simulated vLLM engines (continuous batching, chunked prefill, paged KV
 /// cache with prefix caching, preemption), to see what KV-cache-aware routing buys on your traffic.
 ///
 /// Durations take their unit: 500ms, 2s, 1m30s, 1.5s (a bare number is refused: 200 could mean
-/// milliseconds or seconds), as kvpick-epp's flags and picker config do.
+/// milliseconds or seconds), as kvpick-epp's flags and picker config do; so do the stages of
+/// `--stages` (`4:10s`, not `4:10`).
 #[derive(Debug, Parser)]
 #[command(name = "kvpick-sim", version)]
 pub struct Cli {
@@ -113,9 +114,13 @@ pub struct GenArgs {
     /// Output tokens per request (chat: per answer). [llm-d: 1000]
     #[arg(long)]
     pub output_len: Option<u32>,
-    /// Arrival-rate ladder `RATE:SECONDS,...` (chat: session starts), or `llm-d`. [llm-d: llm-d]
-    #[arg(long)]
-    pub stages: Option<String>,
+    /// Arrival-rate ladder `RATE:DURATION,...`: requests per second (chat: session starts) for a
+    /// duration with its unit, e.g. `4:10s,8:1m30s` (a bare `4:10` is refused); or `llm-d`.
+    /// [llm-d: llm-d; shared-prefix: 5:60s; chat: 0.5:120s]
+    // `std::vec::Vec` spelled out: one value holds the whole ladder (clap's derive would take a
+    // plain `Vec` as a repeated flag).
+    #[arg(long, value_parser = stages)]
+    pub stages: Option<std::vec::Vec<RateStage>>,
     /// Multiplies every stage's rate. [1]
     #[arg(long)]
     pub rate_scale: Option<f64>,
@@ -593,6 +598,11 @@ pub struct MergeArgs {
 /// A duration option: kvpick's one syntax ([`kvpick_scheduler::duration`]).
 fn duration(text: &str) -> Result<Duration, String> {
     kvpick_scheduler::duration::parse_flag(text)
+}
+
+/// `--stages`, checked when the flags are read.
+fn stages(text: &str) -> Result<Vec<RateStage>, String> {
+    parse_stages(text).map_err(|e| e.to_string())
 }
 
 /// A duration option that must be more than zero.

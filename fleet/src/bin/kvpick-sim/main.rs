@@ -97,7 +97,10 @@ fn main() -> anyhow::Result<()> {
 
 fn generated(g: &GenArgs, default_seed: u64) -> anyhow::Result<Option<Trace>> {
     let seed = g.gen_seed.unwrap_or(default_seed);
-    let stages = |default: &str| parse_stages(g.stages.as_deref().unwrap_or(default));
+    let stages = |default: &str| match &g.stages {
+        Some(given) => Ok(given.clone()),
+        None => parse_stages(default),
+    };
     Ok(Some(match g.generate {
         None => return Ok(None),
         Some(Generator::SharedPrefix | Generator::LlmD) => {
@@ -111,7 +114,7 @@ fn generated(g: &GenArgs, default_seed: u64) -> anyhow::Result<Option<Trace>> {
                 system_len: pick(g.system_len, base.system_len, 2000),
                 question_len: pick(g.question_len, base.question_len, 200),
                 output_len: pick(g.output_len, base.output_len, 100),
-                stages: stages(if llm_d { "llm-d" } else { "5:60" })?,
+                stages: stages(if llm_d { "llm-d" } else { "5:60s" })?,
                 rate_scale: g.rate_scale.unwrap_or(1.0),
                 arrivals: g.arrivals,
                 seed,
@@ -125,7 +128,7 @@ fn generated(g: &GenArgs, default_seed: u64) -> anyhow::Result<Option<Trace>> {
             user_len: g.user_len,
             answer_len: g.output_len.unwrap_or(200),
             think_time_s: g.think_time.as_secs_f64(),
-            stages: stages("0.5:120")?,
+            stages: stages("0.5:120s")?,
             arrivals: g.arrivals,
             seed,
         }
