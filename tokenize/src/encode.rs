@@ -110,34 +110,20 @@ impl ByteLevelSplits {
         text: &str,
         out: &mut Vec<u32>,
     ) -> Result<usize, Error> {
-        let before = out.len();
-        let pieces = tokenizer
-            .get_added_vocabulary()
-            .extract_and_normalize(None::<&NormalizerWrapper>, text);
         let model = tokenizer.get_model();
         let mut mapped = String::new();
-        let mut failure = None;
-        for (piece, _, tokens) in pieces.get_splits(OffsetReferential::Original, OffsetType::None) {
-            if let Some(tokens) = tokens {
-                out.extend(tokens.iter().map(|t| t.id));
-                continue;
-            }
+        encode_pieces(tokenizer, text, out, |piece, _, out| {
+            let mut failure = None;
             self.split(0, piece, &mut |word| {
                 if failure.is_some() {
                     return;
                 }
                 mapped.clear();
                 mapped.extend(word.bytes().map(|b| self.bytes[b as usize]));
-                match model.tokenize(&mapped) {
-                    Ok(tokens) => out.extend(tokens.iter().map(|t| t.id)),
-                    Err(e) => failure = Some(Error::Encode(e.to_string())),
-                }
+                failure = model_ids(model, &mapped, out).err();
             });
-        }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(out.len() - before),
-        }
+            failure.map_or(Ok(()), Err)
+        })
     }
 
     /// `NormalizedString::split(regex, Isolated)` for each stage in turn: matches and the gaps
@@ -175,19 +161,9 @@ impl MetaspacePieces {
         text: &str,
         out: &mut Vec<u32>,
     ) -> Result<usize, Error> {
-        let before = out.len();
-        let pieces = tokenizer
-            .get_added_vocabulary()
-            .extract_and_normalize(None::<&NormalizerWrapper>, text);
         let model = tokenizer.get_model();
         let mut replaced = String::new();
-        for (piece, (start, _), tokens) in
-            pieces.get_splits(OffsetReferential::Original, OffsetType::None)
-        {
-            if let Some(tokens) = tokens {
-                out.extend(tokens.iter().map(|t| t.id));
-                continue;
-            }
+        encode_pieces(tokenizer, text, out, |piece, start, out| {
             replaced.clear();
             let prepend = match self.prepend {
                 Prepend::Always => true,
@@ -210,15 +186,45 @@ impl MetaspacePieces {
                     .find(|(_, c)| *c == self.replacement)
                     .map_or(rest.len(), |(i, _)| i);
                 let (word, tail) = rest.split_at(cut);
-                let tokens = model
-                    .tokenize(word)
-                    .map_err(|e| Error::Encode(e.to_string()))?;
-                out.extend(tokens.iter().map(|t| t.id));
+                model_ids(model, word, out)?;
                 rest = tail;
             }
-        }
-        Ok(out.len() - before)
+            Ok(())
+        })
     }
+}
+
+/// The pipeline around a fast pre-tokenizer (whose normalizer the caller found to be a no-op):
+/// added tokens are cut out of `text` and their ids appended to `out`; every other piece goes to
+/// `pretokenize` with its byte offset in `text`. Returns how many ids were appended.
+fn encode_pieces(
+    tokenizer: &Tokenizer,
+    text: &str,
+    out: &mut Vec<u32>,
+    mut pretokenize: impl FnMut(&str, usize, &mut Vec<u32>) -> Result<(), Error>,
+) -> Result<usize, Error> {
+    let before = out.len();
+    let pieces = tokenizer
+        .get_added_vocabulary()
+        .extract_and_normalize(None::<&NormalizerWrapper>, text);
+    for (piece, (start, _), tokens) in
+        pieces.get_splits(OffsetReferential::Original, OffsetType::None)
+    {
+        match tokens {
+            Some(tokens) => out.extend(tokens.iter().map(|t| t.id)),
+            None => pretokenize(piece, start, out)?,
+        }
+    }
+    Ok(out.len() - before)
+}
+
+/// The model's ids for one pre-tokenized word, appended to `out`.
+fn model_ids(model: &impl Model, word: &str, out: &mut Vec<u32>) -> Result<(), Error> {
+    let tokens = model
+        .tokenize(word)
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    out.extend(tokens.iter().map(|t| t.id));
+    Ok(())
 }
 
 /// A Metaspace pre-tokenizer over a BPE model where cutting before each `▁` is exact: `split: true`,
