@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
+use kvpick_epp::envoy_headers::header_map;
 use pb::external_processor_client::ExternalProcessorClient;
 use pb::processing_request::Request as In;
 use pb::processing_response::Response as Out;
@@ -33,19 +33,6 @@ pub async fn connect(url: &str, connections: usize) -> anyhow::Result<Vec<Client
         clients.push(ExternalProcessorClient::new(channel).max_decoding_message_size(64 << 20));
     }
     Ok(clients)
-}
-
-fn headers(pairs: &[(&str, &str)]) -> Option<HeaderMap> {
-    Some(HeaderMap {
-        headers: pairs
-            .iter()
-            .map(|(k, v)| HeaderValue {
-                key: (*k).into(),
-                value: String::new(),
-                raw_value: v.as_bytes().to_vec(),
-            })
-            .collect(),
-    })
 }
 
 fn msg(request: In) -> pb::ProcessingRequest {
@@ -82,11 +69,11 @@ pub async fn decide(
         ..Default::default()
     };
     let mut first = msg(In::RequestHeaders(pb::HttpHeaders {
-        headers: headers(&[
+        headers: Some(header_map(&[
             (":method", "POST"),
             (":path", path),
             ("content-type", "application/json"),
-        ]),
+        ])),
         ..Default::default()
     }));
     first.protocol_config = Some(protocol);
@@ -145,7 +132,10 @@ impl Decided {
     pub async fn finish(mut self, usage: &[u8]) -> anyhow::Result<()> {
         self.tx
             .send(msg(In::ResponseHeaders(pb::HttpHeaders {
-                headers: headers(&[(":status", "200"), ("content-type", "application/json")]),
+                headers: Some(header_map(&[
+                    (":status", "200"),
+                    ("content-type", "application/json"),
+                ])),
                 ..Default::default()
             })))
             .await?;

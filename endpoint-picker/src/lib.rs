@@ -3,7 +3,8 @@
 //!
 //! Request path, in the order a request meets it:
 //! - [`extproc`]: the ext_proc gRPC service; [`extproc::exchange`] is one stream's state machine,
-//!   [`extproc::reply`] builds Envoy's messages.
+//!   [`extproc::reply`] builds Envoy's messages, with [`envoy_headers`] (also the headers clients
+//!   playing Envoy send).
 //! - [`request`]: pure parser of OpenAI-style bodies; [`prompt`]: the tokenizer seam, served by
 //!   [`tokenizer`] (`kvpick-tokenize`, off the reactor, with a deadline).
 //! - [`router`]: candidates from the pool, then `kvpick_scheduler::Scheduler::pick`; it reserves
@@ -41,6 +42,7 @@ pub mod cluster_policy;
 pub mod config;
 pub mod discovery;
 mod endpoint_series;
+pub mod envoy_headers;
 mod error;
 mod extproc;
 mod flow_control;

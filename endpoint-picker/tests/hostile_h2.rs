@@ -21,9 +21,6 @@ use tokio::task::JoinSet;
 
 use common::{duplex, request_body, request_headers, response_body, response_headers};
 
-/// The budget under test (a quarter for requests: 64 MiB, of which 16 MiB is set aside for
-/// `--max-streams 256` and 15 MiB for `--max-connections 12`).
-const BUDGET_MIB: u64 = 256;
 const PROCESS: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
 /// HTTP/2's client preface: what a silent connection never sends.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -183,24 +180,9 @@ fn refused(page: &str, listener: &str, reason: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_http2_floods_are_bounded_counted_and_ordinary_requests_still_route() {
     let (dir, endpoints) = one_endpoint(POD);
-    let mut epp = Epp::start(
-        dir.path(),
-        "epp",
-        &endpoints,
-        &[
-            "--memory-budget",
-            &format!("{BUDGET_MIB}Mi"),
-            "--max-body-bytes",
-            "16Mi",
-            "--max-streams",
-            "256",
-            "--max-connections",
-            "12",
-            "--max-connections-per-peer",
-            "4",
-        ],
-    )
-    .await;
+    // 15 MiB of the budget's requests part is set aside for the 12 connections.
+    let extra = ["--max-connections-per-peer", "4"];
+    let mut epp = Epp::start_hostile(dir.path(), &endpoints, 12, &extra).await;
     let grpc = epp.grpc;
     assert_eq!(epp.pick(&prompt(1, 64)).await, POD);
     let baseline = epp.proc.rss_kib();

@@ -19,9 +19,6 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use common::{duplex, mutation, request_body, request_headers, set_header};
 
-/// The budget under test: a quarter of it (64 MiB) is for requests, 16 MiB of which is set aside
-/// for `--max-streams 256` and 10 MiB for `--max-connections 8`: 38 MiB for bodies.
-const BUDGET_MIB: u64 = 256;
 /// Attackers and what each offers: 96 × 8 MiB = 768 MiB, three times the whole budget.
 const ATTACKERS: usize = 96;
 /// Chunks larger than an ordinary request: every attacker's body counts as large from its first
@@ -126,22 +123,8 @@ async fn ordinary(grpc: SocketAddr) -> Result<String, (u32, String)> {
 async fn slow_large_bodies_are_bounded_and_ordinary_requests_still_route() {
     let (dir, endpoints) = one_endpoint(POD);
     let pod = POD;
-    let mut epp = Epp::start(
-        dir.path(),
-        "epp",
-        &endpoints,
-        &[
-            "--memory-budget",
-            &format!("{BUDGET_MIB}Mi"),
-            "--max-body-bytes",
-            "16Mi",
-            "--max-streams",
-            "256",
-            "--max-connections",
-            "8",
-        ],
-    )
-    .await;
+    // 10 MiB of the budget's requests part is set aside for the 8 connections: 38 MiB for bodies.
+    let mut epp = Epp::start_hostile(dir.path(), &endpoints, 8, &[]).await;
     let baseline = epp.proc.rss_kib();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let shared = ExternalProcessorClient::connect(format!("http://{}", epp.grpc))

@@ -82,6 +82,18 @@ fn whole_blocks(tokens: u64) -> u64 {
     tokens / BLOCK as u64 * BLOCK as u64
 }
 
+/// What a request extending `seeded`'s prompt must find cached: its whole blocks but the last.
+fn reusable(seeded: &Value) -> u64 {
+    whole_blocks(prompt_tokens(seeded)) - BLOCK as u64
+}
+
+/// The first `n` words of `text`: a shorter prefix of it.
+fn first_words(text: &str, n: usize) -> String {
+    text.split(' ').take(n).collect::<Vec<_>>().join(" ")
+}
+
+const COMPLETIONS: &str = "/v1/completions";
+
 impl Rig {
     async fn prompt_counters(&self) -> [f64; 2] {
         [
@@ -109,19 +121,21 @@ impl Rig {
         self.pods[pod].addr.to_string()
     }
 
-    async fn blocks(&mut self, pod: usize, op: &str) -> f64 {
-        let series = format!(
+    /// kvpick's count of `pod`'s blocks by event (`stored`, `removed`, `cleared`).
+    fn blocks_series(&self, pod: usize, op: &str) -> String {
+        format!(
             "kvpick_kv_events_blocks_total{{endpoint=\"{}\",op=\"{op}\"}}",
             self.label(pod)
-        );
+        )
+    }
+
+    async fn blocks(&mut self, pod: usize, op: &str) -> f64 {
+        let series = self.blocks_series(pod, op);
         self.epp.value(&series).await
     }
 
     async fn wait_blocks(&mut self, pod: usize, op: &str, at_least: f64) {
-        let series = format!(
-            "kvpick_kv_events_blocks_total{{endpoint=\"{}\",op=\"{op}\"}}",
-            self.label(pod)
-        );
+        let series = self.blocks_series(pod, op);
         self.epp.wait_for(&series, at_least).await;
     }
 
@@ -187,6 +201,50 @@ impl Rig {
             cached(&response)
         );
     }
+
+    /// Seeds `first` on `pod` directly, then routes `next`, which extends it: it must land on
+    /// `pod` and find the seed's prefix there.
+    async fn follows(&mut self, what: &str, pod: usize, path: &str, first: &Value, next: &Value) {
+        let seeded = self.seed(pod, path, first).await;
+        self.expect_routed(what, path, next, pod, reusable(&seeded))
+            .await;
+    }
+
+    /// A passage held whole on pod 0 and in part (its first 60 words) on pod 1: its follow-up
+    /// goes to pod 0 until pod 0 loses it (the `what` a scenario then does), and after that to
+    /// pod 1, with [`Contested::after`].
+    async fn contested(&mut self, seed: usize, what: &str) -> Contested {
+        let text = passage(seed, 300);
+        let seeded = self.seed(0, COMPLETIONS, &completion(text.clone())).await;
+        let short = completion(first_words(&text, 60));
+        let short_seeded = self.seed(1, COMPLETIONS, &short).await;
+        let follow_up = completion(format!("{text} {what}"));
+        let before = format!("before the {what}");
+        self.expect_routed(&before, COMPLETIONS, &follow_up, 0, reusable(&seeded))
+            .await;
+        Contested {
+            what: what.to_owned(),
+            follow_up,
+            on_pod_1: reusable(&short_seeded),
+        }
+    }
+}
+
+/// See [`Rig::contested`].
+struct Contested {
+    what: String,
+    follow_up: Value,
+    /// What the follow-up finds cached on pod 1.
+    on_pod_1: u64,
+}
+
+impl Contested {
+    /// Pod 0 lost the passage: the follow-up goes to pod 1 and finds its part there.
+    async fn after(self, rig: &mut Rig) {
+        let after = format!("after the {}", self.what);
+        rig.expect_routed(&after, COMPLETIONS, &self.follow_up, 1, self.on_pod_1)
+            .await;
+    }
 }
 
 fn completion(prompt: impl Into<Value>) -> Value {
@@ -213,12 +271,7 @@ async fn kvpick_routes_real_vllm_to_the_pod_holding_the_prefix() {
     // History from before kvpick started: pod 0 serves a prompt nobody subscribes to yet; kvpick
     // learns of it only by asking the pod's replay endpoint.
     let history = passage(1, 300);
-    let first = post_direct(
-        pods[0].addr,
-        "/v1/completions",
-        &completion(history.clone()),
-    )
-    .await;
+    let first = post_direct(pods[0].addr, COMPLETIONS, &completion(history.clone())).await;
     let history_tokens = prompt_tokens(&first);
 
     let endpoints = dir.path().join("endpoints.yaml");
@@ -267,7 +320,7 @@ async fn replayed_history_routes_to_its_pod(rig: &mut Rig, history: &str, tokens
     let body = completion(format!("{history} and then"));
     rig.expect_routed(
         "replayed history",
-        "/v1/completions",
+        COMPLETIONS,
         &body,
         0,
         whole_blocks(tokens) - BLOCK as u64,
@@ -285,7 +338,7 @@ async fn a_pod_with_no_events_yet_gets_traffic(rig: &mut Rig) {
     let mut per_pod = [0; 2];
     for seed in 0..8 {
         let (pod, _) = rig
-            .route("/v1/completions", &completion(passage(100 + seed, 20)))
+            .route(COMPLETIONS, &completion(passage(100 + seed, 20)))
             .await;
         per_pod[pod] += 1;
     }
@@ -297,71 +350,40 @@ async fn a_pod_with_no_events_yet_gets_traffic(rig: &mut Rig) {
 async fn follow_ups_land_on_the_prefix(rig: &mut Rig) {
     // Text completion on pod 1.
     let text = passage(2, 250);
-    let seeded = rig
-        .seed(1, "/v1/completions", &completion(text.clone()))
+    let (first, next) = (
+        completion(text.clone()),
+        completion(format!("{text} and more words")),
+    );
+    rig.follows("completion", 1, COMPLETIONS, &first, &next)
         .await;
-    let body = completion(format!("{text} and more words"));
-    rig.expect_routed(
-        "completion",
-        "/v1/completions",
-        &body,
-        1,
-        whole_blocks(prompt_tokens(&seeded)) - BLOCK as u64,
-    )
-    .await;
 
     // Chat on pod 0: the follow-up repeats the conversation and adds a turn.
     let turn = json!([{"role": "system", "content": "Answer briefly."},
                       {"role": "user", "content": passage(3, 250)}]);
-    let seeded = rig
-        .seed(0, "/v1/chat/completions", &chat(turn.clone()))
-        .await;
     let mut next = turn.as_array().unwrap().clone();
     next.push(json!({"role": "assistant", "content": "Noted."}));
     next.push(json!({"role": "user", "content": "And the next word?"}));
-    rig.expect_routed(
-        "chat",
-        "/v1/chat/completions",
-        &chat(json!(next)),
-        0,
-        whole_blocks(prompt_tokens(&seeded)) - BLOCK as u64,
-    )
-    .await;
+    let (first, next) = (chat(turn), chat(json!(next)));
+    rig.follows("chat", 0, "/v1/chat/completions", &first, &next)
+        .await;
 
     // Token ids on pod 1.
     let ids = token_prompt(4, 400);
-    let seeded = rig
-        .seed(1, "/v1/completions", &completion(json!(ids)))
-        .await;
     let mut more = ids.clone();
     more.extend(token_prompt(5, 40));
-    rig.expect_routed(
-        "token ids",
-        "/v1/completions",
-        &completion(json!(more)),
-        1,
-        whole_blocks(prompt_tokens(&seeded)) - BLOCK as u64,
-    )
-    .await;
+    let (first, next) = (completion(json!(ids)), completion(json!(more)));
+    rig.follows("token ids", 1, COMPLETIONS, &first, &next)
+        .await;
 
     // Streamed, on pod 0: the answer arrives as server-sent events through kvpick and Envoy, and
     // its final usage chunk carries vLLM's count.
     let text = passage(6, 250);
-    let seeded = rig
-        .seed(0, "/v1/completions", &completion(text.clone()))
+    let mut next = completion(format!("{text} streamed"));
+    next["stream"] = json!(true);
+    next["max_tokens"] = json!(8);
+    next["stream_options"] = json!({"include_usage": true});
+    rig.follows("streamed", 0, COMPLETIONS, &completion(text), &next)
         .await;
-    let mut body = completion(format!("{text} streamed"));
-    body["stream"] = json!(true);
-    body["max_tokens"] = json!(8);
-    body["stream_options"] = json!({"include_usage": true});
-    rig.expect_routed(
-        "streamed",
-        "/v1/completions",
-        &body,
-        0,
-        whole_blocks(prompt_tokens(&seeded)) - BLOCK as u64,
-    )
-    .await;
 }
 
 /// kvpick's token ids (the tokenize crate kvpick-epp runs, on the model's own files) equal
@@ -482,22 +504,7 @@ async fn tool_call_arguments_vllm_refuses(
 /// `AllBlocksCleared` when its engine next steps, and the follow-up then goes to pod 1, which
 /// holds a shorter one.
 async fn a_cache_reset_moves_traffic(rig: &mut Rig) {
-    let text = passage(9, 300);
-    let short: String = text.split(' ').take(60).collect::<Vec<_>>().join(" ");
-    let seeded = rig
-        .seed(0, "/v1/completions", &completion(text.clone()))
-        .await;
-    let short_seeded = rig.seed(1, "/v1/completions", &completion(short)).await;
-    let body = completion(format!("{text} reset"));
-    rig.expect_routed(
-        "before the reset",
-        "/v1/completions",
-        &body,
-        0,
-        whole_blocks(prompt_tokens(&seeded)) - BLOCK as u64,
-    )
-    .await;
-
+    let contested = rig.contested(9, "reset").await;
     let cleared = rig.blocks(0, "cleared").await;
     let uri = format!("http://{}/reset_prefix_cache", rig.pods[0].addr);
     let req = hyper::Request::post(uri)
@@ -510,43 +517,22 @@ async fn a_cache_reset_moves_traffic(rig: &mut Rig) {
         "/reset_prefix_cache (VLLM_SERVER_DEV_MODE=1)"
     );
     // The reset reaches the KV-event stream with the engine's next step.
-    post_direct(rig.pods[0].addr, "/v1/completions", &completion("wake up")).await;
+    post_direct(rig.pods[0].addr, COMPLETIONS, &completion("wake up")).await;
     rig.wait_blocks(0, "cleared", cleared + 1.0).await;
-    rig.expect_routed(
-        "after the reset",
-        "/v1/completions",
-        &body,
-        1,
-        whole_blocks(prompt_tokens(&short_seeded)) - BLOCK as u64,
-    )
-    .await;
+    contested.after(rig).await;
 }
 
 /// Pod 0 is flooded with distinct prompts until vLLM evicts older blocks (`BlockRemoved`): a
 /// prefix it held longer than pod 1 then routes to pod 1.
 async fn an_eviction_moves_traffic(rig: &mut Rig) {
-    let text = passage(10, 300);
-    let short: String = text.split(' ').take(60).collect::<Vec<_>>().join(" ");
-    let seeded = rig
-        .seed(0, "/v1/completions", &completion(text.clone()))
-        .await;
-    let short_seeded = rig.seed(1, "/v1/completions", &completion(short)).await;
-    let body = completion(format!("{text} evicted"));
-    rig.expect_routed(
-        "before the eviction",
-        "/v1/completions",
-        &body,
-        0,
-        whole_blocks(prompt_tokens(&seeded)) - BLOCK as u64,
-    )
-    .await;
+    let contested = rig.contested(10, "eviction").await;
 
     // 1024 blocks of 32 tokens: ten distinct prompts of 3,900 tokens overflow them.
     let removed = rig.blocks(0, "removed").await;
     for seed in 0..10 {
         post_direct(
             rig.pods[0].addr,
-            "/v1/completions",
+            COMPLETIONS,
             &completion(json!(token_prompt(1000 + seed, 3900))),
         )
         .await;
@@ -562,23 +548,14 @@ async fn an_eviction_moves_traffic(rig: &mut Rig) {
         }
         last = now;
     }
-    rig.expect_routed(
-        "after the eviction",
-        "/v1/completions",
-        &body,
-        1,
-        whole_blocks(prompt_tokens(&short_seeded)) - BLOCK as u64,
-    )
-    .await;
+    contested.after(rig).await;
 }
 
 /// Pod 1 restarts (same ports, its sequence back at 0, its cache empty): kvpick forgets what it
 /// held and learns what it stores next.
 async fn a_restarted_pod_is_relearned(rig: &mut Rig) {
     let text = passage(11, 300);
-    let short: String = text.split(' ').take(60).collect::<Vec<_>>().join(" ");
-    rig.seed(1, "/v1/completions", &completion(text.clone()))
-        .await;
+    rig.seed(1, COMPLETIONS, &completion(text.clone())).await;
     let restarts = format!(
         "kvpick_kv_events_restarts_total{{endpoint=\"{}\"}}",
         rig.label(1)
@@ -588,9 +565,7 @@ async fn a_restarted_pod_is_relearned(rig: &mut Rig) {
 
     // Its first events after the restart (sequence 0) tell kvpick it restarted.
     let fresh = passage(12, 250);
-    let relearned = rig
-        .seed(1, "/v1/completions", &completion(fresh.clone()))
-        .await;
+    let relearned = rig.seed(1, COMPLETIONS, &completion(fresh.clone())).await;
     rig.epp.wait_for(&restarts, before + 1.0).await;
     // Said at info, in a plain-text log (no colour codes when not on a terminal).
     let log = rig.epp.log_text();
@@ -606,24 +581,21 @@ async fn a_restarted_pod_is_relearned(rig: &mut Rig) {
         "ANSI escapes in a log file:\n{log}"
     );
     let body = completion(format!("{fresh} again"));
+    let at_least = reusable(&relearned);
     rig.expect_routed(
         "re-learned after the restart",
-        "/v1/completions",
+        COMPLETIONS,
         &body,
         1,
-        whole_blocks(prompt_tokens(&relearned)) - BLOCK as u64,
+        at_least,
     )
     .await;
 
     // The long prefix pod 1 held before is gone; pod 0 now holds a part of it.
-    let short_seeded = rig.seed(0, "/v1/completions", &completion(short)).await;
-    let body = completion(format!("{text} forgotten"));
-    rig.expect_routed(
-        "forgotten after the restart",
-        "/v1/completions",
-        &body,
-        0,
-        whole_blocks(prompt_tokens(&short_seeded)) - BLOCK as u64,
-    )
-    .await;
+    let (first, next) = (
+        completion(first_words(&text, 60)),
+        completion(format!("{text} forgotten")),
+    );
+    rig.follows("forgotten after the restart", 0, COMPLETIONS, &first, &next)
+        .await;
 }

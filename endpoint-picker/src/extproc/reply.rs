@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, Metadata};
+use envoy_types::pb::envoy::config::core::v3::{HeaderValueOption, Metadata};
 use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use pb::processing_response::Response;
 
+use crate::envoy_headers::header_value;
 use crate::error::Error;
 use crate::router::Routing;
 
@@ -29,11 +30,7 @@ pub const MAX_CHUNK: usize = 62_000;
 
 fn set_header(key: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
-        header: Some(HeaderValue {
-            key: key.to_owned(),
-            value: String::new(),
-            raw_value: value.as_bytes().to_vec(),
-        }),
+        header: Some(header_value(key, value)),
         append_action: envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         ..Default::default()
     }

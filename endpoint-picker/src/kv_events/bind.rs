@@ -36,10 +36,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket, ZmqMessage};
 
+use super::batch::Batch;
 use super::guard::{self, Deadlines, RelayEnd};
 use super::mailbox::{Item, Mailbox};
 use super::metrics::EndpointMetrics;
-use super::batch::Batch;
 use super::subscriber::{DRAIN, count_end, push};
 use super::{DropReason, Shared};
 use crate::error::Error;

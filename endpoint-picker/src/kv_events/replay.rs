@@ -11,9 +11,9 @@ use kvpick_scheduler::events::{ReplayReply, parse_replay_reply, replay_request};
 use tokio::time::Instant;
 use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
+use super::batch::Batch;
 use super::guard::{self, Limits};
 use super::metrics::IngestMetrics;
-use super::batch::Batch;
 use super::subscriber::count_end;
 
 /// Bounds of one replay.

@@ -15,10 +15,10 @@ use kvpick_scheduler::events::parse_message;
 use tokio_util::sync::CancellationToken;
 use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket, ZmqMessage};
 
+use super::batch::Batch;
 use super::guard::{self, Link, RelayEnd, Violation};
 use super::mailbox::{Item, Mailbox, Pushed};
 use super::metrics::{EndpointMetrics, IngestMetrics};
-use super::batch::Batch;
 use super::{DropReason, Shared};
 use kvpick_scheduler::EventsState;
 

@@ -13,10 +13,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::batch::Batch;
 use super::mailbox::{Item, Mailbox, ReplayDone, RunQueue, Slice};
 use super::metrics::EndpointMetrics;
 use super::replay;
-use super::batch::Batch;
 use super::sequencer::{Effects, HoldLimits, Note, ReplayOutcome, ReplayRequest, Reset, Sequencer};
 use super::{DropReason, Shared};
 

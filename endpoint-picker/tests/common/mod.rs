@@ -12,11 +12,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, Metadata};
+use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use kvpick_epp::discovery::{Discovered, EndpointSpec};
+pub use kvpick_epp::envoy_headers::header_map;
 use kvpick_epp::{Server, Settings};
 use kvpick_scheduler::EventsState;
 use kvpick_scheduler::events::{BlockStored, EventBatch, KvEvent};
@@ -214,19 +215,6 @@ pub fn duplex() -> Option<pb::ProtocolConfiguration> {
 
 pub fn buffered() -> Option<pb::ProtocolConfiguration> {
     Some(mode(BodySendMode::Buffered, BodySendMode::Buffered))
-}
-
-pub fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
-    HeaderMap {
-        headers: pairs
-            .iter()
-            .map(|(k, v)| HeaderValue {
-                key: (*k).into(),
-                value: String::new(),
-                raw_value: v.as_bytes().to_vec(),
-            })
-            .collect(),
-    }
 }
 
 pub fn request_headers(

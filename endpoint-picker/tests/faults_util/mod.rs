@@ -196,6 +196,10 @@ pub struct Epp {
     pub metrics: SocketAddr,
 }
 
+/// The memory budget of the hostile tests, MiB: a quarter of it (64 MiB) is for requests, 16 MiB
+/// of which is set aside for `--max-streams 256` and a share per `--max-connections`.
+pub const BUDGET_MIB: u64 = 256;
+
 /// Scrape every 100 ms, stale after 300 ms (unless `extra` says), a scrape times out after 200 ms.
 pub const REFRESH: Duration = Duration::from_millis(100);
 pub const STALENESS: Duration = Duration::from_millis(300);
@@ -242,6 +246,30 @@ impl Epp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         epp
+    }
+
+    /// A `kvpick-epp` under the hostile tests' limits: a [`BUDGET_MIB`] budget, bodies up to
+    /// 16 MiB, 256 streams and `max_connections` connections; then `extra`.
+    pub async fn start_hostile(
+        dir: &Path,
+        endpoints: &Path,
+        max_connections: u32,
+        extra: &[&str],
+    ) -> Self {
+        let budget = format!("{BUDGET_MIB}Mi");
+        let connections = max_connections.to_string();
+        let mut flags = vec![
+            "--memory-budget",
+            &budget,
+            "--max-body-bytes",
+            "16Mi",
+            "--max-streams",
+            "256",
+            "--max-connections",
+            &connections,
+        ];
+        flags.extend_from_slice(extra);
+        Self::start(dir, "epp", endpoints, &flags).await
     }
 
     pub async fn index(&self) -> IndexClient<tonic::transport::Channel> {

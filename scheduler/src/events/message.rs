@@ -229,7 +229,10 @@ mod tests {
     fn pub_frames() {
         let frames = [&b"kv@10.0.0.5:8000@m"[..], &seq_frame(7), b"\x92\x00\x90"];
         let msg = parse_message(&frames).expect("parses");
-        assert_eq!((msg.topic, msg.seq, *msg.payload), (frames[0], 7, frames[2]));
+        assert_eq!(
+            (msg.topic, msg.seq, *msg.payload),
+            (frames[0], 7, frames[2])
+        );
 
         let err = |frames: &[&[u8]]| match parse_message(frames) {
             Err(Error::MalformedMessage(m)) => m,
@@ -289,12 +292,19 @@ mod tests {
         assert!(delimiter.is_empty());
         assert_eq!(start, &[0, 0, 0, 0, 0, 0, 1, 2]);
         assert_eq!(parse_replay_request(&request), Ok(0x0102));
-        assert_eq!(parse_replay_request(&[&seq_frame(7)]), Ok(7), "no delimiter");
+        assert_eq!(
+            parse_replay_request(&[&seq_frame(7)]),
+            Ok(7),
+            "no delimiter"
+        );
         let seq = seq_frame(7);
         let bad: [&[&[u8]]; 3] = [&[b"x", &seq], &[b"", b"1234"], &[]];
         for frames in bad {
             assert!(
-                matches!(parse_replay_request(frames), Err(Error::MalformedMessage(_))),
+                matches!(
+                    parse_replay_request(frames),
+                    Err(Error::MalformedMessage(_))
+                ),
                 "{frames:?}"
             );
         }

@@ -49,8 +49,7 @@ pub const LLM_D_STAGES: [(f64, f64); 17] = [
 ];
 
 /// What a stage ladder looks like, for `--help` and error messages.
-pub const STAGES_EXPECTED: &str =
-    "RATE:DURATION[,RATE:DURATION...] (requests per second, and a duration with its unit, \
+pub const STAGES_EXPECTED: &str = "RATE:DURATION[,RATE:DURATION...] (requests per second, and a duration with its unit, \
      e.g. 4:10s,8:1m30s) or llm-d";
 
 /// Parses `RATE:DURATION[,RATE:DURATION...]`, or `llm-d` for llm-d's benchmark ladder. Each
@@ -325,7 +324,9 @@ mod tests {
             e.contains("\"10\"") && e.contains("unit") && e.contains("4:10s"),
             "{e}"
         );
-        for bad in ["", "4", "0:10s", "-1:10s", "x:10s", "4:0s", "4:-1s", "4:10s,"] {
+        for bad in [
+            "", "4", "0:10s", "-1:10s", "x:10s", "4:0s", "4:-1s", "4:10s,",
+        ] {
             assert!(parse_stages(bad).is_err(), "{bad:?}");
         }
     }
