@@ -1,17 +1,19 @@
-//! Applying one endpoint's events: keys from tokens, re-chunking, groups, partitions, tiers.
+//! Applying a `BlockStored`: keys from the event's tokens, re-chunked to the index's block size
+//! (split or merged), its KV-cache group and partition, and the engine refs that name its blocks.
 
-use parking_lot::RwLockWriteGuard;
 
-use super::edit::Removed;
-use super::engine_map::{EngineRef, Found};
-use super::holder::ALL_TIERS;
-use super::partition::{block_extras, fold_key};
-use super::position::{ChainPos, GROUP, Slot, WINDOW, shard_of, tag_of};
-use super::table::{Table, WARM};
-use super::{ApplyReport, EndpointState, KvIndex};
+use super::super::edit::Removed;
+use super::super::engine_map::{EngineRef, Found};
+use super::super::holder::ALL_TIERS;
+use super::super::partition::{block_extras, fold_key};
+use super::super::position::{ChainPos, GROUP, Slot, WINDOW, shard_of, tag_of};
+use super::super::table::{Table, WARM};
+use super::super::{ApplyReport, EndpointState, KvIndex};
 use crate::events::{BlockRemoved, BlockStored, ExtraKey, FULL_ATTENTION};
 use crate::keys::{BlockKey, Partition};
 use crate::pods::EndpointId;
+
+use super::{Cursor, Writer};
 
 /// How event blocks map onto index blocks.
 #[derive(Copy, Clone, Debug)]
@@ -25,51 +27,8 @@ enum Shape {
 /// Most keys whose buffer an endpoint keeps between events (a larger one is freed).
 const MAX_KEPT_KEYS: usize = 4096;
 
-/// Most blocks of one removal compared pairwise to see whether their order matters.
-const MAX_REORDERED: usize = 64;
-
-/// The chain so far: the last index block's key and position; `None` before block 0.
-type Cursor = Option<(BlockKey, ChainPos)>;
-
-/// One endpoint's writer for the span of a batch: holds its state and at most one shard lock.
-pub(super) struct Writer<'a> {
-    index: &'a KvIndex,
-    endpoint: u16,
-    state: &'a mut EndpointState,
-    report: &'a mut ApplyReport,
-    shard: Option<(usize, RwLockWriteGuard<'a, Table>)>,
-}
-
-impl<'a> Writer<'a> {
-    pub(super) fn new(
-        index: &'a KvIndex,
-        endpoint: EndpointId,
-        state: &'a mut EndpointState,
-        report: &'a mut ApplyReport,
-    ) -> Self {
-        Self {
-            index,
-            // Ids are below EndpointId::MAX = 2^16.
-            endpoint: endpoint.get() as u16,
-            state,
-            report,
-            shard: None,
-        }
-    }
-
-    /// The table of `shard`, write-locked (releasing the previously held shard first).
-    fn table(&mut self, shard: usize) -> &mut Table {
-        if self.shard.as_ref().is_none_or(|(s, _)| *s != shard) {
-            self.shard = None;
-            self.shard = Some((shard, self.index.shards[shard].write()));
-        }
-        match &mut self.shard {
-            Some((_, guard)) => guard,
-            None => unreachable!("locked just above"),
-        }
-    }
-
-    pub(super) fn stored(&mut self, model: &str, ev: &BlockStored) {
+impl Writer<'_> {
+    pub(in crate::index) fn stored(&mut self, model: &str, ev: &BlockStored) {
         let n = ev.block_hashes.len() as u64;
         if !self.prefix_group(ev) {
             self.report.non_prefix_group += n;
@@ -289,180 +248,6 @@ impl<'a> Writer<'a> {
             };
             cursor = Some((key, pos));
         }
-    }
-
-    /// Maps an engine ref to a block the endpoint holds (`added`: it did not before); if the ref
-    /// named other content before, that reference goes. A new ref to a block the endpoint already
-    /// held is another engine block containing it (e.g. two larger engine blocks that diverge
-    /// after it): counted, so that the block stays held until its last container goes.
-    fn put(&mut self, r: EngineRef, key: BlockKey, pos: ChainPos, added: bool) {
-        let old = self.state.map.insert(r, key, pos);
-        if let Some((k, p)) = old {
-            if k == key {
-                return;
-            }
-            self.report.removed += u64::from(self.unref(k, p, ALL_TIERS) == Removed::Entry);
-        }
-        if !added {
-            *self.state.extra.entry(key).or_default() += 1;
-        }
-    }
-
-    /// Drops one reference to `key`: if others remain the holding stays, else `tiers` go.
-    fn unref(&mut self, key: BlockKey, pos: ChainPos, tiers: u8) -> Removed {
-        if let Some(n) = self.state.extra.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                self.state.extra.remove(&key);
-            }
-            return Removed::NotHeld;
-        }
-        let ep = self.endpoint;
-        self.table(pos.shard()).remove(key, pos, ep, tiers)
-    }
-
-    /// Adds the endpoint's holding of `key`, the block after `cursor`, then lets `refs` map its
-    /// engine refs (given the position and whether the holding is new); returns the position,
-    /// or `None` when the table had no room for it (nothing changed).
-    fn hold(
-        &mut self,
-        key: BlockKey,
-        cursor: Cursor,
-        tiers: u8,
-        refs: impl FnOnce(&mut Self, ChainPos, bool),
-    ) -> Option<ChainPos> {
-        let ep = self.endpoint;
-        let slot = Slot::after(&self.index.config.secret, cursor, key);
-        let (tag, added) = self.table(slot.shard).add(key, &slot, ep, tiers)?;
-        self.report.stored += u64::from(added);
-        let pos = slot.at(tag);
-        refs(self, pos, added);
-        Some(pos)
-    }
-
-    pub(super) fn removed(&mut self, ev: &BlockRemoved) {
-        if ev
-            .group_idx
-            .is_some_and(|g| self.state.non_prefix_groups.contains(&g))
-        {
-            self.report.non_prefix_group += ev.block_hashes.len() as u64;
-            return;
-        }
-        let tiers = 1 << ev.medium.unwrap_or_default().tier();
-        let parts = self.state.split.max(1);
-        std::hint::black_box(
-            self.state
-                .map
-                .warm(ev.block_hashes.iter().map(|h| EngineRef::new(h.0, 0))),
-        );
-        if parts == 1 && ev.block_hashes.len() <= MAX_REORDERED {
-            let found: Vec<_> = ev
-                .block_hashes
-                .iter()
-                .map(|h| self.state.map.find(EngineRef::new(h.0, 0)))
-                .collect();
-            self.warm_removed(found.iter().flatten().map(|&(_, _, pos)| pos));
-            let keys = || found.iter().flatten().map(|&(_, key, _)| key);
-            if keys()
-                .enumerate()
-                .all(|(i, k)| keys().take(i).all(|other| other != k))
-            {
-                // Distinct blocks are independent, so their order changes nothing; last first,
-                // a chain's run shrinks from its end, which a record edits in place.
-                for f in found.into_iter().rev() {
-                    match f {
-                        Some((at, key, pos)) => self.remove_ref(at, key, pos, tiers),
-                        None => self.report.unknown_removed += 1,
-                    }
-                }
-                return;
-            }
-        }
-        for hash in &ev.block_hashes {
-            let mut known = false;
-            for part in 0..parts {
-                let Some((at, key, pos)) = self.state.map.find(EngineRef::new(hash.0, part)) else {
-                    continue;
-                };
-                known = true;
-                self.remove_ref(at, key, pos, tiers);
-            }
-            if !known {
-                self.report.unknown_removed += 1;
-            }
-        }
-    }
-
-    /// Warms the records of the blocks at `positions` (up to [`WARM`] distinct ones, in the
-    /// first one's shard).
-    fn warm_removed(&mut self, positions: impl Iterator<Item = ChainPos>) {
-        let mut tags = [0u32; WARM];
-        let mut n = 0;
-        let mut shard = None;
-        for pos in positions {
-            let here = *shard.get_or_insert(pos.shard());
-            if here == pos.shard() && !tags[..n].contains(&pos.tag()) {
-                tags[n] = pos.tag();
-                n += 1;
-                if n == WARM {
-                    break;
-                }
-            }
-        }
-        if let Some(s) = shard {
-            std::hint::black_box(self.table(s).warm(&tags[..n]));
-        }
-    }
-
-    /// Removes `tiers` of the block an engine ref names (found at `at`), and the ref unless the
-    /// endpoint still holds the block in other tiers.
-    fn remove_ref(&mut self, at: Found, key: BlockKey, pos: ChainPos, tiers: u8) {
-        if self.state.extra.contains_key(&key) {
-            // Another engine block still contains it: only this reference goes.
-            self.unref(key, pos, tiers);
-            self.state.map.remove_found(at);
-            return;
-        }
-        let ep = self.endpoint;
-        match self.table(pos.shard()).remove(key, pos, ep, tiers) {
-            Removed::Reduced => {}
-            Removed::Entry => {
-                self.report.removed += 1;
-                self.state.map.remove_found(at);
-            }
-            Removed::NotHeld => {
-                self.state.map.remove_found(at);
-            }
-        }
-    }
-
-    /// Drops every entry of the endpoint, shard by shard.
-    pub(super) fn cleared(&mut self) {
-        self.state.extra.clear();
-        let mut all = self.state.map.drain();
-        self.report.cleared += self.release(&mut all);
-    }
-
-    /// Removes the endpoint's holdings of `blocks` (all tiers), visiting each shard once and each
-    /// record's blocks from the last (so that a nested record stays nested); returns how many
-    /// entries went.
-    pub(super) fn release(&mut self, blocks: &mut [(BlockKey, ChainPos)]) -> u64 {
-        blocks.sort_unstable_by_key(|(_, pos)| {
-            (pos.shard(), pos.tag(), std::cmp::Reverse(pos.rank()))
-        });
-        let ep = self.endpoint;
-        let mut n = 0;
-        for &(key, pos) in blocks.iter() {
-            n += u64::from(
-                self.table(pos.shard()).remove(key, pos, ep, ALL_TIERS) == Removed::Entry,
-            );
-        }
-        n
-    }
-
-    /// The endpoint's engine map (for eviction).
-    pub(super) fn state(&mut self) -> &mut EndpointState {
-        self.state
     }
 }
 
