@@ -1,6 +1,5 @@
 //! Applying a `BlockRemoved`: the engine refs it names, in an order that keeps records nested.
 
-
 use super::super::edit::Removed;
 use super::super::engine_map::{EngineRef, Found};
 use super::super::holder::ALL_TIERS;

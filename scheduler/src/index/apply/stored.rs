@@ -1,7 +1,6 @@
 //! Applying a `BlockStored`: keys from the event's tokens, re-chunked to the index's block size
 //! (split or merged), its KV-cache group and partition, and the engine refs that name its blocks.
 
-
 use super::super::edit::Removed;
 use super::super::engine_map::{EngineRef, Found};
 use super::super::holder::ALL_TIERS;
