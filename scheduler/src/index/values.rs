@@ -80,7 +80,7 @@ impl PrefixMatches {
 
 /// The media an endpoint holds a block in, as a bit per [`Medium::tier`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Tiers(u8);
+pub struct Tiers(pub(super) u8);
 
 impl Tiers {
     /// The set with only `medium`.

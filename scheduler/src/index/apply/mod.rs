@@ -3,14 +3,12 @@
 use parking_lot::RwLockWriteGuard;
 
 use super::edit::Removed;
-use super::engine_map::{EngineRef, Found};
+use super::engine_map::EngineRef;
 use super::holder::ALL_TIERS;
-use super::partition::{block_extras, fold_key};
-use super::position::{ChainPos, GROUP, Slot, WINDOW, shard_of, tag_of};
-use super::table::{Table, WARM};
+use super::position::{ChainPos, Slot};
+use super::table::Table;
 use super::{ApplyReport, EndpointState, KvIndex};
-use crate::events::{BlockRemoved, BlockStored, ExtraKey, FULL_ATTENTION};
-use crate::keys::{BlockKey, Partition};
+use crate::keys::BlockKey;
 use crate::pods::EndpointId;
 
 mod removed;

@@ -2,14 +2,10 @@
 
 use super::super::edit::Removed;
 use super::super::engine_map::{EngineRef, Found};
-use super::super::holder::ALL_TIERS;
-use super::super::partition::{block_extras, fold_key};
-use super::super::position::{ChainPos, GROUP, Slot, WINDOW, shard_of, tag_of};
-use super::super::table::{Table, WARM};
-use super::super::{ApplyReport, EndpointState, KvIndex};
-use crate::events::{BlockRemoved, BlockStored, ExtraKey, FULL_ATTENTION};
-use crate::keys::{BlockKey, Partition};
-use crate::pods::EndpointId;
+use super::super::position::ChainPos;
+use super::super::table::WARM;
+use crate::events::BlockRemoved;
+use crate::keys::BlockKey;
 
 use super::Writer;
 

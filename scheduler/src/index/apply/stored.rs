@@ -1,16 +1,12 @@
 //! Applying a `BlockStored`: keys from the event's tokens, re-chunked to the index's block size
 //! (split or merged), its KV-cache group and partition, and the engine refs that name its blocks.
 
-use super::super::edit::Removed;
-use super::super::engine_map::{EngineRef, Found};
-use super::super::holder::ALL_TIERS;
-use super::super::partition::{block_extras, fold_key};
-use super::super::position::{ChainPos, GROUP, Slot, WINDOW, shard_of, tag_of};
-use super::super::table::{Table, WARM};
-use super::super::{ApplyReport, EndpointState, KvIndex};
-use crate::events::{BlockRemoved, BlockStored, ExtraKey, FULL_ATTENTION};
+use super::super::engine_map::EngineRef;
+use super::super::partition::{BlockExtras, block_extras, fold_key};
+use super::super::position::{GROUP, WINDOW, shard_of, tag_of};
+use super::super::table::WARM;
+use crate::events::{BlockStored, ExtraKey, FULL_ATTENTION};
 use crate::keys::{BlockKey, Partition};
-use crate::pods::EndpointId;
 
 use super::{Cursor, Writer};
 
@@ -260,7 +256,7 @@ struct Stored<'e> {
 }
 
 impl<'e> Stored<'e> {
-    fn extras(&self, block: usize, chain_start: bool) -> super::partition::BlockExtras<'e> {
+    fn extras(&self, block: usize, chain_start: bool) -> BlockExtras<'e> {
         let extra: Option<&'e [ExtraKey]> = self
             .ev
             .extra_keys

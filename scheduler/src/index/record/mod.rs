@@ -18,7 +18,7 @@
 //! - **per slot** (flag clear): one [`super::holder`] word per slot, for anything else (holes,
 //!   other tiers, ids of 256 or more, too many ends).
 
-use super::holder::{self, GPU_ONLY, Holder, Kind, holder_endpoint, holder_tiers};
+use super::holder::{self, GPU_ONLY};
 use super::position::GROUP;
 use super::sets::{INLINE_WORDS, Sets};
 
@@ -26,7 +26,7 @@ mod small;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use small::{Small, decode, encode, release_sets};
+pub(crate) use small::{decode, encode, release_sets};
 
 /// `u64`s per record: keys, then holders.
 pub(crate) const CELLS: usize = 2 * GROUP;

@@ -1,6 +1,8 @@
 //! The record layout's tests: every form round-trips and reads as written.
 
+use super::small::Small;
 use super::*;
+use crate::index::holder::Kind;
 
 fn rec_with_keys(used: std::ops::Range<usize>) -> Record {
     let mut rec = [0u64; CELLS];
