@@ -7,13 +7,18 @@
 //! waits and the pool has room goes straight on (one atomic load and the saturation pass that
 //! shedding makes anyway). A waiting request whose stream goes away leaves the queue at once (a
 //! guard cancels its ticket), so the limits count only requests somebody still waits for.
+//!
+//! A critical request that no endpoint is predicted to serve within its objectives waits here
+//! too ([`FlowControl::wait_for_objective`]): each dispatch round with room lets it out for
+//! another pick, and past `queueTTL` (or displaced, or refused a place) it goes best-effort
+//! instead of being refused, as the core's [`kvpick_scheduler::SloVerdict::action`] says.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use kvpick_scheduler::flow::{Arrival, Refusal, Ticket};
-use kvpick_scheduler::{FlowConfig, FlowGate, FlowId};
+use kvpick_scheduler::flow::{Arrival, Leaving, Refusal, Ticket};
+use kvpick_scheduler::{FlowConfig, FlowGate, FlowId, Timestamp};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +48,17 @@ pub fn flow_id(shared: &Shared, headers: Option<&HeaderMap>) -> FlowId {
 /// interval, so room is used within a few milliseconds of a scrape showing it.
 pub const DISPATCH_TICK: Duration = Duration::from_millis(5);
 
-type Wake = oneshot::Sender<Result<(), Error>>;
+/// What a request waiting for its objectives does when it is let out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Look {
+    /// Pick again; if still predicted to miss, wait again.
+    Again,
+    /// Its wait is over (`queueTTL` passed, displaced, or no place in the queue): route it to
+    /// the best endpoint whatever the prediction.
+    BestEffort,
+}
+
+type Wake = oneshot::Sender<Result<Look, Error>>;
 
 struct State {
     gate: FlowGate<Wake>,
@@ -53,9 +68,12 @@ struct State {
 
 /// The queue of requests waiting for room, shared by the streams and the dispatch loop.
 pub struct FlowControl {
+    config: FlowConfig,
     state: Mutex<State>,
-    /// Mirrors the queue's length, for the lock-free fast path.
+    /// Mirrors the queue's length.
     waiting: AtomicUsize,
+    /// Of those, the requests waiting for room, for the lock-free fast path.
+    waiting_for_room: AtomicUsize,
     wake: Notify,
 }
 
@@ -88,12 +106,19 @@ impl FlowControl {
     pub fn new(config: FlowConfig) -> Self {
         Self {
             state: Mutex::new(State {
-                gate: FlowGate::new(config),
+                gate: FlowGate::new(config.clone()),
                 closed: false,
             }),
+            config,
             waiting: AtomicUsize::new(0),
+            waiting_for_room: AtomicUsize::new(0),
             wake: Notify::new(),
         }
+    }
+
+    /// Whether a request that first waited for its objectives at `since` may wait more at `now`.
+    pub fn may_wait_for_objective(&self, since: Option<Timestamp>, now: Timestamp) -> bool {
+        self.config.may_wait_for_objective(since, now)
     }
 
     /// Requests waiting now.
@@ -110,6 +135,8 @@ impl FlowControl {
     fn publish(&self, s: &State) {
         let queue = s.gate.queue();
         self.waiting.store(queue.len(), Ordering::Relaxed);
+        self.waiting_for_room
+            .store(queue.waiting_for_room(), Ordering::Relaxed);
         metrics::gauge!(t::FLOW_QUEUE_REQUESTS).set(queue.len() as f64);
         metrics::gauge!(t::FLOW_QUEUE_BYTES).set(queue.bytes() as f64);
     }
@@ -124,34 +151,43 @@ impl FlowControl {
         flow: &FlowId,
         bytes: usize,
     ) -> Result<(), Error> {
-        self.wait(shared, priority, flow, bytes, false).await
+        self.wait(shared, priority, flow, bytes, None)
+            .await
+            .map(|_| ())
     }
 
-    /// Makes a request that no endpoint is predicted to serve within its objectives wait for
-    /// the next dispatch round with room, whatever the pool's room now (the pods' queues drain
-    /// meanwhile); refused like any waiting request when the queue is full or its TTL passes.
-    pub async fn wait_for_turn(
+    /// Makes a critical request that no endpoint is predicted to serve within its objectives
+    /// wait for the next dispatch round with room, whatever the pool's room now (the pods'
+    /// queues drain meanwhile); `since` is when it first waited for them, which its `queueTTL`
+    /// runs from. Never refuses for the queue: past its TTL, displaced or without a place, it
+    /// gets [`Look::BestEffort`].
+    pub async fn wait_for_objective(
         &self,
         shared: &Shared,
         priority: i32,
         flow: &FlowId,
         bytes: usize,
-    ) -> Result<(), Error> {
-        self.wait(shared, priority, flow, bytes, true).await
+        since: Timestamp,
+    ) -> Result<Look, Error> {
+        self.wait(shared, priority, flow, bytes, Some(since)).await
     }
 
+    /// Waits for room (`objective_since` `None`) or for an objective.
     async fn wait(
         &self,
         shared: &Shared,
         priority: i32,
         flow: &FlowId,
         bytes: usize,
-        always: bool,
-    ) -> Result<(), Error> {
+        objective_since: Option<Timestamp>,
+    ) -> Result<Look, Error> {
         let pool = shedding::pool_saturation(shared);
         // The gate's own rule, read without its lock.
-        if !always && self.waiting.load(Ordering::Relaxed) == 0 && !pool.is_saturated() {
-            return Ok(());
+        if objective_since.is_none()
+            && self.waiting_for_room.load(Ordering::Relaxed) == 0
+            && !pool.is_saturated()
+        {
+            return Ok(Look::Again);
         }
         let (tx, rx) = oneshot::channel();
         let ticket = {
@@ -161,13 +197,12 @@ impl FlowControl {
             }
             let now = shared.clock.now();
             let (flow, bytes) = (flow.clone(), bytes as u64);
-            let arrival = if always {
-                s.gate.enqueue(priority, flow, bytes, tx, now)
-            } else {
-                s.gate.arrive(&pool, priority, flow, bytes, tx, now)
+            let arrival = match objective_since {
+                Some(since) => s.gate.wait_for_objective(priority, flow, bytes, tx, since),
+                None => s.gate.arrive(&pool, priority, flow, bytes, tx, now),
             };
             let queued = match arrival {
-                Arrival::Go(_) => return Ok(()),
+                Arrival::Go(_) => return Ok(Look::Again),
                 Arrival::Queued(q) => q,
                 Arrival::Refused(refusal) => {
                     let why = match refusal {
@@ -175,12 +210,23 @@ impl FlowControl {
                         Refusal::Full => "full",
                     };
                     metrics::counter!(t::FLOW_QUEUE, "outcome" => why).increment(1);
-                    return Err(Error::Shed(QUEUE_FULL));
+                    return match objective_since {
+                        Some(_) => Ok(Look::BestEffort),
+                        None => Err(Error::Shed(QUEUE_FULL)),
+                    };
                 }
             };
-            for d in queued.displaced {
+            let Leaving {
+                refused,
+                best_effort,
+            } = queued.displaced;
+            for d in refused {
                 metrics::counter!(t::FLOW_QUEUE, "outcome" => "displaced").increment(1);
                 let _ = d.send(Err(Error::Shed(QUEUE_DISPLACED)));
+            }
+            for d in best_effort {
+                metrics::counter!(t::FLOW_QUEUE, "outcome" => "best_effort").increment(1);
+                let _ = d.send(Ok(Look::BestEffort));
             }
             metrics::counter!(t::FLOW_QUEUE, "outcome" => "queued").increment(1);
             self.publish(&s);
@@ -223,8 +269,11 @@ impl FlowControl {
         let pool = shedding::pool_saturation(shared);
         let now = shared.clock.now();
         let mut s = self.lock();
-        let expired = s.gate.release(&pool, now, |d| {
-            let taken = d.value.send(Ok(())).is_ok();
+        let Leaving {
+            refused: expired,
+            best_effort,
+        } = s.gate.release(&pool, now, |d| {
+            let taken = d.value.send(Ok(Look::Again)).is_ok();
             if taken {
                 metrics::counter!(t::FLOW_QUEUE, "outcome" => "dispatched").increment(1);
                 metrics::histogram!(t::FLOW_QUEUE_WAIT).record(d.waited.as_secs_f64());
@@ -240,6 +289,10 @@ impl FlowControl {
                 Error::Shed(QUEUE_EXPIRED)
             };
             let _ = overdue.send(Err(e));
+        }
+        for overdue in best_effort {
+            metrics::counter!(t::FLOW_QUEUE, "outcome" => "best_effort").increment(1);
+            let _ = overdue.send(Ok(Look::BestEffort));
         }
         self.publish(&s);
     }

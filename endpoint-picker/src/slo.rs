@@ -13,16 +13,12 @@
 //! holding its prefix, which costs the fleet no more than a client sending a prompt no pod has
 //! cached.
 
-use std::time::Duration;
-
 use kvpick_scheduler::Slo;
 
 /// Time-to-first-token objective headers, in order of precedence.
 pub const TTFT_HEADERS: [&str; 2] = ["x-slo-ttft-ms", "x-llm-d-slo-ttft-ms"];
 /// Time-per-output-token objective headers, in order of precedence.
 pub const TPOT_HEADERS: [&str; 2] = ["x-slo-tpot-ms", "x-llm-d-slo-tpot-ms"];
-
-const MAX_MS: u64 = 3_600_000;
 
 /// The objectives `header` (a lookup by lower-case name) gives, when `trusted`.
 pub fn from_headers<'a>(trusted: bool, header: impl Fn(&str) -> Option<&'a str>) -> Slo {
@@ -33,16 +29,12 @@ pub fn from_headers<'a>(trusted: bool, header: impl Fn(&str) -> Option<&'a str>)
                 metrics::counter!(crate::telemetry::UNTRUSTED_HEADERS, "header" => n).increment(1);
                 return None;
             }
-            let ms = value
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|ms| (1..=MAX_MS).contains(ms));
-            if ms.is_none() {
+            let objective = value.trim().parse().ok().and_then(Slo::objective_ms);
+            if objective.is_none() {
                 metrics::counter!(crate::telemetry::SLO_HEADERS_IGNORED, "header" => n)
                     .increment(1);
             }
-            ms.map(Duration::from_millis)
+            objective
         })
     };
     Slo {
@@ -53,6 +45,8 @@ pub fn from_headers<'a>(trusted: bool, header: impl Fn(&str) -> Option<&'a str>)
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn slo(pairs: &[(&'static str, &'static str)]) -> Slo {

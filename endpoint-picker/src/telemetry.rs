@@ -104,7 +104,8 @@ pub const TTFT_ERROR_BUCKETS: [f64; 14] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 ];
 /// Requests through the flow-control queue, by outcome (`queued`, `dispatched`, `expired`,
-/// `displaced`, `full`, `too_large`, `cancelled`, `shutdown`).
+/// `displaced`, `full`, `too_large`, `cancelled`, `shutdown`; `best_effort`: a critical request
+/// waiting for its objectives whose wait ended, routed to the best endpoint anyway).
 pub const FLOW_QUEUE: &str = "kvpick_flow_queue_total";
 /// Requests waiting in the flow-control queue.
 pub const FLOW_QUEUE_REQUESTS: &str = "kvpick_flow_queue_requests";

@@ -54,6 +54,17 @@ pub struct Slo {
 }
 
 impl Slo {
+    /// Longest objective accepted from a request, in ms (an hour).
+    pub const MAX_MS: u64 = 3_600_000;
+
+    /// One objective given in whole milliseconds, as the request's headers and traces give it:
+    /// `None` unless 1..=[`Slo::MAX_MS`].
+    pub fn objective_ms(ms: u64) -> Option<Duration> {
+        (1..=Self::MAX_MS)
+            .contains(&ms)
+            .then(|| Duration::from_millis(ms))
+    }
+
     /// Each objective of `self`, or `fallback`'s where `self` sets none.
     pub fn or(self, fallback: Slo) -> Slo {
         Slo {

@@ -4,9 +4,12 @@
 //! the request's objectives ([`SloVerdict`]); [`SloVerdict::action`] turns that and the request's
 //! priority into what the caller does, as the Gateway API Inference Extension defines priority:
 //! a sheddable request (priority < 0) that cannot meet its objectives is refused at once (it
-//! would only load the pool to arrive late); any other waits for room when flow control is on,
-//! else goes to the fastest endpoint. The reason is a value the caller puts in its response
-//! header and metric label, in the vocabulary of the other drop reasons.
+//! would only load the pool to arrive late); any other (critical) waits in flow control, when it
+//! is on, for an endpoint predicted to meet them, at most the queue's TTL
+//! ([`crate::FlowConfig::may_wait_for_objective`], [`crate::FlowGate::wait_for_objective`]),
+//! and then goes best-effort: to the pick's best endpoint, whatever the prediction. The endpoint
+//! picker and the simulator both follow this. The reason is a value the caller puts in its
+//! response header and metric label, in the vocabulary of the other drop reasons.
 
 use crate::latency::Prediction;
 use crate::request::Slo;
@@ -61,7 +64,7 @@ pub enum SloVerdict {
 pub enum SloAction {
     /// Send it to the primary.
     Route,
-    /// Let it wait in flow control until the pool has room, then pick again.
+    /// Let it wait in flow control for a round with room, then pick again.
     Queue(SloMiss),
     /// Refuse it (429) with the miss's reason.
     Shed(SloMiss),
@@ -83,8 +86,9 @@ impl SloVerdict {
         first.map_or(SloVerdict::Met, SloVerdict::Unattainable)
     }
 
-    /// What to do with a request of `priority` (negative: sheddable) given this verdict, when
-    /// flow control is (`can_queue`) or is not on.
+    /// What to do with a request of `priority` (negative: sheddable) given this verdict, when it
+    /// may still wait for its objectives (`can_queue`: flow control is on and its TTL has not
+    /// passed) or not.
     pub fn action(self, priority: i32, can_queue: bool) -> SloAction {
         match self {
             SloVerdict::NoObjective | SloVerdict::Met => SloAction::Route,

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Dispatched, FlowConfig, FlowId, FlowQueue, Queued, Refusal, Ticket};
+use super::{Dispatched, FlowConfig, FlowId, FlowQueue, Leaving, Queued, Refusal, Ticket, Wait};
 use crate::saturation::PoolSaturation;
 use crate::time::Timestamp;
 
@@ -26,7 +26,8 @@ impl Pacer {
     }
 
     /// Records a dispatch at `now`. Called only within a budget, so what it holds stays under
-    /// the pool's slots.
+    /// the pool's slots. A look at a request waiting for its objectives counts too, whether or
+    /// not it is sent: that paces the looks to the pool's room.
     pub fn dispatched(&mut self, now: Timestamp) {
         self.unseen.push_back(now);
     }
@@ -65,7 +66,8 @@ impl<T> FlowGate<T> {
     }
 
     /// A request of `priority` in `flow`, `bytes` long, arrives at `now` while the pool is as
-    /// `pool` says: it goes at once only when nothing waits (no overtaking) and the pool has room.
+    /// `pool` says: it goes at once only when nothing waits for room (no overtaking; requests
+    /// waiting for their objectives are not in its way) and the pool has room.
     pub fn arrive(
         &mut self,
         pool: &PoolSaturation,
@@ -75,24 +77,33 @@ impl<T> FlowGate<T> {
         value: T,
         now: Timestamp,
     ) -> Arrival<T> {
-        if self.queue.is_empty() && !pool.is_saturated() {
+        if self.queue.waiting_for_room() == 0 && !pool.is_saturated() {
             return Arrival::Go(value);
         }
-        self.enqueue(priority, flow, bytes, value, now)
+        Self::queued(self.queue.push(priority, flow, bytes, value, now))
     }
 
-    /// Queues a request whatever the pool's room: one that no endpoint is predicted to serve
-    /// within its objectives waits for the next dispatch round that has room, and is picked
-    /// again then ([`crate::SloAction::Queue`]).
-    pub fn enqueue(
+    /// Queues a request that no endpoint is predicted to serve within its objectives
+    /// ([`crate::SloAction::Queue`]), whatever the pool's room: it is let out in a dispatch
+    /// round with room and picked again; if still predicted to miss, the caller queues it again
+    /// with the same `since` (when it first queued), until [`FlowConfig::may_wait_for_objective`]
+    /// says its TTL has passed. Refused a place, it is routed best-effort by the caller.
+    pub fn wait_for_objective(
         &mut self,
         priority: i32,
         flow: FlowId,
         bytes: u64,
         value: T,
-        now: Timestamp,
+        since: Timestamp,
     ) -> Arrival<T> {
-        match self.queue.push(priority, flow, bytes, value, now) {
+        Self::queued(
+            self.queue
+                .push_for(Wait::Objective, priority, flow, bytes, value, since),
+        )
+    }
+
+    fn queued(pushed: Result<Queued<T>, Refusal>) -> Arrival<T> {
+        match pushed {
             Ok(queued) => Arrival::Queued(queued),
             Err(refusal) => Arrival::Refused(refusal),
         }
@@ -108,16 +119,17 @@ impl<T> FlowGate<T> {
         self.queue.cancel(ticket)
     }
 
-    /// One dispatch round at `now`: takes out what waited `ttl` (returned, to be refused), then
-    /// hands `send` requests, highest priority first, while the pacer's budget lasts. `send`
-    /// says whether the request was taken (one whose client already left is not, and costs no
-    /// budget). An empty pool has no room to wait for: everything goes on, to its "no endpoint".
+    /// One dispatch round at `now`: takes out what waited `ttl` (returned: refused, or routed
+    /// best-effort), then hands `send` requests, highest priority first, while the pacer's
+    /// budget lasts. `send` says whether the request was taken (one whose client already left is
+    /// not, and costs no budget). An empty pool has no room to wait for: everything goes on, to
+    /// its "no endpoint".
     pub fn release(
         &mut self,
         pool: &PoolSaturation,
         now: Timestamp,
         mut send: impl FnMut(Dispatched<T>) -> bool,
-    ) -> Vec<T> {
+    ) -> Leaving<T> {
         let expired = self.queue.expire(now);
         let budget = if pool.total == 0 {
             usize::MAX

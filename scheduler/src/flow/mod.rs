@@ -8,6 +8,13 @@
 //! does not fit displaces requests of strictly lower bands (the newest of the longest flow
 //! first) when that makes room, else it is refused. Nobody waits longer than `ttl`.
 //!
+//! Requests wait for one of two things ([`Wait`]): room in the pool, or an endpoint predicted to
+//! meet their latency objectives ([`crate::SloAction::Queue`]). The second kind is let out like
+//! the first (each look costs a dispatch, which paces the looks to the pool's room) and, when it
+//! is still predicted to miss, queued again at the back of its flow with its first queueing time,
+//! so its `ttl` runs once; past it, displaced, or refused a place, it goes best-effort instead of
+//! being refused: it is not sheddable, and it is not waiting for room.
+//!
 //! How fast the queue drains is [`Pacer`]'s: the room the last scrapes show
 //! ([`crate::PoolSaturation::slots`]) less what was dispatched since those scrapes, so a burst
 //! of capacity is not answered with a stampede before the pods' signals catch up. [`FlowGate`]
@@ -21,7 +28,9 @@ use std::time::Duration;
 use crate::time::Timestamp;
 
 mod gate;
+mod wait;
 pub use gate::{Arrival, FlowGate, Pacer};
+pub use wait::{Leaving, Wait};
 
 /// The `flowControl` section of the picker config; on with the `flowControl` feature gate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +44,15 @@ pub struct FlowConfig {
     pub max_bytes: u64,
     /// Longest wait before a request gets 429 (`queueTTL`).
     pub ttl: Duration,
+}
+
+impl FlowConfig {
+    /// Whether a request no endpoint is predicted to serve within its objectives may wait
+    /// (more) for one at `now`: flow control is on and it has not waited `ttl` since it first
+    /// queued for them at `since` (`None`: it has not yet).
+    pub fn may_wait_for_objective(&self, since: Option<Timestamp>, now: Timestamp) -> bool {
+        self.enabled && since.is_none_or(|s| now - s < self.ttl)
+    }
 }
 
 impl Default for FlowConfig {
@@ -85,8 +103,8 @@ pub enum Refusal {
 pub struct Queued<T> {
     /// Its place, to [`FlowQueue::cancel`] it.
     pub ticket: Ticket,
-    /// Requests of lower bands pushed out to make room: they are refused.
-    pub displaced: Vec<T>,
+    /// Requests of lower bands pushed out to make room.
+    pub displaced: Leaving<T>,
 }
 
 /// A request leaving the queue to be scheduled.
@@ -94,8 +112,10 @@ pub struct Queued<T> {
 pub struct Dispatched<T> {
     /// What was queued.
     pub value: T,
-    /// How long it waited.
+    /// How long it waited (since it first queued).
     pub waited: Duration,
+    /// What it waited for.
+    pub wait: Wait,
 }
 
 #[derive(Debug)]
@@ -105,6 +125,7 @@ struct Waiting<T> {
     flow: FlowId,
     bytes: u64,
     since: Timestamp,
+    wait: Wait,
 }
 
 /// One priority band: its flows' queues, and whose turn is next.
@@ -141,6 +162,8 @@ pub struct FlowQueue<T> {
     bands: BTreeMap<Reverse<i32>, Band>,
     waiting: HashMap<Ticket, Waiting<T>>,
     bytes: u64,
+    /// Of the waiting, those waiting for their objectives.
+    for_objective: usize,
     next: u64,
 }
 
@@ -152,6 +175,7 @@ impl<T> FlowQueue<T> {
             bands: BTreeMap::new(),
             waiting: HashMap::new(),
             bytes: 0,
+            for_objective: 0,
             next: 0,
         }
     }
@@ -171,7 +195,12 @@ impl<T> FlowQueue<T> {
         self.bytes
     }
 
-    /// Queues a request of `priority` in `flow`, `bytes` long, at `now`.
+    /// Requests waiting for room (not for their objectives).
+    pub fn waiting_for_room(&self) -> usize {
+        self.waiting.len() - self.for_objective
+    }
+
+    /// Queues a request of `priority` in `flow`, `bytes` long, at `now`, to wait for room.
     pub fn push(
         &mut self,
         priority: i32,
@@ -179,6 +208,20 @@ impl<T> FlowQueue<T> {
         bytes: u64,
         value: T,
         now: Timestamp,
+    ) -> Result<Queued<T>, Refusal> {
+        self.push_for(Wait::Room, priority, flow, bytes, value, now)
+    }
+
+    /// Queues a request to wait for `wait`, at the back of its flow; its `ttl` runs from
+    /// `since` (when it first queued: a request looked at and queued again keeps it).
+    pub fn push_for(
+        &mut self,
+        wait: Wait,
+        priority: i32,
+        flow: FlowId,
+        bytes: u64,
+        value: T,
+        since: Timestamp,
     ) -> Result<Queued<T>, Refusal> {
         if bytes > self.config.max_bytes || self.config.max_requests == 0 {
             return Err(Refusal::TooLarge);
@@ -195,6 +238,9 @@ impl<T> FlowQueue<T> {
         band.len += 1;
         band.bytes += bytes;
         self.bytes += bytes;
+        if wait == Wait::Objective {
+            self.for_objective += 1;
+        }
         self.waiting.insert(
             ticket,
             Waiting {
@@ -202,19 +248,21 @@ impl<T> FlowQueue<T> {
                 priority,
                 flow,
                 bytes,
-                since: now,
+                since,
+                wait,
             },
         );
         Ok(Queued { ticket, displaced })
     }
 
     /// Displaces requests of bands below `priority` until one more request of `bytes` fits.
-    fn make_room(&mut self, priority: i32, bytes: u64) -> Result<Vec<T>, Refusal> {
+    fn make_room(&mut self, priority: i32, bytes: u64) -> Result<Leaving<T>, Refusal> {
         let over = |len: usize, queued: u64, c: &FlowConfig| {
             len + 1 > c.max_requests || queued + bytes > c.max_bytes
         };
+        let mut displaced = Leaving::default();
         if !over(self.len(), self.bytes, &self.config) {
-            return Ok(Vec::new());
+            return Ok(displaced);
         }
         // Feasible only if displacing every lower request would do.
         let (lower_len, lower_bytes) = self
@@ -230,13 +278,12 @@ impl<T> FlowQueue<T> {
         {
             return Err(Refusal::Full);
         }
-        let mut displaced = Vec::new();
         while over(self.len(), self.bytes, &self.config) {
             let Some(victim) = self.lowest_victim() else {
                 break;
             };
             if let Some(w) = self.remove(victim) {
-                displaced.push(w.value);
+                displaced.push(w);
             }
         }
         Ok(displaced)
@@ -252,6 +299,9 @@ impl<T> FlowQueue<T> {
     fn remove(&mut self, ticket: Ticket) -> Option<Waiting<T>> {
         let w = self.waiting.remove(&ticket)?;
         self.bytes -= w.bytes;
+        if w.wait == Wait::Objective {
+            self.for_objective -= 1;
+        }
         let key = Reverse(w.priority);
         if let Some(band) = self.bands.get_mut(&key) {
             band.take(&w.flow, ticket, w.bytes);
@@ -285,29 +335,35 @@ impl<T> FlowQueue<T> {
             self.bands.remove(&key);
         }
         self.bytes -= w.bytes;
+        if w.wait == Wait::Objective {
+            self.for_objective -= 1;
+        }
         Some(Dispatched {
             value: w.value,
             waited: now - w.since,
+            wait: w.wait,
         })
     }
 
-    /// Takes out every request that has waited `ttl` or longer at `now`.
-    pub fn expire(&mut self, now: Timestamp) -> Vec<T> {
+    /// Takes out every request that has waited `ttl` or longer at `now`. A flow is in order of
+    /// first queueing but for requests queued again after a look, so all of it is checked.
+    pub fn expire(&mut self, now: Timestamp) -> Leaving<T> {
         let ttl = self.config.ttl;
         let expired: Vec<Ticket> = self
             .bands
             .values()
             .flat_map(|b| b.flows.values())
-            .flat_map(|q| {
-                q.iter()
-                    .take_while(|t| self.waiting.get(t).is_some_and(|w| now - w.since >= ttl))
-            })
+            .flatten()
+            .filter(|t| self.waiting.get(t).is_some_and(|w| now - w.since >= ttl))
             .copied()
             .collect();
-        expired
-            .into_iter()
-            .filter_map(|t| self.remove(t).map(|w| w.value))
-            .collect()
+        let mut out = Leaving::default();
+        for t in expired {
+            if let Some(w) = self.remove(t) {
+                out.push(w);
+            }
+        }
+        out
     }
 }
 

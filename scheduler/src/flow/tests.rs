@@ -59,7 +59,7 @@ fn a_full_queue_displaces_lower_bands_newest_of_the_longest_flow_first() {
         Refusal::Full
     );
     let queued = q.push(0, flow("z"), 1, "z1", at(3)).unwrap();
-    assert_eq!(queued.displaced, ["x2"]);
+    assert_eq!(queued.displaced.refused, ["x2"]);
     assert_eq!(drain(&mut q), ["z1", "x1", "y1"]);
 }
 
@@ -79,7 +79,7 @@ fn byte_limits_refuse_or_displace() {
         Refusal::Full
     );
     let queued = q.push(0, flow(""), 40, "e", at(0)).unwrap();
-    assert_eq!(queued.displaced, ["c", "b"]);
+    assert_eq!(queued.displaced.refused, ["c", "b"]);
     assert_eq!(q.bytes(), 100);
     assert_eq!(drain(&mut q), ["a", "e"]);
 }
@@ -93,7 +93,7 @@ fn cancelled_and_expired_requests_leave_and_free_their_room() {
     assert_eq!(q.cancel(a), None);
     q.push(0, flow("a"), 5, "c", at(700)).unwrap();
     assert!(q.expire(at(1599)).is_empty());
-    assert_eq!(q.expire(at(1600)), ["b"]);
+    assert_eq!(q.expire(at(1600)).refused, ["b"]);
     assert_eq!((q.len(), q.bytes()), (1, 5));
     let d = q.pop(at(1650)).unwrap();
     assert_eq!((d.value, d.waited), ("c", Duration::from_millis(950)));
@@ -168,6 +168,80 @@ fn the_gate_lets_out_what_is_taken_within_the_budget() {
     assert_eq!(sent, ["d"]);
 }
 
+#[test]
+fn objective_waiters_are_looked_at_requeued_and_go_best_effort_past_the_ttl() {
+    let config = FlowConfig {
+        enabled: true,
+        max_requests: 3,
+        ttl: Duration::from_secs(1),
+        ..FlowConfig::default()
+    };
+    assert!(config.may_wait_for_objective(None, at(5)));
+    assert!(config.may_wait_for_objective(Some(at(0)), at(999)));
+    assert!(!config.may_wait_for_objective(Some(at(0)), at(1000)));
+    let off = FlowConfig {
+        enabled: false,
+        ..config.clone()
+    };
+    assert!(!off.may_wait_for_objective(None, at(0)));
+
+    let mut gate = FlowGate::new(config);
+    let room = |slots| PoolSaturation {
+        saturated: 0,
+        total: 1,
+        slots,
+        slots_as_of: at(0),
+    };
+    assert!(matches!(
+        gate.wait_for_objective(0, flow(""), 1, "slo", at(0)),
+        Arrival::Queued(_)
+    ));
+    // It does not wait for room, so it is not in the way of a newcomer while the pool has room.
+    assert!(matches!(
+        gate.arrive(&room(1), 0, flow(""), 1, "now", at(1)),
+        Arrival::Go("now")
+    ));
+    // A round with room lets it out for a look; still missing, it queues again with its first
+    // time, behind a request that queued for room meanwhile.
+    let saturated = PoolSaturation {
+        saturated: 1,
+        ..room(0)
+    };
+    assert!(matches!(
+        gate.arrive(&saturated, 0, flow(""), 1, "room", at(2)),
+        Arrival::Queued(_)
+    ));
+    let mut looked = Vec::new();
+    gate.release(&room(1), at(3), |d| {
+        looked.push((d.value, d.wait, d.waited));
+        true
+    });
+    assert_eq!(looked, [("slo", Wait::Objective, Duration::from_millis(3))]);
+    assert!(matches!(
+        gate.wait_for_objective(0, flow(""), 1, "slo", at(0)),
+        Arrival::Queued(_)
+    ));
+    assert_eq!(gate.queue().waiting_for_room(), 1);
+    // Past its TTL (from its first queueing) it goes best-effort; the room waiter, queued
+    // later, is still within its own.
+    let left = gate.release(&saturated, at(1000), |_| true);
+    assert_eq!(
+        left,
+        Leaving {
+            refused: vec![],
+            best_effort: vec!["slo"]
+        }
+    );
+    assert_eq!(gate.queue().len(), 1);
+    // Displaced by a higher band, an objective waiter goes best-effort too.
+    let mut q = queue(1, 100);
+    q.push_for(Wait::Objective, 0, flow(""), 1, "slo", at(0))
+        .unwrap();
+    let queued = q.push(5, flow(""), 1, "vip", at(1)).unwrap();
+    assert_eq!(queued.displaced.best_effort, ["slo"]);
+    assert!(queued.displaced.refused.is_empty());
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Push { priority: i32, flow: u8, bytes: u64 },
@@ -207,7 +281,7 @@ proptest! {
                     next += 1;
                     match q.push(priority, FlowId::new(Some(&flow.to_string())), bytes, id, at(now)) {
                         Ok(queued) => {
-                            for d in &queued.displaced {
+                            for d in &queued.displaced.refused {
                                 let (p, ..) = model.remove(d).expect("displaced a waiting request");
                                 prop_assert!(p < priority);
                             }
@@ -236,7 +310,7 @@ proptest! {
                 Op::Cancel(_) => {}
                 Op::Advance(ms) => {
                     now += ms;
-                    let mut expired = q.expire(at(now));
+                    let mut expired = q.expire(at(now)).refused;
                     expired.sort_unstable();
                     let mut want: Vec<u64> = model.iter().filter(|(_, w)| now - w.3 >= 1000).map(|(id, _)| *id).collect();
                     want.sort_unstable();

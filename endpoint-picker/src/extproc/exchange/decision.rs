@@ -73,8 +73,10 @@ impl Exchange {
                 let tokens = Tokenized::new(&*tokenizer, &req, &body).await;
                 let prompt = tokens.prompt(&req.prompt);
                 self.outcome = "routed";
-                // No endpoint predicted to meet the objectives: with flow control, wait once
-                // for a round with room and pick again (then the fastest, if still none).
+                // No endpoint predicted to meet the objectives: a critical request waits in
+                // flow control for one, picked again in each round with room, up to queueTTL;
+                // then (or without flow control) it goes to the best endpoint anyway.
+                let mut since = None;
                 let mut may_queue = self.shared.flow.is_some();
                 loop {
                     let priority = self.priority;
@@ -94,13 +96,18 @@ impl Exchange {
                     });
                     match (routed, &self.shared.flow) {
                         (Err(Error::SloUnattainable(_)), Some(flow)) if may_queue => {
-                            may_queue = false;
                             let shared = self.shared.clone();
-                            let turn =
-                                flow.wait_for_turn(&shared, priority, &self.flow, body.len());
-                            if let Err(e) = turn.await {
-                                break Err(e);
-                            }
+                            let first = *since.get_or_insert_with(|| shared.clock.now());
+                            let look = flow
+                                .wait_for_objective(&shared, priority, &self.flow, body.len(), first)
+                                .await;
+                            may_queue = match look {
+                                Err(e) => break Err(e),
+                                Ok(crate::flow_control::Look::Again) => {
+                                    flow.may_wait_for_objective(since, shared.clock.now())
+                                }
+                                Ok(crate::flow_control::Look::BestEffort) => false,
+                            };
                         }
                         (routed, _) => break routed,
                     }
