@@ -15,6 +15,8 @@
 //! TTFT   = ⌈work / chunk⌉ · (overhead + per_decode_seq·decoding + per_context_token·Σ context)
 //!        + per_prefill_token · work + per_attention_pair · (its own attention pairs)
 //!        + preemption: KV tokens demanded beyond the cache, recomputed
+//!        + slot wait: with max_num_seqs taken (decoding + requests ahead), the steps until
+//!          enough sequences finish (a full batch finishes one per output/max_num_seqs steps)
 //! TPOT   = overhead + per_decode_seq·(decoding + 1) + per_context_token·(Σ context + its own)
 //!        + the prefill work queued there spread over its decode
 //! cost   = TTFT + own prefill · (arrivals there per second) · TTFT
@@ -132,6 +134,14 @@ impl LatencyModel {
         let demand = reserved.max(scraped) + own + f64::from(cost.output_tokens) / 2.0;
         let overflow = (demand - capacity).max(0.0);
         ttft += t.per_prefill_token_us * overflow;
+        // Sequence slots: vLLM schedules at most max_num_seqs sequences, so with the decode
+        // batch and the requests ahead filling them this one starts only as sequences finish.
+        // Blind to this, the model sent a burst to an engine whose two slots were taken (its
+        // queue gauge said 8 waiting) while the other had room.
+        let slots = f64::from(p.max_num_seqs.max(1));
+        let occupants = decoding + f64::from(load.prefill_requests) + external;
+        let excess = (occupants + 1.0 - slots).max(0.0);
+        ttft += excess * f64::from(cost.output_tokens.max(1)) / slots * fixed;
         let own_context = f64::from(cost.prompt_tokens) + f64::from(cost.output_tokens) / 2.0;
         let out = f64::from(cost.output_tokens.max(1));
         let tpot = t.overhead_us
@@ -213,6 +223,40 @@ mod tests {
         };
         let slow = m.predict(&cost(12_000, 0), &busy, &idle, 0.0);
         assert!(slow.ttft_us > cold.ttft_us && slow.tpot_us > cold.tpot_us * 1.5);
+    }
+
+    #[test]
+    fn a_full_batch_makes_the_request_wait_for_a_slot() {
+        let mut profile = EngineProfile::named("tiny").unwrap();
+        profile.max_num_seqs = 2;
+        let m = LatencyModel::new(profile);
+        let idle = PodSignals::idle(Timestamp::ZERO);
+        let c = Cost {
+            prompt_tokens: 96,
+            cached_tokens: 0,
+            output_tokens: 200,
+        };
+        let one = EndpointLoad {
+            decode_requests: 1,
+            decode_context: 200,
+            ..EndpointLoad::default()
+        };
+        let full = EndpointLoad {
+            decode_requests: 2,
+            decode_context: 400,
+            prefill_requests: 2,
+            prefill_tokens: 192,
+            head_tokens: 96,
+            ..EndpointLoad::default()
+        };
+        let free = m.predict(&c, &one, &idle, 0.0);
+        let queued = m.predict(&c, &full, &idle, 0.0);
+        // Three sequences must finish first, one per 100 steps of ~5 ms: about 1.5 s.
+        assert!(free.ttft_us < 20_000.0, "{free:?}");
+        assert!(
+            queued.ttft_us > 1.4e6 && queued.ttft_us < 1.7e6,
+            "{queued:?}"
+        );
     }
 
     #[test]
