@@ -119,8 +119,33 @@ pub struct RequestRecord {
     pub unfit: bool,
     /// Refused by flow control: the queue was full, or it waited past `queueTTL`.
     pub rejected: bool,
+    /// Shed, with the picker's reason: sheddable while the pool was saturated
+    /// (`pool-saturated`), or predicted to miss its objectives on every engine
+    /// (`slo-ttft-unattainable`, `slo-tpot-unattainable`).
+    pub shed: Option<&'static str>,
+    /// Routed although no engine was predicted to meet its objectives (a critical request past
+    /// its wait, or with flow control off).
+    pub slo_best_effort: bool,
+    /// Its trace's TTFT objective (µs).
+    pub slo_ttft_us: Option<u64>,
+    /// Its trace's TPOT objective (µs).
+    pub slo_tpot_us: Option<u64>,
+    /// When the router picked its engine (later than its arrival when it waited in flow
+    /// control): what a predicted TTFT counts from.
+    pub routed: Option<SimTime>,
     /// TTFT the router's latency model predicted on the engine it picked (µs), if it has one.
     pub predicted_ttft_us: Option<f64>,
+}
+
+impl RequestRecord {
+    /// Whether a request whose first token came at `first` and last at `last` met its trace's
+    /// objectives.
+    pub fn met_slo(&self, first: SimTime, last: SimTime) -> bool {
+        let ttft = first.micros().saturating_sub(self.arrival.micros());
+        let tpot = last.micros().saturating_sub(first.micros())
+            / u64::from(self.output_tokens.saturating_sub(1).max(1));
+        self.slo_ttft_us.is_none_or(|t| ttft <= t) && self.slo_tpot_us.is_none_or(|t| tpot <= t)
+    }
 }
 
 /// One timeline sample.

@@ -61,6 +61,7 @@ proptest! {
                     model: None,
                     lora: (i % 5 == 4).then(|| Arc::from("adapter")),
                     session: None,
+                    objective: Default::default(),
                 }
             })
             .collect();

@@ -182,6 +182,7 @@ pub fn phased_trace(name: &str, tag: &str, seed: u64, phases: &[Phase]) -> Trace
                 model: None,
                 lora: None,
                 session: None,
+                objective: Default::default(),
             });
         }
         start += secs;

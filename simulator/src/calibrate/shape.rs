@@ -165,6 +165,7 @@ impl Workload {
                     model: None,
                     lora: None,
                     session: Some(format!("g{group}").into()),
+                    objective: Default::default(),
                 }
             })
             .collect();

@@ -19,7 +19,7 @@ use crate::clock::SimTime;
 use crate::engine::{Engine, EngineRequest, EngineStats, Profile, RequestId};
 use crate::error::SimError;
 use crate::metrics::{LogHistogram, Recorder, RequestRecord, Sample};
-use crate::policy::{PolicySpec, PoolShape};
+use crate::policy::{Ask, Picked, PolicySpec, PoolShape};
 use crate::replicas::{ReplicaSetup, Replicas};
 use crate::trace::Trace;
 
@@ -141,6 +141,8 @@ pub fn run(
             arrival: r.arrival,
             input_tokens: r.input_tokens(),
             output_target: r.output_tokens,
+            slo_ttft_us: r.objective.slo.ttft.map(|d| d.as_micros() as u64),
+            slo_tpot_us: r.objective.slo.tpot.map(|d| d.as_micros() as u64),
             ..Default::default()
         })
         .collect();
@@ -266,10 +268,11 @@ impl Loop<'_> {
     fn arrive(&mut self, i: usize, now: SimTime) -> Result<(), SimError> {
         let r = self.pickers.assign(i);
         self.refresh_signals(r, now);
+        let priority = self.trace.requests[i].objective.priority;
         let replica = self.pickers.get_mut(r);
         let verdict = match &mut replica.admission {
             None => Verdict::Route,
-            Some(a) => a.arrive(i, &replica.signals, now),
+            Some(a) => a.arrive(i, priority, &replica.signals, now),
         };
         match verdict {
             Verdict::Route => self.route(i, r, now),
@@ -277,12 +280,21 @@ impl Loop<'_> {
                 self.rec.records[i].rejected = true;
                 Ok(())
             }
-            Verdict::Queued => {
-                if !std::mem::replace(&mut replica.dispatching, true) {
-                    self.push(now, Event::Dispatch(r as u32));
-                }
+            Verdict::Shed => {
+                self.rec.records[i].shed = Some(admission::POOL_SATURATED);
                 Ok(())
             }
+            Verdict::Queued => {
+                self.dispatch_at(r, now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes sure replica `r` has a dispatch round at `at` or earlier.
+    fn dispatch_at(&mut self, r: usize, at: SimTime) {
+        if !std::mem::replace(&mut self.pickers.get_mut(r).dispatching, true) {
+            self.push(at, Event::Dispatch(r as u32));
         }
     }
 
@@ -294,40 +306,68 @@ impl Loop<'_> {
             return Ok(());
         };
         let released = a.release(&replica.signals, now);
-        let waiting = !a.is_empty();
-        replica.dispatching = waiting;
         for i in released.expired {
             self.rec.records[i].rejected = true;
         }
         for i in released.route {
             self.route(i, r, now)?;
         }
-        if waiting {
-            self.push(
-                now.plus_micros(admission::DISPATCH_TICK_US),
-                Event::Dispatch(r as u32),
-            );
+        let replica = self.pickers.get_mut(r);
+        replica.dispatching = false;
+        if replica.admission.as_ref().is_some_and(|a| !a.is_empty()) {
+            self.dispatch_at(r, now.plus_micros(admission::DISPATCH_TICK_US));
         }
         Ok(())
     }
 
-    /// Replica `r` picks request `i`'s engine and hands it over.
+    /// Replica `r` picks request `i`'s engine and hands it over; or, when no engine is predicted
+    /// to meet its objectives, sheds it or lets it wait for one, as the picker does.
     fn route(&mut self, i: usize, r: usize, now: SimTime) -> Result<(), SimError> {
-        let req = &self.trace.requests[i];
+        let trace = self.trace;
+        let req = &trace.requests[i];
         req.prompt.materialize(&mut self.tokens);
-        let replica = self.pickers.get_mut(r);
-        let routed = replica.router.pick(
-            i,
-            &self.tokens,
-            req.lora.as_deref(),
-            req.session.as_deref(),
-            req.output_tokens,
-            &replica.signals,
-            now,
-        )?;
+        let mut may_wait = (self.pickers.get_mut(r).admission.as_ref())
+            .is_some_and(|a| a.may_wait_for_objective(i, now));
+        let routed = loop {
+            let ask = Ask {
+                request: i,
+                tokens: &self.tokens,
+                lora: req.lora.as_deref(),
+                session: req.session.as_deref(),
+                output: req.output_tokens,
+                objective: req.objective,
+            };
+            let replica = self.pickers.get_mut(r);
+            match replica.router.pick(&ask, may_wait, &replica.signals, now)? {
+                Picked::Routed(routed) => break routed,
+                Picked::Shed(miss) => {
+                    self.rec.records[i].shed = Some(miss.reason());
+                    if let Some(a) = &mut replica.admission {
+                        a.done(i);
+                    }
+                    return Ok(());
+                }
+                Picked::Queue(_) => {
+                    let priority = req.objective.priority;
+                    if (replica.admission.as_mut())
+                        .is_some_and(|a| a.wait_for_objective(i, priority, now))
+                    {
+                        self.dispatch_at(r, now.plus_micros(admission::DISPATCH_TICK_US));
+                        return Ok(());
+                    }
+                    // No place to wait: best-effort now.
+                    may_wait = false;
+                }
+            }
+        };
+        if let Some(a) = &mut self.pickers.get_mut(r).admission {
+            a.done(i);
+        }
         let e = routed.engine;
         self.rec.records[i].engine = e as u32;
+        self.rec.records[i].routed = Some(now);
         self.rec.records[i].predicted_ttft_us = routed.predicted_ttft_us;
+        self.rec.records[i].slo_best_effort = routed.slo_unattainable;
         let engine_req = EngineRequest {
             id: RequestId(i as u32),
             prompt: std::mem::take(&mut self.tokens),

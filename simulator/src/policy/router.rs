@@ -8,7 +8,7 @@ use kvpick_scheduler::events::EventBatch;
 use kvpick_scheduler::scorers::ScorerSpec;
 use kvpick_scheduler::{
     BlockSize, Candidate, Endpoint, EndpointId, EndpointPickerConfig, EngineProfile, EventsState,
-    KvIndex, PodSignals, Prompt, Request, ReservationId, Scheduler,
+    KvIndex, PodSignals, Prompt, Request, ReservationId, Scheduler, SloAction, SloMiss, SloVerdict,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use super::PolicySpec;
 use crate::clock::SimTime;
 use crate::error::SimError;
+use crate::trace::Objective;
 
 enum Kind {
     Random,
@@ -44,6 +45,36 @@ pub struct Routed {
     pub engine: usize,
     /// The latency model's TTFT on that engine (µs), for policies that have one.
     pub predicted_ttft_us: Option<f64>,
+    /// No engine was predicted to meet its objectives: it went best-effort.
+    pub slo_unattainable: bool,
+}
+
+/// What [`Router::pick`] did with a request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Picked {
+    /// Routed and reserved.
+    Routed(Routed),
+    /// Predicted to miss its objectives everywhere, and it may wait for them.
+    Queue(SloMiss),
+    /// Predicted to miss them everywhere, and sheddable.
+    Shed(SloMiss),
+}
+
+/// One request as a router is asked to place it.
+#[derive(Clone, Copy, Debug)]
+pub struct Ask<'a> {
+    /// Its index in the trace (its reservation's key).
+    pub request: usize,
+    /// Its prompt.
+    pub tokens: &'a [u32],
+    /// Its LoRA adapter.
+    pub lora: Option<&'a str>,
+    /// Its session id.
+    pub session: Option<&'a str>,
+    /// Output tokens it asks for.
+    pub output: u32,
+    /// Its priority and objectives.
+    pub objective: Objective,
 }
 
 impl std::fmt::Debug for Router {
@@ -185,35 +216,34 @@ impl Router {
         }
     }
 
-    /// Picks the engine for request `request` of `tokens` (LoRA `lora`, `output` tokens asked
-    /// for), given the latest scraped signals, and reserves its cost there.
-    #[allow(clippy::too_many_arguments)]
+    /// Picks the engine for `ask` given the latest scraped signals and reserves its cost there;
+    /// or, when no engine is predicted to meet its objectives, says what the picker would do
+    /// instead ([`kvpick_scheduler::SloVerdict::action`]; `may_wait`: it may still wait in flow
+    /// control for them), reserving nothing.
     pub fn pick(
         &mut self,
-        request: usize,
-        tokens: &[u32],
-        lora: Option<&str>,
-        session: Option<&str>,
-        output: u32,
+        ask: &Ask<'_>,
+        may_wait: bool,
         signals: &[PodSignals],
         now: SimTime,
-    ) -> Result<Routed, SimError> {
+    ) -> Result<Picked, SimError> {
         let n = self.endpoints.len();
         if n == 0 || signals.len() != n {
             return Err(SimError::InvalidConfig("no engines".into()));
         }
-        Ok(match &mut self.kind {
-            Kind::Random => Routed {
-                engine: self.rng.random_range(0..n),
+        let baseline = |engine| {
+            Picked::Routed(Routed {
+                engine,
                 predicted_ttft_us: None,
-            },
+                slo_unattainable: false,
+            })
+        };
+        Ok(match &mut self.kind {
+            Kind::Random => baseline(self.rng.random_range(0..n)),
             Kind::RoundRobin(next) => {
                 let i = *next % n;
                 *next = (i + 1) % n;
-                Routed {
-                    engine: i,
-                    predicted_ttft_us: None,
-                }
+                baseline(i)
             }
             Kind::Scheduled { scheduler, precise } => {
                 let events = if *precise {
@@ -231,24 +261,33 @@ impl Router {
                         events,
                     })
                     .collect();
-                let mut req = Request::new(lora.unwrap_or(&self.model), Prompt::Tokens(tokens));
-                req.session = session;
-                req.max_tokens = Some(output);
+                let mut req =
+                    Request::new(ask.lora.unwrap_or(&self.model), Prompt::Tokens(ask.tokens));
+                req.session = ask.session;
+                req.max_tokens = Some(ask.output);
+                req.slo = ask.objective.slo;
+                req.priority = ask.objective.priority;
                 let decision = scheduler.pick(&req, &candidates, now.timestamp())?;
+                match decision.slo.action(req.priority, may_wait) {
+                    SloAction::Route => {}
+                    SloAction::Queue(miss) => return Ok(Picked::Queue(miss)),
+                    SloAction::Shed(miss) => return Ok(Picked::Shed(miss)),
+                }
                 let engine = decision
                     .primary()
                     .ok_or(kvpick_scheduler::Error::NoEndpoint("empty decision"))?
                     .index();
                 if let Some(id) = scheduler.reserve(&decision, now.timestamp()) {
-                    if self.reservations.len() <= request {
-                        self.reservations.resize(request + 1, None);
+                    if self.reservations.len() <= ask.request {
+                        self.reservations.resize(ask.request + 1, None);
                     }
-                    self.reservations[request] = Some(id);
+                    self.reservations[ask.request] = Some(id);
                 }
-                Routed {
+                Picked::Routed(Routed {
                     engine,
                     predicted_ttft_us: decision.predicted.map(|p| p.ttft_us),
-                }
+                    slo_unattainable: matches!(decision.slo, SloVerdict::Unattainable(_)),
+                })
             }
         })
     }

@@ -64,7 +64,7 @@ impl Replicas {
                     _ => crate::trace::tokens::content_id("replica-seed", &[seed, r as u64]),
                 };
                 let router = Router::new(spec, shape, seed)?;
-                let admission = router.picker_config().and_then(Admission::new);
+                let admission = router.picker_config().map(Admission::new);
                 Ok(Replica {
                     router,
                     signals: signals.to_vec(),

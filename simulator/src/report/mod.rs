@@ -53,6 +53,16 @@ pub struct Summary {
     pub unfit: usize,
     /// Requests refused by flow control (queue full, or waited past `queueTTL`).
     pub rejected: usize,
+    /// Sheddable requests shed: while the pool was saturated, or predicted to miss their
+    /// objectives on every engine.
+    pub shed: usize,
+    /// Of those, shed for their objectives (the rest: while the pool was saturated).
+    pub shed_slo: usize,
+    /// Requests routed although no engine was predicted to meet their objectives.
+    pub slo_best_effort: usize,
+    /// Of the completed requests whose trace gave objectives, the fraction that met all of
+    /// them (TTFT, and TPOT as (e2e − TTFT) / (outputs − 1)); `None` without such requests.
+    pub slo_met: Option<f64>,
     /// Preemptions over all engines.
     pub preemptions: u64,
     /// Time to first token (s).
@@ -93,7 +103,8 @@ impl Summary {
         let mut e2e = Vec::new();
         let mut queue = Vec::new();
         let mut prediction_error = Vec::new();
-        let (mut completed, mut unfit, mut rejected) = (0, 0, 0);
+        let (mut completed, mut unfit, mut rejected, mut shed, mut shed_slo) = (0, 0, 0, 0, 0);
+        let (mut slo_best_effort, mut slo_met, mut slo_asked) = (0, 0, 0);
         let (mut out_tokens, mut in_tokens, mut cached, mut admitted_in) = (0u64, 0u64, 0u64, 0u64);
         let mut engine_requests = vec![0u64; run.engines.len()];
         let start = run.records.first().map(|r| r.arrival).unwrap_or_default();
@@ -107,6 +118,16 @@ impl Summary {
                 rejected += 1;
                 continue;
             }
+            if let Some(reason) = r.shed {
+                shed += 1;
+                shed_slo += usize::from(
+                    kvpick_scheduler::SloMiss::ALL
+                        .iter()
+                        .any(|m| m.reason() == reason),
+                );
+                continue;
+            }
+            slo_best_effort += usize::from(r.slo_best_effort);
             if let Some(c) = engine_requests.get_mut(r.engine as usize) {
                 *c += 1;
             }
@@ -120,12 +141,17 @@ impl Summary {
             if let Some(f) = r.first_token {
                 ttft.push(f.secs_since(r.arrival));
                 if let Some(p) = r.predicted_ttft_us {
-                    prediction_error.push((p / 1e6 - f.secs_since(r.arrival)).abs());
+                    let picked = r.routed.unwrap_or(r.arrival);
+                    prediction_error.push((p / 1e6 - f.secs_since(picked)).abs());
                 }
             }
             if let (Some(f), Some(d)) = (r.first_token, r.finished) {
                 if r.output_tokens == r.output_target {
                     completed += 1;
+                    if r.slo_ttft_us.is_some() || r.slo_tpot_us.is_some() {
+                        slo_asked += 1;
+                        slo_met += usize::from(r.met_slo(f, d));
+                    }
                 }
                 e2e.push(d.secs_since(r.arrival));
                 if r.output_tokens > 1 {
@@ -148,6 +174,10 @@ impl Summary {
             completed,
             unfit,
             rejected,
+            shed,
+            shed_slo,
+            slo_best_effort,
+            slo_met: (slo_asked > 0).then(|| slo_met as f64 / slo_asked as f64),
             preemptions: run.engines.iter().map(|e| e.preemptions).sum(),
             ttft: Quantiles::of(&mut ttft),
             itl: Quantiles {

@@ -29,6 +29,12 @@ fn extra() -> [&'static str; 2] {
 /// Shown only when some run had flow control refuse requests.
 const REJECTED: &str = "rejected";
 
+/// Shown only when some run shed requests: all of them, and those shed for their objectives.
+const SHED: [&str; 2] = ["shed", "shed slo"];
+
+/// Shown only when the trace gives objectives: completed requests that met them.
+const SLO_MET: &str = "SLO met %";
+
 /// Shown only when some policy predicts latency: median |predicted − simulated| TTFT.
 const PREDICTION: &str = "pred err p50 s";
 
@@ -36,12 +42,16 @@ const PREDICTION: &str = "pred err p50 s";
 #[derive(Clone, Copy)]
 struct Optional {
     rejected: bool,
+    shed: bool,
+    slo: bool,
     prediction: bool,
 }
 
 fn optional(summaries: &[Summary]) -> Optional {
     Optional {
         rejected: summaries.iter().any(|s| s.rejected > 0),
+        shed: summaries.iter().any(|s| s.shed > 0),
+        slo: summaries.iter().any(|s| s.slo_met.is_some()),
         prediction: summaries.iter().any(|s| s.prediction_error.is_some()),
     }
 }
@@ -67,6 +77,16 @@ fn row(s: &Summary, opt: Optional) -> Vec<String> {
     if opt.rejected {
         cells.push(s.rejected.to_string());
     }
+    if opt.shed {
+        cells.push(s.shed.to_string());
+        cells.push(s.shed_slo.to_string());
+    }
+    if opt.slo {
+        cells.push(
+            s.slo_met
+                .map_or_else(|| "-".to_owned(), |f| format!("{:.1}", f * 100.0)),
+        );
+    }
     if opt.prediction {
         cells.push(
             s.prediction_error
@@ -81,6 +101,8 @@ fn headers(opt: Optional) -> Vec<&'static str> {
         .into_iter()
         .chain(extra())
         .chain(opt.rejected.then_some(REJECTED))
+        .chain(opt.shed.then_some(SHED).into_iter().flatten())
+        .chain(opt.slo.then_some(SLO_MET))
         .chain(opt.prediction.then_some(PREDICTION))
         .collect()
 }

@@ -62,6 +62,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Trace, SimError> {
             model: None,
             lora: None,
             session: None,
+            objective: Default::default(),
         });
     }
     Ok(Trace {

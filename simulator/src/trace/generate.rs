@@ -209,6 +209,7 @@ impl SharedPrefix {
                     model: None,
                     lora: None,
                     session: Some(Arc::from(format!("g{g}u{u}"))),
+                    objective: Default::default(),
                 }
             })
             .collect();
@@ -286,6 +287,7 @@ impl Chat {
                     model: None,
                     lora: None,
                     session: Some(session.clone()),
+                    objective: Default::default(),
                 });
                 history.push(Segment {
                     id: answer,

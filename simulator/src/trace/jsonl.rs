@@ -8,18 +8,28 @@
 //!    "block_tokens": 512                                  `block_tokens` (default 512) tokens
 //!  "output_id": 42,                                       optional: output token stream (chat turns)
 //!  "model": "qwen3-32b", "lora": "sql-adapter",           optional: model, LoRA adapter,
-//!  "session": "user-17"}                                  session id
+//!  "session": "user-17",                                  session id,
+//!  "priority": -1,                                        priority (default 0; negative:
+//!                                                         sheddable), latency objectives in
+//!  "slo_ttft_ms": 500, "slo_tpot_ms": 50}                 whole ms (default: the config's)
 //! ```
 //!
-//! Unknown fields are errors (they are usually typos). Generators write this format.
+//! Unknown fields are errors (they are usually typos). Generators write this format. The
+//! objectives and priority are what the endpoint picker reads from `x-slo-ttft-ms`,
+//! `x-slo-tpot-ms` and the request's InferenceObjective: with a `predicted-latency-scorer`
+//! policy, a sheddable request predicted to miss them on every engine is shed, a critical one
+//! waits in flow control (when on) for an engine predicted to meet them, then goes best-effort.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{PromptSpec, Segment, Trace, TraceRequest, bad_line, tokens};
+use kvpick_scheduler::Slo;
+
+use super::{Objective, PromptSpec, Segment, Trace, TraceRequest, bad_line, tokens};
 use crate::clock::SimTime;
 use crate::error::SimError;
 
@@ -46,6 +56,26 @@ struct Line {
     lora: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     session: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slo_ttft_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slo_tpot_ms: Option<u64>,
+}
+
+fn is_zero(p: &i32) -> bool {
+    *p == 0
+}
+
+/// An objective in whole ms, accepted as the endpoint picker accepts its headers.
+fn slo_ms(name: &str, ms: Option<u64>) -> Result<Option<Duration>, String> {
+    match ms {
+        None => Ok(None),
+        Some(ms) => Slo::objective_ms(ms)
+            .map(Some)
+            .ok_or_else(|| format!("{name} must be 1..={}, got {ms}", Slo::MAX_MS)),
+    }
 }
 
 /// Parses a whole kvpick JSONL trace; `path` only names errors.
@@ -110,6 +140,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Trace, SimError> {
         if prompt.is_empty() {
             return Err(bad("empty prompt".into()));
         }
+        let slo = Slo {
+            ttft: slo_ms("slo_ttft_ms", l.slo_ttft_ms).map_err(bad)?,
+            tpot: slo_ms("slo_tpot_ms", l.slo_tpot_ms).map_err(bad)?,
+        };
         requests.push(TraceRequest {
             arrival: SimTime::from_secs_f64(l.timestamp_ms / 1000.0),
             prompt,
@@ -120,6 +154,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Trace, SimError> {
             model: l.model.map(Arc::from),
             lora: l.lora.map(Arc::from),
             session: l.session.map(Arc::from),
+            objective: Objective {
+                priority: l.priority,
+                slo,
+            },
         });
     }
     Ok(Trace {
@@ -141,6 +179,9 @@ pub fn write(trace: &Trace, out: &mut impl Write) -> std::io::Result<()> {
             model: r.model.as_deref().map(str::to_owned),
             lora: r.lora.as_deref().map(str::to_owned),
             session: r.session.as_deref().map(str::to_owned),
+            priority: r.objective.priority,
+            slo_ttft_ms: r.objective.slo.ttft.map(|d| d.as_millis() as u64),
+            slo_tpot_ms: r.objective.slo.tpot.map(|d| d.as_millis() as u64),
             ..Line::default()
         };
         match &r.prompt {
@@ -162,12 +203,21 @@ mod tests {
         let text = concat!(
             "{\"timestamp_ms\": 1.5, \"output_length\": 3, \"tokens\": [1,2,3], \"lora\": \"a\"}\n",
             "{\"timestamp_ms\": 2, \"output_length\": 3, \"segments\": [[9, 40]], \"session\": \"s\"}\n",
-            "{\"timestamp_ms\": 3, \"output_length\": 3, \"hash_ids\": [1, 2], \"input_length\": 20, \"block_tokens\": 16}\n",
+            "{\"timestamp_ms\": 3, \"output_length\": 3, \"hash_ids\": [1, 2], \"input_length\": 20, \"block_tokens\": 16, \"priority\": -1, \"slo_ttft_ms\": 500, \"slo_tpot_ms\": 40}\n",
         );
         let t = parse(Path::new("k.jsonl"), text).unwrap();
         assert_eq!(t.requests.len(), 3);
         assert_eq!(t.requests[0].lora.as_deref(), Some("a"));
         assert_eq!(t.requests[2].input_tokens(), 20);
+        let objective = Objective {
+            priority: -1,
+            slo: Slo {
+                ttft: Some(Duration::from_millis(500)),
+                tpot: Some(Duration::from_millis(40)),
+            },
+        };
+        assert_eq!(t.requests[2].objective, objective);
+        assert_eq!(t.requests[0].objective, Objective::default());
         let mut buf = Vec::new();
         write(&t, &mut buf).unwrap();
         let back = parse(Path::new("k.jsonl"), std::str::from_utf8(&buf).unwrap()).unwrap();
@@ -175,7 +225,10 @@ mod tests {
             let (mut ta, mut tb) = (Vec::new(), Vec::new());
             a.prompt.materialize(&mut ta);
             b.prompt.materialize(&mut tb);
-            assert_eq!((ta, a.arrival, a.output_id), (tb, b.arrival, b.output_id));
+            assert_eq!(
+                (ta, a.arrival, a.output_id, a.objective),
+                (tb, b.arrival, b.output_id, b.objective)
+            );
         }
         let e = parse(
             Path::new("k.jsonl"),
@@ -191,5 +244,15 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("k.jsonl:1: unknown field"), "{e}");
+        for bad in [
+            "\"slo_ttft_ms\": 0",
+            "\"slo_tpot_ms\": 3600001",
+            "\"slo_ttft_ms\": -5",
+        ] {
+            let line =
+                format!("{{\"timestamp_ms\": 1, \"output_length\": 3, \"tokens\": [1], {bad}}}");
+            let e = parse(Path::new("k.jsonl"), &line).unwrap_err().to_string();
+            assert!(e.starts_with("k.jsonl:1:") && e.contains("slo_t"), "{e}");
+        }
     }
 }

@@ -88,6 +88,19 @@ pub struct TraceRequest {
     pub lora: Option<Arc<str>>,
     /// Session id, for session affinity.
     pub session: Option<Arc<str>>,
+    /// Its priority and latency objectives.
+    pub objective: Objective,
+}
+
+/// What a request asks of the pool beyond its tokens, as the endpoint picker reads it from the
+/// request's headers (`x-slo-ttft-ms`, `x-slo-tpot-ms`, its InferenceObjective's priority): the
+/// simulator's admission acts on it with the picker's own verdicts ([`kvpick_scheduler::slo`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Objective {
+    /// Priority; negative is sheddable.
+    pub priority: i32,
+    /// Latency objectives; none by default (the picker config's defaults then apply).
+    pub slo: kvpick_scheduler::Slo,
 }
 
 impl TraceRequest {
