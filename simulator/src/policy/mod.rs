@@ -17,7 +17,7 @@
 mod router;
 mod spec;
 
-pub use router::{PoolShape, Routed, Router};
+pub use router::{Ask, Picked, PoolShape, Routed, Router};
 pub use spec::{
     APPROX_PREFIX_YAML, BUILTIN, LEAST_LOADED_YAML, PREDICTED_LATENCY_YAML, PolicySpec,
 };

@@ -99,7 +99,13 @@ impl Exchange {
                             let shared = self.shared.clone();
                             let first = *since.get_or_insert_with(|| shared.clock.now());
                             let look = flow
-                                .wait_for_objective(&shared, priority, &self.flow, body.len(), first)
+                                .wait_for_objective(
+                                    &shared,
+                                    priority,
+                                    &self.flow,
+                                    body.len(),
+                                    first,
+                                )
                                 .await;
                             may_queue = match look {
                                 Err(e) => break Err(e),
