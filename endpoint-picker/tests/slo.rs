@@ -53,7 +53,7 @@ async fn ask(p: &Picker, objective: &str, ttft_ms: &str) -> pb::ProcessingRespon
 
 /// Sends the request of [`ask`]; its answer comes on the returned stream.
 async fn send(p: &Picker, objective: &str, ttft_ms: &str) -> Stream {
-    let mut s = p.stream().await;
+    let s = p.stream().await;
     let headers = [
         ("x-gateway-inference-objective", objective),
         ("x-slo-ttft-ms", ttft_ms),
