@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kvpick_scheduler::disagg::PdOutcome;
 use kvpick_scheduler::{
     Candidate, Decision, EndpointSet, PodSignals, Prediction, Request, ReservationId, Scheduler,
     SloAction, SloVerdict, Timestamp,
@@ -80,6 +81,9 @@ pub struct Routing {
     pub reservation: Option<ReservationId>,
     /// The primary's predicted latency, when the profile has a latency scorer.
     pub predicted: Option<Prediction>,
+    /// P/D: the prefill pod, when the prompt is prefilled there (llm-d's
+    /// `x-prefiller-host-port`); the primary and fallbacks are decode pods.
+    pub prefill: Option<SocketAddr>,
 }
 
 /// The request path's glue between the pool and the scheduler: turns the pool into candidates and
@@ -188,7 +192,8 @@ impl Router {
         self.scheduler.first_token(id, self.clock.now());
     }
 
-    /// The request of `id` ended (end of stream, client gone, error).
+    /// The request of `id` ended (end of stream, client gone, error). Under P/D this also gives
+    /// back its prefill pod's reservation if its first token did not.
     pub fn release(&self, id: ReservationId, endpoint: SocketAddr) {
         self.scheduler.release(id, self.clock.now());
         self.export_inflight(endpoint);
@@ -248,6 +253,19 @@ impl Router {
         };
         let reservation = self.scheduler.reserve(&decision, self.clock.now());
         self.export_inflight(primary);
+        let prefill = match &decision.pd {
+            PdOutcome::Off => None,
+            pd => {
+                metrics::counter!(crate::telemetry::PD_DECISIONS, "decision" => pd.label())
+                    .increment(1);
+                let view = self.pool.view();
+                let pod = pd.prefill().and_then(|p| p.primary());
+                pod.and_then(|id| view.by_id(id).map(|m| m.endpoint.address))
+            }
+        };
+        if let Some(p) = prefill {
+            self.export_inflight(p);
+        }
         let mut destination = String::with_capacity(22 * (1 + self.config.fallbacks));
         for (i, a) in addresses.iter().take(1 + self.config.fallbacks).enumerate() {
             if i > 0 {
@@ -278,6 +296,7 @@ impl Router {
             scored,
             reservation,
             predicted: decision.predicted,
+            prefill,
         })
     }
 }

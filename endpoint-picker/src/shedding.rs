@@ -23,14 +23,21 @@ pub const LLM_D_OBJECTIVE_HEADER: &str = "x-llm-d-inference-objective";
 pub const PRIORITY_HEADER: &str = "x-kvpick-priority";
 /// Request headers every shipped gateway config removes from clients before kvpick sees them:
 /// the destination Envoy routes on (kvpick sets it), and the scheduling headers kvpick believes
-/// when an operator trusts them (`--trust-priority-header`, `--trust-fairness-header`). The
+/// when an operator trusts them (`--trust-priority-header`, `--trust-fairness-header`), and
+/// llm-d's routing-sidecar headers (`x-prefiller-host-port` and the rest of
+/// [`kvpick_scheduler::disagg::SIDECAR_HEADERS`]: a client naming a prefill pod would steer a
+/// decode pod's sidecar; kvpick sets the prefill pod itself, after this strip). The
 /// latency objectives (`x-slo-*`) and the objective name are the client's own by design and pass.
 /// `manifests/check.py` reads this list (keep it literal) and checks every Envoy config and
 /// HTTPRoute in the repository removes each one.
-pub const GATEWAY_STRIPS: [&str; 3] = [
+pub const GATEWAY_STRIPS: [&str; 7] = [
     "x-gateway-destination-endpoint",
     "x-kvpick-priority",
     "x-gateway-inference-fairness-id",
+    "x-prefiller-host-port",
+    "x-prefiller-url",
+    "x-encoder-hosts-ports",
+    "x-data-parallel-host-port",
 ];
 
 /// Set on every immediate response kvpick sends: why the request was dropped (`pool-saturated`
@@ -149,7 +156,10 @@ mod tests {
             reply::DESTINATION,
             PRIORITY_HEADER,
             crate::flow_control::FAIRNESS_HEADER,
-        ] {
+        ]
+        .into_iter()
+        .chain(kvpick_scheduler::disagg::SIDECAR_HEADERS)
+        {
             assert!(GATEWAY_STRIPS.contains(&header), "{header}");
         }
     }

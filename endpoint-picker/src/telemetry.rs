@@ -132,6 +132,9 @@ pub const CONNECTIONS_REFUSED: &str = "kvpick_connections_refused_total";
 
 /// Latency-objective headers whose value was not a valid objective (ignored), by `header`.
 pub const SLO_HEADERS_IGNORED: &str = "kvpick_slo_headers_ignored_total";
+/// Counter `{decision}`: what a P/D config's handler did (`prefill_decode`, `decode_only`,
+/// `no_prefill_endpoint`), as llm-d's `pd_decision` counts it.
+pub const PD_DECISIONS: &str = "kvpick_pd_decisions_total";
 
 /// How long a `/metrics` request's head may take to arrive.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -140,6 +143,10 @@ const MAX_REQUEST_HEAD: usize = 8192;
 
 fn describe() {
     describe_gauge!(CONNECTIONS_OPEN, "Connections open now, by listener");
+    describe_counter!(
+        PD_DECISIONS,
+        "P/D handler decisions: prefill_decode, decode_only or no_prefill_endpoint"
+    );
     describe_counter!(
         SLO_HEADERS_IGNORED,
         "Latency-objective headers ignored for an invalid value (not 1..3600000 ms), by header"

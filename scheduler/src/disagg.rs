@@ -23,6 +23,19 @@
 //! arrives over the wire) but holds all of it in KV while it generates.
 
 use crate::decision::Ranked;
+
+/// The request header naming the prefill pod (`ip:port`) to the decode pod's routing sidecar.
+pub const PREFILLER_HOST_PORT: &str = "x-prefiller-host-port";
+/// The same for older routing sidecars, as a URL (`http://ip:port`).
+pub const PREFILLER_URL: &str = "x-prefiller-url";
+/// llm-d's other headers to the routing sidecar (encode pods, a data-parallel rank): kvpick sets
+/// neither, and a client must not either.
+pub const SIDECAR_HEADERS: [&str; 4] = [
+    PREFILLER_HOST_PORT,
+    PREFILLER_URL,
+    "x-encoder-hosts-ports",
+    "x-data-parallel-host-port",
+];
 use crate::inflight::Cost;
 use crate::latency::Prediction;
 

@@ -10,6 +10,7 @@
 //! - [`des`]: the discrete-event loop that wires trace, policy and engines together in simulated time;
 //!   [`admission`]: the picker's flow control (`featureGates: [flowControl]`) in that time.
 //! - [`metrics`] and [`report`]: what a run measured, as a table, JSON and SVG plots.
+//! - [`transfer`]: what moving a prompt's KV from a prefill to a decode engine costs (P/D).
 //! - [`cache_hit`]: the single global prefix-cache analysis of a trace.
 //! - [`calibrate`]: the engine profile and workload shape fitted to a live cluster's Prometheus.
 //! - [`tune`]: search for the picker config's best weights on a workload, across seeds.
@@ -32,6 +33,7 @@ pub mod policy;
 pub mod replicas;
 pub mod report;
 pub mod trace;
+pub mod transfer;
 pub mod tune;
 
 pub use clock::SimTime;

@@ -135,6 +135,8 @@ pub struct RequestRecord {
     pub routed: Option<SimTime>,
     /// TTFT the router's latency model predicted on the engine it picked (µs), if it has one.
     pub predicted_ttft_us: Option<f64>,
+    /// P/D: the engine that prefilled it, when it was disaggregated (`engine` decoded it).
+    pub prefill_engine: Option<u32>,
 }
 
 impl RequestRecord {
@@ -181,17 +183,33 @@ pub struct Recorder {
     /// First tokens and completions of the step just finished, for the router's in-flight
     /// accounting: (request, finished, when).
     pub lifecycle: Vec<(RequestId, bool, SimTime)>,
+    /// P/D: requests whose prefill-only run finished in the step just finished, for the loop to
+    /// transfer their KV: (trace request, when).
+    pub prefilled: Vec<(usize, SimTime)>,
 }
+
+/// The id of trace request `i`'s prefill-only run on a prefill engine (P/D): the request's own
+/// id with the top bit set, so that its record is the request's.
+pub fn prefill_run(i: usize) -> RequestId {
+    RequestId(i as u32 | PREFILL_RUN)
+}
+
+const PREFILL_RUN: u32 = 1 << 31;
 
 impl Recorder {
     fn rec(&mut self, req: RequestId) -> &mut RequestRecord {
-        &mut self.records[req.0 as usize]
+        &mut self.records[(req.0 & !PREFILL_RUN) as usize]
     }
 }
 
 impl EngineSink for Recorder {
     fn admitted(&mut self, req: RequestId, cached_tokens: u32, now: SimTime) {
         let r = self.rec(req);
+        if r.admitted.is_some() {
+            // P/D: the decode side of a request its prefill engine admitted first; the hit that
+            // counts is the prefill engine's.
+            return;
+        }
         r.admitted = Some(now);
         r.cached_tokens = cached_tokens;
         let input = r.input_tokens as u64;
@@ -200,6 +218,10 @@ impl EngineSink for Recorder {
     }
 
     fn first_token(&mut self, req: RequestId, now: SimTime) {
+        if req.0 & PREFILL_RUN != 0 {
+            // The prefill-only run's one token is not the client's.
+            return;
+        }
         let r = self.rec(req);
         r.first_token = Some(now);
         r.output_tokens = 1;
@@ -212,6 +234,10 @@ impl EngineSink for Recorder {
     }
 
     fn finished(&mut self, req: RequestId, now: SimTime) {
+        if req.0 & PREFILL_RUN != 0 {
+            self.prefilled.push(((req.0 & !PREFILL_RUN) as usize, now));
+            return;
+        }
         self.rec(req).finished = Some(now);
         self.lifecycle.push((req, true, now));
     }

@@ -163,6 +163,7 @@ async fn one(
             max_tokens: MAX_TOKENS,
             output_id,
             lora: None,
+            transferred: 0,
             progress,
         }))
         .await?;

@@ -9,6 +9,8 @@ use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use pb::processing_response::Response;
 
+use kvpick_scheduler::disagg::{PREFILLER_HOST_PORT, PREFILLER_URL, SIDECAR_HEADERS};
+
 use crate::envoy_headers::header_value;
 use crate::error::Error;
 use crate::router::Routing;
@@ -36,16 +38,24 @@ fn set_header(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
-/// The header mutation that routes: drop whatever the client sent, set the decision (and the
-/// body's length when the body is re-sent in full-duplex mode).
+/// The header mutation that routes: drop whatever the client sent (the destination and llm-d's
+/// routing-sidecar headers, which would steer the decode pod's prefill), set the decision, the
+/// prefill pod when disaggregated (llm-d's `x-prefiller-host-port`, and `x-prefiller-url` for
+/// older sidecars), and the body's length when the body is re-sent in full-duplex mode.
 pub fn routing_mutation(routing: &Routing, content_length: Option<usize>) -> pb::HeaderMutation {
     let mut set_headers = vec![set_header(DESTINATION, &routing.destination)];
+    if let Some(prefill) = routing.prefill {
+        set_headers.push(set_header(PREFILLER_HOST_PORT, &prefill.to_string()));
+        set_headers.push(set_header(PREFILLER_URL, &format!("http://{prefill}")));
+    }
     if let Some(len) = content_length {
         set_headers.push(set_header("content-length", &len.to_string()));
     }
+    let mut remove_headers = vec![DESTINATION.to_owned()];
+    remove_headers.extend(SIDECAR_HEADERS.iter().map(|h| (*h).to_owned()));
     pb::HeaderMutation {
         set_headers,
-        remove_headers: vec![DESTINATION.to_owned()],
+        remove_headers,
     }
 }
 

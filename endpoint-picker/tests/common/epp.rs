@@ -23,6 +23,16 @@ impl Epp {
     /// Starts kvpick-epp on loopback with `endpoints` (file discovery) and `tokenizer` (a bare
     /// directory: the default tokenizer of every model); its log goes to `dir`.
     pub fn start(endpoints: &Path, dir: &Path, tokenizer: &Path) -> Self {
+        Self::start_with_env(endpoints, dir, tokenizer, &[])
+    }
+
+    /// [`Epp::start`] with more settings as environment variables (`KVPICK_CONFIG`, ...).
+    pub fn start_with_env(
+        endpoints: &Path,
+        dir: &Path,
+        tokenizer: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         let (grpc, health, metrics) = (free_port(), free_port(), free_port());
         let log = dir.join("kvpick-epp.log");
         let out = std::fs::File::create(&log).unwrap();
@@ -38,6 +48,7 @@ impl Epp {
             // Generous: a debug build on a shared machine.
             .env("KVPICK_TOKENIZE_TIMEOUT", "10s")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

@@ -45,13 +45,22 @@ pub struct Picker {
 
 impl Picker {
     pub async fn start(settings: Settings, endpoints: &[&str]) -> Self {
+        let unlabelled: Vec<(&str, Option<&str>)> = endpoints.iter().map(|a| (*a, None)).collect();
+        Self::start_with_roles(settings, &unlabelled).await
+    }
+
+    /// [`Picker::start`] with each endpoint's `llm-d.ai/role` label (`None`: unlabelled).
+    pub async fn start_with_roles(settings: Settings, endpoints: &[(&str, Option<&str>)]) -> Self {
         let server = Server::bind(settings).await.unwrap();
         let specs = endpoints
             .iter()
-            .map(|a| EndpointSpec {
+            .map(|(a, role)| EndpointSpec {
                 address: a.parse().unwrap(),
                 model: "m".into(),
-                labels: Default::default(),
+                labels: role
+                    .map(|r| ("llm-d.ai/role".to_owned(), r.to_owned()))
+                    .into_iter()
+                    .collect(),
                 // Nothing listens on port 1: scrapes fail fast and signals stay unknown.
                 metrics: "http://127.0.0.1:1/metrics".into(),
                 kv_events: None,

@@ -258,10 +258,6 @@ const OMITTED: &[(&str, &str)] = &[
         "kvpick reads the total, vllm:num_requests_waiting",
     ),
     (
-        "vllm:prompt_tokens_by_source",
-        "the same counts are in vllm:prefix_cache_hits and vllm:prompt_tokens",
-    ),
-    (
         "vllm:prompt_tokens_cached",
         "the same counts are in vllm:prefix_cache_hits",
     ),

@@ -39,6 +39,10 @@ pub struct DemoConfig {
     pub model: String,
     /// Seed of the fleet.
     pub seed: u64,
+    /// P/D: prefill pods among `pods`; the kvpick pass then runs llm-d's P/D config
+    /// ([`kvpick_scheduler::EndpointPickerConfig::PD_YAML`] at the demo's block size and a
+    /// 256-token threshold), the cache-blind pass serves every pod aggregated.
+    pub prefill_pods: usize,
 }
 
 impl DemoConfig {
@@ -82,7 +86,14 @@ impl DemoConfig {
             },
             model: "kvpick-demo".into(),
             seed,
+            prefill_pods: 0,
         }
+    }
+
+    /// Sets the number of prefill pods (P/D; 0: aggregated).
+    pub fn prefill_pods(mut self, n: usize) -> Self {
+        self.prefill_pods = n;
+        self
     }
 
     /// Sets the number of pods.
@@ -133,6 +144,13 @@ impl DemoResult {
 /// The two passes: label, whether kvpick-epp gets the KV-event publishers.
 const PASSES: [(&str, bool); 2] = [("cache-blind", false), ("kvpick", true)];
 
+/// llm-d's P/D config as kvpick ships it, at `block_size` and a 256-token threshold.
+fn pd_config(block_size: u32) -> String {
+    kvpick_scheduler::EndpointPickerConfig::PD_YAML
+        .replace("blockSize: 16 ", &format!("blockSize: {block_size} "))
+        .replace("nonCachedTokens: 2048", "nonCachedTokens: 256")
+}
+
 /// Runs both passes, writes `out/`, prints and returns the comparison. With `keep_running`, the
 /// kvpick stack stays up after the comparison until `cancel`.
 pub async fn run(
@@ -164,13 +182,25 @@ pub async fn run(
     let mut fleet_cfg = FleetConfig::new(cfg.profile.clone(), &cfg.model);
     fleet_cfg.pods = cfg.pods;
     fleet_cfg.seed = cfg.seed;
+    fleet_cfg.prefill_pods = cfg.prefill_pods;
     let mut runs = Vec::new();
     let mut all_records: Vec<(String, Vec<Record>)> = Vec::new();
     let mut kept = None;
     for (label, kv_events) in PASSES {
         eprintln!("demo: {label}: starting the fleet, kvpick-epp and envoy...");
         let dir = out.join(label);
-        let mut stack = Stack::start(fleet_cfg.clone(), kv_events, tools, &dir, cancel).await?;
+        let epp_args = match (kv_events, cfg.prefill_pods) {
+            (true, 1..) => {
+                std::fs::create_dir_all(&dir).map_err(|e| FleetError::io(&dir, e))?;
+                let path = dir.join("pd.yaml");
+                std::fs::write(&path, pd_config(cfg.profile.block_size))
+                    .map_err(|e| FleetError::io(&path, e))?;
+                vec!["--config".to_owned(), path.display().to_string()]
+            }
+            _ => Vec::new(),
+        };
+        let mut stack =
+            Stack::start_with(fleet_cfg.clone(), kv_events, tools, &epp_args, &dir, cancel).await?;
         eprintln!(
             "demo: {label}: sending {} requests through http://{}",
             trace.requests.len(),

@@ -71,6 +71,8 @@ pub struct Submission {
     pub output_id: u64,
     /// LoRA adapter.
     pub lora: Option<Arc<str>>,
+    /// Leading prompt tokens whose KV arrived from a prefill pod (P/D; 0 otherwise).
+    pub transferred: u32,
     /// Where progress goes.
     pub progress: watch::Sender<Progress>,
 }
@@ -270,6 +272,7 @@ impl Driver {
             output_tokens: s.max_tokens.max(1),
             output_id: s.output_id,
             lora: s.lora.clone(),
+            transferred: s.transferred,
         };
         if let Err(unfit) = self.engine.add_request(req) {
             let r = match unfit {
@@ -296,6 +299,7 @@ impl Driver {
                 scheduled: arrival,
                 generated: 0,
                 running: false,
+                transferred: s.transferred,
             },
         );
     }

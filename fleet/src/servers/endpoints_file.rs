@@ -8,6 +8,7 @@
 //!   metrics: http://127.0.0.1:40001/metrics
 //!   kvEvents: tcp://127.0.0.1:40002
 //!   kvReplay: tcp://127.0.0.1:40003
+//!   labels: {llm-d.ai/role: decode}     # P/D fleets only
 //! ```
 //!
 //! Written to a temporary file then renamed, so a watcher never reads half a file.
@@ -36,6 +37,8 @@ struct Entry {
     kv_events: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     kv_replay: Option<String>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    labels: std::collections::BTreeMap<&'static str, &'static str>,
 }
 
 impl Fleet {
@@ -51,6 +54,11 @@ impl Fleet {
                     metrics: format!("http://{}/metrics", s.address),
                     kv_events: kv_events.then(|| s.kv_events.clone()),
                     kv_replay: if kv_events { s.kv_replay.clone() } else { None },
+                    labels: s
+                        .role
+                        .map(|r| (kvpick_scheduler::filters::ROLE_LABEL, r))
+                        .into_iter()
+                        .collect(),
                 })
                 .collect(),
         };

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use super::driver::{Command, Progress, Submission};
 use super::openai::{self, Api, ApiError, ModelInfo, ResponseHead};
 use super::respond::{Body, Reply, error, full, json};
+use super::sidecar::{self, Prefill, Sidecar};
 use super::stats::{self, EngineStats, PageInfo};
 
 /// Bounds of one server.
@@ -69,6 +70,11 @@ pub struct ServerState {
     pub seed: u64,
     /// Responses so far (ids, output streams).
     pub served: AtomicU64,
+    /// P/D: a decode pod's routing sidecar ([`super::sidecar`]); `None` on prefill pods and in
+    /// aggregated fleets.
+    pub sidecar: Option<Sidecar>,
+    /// Its own address (the prefill side's `kv_transfer_params`).
+    pub address: std::net::SocketAddr,
 }
 
 fn unix_secs() -> u64 {
@@ -204,6 +210,8 @@ async fn generate(req: Request<Incoming>, st: &ServerState, api: Api) -> Respons
             "the engine is restarting",
         ));
     }
+    let prefiller = sidecar::target(req.headers());
+    let path = req.uri().path().to_owned();
     let bytes = match body(req, st.limits.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => return error(&e),
@@ -212,6 +220,34 @@ async fn generate(req: Request<Incoming>, st: &ServerState, api: Api) -> Respons
         Ok(g) => g,
         Err(e) => return error(&e),
     };
+    // P/D: prefill on the named pod first (decode pods), or say where this prefill's KV is
+    // (a prefill-only request from a decode pod).
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let remote_decode = v
+        .pointer("/kv_transfer_params/do_remote_decode")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let kv_transfer_params = remote_decode.then(|| {
+        let blocks = (g.prompt.len() as u32).div_ceil(st.block_size.max(1));
+        sidecar::transfer_params(st.address, blocks)
+    });
+    let (mut transferred, mut reported_cached) = (0, None);
+    if let (Some(target), Some(sc)) = (prefiller, &st.sidecar) {
+        match sc.prefill(&target, &path, &v).await {
+            Prefill::Local | Prefill::Fallback => {}
+            Prefill::Remote { cached_tokens } => {
+                tokio::time::sleep(sc.transfer_time(g.prompt.len() as u32)).await;
+                transferred = g.prompt.len() as u32;
+                reported_cached = Some(cached_tokens);
+                st.stats.lock().remote_prefills += 1;
+            }
+            Prefill::Answer(status, body) => {
+                let mut r = Response::new(full(body));
+                *r.status_mut() = status;
+                return r;
+            }
+        }
+    }
     let fail = {
         let mut guard = st.error_rate.lock();
         let (rate, rng) = &mut *guard;
@@ -238,6 +274,8 @@ async fn generate(req: Request<Incoming>, st: &ServerState, api: Api) -> Respons
         prompt_len: g.prompt.len() as u32,
         max_tokens: g.max_tokens,
         include_usage: g.include_usage,
+        cached_tokens: reported_cached,
+        kv_transfer_params,
     };
     let (tx, rx) = watch::channel(Progress::default());
     let submission = Submission {
@@ -245,6 +283,7 @@ async fn generate(req: Request<Incoming>, st: &ServerState, api: Api) -> Respons
         max_tokens: g.max_tokens,
         output_id,
         lora: g.lora,
+        transferred,
         progress: tx,
     };
     if st.commands.try_send(Command::Submit(submission)).is_err() {

@@ -19,6 +19,7 @@ pub mod http;
 pub mod kv_publisher;
 pub mod openai;
 pub mod respond;
+pub mod sidecar;
 mod sink;
 pub mod stats;
 pub mod tokenizer;
@@ -40,7 +41,9 @@ use driver::{Command, Driver, DriverConfig};
 use http::{ServerLimits, ServerState};
 use kv_publisher::PublisherConfig;
 use kvpick_sim::engine::Profile;
+use kvpick_sim::transfer::KvTransfer;
 use openai::ModelInfo;
+use sidecar::Sidecar;
 use stats::EngineStats;
 
 /// Which of vLLM's KV-event msgpack layouts the fleet publishes.
@@ -113,6 +116,12 @@ pub struct FleetConfig {
     pub restart_downtime: Duration,
     /// How text prompts become tokens.
     pub tokenizer: tokenizer::Tokenizer,
+    /// P/D: the first this many pods are prefill pods (`llm-d.ai/role: prefill`), the rest
+    /// decode pods (`decode`) whose routing sidecar honours `x-prefiller-host-port`; 0 is an
+    /// aggregated fleet with no role labels.
+    pub prefill_pods: usize,
+    /// P/D: how long a prompt's KV takes to reach a decode pod.
+    pub kv_transfer: KvTransfer,
 }
 
 impl FleetConfig {
@@ -143,6 +152,17 @@ impl FleetConfig {
             error_rate: 0.0,
             restart_downtime: Duration::from_millis(500),
             tokenizer: tokenizer::Tokenizer::Fallback,
+            prefill_pods: 0,
+            kv_transfer: KvTransfer::default(),
+        }
+    }
+
+    /// Pod `pod`'s `llm-d.ai/role`: none in an aggregated fleet.
+    pub fn role(&self, pod: usize) -> Option<&'static str> {
+        match (self.prefill_pods, pod < self.prefill_pods) {
+            (0, _) => None,
+            (_, true) => Some("prefill"),
+            (_, false) => Some("decode"),
         }
     }
 }
@@ -160,6 +180,8 @@ pub struct Server {
     pub kv_events: String,
     /// `tcp://ip:port` of its replay endpoint.
     pub kv_replay: Option<String>,
+    /// Its `llm-d.ai/role` label (P/D fleets).
+    pub role: Option<&'static str>,
     stats: Arc<Mutex<EngineStats>>,
     commands: mpsc::Sender<Command>,
 }
@@ -184,6 +206,8 @@ pub struct Fleet {
     block_size: u32,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Every server's address: the decode pods' sidecars call only these.
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl Drop for Fleet {
@@ -213,12 +237,19 @@ impl Fleet {
             return Err(FleetError::InvalidConfig("--speed must be positive".into()));
         }
         cfg.profile.validate().map_err(kvpick_sim::SimError::from)?;
+        cfg.kv_transfer.validate()?;
+        if cfg.prefill_pods >= cfg.pods && cfg.prefill_pods > 0 {
+            return Err(FleetError::InvalidConfig(
+                "--prefill-pods must leave at least one decode pod".into(),
+            ));
+        }
         let mut fleet = Self {
             servers: Vec::new(),
             model: cfg.model.clone(),
             block_size: cfg.profile.block_size,
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            peers: Arc::default(),
         };
         for pod in 0..cfg.pods {
             for rank in 0..cfg.dp {
@@ -301,7 +332,18 @@ impl Fleet {
             limits: cfg.limits,
             seed,
             served: AtomicU64::new(0),
+            sidecar: (cfg.role(pod) == Some("decode")).then(|| {
+                Sidecar::new(
+                    address,
+                    self.peers.clone(),
+                    cfg.kv_transfer,
+                    cfg.profile.block_size,
+                    cfg.speed,
+                )
+            }),
+            address,
         });
+        self.peers.lock().push(address);
         self.tracker.spawn(http::serve(
             listener,
             state,
@@ -314,6 +356,7 @@ impl Fleet {
             address,
             kv_events: endpoints.events,
             kv_replay: endpoints.replay,
+            role: cfg.role(pod),
             stats,
             commands: cmd_tx,
         })

@@ -84,6 +84,11 @@ pub struct Reply {
     pub max_tokens: u32,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
+    /// P/D, on the decode pod: the prefill pod's cached tokens, reported instead of its own (as
+    /// llm-d's sidecar rewrites `usage`).
+    pub cached_tokens: Option<u32>,
+    /// P/D, on the prefill pod: `kv_transfer_params` for the decode pod (a whole body only).
+    pub kv_transfer_params: Option<Value>,
 }
 
 impl Reply {
@@ -98,7 +103,8 @@ impl Reply {
 
     fn usage(&self, p: &Progress, whole: bool) -> Value {
         let whole = whole.then_some(self.head.api);
-        usage(self.prompt_len, p.generated, p.cached_tokens, whole)
+        let cached = p.cached_tokens.map(|c| self.cached_tokens.unwrap_or(c));
+        usage(self.prompt_len, p.generated, cached, whole)
     }
 
     /// Waits for the end and answers with one JSON body.
@@ -112,9 +118,12 @@ impl Reply {
         };
         match p.end {
             Some(End::Finished) => {
-                let body = self
+                let mut body = self
                     .head
                     .full(&self.text(0, p.generated), self.usage(&p, true));
+                if let Some(params) = &self.kv_transfer_params {
+                    body["kv_transfer_params"] = params.clone();
+                }
                 json(StatusCode::OK, &body)
             }
             Some(End::Refused(r)) => error(&refusal_error(r, self.prompt_len, self.max_tokens)),

@@ -26,6 +26,8 @@ pub(super) struct Live {
     pub(super) scheduled: SimTime,
     pub(super) generated: u32,
     pub(super) running: bool,
+    /// Prompt tokens whose KV arrived from a prefill pod.
+    pub(super) transferred: u32,
 }
 
 /// Unix time now, for event batches and the LoRA gauge.
@@ -69,6 +71,16 @@ impl EngineSink for Sink<'_> {
         };
         self.stats.prefix_queries += l.prompt_len as u64;
         self.stats.prefix_hits += cached_tokens as u64;
+        // As the engine admits: what it holds, then what arrived (all but the last token), the
+        // rest computed here.
+        let external = l
+            .transferred
+            .min(l.prompt_len.saturating_sub(1))
+            .saturating_sub(cached_tokens);
+        let by_source = &mut self.stats.prompt_tokens_by_source;
+        by_source.local_cache_hit += u64::from(cached_tokens);
+        by_source.external_kv_transfer += u64::from(external);
+        by_source.local_compute += u64::from(l.prompt_len.saturating_sub(cached_tokens + external));
         self.stats.queue.observe(now.secs_since(l.arrival));
         l.scheduled = now;
         l.running = true;

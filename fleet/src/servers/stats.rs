@@ -80,6 +80,22 @@ pub struct EngineStats {
     pub request_generation_tokens: Histogram,
     /// Tokens computed per step.
     pub iteration_tokens: Histogram,
+    /// Prompt tokens by where their KV came from (`vllm:prompt_tokens_by_source`).
+    pub prompt_tokens_by_source: TokensBySource,
+    /// P/D: requests this pod decoded after a remote prefill (the sidecar's count; not a vLLM
+    /// series).
+    pub remote_prefills: u64,
+}
+
+/// Prompt tokens by source, as vLLM counts them at admission.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokensBySource {
+    /// Computed by this engine.
+    pub local_compute: u64,
+    /// Found in its prefix cache.
+    pub local_cache_hit: u64,
+    /// Pulled from another engine (P/D: the prefill pod's KV).
+    pub external_kv_transfer: u64,
 }
 
 impl EngineStats {
@@ -108,6 +124,8 @@ impl EngineStats {
             request_prompt_tokens: Histogram::one_two_five(max_model_len),
             request_generation_tokens: Histogram::one_two_five(max_model_len),
             iteration_tokens: Histogram::new(ITERATION),
+            prompt_tokens_by_source: TokensBySource::default(),
+            remote_prefills: 0,
         }
     }
 }
@@ -231,6 +249,20 @@ pub fn render(s: &EngineStats, info: &PageInfo<'_>) -> String {
         "Prefix cache hits, in terms of number of cached tokens.",
         s.prefix_hits,
     );
+    p.head(
+        "vllm:prompt_tokens_by_source_total",
+        "counter",
+        "Number of prompt tokens by source.",
+    );
+    let by = &s.prompt_tokens_by_source;
+    for (source, n) in [
+        ("local_compute", by.local_compute),
+        ("local_cache_hit", by.local_cache_hit),
+        ("external_kv_transfer", by.external_kv_transfer),
+    ] {
+        let extra = format!(",source=\"{source}\"");
+        p.sample("vllm:prompt_tokens_by_source_total", &extra, n as f64);
+    }
     p.counter(
         "vllm:num_preemptions",
         "Cumulative number of preemption from the engine.",

@@ -22,6 +22,7 @@
 //! the same steps over the candidates it keeps (never the decode pod itself), priced as a
 //! prefill-only request ([`disagg`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::EndpointPickerConfig;
@@ -60,7 +61,14 @@ pub struct Scheduler {
     expected_output_tokens: u32,
     /// The latency scorer's parameters (objectives by request, objective and default).
     slo_params: Option<PredictedLatencyParams>,
+    /// P/D: each disaggregated request's decode reservation → its prefill reservation, released
+    /// with the decode's first token (the prefill-only request ends before the decode starts).
+    /// Bounded like the accounting: the oldest link goes first.
+    linked: parking_lot::Mutex<BTreeMap<ReservationId, ReservationId>>,
 }
+
+/// P/D reservation links held at most (as many as the accounting's reservations).
+const MAX_LINKS: usize = 1 << 16;
 
 /// Models with a profile of their own at most.
 const MAX_TUNED_MODELS: usize = 64;
@@ -103,6 +111,7 @@ impl Scheduler {
         Self {
             latency: predicted.map(|p| LatencyModel::new(p.profile.clone())),
             tuned: Default::default(),
+            linked: Default::default(),
             expected_output_tokens: predicted.map_or(256, |p| p.expected_output_tokens),
             slo_params: predicted.map(|p| (**p).clone()),
             inflight: InFlight::new(inflight),
@@ -178,20 +187,45 @@ impl Scheduler {
         &self.inflight
     }
 
-    /// Reserves `decision`'s cost on its primary at `now`; `None` for an empty decision.
+    /// Reserves `decision`'s cost on its primary at `now`; `None` for an empty decision. A
+    /// disaggregated decision also reserves its prefill-only request on the prefill pod, given
+    /// back with the returned reservation's first token (or its release).
     pub fn reserve(&self, decision: &Decision, now: Timestamp) -> Option<ReservationId> {
         let primary = decision.primary()?;
-        Some(self.inflight.reserve(primary, decision.cost, now))
+        let prefill = decision
+            .pd
+            .prefill()
+            .and_then(|p| Some(self.inflight.reserve(p.primary()?, p.cost, now)));
+        let id = self.inflight.reserve(primary, decision.cost, now);
+        if let Some(prefill) = prefill {
+            let mut linked = self.linked.lock();
+            while linked.len() >= MAX_LINKS {
+                linked.pop_first();
+            }
+            linked.insert(id, prefill);
+        }
+        Some(id)
     }
 
     /// The reserved request produced its first token (its prefill is done).
     pub fn first_token(&self, id: ReservationId, now: Timestamp) {
         self.inflight.first_token(id, now);
+        self.release_linked(id, now);
     }
 
     /// The reserved request ended (response end, client gone, error, timeout).
     pub fn release(&self, id: ReservationId, now: Timestamp) {
         self.inflight.release(id, now);
+        self.release_linked(id, now);
+    }
+
+    fn release_linked(&self, id: ReservationId, now: Timestamp) {
+        if self.linked.lock().is_empty() {
+            return;
+        }
+        if let Some(prefill) = self.linked.lock().remove(&id) {
+            self.inflight.release(prefill, now);
+        }
     }
 
     /// Folds a fresh scrape of `endpoint` into the in-flight accounting.
@@ -260,14 +294,6 @@ impl Scheduler {
             pd.run(request, candidates, &mut decision, now);
         }
         Ok(decision)
-    }
-
-    /// Reserves the prefill-only request of a disaggregated `decision` on its prefill pod at
-    /// `now`; `None` when it is not disaggregated. Release it like any reservation: its first
-    /// token is the end of its prefill, which is when the decode pod's response starts.
-    pub fn reserve_prefill(&self, decision: &Decision, now: Timestamp) -> Option<ReservationId> {
-        let prefill = decision.pd.prefill()?;
-        Some(self.inflight.reserve(prefill.primary()?, prefill.cost, now))
     }
 }
 

@@ -98,9 +98,9 @@ fn a_long_uncached_prompt_is_prefilled_on_a_prefill_pod_and_decoded_on_a_decode_
         "the decode pod gets the prompt's KV"
     );
     assert_eq!(s.prefill_scorer_names().len(), 2);
-    // The prefill-only request is reserved on the prefill pod, the decode on the decode pod.
-    s.reserve(&d, Timestamp::ZERO).unwrap();
-    s.reserve_prefill(&d, Timestamp::ZERO).unwrap();
+    // The prefill-only request is reserved on the prefill pod, the decode on the decode pod;
+    // the decode's first token ends the prefill's reservation, its release the decode's.
+    let id = s.reserve(&d, Timestamp::ZERO).unwrap();
     let load = |e: u32| {
         s.inflight()
             .load(EndpointId::new(e).unwrap(), Timestamp::ZERO)
@@ -108,6 +108,12 @@ fn a_long_uncached_prompt_is_prefilled_on_a_prefill_pod_and_decoded_on_a_decode_
     assert_eq!(load(1).prefill_tokens, 896);
     assert_eq!(load(decode).prefill_requests, 1);
     assert!(load(decode).prefill_tokens <= 1);
+    assert_eq!(s.inflight().len(), 2);
+    s.first_token(id, Timestamp::from_millis(5));
+    assert_eq!((load(1).prefill_requests, load(1).decode_requests), (0, 0));
+    assert_eq!(load(decode).decode_requests, 1);
+    s.release(id, Timestamp::from_millis(9));
+    assert!(s.inflight().is_empty());
 }
 
 #[test]
@@ -125,7 +131,8 @@ fn short_or_cached_prompts_stay_on_their_decode_pod() {
         )
         .unwrap();
     assert_eq!(d.pd, PdOutcome::DecodeOnly);
-    assert_eq!(s.reserve_prefill(&d, Timestamp::ZERO), None);
+    s.reserve(&d, Timestamp::ZERO);
+    assert_eq!(s.inflight().len(), 1, "nothing on a prefill pod");
     // 4000 of 4096 tokens cached on decode pod 2: 96 uncached, under the threshold.
     let long = prompt(4096, 3);
     cache(&s, 2, &long, 250);
@@ -210,7 +217,6 @@ fn the_latency_model_prices_both_sides() {
             .pick(&Request::new("m", Prompt::Tokens(&tokens)), &c, at)
             .unwrap();
         s.reserve(&d, at);
-        s.reserve_prefill(&d, at);
         per[d.pd.prefill().unwrap().primary().unwrap().index()] += 1;
     }
     assert!(per.iter().all(|&n| n >= 4), "{per:?}");

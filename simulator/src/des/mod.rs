@@ -374,6 +374,7 @@ impl Loop<'_> {
             output_tokens: req.output_tokens,
             output_id: req.output_id,
             lora: req.lora.clone(),
+            transferred: 0,
         };
         if self.engines[e].add_request(engine_req).is_err() {
             self.rec.records[i].unfit = true;

@@ -140,8 +140,10 @@ impl Engine {
             let max_hit = (seq.len() as usize - 1) / bs;
             let hit_blocks = self.cache.prefix_hits(&seq.hashes[..max_hit]);
             let hit_tokens = (hit_blocks * bs) as u32;
-            let n = (seq.len() - hit_tokens).min(budget);
-            let new_blocks = (hit_tokens + n).div_ceil(bs as u32) - hit_blocks as u32;
+            // KV pulled from a prefill pod counts as computed, in blocks of its own.
+            let start = hit_tokens.max(seq.transferred.min(seq.len() - 1));
+            let n = (seq.len() - start).min(budget);
+            let new_blocks = (start + n).div_ceil(bs as u32) - hit_blocks as u32;
             let revived = seq.hashes[..hit_blocks]
                 .iter()
                 .filter(|h| {
@@ -163,7 +165,8 @@ impl Engine {
             }
             let seq = self.seqs[slot].as_mut().unwrap_or_else(|| unreachable!());
             seq.blocks = hits;
-            seq.computed = hit_tokens;
+            seq.computed = start;
+            seq.transferred = 0;
             seq.registered = hit_blocks as u32;
             if !seq.admitted {
                 seq.admitted = true;

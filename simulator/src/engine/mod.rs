@@ -56,6 +56,9 @@ pub struct EngineRequest {
     pub output_id: u64,
     /// LoRA adapter: its own cache partition.
     pub lora: Option<Arc<str>>,
+    /// Leading prompt tokens whose KV arrives from a prefill pod (P/D, vLLM's NIXL connector):
+    /// admitted as computed, into blocks of its own, without computing them. 0 otherwise.
+    pub transferred: u32,
 }
 
 /// Why a request can never run on an engine.
@@ -105,6 +108,9 @@ struct Seq {
     output_id: u64,
     admitted: bool,
     last_token: SimTime,
+    /// Prompt tokens transferred in, used at the first admission only (a preempted request
+    /// recomputes what it lost).
+    transferred: u32,
 }
 
 /// Counters over an engine's life.
@@ -195,6 +201,7 @@ impl Engine {
             output_id: req.output_id,
             admitted: false,
             last_token: SimTime::ZERO,
+            transferred: req.transferred,
         };
         let slot = match self.free_slots.pop() {
             Some(s) => {

@@ -297,6 +297,12 @@ pub struct FleetArgs {
     /// Simulated vLLM pods.
     #[arg(long, default_value_t = 4)]
     pub pods: usize,
+    /// P/D: the first N pods are prefill pods (label llm-d.ai/role=prefill), the rest decode
+    /// pods whose routing sidecar honours x-prefiller-host-port, as llm-d's does (0: aggregated).
+    #[arg(long, default_value_t = 0)]
+    pub prefill_pods: usize,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
     /// Data-parallel ranks per pod; each rank is its own server (ports offset by rank).
     #[arg(long, default_value_t = 1)]
     pub dp: u32,
@@ -411,6 +417,9 @@ pub struct DemoArgs {
     /// Simulated vLLM pods.
     #[arg(long, default_value_t = 4)]
     pub pods: usize,
+    /// P/D: the first N pods are prefill pods; kvpick's pass then runs llm-d's P/D config.
+    #[arg(long, default_value_t = 0)]
+    pub prefill_pods: usize,
     /// Traffic per policy (default: 20s with --quick, else 60s).
     #[arg(long, value_parser = positive_duration)]
     pub duration: Option<Duration>,
@@ -610,5 +619,34 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     match duration(text)? {
         d if d.is_zero() => Err(format!("{text:?} must be more than zero")),
         d => Ok(d),
+    }
+}
+
+/// How long a prompt's KV takes from a prefill to a decode engine (P/D; see kvpick_sim::transfer).
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// Fixed cost of one KV transfer.
+    #[arg(long, value_parser = duration, default_value = "1ms")]
+    pub kv_transfer_latency: Duration,
+    /// Cost of each transferred KV block, microseconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub kv_transfer_per_block_us: f64,
+    /// KV bytes of one token (default: Qwen3-32B in bf16, 256 KiB).
+    #[arg(long, default_value_t = 262_144.0)]
+    pub kv_bytes_per_token: f64,
+    /// Link bandwidth between prefill and decode pods, GB/s (default: one 400 Gb/s NIC).
+    #[arg(long, default_value_t = 50.0)]
+    pub kv_transfer_gbps: f64,
+}
+
+impl TransferArgs {
+    /// The transfer model.
+    pub fn model(&self) -> kvpick_sim::transfer::KvTransfer {
+        kvpick_sim::transfer::KvTransfer {
+            latency_us: self.kv_transfer_latency.as_secs_f64() * 1e6,
+            per_block_us: self.kv_transfer_per_block_us,
+            bytes_per_token: self.kv_bytes_per_token,
+            bandwidth_bytes_per_s: self.kv_transfer_gbps * 1e9,
+        }
     }
 }

@@ -46,6 +46,8 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     let profile = crate::profile(&args.engine)?;
     let mut cfg = FleetConfig::new(profile, &args.model);
     cfg.pods = args.pods;
+    cfg.prefill_pods = args.prefill_pods;
+    cfg.kv_transfer = args.transfer.model();
     cfg.dp = args.dp;
     cfg.host = args.host;
     cfg.port = args.port;
@@ -138,6 +140,7 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let cfg = DemoConfig::new(args.quick, args.seed)
         .pods(args.pods)
+        .prefill_pods(args.prefill_pods)
         .traffic(args.duration.map(|d| d.as_secs_f64()), args.rate)?;
     let out = match args.out {
         Some(d) => d,
