@@ -12,6 +12,8 @@
 6. kvpick-epp's NetworkPolicy selects its pods and opens exactly the ext_proc (9002), KV-event
    (5557) and metrics (9090) ports; in every overlay that ships a gateway and model servers, its
    peers select those pods (the gateway for 9002, the pool for 5557) and nothing else.
+   Where an overlay ships Valkey (the shared in-flight store), its NetworkPolicy admits only
+   kvpick-epp's pods, on 6379, and kvpick-epp points at its Service.
 7. Every shipped gateway config removes, before kvpick sees a request, each client header in
    `GATEWAY_STRIPS` (endpoint-picker/src/shedding.rs, read from the source): every Envoy config
    (the rendered ConfigMaps and the demo's and tests' templates) has a header_mutation filter
@@ -160,6 +162,36 @@ def check_network_policy(name, docs):
             print(f"ok   {name}: NetworkPolicy admits only {peer} to {port}")
 
 
+def check_valkey(name, docs):
+    """Where an overlay ships the shared in-flight store, its NetworkPolicy admits kvpick-epp's
+    pods alone, on 6379 alone, and kvpick-epp is pointed at its Service."""
+    pods = dict(pod_labels(docs))
+    if "kvpick-valkey" not in pods:
+        return
+    policies = [o for o in docs if o.get("kind") == "NetworkPolicy"
+                and selects(o["spec"]["podSelector"], pods["kvpick-valkey"])]
+    if len(policies) != 1:
+        fail(f"{name}: kvpick-valkey needs exactly one NetworkPolicy, found {len(policies)}")
+        return
+    rules = policies[0]["spec"].get("ingress", [])
+    ports = sorted(p["port"] for r in rules for p in r.get("ports", []))
+    admitted = {d for d, labels in pods.items() for r in rules for p in r.get("from", [])
+                if "podSelector" in p and selects(p["podSelector"], labels)}
+    open_peers = [p for r in rules for p in r.get("from", []) if "podSelector" not in p] + \
+        [r for r in rules if not r.get("from")]
+    if ports != [6379] or admitted != {"kvpick-epp"} or open_peers:
+        fail(f"{name}: kvpick-valkey's NetworkPolicy opens {ports} to {sorted(admitted)}"
+             f"{' and others' if open_peers else ''}; expected 6379 to kvpick-epp only")
+    epp = next(o for o in docs if o.get("kind") == "Deployment" and o["metadata"]["name"] == "kvpick-epp")
+    env = {e["name"]: e.get("value") for c in epp["spec"]["template"]["spec"]["containers"]
+           for e in c.get("env", [])}
+    service = next((o for o in docs if o.get("kind") == "Service" and o["metadata"]["name"] == "kvpick-valkey"), None)
+    if service is None or env.get("KVPICK_SHARED_INFLIGHT_URL") != "redis://kvpick-valkey:6379":
+        fail(f"{name}: kvpick-epp is not pointed at the kvpick-valkey Service")
+    else:
+        print(f"ok   {name}: Valkey admits only kvpick-epp on 6379, and kvpick-epp uses it")
+
+
 def gateway_strips():
     """The literal list `GATEWAY_STRIPS` in kvpick's source."""
     src = (REPO / "endpoint-picker/src/shedding.rs").read_text()
@@ -287,6 +319,7 @@ def main():
                         print(f"ok   {name}: envoy --mode validate")
     for name, docs in rendered.items():
         check_network_policy(name, docs)
+        check_valkey(name, docs)
     check_gateway_strips(rendered)
     default = REPO / "scheduler/src/config/default.yaml"
     if not default.exists():

@@ -115,6 +115,10 @@ pub enum Error {
     /// Tokenizer files or flags that do not load.
     #[error(transparent)]
     Tokenizer(#[from] kvpick_tokenize::Error),
+    /// The shared in-flight store (Valkey/Redis) failed or answered something unexpected; the
+    /// replica routes on its own view meanwhile.
+    #[error("shared in-flight store: {0}")]
+    SharedState(String),
     /// A feature that is accepted on the command line but not built yet.
     #[error("{0} is not built yet")]
     NotBuilt(&'static str),
@@ -155,6 +159,7 @@ impl Error {
             Error::Protocol(_) => "protocol",
             Error::Query(_) => "query",
             Error::Task(_) => "task",
+            Error::SharedState(_) => "shared_state",
         }
     }
 

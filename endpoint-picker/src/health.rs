@@ -50,6 +50,17 @@ impl Health {
         }
     }
 
+    /// A component whose state readiness does not depend on (the shared in-flight store):
+    /// reported under its own service name, so probes and operators see it.
+    pub async fn component(&self, service: &str, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status(service, status).await;
+    }
+
     /// Shutdown has begun: nothing serves any more.
     pub async fn shutting_down(&self) {
         for name in std::iter::once(LIVENESS).chain(READY) {

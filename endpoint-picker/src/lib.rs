@@ -22,6 +22,7 @@
 //!   ingestion ([`Ingestion`], served by [`kv_events`], started by the [`server`]).
 //! - [`discovery`]: where endpoints come from ([`discovery::file`], [`discovery::kubernetes`]).
 //! - [`scrape`]: per-endpoint `/metrics` loops; [`scrape::prometheus`] is the pure page scanner.
+//! - [`shared_inflight`]: optionally, the other replicas' in-flight load through Valkey/Redis.
 //!
 //! Around it: [`query`] (kvpick's own `kvpick.v1.Index` API), [`health`] (gRPC health),
 //! [`telemetry`] (kvpick's Prometheus metrics), [`config`] (flags and environment), [`server`]
@@ -56,6 +57,7 @@ pub mod request;
 pub mod router;
 pub mod scrape;
 pub mod server;
+pub mod shared_inflight;
 pub mod shedding;
 mod slo;
 pub mod telemetry;

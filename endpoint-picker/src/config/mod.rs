@@ -135,6 +135,9 @@ pub struct Cli {
     /// KV-event ingestion.
     #[command(flatten)]
     pub kv_events: crate::kv_events::KvEventsArgs,
+    /// Shared in-flight load between replicas (Valkey/Redis).
+    #[command(flatten)]
+    pub shared_inflight: crate::shared_inflight::SharedInflightArgs,
     /// Tokenization of text and chat prompts.
     #[command(flatten)]
     pub tokenize: crate::tokenizer::TokenizeArgs,

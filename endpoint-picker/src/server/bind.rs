@@ -72,6 +72,9 @@ impl Server {
             .enabled
             .then(|| Arc::new(FlowControl::new(config.flow.clone())));
         let scheduler = Arc::new(Scheduler::with_config(config, index.clone())?);
+        if let Some(shared) = &settings.shared_inflight {
+            scheduler.inflight().set_peer_limits(shared.peer_limits());
+        }
         let shared = Arc::new(Shared {
             router: Router::new(scheduler, pool.clone(), clock, route),
             tokenizer: seam,
@@ -112,6 +115,7 @@ impl Server {
             kv_events: None,
             kv_events_stop,
             tokenizer,
+            shared_inflight: settings.shared_inflight.as_ref().map(|_| Arc::default()),
             settings,
         };
         // The recorder goes in before ingestion registers its per-endpoint series, or they would
@@ -119,6 +123,7 @@ impl Server {
         if server.metrics.is_some() {
             crate::telemetry::install();
             crate::kv_events::describe_metrics();
+            crate::shared_inflight::describe_metrics();
             server.shared.budget.export();
         }
         let kv = KvEvents::start_for(

@@ -48,6 +48,8 @@ pub struct Server {
     kv_events: Option<KvEvents>,
     kv_events_stop: CancellationToken,
     tokenizer: Option<Tokenizer>,
+    /// The shared in-flight state's status, when it is on.
+    shared_inflight: Option<Arc<crate::shared_inflight::Status>>,
 }
 
 async fn listen(addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -96,6 +98,11 @@ impl Server {
     /// The shared state (picker, pool, index through the scheduler).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Whether the shared in-flight store answers and how many peers count (`None`: off).
+    pub fn shared_inflight(&self) -> Option<Arc<crate::shared_inflight::Status>> {
+        self.shared_inflight.clone()
     }
 
     /// The pool (embedders without an endpoints file reconcile it themselves).

@@ -18,7 +18,7 @@ use crate::extproc::ExtProc;
 use crate::health::Health;
 use crate::query::IndexApi;
 use crate::scrape::ScrapeConfig;
-use crate::{discovery, scrape, telemetry};
+use crate::{discovery, scrape, shared_inflight, telemetry};
 
 impl Server {
     /// Serves until `shutdown` resolves or a server fails; then shuts down in order (see
@@ -54,6 +54,20 @@ impl Server {
             background.clone(),
         )));
 
+        if let (Some(config), Some(status)) = (
+            self.settings.shared_inflight.clone(),
+            self.shared_inflight.clone(),
+        ) {
+            let sync = shared_inflight::sync::PeerSync {
+                config,
+                scheduler: self.shared.router.scheduler().clone(),
+                pool: self.pool.clone(),
+                clock: self.shared.clock,
+                health: health.clone(),
+                status,
+            };
+            tasks.spawn(ok(shared_inflight::sync::run(sync, background.clone())));
+        }
         // gRPC health on the ext_proc port too: the charts' Envoy health-checks the ext_proc
         // cluster itself (service envoy.service.ext_proc.v3.ExternalProcessor).
         let routes = Routes::new(ExtProc::new(self.shared.clone()).into_server())

@@ -71,6 +71,8 @@ pub struct Settings {
     pub kv_events: KvEventsConfig,
     /// Tokenizers for text and chat prompts.
     pub tokenize: TokenizeSettings,
+    /// Shared in-flight load with other replicas (`--shared-inflight-url`); `None`: off.
+    pub shared_inflight: Option<crate::shared_inflight::SharedInflightConfig>,
     /// Kubernetes discovery (`--pool-name` or `--endpoint-selector`); ready only once synced.
     pub kubernetes: Option<discovery::kubernetes::KubeSettings>,
     /// How long open streams may finish after shutdown begins before they are cut.
@@ -157,6 +159,7 @@ impl Settings {
             kv_events_bind: cli.kv_events_bind.clone(),
             kv_events,
             tokenize: cli.tokenize.settings()?,
+            shared_inflight: cli.shared_inflight.config(cli.pool_name.as_deref())?,
             kubernetes,
             shutdown_grace: cli.shutdown_grace,
         })
@@ -204,6 +207,7 @@ impl Settings {
                 ..KvEventsConfig::default()
             },
             tokenize: TokenizeSettings::default(),
+            shared_inflight: None,
             kubernetes: None,
             shutdown_grace: Duration::from_secs(1),
         }

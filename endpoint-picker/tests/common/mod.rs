@@ -4,6 +4,7 @@
 
 pub mod envoy;
 pub mod epp;
+pub mod valkey;
 pub mod vllm;
 pub mod vllm_cpu;
 
@@ -39,6 +40,8 @@ pub struct Picker {
     pub grpc: SocketAddr,
     pub shared: Arc<kvpick_epp::Shared>,
     pub pool: Arc<kvpick_epp::pool::Pool>,
+    /// The shared in-flight state's status, when the settings turn it on.
+    pub shared_inflight: Option<Arc<kvpick_epp::shared_inflight::Status>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), kvpick_epp::Error>>>,
 }
@@ -77,6 +80,7 @@ impl Picker {
         let grpc = server.grpc_addr().unwrap();
         let shared = server.shared().clone();
         let pool = server.pool().clone();
+        let shared_inflight = server.shared_inflight();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;
@@ -85,6 +89,7 @@ impl Picker {
             grpc,
             shared,
             pool,
+            shared_inflight,
             stop: Some(tx),
             task: Some(task),
         }

@@ -217,10 +217,12 @@ impl Epp {
             .arg("--endpoints-file")
             .arg(endpoints)
             .args(["--endpoints-poll-interval", "100ms"])
-            .args(["--refresh-metrics-interval", "100ms"])
             .args(["--scrape-timeout", "200ms"])
             .args(extra)
             .env("RUST_LOG", "info");
+        if !extra.contains(&"--refresh-metrics-interval") {
+            cmd.args(["--refresh-metrics-interval", "100ms"]);
+        }
         if !extra.contains(&"--metrics-staleness-threshold") {
             cmd.args(["--metrics-staleness-threshold", "300ms"]);
         }

@@ -1,0 +1,241 @@
+//! Shared in-flight load: replicas of the picker tell each other, through Valkey or Redis, what
+//! they have just sent, so that N replicas behind one gateway spread a burst as one would.
+//!
+//! Off by default (`--shared-inflight-url`); one replica needs nothing. When on, one task per
+//! replica ([`sync::run`]) does, every `--shared-inflight-interval`, one round trip to the store
+//! ([`store`]): it publishes this replica's in-flight totals per endpoint (a single compact value,
+//! [`codec`]; reservations and releases since the last round are batched into it) and reads the
+//! other replicas' values, which the core folds in beside its own reservations
+//! ([`kvpick_scheduler::InFlight::fold_peer`]) until they are older than
+//! `--shared-inflight-staleness` on the store's clock.
+//!
+//! The request path never waits on the store: it reads what the last round folded in. When the
+//! store is unreachable (or answers garbage) the replica drops every peer's report and routes on
+//! its own view, sets `kvpick_shared_inflight_connected` to 0 and the health service
+//! [`HEALTH_SERVICE`] to NOT_SERVING (readiness itself stays SERVING: requests are never failed
+//! for it), and reconnects with exponential backoff. Memory is bounded by
+//! `--shared-inflight-max-replicas` × `--shared-inflight-max-endpoints`, in the store's reply and
+//! in the core, whatever the store holds.
+
+use std::time::Duration;
+
+use clap::Args;
+use kvpick_scheduler::inflight::{PeerLimits, ReplicaId};
+
+use crate::error::Error;
+
+pub mod codec;
+pub mod store;
+pub mod sync;
+
+pub use store::StoreConfig;
+pub use sync::Status;
+
+/// The gRPC health service that reports whether the store is reachable (readiness detail).
+pub const HEALTH_SERVICE: &str = "kvpick.v1.SharedInflight";
+/// Gauge: 1 while the store answers, 0 while this replica routes on its own view.
+pub const CONNECTED: &str = "kvpick_shared_inflight_connected";
+/// Gauge: other replicas whose reports count.
+pub const PEERS: &str = "kvpick_shared_inflight_peers";
+/// Counter: rounds with the store, by outcome (`ok`, `error`, `connect_error`).
+pub const ROUNDS: &str = "kvpick_shared_inflight_rounds_total";
+/// Counter: peer values not counted, by reason.
+pub const REJECTED: &str = "kvpick_shared_inflight_rejected_total";
+
+/// Registers the metrics' help texts.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        CONNECTED,
+        "1 while the shared in-flight store answers; 0 while this replica routes on its own view"
+    );
+    describe_gauge!(PEERS, "Other replicas whose in-flight reports count now");
+    describe_counter!(
+        ROUNDS,
+        "Round trips to the shared in-flight store, by outcome"
+    );
+    describe_counter!(
+        REJECTED,
+        "Other replicas' in-flight values not counted, by reason (malformed, stale, too many)"
+    );
+}
+
+/// Flags of the shared in-flight state.
+#[derive(Clone, Debug, Args)]
+pub struct SharedInflightArgs {
+    /// Share in-flight load with the other replicas through Valkey or Redis at this URL
+    /// (`redis://host:6379/0`; `rediss://` for TLS, verified against the system's roots). Off
+    /// when unset: each replica then sees only its own picks until the pods' scrapes show the
+    /// others'.
+    #[arg(long, env = "KVPICK_SHARED_INFLIGHT_URL")]
+    pub shared_inflight_url: Option<String>,
+    /// ACL user for the store (over the URL's).
+    #[arg(long, env = "KVPICK_SHARED_INFLIGHT_USERNAME")]
+    pub shared_inflight_username: Option<String>,
+    /// Password for the store (over the URL's). Set it through the environment, from a Secret:
+    /// a flag shows in the process list.
+    #[arg(long, env = "KVPICK_SHARED_INFLIGHT_PASSWORD", hide_env_values = true)]
+    pub shared_inflight_password: Option<String>,
+    /// Replicas sharing this name share their load (the store key is
+    /// `kvpick:inflight:<name>`); default: --pool-name, else `default`.
+    #[arg(long, env = "KVPICK_SHARED_INFLIGHT_POOL")]
+    pub shared_inflight_pool: Option<String>,
+    /// This replica's name among its peers (letters, digits, `.-_:`, ≤ 64 bytes); default:
+    /// $HOSTNAME (the pod name), else a random one.
+    #[arg(long, env = "KVPICK_SHARED_INFLIGHT_REPLICA")]
+    pub shared_inflight_replica: Option<String>,
+    /// How often this replica publishes its totals and reads the others' (one round trip).
+    #[arg(long, env = "KVPICK_SHARED_INFLIGHT_INTERVAL", default_value = "20ms", value_parser = crate::config::duration)]
+    pub shared_inflight_interval: Duration,
+    /// A peer's report older than this (on the store's clock) no longer counts.
+    #[arg(long, env = "KVPICK_SHARED_INFLIGHT_STALENESS", default_value = "1s", value_parser = crate::config::duration)]
+    pub shared_inflight_staleness: Duration,
+    /// Longest a connect or round trip may take before the store counts as unreachable.
+    #[arg(long, env = "KVPICK_SHARED_INFLIGHT_TIMEOUT", default_value = "250ms", value_parser = crate::config::duration)]
+    pub shared_inflight_timeout: Duration,
+    /// Other replicas counted at most (the rest of a crowded store is ignored and counted).
+    #[arg(
+        long,
+        env = "KVPICK_SHARED_INFLIGHT_MAX_REPLICAS",
+        default_value_t = 64
+    )]
+    pub shared_inflight_max_replicas: usize,
+    /// Endpoints per replica's value at most (a replica publishes its busiest when it holds
+    /// reservations on more).
+    #[arg(
+        long,
+        env = "KVPICK_SHARED_INFLIGHT_MAX_ENDPOINTS",
+        default_value_t = 4096
+    )]
+    pub shared_inflight_max_endpoints: usize,
+}
+
+/// The shared in-flight state's settings.
+#[derive(Clone, Debug)]
+pub struct SharedInflightConfig {
+    /// The store.
+    pub store: StoreConfig,
+    /// This replica's name.
+    pub replica: ReplicaId,
+    /// Round period.
+    pub interval: Duration,
+    /// Peers' reports count this long.
+    pub staleness: Duration,
+    /// Peers counted at most.
+    pub max_replicas: usize,
+    /// Endpoints per value at most.
+    pub max_endpoints: usize,
+    /// First reconnect delay (doubling up to `backoff_max`).
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+impl SharedInflightConfig {
+    /// The defaults around `url`, for `replica` in `pool` (tests, embedders).
+    pub fn new(url: &str, pool: &str, replica: ReplicaId) -> Self {
+        Self {
+            store: StoreConfig {
+                url: url.to_owned(),
+                username: None,
+                password: None,
+                key: format!("kvpick:inflight:{pool}"),
+                timeout: Duration::from_millis(250),
+                key_ttl: Duration::from_secs(60),
+                garbage_after: Duration::from_secs(60),
+                max_fields: 64,
+                max_value: 32 + 4096 * codec::MAX_ENTRY_BYTES,
+            },
+            replica,
+            interval: Duration::from_millis(20),
+            staleness: Duration::from_secs(1),
+            max_replicas: 64,
+            max_endpoints: 4096,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+
+    /// What the core holds peers' reports to.
+    pub fn peer_limits(&self) -> PeerLimits {
+        PeerLimits {
+            staleness: self.staleness,
+            max_peers: self.max_replicas,
+        }
+    }
+}
+
+impl SharedInflightArgs {
+    /// The settings the flags ask for; `None` when sharing is off.
+    pub fn config(&self, pool_name: Option<&str>) -> Result<Option<SharedInflightConfig>, Error> {
+        let Some(url) = &self.shared_inflight_url else {
+            return Ok(None);
+        };
+        let bad = |m: String| Err(Error::Config(m));
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return bad("--shared-inflight-url must start with redis:// or rediss://".into());
+        }
+        let pool = self
+            .shared_inflight_pool
+            .as_deref()
+            .or(pool_name)
+            .unwrap_or("default");
+        if ReplicaId::new(pool).is_none() {
+            return bad(format!(
+                "--shared-inflight-pool {pool:?}: letters, digits and .-_: only, at most 64 bytes"
+            ));
+        }
+        let name = match &self.shared_inflight_replica {
+            Some(name) => name.clone(),
+            None => default_replica_name(),
+        };
+        let Some(replica) = ReplicaId::new(&name) else {
+            return bad(format!(
+                "--shared-inflight-replica {name:?}: letters, digits and .-_: only, at most 64 bytes"
+            ));
+        };
+        if self.shared_inflight_interval.is_zero() || self.shared_inflight_timeout.is_zero() {
+            return bad(
+                "--shared-inflight-interval and --shared-inflight-timeout must be positive".into(),
+            );
+        }
+        if self.shared_inflight_staleness < 2 * self.shared_inflight_interval {
+            return bad(
+                "--shared-inflight-staleness must be at least twice --shared-inflight-interval"
+                    .into(),
+            );
+        }
+        if !(1..=1024).contains(&self.shared_inflight_max_replicas)
+            || !(1..=65_536).contains(&self.shared_inflight_max_endpoints)
+        {
+            return bad("--shared-inflight-max-replicas must be in 1..=1024 and --shared-inflight-max-endpoints in 1..=65536".into());
+        }
+        let mut config = SharedInflightConfig::new(url, pool, replica);
+        config.store.username = self.shared_inflight_username.clone();
+        config.store.password = self.shared_inflight_password.clone();
+        config.store.timeout = self.shared_inflight_timeout;
+        config.store.max_fields = self.shared_inflight_max_replicas;
+        config.store.max_value = 32 + self.shared_inflight_max_endpoints * codec::MAX_ENTRY_BYTES;
+        config.store.garbage_after =
+            (self.shared_inflight_staleness * 10).max(Duration::from_secs(60));
+        config.store.key_ttl = config.store.garbage_after;
+        config.interval = self.shared_inflight_interval;
+        config.staleness = self.shared_inflight_staleness;
+        config.max_replicas = self.shared_inflight_max_replicas;
+        config.max_endpoints = self.shared_inflight_max_endpoints;
+        Ok(Some(config))
+    }
+}
+
+/// `$HOSTNAME` when it is a valid name (in Kubernetes, the pod's name), else `kvpick-` and a
+/// random suffix.
+fn default_replica_name() -> String {
+    use std::hash::BuildHasher;
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| ReplicaId::new(h).is_some())
+        .unwrap_or_else(|| {
+            let random = std::hash::RandomState::new().hash_one(std::process::id());
+            format!("kvpick-{random:016x}")
+        })
+}
