@@ -1,4 +1,4 @@
-//! The rules between the workspace's six parts (README.md, "Layout"), checked on the manifests as
+//! The rules between the workspace's seven parts (README.md, "Layout"), checked on the manifests as
 //! `cargo metadata` reports them: a crate that gains a forbidden dependency fails here. Also the one
 //! module layout inside the crates' `src/`.
 #![allow(clippy::expect_used)] // test support code outside #[test] fns
@@ -16,6 +16,7 @@ const EPP: &str = "kvpick-epp";
 const SIM: &str = "kvpick-sim";
 const FLEET: &str = "kvpick-fleet";
 const BENCHES: &str = "kvpick-benches";
+const CONFORMANCE: &str = "kvpick-conformance";
 
 /// Crates that bring sockets or an async runtime: the core and the simulation stay without them.
 const LIVE: &[&str] = &[
@@ -112,12 +113,12 @@ const ALL: &[&str] = &["normal", "build", "dev"];
 const BUILT: &[&str] = &["normal", "build"];
 
 #[test]
-fn the_workspace_is_the_six_parts() {
+fn the_workspace_is_the_seven_parts() {
     let ws = workspace();
     let names: BTreeSet<&str> = ws.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        BTreeSet::from([CORE, TOKENIZE, EPP, SIM, FLEET, BENCHES]),
+        BTreeSet::from([CORE, TOKENIZE, EPP, SIM, FLEET, BENCHES, CONFORMANCE]),
         "a new crate needs its place and rules in README.md's Layout and in this test"
     );
 }
@@ -128,7 +129,7 @@ fn the_core_imports_none_of_the_others() {
     assert_none(
         CORE,
         &deps(&ws, CORE, ALL),
-        &[TOKENIZE, EPP, SIM, FLEET, BENCHES],
+        &[TOKENIZE, EPP, SIM, FLEET, BENCHES, CONFORMANCE],
     );
     for p in closure(&ws, CORE) {
         assert_none(&format!("{CORE} (through {p})"), &deps(&ws, p, BUILT), LIVE);
@@ -141,14 +142,18 @@ fn tokenize_knows_no_sidecar_and_no_simulator() {
     assert_none(
         TOKENIZE,
         &deps(&ws, TOKENIZE, ALL),
-        &[EPP, SIM, FLEET, BENCHES],
+        &[EPP, SIM, FLEET, BENCHES, CONFORMANCE],
     );
 }
 
 #[test]
 fn the_endpoint_picker_imports_the_fleet_only_in_its_tests() {
     let ws = workspace();
-    assert_none(EPP, &deps(&ws, EPP, BUILT), &[SIM, FLEET, BENCHES]);
+    assert_none(
+        EPP,
+        &deps(&ws, EPP, BUILT),
+        &[SIM, FLEET, BENCHES, CONFORMANCE],
+    );
     assert_none(
         &format!("{EPP}'s tests"),
         &deps(&ws, EPP, &["dev"]),
@@ -159,16 +164,30 @@ fn the_endpoint_picker_imports_the_fleet_only_in_its_tests() {
 #[test]
 fn the_simulation_is_pure_and_imports_neither_the_picker_nor_the_fleet() {
     let ws = workspace();
-    assert_none(SIM, &deps(&ws, SIM, ALL), &[EPP, FLEET, BENCHES]);
+    assert_none(
+        SIM,
+        &deps(&ws, SIM, ALL),
+        &[EPP, FLEET, BENCHES, CONFORMANCE],
+    );
     for p in closure(&ws, SIM) {
         assert_none(&format!("{SIM} (through {p})"), &deps(&ws, p, BUILT), LIVE);
     }
 }
 
 #[test]
+fn the_conformance_suite_is_black_box() {
+    let ws = workspace();
+    assert_none(
+        CONFORMANCE,
+        &deps(&ws, CONFORMANCE, ALL),
+        &[CORE, TOKENIZE, EPP, SIM, FLEET, BENCHES],
+    );
+}
+
+#[test]
 fn the_fleet_talks_to_the_picker_only_over_sockets() {
     let ws = workspace();
-    assert_none(FLEET, &deps(&ws, FLEET, ALL), &[EPP, BENCHES]);
+    assert_none(FLEET, &deps(&ws, FLEET, ALL), &[EPP, BENCHES, CONFORMANCE]);
 }
 
 /// Every `.rs` file below `dir`.
@@ -195,6 +214,7 @@ fn modules_with_children_are_folders_with_mod_rs_and_unit_tests_sit_inside_them(
         "simulator",
         "fleet",
         "benches",
+        "conformance",
     ] {
         rust_files(&root.join(part).join("src"), &mut files);
     }

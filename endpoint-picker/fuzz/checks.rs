@@ -13,9 +13,11 @@ use kvpick_scheduler::Timestamp;
 
 /// Any bytes as a request body: `parse` returns a request or an error, never panics, a parsed
 /// request always has a model, and `parse` (its token-array fast path first) gives exactly what
-/// serde_json alone (`parse_reference`) gives: the same request, or the same error.
+/// serde_json alone (`parse_reference`) gives: the same request, or the same error. The same bytes
+/// as a body of every other API (Responses, Messages, embeddings, an unknown path): a request with
+/// a model, nothing to route on but load, or an error; never a panic.
 pub fn request_body(body: &[u8]) {
-    use kvpick_epp::request::{parse, parse_reference};
+    use kvpick_epp::request::{Api, parse, parse_for, parse_reference};
     match (parse(body), parse_reference(body)) {
         (Ok(fast), Ok(reference)) => {
             assert!(!fast.model.is_empty());
@@ -23,6 +25,11 @@ pub fn request_body(body: &[u8]) {
         }
         (Err(fast), Err(reference)) => assert_eq!(fast.to_string(), reference.to_string()),
         (fast, reference) => panic!("fast path {fast:?} vs serde_json {reference:?}"),
+    }
+    for api in [Api::Responses, Api::Messages, Api::Embeddings, Api::Other] {
+        if let Ok(Some(request)) = parse_for(api, body) {
+            assert!(!request.model.is_empty(), "{api:?}");
+        }
     }
 }
 

@@ -74,6 +74,10 @@ pub enum Error {
     /// to the client in [`crate::shedding::DROP_REASON_HEADER`].
     #[error("request shed: {0}")]
     Shed(&'static str),
+    /// `--conformance-test-hooks`: the request's `test-epp-endpoint-selection` names no
+    /// endpoint it may go to (429, as the Inference Extension's conformance suite expects).
+    #[error("{0}")]
+    TestSelection(String),
     /// No endpoint is predicted to meet the request's latency objectives and it may wait for
     /// room in flow control ([`kvpick_scheduler::SloAction::Queue`]); the exchange waits and
     /// picks again. Should it reach a client, it is a 429 naming the miss.
@@ -151,6 +155,7 @@ impl Error {
             Error::MissingModel => "missing_model",
             Error::NoEndpoint(_) => "no_endpoint",
             Error::Shed(_) => "shed",
+            Error::TestSelection(_) => "test_selection",
             Error::SloUnattainable(_) => "slo_unattainable",
             Error::ShuttingDown => "shutting_down",
             Error::MemoryBudget { .. } => "memory_budget",
@@ -172,7 +177,7 @@ impl Error {
             | Error::MemoryBudget { .. }
             | Error::TooManyStreams { .. } => 503,
             Error::BodyTimeout { .. } => 408,
-            Error::Shed(_) | Error::SloUnattainable(_) => 429,
+            Error::Shed(_) | Error::SloUnattainable(_) | Error::TestSelection(_) => 429,
             Error::Scheduler(kvpick_scheduler::Error::NoEndpoint(_)) => 503,
             _ => 500,
         }

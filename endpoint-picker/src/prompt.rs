@@ -5,8 +5,9 @@
 //! binary), asynchronously: tokenizing runs off the reactor and may ask a pod, so the stream awaits
 //! it without blocking other streams. When no ids come back in time (no tokenizer for the model, a
 //! timeout, an error), the scheduler gets [`Prompt::Text`], which only the approximate prefix
-//! scorer can use. For chat requests that text is the raw `messages` JSON: successive turns of one
-//! conversation share its prefix, which is all an approximate scorer needs. Every text or chat
+//! scorer can use. For chat-style requests that text is the conversation's raw JSON (`messages`,
+//! or a Responses `input`): successive turns of one conversation share its prefix, which is all
+//! an approximate scorer needs. Every text or chat
 //! request is counted in `kvpick_tokenize_total{source, outcome}`, and the first fallback of
 //! each (model, reason) is logged as a warning, so a missing tokenizer is visible without a
 //! log line per request.
@@ -37,13 +38,15 @@ pub enum TokenizeCall {
         /// The body's `add_special_tokens` (vLLM's default for completions: true).
         add_special_tokens: bool,
     },
-    /// A chat request: the whole body, since `tools`, `chat_template_kwargs` and friends shape
+    /// A conversation: the whole body, since `tools`, `chat_template_kwargs` and friends shape
     /// the prompt too. It is read off the reactor.
     Chat {
         /// The request's `model`.
         model: String,
-        /// The request body (an OpenAI `/v1/chat/completions` JSON object).
+        /// The request body (a JSON object of `api`).
         body: Bytes,
+        /// The API the body is written for (chat completions, Responses, Messages).
+        api: kvpick_tokenize::ChatApi,
     },
 }
 
@@ -112,6 +115,7 @@ impl Tokenized {
             PromptInput::Chat(_) => TokenizeCall::Chat {
                 model: req.model.to_string(),
                 body: body.clone(),
+                api: req.chat_api,
             },
         };
         match tokenizer.tokenize(call).await {

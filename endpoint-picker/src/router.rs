@@ -34,6 +34,9 @@ pub struct RouteConfig {
     pub failure_cooldown: Duration,
     /// Which client-settable scheduling headers are believed (none by default).
     pub trusted_headers: crate::shedding::TrustedHeaders,
+    /// The Inference Extension conformance suite's test hooks (`--conformance-test-hooks`):
+    /// never in production.
+    pub conformance_test_hooks: bool,
 }
 
 impl Default for RouteConfig {
@@ -44,6 +47,7 @@ impl Default for RouteConfig {
             emit_scores: false,
             failure_cooldown: Duration::from_secs(2),
             trusted_headers: Default::default(),
+            conformance_test_hooks: false,
         }
     }
 }

@@ -228,12 +228,12 @@ impl Tokenize for Tokenizer {
                     text,
                     add_special_tokens,
                 }),
-                TokenizeCall::Chat { body, .. } => {
+                TokenizeCall::Chat { body, api, .. } => {
                     let body: serde_json::Map<String, serde_json::Value> =
                         serde_json::from_slice(&body).map_err(|e| {
                             kvpick_tokenize::Error::InvalidRequest(format!("body: {e}"))
                         })?;
-                    Ok(TokenizeInput::Chat(ChatRequest::from_body(&body)?))
+                    Ok(TokenizeInput::Chat(ChatRequest::from_api_body(api, &body)?))
                 }
             };
             let outcome = this

@@ -164,6 +164,12 @@ pub struct Cli {
     /// Put each candidate's scores in the `kvpick.scores` dynamic metadata (debugging).
     #[arg(long, env = "KVPICK_EMIT_SCORES", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub emit_scores: bool,
+    /// The Gateway API Inference Extension conformance suite's test hooks: the
+    /// `test-epp-endpoint-selection` header filters candidates, and the endpoint that served is
+    /// echoed in `x-conformance-test-served-endpoint`. UNSAFE in production: any client could
+    /// steer its own request to a pod of its choice and learn pod addresses. Off by default.
+    #[arg(long, env = "KVPICK_CONFORMANCE_TEST_HOOKS", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub conformance_test_hooks: bool,
     /// Largest request body accepted, in bytes (e.g. 16Mi); larger bodies get a 400.
     #[arg(long, env = "KVPICK_MAX_BODY_BYTES", default_value = "16Mi", value_parser = bytes)]
     pub max_body_bytes: usize,

@@ -22,6 +22,7 @@ use exchange::Exchange;
 pub mod exchange;
 // mod model_rewrite; (wired with the exchange split)
 pub mod reply;
+mod test_hooks;
 
 /// The ext_proc service over the shared picker state.
 #[derive(Debug, Clone)]

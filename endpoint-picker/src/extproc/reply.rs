@@ -30,7 +30,7 @@ pub const SCORES_NAMESPACE: &str = "kvpick.scores";
 /// Largest body chunk sent back in full-duplex mode.
 pub const MAX_CHUNK: usize = 62_000;
 
-fn set_header(key: &str, value: &str) -> HeaderValueOption {
+pub(crate) fn set_header(key: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(header_value(key, value)),
         append_action: envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
@@ -173,6 +173,16 @@ pub fn continue_response(kind: fn(pb::HeadersResponse) -> Response) -> pb::Proce
     pb::ProcessingResponse {
         response: Some(kind(pb::HeadersResponse {
             response: Some(common(None)),
+        })),
+        ..Default::default()
+    }
+}
+
+/// The answer to response headers, setting the headers of `mutation` when there is one.
+pub fn response_headers(mutation: Option<pb::HeaderMutation>) -> pb::ProcessingResponse {
+    pb::ProcessingResponse {
+        response: Some(Response::ResponseHeaders(pb::HeadersResponse {
+            response: Some(common(mutation)),
         })),
         ..Default::default()
     }

@@ -1,4 +1,6 @@
-//! OpenAI-style request bodies (`/v1/completions`, `/v1/chat/completions`), parsed once.
+//! Inference request bodies, parsed once: OpenAI completions and chat completions here, the
+//! Responses, Anthropic Messages and embeddings APIs in their own modules ([`parse_for`] picks by
+//! the request's [`Api`]).
 //!
 //! Pure: bytes in, a borrowed view out. Strings borrow from the body unless JSON escapes force a
 //! copy; `messages` is kept as its raw JSON text and never copied. A prompt given as token ids is
@@ -10,11 +12,18 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use kvpick_tokenize::ChatApi;
+
 use crate::error::Error;
 
+mod api;
+mod embeddings;
 mod fields;
+mod messages;
+mod responses;
 mod scan;
 
+pub use api::Api;
 use fields::{PromptField, Text};
 
 /// What an inference request's body says, borrowing from the body.
@@ -30,6 +39,8 @@ pub struct InferenceRequest<'a> {
     pub add_special_tokens: Option<bool>,
     /// The prompt.
     pub prompt: PromptInput<'a>,
+    /// How a [`PromptInput::Chat`] body names its conversation (which API it is written for).
+    pub chat_api: ChatApi,
     /// `max_tokens` (or `max_completion_tokens`) when it is a count that fits a u32; anything
     /// else is the server's to refuse, and the latency model uses its own expectation.
     pub max_tokens: Option<u32>,
@@ -42,7 +53,8 @@ pub enum PromptInput<'a> {
     Tokens(Vec<u32>),
     /// Completions `prompt` as text (for a batch, its first prompt).
     Text(Cow<'a, str>),
-    /// Chat `messages`, as the raw JSON array text of the body.
+    /// A conversation, rendered with the model's chat template: chat or Messages `messages`, or
+    /// Responses `input`, as their raw JSON text (the tokenizer reads the whole body).
     Chat(&'a RawValue),
     /// No prompt.
     None,
@@ -80,6 +92,29 @@ struct Body<'a> {
     max_completion_tokens: Option<&'a RawValue>,
 }
 
+/// Parses a body of `api`. `Ok(None)`: nothing in it to route on but load, without refusing it
+/// (a body of an unknown path that does not parse, or one whose API lets `model` out).
+pub fn parse_for(api: Api, body: &[u8]) -> Result<Option<InferenceRequest<'_>>, Error> {
+    match api {
+        Api::Completions | Api::ChatCompletions => parse(body).map(Some),
+        // Whatever it is, the pod answers it: a body kvpick cannot read is routed by load.
+        Api::Other => Ok(parse(body).ok()),
+        Api::Responses => optional_model(responses::parse(body)),
+        Api::Messages => messages::parse(body).map(Some),
+        Api::Embeddings => optional_model(embeddings::parse(body)),
+    }
+}
+
+/// For APIs whose `model` may be left out (vLLM then serves its default model): route by load.
+fn optional_model(
+    parsed: Result<InferenceRequest<'_>, Error>,
+) -> Result<Option<InferenceRequest<'_>>, Error> {
+    match parsed {
+        Err(Error::MissingModel) => Ok(None),
+        other => other.map(Some),
+    }
+}
+
 /// Parses an OpenAI-style request body. `model` is required; a body with neither `prompt` nor
 /// `messages` parses with [`PromptInput::None`] (e.g. embeddings with `input`). A token-id
 /// prompt is read by a fast path ([`scan`]); anything else, errors included, by serde_json, and
@@ -109,11 +144,26 @@ fn reference(text: &str) -> Result<InferenceRequest<'_>, Error> {
     assemble(parsed)
 }
 
+/// `model`, which must be a non-empty string.
+fn model(model: Option<Text<'_>>) -> Result<Cow<'_, str>, Error> {
+    match model {
+        Some(Text(m)) if !m.is_empty() => Ok(m),
+        _ => Err(Error::MissingModel),
+    }
+}
+
+/// A token count when it is an integer that fits a u32; anything else is the server's to refuse.
+fn count(value: Option<&RawValue>) -> Option<u32> {
+    value.and_then(|v| v.get().parse().ok())
+}
+
+/// Parses the whole body with serde_json into `T`, naming the problem when it does not fit.
+fn from_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Error> {
+    serde_json::from_str(utf8(body)?).map_err(|e| Error::InvalidBody(describe(&e)))
+}
+
 fn assemble(parsed: Body<'_>) -> Result<InferenceRequest<'_>, Error> {
-    let model = match parsed.model {
-        Some(Text(m)) if !m.is_empty() => m,
-        _ => return Err(Error::MissingModel),
-    };
+    let model = model(parsed.model)?;
     let prompt = match (parsed.prompt, parsed.messages) {
         (Some(PromptField::Tokens(t)), _) => PromptInput::Tokens(t),
         (Some(PromptField::Text(t)), _) => PromptInput::Text(t),
@@ -126,10 +176,8 @@ fn assemble(parsed: Body<'_>) -> Result<InferenceRequest<'_>, Error> {
         cache_salt: parsed.cache_salt.map(|t| t.0),
         add_special_tokens: parsed.add_special_tokens,
         prompt,
-        max_tokens: parsed
-            .max_completion_tokens
-            .or(parsed.max_tokens)
-            .and_then(|v| v.get().parse().ok()),
+        chat_api: ChatApi::ChatCompletions,
+        max_tokens: count(parsed.max_completion_tokens.or(parsed.max_tokens)),
     })
 }
 
@@ -144,112 +192,4 @@ fn describe(e: &serde_json::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ok(body: &str) -> InferenceRequest<'_> {
-        parse(body.as_bytes()).unwrap()
-    }
-
-    #[test]
-    fn completions_with_text_borrows_the_body() {
-        let r = ok(r#"{"model":"m","prompt":"hello world","stream":true}"#);
-        assert_eq!(r.model, "m");
-        assert!(r.stream);
-        assert!(matches!(
-            r.prompt,
-            PromptInput::Text(Cow::Borrowed("hello world"))
-        ));
-        assert!(matches!(r.model, Cow::Borrowed(_)));
-    }
-
-    #[test]
-    fn escaped_text_is_unescaped() {
-        let r = ok(r#"{"model":"m","prompt":"a\"b\u00e9"}"#);
-        assert_eq!(r.prompt, PromptInput::Text(Cow::Owned("a\"bé".into())));
-    }
-
-    #[test]
-    fn token_prompts_single_and_batched() {
-        assert_eq!(
-            ok(r#"{"model":"m","prompt":[1,2,3]}"#).prompt,
-            PromptInput::Tokens(vec![1, 2, 3])
-        );
-        assert_eq!(
-            ok(r#"{"model":"m","prompt":[[4,5],[6]]}"#).prompt,
-            PromptInput::Tokens(vec![4, 5])
-        );
-        assert_eq!(
-            ok(r#"{"model":"m","prompt":["first","second"]}"#).prompt,
-            PromptInput::Text(Cow::Borrowed("first"))
-        );
-        assert_eq!(ok(r#"{"model":"m","prompt":[]}"#).prompt, PromptInput::None);
-    }
-
-    #[test]
-    fn bad_token_ids_are_rejected() {
-        for body in [
-            r#"{"model":"m","prompt":[1,-2]}"#,
-            r#"{"model":"m","prompt":[1,4294967296]}"#,
-            r#"{"model":"m","prompt":[1,"a"]}"#,
-            r#"{"model":"m","prompt":[1,2.5]}"#,
-            r#"{"model":"m","prompt":[1,]}"#,
-            r#"{"model":"m","prompt":[01]}"#,
-            r#"{"model":"m","prompt":[[1],[true]]}"#,
-            r#"{"model":"m","prompt":["a",{"x":1}]}"#,
-            r#"{"model":"m","prompt":[1,[2]]}"#,
-        ] {
-            assert!(
-                matches!(parse(body.as_bytes()), Err(Error::InvalidBody(_))),
-                "{body}"
-            );
-        }
-    }
-
-    #[test]
-    fn chat_keeps_raw_messages() {
-        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"cache_salt":"s"}"#;
-        let r = ok(body);
-        let PromptInput::Chat(raw) = r.prompt else {
-            panic!("not chat")
-        };
-        assert_eq!(raw.get(), r#"[{"role":"user","content":"hi"}]"#);
-        assert_eq!(r.cache_salt.as_deref(), Some("s"));
-        assert!(!r.stream);
-    }
-
-    #[test]
-    fn missing_or_empty_model_is_its_own_error() {
-        assert!(matches!(
-            parse(br#"{"prompt":"x"}"#),
-            Err(Error::MissingModel)
-        ));
-        assert!(matches!(
-            parse(br#"{"model":"","prompt":"x"}"#),
-            Err(Error::MissingModel)
-        ));
-    }
-
-    #[test]
-    fn malformed_bodies_name_the_problem() {
-        let Err(Error::InvalidBody(msg)) = parse(b"{\"model\":") else {
-            panic!()
-        };
-        assert!(msg.contains("truncated"), "{msg}");
-        let Err(Error::InvalidBody(msg)) = parse(b"\xff\xfe") else {
-            panic!()
-        };
-        assert!(msg.contains("UTF-8"), "{msg}");
-        assert!(matches!(parse(b"[1,2]"), Err(Error::InvalidBody(_))));
-        assert!(matches!(
-            parse(br#"{"model":7}"#),
-            Err(Error::InvalidBody(_))
-        ));
-    }
-
-    #[test]
-    fn unknown_fields_are_ignored() {
-        let r = ok(r#"{"model":"m","max_tokens":5,"input":"x","extra":{"a":[1]}}"#);
-        assert_eq!(r.prompt, PromptInput::None);
-    }
-}
+mod tests;

@@ -143,6 +143,7 @@ impl Settings {
                     fairness: cli.trust_fairness_header,
                     slo: cli.trust_slo_headers,
                 },
+                conformance_test_hooks: cli.conformance_test_hooks,
             },
             limits: Limits {
                 max_body_bytes: cli.max_body_bytes,

@@ -61,7 +61,7 @@ impl Exchange {
         let start = Instant::now();
         let tokenizer = self.shared.tokenizer.clone();
         let (slo, objective) = (self.slo, self.objective.clone());
-        let routed = match crate::request::parse(&body) {
+        let routed = match crate::request::parse_for(self.api, &body) {
             // BUFFERED_PARTIAL cut the body at the gateway's buffer limit (or trailers follow a
             // body that does not parse): route on what the headers say.
             Err(_) if self.request_mode == Mode::Buffered && trailers_follow => {
@@ -69,7 +69,12 @@ impl Exchange {
                 self.route_on_headers()
             }
             Err(e) => Err(e),
-            Ok(req) => {
+            // Nothing to route on but load (an unknown path's opaque body, no `model`).
+            Ok(None) => {
+                self.outcome = "routed_on_headers";
+                self.route_on_headers()
+            }
+            Ok(Some(req)) => {
                 let tokens = Tokenized::new(&*tokenizer, &req, &body).await;
                 let prompt = tokens.prompt(&req.prompt);
                 self.outcome = "routed";

@@ -74,6 +74,8 @@ pub struct Exchange {
     started: Instant,
     session: Option<String>,
     subset: Option<Vec<SocketAddr>>,
+    /// The API the request's path names: how its body is read.
+    api: crate::request::Api,
     body: Vec<u8>,
     /// Why the stream is refused (no slot under `--max-streams`); its slot, which also holds
     /// its share of the budget's request bytes.
@@ -132,6 +134,7 @@ impl Exchange {
             started: Instant::now(),
             session: None,
             subset: None,
+            api: crate::request::Api::Other,
             body: Vec::new(),
             refusal,
             _slot: slot,
@@ -172,7 +175,11 @@ impl Exchange {
             Some(In::RequestTrailers(_)) => self.request_trailers(out).await,
             Some(In::ResponseHeaders(h)) => {
                 self.response_headers(h.headers.as_ref(), metadata);
-                out.push(reply::continue_response(Out::ResponseHeaders));
+                out.push(if self.shared.router.config().conformance_test_hooks {
+                    super::test_hooks::echo_served(self.served)
+                } else {
+                    reply::continue_response(Out::ResponseHeaders)
+                });
                 Ok(())
             }
             Some(In::ResponseBody(b)) => self.response_body(b, out),

@@ -6,7 +6,7 @@ use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
 use tokio::time::Instant;
 
-use super::super::reply;
+use super::super::{reply, test_hooks};
 use super::{Exchange, Mode, Phase};
 use crate::budget;
 use crate::error::Error;
@@ -31,6 +31,14 @@ impl Exchange {
             .or_else(|| reply::header(headers, "x-session-id"))
             .map(str::to_owned);
         self.subset = reply::subset_hint(metadata);
+        self.api = crate::request::Api::from_path(reply::header(headers, ":path").unwrap_or_default());
+        let selected = if self.shared.router.config().conformance_test_hooks {
+            let view = self.shared.router.pool().view();
+            let selection = reply::header(headers, test_hooks::SELECTION);
+            test_hooks::select(selection, &view, self.subset.take()).map(|s| self.subset = s)
+        } else {
+            Ok(())
+        };
         self.priority = shedding::priority(&self.shared, headers);
         self.flow = flow_control::flow_id(&self.shared, headers);
         let trusted = self.shared.router.config().trusted_headers.slo;
@@ -43,6 +51,7 @@ impl Exchange {
             _ => Ok("body"),
         };
         let handling = handling.and_then(|h| self.refusal.take().map_or(Ok(h), Err));
+        let handling = handling.and_then(|h| selected.map(|()| h));
         let label = handling.as_ref().map_or("refused", |h| h);
         metrics::counter!(t::BODY_MODES, "mode" => self.request_mode_name, "handling" => label)
             .increment(1);
