@@ -225,28 +225,11 @@ fn load_config(path: &std::path::Path) -> Result<EndpointPickerConfig, Error> {
 
 /// The picker config from `--config` (a file) or `--config-text`.
 fn scheduler_config(cli: &Cli) -> Result<Option<EndpointPickerConfig>, Error> {
-    let config = match cli.chart.config_text.as_deref() {
+    match cli.chart.config_text.as_deref() {
         Some(text) => EndpointPickerConfig::parse(text)
             .map(Some)
-            .map_err(|e| Error::Config(format!("--config-text: {e}")))?,
-        None => cli.config.as_deref().map(load_config).transpose()?,
-    };
-    refuse_disaggregation(config.as_ref())?;
-    Ok(config)
-}
-
-/// The core parses and picks prefill/decode disaggregation, but the ext_proc side does not send
-/// the prefill pick (`x-prefiller-host-port`) yet: starting would route every request
-/// aggregated while the config says otherwise, so it is refused with the reason.
-fn refuse_disaggregation(config: Option<&EndpointPickerConfig>) -> Result<(), Error> {
-    match config {
-        Some(c) if c.disaggregation.is_some() => Err(Error::Config(
-            "prefill/decode disaggregation (a P/D profile handler with a decider) is not served \
-             by kvpick-epp yet: it does not send x-prefiller-host-port, so every request would \
-             be routed aggregated; remove the decider to route aggregated"
-                .into(),
-        )),
-        _ => Ok(()),
+            .map_err(|e| Error::Config(format!("--config-text: {e}"))),
+        None => cli.config.as_deref().map(load_config).transpose(),
     }
 }
 
@@ -310,15 +293,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("absent.yaml"), "{e}");
-    }
-
-    #[test]
-    fn a_disaggregated_config_is_refused_until_ext_proc_serves_it() {
-        let pd = EndpointPickerConfig::parse(EndpointPickerConfig::PD_YAML).unwrap();
-        assert!(pd.disaggregation.is_some());
-        let e = refuse_disaggregation(Some(&pd)).unwrap_err().to_string();
-        assert!(e.contains("x-prefiller-host-port"), "{e}");
-        assert!(refuse_disaggregation(Some(&EndpointPickerConfig::default())).is_ok());
-        assert!(refuse_disaggregation(None).is_ok());
     }
 }
