@@ -55,6 +55,7 @@ fn overload() -> (Trace, SimConfig) {
         sample_interval_us: 0,
         seed: 1,
         check_invariants: false,
+        replicas: Default::default(),
     };
     (trace, cfg)
 }

@@ -60,8 +60,9 @@ pub struct Round {
     pub fields: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// How the store is reached and bounded.
-#[derive(Clone, Debug)]
+/// How the store is reached and bounded. Its `Debug` leaves the credentials out (settings are
+/// logged).
+#[derive(Clone)]
 pub struct StoreConfig {
     /// `redis://host:port/db` or `rediss://` (TLS).
     pub url: String,
@@ -81,6 +82,28 @@ pub struct StoreConfig {
     pub max_fields: usize,
     /// Bytes per value returned at most.
     pub max_value: usize,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `scheme://user:password@host`: only what follows the userinfo.
+        let url = match self.url.split_once("://") {
+            Some((scheme, rest)) => {
+                format!(
+                    "{scheme}://{}",
+                    rest.rsplit_once('@').map_or(rest, |(_, host)| host)
+                )
+            }
+            None => "(unparsed)".to_owned(),
+        };
+        f.debug_struct("StoreConfig")
+            .field("url", &url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("key", &self.key)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A connected store.
@@ -222,5 +245,26 @@ mod tests {
                 .collect(),
         );
         assert!(parse_round(many, 2).is_err());
+    }
+
+    #[test]
+    fn debug_leaves_the_credentials_out() {
+        let config = StoreConfig {
+            url: "rediss://kvpick:hunter2@valkey:6379/0".into(),
+            username: Some("kvpick".into()),
+            password: Some("s3cret".into()),
+            key: "kvpick:inflight:pool".into(),
+            timeout: Duration::from_millis(250),
+            key_ttl: Duration::from_secs(10),
+            garbage_after: Duration::from_secs(60),
+            max_fields: 64,
+            max_value: 1 << 16,
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert!(shown.contains("rediss://valkey:6379/0"), "{shown}");
     }
 }

@@ -53,6 +53,15 @@ pub struct PeerSync {
     pub status: Arc<Status>,
 }
 
+impl std::fmt::Debug for PeerSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerSync")
+            .field("config", &self.config)
+            .field("peers", &self.status.peers())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Runs until `stop`.
 pub async fn run(sync: PeerSync, stop: CancellationToken) {
     let mut backoff = sync.config.backoff_min;

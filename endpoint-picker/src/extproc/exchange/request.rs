@@ -31,7 +31,8 @@ impl Exchange {
             .or_else(|| reply::header(headers, "x-session-id"))
             .map(str::to_owned);
         self.subset = reply::subset_hint(metadata);
-        self.api = crate::request::Api::from_path(reply::header(headers, ":path").unwrap_or_default());
+        self.api =
+            crate::request::Api::from_path(reply::header(headers, ":path").unwrap_or_default());
         let selected = if self.shared.router.config().conformance_test_hooks {
             let view = self.shared.router.pool().view();
             let selection = reply::header(headers, test_hooks::SELECTION);
