@@ -170,7 +170,7 @@ impl Drop for Gateway {
 
 fn endpoint(address: &str, port: u16) -> String {
     format!(
-        "      - endpoint: {{ address: {{ socket_address: {{ address: {address}, port_value: {port} }} }} }}\n"
+        "        - endpoint: {{ address: {{ socket_address: {{ address: {address}, port_value: {port} }} }} }}\n"
     )
 }
 

@@ -183,11 +183,20 @@ async fn other_paths_route_by_load_and_bad_known_bodies_are_refused() {
     p.stop().await;
 }
 
-/// Sends a token prompt B holds, selecting C; answers the response headers with served
-/// metadata naming A. Returns (destination, echo header on the response-headers answer).
+/// The token prompt B holds ([`held_by_b`]).
+fn b_prompt() -> Vec<u32> {
+    prompt(128, 5)
+}
+
+/// Tells `p`'s index that B holds [`b_prompt`] (once per picker: storing twice stores nothing).
+fn held_by_b(p: &Picker) {
+    p.store(B, &b_prompt());
+}
+
+/// Sends [`b_prompt`], selecting `selection`; answers the response headers with served metadata
+/// naming A. Returns (destination, echo header on the response-headers answer).
 async fn steer(p: &Picker, selection: &str) -> (Result<String, i32>, Option<String>) {
-    let tokens = prompt(128, 5);
-    p.store(B, &tokens);
+    let tokens = b_prompt();
     let mut s = p.stream().await;
     s.send(headers_at(
         "/v1/completions",
@@ -239,6 +248,7 @@ fn lb_served(address: &str) -> envoy_types::pb::envoy::config::core::v3::Metadat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_test_hooks_are_off_by_default() {
     let p = Picker::start(settings(), &[A, B, C]).await;
+    held_by_b(&p);
     assert_eq!(steer(&p, C).await, (Ok(B.to_owned()), None));
     assert_eq!(steer(&p, "256.256.256.256").await.0, Ok(B.to_owned()));
     p.stop().await;
@@ -246,6 +256,7 @@ async fn conformance_test_hooks_are_off_by_default() {
     let mut hooked = settings();
     hooked.route.conformance_test_hooks = true;
     let p = Picker::start(hooked, &[A, B, C]).await;
+    held_by_b(&p);
     assert_eq!(steer(&p, C).await, (Ok(C.to_owned()), Some(A.to_owned())));
     assert_eq!(steer(&p, "256.256.256.256").await.0, Err(429));
     p.stop().await;

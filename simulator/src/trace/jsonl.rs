@@ -59,20 +59,21 @@ struct Line {
     #[serde(default, skip_serializing_if = "is_zero")]
     priority: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    slo_ttft_ms: Option<u64>,
+    slo_ttft_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    slo_tpot_ms: Option<u64>,
+    slo_tpot_ms: Option<i64>,
 }
 
 fn is_zero(p: &i32) -> bool {
     *p == 0
 }
 
-/// An objective in whole ms, accepted as the endpoint picker accepts its headers.
-fn slo_ms(name: &str, ms: Option<u64>) -> Result<Option<Duration>, String> {
+/// An objective in whole ms, accepted as the endpoint picker accepts its headers. Read as signed
+/// so that a negative one is refused by this rule, naming its field, rather than by serde.
+fn slo_ms(name: &str, ms: Option<i64>) -> Result<Option<Duration>, String> {
     match ms {
         None => Ok(None),
-        Some(ms) => Slo::objective_ms(ms)
+        Some(ms) => (u64::try_from(ms).ok().and_then(Slo::objective_ms))
             .map(Some)
             .ok_or_else(|| format!("{name} must be 1..={}, got {ms}", Slo::MAX_MS)),
     }
@@ -180,8 +181,8 @@ pub fn write(trace: &Trace, out: &mut impl Write) -> std::io::Result<()> {
             lora: r.lora.as_deref().map(str::to_owned),
             session: r.session.as_deref().map(str::to_owned),
             priority: r.objective.priority,
-            slo_ttft_ms: r.objective.slo.ttft.map(|d| d.as_millis() as u64),
-            slo_tpot_ms: r.objective.slo.tpot.map(|d| d.as_millis() as u64),
+            slo_ttft_ms: r.objective.slo.ttft.map(|d| d.as_millis() as i64),
+            slo_tpot_ms: r.objective.slo.tpot.map(|d| d.as_millis() as i64),
             ..Line::default()
         };
         match &r.prompt {
