@@ -24,10 +24,14 @@ use crate::endpoint_series::{EndpointSeries, Series};
 pub const REQUESTS: &str = "kvpick_requests_total";
 /// Time to parse a request and pick its endpoint.
 pub const SCHEDULING: &str = "kvpick_scheduling_duration_seconds";
-/// Fraction of a token prompt's full blocks the chosen endpoint holds.
 /// Requests whose model an InferenceModelRewrite renamed, by rewrite and target model (both
 /// set by whoever may write the pool's rewrites; bounded by `cluster_policy`'s limits).
 pub const MODEL_REWRITES: &str = "kvpick_model_rewrites_total";
+/// Requests with a body kvpick could not rewrite while the pool has rewrites, by `reason`
+/// (`body_mode`: STREAMED or NONE, routed before the body; `partial_body`: a BUFFERED_PARTIAL
+/// body cut at the gateway's buffer limit).
+pub const MODEL_REWRITES_SKIPPED: &str = "kvpick_model_rewrites_skipped_total";
+/// Fraction of a token prompt's full blocks the chosen endpoint holds.
 pub const PREFIX_MATCH: &str = "kvpick_prefix_match_ratio";
 /// Requests routed to each `endpoint` (as primary).
 pub const PICKS: &str = "kvpick_endpoint_picks_total";
@@ -203,6 +207,10 @@ fn describe() {
     describe_counter!(
         MODEL_REWRITES,
         "Requests whose model an InferenceModelRewrite renamed, by rewrite and target model"
+    );
+    describe_counter!(
+        MODEL_REWRITES_SKIPPED,
+        "Request bodies not rewritten while the pool has model rewrites, by reason"
     );
     describe_histogram!(
         SCHEDULING,

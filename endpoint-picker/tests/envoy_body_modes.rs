@@ -59,15 +59,7 @@ impl Setup {
     async fn envoy(&self, request: &str, response: &str, buffer_limit: Option<u32>) -> Envoy {
         let (request, response) = (request.to_owned(), response.to_owned());
         Envoy::start_edited(&[self.picker.grpc], move |t| {
-            let mut t = t
-                .replace(
-                    "request_body_mode: FULL_DUPLEX_STREAMED",
-                    &format!("request_body_mode: {request}"),
-                )
-                .replace(
-                    "response_body_mode: FULL_DUPLEX_STREAMED",
-                    &format!("response_body_mode: {response}"),
-                );
+            let mut t = envoy::body_modes(t, &request, &response);
             if let Some(limit) = buffer_limit {
                 let at = "  - name: inference_gateway\n";
                 assert!(t.contains(at), "the template's listener changed");

@@ -72,22 +72,8 @@ fn routed_to(r: &pb::ProcessingResponse) -> Option<String> {
     set_header(mutation(r), "x-gateway-destination-endpoint").map(str::to_owned)
 }
 
-/// The sum of `metric`'s series whose labels include every one of `labels`.
-fn count(metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let page = kvpick_epp::telemetry::install().render();
-    page.lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn unattainable(action: &str) -> f64 {
-    count(
+    metric_sum(
         "kvpick_slo_unattainable_total",
         &[("reason", "slo-ttft-unattainable"), ("action", action)],
     )
@@ -122,7 +108,7 @@ async fn an_impossible_slo_sheds_the_sheddable_and_routes_the_critical() {
     // with room, still predicted to miss, until its queueTTL; then it goes to the fastest pod
     // (best-effort), not refused. The sheddable one is still shed at once.
     let p = picker(&flow_control("300ms")).await;
-    let flow_queue = |outcome| count("kvpick_flow_queue_total", &[("outcome", outcome)]);
+    let flow_queue = |outcome| metric_sum("kvpick_flow_queue_total", &[("outcome", outcome)]);
     let (queued, best_effort) = (unattainable("queued"), flow_queue("best_effort"));
     let asked = tokio::time::Instant::now();
     let critical = ask(&p, "chat", "50").await;

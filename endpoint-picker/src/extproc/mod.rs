@@ -20,7 +20,7 @@ use crate::Shared;
 use exchange::Exchange;
 
 pub mod exchange;
-// mod model_rewrite; (wired with the exchange split)
+mod model_rewrite;
 pub mod reply;
 mod test_hooks;
 

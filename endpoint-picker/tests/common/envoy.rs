@@ -115,6 +115,12 @@ impl Envoy {
         panic!("envoy not ready after 20 s: {}", self.log_text());
     }
 
+    /// Starts Envoy with the template's request and response body modes set to `request` and
+    /// `response` (`BUFFERED`, `STREAMED`, …).
+    pub async fn start_with_modes(epps: &[SocketAddr], request: &str, response: &str) -> Self {
+        Self::start_edited(epps, |t| body_modes(t, request, response)).await
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -200,4 +206,18 @@ pub async fn post_direct(
         String::from_utf8_lossy(&body)
     );
     serde_json::from_slice(&body).unwrap()
+}
+
+/// The template `t` with its request and response body modes set to `request` and `response`.
+pub fn body_modes(t: &str, request: &str, response: &str) -> String {
+    let (req, resp) = (
+        "request_body_mode: FULL_DUPLEX_STREAMED",
+        "response_body_mode: FULL_DUPLEX_STREAMED",
+    );
+    assert!(
+        t.contains(req) && t.contains(resp),
+        "the template's modes changed"
+    );
+    t.replace(req, &format!("request_body_mode: {request}"))
+        .replace(resp, &format!("response_body_mode: {response}"))
 }

@@ -421,3 +421,17 @@ pub fn drop_reason(r: &pb::ProcessingResponse) -> Option<String> {
         .and_then(|h| h.header.as_ref())
         .map(|h| String::from_utf8_lossy(&h.raw_value).into_owned())
 }
+
+/// The sum of this process's `metric` series whose labels include every one of `labels`.
+pub fn metric_sum(metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let page = kvpick_epp::telemetry::install().render();
+    page.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

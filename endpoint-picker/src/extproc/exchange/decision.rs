@@ -8,7 +8,7 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
 use tokio::time::Instant;
 
-use super::super::reply;
+use super::super::{model_rewrite, reply};
 use super::{Exchange, Mode, Phase, Resend};
 use crate::error::Error;
 use crate::prediction::Prediction;
@@ -58,13 +58,20 @@ impl Exchange {
         }
         // Shared with a tokenization job that may outlive its deadline.
         let body = Bytes::from(std::mem::take(&mut self.body));
+        let (body, rewritten) = match self.rewrite_model(body, trailers_follow) {
+            Ok(rewritten) => rewritten,
+            Err(e) => {
+                self.drop_body();
+                return self.refuse(&e, out);
+            }
+        };
         let start = Instant::now();
         let tokenizer = self.shared.tokenizer.clone();
         let (slo, objective) = (self.slo, self.objective.clone());
         let routed = match crate::request::parse_for(self.api, &body) {
             // BUFFERED_PARTIAL cut the body at the gateway's buffer limit (or trailers follow a
             // body that does not parse): route on what the headers say.
-            Err(_) if self.request_mode == Mode::Buffered && trailers_follow => {
+            Err(_) if matches!(self.request_mode, Mode::Buffered { .. }) && trailers_follow => {
                 self.outcome = "routed_on_headers";
                 self.route_on_headers()
             }
@@ -148,6 +155,19 @@ impl Exchange {
                 // The body charge stays until the last chunk is out.
                 self.resend = Some(Resend::new(body, trailers_follow));
             }
+            Mode::Buffered { partial } if rewritten => {
+                // BUFFERED: Envoy keeps the client's `content-length` and refuses a body that
+                // does not match it; BUFFERED_PARTIAL dropped it.
+                let length = (!partial).then_some(body.len());
+                out.push(model_rewrite::with_body(
+                    reply::request_body_buffered(
+                        Some(reply::routing_mutation(&r, length)),
+                        Some(metadata),
+                    ),
+                    body,
+                ));
+                // The body charge stays until the answer is out (`next_owed`).
+            }
             _ => {
                 out.push(reply::request_body_buffered(
                     Some(reply::routing_mutation(&r, None)),
@@ -162,7 +182,13 @@ impl Exchange {
     /// The next answer owed before Envoy's next message is read: the re-sent body's chunks, one
     /// at a time (so the body is not copied whole a second time), then its trailers.
     pub fn next_owed(&mut self) -> Option<pb::ProcessingResponse> {
-        let resend = self.resend.as_mut()?;
+        let Some(resend) = self.resend.as_mut() else {
+            // A buffered body mutation went out with its answer.
+            if self.phase == Phase::Decided {
+                self.body_charge.clear();
+            }
+            return None;
+        };
         let next = resend.next();
         if next.is_none() {
             self.resend = None;

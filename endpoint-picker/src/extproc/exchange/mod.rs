@@ -12,10 +12,12 @@
 //! - `BUFFERED` / `BUFFERED_PARTIAL`: the headers get an empty answer at once and the decision
 //!   rides on the answer to the (single) body message, whether or not it ends the stream
 //!   (trailers follow it; `BUFFERED_PARTIAL` cuts a body at the gateway's buffer limit, and a cut
-//!   body that does not parse is routed on the headers alone).
+//!   body that does not parse is routed on the headers alone). A body whose model the pool's
+//!   rewrites rename ([`rewrite`]) goes back as a body mutation with that answer, its
+//!   `content-length` set (`BUFFERED`; `BUFFERED_PARTIAL` has none).
 //! - `STREAMED` and `NONE`: Envoy routes on the headers answer before any body reaches kvpick, so
 //!   the decision is made on the headers alone (load, subset hint, session) and body chunks are
-//!   let through unchanged. Prefix-aware routing needs one of the modes above.
+//!   let through unchanged. Prefix-aware routing and model rewrites need one of the modes above.
 //! - Any other mode is refused at once (500 `unsupported_body_mode`).
 //!
 //! Headers-only requests are decided at once in every mode. Response path (`response`): every
@@ -47,8 +49,10 @@ mod mode;
 mod request;
 mod resend;
 mod response;
+mod rewrite;
 
 use mode::Mode;
+use request::body_ceiling;
 use resend::Resend;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,8 +7,9 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 pub(super) enum Mode {
     /// `FULL_DUPLEX_STREAMED`: chunks; the picker answers with `streamed_response` chunks.
     Duplex,
-    /// `BUFFERED` or `BUFFERED_PARTIAL`: one body message, answered without a body mutation.
-    Buffered,
+    /// `BUFFERED` or `BUFFERED_PARTIAL` (`partial`: a body past the gateway's buffer limit is cut
+    /// and the rest streamed): one body message, its answer carrying the decision.
+    Buffered { partial: bool },
     /// `STREAMED` (chunks, each answered unchanged) or `NONE` (no body messages): the headers
     /// answer goes before the body.
     HeadersFirst,
@@ -21,8 +22,10 @@ impl Mode {
     pub(super) fn from_wire(raw: i32) -> (Mode, &'static str) {
         match BodySendMode::try_from(raw) {
             Ok(BodySendMode::FullDuplexStreamed) => (Mode::Duplex, "full_duplex_streamed"),
-            Ok(BodySendMode::Buffered) => (Mode::Buffered, "buffered"),
-            Ok(BodySendMode::BufferedPartial) => (Mode::Buffered, "buffered_partial"),
+            Ok(BodySendMode::Buffered) => (Mode::Buffered { partial: false }, "buffered"),
+            Ok(BodySendMode::BufferedPartial) => {
+                (Mode::Buffered { partial: true }, "buffered_partial")
+            }
             Ok(BodySendMode::Streamed) => (Mode::HeadersFirst, "streamed"),
             Ok(BodySendMode::None) => (Mode::HeadersFirst, "none"),
             // GRPC (per-message gRPC bodies) or newer: not an inference request kvpick can route.

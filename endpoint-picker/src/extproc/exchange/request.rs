@@ -6,7 +6,7 @@ use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
 use tokio::time::Instant;
 
-use super::super::{reply, test_hooks};
+use super::super::{model_rewrite, reply, test_hooks};
 use super::{Exchange, Mode, Phase};
 use crate::budget;
 use crate::error::Error;
@@ -42,9 +42,12 @@ impl Exchange {
         };
         self.priority = shedding::priority(&self.shared, headers);
         self.flow = flow_control::flow_id(&self.shared, headers);
+        self.objective = shedding::objective(headers).map(str::to_owned);
         let trusted = self.shared.router.config().trusted_headers.slo;
-        self.slo = crate::slo::from_headers(trusted, |n| reply::header(headers, n));
-        self.objective = reply::header(headers, shedding::OBJECTIVE_HEADER).map(str::to_owned);
+        // The pool's InferenceObjective fills in the objectives the headers leave unset.
+        self.slo = crate::slo::from_headers(trusted, |n| reply::header(headers, n)).or(
+            shedding::objective_slo(&self.shared, self.objective.as_deref()),
+        );
         let handling = match (self.request_mode, self.response_mode) {
             (Mode::Unknown(m), _) | (_, Mode::Unknown(m)) => Err(Error::UnsupportedBodyMode(m)),
             (Mode::HeadersFirst, _) => Ok("headers"),
@@ -65,6 +68,9 @@ impl Exchange {
             // No body, or none kvpick will see before Envoy routes (STREAMED, NONE): decide on
             // load alone, as soon as there is room.
             Ok("headers") => {
+                if self.request_mode == Mode::HeadersFirst && !h.end_of_stream {
+                    model_rewrite::skipped(&self.shared.policy, "body_mode");
+                }
                 if let Err(e) = self.wait_for_room(0).await {
                     self.refuse(&e, out);
                     return Ok(());
@@ -87,7 +93,7 @@ impl Exchange {
             }
             Ok(_) => {
                 self.phase = Phase::Body;
-                if self.request_mode == Mode::Buffered {
+                if matches!(self.request_mode, Mode::Buffered { .. }) {
                     // Envoy's BUFFERED contract: an empty answer now, the mutation on the body
                     // answer.
                     out.push(reply::request_headers(None, None));
@@ -123,7 +129,7 @@ impl Exchange {
         match self.request_mode {
             // One message is the whole body Envoy will send: without end of stream, trailers
             // follow or (BUFFERED_PARTIAL) the body was cut at the gateway's buffer limit.
-            Mode::Buffered => self.decide(out, !b.end_of_stream).await,
+            Mode::Buffered { .. } => self.decide(out, !b.end_of_stream).await,
             _ if b.end_of_stream => self.decide(out, false).await,
             _ => {}
         }
@@ -150,12 +156,7 @@ impl Exchange {
             needed.max(capacity.saturating_mul(2)).min(limit)
         };
         let more = target.saturating_sub(self.body_charge.held());
-        let part = &self.shared.budget.requests;
-        let ceiling = if target > budget::LARGE_BODY {
-            part.limit() - part.limit() / 8
-        } else {
-            part.limit()
-        };
+        let ceiling = body_ceiling(&self.shared.budget.requests, target);
         if !self.body_charge.grow_within(more, ceiling) {
             return Err(Error::MemoryBudget {
                 part: self.shared.budget.requests.name(),
@@ -211,5 +212,15 @@ impl Exchange {
         self.drop_body();
         let limit = self.shared.limits.body_timeout;
         self.refuse(&Error::BodyTimeout { limit }, out);
+    }
+}
+
+/// How far a body of `size` bytes may fill the request part: a large body leaves the last 1/8 to
+/// ordinary ones.
+pub(super) fn body_ceiling(part: &budget::Part, size: usize) -> usize {
+    if size > budget::LARGE_BODY {
+        part.limit() - part.limit() / 8
+    } else {
+        part.limit()
     }
 }
