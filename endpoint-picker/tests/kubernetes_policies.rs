@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use apiserver::{ApiServer, OBJECTIVES, OLD_OBJECTIVES, OLD_REWRITES, REWRITES};
 use kvpick_epp::cluster_policy::{ClusterPolicy, PolicySet};
-use kvpick_epp::discovery::kubernetes::{PolicyWatch, Retry};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -55,17 +54,7 @@ impl Harness {
     async fn start(api: ApiServer) -> Self {
         let policy = Arc::new(ClusterPolicy::default());
         let stop = CancellationToken::new();
-        let watch = PolicyWatch::new(
-            api.client(),
-            apiserver::NAMESPACE.into(),
-            "pool".into(),
-            Retry {
-                min: Duration::from_millis(20),
-                max: Duration::from_millis(200),
-            },
-            policy.clone(),
-        );
-        let task = tokio::spawn(watch.run(stop.clone()));
+        let task = tokio::spawn(api.policy_watch(policy.clone()).run(stop.clone()));
         Self {
             api,
             policy,

@@ -20,7 +20,6 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 use envoy_types::pb::envoy::service::ext_proc::v3 as pb;
 use kvpick_epp::Settings;
 use kvpick_epp::cluster_policy::PolicySet;
-use kvpick_epp::discovery::kubernetes::{PolicyWatch, Retry};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -39,17 +38,7 @@ impl Policies {
     async fn start(p: &Picker) -> Self {
         let api = ApiServer::start().await;
         let stop = CancellationToken::new();
-        let watch = PolicyWatch::new(
-            api.client(),
-            apiserver::NAMESPACE.into(),
-            "pool".into(),
-            Retry {
-                min: Duration::from_millis(20),
-                max: Duration::from_millis(200),
-            },
-            p.shared.policy.clone(),
-        );
-        let task = tokio::spawn(watch.run(stop.clone()));
+        let task = tokio::spawn(api.policy_watch(p.shared.policy.clone()).run(stop.clone()));
         Self { api, stop, task }
     }
 

@@ -159,6 +159,25 @@ impl ApiServer {
         kube::Client::try_from(config).unwrap()
     }
 
+    /// A watch of this server's InferenceObjectives and InferenceModelRewrites for pool `pool`
+    /// into `policy`, retrying fast.
+    pub fn policy_watch(
+        &self,
+        policy: Arc<kvpick_epp::cluster_policy::ClusterPolicy>,
+    ) -> kvpick_epp::discovery::kubernetes::PolicyWatch {
+        let retry = kvpick_epp::discovery::kubernetes::Retry {
+            min: std::time::Duration::from_millis(20),
+            max: std::time::Duration::from_millis(200),
+        };
+        kvpick_epp::discovery::kubernetes::PolicyWatch::new(
+            self.client(),
+            NAMESPACE.into(),
+            "pool".into(),
+            retry,
+            policy,
+        )
+    }
+
     /// Creates or replaces an object (`kind` is one of [`KINDS`]); returns its version.
     pub fn apply(&self, kind: &'static str, mut object: Value) -> u64 {
         let mut s = self.state.lock();
