@@ -89,6 +89,8 @@ enum Event {
     Sample,
     /// A replica's flow-control dispatch round, while requests wait there.
     Dispatch(u32),
+    /// A replica's shared in-flight round.
+    Share(u32),
 }
 
 struct Loop<'a> {
@@ -171,6 +173,12 @@ pub fn run(
         for r in 0..cfg.replicas.count {
             let phase = cfg.replicas.scrape_phase_us(cfg.metrics_interval_us, r);
             l.push(SimTime::ZERO.plus_micros(phase), Event::Scrape(r as u32));
+        }
+    }
+    if let Some(share) = cfg.replicas.share {
+        for r in 0..cfg.replicas.count {
+            let phase = share.phase_us(r, cfg.replicas.count);
+            l.push(SimTime::ZERO.plus_micros(phase), Event::Share(r as u32));
         }
     }
     if cfg.sample_interval_us > 0 {
@@ -463,6 +471,12 @@ impl Loop<'_> {
                         now.plus_micros(self.cfg.metrics_interval_us),
                         Event::Scrape(r),
                     );
+                }
+            }
+            Event::Share(r) => {
+                self.pickers.share(r as usize, now);
+                if let (Some(share), true) = (self.cfg.replicas.share, self.active(next_arrival)) {
+                    self.push(now.plus_micros(share.interval_us), Event::Share(r));
                 }
             }
             Event::Sample => {

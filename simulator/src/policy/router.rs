@@ -151,6 +151,11 @@ impl Router {
         }
     }
 
+    /// Its picker's in-flight accounting (`None` for `random` and `round-robin`).
+    pub fn inflight(&self) -> Option<&kvpick_scheduler::InFlight> {
+        self.scheduler().map(Scheduler::inflight)
+    }
+
     /// Folds `engine`'s fresh scrape into the in-flight accounting.
     pub fn observe_signals(&self, engine: usize, signals: &PodSignals) {
         if let (Some(s), Some(ep)) = (self.scheduler(), self.endpoints.get(engine)) {

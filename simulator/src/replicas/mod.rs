@@ -4,12 +4,16 @@
 //! others') and its own flow-control queue; their KV index is one shared view or one per replica
 //! ([`IndexView`]). Without sharing, a replica sees the others' requests only when a scrape
 //! shows them, so N replicas can send N requests to the same "best" pod between two scrapes.
+//! With sharing ([`ShareSetup`]) they exchange their in-flight totals as kvpick-epp does through
+//! Valkey.
 //!
 //! One replica is the simulation as it was: same seeds, same draws, same results.
 
 mod setup;
+mod share;
 
 pub use setup::{IndexView, ReplicaRouting, ReplicaSetup};
+pub use share::ShareSetup;
 
 use kvpick_scheduler::events::EventBatch;
 use kvpick_scheduler::{EndpointPickerConfig, PodSignals};
@@ -43,6 +47,8 @@ pub struct Replicas {
     next: usize,
     /// The replica that routed each request, by trace index.
     owner: Vec<u32>,
+    /// Their shared in-flight store, when they share.
+    store: Option<share::Store>,
 }
 
 impl Replicas {
@@ -73,7 +79,11 @@ impl Replicas {
                 })
             })
             .collect::<Result<Vec<_>, SimError>>()?;
+        let store = (setup.share.as_ref())
+            .map(|s| share::Store::new(s, &replicas))
+            .transpose()?;
         Ok(Self {
+            store,
             replicas,
             setup: setup.clone(),
             rng: SmallRng::seed_from_u64(seed ^ 0x005e_ed0f_4e91_1ca5),
@@ -130,6 +140,13 @@ impl Replicas {
     /// Every replica.
     pub fn iter(&self) -> impl Iterator<Item = &Replica> {
         self.replicas.iter()
+    }
+
+    /// Replica `r`'s shared in-flight round at `now` (nothing without sharing).
+    pub fn share(&mut self, r: usize, now: SimTime) {
+        if let Some(store) = &mut self.store {
+            store.round(r, &self.replicas, now);
+        }
     }
 
     /// The replica that routed `request`.

@@ -56,6 +56,8 @@ pub struct ReplicaSetup {
     pub routing: ReplicaRouting,
     /// Their KV index.
     pub index: IndexView,
+    /// Whether and how they share in-flight load.
+    pub share: Option<super::ShareSetup>,
 }
 
 impl Default for ReplicaSetup {
@@ -64,6 +66,7 @@ impl Default for ReplicaSetup {
             count: 1,
             routing: ReplicaRouting::default(),
             index: IndexView::default(),
+            share: None,
         }
     }
 }
@@ -82,7 +85,9 @@ impl ReplicaSetup {
                 self.count
             )));
         }
-        Ok(())
+        self.share
+            .as_ref()
+            .map_or(Ok(()), super::ShareSetup::validate)
     }
 
     /// Index views that receive events: one when shared, else one per replica.

@@ -232,7 +232,7 @@ pub struct SimArgs {
 /// Picker replicas behind one gateway (kvpick runs active-active). Each replica has its own
 /// picker (in-flight reservations, routing history), its own scrape loop (out of phase with the
 /// others') and its own flow-control queue; a replica sees the others' requests only when a
-/// scrape shows them.
+/// scrape shows them, unless they share their in-flight load (--share-inflight).
 #[derive(Debug, Args)]
 pub struct ReplicaArgs {
     /// Picker replicas the gateway spreads requests over.
@@ -249,6 +249,14 @@ pub struct ReplicaArgs {
     /// its step.
     #[arg(long, default_value = "0s", value_parser = duration)]
     pub replica_event_skew: Duration,
+    /// Replicas share their in-flight load, as kvpick-epp's --shared-inflight-url does through
+    /// Valkey: every this often (kvpick-epp's default: 20ms) each publishes its totals per pod and
+    /// counts the others'. Unset: no sharing.
+    #[arg(long, value_parser = duration)]
+    pub share_inflight: Option<Duration>,
+    /// --share-inflight: a replica's totals stop counting this long after it published them.
+    #[arg(long, default_value = "1s", value_parser = duration, requires = "share_inflight")]
+    pub share_inflight_staleness: Duration,
 }
 
 /// `--replica-routing`.

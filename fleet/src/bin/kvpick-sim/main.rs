@@ -19,7 +19,7 @@ use clap::Parser;
 use kvpick_sim::des::{self, SimConfig};
 use kvpick_sim::engine::{BatchShape, PROFILES, Profile, StepTimeModel};
 use kvpick_sim::policy::PolicySpec;
-use kvpick_sim::replicas::{IndexView, ReplicaRouting, ReplicaSetup};
+use kvpick_sim::replicas::{IndexView, ReplicaRouting, ReplicaSetup, ShareSetup};
 use kvpick_sim::report::{self, Summary};
 use kvpick_sim::trace::generate::{Chat, SharedPrefix, parse_stages};
 use kvpick_sim::trace::{self, Trace};
@@ -198,6 +198,10 @@ fn replica_setup(args: &cli::ReplicaArgs) -> anyhow::Result<ReplicaSetup> {
                 skew_us: micros(args.replica_event_skew),
             },
         },
+        share: args.share_inflight.map(|interval| ShareSetup {
+            interval_us: micros(interval),
+            staleness_us: micros(args.share_inflight_staleness),
+        }),
     })
 }
 
