@@ -15,9 +15,22 @@ use kvpick_scheduler::Timestamp;
 /// request always has a model, and `parse` (its token-array fast path first) gives exactly what
 /// serde_json alone (`parse_reference`) gives: the same request, or the same error. The same bytes
 /// as a body of every other API (Responses, Messages, embeddings, an unknown path): a request with
-/// a model, nothing to route on but load, or an error; never a panic.
+/// a model, nothing to route on but load, or an error; never a panic. A body whose model a rewrite
+/// finds is rewritten to exactly the length it announced, names the new model, and parses as the
+/// same request under it.
 pub fn request_body(body: &[u8]) {
+    use kvpick_epp::cluster_policy::body::model;
     use kvpick_epp::request::{Api, parse, parse_for, parse_reference};
+    if let Some(found) = model(body) {
+        let (to, to_json) = ("to/\"m\"", r#""to/\"m\"""#);
+        let out = found.rewrite(body, to_json);
+        assert_eq!(out.len(), found.rewritten_len(body.len(), to_json));
+        assert_eq!(model(&out).map(|m| m.name).as_deref(), Some(to));
+        if let Ok(mut before) = parse(body) {
+            before.model = to.into();
+            assert_eq!(parse(&out).unwrap(), before);
+        }
+    }
     match (parse(body), parse_reference(body)) {
         (Ok(fast), Ok(reference)) => {
             assert!(!fast.model.is_empty());

@@ -268,6 +268,55 @@ async fn rewrites_rename_the_model_before_the_pick_in_every_body_mode_that_allow
     p.stop().await;
 }
 
+/// The rewritten body is charged to the request bytes before it is made, while the client's is
+/// still held: with room for one copy of a body but not two, a body no rule meets is routed and
+/// one a rule rewrites is refused (503 `memory_budget`).
+#[tokio::test]
+async fn a_rewrite_is_charged_to_the_memory_budget() {
+    let p = Picker::start(Settings::loopback(), &PODS).await;
+    let pol = Policies::start(&p).await;
+    pol.api.apply(
+        REWRITES,
+        rewrite("alias", "alias", json!([{"modelRewrite": "m"}])),
+    );
+    Policies::until(&p, "the rewrite", |s| !s.rewrites.is_empty()).await;
+    let tokens = prompt(2048, 3);
+    let (aliased, other) = (body("alias", &tokens), body("other", &tokens));
+    assert!(aliased.len() < 64 << 10, "a large body has another ceiling");
+    let part = &p.shared.budget.requests;
+    let room = aliased.len() * 3 / 2;
+    let _held = part.try_charge(part.limit() - part.used() - room).unwrap();
+    let answer = |body: Vec<u8>| {
+        let p = &p;
+        async move {
+            let mut s = p.stream().await;
+            s.send(request_headers(duplex(), "POST", &[], false, None))
+                .await;
+            s.send(request_body(&body, true)).await;
+            s.recv().await
+        }
+    };
+    // A stream's charge goes with it once its answer is read and it is dropped.
+    let settled = || async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while part.used() != part.limit() - room {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("a body's charge outlived its stream");
+    };
+    let routed = answer(other).await;
+    assert!(lb_destination(&routed).is_some(), "{routed:?}");
+    settled().await;
+    let refused = answer(aliased).await;
+    assert_eq!(immediate(&refused).0, 503);
+    assert_eq!(drop_reason(&refused).as_deref(), Some("memory_budget"));
+    settled().await;
+    pol.stop().await;
+    p.stop().await;
+}
+
 /// A real Envoy in each mode kvpick rewrites in, in front of stand-in vLLM pods that echo the
 /// model they were sent and the body's length: Envoy accepts the mutation (a wrong
 /// `content-length` would be refused in BUFFERED mode) and the pod gets the renamed model.
