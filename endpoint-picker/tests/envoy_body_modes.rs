@@ -9,18 +9,13 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::envoy::{self, Envoy};
 use common::vllm::Pod;
 use common::{Picker, prompt};
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::Frame;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use kvpick_epp::Settings;
 
 /// Bound on any one answer: a stalled stream would wait for Envoy's 60 s message timeout.
@@ -92,35 +87,6 @@ impl Setup {
     }
 }
 
-/// POSTs `body` over HTTP/2 (prior knowledge) with trailers after it; status and answer.
-async fn post_with_trailers(envoy: &Envoy, body: Vec<u8>) -> (u16, Bytes) {
-    type Frames = futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>;
-    let client: Client<HttpConnector, StreamBody<Frames>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(HttpConnector::new());
-    let mut trailers = hyper::HeaderMap::new();
-    trailers.insert("x-checksum", "abc".parse().unwrap());
-    let frames = vec![
-        Ok(Frame::data(Bytes::from(body))),
-        Ok(Frame::trailers(trailers)),
-    ];
-    let req = hyper::Request::post(format!("http://{}/v1/completions", envoy.listen))
-        .header("content-type", "application/json")
-        .body(StreamBody::new(futures::stream::iter(frames)))
-        .unwrap();
-    let resp = tokio::time::timeout(PROMPT, client.request(req))
-        .await
-        .unwrap_or_else(|_| panic!("stalled: {}", envoy.log_text()))
-        .unwrap();
-    let status = resp.status().as_u16();
-    let answer = tokio::time::timeout(PROMPT, resp.into_body().collect())
-        .await
-        .unwrap_or_else(|_| panic!("body stalled: {}", envoy.log_text()))
-        .unwrap()
-        .to_bytes();
-    (status, answer)
-}
-
 async fn get(envoy: &Envoy) -> u16 {
     let req = hyper::Request::get(format!("http://{}/v1/models", envoy.listen))
         .body(Full::new(Bytes::new()))
@@ -163,7 +129,7 @@ async fn every_body_mode_is_answered_and_sees_the_body_where_envoy_lets_it() {
         }
         // The same body followed by trailers.
         let body = s.body(100);
-        let (status, answer) = post_with_trailers(&envoy, body.clone()).await;
+        let (status, answer) = envoy::post_with_trailers(&envoy, body.clone(), PROMPT).await;
         assert_eq!(
             status,
             200,

@@ -352,6 +352,23 @@ async fn through_envoy_the_pod_receives_the_rewritten_model() {
         let answer: Value = serde_json::from_slice(&answer).unwrap();
         assert_eq!(answer["model"], "Qwen/Qwen3-32B", "{mode}: {answer}");
         assert_eq!(answer["body_bytes"], expected.len(), "{mode}: {answer}");
+        // Followed by HTTP/2 trailers: rewritten too, except where kvpick cannot tell a whole
+        // BUFFERED_PARTIAL body from one cut at the buffer limit.
+        let (status, answer) =
+            envoy::post_with_trailers(&envoy, body("alias", &tokens), Duration::from_secs(30))
+                .await;
+        assert_eq!(status, 200, "{mode}, trailers: {}", envoy.log_text());
+        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        let (model, sent) = if mode == "BUFFERED_PARTIAL" {
+            ("alias", body("alias", &tokens).len())
+        } else {
+            ("Qwen/Qwen3-32B", expected.len())
+        };
+        assert_eq!(
+            (&answer["model"], &answer["body_bytes"]),
+            (&json!(model), &json!(sent)),
+            "{mode}, trailers"
+        );
         // No rule: the body as sent.
         let other = body("other", &tokens);
         let (status, _, answer) = envoy::post(&envoy, "/v1/completions", &other, &[]).await;

@@ -221,3 +221,36 @@ pub fn body_modes(t: &str, request: &str, response: &str) -> String {
     t.replace(req, &format!("request_body_mode: {request}"))
         .replace(resp, &format!("response_body_mode: {response}"))
 }
+
+/// POSTs `body` to `/v1/completions` over HTTP/2 (prior knowledge) with trailers after it; status
+/// and answer, each within `within`.
+pub async fn post_with_trailers(envoy: &Envoy, body: Vec<u8>, within: Duration) -> (u16, Bytes) {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    type Frames =
+        futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>;
+    let client: Client<HttpConnector, StreamBody<Frames>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    let frames = vec![
+        Ok(Frame::data(Bytes::from(body))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let req = hyper::Request::post(format!("http://{}/v1/completions", envoy.listen))
+        .header("content-type", "application/json")
+        .body(StreamBody::new(futures::stream::iter(frames)))
+        .unwrap();
+    let resp = tokio::time::timeout(within, client.request(req))
+        .await
+        .unwrap_or_else(|_| panic!("stalled: {}", envoy.log_text()))
+        .unwrap();
+    let status = resp.status().as_u16();
+    let answer = tokio::time::timeout(within, resp.into_body().collect())
+        .await
+        .unwrap_or_else(|_| panic!("body stalled: {}", envoy.log_text()))
+        .unwrap()
+        .to_bytes();
+    (status, answer)
+}
