@@ -1,8 +1,11 @@
 //! The one-command demo: the same shared-prefix workload sent through a real Envoy to a simulated
-//! vLLM fleet twice, routed by kvpick-epp first without KV events (it then sees only the pods'
-//! load: cache-blind) and then with them (kvpick's default), measured at the client both times.
+//! vLLM fleet three times, routed by kvpick-epp first without KV events (it then sees only the
+//! pods' load: cache-blind), then with them under the previous default profile (precise prefix,
+//! KV utilization, queue), then under kvpick's default (the latency-predicting profile, priced
+//! with the fleet's engine profile as a calibrated deployment is), measured at the client each
+//! time.
 //!
-//! Each pass gets a fresh stack ([`stack`]: fleet, kvpick-epp, Envoy), so both start with cold
+//! Each pass gets a fresh stack ([`stack`]: fleet, kvpick-epp, Envoy), so each starts with cold
 //! caches. The workload is the simulator's shared-prefix generator, sized so that the pods'
 //! caches cannot each hold every group's system prompt: routing decides the hit rate. The
 //! comparison (TTFT percentiles, throughput, prefix hit rate from `usage` and from the fleet's
@@ -123,17 +126,18 @@ impl DemoConfig {
 /// The outcome of a demo.
 #[derive(Clone, Debug)]
 pub struct DemoResult {
-    /// Cache-blind first, then kvpick.
+    /// Cache-blind first, then the previous default (precise prefix), then kvpick's default.
     pub runs: Vec<LoadSummary>,
     /// The printed comparison.
     pub report: String,
 }
 
 impl DemoResult {
-    /// Whether kvpick had the higher client-measured hit rate and the lower TTFT p90.
+    /// Whether kvpick's default had a higher client-measured hit rate and a lower TTFT p90 than
+    /// cache-blind routing.
     pub fn kvpick_wins(&self) -> bool {
         match &self.runs[..] {
-            [blind, kvpick] => {
+            [blind, _, kvpick] => {
                 kvpick.client_hit_rate > blind.client_hit_rate && kvpick.ttft.p90 < blind.ttft.p90
             }
             _ => false,
@@ -141,8 +145,41 @@ impl DemoResult {
     }
 }
 
-/// The two passes: label, whether kvpick-epp gets the KV-event publishers.
-const PASSES: [(&str, bool); 2] = [("cache-blind", false), ("kvpick", true)];
+/// The passes: label, whether kvpick-epp gets the KV-event publishers.
+const PASSES: [(&str, bool); 3] = [
+    ("cache-blind", false),
+    ("precise-prefix", true),
+    ("kvpick", true),
+];
+
+/// kvpick-epp's arguments for pass `label`, its files written to `dir`: the previous default's
+/// config for `precise-prefix`; for `kvpick`, llm-d's P/D config with prefill pods, else the
+/// built-in default priced with the fleet's `profile` (`--engine-profile`, as `kvpick-sim
+/// calibrate` writes it); nothing for cache-blind (it has no index to read).
+fn pass_args(label: &str, cfg: &DemoConfig, dir: &Path) -> Result<Vec<String>, FleetError> {
+    let (flag, name, text) = match label {
+        "precise-prefix" => (
+            "--config",
+            "picker-config.yaml",
+            kvpick_scheduler::EndpointPickerConfig::PRECISE_PREFIX_YAML.to_owned(),
+        ),
+        "kvpick" if cfg.prefill_pods > 0 => {
+            ("--config", "pd.yaml", pd_config(cfg.profile.block_size))
+        }
+        // JSON is YAML.
+        "kvpick" => (
+            "--engine-profile",
+            "profile.yaml",
+            serde_json::to_string_pretty(&cfg.profile)
+                .map_err(|e| FleetError::InvalidConfig(format!("demo profile: {e}")))?,
+        ),
+        _ => return Ok(Vec::new()),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| FleetError::io(dir, e))?;
+    let path = dir.join(name);
+    std::fs::write(&path, text).map_err(|e| FleetError::io(&path, e))?;
+    Ok(vec![flag.to_owned(), path.display().to_string()])
+}
 
 /// llm-d's P/D config as kvpick ships it, at `block_size` and a 256-token threshold.
 fn pd_config(block_size: u32) -> String {
@@ -151,7 +188,7 @@ fn pd_config(block_size: u32) -> String {
         .replace("nonCachedTokens: 2048", "nonCachedTokens: 256")
 }
 
-/// Runs both passes, writes `out/`, prints and returns the comparison. With `keep_running`, the
+/// Runs the passes, writes `out/`, prints and returns the comparison. With `keep_running`, the
 /// kvpick stack stays up after the comparison until `cancel`.
 pub async fn run(
     cfg: &DemoConfig,
@@ -162,7 +199,7 @@ pub async fn run(
 ) -> Result<DemoResult, FleetError> {
     let trace = cfg.workload.generate()?;
     eprintln!(
-        "demo: {} pods ({} KV tokens each), {}: {} requests over {:.0} s, twice through Envoy → kvpick-epp",
+        "demo: {} pods ({} KV tokens each), {}: {} requests over {:.0} s, three times through Envoy → kvpick-epp",
         cfg.pods,
         cfg.profile.kv_tokens(),
         trace.name,
@@ -189,16 +226,7 @@ pub async fn run(
     for (label, kv_events) in PASSES {
         eprintln!("demo: {label}: starting the fleet, kvpick-epp and envoy...");
         let dir = out.join(label);
-        let epp_args = match (kv_events, cfg.prefill_pods) {
-            (true, 1..) => {
-                std::fs::create_dir_all(&dir).map_err(|e| FleetError::io(&dir, e))?;
-                let path = dir.join("pd.yaml");
-                std::fs::write(&path, pd_config(cfg.profile.block_size))
-                    .map_err(|e| FleetError::io(&path, e))?;
-                vec!["--config".to_owned(), path.display().to_string()]
-            }
-            _ => Vec::new(),
-        };
+        let epp_args = pass_args(label, cfg, &dir)?;
         let mut stack =
             Stack::start_with(fleet_cfg.clone(), kv_events, tools, &epp_args, &dir, cancel).await?;
         eprintln!(
@@ -248,7 +276,8 @@ pub async fn run(
     .map_err(|e| FleetError::io(&results, e))?;
     let mut text = format!(
         "\n{}\nSame workload, same fleet, routed through Envoy by kvpick-epp: cache-blind = without the\n\
-         pods' KV events (load only); kvpick = with them (default profile). Measured at the client.\n\n",
+         pods' KV events (load only); precise-prefix = with them, the previous default profile;\n\
+         kvpick = with them, the default (latency-predicting) profile. Measured at the client.\n\n",
         trace.name
     );
     text += &report::table(&runs);

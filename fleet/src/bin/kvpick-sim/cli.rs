@@ -78,7 +78,8 @@ pub enum Command {
     /// (TTFT, ITL, E2E, throughput, prefix hits from usage.prompt_tokens_details).
     Load(Box<LoadArgs>),
     /// The one-command demo: a fleet, kvpick-epp and Envoy; the same workload routed cache-blind,
-    /// then by kvpick; both measured at the client and compared side by side.
+    /// by the previous default (precise prefix) and by kvpick's default; each measured at the
+    /// client and compared side by side.
     Demo(Box<DemoArgs>),
 }
 
