@@ -19,6 +19,9 @@ pub enum Error {
     /// An engine profile could not be fitted to the metrics (too few or too uniform windows).
     #[error("calibration: {0}")]
     Calibration(String),
+    /// An index dump that cannot be restored (malformed, over the limits, another secret).
+    #[error("index dump: {0}")]
+    Dump(String),
     /// No candidate endpoint is eligible for the request.
     #[error("no eligible endpoint: {0}")]
     NoEndpoint(&'static str),
@@ -34,6 +37,7 @@ impl Error {
             Error::InvalidConfig(_) => "invalid_config",
             Error::NoEndpoint(_) => "no_endpoint",
             Error::Calibration(_) => "calibration",
+            Error::Dump(_) => "dump",
         }
     }
 }

@@ -21,6 +21,7 @@
 //! time. Readers: one shard read lock at a time, one per 128 blocks; never an endpoint lock.
 
 mod apply;
+mod dump;
 mod edit;
 mod engine_map;
 mod evict;
@@ -36,6 +37,7 @@ mod table;
 mod values;
 mod walk;
 
+pub use dump::{DumpChunk, DumpCursor, DumpEntry, EndpointFacts, Placement, RestoreReport};
 pub use secret::IndexSecret;
 pub use values::{ApplyReport, IndexStats, PrefixMatch, PrefixMatches, Tiers};
 

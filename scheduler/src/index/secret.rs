@@ -9,6 +9,9 @@
 //! rely on it for termination or memory: a record that does not fit is dropped and counted (see
 //! `table`).
 
+/// The lane of [`IndexSecret::mix`] for [`IndexSecret::fingerprint`].
+const FINGERPRINT: u64 = 0x1f83_d9ab_fb41_bd6b;
+
 /// The key of the index's placement hashes. `Debug` does not print it.
 #[derive(Copy, Clone, PartialEq, Eq)]
 pub struct IndexSecret([u64; 2]);
@@ -22,6 +25,23 @@ impl IndexSecret {
     /// use to drive the overflow paths.)
     pub const fn new(a: u64, b: u64) -> Self {
         Self([a, b])
+    }
+
+    /// A secret derived from shared key material (e.g. a Kubernetes Secret every replica of a
+    /// pool mounts), so that replicas place blocks alike and one can load another's dump.
+    pub fn from_material(material: &[u8]) -> Self {
+        let h = xxhash_rust::xxh3::xxh3_128_with_seed(material, 0x6b76_7069_636b_2d69);
+        Self([h as u64, (h >> 64) as u64])
+    }
+
+    /// A 64-bit check value: two processes compare it to learn whether they share the secret.
+    /// It leaves 2^64 candidate secrets for the 128-bit key, so it does not reveal the
+    /// placement.
+    pub fn fingerprint(&self) -> u64 {
+        self.mix(
+            self.mix(0x7f4a_7c15_9e37_79b9, FINGERPRINT),
+            FINGERPRINT ^ 1,
+        )
     }
 
     /// `x` mixed under the secret, for use `lane` (distinct uses get unrelated outputs).

@@ -104,6 +104,36 @@ impl<'a> Writer<'a> {
         Some(pos)
     }
 
+    /// Places a block from another index's dump (same secret) where its writer had it: in the
+    /// record of `parent` when that is in the same record, else one of its own; then maps
+    /// `engine` to it. `false` when the table had no room (nothing changed).
+    pub(in crate::index) fn restore(
+        &mut self,
+        engine: u64,
+        key: BlockKey,
+        parent: Option<BlockKey>,
+        place: ChainPos,
+        tiers: u8,
+    ) -> bool {
+        let slot = Slot {
+            shard: place.shard(),
+            offset: place.offset(),
+            parent: parent
+                .filter(|_| place.rank() > 0)
+                .map(|p| (place.tag(), p)),
+        };
+        let ep = self.endpoint;
+        let Some((tag, added)) = self.table(slot.shard).add(key, &slot, ep, tiers) else {
+            self.report.overflow += 1;
+            return false;
+        };
+        self.report.stored += u64::from(added);
+        // Extra references come separately (`restore_extras`): none is counted here.
+        let pos = slot.at(tag).with_boundary(place.boundary());
+        self.put(EngineRef(engine), key, pos, true);
+        true
+    }
+
     /// Drops every entry of the endpoint, shard by shard.
     pub(super) fn cleared(&mut self) {
         self.state.extra.clear();

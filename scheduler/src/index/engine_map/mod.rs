@@ -349,6 +349,25 @@ impl EngineMap {
         out
     }
 
+    /// Lines of storage (a resumable export walks them by number).
+    pub(crate) fn line_count(&self) -> usize {
+        self.n_lines()
+    }
+
+    /// The entries of line `l` (none past the end).
+    pub(crate) fn line_entries(
+        &self,
+        l: usize,
+    ) -> impl Iterator<Item = (EngineRef, BlockKey, ChainPos)> + '_ {
+        (0..SLOTS).filter_map(move |s| {
+            let line = self.lines.get().as_chunks::<LINE>().0.get(l)?;
+            Self::occupied(line, s).then(|| {
+                let (hash, key, pos) = Self::entry(line, s);
+                (EngineRef(hash), key, pos)
+            })
+        })
+    }
+
     /// Every entry, in storage order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (EngineRef, BlockKey, ChainPos)> + '_ {
         (0..self.n_lines() * SLOTS).filter_map(|i| {
