@@ -46,6 +46,9 @@ pub enum Error {
     /// A gRPC server failed while serving.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// Loading the index from a peer failed (`--bootstrap-from`); the replica starts empty.
+    #[error("index bootstrap: {0}")]
+    Bootstrap(String),
     /// The scheduling core refused.
     #[error(transparent)]
     Scheduler(#[from] kvpick_scheduler::Error),
@@ -145,6 +148,7 @@ impl Error {
             Error::Bind { .. } => "bind",
             Error::Tls(_) => "tls",
             Error::Serve(_) => "serve",
+            Error::Bootstrap(_) => "bootstrap",
             Error::Scheduler(e) => e.label(),
             Error::NotBuilt(_) => "not_built",
             Error::Tokenizer(e) => e.label(),

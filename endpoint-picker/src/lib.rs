@@ -35,6 +35,7 @@ use std::sync::Arc;
 use kvpick_scheduler::KvIndex;
 use tokio::sync::watch;
 
+pub mod bootstrap;
 pub mod budget;
 mod byte_count;
 pub mod calibration;
@@ -94,6 +95,8 @@ pub struct Shared {
     pub budget: budget::Budget,
     /// The pool's InferenceObjectives and InferenceModelRewrites (empty without a pool).
     pub policy: Arc<cluster_policy::ClusterPolicy>,
+    /// Each endpoint's last KV-event batch applied (what an index dump is anchored at).
+    pub anchors: Arc<kv_events::Anchors>,
 }
 
 /// What KV-event ingestion ([`kv_events`]) receives from the picker: the pool's
@@ -111,4 +114,6 @@ pub struct Ingestion {
     pub bind: Option<String>,
     /// The picker's clock.
     pub clock: clock::Clock,
+    /// Last batches applied per endpoint, and where a bootstrap left them.
+    pub anchors: Arc<kv_events::Anchors>,
 }

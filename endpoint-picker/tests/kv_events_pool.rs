@@ -48,6 +48,7 @@ async fn pool_views_drive_subscriptions_and_receive_states() {
         index: Arc::clone(&index),
         bind: None,
         clock,
+        anchors: Default::default(),
     };
     let shutdown = CancellationToken::new();
     let kv = KvEvents::start_for(ingestion, config(), shutdown.clone())

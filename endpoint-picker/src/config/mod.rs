@@ -138,6 +138,9 @@ pub struct Cli {
     /// Shared in-flight load between replicas (Valkey/Redis).
     #[command(flatten)]
     pub shared_inflight: crate::shared_inflight::SharedInflightArgs,
+    /// Loading the index from a peer replica at start.
+    #[command(flatten)]
+    pub bootstrap: crate::bootstrap::BootstrapArgs,
     /// Tokenization of text and chat prompts.
     #[command(flatten)]
     pub tokenize: crate::tokenizer::TokenizeArgs,

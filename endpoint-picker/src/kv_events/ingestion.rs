@@ -67,6 +67,7 @@ impl KvEvents {
         Self::start_with(
             config,
             ingestion.index,
+            ingestion.anchors,
             ingestion.views,
             shutdown,
             Some(sink),

@@ -21,6 +21,7 @@
 //! anything implementing [`KvSourceView`] (then read states with [`KvEventsHandle::state`]);
 //! [`KvEvents::join`] after the shutdown token fired. Flags: [`KvEventsArgs`].
 
+mod anchors;
 mod batch;
 mod bind;
 mod config;
@@ -44,6 +45,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use anchors::{Anchor, Anchors};
 pub use config::{
     DEFAULT_PUBLISHER_PORT, KvEventsArgs, KvEventsConfig, parse_tcp_address, parse_tier_weights,
 };
@@ -184,6 +186,7 @@ impl StateTable {
 struct Shared {
     config: KvEventsConfig,
     index: Arc<KvIndex>,
+    anchors: Arc<Anchors>,
     states: StateTable,
     metrics: IngestMetrics,
     replay_slots: Semaphore,
@@ -256,12 +259,13 @@ impl KvEvents {
     where
         V: KvSourceView + Send + Sync + 'static,
     {
-        Self::start_with(config, index, sources, shutdown, None).await
+        Self::start_with(config, index, Arc::default(), sources, shutdown, None).await
     }
 
     async fn start_with<V>(
         config: KvEventsConfig,
         index: Arc<KvIndex>,
+        anchors: Arc<Anchors>,
         sources: watch::Receiver<V>,
         shutdown: CancellationToken,
         sink: Option<StateSink>,
@@ -275,6 +279,7 @@ impl KvEvents {
             budget: crate::budget::Part::new("kv_event_bytes", config.budget_bytes),
             config,
             index,
+            anchors,
             states: StateTable::new(sink),
             metrics: IngestMetrics::default(),
         });

@@ -108,6 +108,9 @@ impl Worker {
                     hold,
                     config.replay_cooldown,
                 );
+                if let Some(anchor) = self.shared.anchors.take_start(reg.endpoint) {
+                    seq.anchor(anchor);
+                }
                 if reg.bind_mode {
                     // No connection to wait for: warm up from the pod's replay buffer now.
                     let mut fx = Fx::new(&self.shared, &reg, &mut self.replays);
@@ -127,6 +130,7 @@ impl Worker {
                     served.reg.cancel.cancel();
                     served.reg.mailbox.close();
                     self.shared.index.clear_endpoint(endpoint);
+                    self.shared.anchors.forget(endpoint);
                     self.shared.states.set(endpoint, EventsState::Absent);
                 }
             }
@@ -162,6 +166,7 @@ impl Worker {
 fn publish_state(shared: &Shared, reg: &Registration, seq: &Sequencer) {
     let state = seq.state();
     shared.states.set(reg.endpoint, state);
+    shared.anchors.publish(reg.endpoint, seq.last());
     reg.metrics.state(state);
 }
 

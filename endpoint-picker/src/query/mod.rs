@@ -17,6 +17,7 @@ use crate::request::PromptInput;
 use crate::router::AddressedRequest;
 
 pub mod client;
+pub mod dump;
 
 /// Generated messages and service code for `kvpick.v1`.
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]
@@ -46,6 +47,15 @@ impl IndexApi {
 
 #[tonic::async_trait]
 impl Index for IndexApi {
+    type DumpStream = dump::DumpStream;
+
+    async fn dump(
+        &self,
+        _request: Request<pb::DumpRequest>,
+    ) -> Result<Response<Self::DumpStream>, Status> {
+        Ok(Response::new(dump::stream(self.shared.clone())))
+    }
+
     async fn score(
         &self,
         request: Request<pb::ScoreRequest>,

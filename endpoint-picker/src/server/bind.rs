@@ -37,7 +37,10 @@ impl Server {
             );
             config.index.capacity = fits;
         }
-        config.index.secret = index_secret();
+        config.index.secret = match &settings.index_secret_file {
+            Some(path) => crate::bootstrap::secret_from_file(path)?,
+            None => index_secret(),
+        };
         let mut route = settings.route.clone();
         route.staleness = config.staleness.max_signal_age;
         let tls = settings
@@ -83,6 +86,7 @@ impl Server {
             flow,
             budget: crate::budget::Budget::new(&settings.budget),
             policy: Arc::default(),
+            anchors: Arc::default(),
         });
         let kubernetes = match &settings.kubernetes {
             Some(k) => Some(discovery::kubernetes::Discovery::new(
@@ -116,6 +120,7 @@ impl Server {
             kv_events_stop,
             tokenizer,
             shared_inflight: settings.shared_inflight.as_ref().map(|_| Arc::default()),
+            bootstrap: None,
             settings,
         };
         // The recorder goes in before ingestion registers its per-endpoint series, or they would
@@ -124,7 +129,28 @@ impl Server {
             crate::telemetry::install();
             crate::kv_events::describe_metrics();
             crate::shared_inflight::describe_metrics();
+            crate::bootstrap::describe_metrics();
             server.shared.budget.export();
+        }
+        if let Some(config) = &server.settings.bootstrap {
+            // Before ingestion starts, so that each endpoint's first connection replays from
+            // the peer's anchor; before readiness, so the first request sees the loaded index.
+            let outcome =
+                crate::bootstrap::run(config, &server.index, &server.pool, &server.shared.anchors)
+                    .await;
+            match &outcome {
+                Ok(loaded) => tracing::info!(
+                    peer = %config.url,
+                    endpoints = loaded.endpoints,
+                    entries = loaded.entries,
+                    unknown = loaded.unknown,
+                    "index bootstrapped from a peer"
+                ),
+                Err(e) => {
+                    tracing::warn!(peer = %config.url, error = %e, "index bootstrap failed; starting empty")
+                }
+            }
+            server.bootstrap = Some(outcome.map_err(|e| e.to_string()));
         }
         let kv = KvEvents::start_for(
             server.ingestion(),

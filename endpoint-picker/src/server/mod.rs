@@ -50,6 +50,8 @@ pub struct Server {
     tokenizer: Option<Tokenizer>,
     /// The shared in-flight state's status, when it is on.
     shared_inflight: Option<Arc<crate::shared_inflight::Status>>,
+    /// How the index bootstrap went (`None`: none asked).
+    bootstrap: Option<Result<crate::bootstrap::Loaded, String>>,
 }
 
 async fn listen(addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -105,6 +107,11 @@ impl Server {
         self.shared_inflight.clone()
     }
 
+    /// How the index bootstrap went (`None`: `--bootstrap-from` unset).
+    pub fn bootstrap(&self) -> Option<&Result<crate::bootstrap::Loaded, String>> {
+        self.bootstrap.as_ref()
+    }
+
     /// The pool (embedders without an endpoints file reconcile it themselves).
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
@@ -117,6 +124,7 @@ impl Server {
             index: self.index.clone(),
             bind: self.settings.kv_events_bind.clone(),
             clock: self.shared.clock,
+            anchors: self.shared.anchors.clone(),
         }
     }
 }

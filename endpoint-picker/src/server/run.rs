@@ -32,6 +32,12 @@ impl Server {
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let health = Health::new(reporter).await;
+        if let Some(outcome) = &self.bootstrap {
+            // Readiness does not wait on it: a failed bootstrap starts empty, and says so here.
+            health
+                .component(crate::bootstrap::HEALTH_SERVICE, outcome.is_ok())
+                .await;
+        }
         if self.kubernetes.is_none() {
             // Discovery synced in `bind` and the ext_proc port is bound: ready from the first
             // probe (marked before the health port serves, so no probe sees a stale NOT_SERVING).

@@ -73,6 +73,10 @@ pub struct Settings {
     pub tokenize: TokenizeSettings,
     /// Shared in-flight load with other replicas (`--shared-inflight-url`); `None`: off.
     pub shared_inflight: Option<crate::shared_inflight::SharedInflightConfig>,
+    /// `--bootstrap-from`: load the index from a peer at start; `None`: start empty.
+    pub bootstrap: Option<crate::bootstrap::BootstrapConfig>,
+    /// `--index-secret-file`: the placement secret's key material; `None`: a random secret.
+    pub index_secret_file: Option<std::path::PathBuf>,
     /// Kubernetes discovery (`--pool-name` or `--endpoint-selector`); ready only once synced.
     pub kubernetes: Option<discovery::kubernetes::KubeSettings>,
     /// How long open streams may finish after shutdown begins before they are cut.
@@ -161,6 +165,8 @@ impl Settings {
             kv_events,
             tokenize: cli.tokenize.settings()?,
             shared_inflight: cli.shared_inflight.config(cli.pool_name.as_deref())?,
+            bootstrap: cli.bootstrap.config()?,
+            index_secret_file: cli.bootstrap.index_secret_file.clone(),
             kubernetes,
             shutdown_grace: cli.shutdown_grace,
         })
@@ -209,6 +215,8 @@ impl Settings {
             },
             tokenize: TokenizeSettings::default(),
             shared_inflight: None,
+            bootstrap: None,
+            index_secret_file: None,
             kubernetes: None,
             shutdown_grace: Duration::from_secs(1),
         }

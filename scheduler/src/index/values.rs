@@ -88,6 +88,11 @@ impl Tiers {
         Self(1 << medium.tier())
     }
 
+    /// From a raw mask (bit `i` = tier `i`; unknown bits are refused where it is used).
+    pub const fn from_bits(bits: u8) -> Self {
+        Self(bits)
+    }
+
     /// The raw mask (bit `i` = tier `i`).
     pub const fn bits(self) -> u8 {
         self.0

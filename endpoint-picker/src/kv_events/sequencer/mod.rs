@@ -17,6 +17,7 @@ use kvpick_scheduler::EventsState;
 use tokio::time::Instant;
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::anchors::Anchor;
 use super::batch::Batch;
 
 /// Identifies a batch's payload without keeping it (a kept `Bytes` would pin the whole receive
@@ -137,6 +138,9 @@ pub(crate) struct Sequencer {
     expect_zero: bool,
     connected: bool,
     confirmed: bool,
+    /// The index holds a peer's view of the endpoint up to the anchor: trusted as the peer
+    /// trusted it until the first replay says otherwise.
+    restored: bool,
     heard: bool,
     phase: Phase,
     next_request: u64,
@@ -154,15 +158,34 @@ impl Sequencer {
             expect_zero: false,
             connected: bind_mode,
             confirmed: false,
+            restored: false,
             heard: false,
             phase: Phase::Streaming,
             next_request: 0,
         }
     }
 
+    /// The index already holds this endpoint's history up to `anchor` (restored from a peer):
+    /// the next connection replays from it, and continuity is proven against its fingerprint
+    /// before anything is applied (a pod that restarted or whose buffer moved past it resets).
+    pub fn anchor(&mut self, anchor: Anchor) {
+        self.last = Some((anchor.seq, Fingerprint(anchor.len as usize, anchor.hash)));
+        self.restored = true;
+    }
+
+    /// The last batch applied, while the index holds a contiguous run ending there.
+    pub fn last(&self) -> Option<Anchor> {
+        self.last.map(|(seq, Fingerprint(len, hash))| Anchor {
+            seq,
+            len: len as u64,
+            hash,
+        })
+    }
+
     /// Whether the index's picture of the endpoint can be trusted now.
     pub fn state(&self) -> EventsState {
         match self.phase {
+            _ if self.restored => EventsState::Live,
             Phase::Replaying { .. } => EventsState::Stale,
             Phase::Streaming if !self.connected => EventsState::Stale,
             Phase::Streaming if self.confirmed => EventsState::Live,
@@ -253,6 +276,7 @@ impl Sequencer {
         if id != want {
             return;
         }
+        self.restored = false;
         let Phase::Replaying { anchor, held, .. } =
             std::mem::replace(&mut self.phase, Phase::Streaming)
         else {
@@ -359,6 +383,7 @@ impl Sequencer {
 
     fn apply(&mut self, batch: Batch, fx: &mut impl Effects) {
         self.expect_zero = false;
+        self.restored = false;
         self.last = Some((batch.seq, Fingerprint::of(&batch.payload)));
         self.confirmed = self.connected;
         fx.apply(batch);
@@ -366,6 +391,7 @@ impl Sequencer {
 
     fn reset(&mut self, why: Reset, fx: &mut impl Effects) {
         self.last = None;
+        self.restored = false;
         self.expect_zero = false;
         self.confirmed = false;
         fx.clear(why);

@@ -304,3 +304,62 @@ fn held_bytes_are_bounded_too() {
         [Fx::Replay(0, 0), Fx::Clear(Reset::Overflow), Fx::Apply(2)]
     );
 }
+
+fn anchored(seq: u64) -> (Sequencer, Rec, Instant) {
+    let now = Instant::now();
+    let mut s = Sequencer::new(true, false, HOLD, COOL);
+    let a = b(seq);
+    s.anchor(Anchor {
+        seq,
+        len: a.payload.len() as u64,
+        hash: xxh3_64(&a.payload),
+    });
+    (s, Rec::default(), now)
+}
+
+#[test]
+fn a_restored_endpoint_resumes_from_its_anchor_once_continuity_is_proven() {
+    let (mut s, mut fx, now) = anchored(7);
+    assert_eq!(
+        s.state(),
+        EventsState::Live,
+        "the peer's view, until a replay says otherwise"
+    );
+    assert_eq!(s.last().map(|a| a.seq), Some(7));
+    s.on_connected(now, &mut fx);
+    assert_eq!(fx.take(), [Fx::Replay(0, 7)]);
+    s.on_batch(b(10), now, &mut fx);
+    s.on_replay(0, done(7..=9), now, &mut fx);
+    // Batch 7 is the anchor (already in the index): only what came after it is applied.
+    assert_eq!(fx.take(), [Fx::Apply(8), Fx::Apply(9), Fx::Apply(10)]);
+    assert_eq!(s.state(), EventsState::Live);
+}
+
+#[test]
+fn a_restored_endpoint_whose_pod_moved_on_starts_over() {
+    // The pod's buffer no longer reaches the anchor: what was restored cannot be vouched for.
+    let (mut s, mut fx, now) = anchored(7);
+    s.on_connected(now, &mut fx);
+    s.on_replay(0, done(9..=10), now, &mut fx);
+    assert_eq!(
+        fx.take(),
+        [
+            Fx::Replay(0, 7),
+            Fx::Clear(Reset::ReplayShort),
+            Fx::Apply(9),
+            Fx::Apply(10)
+        ]
+    );
+    // A different batch at the anchor: the pod restarted since the peer's dump.
+    let (mut s, mut fx, now) = anchored(7);
+    s.on_connected(now, &mut fx);
+    s.on_replay(
+        0,
+        ReplayOutcome::Done(vec![tagged(7, "other")]),
+        now,
+        &mut fx,
+    );
+    let fx = fx.take();
+    assert!(fx.contains(&Fx::Clear(Reset::Incarnation)), "{fx:?}");
+    assert_ne!(s.state(), EventsState::Live);
+}
