@@ -28,6 +28,8 @@ enum Step {
     /// The next endpoint to consider, by position in the view taken at the start.
     Next(usize),
     Entries(usize, EndpointId, DumpCursor),
+    /// Every entry of the endpoint was sent: its facts next.
+    End(usize, EndpointId),
 }
 
 /// The dump of `shared`'s index.
@@ -82,7 +84,7 @@ fn next(
             let chunk = index.dump_chunk(id, cursor, ENTRIES_PER_MESSAGE);
             let after = match chunk.next {
                 Some(next) => Step::Entries(at, id, next),
-                None => return Some((end(index.dump_facts(id)), Step::Next(at + 1))),
+                None => Step::End(at, id),
             };
             if chunk.entries.is_empty() {
                 return next(shared, members, after);
@@ -90,6 +92,7 @@ fn next(
             let entries = chunk.entries.iter().map(entry).collect();
             Some((Item::Entries(pb::DumpEntries { entries }), after))
         }
+        Step::End(at, id) => Some((end(index.dump_facts(id)), Step::Next(at + 1))),
     }
 }
 
