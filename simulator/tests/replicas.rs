@@ -118,6 +118,43 @@ fn two_replicas_sharing_their_in_flight_load_herd_less() {
 }
 
 #[test]
+fn with_arrivals_spread_over_their_second_sharing_replicas_route_as_one() {
+    // The trace's timestamps are whole seconds (up to 16 requests on one): read literally, eight
+    // replicas each pick for part of a burst at the same instant, and no sharing can show them
+    // each other's picks. Spread over their second, as traffic arrives, sharing closes the gap.
+    let mut trace = conversation();
+    trace.jitter(kvpick_sim::clock::SimTime::from_millis(1_000), 1);
+    let profile = Profile::named("h100-tp2-qwen3-32b").unwrap();
+    let policy = PolicySpec::PredictedLatency;
+    let eight = |share: Option<ShareSetup>| ReplicaSetup {
+        share,
+        ..replicas(8, ReplicaRouting::RoundRobin)
+    };
+    let one = go(
+        &trace,
+        &policy,
+        &config(8, profile.clone(), ReplicaSetup::default()),
+    )
+    .1;
+    let apart = go(&trace, &policy, &config(8, profile.clone(), eight(None))).1;
+    let shared = go(
+        &trace,
+        &policy,
+        &config(8, profile, eight(Some(ShareSetup::default()))),
+    )
+    .1;
+    eprintln!(
+        "{}",
+        kvpick_sim::report::table::render(&[one.clone(), apart.clone(), shared.clone()])
+    );
+    let (p1, pa, ps) = (one.ttft.p90, apart.ttft.p90, shared.ttft.p90);
+    assert!(
+        ps < pa && ps < 1.25 * p1,
+        "TTFT p90: sharing {ps:.3} s, apart {pa:.3} s, one replica {p1:.3} s"
+    );
+}
+
+#[test]
 fn the_gateway_spreads_and_index_views_agree() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/small.jsonl");
     let trace = trace::load(&path, TraceFormat::Auto).unwrap();

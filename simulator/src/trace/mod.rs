@@ -193,6 +193,22 @@ impl Trace {
         Ok(())
     }
 
+    /// Spreads each arrival uniformly over `[t, t + window)`, deterministically for `seed`, and
+    /// sorts again. For traces recorded at a coarse resolution (the Mooncake conversation trace's
+    /// timestamps are whole seconds, up to 16 requests on one): read literally, a second's
+    /// requests arrive at one instant, which no picker replica can see each other's picks within.
+    pub fn jitter(&mut self, window: SimTime, seed: u64) {
+        if window == SimTime::ZERO {
+            return;
+        }
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x71e2_4a0b_c3d9_5f86);
+        for r in &mut self.requests {
+            let shift = rng.random_range(0..window.micros());
+            r.arrival = r.arrival.plus_micros(shift);
+        }
+        self.sort();
+    }
+
     /// Keeps the first `n` requests.
     pub fn limit(&mut self, n: usize) {
         self.requests.truncate(n);

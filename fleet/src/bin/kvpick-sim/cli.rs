@@ -298,6 +298,11 @@ pub struct WorkloadArgs {
     /// Keep only the first N requests.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Spread each arrival uniformly over this window after its timestamp (seeded by --seed),
+    /// for traces recorded at a coarse resolution: the Mooncake conversation trace's timestamps
+    /// are whole seconds (`--arrival-jitter 1s`). Applied before --sample and --limit.
+    #[arg(long, value_parser = duration)]
+    pub arrival_jitter: Option<Duration>,
 }
 
 /// `fleet` arguments.

@@ -215,6 +215,9 @@ fn workload(w: &WorkloadArgs, seed: u64) -> anyhow::Result<Trace> {
     if let Some(f) = w.time_scale {
         trace.scale_time(f)?;
     }
+    if let Some(window) = w.arrival_jitter {
+        trace.jitter(kvpick_sim::clock::SimTime(micros(window)), seed);
+    }
     if let Some(f) = w.sample {
         trace.sample(f, seed)?;
     }
