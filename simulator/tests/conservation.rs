@@ -1,16 +1,19 @@
 //! Conservation over random small traces and pools: every request completes with all its output
 //! tokens or is reported unfit; engine bookkeeping holds after every step (no block freed twice,
 //! reference counts equal holders, KV usage within capacity); and the precise index, fed only by
-//! the engines' KV events, ends holding exactly the blocks each engine caches.
+//! the engines' KV events, ends holding exactly the blocks each engine caches. P/D pools too: a
+//! disaggregated request is prefilled on a prefill engine and decoded on a decode engine, and
+//! still completes whole.
 #![allow(clippy::unwrap_used)] // a test crate: a failed unwrap is a failed test
 
 use std::sync::Arc;
 
 use kvpick_sim::SimTime;
-use kvpick_sim::des::{SimConfig, run};
+use kvpick_sim::des::{PdSetup, SimConfig, run};
 use kvpick_sim::engine::{Profile, StepTimeModel};
 use kvpick_sim::policy::PolicySpec;
 use kvpick_sim::trace::{PromptSpec, Segment, Trace, TraceRequest};
+use kvpick_sim::transfer::KvTransfer;
 use proptest::prelude::*;
 
 fn request() -> impl Strategy<Value = (u64, Vec<(u64, u32)>, u32)> {
@@ -31,6 +34,41 @@ fn policy() -> impl Strategy<Value = PolicySpec> {
     ]
 }
 
+/// llm-d's P/D config: disaggregate every request, or when 8 tokens are uncached on the decode
+/// pick; the prefill profile by cached prefix and queue, the decode one by cached prefix.
+fn pd_policy(always: bool, block_size: u32) -> PolicySpec {
+    let (name, decider) = if always {
+        ("always-disagg-pd-decider", "")
+    } else {
+        (
+            "prefix-based-pd-decider",
+            "\n  parameters: {nonCachedTokens: 8}",
+        )
+    };
+    PolicySpec::Inline {
+        name: format!("pd-{name}"),
+        yaml: Arc::from(format!(
+            "apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+index: {{blockSize: {block_size}}}
+plugins:
+- type: prefill-filter
+- type: decode-filter
+- type: precise-prefix-cache-scorer
+- type: queue-scorer
+- type: {name}{decider}
+- type: disagg-profile-handler
+  parameters: {{deciders: {{prefill: {name}}}}}
+schedulingProfiles:
+- name: decode
+  plugins: [{{pluginRef: decode-filter}}, {{pluginRef: precise-prefix-cache-scorer}}]
+- name: prefill
+  plugins: [{{pluginRef: prefill-filter}}, {{pluginRef: precise-prefix-cache-scorer}}, {{pluginRef: queue-scorer}}]
+"
+        )),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -45,8 +83,15 @@ proptest! {
         latency_us in prop_oneof![Just(0u64), 1u64..5_000],
         metrics_us in prop_oneof![Just(0u64), 1u64..100_000],
         policy in policy(),
+        pd in 0usize..3,
         seed in 0u64..1000,
     ) {
+        // P/D (every request, or when 8 tokens are uncached on the decode pick) with half the
+        // engines prefilling, when there are two or more.
+        let (policy, prefill_engines) = match pd {
+            1 | 2 if engines >= 2 => (pd_policy(pd == 1, block_size), engines / 2),
+            _ => (policy, 0),
+        };
         let mut t = 0u64;
         let requests = reqs
             .iter()
@@ -91,6 +136,7 @@ proptest! {
             seed,
             check_invariants: true,
             replicas: Default::default(),
+            pd: PdSetup { prefill_engines, transfer: KvTransfer::default() },
         };
         let r = run(&trace, &policy, &cfg, None).unwrap();
         prop_assert_eq!(r.violation, None);
@@ -104,6 +150,13 @@ proptest! {
                 prop_assert_eq!(rec.output_tokens, req.output_tokens);
                 prop_assert!(rec.first_token >= rec.admitted && rec.admitted >= Some(req.arrival));
                 prop_assert!(rec.cached_tokens < req.input_tokens());
+                // Decoded on a decode engine, prefilled (when disaggregated) on a prefill one;
+                // the always-decider disaggregates every request.
+                if prefill_engines > 0 {
+                    prop_assert!(rec.engine as usize >= prefill_engines, "{:?}", rec);
+                    prop_assert!(rec.prefill_engine.is_none_or(|p| (p as usize) < prefill_engines));
+                    prop_assert!(pd != 1 || rec.prefill_engine.is_some(), "{:?}", rec);
+                }
             }
         }
         if let Some(entries) = &r.index_entries {

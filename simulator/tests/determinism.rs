@@ -27,6 +27,7 @@ fn summaries(threads: usize, seed: u64) -> Vec<String> {
         seed,
         check_invariants: false,
         replicas: Default::default(),
+        pd: Default::default(),
     };
     let policies: Vec<PolicySpec> = BUILTIN.iter().map(|p| p.parse().unwrap()).collect();
     run_many(&trace, &policies, &cfg, threads, None)

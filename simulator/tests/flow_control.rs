@@ -29,6 +29,7 @@ fn config() -> SimConfig {
         seed: 1,
         check_invariants: false,
         replicas: Default::default(),
+        pd: Default::default(),
     }
 }
 

@@ -45,6 +45,7 @@ fn precise_beats_approx_beats_random_and_round_robin() {
         seed: 1,
         check_invariants: false,
         replicas: Default::default(),
+        pd: Default::default(),
     };
     let policies = [
         PolicySpec::PrecisePrefix,

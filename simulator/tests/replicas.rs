@@ -28,6 +28,7 @@ fn config(engines: usize, profile: Profile, replicas: ReplicaSetup) -> SimConfig
         seed: 1,
         check_invariants: false,
         replicas,
+        pd: Default::default(),
     }
 }
 

@@ -56,6 +56,7 @@ fn overload() -> (Trace, SimConfig) {
         seed: 1,
         check_invariants: false,
         replicas: Default::default(),
+        pd: Default::default(),
     };
     (trace, cfg)
 }

@@ -24,7 +24,9 @@ use crate::replicas::{ReplicaSetup, Replicas};
 use crate::trace::Trace;
 
 mod parallel;
+mod pd;
 pub use parallel::run_many;
+pub use pd::PdSetup;
 
 /// How the simulated pool and its observation are set up.
 #[derive(Clone, Debug)]
@@ -47,6 +49,8 @@ pub struct SimConfig {
     pub check_invariants: bool,
     /// The picker replicas in front of the engines (default: one).
     pub replicas: ReplicaSetup,
+    /// P/D: prefill and decode engines, and the KV transfer between them (default: aggregated).
+    pub pd: PdSetup,
 }
 
 /// Everything one policy's run produced.
@@ -91,6 +95,8 @@ enum Event {
     Dispatch(u32),
     /// A replica's shared in-flight round.
     Share(u32),
+    /// P/D: a request's KV reached its decode engine.
+    Transferred(u32),
 }
 
 struct Loop<'a> {
@@ -109,6 +115,7 @@ struct Loop<'a> {
     event_batches: u64,
     tokens: Vec<u32>,
     violation: Option<String>,
+    pd: pd::PdState,
 }
 
 /// Replays `trace` through `policy`; `progress` (if any) counts arrivals handled.
@@ -129,7 +136,9 @@ pub fn run(
         block_size: kvpick_scheduler::BlockSize::new(cfg.profile.block_size)
             .ok_or_else(|| SimError::InvalidConfig("block size must be positive".into()))?,
         profile: cfg.profile.clone(),
+        prefill_engines: cfg.pd.prefill_engines,
     };
+    cfg.pd.validate(cfg.engines)?;
     let engines = (0..cfg.engines)
         .map(|i| {
             let seed = crate::trace::tokens::content_id("engine-hash-seed", &[cfg.seed, i as u64]);
@@ -168,6 +177,7 @@ pub fn run(
         event_batches: 0,
         tokens: Vec::new(),
         violation: None,
+        pd: Default::default(),
     };
     if cfg.metrics_interval_us > 0 {
         for r in 0..cfg.replicas.count {
@@ -214,6 +224,7 @@ impl Loop<'_> {
         next_arrival < self.trace.requests.len()
             || self.busy.iter().any(|&b| b)
             || self.pending_deliveries > 0
+            || self.pd.busy()
             || self.pickers.queued()
     }
 
@@ -376,6 +387,10 @@ impl Loop<'_> {
         self.rec.records[i].routed = Some(now);
         self.rec.records[i].predicted_ttft_us = routed.predicted_ttft_us;
         self.rec.records[i].slo_best_effort = routed.slo_unattainable;
+        if let Some(p) = routed.prefill {
+            self.start_prefill(i, p, e, now);
+            return Ok(());
+        }
         let engine_req = EngineRequest {
             id: RequestId(i as u32),
             prompt: std::mem::take(&mut self.tokens),
@@ -427,9 +442,11 @@ impl Loop<'_> {
     fn handle(&mut self, ev: Event, now: SimTime, next_arrival: usize) -> Result<(), SimError> {
         match ev {
             Event::Dispatch(r) => self.dispatch(r as usize, now)?,
+            Event::Transferred(i) => self.transferred(i as usize, now),
             Event::StepDone(e) => {
                 let e = e as usize;
                 self.engines[e].finish_step(now, &mut self.rec);
+                self.transfer_prefilled();
                 for (req, finished, at) in std::mem::take(&mut self.rec.lifecycle) {
                     if finished {
                         self.pickers.release(req.0 as usize, at);

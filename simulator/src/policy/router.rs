@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use kvpick_scheduler::events::EventBatch;
+use kvpick_scheduler::filters::ROLE_LABEL;
 use kvpick_scheduler::scorers::ScorerSpec;
 use kvpick_scheduler::{
     BlockSize, Candidate, Endpoint, EndpointId, EndpointPickerConfig, EngineProfile, EventsState,
@@ -47,6 +48,9 @@ pub struct Routed {
     pub predicted_ttft_us: Option<f64>,
     /// No engine was predicted to meet its objectives: it went best-effort.
     pub slo_unattainable: bool,
+    /// P/D: the engine that prefills it first, when its policy disaggregates it (`engine`
+    /// decodes it).
+    pub prefill: Option<usize>,
 }
 
 /// What [`Router::pick`] did with a request.
@@ -96,6 +100,9 @@ pub struct PoolShape {
     pub block_size: BlockSize,
     /// Their profile: what `predicted-latency` prices work with.
     pub profile: EngineProfile,
+    /// P/D: the first this many engines are labelled `llm-d.ai/role: prefill`, the rest
+    /// `decode`; 0 labels none (an aggregated pool).
+    pub prefill_engines: usize,
 }
 
 impl Router {
@@ -110,7 +117,13 @@ impl Router {
                     id,
                     address: SocketAddr::V4(SocketAddrV4::new(ip, 8000)),
                     model: shape.model.clone(),
-                    labels: Default::default(),
+                    labels: match shape.prefill_engines {
+                        0 => Default::default(),
+                        p => {
+                            let role = if i < p { "prefill" } else { "decode" };
+                            [(ROLE_LABEL.to_owned(), role.to_owned())].into()
+                        }
+                    },
                     rank: 0,
                 })
             })
@@ -122,12 +135,14 @@ impl Router {
             (_, None) => Kind::Random,
             (_, Some(mut config)) => {
                 config.profile.picker.spec.seed ^= seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                let precise = config.profile.scorers.iter().any(|s| {
-                    matches!(
-                        s.spec,
-                        ScorerSpec::PrecisePrefix | ScorerSpec::PredictedLatency(_)
-                    )
-                });
+                // A P/D decider reads the index too.
+                let precise = config.disaggregation.is_some()
+                    || config.profile.scorers.iter().any(|s| {
+                        matches!(
+                            s.spec,
+                            ScorerSpec::PrecisePrefix | ScorerSpec::PredictedLatency(_)
+                        )
+                    });
                 let index = Arc::new(KvIndex::new(config.index.clone()));
                 Kind::Scheduled {
                     scheduler: Box::new(Scheduler::with_config(config, index)?),
@@ -241,6 +256,7 @@ impl Router {
                 engine,
                 predicted_ttft_us: None,
                 slo_unattainable: false,
+                prefill: None,
             })
         };
         Ok(match &mut self.kind {
@@ -292,6 +308,9 @@ impl Router {
                     engine,
                     predicted_ttft_us: decision.predicted.map(|p| p.ttft_us),
                     slo_unattainable: matches!(decision.slo, SloVerdict::Unattainable(_)),
+                    prefill: (decision.pd.prefill())
+                        .and_then(|p| p.primary())
+                        .map(EndpointId::index),
                 })
             }
         })

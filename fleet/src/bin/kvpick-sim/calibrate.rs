@@ -98,6 +98,7 @@ fn check(c: &Calibration, args: &CalibrateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         check_invariants: false,
         replicas: Default::default(),
+        pd: Default::default(),
     };
     let s = Summary::of(&des::run(&trace, &policy, &cfg, None)?);
     let o = &c.observed;

@@ -228,6 +228,12 @@ pub struct SimArgs {
     pub kv_event_latency: Duration,
     #[command(flatten)]
     pub replicas: ReplicaArgs,
+    /// P/D: the first N engines are prefill engines (llm-d.ai/role=prefill), the rest decode
+    /// engines, for P/D picker configs (disagg-profile-handler); 0: an aggregated pool.
+    #[arg(long, default_value_t = 0)]
+    pub prefill_engines: usize,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
 }
 
 /// Picker replicas behind one gateway (kvpick runs active-active). Each replica has its own

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use kvpick_sim::des::{self, SimConfig};
+use kvpick_sim::des::{self, PdSetup, SimConfig};
 use kvpick_sim::engine::{BatchShape, PROFILES, Profile, StepTimeModel};
 use kvpick_sim::policy::PolicySpec;
 use kvpick_sim::replicas::{IndexView, ReplicaRouting, ReplicaSetup, ShareSetup};
@@ -178,6 +178,10 @@ fn sim_config(args: &SimArgs, sample_interval_us: u64, seed: u64) -> anyhow::Res
         seed,
         check_invariants: false,
         replicas: replica_setup(&args.replicas)?,
+        pd: PdSetup {
+            prefill_engines: args.prefill_engines,
+            transfer: args.transfer.model(),
+        },
     })
 }
 
