@@ -93,6 +93,8 @@ pub struct Summary {
     pub event_batches: u64,
     /// |predicted − simulated| TTFT per request (s), for policies with a latency model.
     pub prediction_error: Option<Quantiles>,
+    /// P/D: routed requests prefilled on a prefill engine and decoded on another.
+    pub disaggregated: usize,
 }
 
 impl Summary {
@@ -107,6 +109,7 @@ impl Summary {
         let (mut slo_best_effort, mut slo_met, mut slo_asked) = (0, 0, 0);
         let (mut out_tokens, mut in_tokens, mut cached, mut admitted_in) = (0u64, 0u64, 0u64, 0u64);
         let mut engine_requests = vec![0u64; run.engines.len()];
+        let mut disaggregated = 0;
         let start = run.records.first().map(|r| r.arrival).unwrap_or_default();
         let mut last = start;
         for r in &run.records {
@@ -128,6 +131,7 @@ impl Summary {
                 continue;
             }
             slo_best_effort += usize::from(r.slo_best_effort);
+            disaggregated += usize::from(r.prefill_engine.is_some());
             if let Some(c) = engine_requests.get_mut(r.engine as usize) {
                 *c += 1;
             }
@@ -203,6 +207,7 @@ impl Summary {
             event_batches: run.event_batches,
             prediction_error: (!prediction_error.is_empty())
                 .then(|| Quantiles::of(&mut prediction_error)),
+            disaggregated,
         }
     }
 }

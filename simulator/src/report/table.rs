@@ -38,6 +38,10 @@ const SLO_MET: &str = "SLO met %";
 /// Shown only when some policy predicts latency: median |predicted − simulated| TTFT.
 const PREDICTION: &str = "pred err p50 s";
 
+/// Shown only when some policy disaggregated: the share of routed requests it prefilled on a
+/// prefill engine.
+const PD: &str = "P/D %";
+
 /// Which optional columns a table has.
 #[derive(Clone, Copy)]
 struct Optional {
@@ -45,6 +49,7 @@ struct Optional {
     shed: bool,
     slo: bool,
     prediction: bool,
+    pd: bool,
 }
 
 fn optional(summaries: &[Summary]) -> Optional {
@@ -53,6 +58,7 @@ fn optional(summaries: &[Summary]) -> Optional {
         shed: summaries.iter().any(|s| s.shed > 0),
         slo: summaries.iter().any(|s| s.slo_met.is_some()),
         prediction: summaries.iter().any(|s| s.prediction_error.is_some()),
+        pd: summaries.iter().any(|s| s.disaggregated > 0),
     }
 }
 
@@ -93,6 +99,13 @@ fn row(s: &Summary, opt: Optional) -> Vec<String> {
                 .map_or_else(|| "-".to_owned(), |q| format!("{:.3}", q.p50)),
         );
     }
+    if opt.pd {
+        let routed = s.requests - s.unfit - s.rejected - s.shed;
+        cells.push(format!(
+            "{:.1}",
+            s.disaggregated as f64 * 100.0 / routed.max(1) as f64
+        ));
+    }
     cells
 }
 
@@ -104,6 +117,7 @@ fn headers(opt: Optional) -> Vec<&'static str> {
         .chain(opt.shed.then_some(SHED).into_iter().flatten())
         .chain(opt.slo.then_some(SLO_MET))
         .chain(opt.prediction.then_some(PREDICTION))
+        .chain(opt.pd.then_some(PD))
         .collect()
 }
 
