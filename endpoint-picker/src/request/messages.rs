@@ -6,7 +6,7 @@ use kvpick_tokenize::ChatApi;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{InferenceRequest, PromptInput, Text, count, from_json, model};
+use super::{InferenceRequest, PromptInput, Text, conversation, from_json};
 use crate::error::Error;
 
 #[derive(Deserialize)]
@@ -32,15 +32,14 @@ pub(super) fn parse(body: &[u8]) -> Result<InferenceRequest<'_>, Error> {
         Some(raw) if raw.get() == "null" => PromptInput::None,
         Some(_) => return Err(Error::InvalidBody("`messages` must be a list".into())),
     };
-    Ok(InferenceRequest {
-        model: model(parsed.model)?,
-        stream: parsed.stream.unwrap_or(false),
-        cache_salt: parsed.cache_salt.map(|t| t.0),
-        add_special_tokens: None,
+    conversation(
+        parsed.model,
+        parsed.stream,
+        parsed.cache_salt,
         prompt,
-        chat_api: ChatApi::Messages,
-        max_tokens: count(parsed.max_tokens),
-    })
+        ChatApi::Messages,
+        parsed.max_tokens,
+    )
 }
 
 #[cfg(test)]

@@ -144,6 +144,27 @@ fn reference(text: &str) -> Result<InferenceRequest<'_>, Error> {
     assemble(parsed)
 }
 
+/// A conversation body's request (Responses, Messages): rendered with the chat template as `api`
+/// builds it, no `add_special_tokens` of its own.
+fn conversation<'a>(
+    model_field: Option<Text<'a>>,
+    stream: Option<bool>,
+    cache_salt: Option<Text<'a>>,
+    prompt: PromptInput<'a>,
+    chat_api: ChatApi,
+    max_tokens: Option<&RawValue>,
+) -> Result<InferenceRequest<'a>, Error> {
+    Ok(InferenceRequest {
+        model: model(model_field)?,
+        stream: stream.unwrap_or(false),
+        cache_salt: cache_salt.map(|t| t.0),
+        add_special_tokens: None,
+        prompt,
+        chat_api,
+        max_tokens: count(max_tokens),
+    })
+}
+
 /// `model`, which must be a non-empty string.
 fn model(model: Option<Text<'_>>) -> Result<Cow<'_, str>, Error> {
     match model {

@@ -6,7 +6,7 @@ use kvpick_tokenize::ChatApi;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{InferenceRequest, PromptInput, Text, count, from_json, model};
+use super::{InferenceRequest, PromptInput, Text, conversation, from_json};
 use crate::error::Error;
 
 #[derive(Deserialize)]
@@ -36,15 +36,14 @@ pub(super) fn parse(body: &[u8]) -> Result<InferenceRequest<'_>, Error> {
             ));
         }
     };
-    Ok(InferenceRequest {
-        model: model(parsed.model)?,
-        stream: parsed.stream.unwrap_or(false),
-        cache_salt: parsed.cache_salt.map(|t| t.0),
-        add_special_tokens: None,
+    conversation(
+        parsed.model,
+        parsed.stream,
+        parsed.cache_salt,
         prompt,
-        chat_api: ChatApi::Responses,
-        max_tokens: count(parsed.max_output_tokens),
-    })
+        ChatApi::Responses,
+        parsed.max_output_tokens,
+    )
 }
 
 #[cfg(test)]
