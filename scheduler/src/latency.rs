@@ -22,6 +22,9 @@
 //! cost   = TTFT + own prefill · (arrivals there per second) · TTFT
 //! ```
 //!
+//! The profile's `frontend_us` (the server's own time around the engine) is added to the TTFT
+//! the client sees, and to the cost once: it does not hold up later arrivals at the engine.
+//!
 //! The cost is what the scorer ranks by: on an idle pool it is the TTFT, and as queues build it
 //! charges a cache miss for the wait it adds to every later arrival at that endpoint (greedy
 //! TTFT alone trades hits for balance under overload, and the queues then grow faster).
@@ -152,10 +155,10 @@ impl LatencyModel {
             + t.per_prefill_token_us * own
             + t.per_attention_pair_us * own_pairs;
         Prediction {
-            ttft_us: ttft,
+            ttft_us: p.frontend_us + ttft,
             tpot_us: tpot,
             prefill_us: prefill,
-            cost_us: ttft + prefill * arrivals.max(0.0) * ttft / 1e6,
+            cost_us: p.frontend_us + ttft + prefill * arrivals.max(0.0) * ttft / 1e6,
         }
     }
 }
@@ -175,6 +178,27 @@ mod tests {
             cached_tokens: cached,
             output_tokens: 100,
         }
+    }
+
+    #[test]
+    fn the_frontend_time_is_in_the_ttft_and_once_in_the_cost() {
+        let engine_only = model();
+        let mut profile = EngineProfile::named("h100-tp2-qwen3-32b").unwrap();
+        profile.frontend_us = 12_000.0;
+        let with_frontend = LatencyModel::new(profile);
+        let idle = PodSignals::idle(Timestamp::ZERO);
+        let (c, load) = (cost(4096, 1024), EndpointLoad::default());
+        let a = engine_only.predict(&c, &load, &idle, 3.0);
+        let b = with_frontend.predict(&c, &load, &idle, 3.0);
+        assert!(
+            (b.ttft_us - a.ttft_us - 12_000.0).abs() < 1e-6,
+            "{a:?} {b:?}"
+        );
+        assert!(
+            (b.cost_us - a.cost_us - 12_000.0).abs() < 1e-6,
+            "{a:?} {b:?}"
+        );
+        assert_eq!((a.tpot_us, a.prefill_us), (b.tpot_us, b.prefill_us));
     }
 
     #[test]

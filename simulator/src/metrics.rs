@@ -176,6 +176,9 @@ pub struct Recorder {
     pub itl: LogHistogram,
     /// KV-event batches of the step just finished, for the loop to deliver.
     pub outbox: Vec<EventBatch>,
+    /// The profile's time in the server around the engine (µs): first tokens and completions
+    /// reach the client this much after the engine step that made them.
+    pub frontend_us: u64,
     /// Prompt tokens admitted since the last timeline sample.
     pub window_input: u64,
     /// Of which cached.
@@ -222,8 +225,9 @@ impl EngineSink for Recorder {
             // The prefill-only run's one token is not the client's.
             return;
         }
+        let client = now.plus_micros(self.frontend_us);
         let r = self.rec(req);
-        r.first_token = Some(now);
+        r.first_token = Some(client);
         r.output_tokens = 1;
         self.lifecycle.push((req, false, now));
     }
@@ -238,7 +242,8 @@ impl EngineSink for Recorder {
             self.prefilled.push(((req.0 & !PREFILL_RUN) as usize, now));
             return;
         }
-        self.rec(req).finished = Some(now);
+        let client = now.plus_micros(self.frontend_us);
+        self.rec(req).finished = Some(client);
         self.lifecycle.push((req, true, now));
     }
 
@@ -254,6 +259,29 @@ impl EngineSink for Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_sees_tokens_the_frontend_time_after_the_engine_step() {
+        let mut rec = Recorder {
+            records: vec![RequestRecord::default()],
+            frontend_us: 12_000,
+            ..Default::default()
+        };
+        let step = SimTime::ZERO.plus_micros(50_000);
+        rec.first_token(RequestId(0), step);
+        rec.finished(RequestId(0), step.plus_micros(1_000));
+        let r = &rec.records[0];
+        assert_eq!(r.first_token, Some(step.plus_micros(12_000)));
+        assert_eq!(r.finished, Some(step.plus_micros(13_000)));
+        // The router's accounting follows the engine: its slot is free when the step ends.
+        assert_eq!(
+            rec.lifecycle,
+            vec![
+                (RequestId(0), false, step),
+                (RequestId(0), true, step.plus_micros(1_000))
+            ]
+        );
+    }
 
     #[test]
     fn histogram_quantiles_are_close() {

@@ -125,6 +125,7 @@ proptest! {
                 per_context_token_us: 0.1,
                 per_attention_pair_us: 0.01,
             },
+            frontend_us: 0.0,
         };
         let cfg = SimConfig {
             engines,

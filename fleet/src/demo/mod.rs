@@ -66,6 +66,7 @@ impl DemoConfig {
                 per_context_token_us: 0.01,
                 per_attention_pair_us: 0.0,
             },
+            frontend_us: 0.0,
         }
     }
 

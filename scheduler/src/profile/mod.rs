@@ -32,6 +32,13 @@ pub struct EngineProfile {
     pub max_model_len: u32,
     /// Step durations.
     pub step_time: StepTimeModel,
+    /// What a request spends in the server outside the engine's steps, µs: from its arrival at
+    /// the HTTP server to the engine's queue (parsing, tokenization, IPC) plus its first token's
+    /// way back out (detokenization, streaming). Part of every TTFT and E2E the client sees;
+    /// `kvpick-sim calibrate` reads it from vLLM as mean TTFT − queue time − prefill time.
+    /// On the tiny CPU model it is ~12 ms, a third of an idle TTFT; 0 when unknown.
+    #[serde(default)]
+    pub frontend_us: f64,
 }
 
 /// Names of the built-in profiles.
@@ -70,6 +77,7 @@ impl EngineProfile {
                 max_num_seqs: 1024,
                 max_model_len: 131_072,
                 step_time: qwen_tp2,
+                frontend_us: 0.0,
             },
             "h200-tp2-qwen3-32b" => Self {
                 name: name.into(),
@@ -83,6 +91,7 @@ impl EngineProfile {
                     per_context_token_us: 0.007,
                     ..qwen_tp2
                 },
+                frontend_us: 0.0,
             },
             "tiny" => Self {
                 name: name.into(),
@@ -98,6 +107,7 @@ impl EngineProfile {
                     per_context_token_us: 0.01,
                     per_attention_pair_us: 0.0,
                 },
+                frontend_us: 0.0,
             },
             _ => return None,
         })
@@ -121,11 +131,32 @@ impl EngineProfile {
         if self.max_num_batched_tokens == 0 || self.max_num_seqs == 0 || self.max_model_len == 0 {
             return bad("max_num_batched_tokens, max_num_seqs and max_model_len must be positive");
         }
+        if !(self.frontend_us.is_finite() && self.frontend_us >= 0.0) {
+            return bad("frontend_us must be a non-negative number of µs");
+        }
         Ok(())
     }
 
     /// KV capacity in tokens.
     pub fn kv_tokens(&self) -> u64 {
         self.kv_blocks as u64 * self.block_size as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TINY: &str = "name: t\nkv_blocks: 8\nblock_size: 16\nmax_num_batched_tokens: 64\n\
+        max_num_seqs: 2\nmax_model_len: 128\nstep_time: {overhead_us: 1, per_prefill_token_us: 1,\
+        per_decode_seq_us: 1, per_context_token_us: 0, per_attention_pair_us: 0}\n";
+
+    #[test]
+    fn frontend_time_defaults_to_zero_and_must_be_a_non_negative_number() {
+        assert_eq!(EngineProfile::parse(TINY).unwrap().frontend_us, 0.0);
+        let set = EngineProfile::parse(&format!("{TINY}frontend_us: 12000\n")).unwrap();
+        assert_eq!(set.frontend_us, 12_000.0);
+        let err = EngineProfile::parse(&format!("{TINY}frontend_us: -1\n")).unwrap_err();
+        assert!(err.to_string().contains("frontend_us"), "{err}");
     }
 }

@@ -126,8 +126,22 @@ pub struct ObservedMeans {
     pub itl_s: f64,
     /// Queue time, s.
     pub queue_s: f64,
+    /// Prefill time (first scheduled to first token), s.
+    pub prefill_s: f64,
     /// Prefix-cache hit rate (hit tokens / queried tokens).
     pub prefix_hit_rate: f64,
+}
+
+impl ObservedMeans {
+    /// The server's own share of the TTFT, µs: vLLM measures the TTFT from the request's arrival
+    /// at its HTTP server and queue and prefill time inside the engine, so what is left is the
+    /// way in and out (tokenization, IPC, detokenization). 0 when a histogram is missing.
+    pub fn frontend_us(&self) -> f64 {
+        if self.ttft_s <= 0.0 || self.prefill_s <= 0.0 {
+            return 0.0;
+        }
+        ((self.ttft_s - self.queue_s - self.prefill_s) * 1e6).max(0.0)
+    }
 }
 
 /// The result.
@@ -205,8 +219,10 @@ pub fn calibrate(obs: &Observed, opts: &CalibrateOptions) -> Result<Calibration,
         ttft_s: ratio(Counter::TtftSum, Counter::TtftCount),
         itl_s: ratio(Counter::ItlSum, Counter::ItlCount),
         queue_s: ratio(Counter::QueueSum, Counter::QueueCount),
+        prefill_s: ratio(Counter::PrefillSum, Counter::PrefillCount),
         prefix_hit_rate: ratio(Counter::PrefixHits, Counter::PrefixQueries),
     };
+    profile.frontend_us = observed.frontend_us();
     let max_len = profile.max_model_len as f64;
     let dist = |buckets: &[(f64, f64)], sum: Counter, count: Counter| {
         LengthDist::from_buckets(buckets, total(sum), total(count), max_len)
@@ -302,5 +318,30 @@ impl Calibration {
             steps: false,
         }
         .render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frontend_time_is_what_the_ttft_holds_beyond_queue_and_prefill() {
+        let o = ObservedMeans {
+            ttft_s: 0.060,
+            queue_s: 0.027,
+            prefill_s: 0.021,
+            ..Default::default()
+        };
+        assert!((o.frontend_us() - 12_000.0).abs() < 1e-6);
+        // A missing prefill histogram (older vLLM) gives no estimate rather than a wrong one.
+        let old = ObservedMeans {
+            prefill_s: 0.0,
+            ..o.clone()
+        };
+        assert_eq!(old.frontend_us(), 0.0);
+        // Histograms that disagree (windows cut mid-request) never give a negative time.
+        let odd = ObservedMeans { queue_s: 0.05, ..o };
+        assert_eq!(odd.frontend_us(), 0.0);
     }
 }

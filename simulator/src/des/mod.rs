@@ -171,6 +171,7 @@ pub fn run(
         seq: 0,
         rec: Recorder {
             records,
+            frontend_us: cfg.profile.frontend_us.round() as u64,
             ..Default::default()
         },
         timeline: Vec::new(),

@@ -74,10 +74,13 @@ fn print_calibration(c: &Calibration) {
         o.prefix_hit_rate * 100.0
     );
     println!(
-        "observed: TTFT mean {:.3} s, ITL mean {:.1} ms, queue mean {:.3} s",
+        "observed: TTFT mean {:.3} s, ITL mean {:.1} ms, queue mean {:.3} s, prefill mean {:.3} s \
+         → the server's own time per request (frontend_us) {:.1} ms",
         o.ttft_s,
         o.itl_s * 1e3,
-        o.queue_s
+        o.queue_s,
+        o.prefill_s,
+        c.profile.frontend_us / 1e3
     );
 }
 
