@@ -10,8 +10,15 @@
 4. The Envoy example's configuration passes `envoy --mode validate`.
 5. The base picker config is the scheduler's default (scheduler/src/config/default.yaml).
 6. kvpick-epp's NetworkPolicy selects its pods and opens exactly the ext_proc (9002), KV-event
-   (5557) and metrics (9090) ports; in every overlay that ships a gateway and model servers, its
-   peers select those pods (the gateway for 9002, the pool for 5557) and nothing else.
+   (5557) and metrics (9090) ports, and the query port (9004) where kvpick-epp bootstraps its
+   index from its peers; in every overlay that ships a gateway and model servers, its
+   peers select those pods (the gateway for 9002, the pool for 5557) and nothing else; 9004 admits
+   kvpick-epp's own pods and nothing else.
+   Where kvpick-epp bootstraps (KVPICK_BOOTSTRAP_FROM), the URL names a headless Service in the
+   overlay that selects kvpick-epp's pods on their query port and lists ready pods only (the
+   readiness probe asks `readiness`, which waits for the bootstrap, so a starting replica is
+   never its own peer), the query API listens beyond loopback, and the index secret file lies in
+   a mounted Secret.
    Where an overlay ships Valkey (the shared in-flight store), its NetworkPolicy admits only
    kvpick-epp's pods, on 6379, and kvpick-epp points at its Service.
 7. Every shipped gateway config removes, before kvpick sees a request, each client header in
@@ -148,8 +155,22 @@ def check_network_policy(name, docs):
     for rule in spec.get("ingress", []):
         for port in rule.get("ports", []):
             by_port.setdefault(port["port"], []).extend(rule.get("from", []))
-    if sorted(by_port) != [5557, 9002, 9090]:
-        fail(f"{name}: the NetworkPolicy opens ports {sorted(by_port)}, expected 5557, 9002, 9090")
+    open_to_all = {port["port"] for rule in spec.get("ingress", []) if not rule.get("from")
+                   for port in rule.get("ports", [])}
+    bootstrap = "KVPICK_BOOTSTRAP_FROM" in epp_env(docs)
+    expected = [5557, 9002, 9004, 9090] if bootstrap else [5557, 9002, 9090]
+    if sorted(by_port) != expected:
+        fail(f"{name}: the NetworkPolicy opens ports {sorted(by_port)}, expected {expected}")
+    if bootstrap:
+        peers = by_port.get(9004, [])
+        admitted = {d for d, labels in pods.items() for p in peers
+                    if "podSelector" in p and selects(p["podSelector"], labels)}
+        others = [p for p in peers if set(p) != {"podSelector"}]
+        if admitted != {"kvpick-epp"} or others or 9004 in open_to_all:
+            fail(f"{name}: port 9004 admits {sorted(admitted)}{' and others' if others or 9004 in open_to_all else ''}"
+                 ", expected only kvpick-epp")
+        else:
+            print(f"ok   {name}: NetworkPolicy admits only kvpick-epp to 9004")
     # Where the overlay ships the peers, each port's peers are exactly them.
     for port, peer in ((9002, "inference-envoy"), (5557, "vllm-qwen3")):
         if peer not in pods:
@@ -160,6 +181,65 @@ def check_network_policy(name, docs):
             fail(f"{name}: port {port} admits pods of {sorted(admitted)}, expected only {peer}")
         else:
             print(f"ok   {name}: NetworkPolicy admits only {peer} to {port}")
+
+
+def epp_container(docs):
+    epp = next((o for o in docs if o.get("kind") == "Deployment" and o["metadata"]["name"] == "kvpick-epp"), None)
+    if epp is None:
+        return None, None
+    spec = epp["spec"]["template"]["spec"]
+    return epp, next(c for c in spec["containers"] if c["name"] == "kvpick-epp")
+
+
+def epp_env(docs):
+    _, container = epp_container(docs)
+    return {e["name"]: e.get("value") for e in (container or {}).get("env", [])}
+
+
+def check_bootstrap(name, docs):
+    """Where kvpick-epp loads its index from a peer replica, it can reach one and only ready ones."""
+    epp, container = epp_container(docs)
+    env = epp_env(docs)
+    url = env.get("KVPICK_BOOTSTRAP_FROM")
+    if not url:
+        return
+    problems = []
+    spec = epp["spec"]["template"]["spec"]
+    m = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", url)
+    service = m and next((o for o in docs if o.get("kind") == "Service"
+                          and o["metadata"]["name"] == m.group(1)), None)
+    ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+    if not service:
+        problems.append(f"KVPICK_BOOTSTRAP_FROM {url} names no Service of the overlay")
+    else:
+        s = service["spec"]
+        port = next((p for p in s.get("ports", []) if p["port"] == int(m.group(2))), None)
+        target = port and port.get("targetPort", port["port"])
+        if s.get("clusterIP") != "None":
+            problems.append(f"{m.group(1)} is not headless")
+        if s.get("publishNotReadyAddresses"):
+            problems.append(f"{m.group(1)} lists replicas that are not ready (itself, bootstrapping)")
+        selector = s.get("selector") or {}
+        if not selector or not selects({"matchLabels": selector}, epp["spec"]["template"]["metadata"].get("labels", {})):
+            problems.append(f"{m.group(1)} does not select kvpick-epp's pods")
+        if ports.get(target, target) != 9004:
+            problems.append(f"{m.group(1)}:{m.group(2)} does not reach the query port 9004")
+    probe = container.get("readinessProbe", {}).get("grpc", {})
+    if probe.get("service") != "readiness":
+        problems.append("the readiness probe does not ask `readiness` (which waits for the bootstrap)")
+    if env.get("KVPICK_QUERY_ADDRESS") in (None, "127.0.0.1", "::1"):
+        problems.append("the query API listens on loopback only: peers cannot reach it")
+    secret_file = env.get("KVPICK_INDEX_SECRET_FILE") or ""
+    secrets = {v["name"] for v in spec.get("volumes", []) if "secret" in v}
+    if not any(v["name"] in secrets and secret_file.startswith(v["mountPath"].rstrip("/") + "/")
+               for v in container.get("volumeMounts", [])):
+        problems.append(f"KVPICK_INDEX_SECRET_FILE {secret_file!r} is not in a mounted Secret")
+    if epp["spec"].get("replicas", 1) < 2:
+        problems.append("a single replica has no peer")
+    for p in problems:
+        fail(f"{name}: index bootstrap: {p}")
+    if not problems:
+        print(f"ok   {name}: index bootstrap from the ready replicas' headless Service, secret mounted")
 
 
 def check_valkey(name, docs):
@@ -319,6 +399,7 @@ def main():
                         print(f"ok   {name}: envoy --mode validate")
     for name, docs in rendered.items():
         check_network_policy(name, docs)
+        check_bootstrap(name, docs)
         check_valkey(name, docs)
     check_gateway_strips(rendered)
     default = REPO / "scheduler/src/config/default.yaml"

@@ -98,3 +98,226 @@ pub fn endpoints_file(data: &[u8]) {
         assert_eq!(unique.len(), d.endpoints.len());
     }
 }
+
+/// Any bytes as a peer's index dump read into an empty index whose pool has two endpoints: the
+/// loader accepts it or refuses it with an error, never panics; a refused dump leaves nothing
+/// behind (no entry, no start anchor); an accepted one leaves a start anchor for each endpoint
+/// it loaded and no more entries than the index's capacity.
+///
+/// Byte 0 picks the shape of the rest: even, length-delimited `DumpItem`s as a peer sends them;
+/// odd, a script: chains stored into a source index with the same secret, its real dump, then
+/// edits to that dump's messages, so that mutations get past the header. An unedited real dump
+/// loads whole: the same entries per endpoint as the source.
+pub fn dump_stream(data: &[u8]) {
+    use kvpick_epp::bootstrap::Loader;
+    use kvpick_epp::kv_events::Anchors;
+    use kvpick_epp::query::pb;
+    use prost::Message;
+
+    let Some((&shape, rest)) = data.split_first() else {
+        return;
+    };
+    // Room for every unedited script's chains (4 × 48 blocks), not for all their duplicates.
+    let (pool, target) = dump_pool(256);
+    let (items, whole) = if shape % 2 == 0 {
+        let mut buf = rest;
+        let mut items = Vec::new();
+        while !buf.is_empty() && items.len() < 256 {
+            match pb::DumpItem::decode_length_delimited(&mut buf) {
+                Ok(item) => items.push(item),
+                Err(_) => break,
+            }
+        }
+        (items, None)
+    } else {
+        dump_script(rest)
+    };
+    let view = pool.view();
+    let anchors = Anchors::default();
+    let mut loader = Loader::new(&target, &view, &anchors);
+    let read = items.into_iter().try_for_each(|item| loader.item(item));
+    let ids: Vec<_> = view.members.iter().map(|m| m.endpoint.id).collect();
+    match loader.conclude(read) {
+        Err(e) => {
+            assert!(whole.is_none(), "a real dump was refused: {e}");
+            for &id in &ids {
+                assert_eq!(target.endpoint_entries(id), 0, "{e}");
+                assert!(anchors.start(id).is_none(), "{e}");
+            }
+        }
+        Ok(loaded) => {
+            let anchored = ids
+                .iter()
+                .filter(|&&id| anchors.start(id).is_some())
+                .count();
+            assert_eq!(anchored, loaded.endpoints);
+            let held: usize = ids.iter().map(|&id| target.endpoint_entries(id)).sum();
+            assert!(held <= target.config().capacity);
+            if let Some(source) = whole {
+                for (&id, want) in ids.iter().zip(source) {
+                    assert_eq!(target.endpoint_entries(id), want);
+                }
+            }
+        }
+    }
+}
+
+/// The pool of the dump target: an index of `capacity` entries, endpoints 10.0.0.1:8000 and
+/// 10.0.0.2:8000.
+fn dump_pool(
+    capacity: usize,
+) -> (
+    kvpick_epp::pool::Pool,
+    std::sync::Arc<kvpick_scheduler::KvIndex>,
+) {
+    use kvpick_epp::discovery::{Discovered, EndpointSpec};
+    let config = kvpick_scheduler::IndexConfig {
+        capacity,
+        ..Default::default()
+    };
+    let index = std::sync::Arc::new(kvpick_scheduler::KvIndex::new(config));
+    let pool = kvpick_epp::pool::Pool::new(index.clone(), kvpick_epp::clock::Clock::new());
+    let endpoints = DUMP_ENDPOINTS
+        .iter()
+        .map(|a| EndpointSpec {
+            address: a.parse().unwrap(),
+            model: "m".into(),
+            labels: Default::default(),
+            metrics: format!("http://{a}/metrics"),
+            kv_events: None,
+            kv_replay: None,
+        })
+        .collect();
+    pool.reconcile(&Discovered {
+        block_size: None,
+        endpoints,
+    })
+    .unwrap();
+    (pool, index)
+}
+
+const DUMP_ENDPOINTS: [&str; 2] = ["10.0.0.1:8000", "10.0.0.2:8000"];
+
+/// A real dump from a script, then edited by it. Byte 0: chains (1 to 4), each three bytes
+/// (endpoint, blocks 1 to 48, seed); then entries per message (1 to 16); then edits of three
+/// bytes (what, which message, value). Also returns the source's entries per endpoint when no
+/// edit was made.
+fn dump_script(script: &[u8]) -> (Vec<kvpick_epp::query::pb::DumpItem>, Option<Vec<usize>>) {
+    use kvpick_epp::query::dump::{end, entry};
+    use kvpick_epp::query::pb::{self, dump_item::Item};
+    use kvpick_scheduler::events::{BlockStored, EngineHash, EventBatch, KvEvent};
+    use kvpick_scheduler::index::DumpCursor;
+
+    let mut bytes = script.iter().copied();
+    let mut next = || bytes.next().unwrap_or(0);
+    let (source_pool, source) = dump_pool(1 << 16);
+    let view = source_pool.view();
+    let chains = 1 + next() % 4;
+    for _ in 0..chains {
+        let (ep, blocks, seed) = (next() % 2, 1 + u32::from(next()) % 48, u32::from(next()));
+        let size = source.block_size().get();
+        let tokens: Vec<u32> = (0..blocks * size)
+            .map(|i| i * 7 + seed * 100_003 + 1)
+            .collect();
+        let hashes = (0..u64::from(blocks))
+            .map(|j| EngineHash((u64::from(seed) << 32) | (j + 1)))
+            .collect();
+        let stored = BlockStored {
+            block_hashes: hashes,
+            token_ids: tokens,
+            block_size: size,
+            ..Default::default()
+        };
+        let batch = EventBatch {
+            events: vec![KvEvent::BlockStored(stored)],
+            ..Default::default()
+        };
+        source.apply(view.members[usize::from(ep)].endpoint.id, "m", &batch);
+    }
+    let per_message = 1 + usize::from(next() % 16);
+    let mut items = vec![Item::Header(pb::DumpHeader {
+        secret_fingerprint: source.config().secret.fingerprint(),
+        block_size: source.block_size().get(),
+    })];
+    let mut counts = Vec::new();
+    for (seq, m) in view.members.iter().enumerate() {
+        let id = m.endpoint.id;
+        counts.push(source.endpoint_entries(id));
+        items.push(Item::Begin(pb::DumpBegin {
+            address: m.endpoint.address.to_string(),
+            seq: seq as u64,
+            payload_len: 1,
+            payload_hash: 2,
+        }));
+        let mut cursor = Some(DumpCursor::default());
+        while let Some(at) = cursor {
+            let chunk = source.dump_chunk(id, at, per_message);
+            if !chunk.entries.is_empty() {
+                let entries = chunk.entries.iter().map(entry).collect();
+                items.push(Item::Entries(pb::DumpEntries { entries }));
+            }
+            cursor = chunk.next;
+        }
+        items.push(end(source.dump_facts(id)));
+    }
+    let mut edited = false;
+    while let (Some(what), Some(which), Some(value)) = (bytes.next(), bytes.next(), bytes.next()) {
+        edited = true;
+        if items.is_empty() {
+            break;
+        }
+        let at = usize::from(which) % items.len();
+        match what % 8 {
+            0 => drop(items.remove(at)),
+            1 => items.insert(at, items[at].clone()),
+            2 => {
+                let other = (at + 1) % items.len();
+                items.swap(at, other);
+            }
+            edit => edit_item(edit, &mut items[at], value),
+        }
+    }
+    let items = items
+        .into_iter()
+        .map(|item| pb::DumpItem { item: Some(item) })
+        .collect();
+    (items, (!edited).then_some(counts))
+}
+
+/// Edit `what` (3 to 7) of one dump message, by `value`, where it applies.
+fn edit_item(what: u8, item: &mut kvpick_epp::query::pb::dump_item::Item, value: u8) {
+    use kvpick_epp::query::pb::{self, dump_item::Item};
+    let v = u64::from(value);
+    let pick = |n: usize| usize::from(value) % n.max(1);
+    match (what, item) {
+        (3, Item::Entries(e)) => {
+            let at = pick(e.entries.len());
+            if let Some(x) = e.entries.get_mut(at) {
+                x.key ^= v << (value % 56);
+            }
+        }
+        (4, Item::Entries(e)) => {
+            let at = pick(e.entries.len());
+            if let Some(x) = e.entries.get_mut(at) {
+                x.place ^= 1 << (value % 64);
+                x.tiers ^= u32::from(value >> 4);
+            }
+        }
+        (5, Item::Entries(e)) => {
+            let at = pick(e.entries.len());
+            if let Some(x) = e.entries.get_mut(at) {
+                x.parent = Some(x.parent.unwrap_or(0) ^ v);
+            }
+        }
+        (6, Item::End(e)) => {
+            e.split ^= u32::from(value) << 4;
+            e.non_prefix_groups.push(u32::from(value));
+            e.extras.push(pb::DumpExtra {
+                key: v,
+                count: u32::from(value),
+            });
+        }
+        (7, Item::Begin(b)) => b.address = format!("10.0.0.{}:8000", value % 4),
+        _ => {}
+    }
+}

@@ -1,21 +1,30 @@
 //! Index bootstrap with real processes on 127.0.0.1: simulated vLLM pods (`kvpick-sim fleet`,
-//! real ZMQ KV events with a replay buffer of 4 batches) and `kvpick-epp` replicas. A long prompt
-//! cached early is gone from the pod's replay buffer by the time a new replica starts: the one
-//! that loads a peer's index (`--bootstrap-from`) routes it to the pod holding it from its first
-//! request, one that starts alone does not know it, and a bad peer leaves a replica empty but
-//! serving.
+//! real ZMQ KV events with a replay buffer of 4 batches) and `kvpick-epp` replicas, which find
+//! the pods through an endpoints file or, as in a cluster, through an InferencePool and its pods
+//! served by the scripted API server (each pod its own loopback IP, the same ports). A long
+//! prompt cached early is gone from the pod's replay buffer by the time a new replica starts:
+//! the one that loads a peer's index (`--bootstrap-from`) routes it to the pod holding it from
+//! its first request and follows the pod from the peer's last batch, one that starts alone does
+//! not know it, and a bad peer leaves a replica empty but serving.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support code outside #[test] fns
 
+#[path = "kubernetes/apiserver.rs"]
+mod apiserver;
 mod common;
 mod faults_util;
+#[path = "bootstrap/pods.rs"]
+mod pods;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use faults_util::*;
 use kvpick_epp::query::pb;
 use kvpick_epp::query::pb::index_server::{Index, IndexServer};
+use pods::Pods;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
@@ -30,8 +39,7 @@ fn secret(dir: &Path, name: &str, byte: u8) -> PathBuf {
 }
 
 struct Cluster {
-    fleet: SimFleet,
-    endpoints: PathBuf,
+    pods: Pods,
     secret: PathBuf,
     /// The replica that saw the long prompt cached.
     a: Epp,
@@ -41,19 +49,16 @@ struct Cluster {
     last: Vec<u32>,
 }
 
-/// Two pods and replica A; the holder caches the long prompt, then enough short ones that its
+/// Replica A of `pods`; the holder caches the long prompt, then enough short ones that its
 /// replay buffer (4 batches) no longer reaches the long one.
-async fn cached_then_rolled(dir: &Path) -> Cluster {
-    let fleet = SimFleet::start(dir, "pods", 2, &["--replay-buffer", "4"]).await;
-    let endpoints = dir.join("endpoints.yaml");
-    write_endpoints(&endpoints, &fleet.entries);
+async fn cached_then_rolled(dir: &Path, pods: Pods) -> Cluster {
     let secret = secret(dir, "secret", 7);
-    let a = Epp::start(dir, "a", &endpoints, &secret_flag(&secret)).await;
+    let a = pods.epp(dir, "a", &secret_flag(&secret)).await;
     a.wait_endpoints(Duration::from_secs(10), "all fresh", |eps| {
         eps.len() == 2 && eps.iter().all(|e| e.freshness == "fresh")
     })
     .await;
-    let holder = fleet.addrs[0];
+    let holder = pods.addrs[0];
     let long = prompt(1, LONG);
     complete(holder, &long).await;
     a.wait_matched(&long, holder, LONG / 16).await;
@@ -69,8 +74,7 @@ async fn cached_then_rolled(dir: &Path) -> Cluster {
         "A still holds the long prompt"
     );
     Cluster {
-        fleet,
-        endpoints,
+        pods,
         secret,
         a,
         holder,
@@ -83,14 +87,14 @@ fn secret_flag(path: &Path) -> Vec<&str> {
     vec!["--index-secret-file", path.to_str().unwrap()]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_bootstrapped_from_a_peer_routes_a_long_cached_prefix_from_its_first_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let k = cached_then_rolled(dir.path()).await;
+/// Replica C starts alone and does not know the long prompt; replica B loads A's index and
+/// routes it to its holder from its first request, then follows the holder from A's anchor.
+async fn a_bootstrapped_replica_knows_what_a_fresh_one_does_not(dir: &Path, pods: Pods) {
+    let k = cached_then_rolled(dir, pods).await;
     let holder = k.holder.to_string();
 
     // C starts alone: the pod's replay gives it the recent batches only.
-    let c = Epp::start(dir.path(), "c", &k.endpoints, &secret_flag(&k.secret)).await;
+    let c = k.pods.epp(dir, "c", &secret_flag(&k.secret)).await;
     c.wait_matched(&k.last, k.holder, 2).await;
     assert_eq!(
         c.matched(&k.long).await.get(&holder).copied().unwrap_or(0),
@@ -102,21 +106,23 @@ async fn a_replica_bootstrapped_from_a_peer_routes_a_long_cached_prefix_from_its
     let peer = format!("http://{}", k.a.query);
     let mut flags = secret_flag(&k.secret);
     flags.extend(["--bootstrap-from", &peer]);
-    let b = Epp::start(dir.path(), "b", &k.endpoints, &flags).await;
+    let b = k.pods.epp(dir, "b", &flags).await;
     assert_eq!(b.pick(&k.long).await, holder, "{}", b.proc.log());
     assert_eq!(b.matched(&k.long).await.get(&holder), Some(&(LONG / 16)));
+    b.wait_serving(kvpick_epp::bootstrap::HEALTH_SERVICE).await;
     let page = b.metrics_page().await;
     assert_eq!(
         sample_sum(&page, "kvpick_bootstrap_total{outcome=\"ok\"}"),
         1.0
     );
+    assert!(sample_sum(&page, "kvpick_bootstrap_endpoints") >= 1.0);
     assert!(sample_sum(&page, "kvpick_bootstrap_entries") >= f64::from(LONG / 16));
 
     // B then follows the pod from A's anchor: a continuation of the long prompt (parented on its
     // last block, which only the loaded index knows) lands on top of what was loaded.
     let mut longer = k.long.clone();
     longer.extend(prompt(2, 32));
-    complete(k.fleet.addrs[0], &longer).await;
+    complete(k.holder, &longer).await;
     b.wait_matched(&longer, k.holder, LONG / 16 + 2).await;
     let page = b.metrics_page().await;
     assert_eq!(
@@ -127,9 +133,39 @@ async fn a_replica_bootstrapped_from_a_peer_routes_a_long_cached_prefix_from_its
     );
 }
 
-/// A peer that answers `Dump` with the items it was given.
-#[derive(Clone)]
-struct Hostile(Vec<pb::DumpItem>);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_bootstrapped_from_a_peer_routes_a_long_cached_prefix_from_its_first_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = Pods::file(dir.path()).await;
+    a_bootstrapped_replica_knows_what_a_fresh_one_does_not(dir.path(), pods).await;
+}
+
+/// With Kubernetes discovery the pool is empty at start: the bootstrap waits for the first sync,
+/// and ingestion for the bootstrap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_kubernetes_discovery_the_bootstrap_loads_the_pods_of_the_first_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = Pods::kubernetes(dir.path()).await;
+    a_bootstrapped_replica_knows_what_a_fresh_one_does_not(dir.path(), pods).await;
+}
+
+/// A peer that answers `Dump` with the items it was given, then ends or (`stall`) sends
+/// nothing more; it counts the calls.
+#[derive(Clone, Default)]
+struct Hostile {
+    items: Vec<pb::DumpItem>,
+    stall: bool,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Hostile {
+    fn answering(items: Vec<pb::DumpItem>) -> Self {
+        Self {
+            items,
+            ..Self::default()
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Index for Hostile {
@@ -153,8 +189,15 @@ impl Index for Hostile {
         &self,
         _: Request<pb::DumpRequest>,
     ) -> Result<Response<Self::DumpStream>, Status> {
-        let items: Vec<Result<pb::DumpItem, Status>> = self.0.iter().cloned().map(Ok).collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+        use tokio_stream::StreamExt;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let items: Vec<Result<pb::DumpItem, Status>> = self.items.iter().cloned().map(Ok).collect();
+        let items = tokio_stream::iter(items);
+        Ok(Response::new(if self.stall {
+            Box::pin(items.chain(tokio_stream::pending()))
+        } else {
+            Box::pin(items)
+        }))
     }
 }
 
@@ -174,7 +217,7 @@ async fn serve(peer: Hostile) -> (SocketAddr, tokio::task::JoinHandle<()>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_peer_leaves_the_replica_empty_and_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let k = cached_then_rolled(dir.path()).await;
+    let k = cached_then_rolled(dir.path(), Pods::file(dir.path()).await).await;
     let holder = k.holder.to_string();
     let mut items = Vec::new();
     let mut stream =
@@ -209,11 +252,11 @@ async fn a_bad_peer_leaves_the_replica_empty_and_serving() {
         ("bad-key", bad, "block key 0"),
         ("cut", cut, "ends inside an endpoint"),
     ] {
-        let (peer, task) = serve(Hostile(dump)).await;
+        let (peer, task) = serve(Hostile::answering(dump)).await;
         let url = format!("http://{peer}");
         let mut flags = secret_flag(&k.secret);
         flags.extend(["--bootstrap-from", &url]);
-        let b = Epp::start(dir.path(), name, &k.endpoints, &flags).await;
+        let b = k.pods.epp(dir.path(), name, &flags).await;
         b.pick(&k.long).await;
         assert_eq!(
             b.matched(&k.long).await.get(&holder).copied().unwrap_or(0),
@@ -236,7 +279,7 @@ async fn a_bad_peer_leaves_the_replica_empty_and_serving() {
     let peer = format!("http://{}", k.a.query);
     let mut flags = secret_flag(&other);
     flags.extend(["--bootstrap-from", &peer]);
-    let b = Epp::start(dir.path(), "other-secret", &k.endpoints, &flags).await;
+    let b = k.pods.epp(dir.path(), "other-secret", &flags).await;
     b.pick(&k.long).await;
     assert!(
         b.proc.log().contains("index secret differs"),
@@ -250,4 +293,60 @@ async fn a_bad_peer_leaves_the_replica_empty_and_serving() {
         ),
         1.0
     );
+}
+
+/// While it bootstraps a replica is not ready, so a Service of ready replicas (the manifests'
+/// `kvpick-epp-peers`) never offers it as its own peer; a peer that stalls holds it back no
+/// longer than `--bootstrap-timeout`, after which it is ready and follows the pods, empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_not_ready_while_it_bootstraps() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let pods = Pods::kubernetes(dir.path()).await;
+    let peer = Hostile {
+        stall: true,
+        ..Hostile::default()
+    };
+    let calls = peer.calls.clone();
+    let (addr, task) = serve(peer).await;
+    let secret = secret(dir.path(), "secret", 7);
+    let url = format!("http://{addr}");
+    let mut flags = secret_flag(&secret);
+    flags.extend(["--bootstrap-from", &url, "--bootstrap-timeout", "10s"]);
+    let b = Epp::start_from(dir.path(), "b", pods.source(), &flags).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while calls.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the peer was never asked: {}",
+            b.proc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The pool has synced and the peer stalls: alive, not ready.
+    assert_eq!(
+        b.health_status("readiness").await,
+        Some(ServingStatus::NotServing)
+    );
+    assert_eq!(
+        b.health_status("liveness").await,
+        Some(ServingStatus::Serving)
+    );
+    b.wait_serving("readiness").await;
+    assert_eq!(
+        b.health_status(kvpick_epp::bootstrap::HEALTH_SERVICE).await,
+        Some(ServingStatus::NotServing)
+    );
+    let page = b.metrics_page().await;
+    assert_eq!(
+        sample_sum(&page, "kvpick_bootstrap_total{outcome=\"failed\"}"),
+        1.0
+    );
+    assert!(b.proc.log().contains("not done within"), "{}", b.proc.log());
+    b.wait_endpoints(Duration::from_secs(10), "both pods, fresh", |eps| {
+        eps.len() == 2 && eps.iter().all(|e| e.freshness == "fresh")
+    })
+    .await;
+    task.abort();
+    let _ = task.await;
 }

@@ -51,21 +51,6 @@ fn chart_args(name: &str, health_port: u16, target_port: u16) -> Vec<String> {
     args
 }
 
-/// A kubeconfig pointing at the scripted API server.
-fn kubeconfig(dir: &Path, api: SocketAddr) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
-             http://{api}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n    \
-             namespace: ns\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
-        ),
-    )
-    .unwrap();
-    path
-}
-
 struct Epp {
     child: Child,
     log: PathBuf,
@@ -193,7 +178,7 @@ async fn drop_in(name: &str, probes: &[&str], tls: bool) {
     let out = std::fs::File::create(&log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_kvpick-epp"))
         .args(&args)
-        .env("KUBECONFIG", kubeconfig(dir.path(), api.addr))
+        .env("KUBECONFIG", common::kubeconfig(dir.path(), api.addr))
         .env("KVPICK_LISTEN_ADDRESS", "127.0.0.1")
         .env("KVPICK_GRPC_PORT", grpc.to_string())
         // Only where the chart passes no --grpc-health-port (the Inference Extension's).

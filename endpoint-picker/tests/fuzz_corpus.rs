@@ -30,3 +30,8 @@ fn usage_stream() {
 fn endpoints_file() {
     replay("endpoints_file", checks::endpoints_file);
 }
+
+#[test]
+fn dump_stream() {
+    replay("dump_stream", checks::dump_stream);
+}

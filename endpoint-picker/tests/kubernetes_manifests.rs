@@ -165,18 +165,7 @@ async fn the_binary_discovers_its_pool_and_exports_every_series_the_dashboard_an
         );
     }
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: stub\n\
-             clusters: [{{name: stub, cluster: {{server: 'http://{}'}}}}]\n\
-             users: [{{name: stub, user: {{}}}}]\n\
-             contexts: [{{name: stub, context: {{cluster: stub, user: stub, namespace: ns}}}}]\n",
-            api.addr
-        ),
-    )
-    .unwrap();
+    let kubeconfig = common::kubeconfig(dir.path(), api.addr);
     let (grpc, health, metrics) = (free_port(), free_port(), free_port());
     let log = dir.path().join("epp.log");
     let child = Command::new(env!("CARGO_BIN_EXE_kvpick-epp"))

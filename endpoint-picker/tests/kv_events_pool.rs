@@ -51,7 +51,7 @@ async fn pool_views_drive_subscriptions_and_receive_states() {
         anchors: Default::default(),
     };
     let shutdown = CancellationToken::new();
-    let kv = KvEvents::start_for(ingestion, config(), shutdown.clone())
+    let kv = KvEvents::start_for(ingestion, config(), shutdown.clone(), None)
         .await
         .unwrap();
     let view = pool.view();

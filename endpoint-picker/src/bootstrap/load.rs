@@ -26,6 +26,7 @@ pub struct Loaded {
 }
 
 /// The endpoint whose entries are arriving.
+#[derive(Debug)]
 enum Current {
     None,
     /// Not in our pool: its entries are counted and dropped.
@@ -33,15 +34,17 @@ enum Current {
     Loading(EndpointId, Anchor),
 }
 
-/// One dump being read into `index`.
-pub(super) struct Loader<'a> {
+/// One dump being read into an index: the messages of a peer's `Dump`, one at a time, then
+/// [`Loader::conclude`].
+#[derive(Debug)]
+pub struct Loader<'a> {
     index: &'a KvIndex,
     view: &'a PoolView,
     anchors: &'a Anchors,
     header: bool,
     current: Current,
     /// Endpoints written to (cleared again if the load fails).
-    pub(super) touched: Vec<EndpointId>,
+    touched: Vec<EndpointId>,
     /// Entries read, skipped ones included: bounded by the index's capacity.
     read: u64,
     loaded: Loaded,
@@ -52,7 +55,8 @@ fn bad(why: impl std::fmt::Display) -> Error {
 }
 
 impl<'a> Loader<'a> {
-    pub(super) fn new(index: &'a KvIndex, view: &'a PoolView, anchors: &'a Anchors) -> Self {
+    /// A load into `index` of the endpoints `view` has, leaving their anchors in `anchors`.
+    pub fn new(index: &'a KvIndex, view: &'a PoolView, anchors: &'a Anchors) -> Self {
         Self {
             index,
             view,
@@ -66,7 +70,7 @@ impl<'a> Loader<'a> {
     }
 
     /// Reads one message.
-    pub(super) fn item(&mut self, item: pb::DumpItem) -> Result<(), Error> {
+    pub fn item(&mut self, item: pb::DumpItem) -> Result<(), Error> {
         let item = item.item.ok_or_else(|| bad("an empty message"))?;
         match (item, self.header) {
             (Item::Header(h), false) => self.header(&h),
@@ -78,8 +82,21 @@ impl<'a> Loader<'a> {
         }
     }
 
+    /// Ends the load: `read` says whether every message arrived and was accepted. Unless it
+    /// did and the dump ended where it may, forgets all it restored (entries and start anchors).
+    pub fn conclude(self, read: Result<(), Error>) -> Result<Loaded, Error> {
+        let result = read.and_then(|()| self.finish());
+        if result.is_err() {
+            for &id in &self.touched {
+                self.index.clear_endpoint(id);
+            }
+            self.anchors.clear_starts();
+        }
+        result
+    }
+
     /// The dump ended: it must not end inside an endpoint.
-    pub(super) fn finish(self) -> Result<Loaded, Error> {
+    fn finish(&self) -> Result<Loaded, Error> {
         if !self.header {
             return Err(bad("no header"));
         }

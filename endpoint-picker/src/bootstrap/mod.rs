@@ -5,12 +5,19 @@
 //!
 //! Placements in the index are keyed by the index secret, so every replica of a pool reads the
 //! same key material (`--index-secret-file`, e.g. a mounted Kubernetes Secret); the dump's
-//! header carries a check value of it and a mismatch is refused. The load runs before readiness,
-//! within `--bootstrap-timeout`. Whatever goes wrong (peer down, another secret, a malformed or
-//! oversized dump) is logged and counted, what was loaded is dropped, and the replica starts
-//! empty as it would without the flag: bootstrap never keeps a replica from serving.
+//! header carries a check value of it and a mismatch is refused.
+//!
+//! The load runs once the endpoint set is first known (the endpoints file at start; with
+//! Kubernetes discovery, the first sync of the pool and its pods), for those endpoints, within
+//! `--bootstrap-timeout`; KV-event ingestion opens no endpoint before it ends
+//! ([`crate::kv_events::Hold`]), and the replica reports ready only after. Pods that join
+//! later start from their replay buffer, as without the flag. Whatever goes wrong (peer down,
+//! another secret, a malformed or oversized dump) is logged and counted, what was loaded is
+//! dropped, and the replica starts empty as it would without the flag: bootstrap never keeps a
+//! replica from serving.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -18,17 +25,19 @@ use kvpick_scheduler::KvIndex;
 use kvpick_scheduler::index::IndexSecret;
 
 use crate::error::Error;
-use crate::kv_events::Anchors;
+use crate::health::Health;
+use crate::kv_events::{Anchors, Release};
 use crate::pool::Pool;
 use crate::query::pb;
 use crate::query::pb::index_client::IndexClient;
 
 mod load;
 
-pub use load::Loaded;
+pub use load::{Loaded, Loader};
 
 /// The health service name that reports whether the bootstrap succeeded (SERVING) or the
-/// replica started empty (NOT_SERVING); readiness does not wait on it.
+/// replica started empty (NOT_SERVING); readiness waits for the bootstrap to end, not for it
+/// to succeed.
 pub const HEALTH_SERVICE: &str = "kvpick.bootstrap";
 /// Counter: bootstraps by outcome (`ok`, `failed`).
 pub const RUNS: &str = "kvpick_bootstrap_total";
@@ -108,16 +117,55 @@ pub fn secret_from_file(path: &std::path::Path) -> Result<IndexSecret, Error> {
     Ok(IndexSecret::from_material(&material))
 }
 
+/// A bootstrap waiting for the endpoint set to be known, with what it needs.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub config: BootstrapConfig,
+    pub index: Arc<KvIndex>,
+    pub pool: Arc<Pool>,
+    pub anchors: Arc<Anchors>,
+    /// Ingestion's hold, released once the load ends.
+    pub release: Release,
+}
+
+impl Pending {
+    /// Loads the peer's dump for the endpoints the pool has now, reports how it went (log,
+    /// metrics, the [`HEALTH_SERVICE`] health service), then lets ingestion open the endpoints
+    /// from the anchors it left, and returns once they are open. Never fails: a failed load
+    /// leaves the index empty.
+    pub async fn run(self, health: &Health) {
+        let config = &self.config;
+        let outcome = load(config, &self.index, &self.pool, &self.anchors).await;
+        match &outcome {
+            Ok(loaded) => tracing::info!(
+                peer = %config.url,
+                endpoints = loaded.endpoints,
+                entries = loaded.entries,
+                unknown = loaded.unknown,
+                "index bootstrapped from a peer"
+            ),
+            Err(e) => {
+                tracing::warn!(peer = %config.url, error = %e, "index bootstrap failed; starting empty")
+            }
+        }
+        health.component(HEALTH_SERVICE, outcome.is_ok()).await;
+        self.release.open().await;
+        // An endpoint that left the pool before ingestion opened it keeps no start anchor: its
+        // id, reused later, starts afresh.
+        self.anchors.clear_starts();
+    }
+}
+
 /// Loads `config.url`'s dump into `index` for the endpoints `pool` has, leaving their anchors in
 /// `anchors`. On failure, clears what it loaded and says why; the caller starts empty.
-pub async fn run(
+async fn load(
     config: &BootstrapConfig,
     index: &KvIndex,
     pool: &Pool,
     anchors: &Anchors,
 ) -> Result<Loaded, Error> {
     let view = pool.view();
-    let mut loader = load::Loader::new(index, &view, anchors);
+    let mut loader = Loader::new(index, &view, anchors);
     let read = async {
         let channel = tonic::transport::Endpoint::from_shared(config.url.clone())
             .map_err(|e| Error::Bootstrap(format!("{}: {e}", config.url)))?
@@ -144,20 +192,9 @@ pub async fn run(
             config.timeout
         ))),
     };
-    let touched = std::mem::take(&mut loader.touched);
-    let result = outcome.and_then(|()| loader.finish());
-    if result.is_err() {
-        forget(index, anchors, &touched);
-    }
+    let result = loader.conclude(outcome);
     record(&result);
     result
-}
-
-fn forget(index: &KvIndex, anchors: &Anchors, touched: &[kvpick_scheduler::EndpointId]) {
-    for &id in touched {
-        index.clear_endpoint(id);
-    }
-    anchors.clear_starts();
 }
 
 fn record(result: &Result<Loaded, Error>) {

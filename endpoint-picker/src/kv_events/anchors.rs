@@ -46,6 +46,11 @@ impl Anchors {
         self.start.lock().insert(endpoint, anchor);
     }
 
+    /// Where a bootstrap left `endpoint`, until its worker opens it.
+    pub fn start(&self, endpoint: EndpointId) -> Option<Anchor> {
+        self.start.lock().get(&endpoint).copied()
+    }
+
     /// Forgets every start anchor (a bootstrap that failed half-way).
     pub fn clear_starts(&self) {
         self.start.lock().clear();

@@ -9,7 +9,8 @@ use kvpick_scheduler::EventsState;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    DEFAULT_PUBLISHER_PORT, KvEvents, KvEventsConfig, KvSource, KvSourceView, parse_tcp_address,
+    DEFAULT_PUBLISHER_PORT, Hold, KvEvents, KvEventsConfig, KvSource, KvSourceView, Start,
+    parse_tcp_address,
 };
 use crate::Ingestion;
 use crate::error::Error;
@@ -49,11 +50,13 @@ impl std::fmt::Debug for StateSink {
 impl KvEvents {
     /// Runs ingestion for the picker: endpoints from `ingestion.views`, blocks into
     /// `ingestion.index`, bind mode at `ingestion.bind` (`--kv-events-bind`) if set, and each
-    /// endpoint's state into its member's `Live` cell as it changes.
+    /// endpoint's state into its member's `Live` cell as it changes. With a `hold`, no endpoint
+    /// is opened before its [`super::Release`] (an index bootstrap leaves its anchors first).
     pub async fn start_for(
         ingestion: Ingestion,
         mut config: KvEventsConfig,
         shutdown: CancellationToken,
+        hold: Option<Hold>,
     ) -> Result<Self, Error> {
         if let Some(bind) = &ingestion.bind {
             config.bind = Some(parse_tcp_address(bind, Some(DEFAULT_PUBLISHER_PORT))?);
@@ -64,14 +67,11 @@ impl KvEvents {
                 member.live.set_events(state);
             }
         }));
-        Self::start_with(
-            config,
-            ingestion.index,
-            ingestion.anchors,
-            ingestion.views,
-            shutdown,
-            Some(sink),
-        )
-        .await
+        let start = Start {
+            anchors: ingestion.anchors,
+            sink: Some(sink),
+            hold,
+        };
+        Self::start_with(config, ingestion.index, ingestion.views, shutdown, start).await
     }
 }

@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use kvpick_scheduler::EndpointId;
 use kvpick_scheduler::EventsState;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::bind::{Route, Routes, SharedRoutes};
+use super::hold::Hold;
 use super::mailbox::{Mailbox, RunQueue};
 use super::metrics::EndpointMetrics;
 use super::subscriber::Subscriber;
@@ -76,16 +77,32 @@ impl Manager {
         }
     }
 
-    /// Follows `sources` until `cancel` fires (keeping the last set if its sender goes).
-    pub async fn run<V>(mut self, mut sources: watch::Receiver<V>, cancel: CancellationToken)
-    where
+    /// Follows `sources` until `cancel` fires (keeping the last set if its sender goes); with a
+    /// `hold`, opens nothing until it is released.
+    pub async fn run<V>(
+        mut self,
+        mut sources: watch::Receiver<V>,
+        cancel: CancellationToken,
+        hold: Option<Hold>,
+    ) where
         V: KvSourceView + Send + Sync + 'static,
     {
+        let opened = match hold {
+            Some(hold) => match hold.wait(&cancel).await {
+                Some(opened) => Some(opened),
+                None => return, // nothing was opened
+            },
+            None => None,
+        };
         let mut tick = tokio::time::interval(self.shared.config.stats_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut watching = true;
         let first = sources.borrow_and_update().kv_sources();
         self.reconcile(first).await;
+        if let Some(opened) = opened {
+            self.barrier().await;
+            let _ = opened.send(());
+        }
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -106,6 +123,20 @@ impl Manager {
                     let _ = task.await;
                 }
             }
+        }
+    }
+
+    /// Returns once every worker has handled the control messages sent to it before.
+    async fn barrier(&self) {
+        let mut acks = Vec::with_capacity(self.workers.len());
+        for worker in &self.workers {
+            let (ack, acked) = oneshot::channel();
+            if worker.control.send(Control::Barrier(ack)).await.is_ok() {
+                acks.push(acked);
+            }
+        }
+        for acked in acks {
+            let _ = acked.await;
         }
     }
 

@@ -19,13 +19,15 @@
 //! The seam for the binary: [`KvEvents::start_for`] with the server's [`crate::Ingestion`] (pool
 //! views in, each member's `Live` events state out), or [`KvEvents::start`] with a `watch` of
 //! anything implementing [`KvSourceView`] (then read states with [`KvEventsHandle::state`]);
-//! [`KvEvents::join`] after the shutdown token fired. Flags: [`KvEventsArgs`].
+//! [`KvEvents::join`] after the shutdown token fired. Flags: [`KvEventsArgs`]. A [`Hold`] keeps
+//! ingestion from opening any endpoint until an index bootstrap has left its [`Anchors`].
 
 mod anchors;
 mod batch;
 mod bind;
 mod config;
 mod guard;
+mod hold;
 mod ingestion;
 mod mailbox;
 mod manager;
@@ -49,6 +51,7 @@ pub use anchors::{Anchor, Anchors};
 pub use config::{
     DEFAULT_PUBLISHER_PORT, KvEventsArgs, KvEventsConfig, parse_tcp_address, parse_tier_weights,
 };
+pub use hold::{Hold, Release, hold};
 pub use metrics::{DropReason, EndpointStats, describe as describe_metrics};
 
 use crate::error::Error;
@@ -238,6 +241,13 @@ impl KvEventsHandle {
     }
 }
 
+/// How the picker's ingestion starts, beyond [`KvEvents::start`]'s.
+struct Start {
+    anchors: Arc<Anchors>,
+    sink: Option<StateSink>,
+    hold: Option<Hold>,
+}
+
 /// Running ingestion.
 #[derive(Debug)]
 pub struct KvEvents {
@@ -259,16 +269,20 @@ impl KvEvents {
     where
         V: KvSourceView + Send + Sync + 'static,
     {
-        Self::start_with(config, index, Arc::default(), sources, shutdown, None).await
+        let start = Start {
+            anchors: Arc::default(),
+            sink: None,
+            hold: None,
+        };
+        Self::start_with(config, index, sources, shutdown, start).await
     }
 
     async fn start_with<V>(
         config: KvEventsConfig,
         index: Arc<KvIndex>,
-        anchors: Arc<Anchors>,
         sources: watch::Receiver<V>,
         shutdown: CancellationToken,
-        sink: Option<StateSink>,
+        start: Start,
     ) -> Result<Self, Error>
     where
         V: KvSourceView + Send + Sync + 'static,
@@ -279,15 +293,15 @@ impl KvEvents {
             budget: crate::budget::Part::new("kv_event_bytes", config.budget_bytes),
             config,
             index,
-            anchors,
-            states: StateTable::new(sink),
+            anchors: start.anchors,
+            states: StateTable::new(start.sink),
             metrics: IngestMetrics::default(),
         });
         let mut tasks = JoinSet::new();
         let routes = bind::SharedRoutes::default();
         let bound = bind::start(&shared, &routes, &mut tasks, &shutdown).await?;
         let manager = manager::Manager::new(Arc::clone(&shared), routes, &mut tasks, &shutdown);
-        tasks.spawn(manager.run(sources, shutdown));
+        tasks.spawn(manager.run(sources, shutdown, start.hold));
         Ok(Self {
             handle: KvEventsHandle { shared },
             bound,

@@ -44,6 +44,8 @@ pub(crate) enum Control {
     Open(Box<Registration>),
     /// Forget the endpoint and drop its blocks.
     Close(EndpointId),
+    /// Answered once everything sent before it was handled.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 struct Served {
@@ -133,6 +135,9 @@ impl Worker {
                     self.shared.anchors.forget(endpoint);
                     self.shared.states.set(endpoint, EventsState::Absent);
                 }
+            }
+            Control::Barrier(ack) => {
+                let _ = ack.send(());
             }
         }
     }

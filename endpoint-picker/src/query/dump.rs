@@ -96,7 +96,8 @@ fn next(
     }
 }
 
-fn entry(e: &DumpEntry) -> pb::DumpEntry {
+/// An entry as the dump sends it.
+pub fn entry(e: &DumpEntry) -> pb::DumpEntry {
     pb::DumpEntry {
         engine: e.engine,
         key: e.key.get(),
@@ -106,7 +107,8 @@ fn entry(e: &DumpEntry) -> pb::DumpEntry {
     }
 }
 
-fn end(facts: EndpointFacts) -> pb::dump_item::Item {
+/// An endpoint's facts as the message that ends its part of the dump.
+pub fn end(facts: EndpointFacts) -> pb::dump_item::Item {
     pb::dump_item::Item::End(pb::DumpEnd {
         split: facts.split,
         non_prefix_groups: facts.non_prefix_groups,

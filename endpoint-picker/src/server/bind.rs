@@ -20,7 +20,8 @@ use crate::{Shared, discovery};
 
 impl Server {
     /// Binds the listeners, loads TLS material, tokenizers and the endpoints file, builds the
-    /// state and starts KV-event ingestion (which binds its socket in bind mode).
+    /// state and starts KV-event ingestion (which binds its socket in bind mode; held until
+    /// `run`'s index bootstrap when `--bootstrap-from` is set).
     pub async fn bind(settings: Settings) -> Result<Self, Error> {
         let found = match &settings.endpoints_file {
             Some(path) => Some(discovery::file::load(path).await?),
@@ -120,7 +121,7 @@ impl Server {
             kv_events_stop,
             tokenizer,
             shared_inflight: settings.shared_inflight.as_ref().map(|_| Arc::default()),
-            bootstrap: None,
+            opening: None,
             settings,
         };
         // The recorder goes in before ingestion registers its per-endpoint series, or they would
@@ -132,30 +133,21 @@ impl Server {
             crate::bootstrap::describe_metrics();
             server.shared.budget.export();
         }
-        if let Some(config) = &server.settings.bootstrap {
-            // Before ingestion starts, so that each endpoint's first connection replays from
-            // the peer's anchor; before readiness, so the first request sees the loaded index.
-            let outcome =
-                crate::bootstrap::run(config, &server.index, &server.pool, &server.shared.anchors)
-                    .await;
-            match &outcome {
-                Ok(loaded) => tracing::info!(
-                    peer = %config.url,
-                    endpoints = loaded.endpoints,
-                    entries = loaded.entries,
-                    unknown = loaded.unknown,
-                    "index bootstrapped from a peer"
-                ),
-                Err(e) => {
-                    tracing::warn!(peer = %config.url, error = %e, "index bootstrap failed; starting empty")
-                }
-            }
-            server.bootstrap = Some(outcome.map_err(|e| e.to_string()));
-        }
+        // With a bootstrap, ingestion opens no endpoint before the bootstrap (in `run`, once the
+        // endpoint set is known) has left its anchors: each endpoint's first connection then
+        // replays from the batch the peer had applied last.
+        let hold = if server.settings.bootstrap.is_some() {
+            let (hold, release) = crate::kv_events::hold();
+            server.opening = Some(release);
+            Some(hold)
+        } else {
+            None
+        };
         let kv = KvEvents::start_for(
             server.ingestion(),
             server.settings.kv_events.clone(),
             server.kv_events_stop.clone(),
+            hold,
         )
         .await?;
         if let Some(bound) = kv.bound().first() {

@@ -50,8 +50,9 @@ pub struct Server {
     tokenizer: Option<Tokenizer>,
     /// The shared in-flight state's status, when it is on.
     shared_inflight: Option<Arc<crate::shared_inflight::Status>>,
-    /// How the index bootstrap went (`None`: none asked).
-    bootstrap: Option<Result<crate::bootstrap::Loaded, String>>,
+    /// Lets ingestion open its endpoints once the index bootstrap ran (`None`: no bootstrap;
+    /// ingestion follows the pool from the start).
+    opening: Option<crate::kv_events::Release>,
 }
 
 async fn listen(addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -105,11 +106,6 @@ impl Server {
     /// Whether the shared in-flight store answers and how many peers count (`None`: off).
     pub fn shared_inflight(&self) -> Option<Arc<crate::shared_inflight::Status>> {
         self.shared_inflight.clone()
-    }
-
-    /// How the index bootstrap went (`None`: `--bootstrap-from` unset).
-    pub fn bootstrap(&self) -> Option<&Result<crate::bootstrap::Loaded, String>> {
-        self.bootstrap.as_ref()
     }
 
     /// The pool (embedders without an endpoints file reconcile it themselves).

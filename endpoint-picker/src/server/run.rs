@@ -21,6 +21,17 @@ use crate::scrape::ScrapeConfig;
 use crate::{discovery, scrape, shared_inflight, telemetry};
 
 impl Server {
+    /// The index bootstrap `--bootstrap-from` asks for, with ingestion's hold from `bind`.
+    fn pending_bootstrap(&mut self) -> Option<crate::bootstrap::Pending> {
+        Some(crate::bootstrap::Pending {
+            config: self.settings.bootstrap.clone()?,
+            index: self.index.clone(),
+            pool: self.pool.clone(),
+            anchors: self.shared.anchors.clone(),
+            release: self.opening.take()?,
+        })
+    }
+
     /// Serves until `shutdown` resolves or a server fails; then shuts down in order (see
     /// [`super::shutdown`]) and joins every task.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
@@ -32,13 +43,8 @@ impl Server {
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let health = Health::new(reporter).await;
-        if let Some(outcome) = &self.bootstrap {
-            // Readiness does not wait on it: a failed bootstrap starts empty, and says so here.
-            health
-                .component(crate::bootstrap::HEALTH_SERVICE, outcome.is_ok())
-                .await;
-        }
-        if self.kubernetes.is_none() {
+        let mut bootstrap = self.pending_bootstrap();
+        if self.kubernetes.is_none() && bootstrap.is_none() {
             // Discovery synced in `bind` and the ext_proc port is bound: ready from the first
             // probe (marked before the health port serves, so no probe sees a stale NOT_SERVING).
             health.ready().await;
@@ -59,6 +65,15 @@ impl Server {
             meter.clone(),
             background.clone(),
         )));
+
+        if self.kubernetes.is_none()
+            && let Some(bootstrap) = bootstrap.take()
+        {
+            // The endpoints file's pods are known: load the peer's index for them before serving
+            // (probes see readiness NOT_SERVING meanwhile), then ready.
+            bootstrap.run(&health).await;
+            health.ready().await;
+        }
 
         if let (Some(config), Some(status)) = (
             self.settings.shared_inflight.clone(),
@@ -173,16 +188,24 @@ impl Server {
             if let Some(policies) = kube.policy_watch(self.shared.policy.clone()) {
                 tasks.spawn(ok(policies.run(background.clone())));
             }
-            // Ready once the pool and its pods have been listed (and until shutdown).
+            // Ready once the pool and its pods have been listed and, with a bootstrap, the
+            // peer's index loaded for those pods (and until shutdown).
             let (synced, mut is_synced) = tokio::sync::watch::channel(false);
             tasks.spawn(ok(kube.run(self.pool.clone(), synced, background.clone())));
             let (health, stop) = (health.clone(), background.clone());
             tasks.spawn(ok(async move {
-                let synced = tokio::select! {
-                    _ = stop.cancelled() => false,
-                    r = is_synced.wait_for(|s| *s) => r.is_ok(),
+                let start = async {
+                    is_synced.wait_for(|s| *s).await.ok()?;
+                    if let Some(bootstrap) = bootstrap {
+                        bootstrap.run(&health).await;
+                    }
+                    Some(())
                 };
-                if synced {
+                let started = tokio::select! {
+                    _ = stop.cancelled() => None,
+                    started = start => started,
+                };
+                if started.is_some() {
                     health.ready().await;
                 }
                 stop.cancelled().await

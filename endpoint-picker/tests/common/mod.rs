@@ -35,6 +35,22 @@ pub fn free_port() -> u16 {
     kvpick_fleet::demo::procs::free_port().unwrap()
 }
 
+/// A kubeconfig in `dir` pointing at the scripted API server at `api` (namespace `ns`), for a
+/// `kvpick-epp` child's `KUBECONFIG`.
+pub fn kubeconfig(dir: &std::path::Path, api: SocketAddr) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
+             http://{api}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n    \
+             namespace: ns\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// A running in-process picker.
 pub struct Picker {
     pub grpc: SocketAddr,
