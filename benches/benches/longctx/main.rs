@@ -22,27 +22,29 @@
 #![forbid(unsafe_code)]
 
 mod epp;
+mod report;
+mod requests;
 mod workload;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
-use kvpick_benches::extproc_client::{self, Client, percentile};
+use kvpick_benches::extproc_client::{self, Client};
 use kvpick_fleet::demo::DemoConfig;
 use kvpick_fleet::demo::tools::find_epp;
-use kvpick_fleet::servers::driver::{Command, End, Progress, Submission};
 use kvpick_fleet::{Fleet, FleetConfig};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use epp::Epp;
-use workload::{Question, Workload};
+use report::{report, snapshot};
+use requests::{Ctx, run_form};
+use workload::Workload;
 
 const MODEL: &str = "longctx";
+/// Output tokens of every request.
+const MAX_TOKENS: u32 = 8;
 /// Resident memory the picker must stay under (its default budget is 3 GiB; this run needs far
 /// less).
 const MEMORY_BOUND: u64 = 1 << 30;
@@ -125,145 +127,6 @@ impl Shape {
             forms,
         }
     }
-}
-
-/// What one request came to.
-#[derive(Debug)]
-struct Outcome {
-    issued: Instant,
-    latency: Duration,
-    pod: usize,
-    cached: u32,
-}
-
-const MAX_TOKENS: u32 = 8;
-
-/// One request: the decision, the chosen pod serving the ids, then the response phase.
-async fn one(
-    mut client: Client,
-    fleet: &Fleet,
-    pods: &HashMap<String, usize>,
-    q: &Question,
-    text: bool,
-    output_id: u64,
-) -> anyhow::Result<Outcome> {
-    let issued = Instant::now();
-    let (path, body) = if text {
-        ("/v1/chat/completions", &q.chat)
-    } else {
-        ("/v1/completions", &q.tokens)
-    };
-    let decided = extproc_client::decide(&mut client, path, body, 65_536).await?;
-    let pod = *(pods.get(&decided.destination))
-        .with_context(|| format!("routed to {}, not a pod", decided.destination))?;
-    let (progress, mut rx) = watch::channel(Progress::default());
-    fleet.servers()[pod]
-        .command(Command::Submit(Submission {
-            prompt: q.ids.clone(),
-            max_tokens: MAX_TOKENS,
-            output_id,
-            lora: None,
-            transferred: 0,
-            progress,
-        }))
-        .await?;
-    let mut cached = None;
-    loop {
-        {
-            let p = rx.borrow_and_update();
-            cached = cached.or(p.cached_tokens);
-            if let Some(end) = p.end {
-                anyhow::ensure!(end == End::Finished, "the pod ended it: {end:?}");
-                break;
-            }
-        }
-        rx.changed().await.context("the pod dropped the request")?;
-    }
-    let usage = format!(
-        r#"{{"usage":{{"prompt_tokens":{},"completion_tokens":{MAX_TOKENS}}}}}"#,
-        q.ids.len()
-    );
-    let latency = decided.latency;
-    decided.finish(usage.as_bytes()).await?;
-    Ok(Outcome {
-        issued,
-        latency,
-        pod,
-        cached: cached.unwrap_or(0),
-    })
-}
-
-/// Readings at a window's two ends.
-struct Snapshot {
-    at: Instant,
-    cpu: f64,
-    page: String,
-}
-
-async fn snapshot(epp: &Epp) -> anyhow::Result<Snapshot> {
-    Ok(Snapshot {
-        at: Instant::now(),
-        cpu: epp.cpu_seconds()?,
-        page: epp.metrics().await?,
-    })
-}
-
-/// Runs one form open loop: `warmup` s, then a measured window of `duration` s; waits for every
-/// request. Returns the outcomes and the window's two snapshots.
-async fn run_form(
-    shape: &Shape,
-    form: Form,
-    ctx: &Arc<Ctx>,
-    epp: &Epp,
-    seq: &mut u64,
-) -> anyhow::Result<(Vec<anyhow::Result<Outcome>>, Snapshot, Snapshot)> {
-    let start = Instant::now();
-    let window_start = start + Duration::from_secs_f64(shape.warmup);
-    let end = window_start + Duration::from_secs_f64(shape.duration);
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / shape.rate));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut before = None;
-    let mut i = 0usize;
-    loop {
-        let now = tick.tick().await;
-        if before.is_none() && now >= window_start {
-            before = Some(snapshot(epp).await?);
-        }
-        if now >= end {
-            break;
-        }
-        let text = match form {
-            Form::Text => true,
-            Form::Tokens => false,
-            Form::Mixed => i.is_multiple_of(2),
-        };
-        let (ctx, n, id) = (ctx.clone(), i, *seq);
-        *seq += 1;
-        i += 1;
-        tasks.spawn(async move {
-            let q = &ctx.work.questions[n % ctx.work.questions.len()];
-            let client = ctx.clients[n % ctx.clients.len()].clone();
-            let call = one(client, &ctx.fleet, &ctx.pods, q, text, id);
-            tokio::time::timeout(Duration::from_secs(300), call)
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in 300 s")))
-        });
-    }
-    let after = snapshot(epp).await?;
-    let before = before.context("the window never started")?;
-    let mut outcomes = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        outcomes.push(r?);
-    }
-    Ok((outcomes, before, after))
-}
-
-/// What every request task shares.
-struct Ctx {
-    fleet: Fleet,
-    pods: HashMap<String, usize>,
-    clients: Vec<Client>,
-    work: Workload,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -420,82 +283,4 @@ async fn ready(epp: &mut Epp) -> anyhow::Result<Vec<Client>> {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Prints one form's figures; returns how many requests went to a pod holding the shared prompt.
-fn report(
-    form: Form,
-    outcomes: &[anyhow::Result<Outcome>],
-    before: &Snapshot,
-    after: &Snapshot,
-    idle: f64,
-    shared: usize,
-) -> usize {
-    let ok: Vec<&Outcome> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
-    let warm = |o: &&&Outcome| o.cached as usize * 10 >= shared * 9;
-    let hits = ok.iter().filter(warm).count();
-    let in_window: Vec<&&Outcome> = (ok.iter())
-        .filter(|o| o.issued >= before.at && o.issued < after.at)
-        .collect();
-    let wall = (after.at - before.at).as_secs_f64();
-    let cpu = after.cpu - before.cpu;
-    let n = in_window.len().max(1) as f64;
-    let mut lat: Vec<f64> = in_window.iter().map(|o| o.latency.as_secs_f64()).collect();
-    lat.sort_by(f64::total_cmp);
-    let sched = epp::delta(
-        &epp::histogram(&after.page, "kvpick_scheduling_duration_seconds"),
-        &epp::histogram(&before.page, "kvpick_scheduling_duration_seconds"),
-    );
-    let within_5ms = (sched.iter().find(|b| (b.0 - 0.005).abs() < 1e-9))
-        .zip(sched.last())
-        .map_or(f64::NAN, |(a, t)| a.1 / t.1.max(1.0));
-    let tok = |o: &str| {
-        let label = format!("outcome=\"{o}\"");
-        epp::counter(&after.page, "kvpick_tokenize_total", &label)
-            - epp::counter(&before.page, "kvpick_tokenize_total", &label)
-    };
-    let pods: std::collections::HashSet<usize> = ok.iter().map(|o| o.pod).collect();
-    let ms = |v: f64| v * 1e3;
-    println!("== form {form:?}");
-    println!(
-        "requests: {} sent, {} served; window {:.1} s: {} requests, {:.1} req/s",
-        outcomes.len(),
-        ok.len(),
-        wall,
-        in_window.len(),
-        in_window.len() as f64 / wall
-    );
-    println!(
-        "picker CPU: {:.3} cores ({:.3} above idle), {:.0} µs per request (/proc/PID/stat)",
-        cpu / wall,
-        cpu / wall - idle,
-        cpu / n * 1e6
-    );
-    println!(
-        "decision seen by client: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-        ms(percentile(&lat, 0.5)),
-        ms(percentile(&lat, 0.99)),
-        ms(lat.last().copied().unwrap_or(f64::NAN))
-    );
-    println!(
-        "picker scheduling (parse + tokenize + pick; histogram bounds): p50 ≤ {:.2} ms  p99 ≤ {:.2} ms  {:.1}% within 5 ms",
-        ms(epp::bucket_quantile(&sched, 0.5)),
-        ms(epp::bucket_quantile(&sched, 0.99)),
-        within_5ms * 100.0
-    );
-    println!(
-        "tokenized in the window: {} ok, {} timeout, {} other outcomes",
-        tok("ok"),
-        tok("timeout"),
-        epp::counter(&after.page, "kvpick_tokenize_total", "")
-            - epp::counter(&before.page, "kvpick_tokenize_total", "")
-            - tok("ok")
-            - tok("timeout")
-    );
-    println!(
-        "shared prompt found: {hits} of {} requests went to a pod holding ≥90% of it; {} pods used",
-        ok.len(),
-        pods.len()
-    );
-    hits
 }

@@ -5,6 +5,11 @@
 //! Staleness is part of the result: the router sees engine signals as of the last scrape (every
 //! `metrics_interval`) and the precise index sees KV events `kv_event_latency` after the step that
 //! produced them.
+//!
+//! This module holds the loop itself (set-up, the clock, handing each event to its handler); the
+//! handlers live by concept: [`route`] (a request from arrival through admission and the picker to
+//! an engine), [`step`] (engine steps and the KV events they send), [`observe`] (scrapes, shared
+//! in-flight rounds, timeline samples) and [`pd`] (prefill/decode disaggregation).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -14,17 +19,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kvpick_scheduler::PodSignals;
 use kvpick_scheduler::events::EventBatch;
 
-use crate::admission::{self, Verdict};
 use crate::clock::SimTime;
-use crate::engine::{Engine, EngineRequest, EngineStats, Profile, RequestId};
+use crate::engine::{Engine, EngineStats, Profile};
 use crate::error::SimError;
 use crate::metrics::{LogHistogram, Recorder, RequestRecord, Sample};
-use crate::policy::{Ask, Picked, PolicySpec, PoolShape};
+use crate::policy::{PolicySpec, PoolShape};
 use crate::replicas::{ReplicaSetup, Replicas};
 use crate::trace::Trace;
 
+mod observe;
 mod parallel;
 mod pd;
+mod route;
+mod step;
 pub use parallel::run_many;
 pub use pd::PdSetup;
 
@@ -268,251 +275,15 @@ impl Loop<'_> {
         Ok(now)
     }
 
-    /// Replica `r`'s signals as of now when scrapes are instant (`metrics_interval_us` 0).
-    fn refresh_signals(&mut self, r: usize, now: SimTime) {
-        if self.cfg.metrics_interval_us == 0 {
-            self.scrape(r, now);
-        }
-    }
-
-    /// Replica `r`'s scrape: every engine's signals as of `now`, folded into its in-flight
-    /// accounting.
-    fn scrape(&mut self, r: usize, now: SimTime) {
-        let replica = self.pickers.get_mut(r);
-        for (i, (s, e)) in replica.signals.iter_mut().zip(&self.engines).enumerate() {
-            *s = e.signals(now);
-            replica.router.observe_signals(i, s);
-        }
-    }
-
-    fn arrive(&mut self, i: usize, now: SimTime) -> Result<(), SimError> {
-        let r = self.pickers.assign(i);
-        self.refresh_signals(r, now);
-        let priority = self.trace.requests[i].objective.priority;
-        let replica = self.pickers.get_mut(r);
-        let verdict = match &mut replica.admission {
-            None => Verdict::Route,
-            Some(a) => a.arrive(i, priority, &replica.signals, now),
-        };
-        match verdict {
-            Verdict::Route => self.route(i, r, now),
-            Verdict::Rejected => {
-                self.rec.records[i].rejected = true;
-                Ok(())
-            }
-            Verdict::Shed => {
-                self.rec.records[i].shed = Some(admission::POOL_SATURATED);
-                Ok(())
-            }
-            Verdict::Queued => {
-                self.dispatch_at(r, now);
-                Ok(())
-            }
-        }
-    }
-
-    /// Makes sure replica `r` has a dispatch round at `at` or earlier.
-    fn dispatch_at(&mut self, r: usize, at: SimTime) {
-        if !std::mem::replace(&mut self.pickers.get_mut(r).dispatching, true) {
-            self.push(at, Event::Dispatch(r as u32));
-        }
-    }
-
-    /// Replica `r`'s flow-control round: refuse what expired, route what the pool has room for.
-    fn dispatch(&mut self, r: usize, now: SimTime) -> Result<(), SimError> {
-        self.refresh_signals(r, now);
-        let replica = self.pickers.get_mut(r);
-        let Some(a) = &mut replica.admission else {
-            return Ok(());
-        };
-        let released = a.release(&replica.signals, now);
-        for i in released.expired {
-            self.rec.records[i].rejected = true;
-        }
-        for i in released.route {
-            self.route(i, r, now)?;
-        }
-        let replica = self.pickers.get_mut(r);
-        replica.dispatching = false;
-        if replica.admission.as_ref().is_some_and(|a| !a.is_empty()) {
-            self.dispatch_at(r, now.plus_micros(admission::DISPATCH_TICK_US));
-        }
-        Ok(())
-    }
-
-    /// Replica `r` picks request `i`'s engine and hands it over; or, when no engine is predicted
-    /// to meet its objectives, sheds it or lets it wait for one, as the picker does.
-    fn route(&mut self, i: usize, r: usize, now: SimTime) -> Result<(), SimError> {
-        let trace = self.trace;
-        let req = &trace.requests[i];
-        req.prompt.materialize(&mut self.tokens);
-        let mut may_wait = (self.pickers.get_mut(r).admission.as_ref())
-            .is_some_and(|a| a.may_wait_for_objective(i, now));
-        let routed = loop {
-            let ask = Ask {
-                request: i,
-                tokens: &self.tokens,
-                lora: req.lora.as_deref(),
-                session: req.session.as_deref(),
-                output: req.output_tokens,
-                objective: req.objective,
-            };
-            let replica = self.pickers.get_mut(r);
-            match replica.router.pick(&ask, may_wait, &replica.signals, now)? {
-                Picked::Routed(routed) => break routed,
-                Picked::Shed(miss) => {
-                    self.rec.records[i].shed = Some(miss.reason());
-                    if let Some(a) = &mut replica.admission {
-                        a.done(i);
-                    }
-                    return Ok(());
-                }
-                Picked::Queue(_) => {
-                    let priority = req.objective.priority;
-                    if (replica.admission.as_mut())
-                        .is_some_and(|a| a.wait_for_objective(i, priority, now))
-                    {
-                        self.dispatch_at(r, now.plus_micros(admission::DISPATCH_TICK_US));
-                        return Ok(());
-                    }
-                    // No place to wait: best-effort now.
-                    may_wait = false;
-                }
-            }
-        };
-        if let Some(a) = &mut self.pickers.get_mut(r).admission {
-            a.done(i);
-        }
-        let e = routed.engine;
-        self.rec.records[i].engine = e as u32;
-        self.rec.records[i].routed = Some(now);
-        self.rec.records[i].predicted_ttft_us = routed.predicted_ttft_us;
-        self.rec.records[i].slo_best_effort = routed.slo_unattainable;
-        if let Some(p) = routed.prefill {
-            self.start_prefill(i, p, e, now);
-            return Ok(());
-        }
-        let engine_req = EngineRequest {
-            id: RequestId(i as u32),
-            prompt: std::mem::take(&mut self.tokens),
-            output_tokens: req.output_tokens,
-            output_id: req.output_id,
-            lora: req.lora.clone(),
-            transferred: 0,
-        };
-        if self.engines[e].add_request(engine_req).is_err() {
-            self.rec.records[i].unfit = true;
-            self.pickers.release(i, now);
-            return Ok(());
-        }
-        if !self.busy[e] {
-            self.start_step(e, now);
-        }
-        Ok(())
-    }
-
-    /// Engine `e`'s event batch, on its way to index view `view`.
-    fn send_events(&mut self, view: usize, e: usize, batch: EventBatch, now: SimTime) {
-        let latency = (self.cfg.replicas).event_latency_us(self.cfg.kv_event_latency_us, view);
-        if latency == 0 {
-            self.pickers.apply_events(view, e, &batch);
-            self.event_batches += 1;
-        } else {
-            self.inflight[view * self.cfg.engines + e].push_back(batch);
-            self.pending_deliveries += 1;
-            self.push(
-                now.plus_micros(latency),
-                Event::Deliver {
-                    engine: e as u32,
-                    view: view as u32,
-                },
-            );
-        }
-    }
-
-    fn start_step(&mut self, e: usize, now: SimTime) {
-        match self.engines[e].start_step(now, &mut self.rec) {
-            Some(us) => {
-                self.busy[e] = true;
-                self.push(now.plus_micros(us), Event::StepDone(e as u32));
-            }
-            None => self.busy[e] = false,
-        }
-    }
-
     fn handle(&mut self, ev: Event, now: SimTime, next_arrival: usize) -> Result<(), SimError> {
         match ev {
             Event::Dispatch(r) => self.dispatch(r as usize, now)?,
             Event::Transferred(i) => self.transferred(i as usize, now),
-            Event::StepDone(e) => {
-                let e = e as usize;
-                self.engines[e].finish_step(now, &mut self.rec);
-                self.transfer_prefilled();
-                for (req, finished, at) in std::mem::take(&mut self.rec.lifecycle) {
-                    if finished {
-                        self.pickers.release(req.0 as usize, at);
-                    } else {
-                        self.pickers.first_token(req.0 as usize, at);
-                    }
-                }
-                if self.cfg.check_invariants && self.violation.is_none() {
-                    self.violation = self.engines[e]
-                        .check_invariants()
-                        .err()
-                        .map(|v| format!("engine {e} at {now:?}: {v}"));
-                }
-                let outbox = std::mem::take(&mut self.rec.outbox);
-                if self.pickers.wants_events() {
-                    let views = self.cfg.replicas.index_views();
-                    for batch in outbox {
-                        for view in 1..views {
-                            self.send_events(view, e, batch.clone(), now);
-                        }
-                        self.send_events(0, e, batch, now);
-                    }
-                }
-                self.start_step(e, now);
-            }
-            Event::Deliver { engine, view } => {
-                let (e, view) = (engine as usize, view as usize);
-                let channel = view * self.cfg.engines + e;
-                if let Some(batch) = self.inflight[channel].pop_front() {
-                    self.pickers.apply_events(view, e, &batch);
-                    self.event_batches += 1;
-                    self.pending_deliveries -= 1;
-                }
-            }
-            Event::Scrape(r) => {
-                self.scrape(r as usize, now);
-                if self.active(next_arrival) {
-                    self.push(
-                        now.plus_micros(self.cfg.metrics_interval_us),
-                        Event::Scrape(r),
-                    );
-                }
-            }
-            Event::Share(r) => {
-                self.pickers.share(r as usize, now);
-                if let (Some(share), true) = (self.cfg.replicas.share, self.active(next_arrival)) {
-                    self.push(now.plus_micros(share.interval_us), Event::Share(r));
-                }
-            }
-            Event::Sample => {
-                let (input, cached) = (self.rec.window_input, self.rec.window_cached);
-                self.rec.window_input = 0;
-                self.rec.window_cached = 0;
-                self.timeline.push(Sample {
-                    t: now,
-                    waiting: self.engines.iter().map(|e| e.waiting() as u32).collect(),
-                    running: self.engines.iter().map(|e| e.running() as u32).collect(),
-                    kv_usage: self.engines.iter().map(Engine::kv_usage).collect(),
-                    admitted_tokens: input,
-                    cached_tokens: cached,
-                });
-                if self.active(next_arrival) {
-                    self.push(now.plus_micros(self.cfg.sample_interval_us), Event::Sample);
-                }
-            }
+            Event::StepDone(e) => self.step_done(e as usize, now),
+            Event::Deliver { engine, view } => self.deliver(engine as usize, view as usize),
+            Event::Scrape(r) => self.scrape_round(r, now, next_arrival),
+            Event::Share(r) => self.share_round(r, now, next_arrival),
+            Event::Sample => self.sample(now, next_arrival),
         }
         Ok(())
     }
