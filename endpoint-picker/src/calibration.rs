@@ -5,7 +5,9 @@
 //! queue and prefill time histograms: [`Counter`]) to the model's [`Calibrator`] (the core's,
 //! with `kvpick-sim calibrate`'s fit); once a second the scrape supervisor asks each model for a
 //! refit (at most every `--calibration-interval`), installs an accepted profile in the scheduler
-//! and exports what is in use. Bounded: 64 models, and per model the calibrator's windows and pods.
+//! and exports what is in use. Refits are counted by outcome: `accepted`, `accepted_partial`
+//! (coefficients the windows did not identify kept their values), `failed`, `unidentified`,
+//! `implausible`, `worse_than_start` ([`Outcome::label`]). Bounded: 64 models, and per model the calibrator's windows and pods.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,28 +82,30 @@ impl OnlineCalibration {
                 Some(o) => o,
                 None => continue,
             };
-            let label = match &outcome {
+            match &outcome {
                 Outcome::Accepted {
                     profile,
                     fitted_us,
                     start_us,
+                    kept,
                 } => {
                     self.scheduler.set_engine_profile(model, profile.clone());
                     export(model, profile);
+                    let kept: Vec<&str> = kept.iter().map(|k| k.coefficient.name()).collect();
                     tracing::info!(
                         model,
                         fitted_us,
                         start_us,
                         step_time = ?profile.step_time,
+                        ?kept,
                         "online calibration: new engine profile"
                     );
-                    "accepted"
                 }
                 Outcome::Rejected(r) => {
                     tracing::info!(model, reason = ?r, "online calibration: fit rejected");
-                    r.label()
                 }
-            };
+            }
+            let label = outcome.label();
             metrics::counter!(t::PROFILE_FITS, "model" => model.clone(), "outcome" => label)
                 .increment(1);
         }

@@ -100,8 +100,9 @@ pub const SLO_UNATTAINABLE: &str = "kvpick_slo_unattainable_total";
 /// (`overhead`, `per_prefill_token`, ...), µs: the configured one, then what online calibration
 /// fitted.
 pub const ENGINE_PROFILE: &str = "kvpick_engine_profile_microseconds";
-/// Online calibration's refits by model and `outcome` (`accepted`, `failed`, `implausible`,
-/// `worse_than_start`).
+/// Online calibration's refits by model and `outcome` (`accepted`, `accepted_partial`: installed
+/// with coefficients the windows did not identify kept at their values, `failed`, `unidentified`,
+/// `implausible`, `worse_than_start`).
 pub const PROFILE_FITS: &str = "kvpick_engine_profile_fits_total";
 /// Its buckets, s: 1-2-5 from 1 ms, fine enough to tell a calibrated profile from a wrong one.
 pub const TTFT_ERROR_BUCKETS: [f64; 14] = [
@@ -190,7 +191,7 @@ fn describe() {
     );
     describe_counter!(
         PROFILE_FITS,
-        "Online calibration refits by model and outcome (accepted, failed, implausible, worse_than_start)"
+        "Online calibration refits by model and outcome (accepted, accepted_partial, failed, unidentified, implausible, worse_than_start)"
     );
     describe_histogram!(
         PREFIX_PREDICTION_ERROR,

@@ -68,9 +68,45 @@ pub(super) fn correlation(rows: &[Row], a: usize, b: usize) -> f64 {
     cov / (spread(rows, a) * spread(rows, b)).max(f64::MIN_POSITIVE)
 }
 
-/// Weighted least squares on the active columns (inactive ones are 0); columns are scaled to unit
-/// maximum so the normal equations stay well conditioned.
+/// Weighted least squares on the active columns (inactive ones are 0).
 fn weighted_ls(rows: &[Row], active: &[bool; 4]) -> Option<[f64; 4]> {
+    let (a, scale) = normal_equations(rows, active);
+    let c = solve(a)?;
+    Some(unscaled(c, &scale))
+}
+
+/// Each coefficient's estimate over its standard error, for `coef` fitted by [`nonnegative_fit`]
+/// on the `active` columns (0 for an inactive one): the weighted least-squares covariance
+/// σ²·(XᵀWX)⁻¹, with σ² the weighted residual sum of squares per degree of freedom (so that it
+/// does not depend on the weights' scale). Infinite for a positive coefficient of an exact fit;
+/// NaN when the rows leave no degree of freedom.
+pub(super) fn t_values(rows: &[Row], active: &[bool; 4], coef: &[f64; 4]) -> [f64; 4] {
+    let (a, scale) = normal_equations(rows, active);
+    let free = (0..4).filter(|&j| active[j] && scale[j] > 0.0).count();
+    let dof = rows.len().saturating_sub(free) as f64;
+    let variance = rss(rows, coef) / dof;
+    std::array::from_fn(|j| {
+        if !(active[j] && scale[j] > 0.0) {
+            return 0.0;
+        }
+        // Column j of the inverse: the system with the unit vector e_j on the right.
+        let mut unit = a;
+        for (i, row) in unit.iter_mut().enumerate() {
+            row[4] = if i == j { 1.0 } else { 0.0 };
+        }
+        let se = solve(unit).map_or(f64::INFINITY, |x| (variance * x[j]).sqrt() / scale[j]);
+        if se > 0.0 {
+            coef[j] / se
+        } else {
+            coef[j] * f64::INFINITY
+        }
+    })
+}
+
+/// The normal equations XᵀWX·c = XᵀWy over the active columns (an inactive one's row and column
+/// pin its coefficient at 0), augmented with the right-hand side; columns are scaled to unit
+/// maximum so that they stay well conditioned. Returns them with the scales.
+fn normal_equations(rows: &[Row], active: &[bool; 4]) -> ([[f64; 5]; 4], [f64; 4]) {
     let mut scale = [0.0f64; 4];
     for r in rows {
         for (s, x) in scale.iter_mut().zip(r.x) {
@@ -94,8 +130,10 @@ fn weighted_ls(rows: &[Row], active: &[bool; 4]) -> Option<[f64; 4]> {
             row[j] = 1.0;
         }
     }
-    let c = solve(a)?;
-    Some(std::array::from_fn(|j| {
-        if on(j) { c[j] / scale[j] } else { 0.0 }
-    }))
+    (a, scale)
+}
+
+/// Coefficients of scaled columns back in the columns' own units (0 for an all-zero column).
+fn unscaled(c: [f64; 4], scale: &[f64; 4]) -> [f64; 4] {
+    std::array::from_fn(|j| if scale[j] > 0.0 { c[j] / scale[j] } else { 0.0 })
 }

@@ -6,8 +6,16 @@
 //! `window` (at most `max_windows`), and refits at most every `interval`:
 //!
 //! - the step-time model is fitted on the older two thirds of the windows;
-//! - it is **implausible** (rejected, counted) when R² is below `min_r2`, or when the overhead,
-//!   the per-prefill-token or the per-decoding-sequence cost leaves a factor `max_factor` of the
+//! - a coefficient the windows do not **identify** (fixed at 0 by the fit, or less than `min_t`
+//!   standard errors above 0) keeps its value in the profile in use, and the fit is accepted as
+//!   `accepted_partial`: a pool whose load barely changes cannot tell the per-decoding-sequence
+//!   cost from the overhead (both scale with the steps when every step decodes about as many
+//!   sequences), and noise then puts the per-sequence cost at 0 with the overhead absorbing it.
+//!   Kept at its value in use, that cost is then counted on top of the overhead that absorbed it,
+//!   so such a profile errs on the slow side at the observed load; the guard below bounds it. When
+//!   no coefficient is identified the fit is rejected as `unidentified`;
+//! - it is **implausible** (rejected, counted) when R² is below `min_r2`, or when an identified
+//!   overhead, per-prefill-token or per-decoding-sequence cost leaves a factor `max_factor` of the
 //!   starting profile's (the decode cost compared with the start's context cost folded in at the
 //!   observed context, as the fit folds it);
 //! - the guard: it must predict the newest third (held out) at least as well as the **starting**
@@ -23,6 +31,10 @@ use std::time::Duration;
 use super::EngineProfile;
 use super::fit::{self, COUNTERS, Counter, Window, increase};
 use crate::time::Timestamp;
+
+mod outcome;
+
+pub use outcome::{Coefficient, Kept, Outcome, Rejection};
 
 /// How online calibration runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,6 +55,9 @@ pub struct OnlineConfig {
     pub max_factor: f64,
     /// A fit below this R² is implausible.
     pub min_r2: f64,
+    /// A coefficient less than this many standard errors above 0 is not identified by the windows
+    /// and keeps its value in use.
+    pub min_t: f64,
 }
 
 impl Default for OnlineConfig {
@@ -56,6 +71,7 @@ impl Default for OnlineConfig {
             max_engines: 1024,
             max_factor: 10.0,
             min_r2: 0.5,
+            min_t: 2.0,
         }
     }
 }
@@ -63,47 +79,12 @@ impl Default for OnlineConfig {
 /// Cumulative counter values of one scrape, indexed by `Counter as usize` (`None`: absent).
 pub type CounterSample = [Option<f64>; COUNTERS.len()];
 
-/// Why a fit was not used.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Rejection {
-    /// The fit failed (too few or too uniform windows).
-    Failed(String),
-    /// A coefficient or the fit's quality is out of bounds.
-    Implausible(String),
-    /// It predicts the held-out windows worse than the starting profile.
-    WorseThanStart {
-        /// Its held-out RMSE, µs.
-        fitted_us: f64,
-        /// The starting profile's, µs.
-        start_us: f64,
-    },
-}
-
-impl Rejection {
-    /// A metric label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Rejection::Failed(_) => "failed",
-            Rejection::Implausible(_) => "implausible",
-            Rejection::WorseThanStart { .. } => "worse_than_start",
-        }
-    }
-}
-
-/// What a refit did.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    /// The new profile, now current.
-    Accepted {
-        /// The profile.
-        profile: EngineProfile,
-        /// Its held-out RMSE, µs.
-        fitted_us: f64,
-        /// The starting profile's, µs.
-        start_us: f64,
-    },
-    /// Not used; the current profile stays.
-    Rejected(Rejection),
+/// A profile the checks accepted.
+struct Fitted {
+    profile: EngineProfile,
+    fitted_us: f64,
+    start_us: f64,
+    kept: Vec<Kept>,
 }
 
 /// One model's online calibration.
@@ -199,12 +180,13 @@ impl Calibrator {
         all.sort_by(|a, b| a.end.total_cmp(&b.end));
         let held = all.split_off(all.len() * 2 / 3);
         let outcome = match self.judge(&all, &held) {
-            Ok((profile, fitted_us, start_us)) => {
-                self.current = profile.clone();
+            Ok(f) => {
+                self.current = f.profile.clone();
                 Outcome::Accepted {
-                    profile,
-                    fitted_us,
-                    start_us,
+                    profile: f.profile,
+                    fitted_us: f.fitted_us,
+                    start_us: f.start_us,
+                    kept: f.kept,
                 }
             }
             Err(r) => Outcome::Rejected(r),
@@ -212,11 +194,7 @@ impl Calibrator {
         Some(outcome)
     }
 
-    fn judge(
-        &self,
-        train: &[Window],
-        held: &[Window],
-    ) -> Result<(EngineProfile, f64, f64), Rejection> {
+    fn judge(&self, train: &[Window], held: &[Window]) -> Result<Fitted, Rejection> {
         let c = &self.config;
         let chunk = self.start.max_num_batched_tokens;
         let f = fit::fit_step_time(train, c.min_gaps, chunk, false)
@@ -228,28 +206,44 @@ impl Calibrator {
             )));
         }
         let s = &self.start.step_time;
-        let m = &f.model;
         let (len_in, len_out) = fit::mean_lengths(train);
         let start_decode = s.per_decode_seq_us + s.per_context_token_us * (len_in + len_out / 2.0);
-        for (name, got, start) in [
-            ("overhead", m.overhead_us, s.overhead_us),
-            (
-                "per_prefill_token",
-                m.per_prefill_token_us,
-                s.per_prefill_token_us,
-            ),
-            ("per_decode_seq", m.per_decode_seq_us, start_decode),
-        ] {
+        let mut model = f.model;
+        let mut kept = Vec::new();
+        for (k, t) in Coefficient::ALL.into_iter().zip(f.t_values) {
+            let got = k.of(&f.model);
+            // A NaN t (no degree of freedom left, or 0 of an exact fit) identifies nothing.
+            let identified = t.partial_cmp(&c.min_t).is_some_and(|o| o.is_ge());
+            if !identified {
+                k.keep(&mut model, &self.current.step_time);
+                kept.push(Kept {
+                    coefficient: k,
+                    fitted_us: got,
+                    t,
+                });
+                continue;
+            }
+            let start = match k {
+                Coefficient::PerDecodeSeq => start_decode,
+                _ => k.of(s),
+            };
             let ok = got.is_finite() && got <= start * c.max_factor && got >= start / c.max_factor;
             if !ok && start > 0.0 {
                 return Err(Rejection::Implausible(format!(
-                    "{name} {got:.2} µs is beyond ×{} of the starting {start:.2} µs",
+                    "{} {got:.2} µs is beyond ×{} of the starting {start:.2} µs",
+                    k.name(),
                     c.max_factor
                 )));
             }
         }
+        if kept.len() == Coefficient::ALL.len() {
+            return Err(Rejection::Unidentified(format!(
+                "no coefficient at least {} standard errors above 0: {kept:?}",
+                c.min_t
+            )));
+        }
         let rmse = |model| fit::rmse_us(model, held, c.min_gaps, chunk);
-        let (Some(fitted_us), Some(start_us)) = (rmse(m), rmse(s)) else {
+        let (Some(fitted_us), Some(start_us)) = (rmse(&model), rmse(s)) else {
             return Err(Rejection::Failed("no held-out window with traffic".into()));
         };
         if fitted_us > start_us {
@@ -260,8 +254,13 @@ impl Calibrator {
         }
         let mut profile = self.start.clone();
         profile.name = format!("{} (calibrated online)", self.start.name);
-        profile.step_time = *m;
-        Ok((profile, fitted_us, start_us))
+        profile.step_time = model;
+        Ok(Fitted {
+            profile,
+            fitted_us,
+            start_us,
+            kept,
+        })
     }
 }
 
