@@ -48,14 +48,23 @@ fn tokens(c: &Chain) -> Vec<u32> {
         .collect()
 }
 
-/// Engine hashes: distinct per (chain, block), shared where the tokens are shared.
+/// Engine hashes: distinct per (chain, block), shared where the tokens are shared. Like vLLM's,
+/// a block's hash names its whole prefix: two chains of one seed that branch at different blocks
+/// have different tokens before their common tail, so the tail's hashes differ too (an earlier
+/// version reused them, which is a pod naming two blocks with one hash: a lie the index survives
+/// but a dump, which exports what each hash names now, cannot reproduce).
 fn hashes(c: &Chain, n: usize) -> Vec<EngineHash> {
     (0..n as u64)
         .map(|j| {
             if (j as usize) < c.shared {
                 EngineHash(j + 1 + u64::from(c.size) * 1_000_000)
             } else {
-                EngineHash((u64::from(c.seed) << 32) | (j + 1) | (u64::from(c.size) << 24))
+                EngineHash(
+                    (c.shared as u64) << 40
+                        | (u64::from(c.seed) << 32)
+                        | (j + 1)
+                        | (u64::from(c.size) << 24),
+                )
             }
         })
         .collect()
