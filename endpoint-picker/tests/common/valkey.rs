@@ -84,13 +84,17 @@ impl Valkey {
             .is_ok_and(|p| p == "PONG")
     }
 
-    /// A connection for tests that write the store directly (hostile values).
+    /// A connection for tests that write the store directly (hostile values, one of 4 MiB): it
+    /// waits up to 10 s for an answer, not the client's default 500 ms, which a loaded machine
+    /// exceeds.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
+        let mut c = redis::Client::open(self.url())
             .unwrap()
             .get_multiplexed_async_connection()
             .await
-            .unwrap()
+            .unwrap();
+        c.set_response_timeout(Duration::from_secs(10));
+        c
     }
 }
 
