@@ -34,11 +34,7 @@ async fn picker(flow: &str) -> Picker {
 
 /// Opens a stream and sends a whole token request with `headers`; answers are left to read.
 async fn send(p: &Picker, headers: &[(&str, &str)], seed: u32) -> Stream {
-    let mut s = p.stream().await;
-    s.send(request_headers(duplex(), "POST", headers, false, None))
-        .await;
-    s.send(request_body(&token_body(&prompt(64, seed)), true))
-        .await;
+    let mut s = decision::send(p, &prompt(64, seed), headers).await;
     s.silent(30).await;
     s
 }

@@ -8,7 +8,7 @@ mod common;
 mod faults_util;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -28,10 +28,6 @@ const MEMORY_BOMB: &str = "{% for i in range(100000) %}{{ 'x'*100000000 }}{% end
 const CPU_BOMB: &str =
     "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
 
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tokenize/tests/fixtures/chatml")
-}
-
 async fn start(dir: &Path, name: &'static str, extra: &[&str]) -> Epp {
     // Nothing listens at the endpoint: picks still work (never-scraped endpoints stay eligible).
     let file = dir.join(format!("{name}.yaml"));
@@ -39,7 +35,7 @@ async fn start(dir: &Path, name: &'static str, extra: &[&str]) -> Epp {
         &file,
         &[serde_saphyr::from_str("address: 127.0.0.1:9").unwrap()],
     );
-    let tokenizer = format!("{MODEL}={}", fixture().display());
+    let tokenizer = format!("{MODEL}={}", common::fixtures::chatml().display());
     let mut args = vec!["--tokenizer", tokenizer.as_str(), "--drain-timeout", "1s"];
     args.extend_from_slice(extra);
     Epp::start(dir, name, &file, &args).await

@@ -39,17 +39,8 @@ async fn burst(p: &Picker) -> (HashMap<String, usize>, Vec<Stream>) {
     for i in 0..50u32 {
         let mut tokens = shared.clone();
         tokens.extend(prompt(512, 1000 + i));
-        let mut s = p.stream().await;
-        s.send(request_headers(duplex(), "POST", &[], false, None))
-            .await;
-        s.send(request_body(&token_body(&tokens), true)).await;
-        let headers = s.recv().await;
-        let to = set_header(mutation(&headers), "x-gateway-destination-endpoint")
-            .unwrap()
-            .to_owned();
+        let (s, to) = decision::routed_and_held(p, &tokens).await;
         *picks.entry(to).or_default() += 1;
-        let (_, eos) = streamed(&s.recv().await);
-        assert!(eos);
         streams.push(s);
     }
     (picks, streams)

@@ -60,13 +60,7 @@ async fn route(
     tokens: &[u32],
     headers: &[(&str, &str)],
 ) -> envoy_types::pb::envoy::service::ext_proc::v3::HeaderMutation {
-    let mut s = p.stream().await;
-    s.send(request_headers(duplex(), "POST", headers, false, None))
-        .await;
-    s.send(request_body(&token_body(tokens), true)).await;
-    let answer = s.recv().await;
-    drop(s);
-    mutation(&answer).clone()
+    decision::decide(p, tokens, headers).await.1
 }
 
 fn removes_sidecar_headers(m: &envoy_types::pb::envoy::service::ext_proc::v3::HeaderMutation) {

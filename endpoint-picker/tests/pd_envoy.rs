@@ -12,8 +12,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::envoy::{self, Envoy};
 use common::epp::Epp;
 use kvpick_fleet::Profile;
@@ -22,10 +20,6 @@ use kvpick_fleet::{Fleet, FleetConfig};
 use serde_json::{Value, json};
 
 const MODEL: &str = "chatml-sim";
-
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tokenize/tests/fixtures/chatml")
-}
 
 /// Decode when at least 64 prompt tokens are not cached on the decode pick.
 fn config(block_size: u32) -> String {
@@ -123,7 +117,7 @@ async fn a_long_prompt_is_prefilled_on_the_prefill_pod_and_decoded_on_a_decode_p
     cfg.pods = 3;
     cfg.prefill_pods = 1;
     cfg.speed = 4.0;
-    cfg.tokenizer = Tokenizer::load(&fixture()).unwrap();
+    cfg.tokenizer = Tokenizer::load(&common::fixtures::chatml()).unwrap();
     let block_size = cfg.profile.block_size;
     let fleet = Fleet::start(cfg).await.unwrap();
     let roles: Vec<_> = fleet.servers().iter().map(|s| s.role).collect();
@@ -136,17 +130,11 @@ async fn a_long_prompt_is_prefilled_on_the_prefill_pod_and_decoded_on_a_decode_p
     let mut epp = Epp::start_with_env(
         &endpoints,
         dir.path(),
-        &fixture(),
+        &common::fixtures::chatml(),
         &[("KVPICK_CONFIG", picker.as_os_str())],
     );
-    epp.wait_for("kvpick_pool_ready_endpoints", 3.0).await;
-    for s in fleet.servers() {
-        let series = format!(
-            "kvpick_kv_events_connects_total{{endpoint=\"{}\"}}",
-            s.address
-        );
-        epp.wait_for(&series, 1.0).await;
-    }
+    let pods: Vec<_> = fleet.servers().iter().map(|s| s.address).collect();
+    epp.wait_live(&pods).await;
     let gateway = Envoy::start(epp.grpc).await;
     let prefill_pod = fleet.servers()[0].address.to_string();
 

@@ -284,11 +284,8 @@ async fn kvpick_routes_real_vllm_to_the_pod_holding_the_prefix() {
     }
     std::fs::write(&endpoints, file).unwrap();
     let mut epp = Epp::start(&endpoints, dir.path(), model);
-    epp.wait_for("kvpick_pool_ready_endpoints", 2.0).await;
-    for p in &pods {
-        let series = format!("kvpick_kv_events_connects_total{{endpoint=\"{}\"}}", p.addr);
-        epp.wait_for(&series, 1.0).await;
-    }
+    let addresses: Vec<_> = pods.iter().map(|p| p.addr).collect();
+    epp.wait_live(&addresses).await;
     let gateway = Envoy::start(epp.grpc).await;
     let mut rig = Rig {
         pods,

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -22,17 +21,13 @@ const A: &str = "127.0.0.1:41001";
 const B: &str = "127.0.0.1:41002";
 const C: &str = "127.0.0.1:41003";
 
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tokenize/tests/fixtures/chatml")
-}
-
 fn settings() -> Settings {
     let mut settings = Settings::loopback();
     settings
         .tokenize
         .registry
         .models
-        .push(("m".into(), ModelSource::Dir(fixture())));
+        .push(("m".into(), ModelSource::Dir(common::fixtures::chatml())));
     // Generous: a debug build on a busy machine.
     settings.tokenize.timeout = Duration::from_secs(20);
     settings
@@ -40,7 +35,7 @@ fn settings() -> Settings {
 
 /// The ids the fixture model gives `input`.
 fn ids(input: TokenizeInput) -> Vec<u32> {
-    let model = ModelTokenizer::load(&fixture()).unwrap();
+    let model = ModelTokenizer::load(&common::fixtures::chatml()).unwrap();
     let ids = model.tokenize(&input, &TokenCache::new(0)).unwrap().ids;
     assert!(ids.len() >= 64, "{} ids", ids.len());
     ids

@@ -64,18 +64,8 @@ fn scrape(p: &Picker) {
 async fn burst(p: &Picker, n: u32, seed: u32, picks: &mut HashMap<String, usize>) -> Vec<Stream> {
     let mut streams = Vec::new();
     for i in 0..n {
-        let mut s = p.stream().await;
-        s.send(request_headers(duplex(), "POST", &[], false, None))
-            .await;
-        s.send(request_body(&token_body(&prompt(512, seed + i)), true))
-            .await;
-        let headers = s.recv().await;
-        let to = set_header(mutation(&headers), "x-gateway-destination-endpoint")
-            .unwrap()
-            .to_owned();
+        let (s, to) = decision::routed_and_held(p, &prompt(512, seed + i)).await;
         *picks.entry(to).or_default() += 1;
-        let (_, eos) = streamed(&s.recv().await);
-        assert!(eos);
         streams.push(s);
     }
     streams

@@ -53,16 +53,11 @@ async fn ask(p: &Picker, objective: &str, ttft_ms: &str) -> pb::ProcessingRespon
 
 /// Sends the request of [`ask`]; its answer comes on the returned stream.
 async fn send(p: &Picker, objective: &str, ttft_ms: &str) -> Stream {
-    let s = p.stream().await;
     let headers = [
         ("x-gateway-inference-objective", objective),
         ("x-slo-ttft-ms", ttft_ms),
     ];
-    s.send(request_headers(duplex(), "POST", &headers, false, None))
-        .await;
-    s.send(request_body(&token_body(&prompt(4096, 7)), true))
-        .await;
-    s
+    decision::send(p, &prompt(4096, 7), &headers).await
 }
 
 fn routed_to(r: &pb::ProcessingResponse) -> Option<String> {

@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::envoy::{self, Envoy, post_direct};
 use common::epp::Epp;
 use kvpick_fleet::Profile;
@@ -21,10 +19,6 @@ use kvpick_fleet::{Fleet, FleetConfig};
 use serde_json::{Value, json};
 
 const MODEL: &str = "chatml-sim";
-
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tokenize/tests/fixtures/chatml")
-}
 
 /// A long text, different for each `seed`: many full KV blocks.
 fn passage(seed: usize) -> String {
@@ -68,21 +62,15 @@ async fn a_prefix_served_by_a_pod_routes_its_follow_up_there() {
     let mut cfg = FleetConfig::new(Profile::named("tiny").unwrap(), MODEL);
     cfg.pods = 3;
     cfg.speed = 4.0;
-    cfg.tokenizer = Tokenizer::load(&fixture()).unwrap();
+    cfg.tokenizer = Tokenizer::load(&common::fixtures::chatml()).unwrap();
     let fleet = Fleet::start(cfg).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let endpoints = dir.path().join("endpoints.yaml");
     fleet.write_endpoints_file(&endpoints, true).unwrap();
-    let mut epp = Epp::start(&endpoints, dir.path(), &fixture());
-    // Every pod scraped and its KV-event stream connected (state 2 = live) before traffic.
-    epp.wait_for("kvpick_pool_ready_endpoints", 3.0).await;
-    for s in fleet.servers() {
-        let series = format!(
-            "kvpick_kv_events_connects_total{{endpoint=\"{}\"}}",
-            s.address
-        );
-        epp.wait_for(&series, 1.0).await;
-    }
+    let mut epp = Epp::start(&endpoints, dir.path(), &common::fixtures::chatml());
+    // Every pod scraped and its KV-event stream connected before traffic.
+    let pods: Vec<_> = fleet.servers().iter().map(|s| s.address).collect();
+    epp.wait_live(&pods).await;
     let gateway = Envoy::start(epp.grpc).await;
 
     for (pod, chat) in [(1, false), (0, true), (2, false)] {

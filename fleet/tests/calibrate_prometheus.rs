@@ -22,20 +22,12 @@ mod fleet_util;
 use std::time::Duration;
 
 use fleet_util::MODEL;
-use kvpick_fleet::load::{self, ApiKind, LoadConfig};
+use fleet_util::calibration::{self, TRUTH};
+use kvpick_fleet::load;
 use kvpick_fleet::{Fleet, FleetConfig};
-use kvpick_sim::engine::{Profile, StepTimeModel};
 use kvpick_sim::trace::{self, Trace, TraceFormat, TraceRequest};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-
-const TRUTH: StepTimeModel = StepTimeModel {
-    overhead_us: 4000.0,
-    per_prefill_token_us: 30.0,
-    per_decode_seq_us: 800.0,
-    per_context_token_us: 0.0,
-    per_attention_pair_us: 0.0,
-};
 
 /// Light decoding, heavy prefill, heavy decoding (about 8 sequences at once).
 const PHASES: [fleet_util::Phase; 3] = [
@@ -72,10 +64,7 @@ fn close(what: &str, got: f64, want: f64, tol: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calibrate_recovers_profile_and_workload_from_prometheus() {
-    let mut profile = Profile::named("tiny").unwrap();
-    profile.kv_blocks = 2048;
-    profile.step_time = TRUTH;
-    let mut cfg = FleetConfig::new(profile, MODEL);
+    let mut cfg = FleetConfig::new(calibration::truth(), MODEL);
     cfg.pods = 2;
     let fleet = Fleet::start(cfg).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -100,16 +89,7 @@ async fn calibrate_recovers_profile_and_workload_from_prometheus() {
         .collect();
     let cancel = CancellationToken::new();
     let runs = futures::future::join_all(fleet.servers().iter().zip(&traces).map(|(s, t)| {
-        let cfg = LoadConfig {
-            base_url: format!("http://{}", s.address),
-            model: MODEL.into(),
-            api: ApiKind::Completions,
-            text: false,
-            stream: true,
-            max_concurrency: 64,
-            timeout: Duration::from_secs(60),
-            max_output_tokens: None,
-        };
+        let cfg = calibration::load_config(format!("http://{}", s.address), 64);
         let cancel = cancel.clone();
         async move { load::run(t, &cfg, &cancel).await.unwrap() }
     }))
@@ -144,14 +124,7 @@ async fn calibrate_recovers_profile_and_workload_from_prometheus() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let result = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kvpick-sim"))
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let result = calibration::kvpick_sim(args).await;
     let stdout = String::from_utf8_lossy(&result.stdout).to_string();
     let stderr = String::from_utf8_lossy(&result.stderr).to_string();
     assert!(
@@ -161,25 +134,24 @@ async fn calibrate_recovers_profile_and_workload_from_prometheus() {
     println!("{stdout}");
     let (hit_rate, _) = fleet.prefix_hit_rate();
     // Metrics absent (a selector nothing matches): a clear refusal naming the metric.
-    let url = prom_url.clone();
-    let absent = tokio::task::spawn_blocking(move || {
-        let args = [
+    let absent = calibration::kvpick_sim(
+        [
             "calibrate",
             "--prometheus",
-            &url,
+            &prom_url,
             "--window",
             "30s",
             "--resolution",
             "3s",
-        ];
-        std::process::Command::new(env!("CARGO_BIN_EXE_kvpick-sim"))
-            .args(args)
-            .args(["--selector", "{job=\"absent\"}", "--out", "/nonexistent"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+            "--selector",
+            "{job=\"absent\"}",
+            "--out",
+            "/nonexistent",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
     let why = String::from_utf8_lossy(&absent.stderr).to_string();
     assert!(!absent.status.success());
     assert!(

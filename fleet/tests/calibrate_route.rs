@@ -16,29 +16,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use fleet_util::MODEL;
+use fleet_util::calibration::{self, TRUTH, truth};
 use kvpick_fleet::FleetConfig;
 use kvpick_fleet::demo::Tools;
 use kvpick_fleet::demo::stack::Stack;
-use kvpick_fleet::load::{self, ApiKind, LoadConfig};
-use kvpick_sim::engine::{Profile, StepTimeModel};
+use kvpick_fleet::load::{self, LoadConfig};
+use kvpick_sim::engine::StepTimeModel;
 use kvpick_sim::trace::Trace;
 use tokio_util::sync::CancellationToken;
-
-const TRUTH: StepTimeModel = StepTimeModel {
-    overhead_us: 4000.0,
-    per_prefill_token_us: 30.0,
-    per_decode_seq_us: 800.0,
-    per_context_token_us: 0.0,
-    per_attention_pair_us: 0.0,
-};
-
-/// The pods' profile: `tiny` with 2048 blocks and the true step times.
-pub fn truth() -> Profile {
-    let mut p = Profile::named("tiny").unwrap();
-    p.kv_blocks = 2048;
-    p.step_time = TRUTH;
-    p
-}
 
 /// Requests/s (whole pool), prompt length range, output length range, seconds: long prompts
 /// (prefill dominates their TTFT, so a profile's error shows over the few milliseconds of
@@ -146,16 +131,7 @@ async fn pass(
     } else {
         None
     };
-    let load_cfg = LoadConfig {
-        base_url: format!("http://{}", stack.gateway),
-        model: MODEL.into(),
-        api: ApiKind::Completions,
-        text: false,
-        stream: true,
-        max_concurrency: 128,
-        timeout: Duration::from_secs(60),
-        max_output_tokens: None,
-    };
+    let load_cfg = calibration::load_config(format!("http://{}", stack.gateway), 128);
     let records = load::run(trace, &load_cfg, &cancel).await.unwrap();
     stack.check_alive().unwrap();
     assert!(
@@ -244,14 +220,7 @@ async fn calibrated_profile_file_makes_kvpick_epp_predict_the_fleet() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let result = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kvpick-sim"))
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let result = calibration::kvpick_sim(args).await;
     prom.stop();
     let stdout = String::from_utf8_lossy(&result.stdout).to_string();
     assert!(
@@ -325,16 +294,7 @@ async fn online_calibration_shrinks_the_prediction_error_of_a_wrong_profile() {
     let mut stack = Stack::start_with(cfg, true, &tools, &args, dir.path(), &cancel)
         .await
         .unwrap();
-    let load_cfg = LoadConfig {
-        base_url: format!("http://{}", stack.gateway),
-        model: MODEL.into(),
-        api: ApiKind::Completions,
-        text: false,
-        stream: true,
-        max_concurrency: 128,
-        timeout: Duration::from_secs(60),
-        max_output_tokens: None,
-    };
+    let load_cfg = calibration::load_config(format!("http://{}", stack.gateway), 128);
     const ERR: &str = "kvpick_ttft_prediction_error_seconds";
     let start_page = stack.epp_metrics_text().await.unwrap();
     let prefill = |page: &str| {

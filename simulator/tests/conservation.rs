@@ -6,6 +6,8 @@
 //! still completes whole.
 #![allow(clippy::unwrap_used)] // a test crate: a failed unwrap is a failed test
 
+mod common;
+
 use std::sync::Arc;
 
 use kvpick_sim::SimTime;
@@ -128,16 +130,14 @@ proptest! {
             frontend_us: 0.0,
         };
         let cfg = SimConfig {
-            engines,
-            profile: profile.clone(),
             model: Arc::from("m"),
             metrics_interval_us: metrics_us,
             kv_event_latency_us: latency_us,
             sample_interval_us: 50_000,
             seed,
             check_invariants: true,
-            replicas: Default::default(),
             pd: PdSetup { prefill_engines, transfer: KvTransfer::default() },
+            ..common::sim_config(engines, profile.clone())
         };
         let r = run(&trace, &policy, &cfg, None).unwrap();
         prop_assert_eq!(r.violation, None);

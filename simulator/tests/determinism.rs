@@ -2,6 +2,8 @@
 //! workload loads and runs under every built-in policy.
 #![allow(clippy::unwrap_used)] // a test crate: a failed unwrap is a failed test
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,16 +20,10 @@ fn summaries(threads: usize, seed: u64) -> Vec<String> {
     let mut profile = Profile::named("h100-tp2-qwen3-32b").unwrap();
     profile.kv_blocks = 2000;
     let cfg = SimConfig {
-        engines: 4,
-        profile,
         model: Arc::from("m"),
-        metrics_interval_us: 50_000,
-        kv_event_latency_us: 1_000,
         sample_interval_us: 1_000_000,
         seed,
-        check_invariants: false,
-        replicas: Default::default(),
-        pd: Default::default(),
+        ..common::sim_config(4, profile)
     };
     let policies: Vec<PolicySpec> = BUILTIN.iter().map(|p| p.parse().unwrap()).collect();
     run_many(&trace, &policies, &cfg, threads, None)

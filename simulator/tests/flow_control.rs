@@ -20,16 +20,8 @@ fn config() -> SimConfig {
     let mut profile = Profile::named("tiny").unwrap();
     profile.max_num_seqs = 2;
     SimConfig {
-        engines: 2,
-        profile,
-        model: Arc::from("qwen3-32b"),
-        metrics_interval_us: 50_000,
-        kv_event_latency_us: 1_000,
         sample_interval_us: 10_000,
-        seed: 1,
-        check_invariants: false,
-        replicas: Default::default(),
-        pd: Default::default(),
+        ..common::sim_config(2, profile)
     }
 }
 

@@ -8,9 +8,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use kvpick_sim::des::SimConfig;
 use kvpick_sim::engine::Profile;
 use kvpick_sim::policy::PolicySpec;
 use kvpick_sim::trace::generate::SharedPrefix;
@@ -35,18 +32,7 @@ fn precise_beats_approx_beats_random_and_round_robin() {
         profile.step_time.overhead_us *= 10.0;
     }
     let trace = w.generate().unwrap();
-    let cfg = SimConfig {
-        engines: 8,
-        profile,
-        model: Arc::from("qwen3-32b"),
-        metrics_interval_us: 50_000,
-        kv_event_latency_us: 1_000,
-        sample_interval_us: 0,
-        seed: 1,
-        check_invariants: false,
-        replicas: Default::default(),
-        pd: Default::default(),
-    };
+    let cfg = common::sim_config(8, profile);
     let policies = [
         PolicySpec::PrecisePrefix,
         PolicySpec::ApproxPrefix,

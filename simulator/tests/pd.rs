@@ -12,7 +12,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use kvpick_sim::SimTime;
 use kvpick_sim::des::{PdSetup, SimConfig};
@@ -59,19 +58,12 @@ fn disaggregation_moves_prefill_off_the_decode_engines() {
     let trace = trace();
     let transfer = KvTransfer::default();
     let cfg = SimConfig {
-        engines: 4,
-        profile: Profile::named("h100-tp2-qwen3-32b").unwrap(),
-        model: Arc::from("qwen3-32b"),
-        metrics_interval_us: 50_000,
-        kv_event_latency_us: 1_000,
-        sample_interval_us: 0,
-        seed: 1,
         check_invariants: true,
-        replicas: Default::default(),
         pd: PdSetup {
             prefill_engines: 2,
             transfer,
         },
+        ..common::sim_config(4, Profile::named("h100-tp2-qwen3-32b").unwrap())
     };
     let policies = [
         PolicySpec::PrecisePrefix,

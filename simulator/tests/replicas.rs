@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use kvpick_sim::des::{RunResult, SimConfig, run};
 use kvpick_sim::engine::Profile;
@@ -19,16 +18,8 @@ use kvpick_sim::trace::{self, Trace, TraceFormat};
 
 fn config(engines: usize, profile: Profile, replicas: ReplicaSetup) -> SimConfig {
     SimConfig {
-        engines,
-        profile,
-        model: Arc::from("qwen3-32b"),
-        metrics_interval_us: 50_000,
-        kv_event_latency_us: 1_000,
-        sample_interval_us: 0,
-        seed: 1,
-        check_invariants: false,
         replicas,
-        pd: Default::default(),
+        ..common::sim_config(engines, profile)
     }
 }
 

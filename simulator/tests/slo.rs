@@ -46,19 +46,7 @@ fn overload() -> (Trace, SimConfig) {
     }
     let mut profile = Profile::named("tiny").unwrap();
     profile.max_num_seqs = 4;
-    let cfg = SimConfig {
-        engines: 2,
-        profile,
-        model: Arc::from("qwen3-32b"),
-        metrics_interval_us: 50_000,
-        kv_event_latency_us: 1_000,
-        sample_interval_us: 0,
-        seed: 1,
-        check_invariants: false,
-        replicas: Default::default(),
-        pd: Default::default(),
-    };
-    (trace, cfg)
+    (trace, common::sim_config(2, profile))
 }
 
 /// kvpick's default profile (the simulator prices it with the engines' profile) plus `extra`.

@@ -90,6 +90,17 @@ impl Epp {
         series_value(&page, series)
     }
 
+    /// Waits until every one of `pods` is ready (scraped) and its KV-event stream connected: the
+    /// state an end-to-end test starts its traffic in.
+    pub async fn wait_live(&mut self, pods: &[std::net::SocketAddr]) {
+        self.wait_for("kvpick_pool_ready_endpoints", pods.len() as f64)
+            .await;
+        for pod in pods {
+            let series = format!("kvpick_kv_events_connects_total{{endpoint=\"{pod}\"}}");
+            self.wait_for(&series, 1.0).await;
+        }
+    }
+
     /// Waits until `series` reaches `at_least`.
     pub async fn wait_for(&mut self, series: &str, at_least: f64) {
         for _ in 0..300 {

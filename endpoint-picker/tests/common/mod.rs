@@ -2,8 +2,10 @@
 //! client that speaks to it the way Envoy does.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod decision;
 pub mod envoy;
 pub mod epp;
+pub mod fixtures;
 pub mod valkey;
 pub mod vllm;
 pub mod vllm_cpu;

@@ -15,6 +15,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
+pub mod calibration;
+
 pub const MODEL: &str = "sim-model";
 
 /// A config for `pods` pods of the tiny profile (256 blocks of 16, max_model_len 4096).

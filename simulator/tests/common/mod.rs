@@ -1,6 +1,29 @@
 //! Shared helpers of the integration tests.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use kvpick_sim::des::SimConfig;
+use kvpick_sim::engine::Profile;
+
+/// The tests' pool: `engines` engines of `profile` serving `qwen3-32b`, the router's view scraped
+/// every 50 ms, KV events 1 ms after their step, no timeline, seed 1, invariants unchecked, one
+/// picker replica, aggregated. A test changes what it varies with `..sim_config(engines, profile)`.
+#[allow(dead_code)]
+pub fn sim_config(engines: usize, profile: Profile) -> SimConfig {
+    SimConfig {
+        engines,
+        profile,
+        model: Arc::from("qwen3-32b"),
+        metrics_interval_us: 50_000,
+        kv_event_latency_us: 1_000,
+        sample_interval_us: 0,
+        seed: 1,
+        check_invariants: false,
+        replicas: Default::default(),
+        pd: Default::default(),
+    }
+}
 
 /// The traces folder: `$KVPICK_TRACES`, else the repository's `traces/` (the vendored Mooncake and
 /// Azure traces, see `traces/NOTICE.md`). Panics, naming where it looked, when the Mooncake trace is
