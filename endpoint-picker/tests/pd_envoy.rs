@@ -72,20 +72,7 @@ struct Counters {
 }
 
 async fn counters(addr: std::net::SocketAddr) -> Counters {
-    use http_body_util::BodyExt;
-    let req = hyper::Request::get(format!("http://{addr}/metrics"))
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let resp = envoy::client().request(req).await.unwrap();
-    let page = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let page = envoy::get_text(&format!("http://{addr}/metrics")).await;
     let value = |name: &str, source: Option<&str>| -> f64 {
         page.lines()
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))

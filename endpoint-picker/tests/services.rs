@@ -289,20 +289,9 @@ async fn health_export_and_query_api() {
     );
 
     let metrics_url = format!("http://{}/metrics", r.metrics.unwrap());
-    let client = common::envoy::client();
     let mut page = String::new();
     for _ in 0..40 {
-        let resp = client.get(metrics_url.parse().unwrap()).await.unwrap();
-        use http_body_util::BodyExt;
-        page = String::from_utf8(
-            resp.into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes()
-                .to_vec(),
-        )
-        .unwrap();
+        page = common::envoy::get_text(&metrics_url).await;
         if page.contains("kvpick_index_entries 8") {
             break;
         }

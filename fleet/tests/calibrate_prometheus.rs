@@ -104,27 +104,8 @@ async fn calibrate_recovers_profile_and_workload_from_prometheus() {
     let window = started.elapsed().as_secs_f64() + 1.5;
 
     let out = dir.path().join("cal");
-    let args: Vec<String> = [
-        "calibrate",
-        "--prometheus",
-        &prom_url,
-        "--window",
-        &format!("{window:.1}s"),
-        "--resolution",
-        "3s",
-        "--profile",
-        "tiny",
-        "--groups",
-        "4",
-        "--min-gaps",
-        "10",
-        "--out",
-        &out.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let result = calibration::kvpick_sim(args).await;
+    let window = format!("{window:.1}s");
+    let result = calibration::calibrate(&prom_url, &window, &out, &["--groups", "4"]).await;
     let stdout = String::from_utf8_lossy(&result.stdout).to_string();
     let stderr = String::from_utf8_lossy(&result.stderr).to_string();
     assert!(

@@ -200,27 +200,9 @@ async fn calibrated_profile_file_makes_kvpick_epp_predict_the_fleet() {
     // 2. calibrate, as a process, from Prometheus alone.
     let window = started.elapsed().as_secs_f64() + 1.0;
     let out = dir.path().join("cal");
-    let args: Vec<String> = [
-        "calibrate",
-        "--prometheus",
-        &prom_url,
-        "--window",
-        &format!("{window:.0}s"),
-        "--resolution",
-        "3s",
-        "--profile",
-        "tiny",
-        "--min-gaps",
-        "10",
-        "--check-policy",
-        "none",
-        "--out",
-        &out.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let result = calibration::kvpick_sim(args).await;
+    let window = format!("{window:.0}s");
+    let result =
+        calibration::calibrate(&prom_url, &window, &out, &["--check-policy", "none"]).await;
     prom.stop();
     let stdout = String::from_utf8_lossy(&result.stdout).to_string();
     assert!(

@@ -127,12 +127,7 @@ impl Envoy {
 
     /// An admin page (e.g. `/clusters`) as text.
     pub async fn admin(&self, path: &str) -> String {
-        let uri: hyper::Uri = format!("http://127.0.0.1:{}{path}", self.admin_port)
-            .parse()
-            .unwrap();
-        let resp = client().get(uri).await.unwrap();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8_lossy(&body).into_owned()
+        get_text(&format!("http://127.0.0.1:{}{path}", self.admin_port)).await
     }
 }
 
@@ -156,6 +151,13 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// GETs `url` (a page: `/metrics`, an admin page); returns its body as text, whatever its status.
+pub async fn get_text(url: &str) -> String {
+    let resp = client().get(url.parse().unwrap()).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// POSTs `body` to `path` through Envoy; returns status, headers and the whole body.

@@ -10,8 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
-
 use super::envoy;
 use super::free_port;
 
@@ -190,10 +188,7 @@ impl Vllm {
 
     /// The server's own Prometheus page.
     pub async fn metrics(&self) -> String {
-        let uri: hyper::Uri = format!("http://{}/metrics", self.addr).parse().unwrap();
-        let resp = envoy::client().get(uri).await.unwrap();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8_lossy(&body).into_owned()
+        envoy::get_text(&format!("http://{}/metrics", self.addr)).await
     }
 
     /// The sum of every sample named `name` on the server's page.

@@ -50,3 +50,33 @@ pub async fn kvpick_sim(args: Vec<String>) -> std::process::Output {
     .await
     .unwrap()
 }
+
+/// `kvpick-sim calibrate` from the Prometheus at `prometheus` over the last `window` (`12.5s`):
+/// 3-second windows, the `tiny` profile's batch limits, windows with at least 10 inter-token gaps,
+/// results in `out`; `extra` flags follow.
+pub async fn calibrate(
+    prometheus: &str,
+    window: &str,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args: Vec<String> = [
+        "calibrate",
+        "--prometheus",
+        prometheus,
+        "--window",
+        window,
+        "--resolution",
+        "3s",
+        "--profile",
+        "tiny",
+        "--min-gaps",
+        "10",
+        "--out",
+        &out.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    kvpick_sim(args).await
+}
