@@ -277,3 +277,47 @@ fn malformed_entries_are_refused_whole() {
     };
     assert!(ix.restore_facts(id(1), &huge).is_err());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever a dump claims on top of a real one (the same engine hashes again with
+    /// placement bits flipped or other parents, in any order), clearing the endpoint afterwards
+    /// leaves nothing of it in the index: every holding stays named by an engine hash.
+    #[test]
+    fn clearing_removes_whatever_a_corrupt_dump_restored(
+        chains in prop::collection::vec(chain(), 1..4),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 0..POS_BITS), 0..4),
+        parents in prop::collection::vec((any::<prop::sample::Index>(), 1..u64::MAX), 0..4),
+        reverse in any::<bool>(),
+    ) {
+        let from = index(1 << 16, IndexSecret::FIXED);
+        for c in &chains {
+            store(&from, c);
+        }
+        let to = index(1 << 16, IndexSecret::FIXED);
+        for ep in 0..6 {
+            let entries = from.dump_chunk(id(ep), DumpCursor::default(), usize::MAX).entries;
+            if entries.is_empty() {
+                continue;
+            }
+            let mut edited = entries.clone();
+            let n = edited.len();
+            for (at, bit) in &flips {
+                let e = &mut edited[at.index(n)];
+                e.place = Placement::from_raw(e.place.raw() ^ (1 << bit)).unwrap();
+            }
+            for (at, parent) in &parents {
+                edited[at.index(n)].parent = Some(BlockKey::from_raw(*parent));
+            }
+            if reverse {
+                edited.reverse();
+            }
+            to.restore(id(ep), &entries).unwrap();
+            to.restore(id(ep), &edited).unwrap();
+            to.clear_endpoint(id(ep));
+            prop_assert_eq!(to.endpoint_entries(id(ep)), 0);
+        }
+        prop_assert_eq!(to.stats().entries, 0);
+    }
+}
