@@ -35,12 +35,18 @@ impl Table {
         tiers: u8,
     ) -> Option<(u32, bool)> {
         let (r, k, own) = (slot.rank(), key.get(), tag_of(&self.secret, key));
-        let parent = slot
-            .parent
-            .and_then(|(tag, pkey)| Some((tag, self.find(tag, r.checked_sub(1)?, pkey.get())?)));
-        let (tag, i) = match parent {
-            Some((tag, p)) if self.record(p)[r] == k => (tag, p),
-            _ => match self.find(own, r, k) {
+        // Under the parent's tag: the parent's record, and the record already holding the block
+        // there. The same record, except after a restored dump placed the block under another
+        // parent: then it stays where it is, so that a tag, a rank and a key name one record.
+        let (parent, placed) = slot.parent.map_or((None, None), |(tag, pkey)| {
+            let (p, q) = r
+                .checked_sub(1)
+                .map_or((None, None), |rp| self.find_pair(tag, rp, pkey.get(), k));
+            (p.map(|p| (tag, p)), q.map(|q| (tag, q)))
+        });
+        let (tag, i) = match placed {
+            Some(at) => at,
+            None => match self.find(own, r, k) {
                 Some(i) => (own, i),
                 None => match parent {
                     Some((tag, p)) if self.record(p)[r] == 0 => {

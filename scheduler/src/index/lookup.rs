@@ -133,7 +133,7 @@ fn window_walk<const N: usize>(
         if all.get(i).is_none_or(|rec| rec[0] != want[0]) {
             // Another record of the same fingerprint, if any, is the group's.
             i = table
-                .find(tag_of(&table.secret, group[0]), 0, want[0])
+                .find_like(tag_of(&table.secret, group[0]), 0, want[0])
                 .unwrap_or(NONE);
         }
         let Some(mut rec) = all.get(i) else {
@@ -172,7 +172,7 @@ fn window_walk<const N: usize>(
                 continue;
             }
             // The request leaves this record: the block at `r` starts a record of its own.
-            match table.find(tag_of(&table.secret, group[r]), r, want[r]) {
+            match table.find_like(tag_of(&table.secret, group[r]), r, want[r]) {
                 Some(j) => rec = table.record(j),
                 None => {
                     walk.stop(at + r as u32);

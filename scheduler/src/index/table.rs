@@ -159,16 +159,56 @@ impl Table {
         m1 | m2 != 0
     }
 
-    /// The record of tag `tag` whose slot `rank` holds `key`, if any.
+    /// The record of tag `tag` whose slot `rank` holds `key`, if any. Exactly that tag's: a
+    /// record of another tag may share its buckets and fingerprint, and a writer's position must
+    /// name one record (else a holding could outlive every position naming it).
     #[inline]
     pub(crate) fn find(&self, tag: u32, rank: usize, key: u64) -> Option<usize> {
+        self.first_of(tag, |i| {
+            self.record(i)[rank] == key && self.tag_of_record(i) == tag
+        })
+    }
+
+    /// Like [`Table::find`], but any record of the tag's fingerprint will do: for reads, where a
+    /// look-alike costs a wrong answer at worst, never an unreachable holding.
+    #[inline]
+    pub(crate) fn find_like(&self, tag: u32, rank: usize, key: u64) -> Option<usize> {
+        self.first_of(tag, |i| self.record(i)[rank] == key)
+    }
+
+    /// In one pass over the records of tag `tag`: the one whose slot `rank` holds `parent`, and
+    /// the one whose next slot holds `key` (what [`Table::find`] gives for each).
+    #[inline]
+    pub(crate) fn find_pair(
+        &self,
+        tag: u32,
+        rank: usize,
+        parent: u64,
+        key: u64,
+    ) -> (Option<usize>, Option<usize>) {
+        let (mut p, mut q) = (None, None);
+        self.first_of(tag, |i| {
+            let rec = self.record(i);
+            let (is_p, is_q) = (rec[rank] == parent, rec[rank + 1] == key);
+            if (is_p || is_q) && self.tag_of_record(i) == tag {
+                p = p.or(is_p.then_some(i));
+                q = q.or(is_q.then_some(i));
+            }
+            p.is_some() && q.is_some()
+        });
+        (p, q)
+    }
+
+    /// The first record of tag `tag`'s fingerprint, in probe order, for which `stop` is true.
+    #[inline]
+    fn first_of(&self, tag: u32, mut stop: impl FnMut(usize) -> bool) -> Option<usize> {
         let c = self.cand(tag);
         let (m1, m2) = self.candidates(c);
         for (b, mut m) in [(c.b1, m1), (c.b2, m2)] {
             while m != 0 {
                 let i = b * BUCKET + (m.trailing_zeros() / 8) as usize;
                 m &= m - 1;
-                if self.record(i)[rank] == key {
+                if stop(i) {
                     return Some(i);
                 }
             }
@@ -258,6 +298,7 @@ impl Table {
     }
 
     /// The tag of a live record: that of its first used slot's key (which started the record).
+    #[inline]
     fn tag_of_record(&self, i: usize) -> u32 {
         let keys = record::keys(self.record(i));
         tag_of(

@@ -63,10 +63,10 @@ impl<'a> Writer<'a> {
         let old = self.state.map.insert(r, key, pos);
         if let Some((k, p)) = old {
             if k == key {
-                if p.with_boundary(false) != pos.with_boundary(false) {
-                    // The same block placed elsewhere (a restored entry whose parent disagrees
-                    // with where it sat): the old holding is named by no ref any more, and
-                    // nothing would ever remove it.
+                if (p.shard(), p.tag(), p.rank()) != (pos.shard(), pos.tag(), pos.rank()) {
+                    // The same block in another record (a restored entry whose placement
+                    // disagrees with where it sat): the old holding is named by no ref any
+                    // more, and nothing would ever remove it.
                     let ep = self.endpoint;
                     let gone = self.table(p.shard()).remove(k, p, ep, ALL_TIERS);
                     self.report.removed += u64::from(gone == Removed::Entry);

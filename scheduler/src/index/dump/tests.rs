@@ -97,14 +97,16 @@ fn remove(ix: &KvIndex, ep: u32, hashes: &[EngineHash]) {
     ix.apply(id(ep), "m", &batch(vec![KvEvent::BlockRemoved(ev)]));
 }
 
-/// Everything `from` holds, restored into `to`, in chunks of `max`.
-fn copy(from: &KvIndex, to: &KvIndex, endpoints: &[u32], max: usize) {
+/// Everything `from` holds, restored into `to`, in chunks of `max`; returns the entries `to` had
+/// no room for (a record whose two buckets are full, which the table refuses rather than search).
+fn copy(from: &KvIndex, to: &KvIndex, endpoints: &[u32], max: usize) -> u64 {
+    let mut dropped = 0;
     for &ep in endpoints {
         let mut cursor = DumpCursor::default();
         loop {
             let chunk = from.dump_chunk(id(ep), cursor, max);
             assert!(chunk.entries.len() < max.max(1) + 3);
-            to.restore(id(ep), &chunk.entries).unwrap();
+            dropped += to.restore(id(ep), &chunk.entries).unwrap().dropped;
             match chunk.next {
                 Some(next) => cursor = next,
                 None => break,
@@ -112,6 +114,7 @@ fn copy(from: &KvIndex, to: &KvIndex, endpoints: &[u32], max: usize) {
         }
         to.restore_facts(id(ep), &from.dump_facts(id(ep))).unwrap();
     }
+    dropped
 }
 
 fn matches(ix: &KvIndex, c: &Chain) -> Vec<(EndpointId, u32, u32)> {
@@ -175,7 +178,10 @@ proptest! {
             store(&a, c);
         }
         let b = index(usize::MAX, secret);
-        copy(&a, &b, &[0, 1, 2, 3, 4, 5], max);
+        // Restoring places records in another order than the events did: rarely, a block finds
+        // both its buckets full where the original found room. Then the copy is short by it, as
+        // reported, and cannot equal the original.
+        prop_assume!(copy(&a, &b, &[0, 1, 2, 3, 4, 5], max) == 0);
         same(&a, &b, &chains)?;
         // The engine hashes came along: the same removals and continuations apply alike.
         for &(c, j) in &removals {
@@ -319,5 +325,36 @@ proptest! {
             prop_assert_eq!(to.endpoint_entries(id(ep)), 0);
         }
         prop_assert_eq!(to.stats().entries, 0);
+    }
+}
+
+/// A block restored under a look-alike tag (one sharing the real one's buckets and fingerprint)
+/// and then moved: the move must take the holding from the block's own record, not from the
+/// look-alike that the fingerprint alone cannot tell apart (found by the proptest above).
+#[test]
+fn every_single_tag_bit_flip_is_cleared_whole() {
+    let c = Chain {
+        ep: 0,
+        blocks: 177,
+        size: 8,
+        seed: 0,
+        shared: 17,
+        cpu: false,
+    };
+    let from = index(1 << 16, IndexSecret::FIXED);
+    store(&from, &c);
+    let entries = from
+        .dump_chunk(id(0), DumpCursor::default(), usize::MAX)
+        .entries;
+    for bit in [0, 1, 7] {
+        for at in 0..entries.len() {
+            let to = index(1 << 16, IndexSecret::FIXED);
+            let mut edited = entries.clone();
+            edited[at].place = Placement::from_raw(edited[at].place.raw() ^ 1 << bit).unwrap();
+            to.restore(id(0), &entries).unwrap();
+            to.restore(id(0), &edited).unwrap();
+            to.clear_endpoint(id(0));
+            assert_eq!(to.stats().entries, 0, "entry {at}, tag bit {bit}");
+        }
     }
 }
