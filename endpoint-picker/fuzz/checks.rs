@@ -170,29 +170,16 @@ fn dump_pool(
     kvpick_epp::pool::Pool,
     std::sync::Arc<kvpick_scheduler::KvIndex>,
 ) {
-    use kvpick_epp::discovery::{Discovered, EndpointSpec};
+    use kvpick_epp::discovery::Discovered;
     let config = kvpick_scheduler::IndexConfig {
         capacity,
         ..Default::default()
     };
     let index = std::sync::Arc::new(kvpick_scheduler::KvIndex::new(config));
     let pool = kvpick_epp::pool::Pool::new(index.clone(), kvpick_epp::clock::Clock::new());
-    let endpoints = DUMP_ENDPOINTS
-        .iter()
-        .map(|a| EndpointSpec {
-            address: a.parse().unwrap(),
-            model: "m".into(),
-            labels: Default::default(),
-            metrics: format!("http://{a}/metrics"),
-            kv_events: None,
-            kv_replay: None,
-        })
-        .collect();
-    pool.reconcile(&Discovered {
-        block_size: None,
-        endpoints,
-    })
-    .unwrap();
+    let addresses = DUMP_ENDPOINTS.iter().map(|a| a.parse().unwrap());
+    pool.reconcile(&Discovered::serving(addresses, "m"))
+        .unwrap();
     (pool, index)
 }
 

@@ -310,14 +310,7 @@ mod tests {
     use kvpick_scheduler::IndexConfig;
 
     fn spec(addr: &str, model: &str) -> EndpointSpec {
-        EndpointSpec {
-            address: addr.parse().unwrap(),
-            model: model.into(),
-            labels: Default::default(),
-            metrics: format!("http://{addr}/metrics"),
-            kv_events: None,
-            kv_replay: None,
-        }
+        EndpointSpec::serving(addr.parse().unwrap(), model)
     }
 
     fn found(specs: &[EndpointSpec]) -> Discovered {

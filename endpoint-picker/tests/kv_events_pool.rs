@@ -20,12 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 fn spec(address: &str, kv_events: Option<String>) -> EndpointSpec {
     EndpointSpec {
-        address: address.parse().unwrap(),
-        model: MODEL.into(),
-        labels: Default::default(),
-        metrics: format!("http://{address}/metrics"),
         kv_events,
-        kv_replay: None,
+        ..EndpointSpec::serving(address.parse().unwrap(), MODEL)
     }
 }
 

@@ -103,15 +103,11 @@ fn main() -> anyhow::Result<()> {
     let server = server_rt.block_on(Server::bind(settings))?;
     let endpoints: Vec<EndpointSpec> = (0..args.endpoints)
         .map(|i| EndpointSpec {
-            address: std::net::SocketAddr::from((
-                [10, 0, (i / 250) as u8, (i % 250) as u8 + 1],
-                8000,
-            )),
-            model: "m".into(),
-            labels: Default::default(),
             metrics: "http://127.0.0.1:1/metrics".into(),
-            kv_events: None,
-            kv_replay: None,
+            ..EndpointSpec::serving(
+                std::net::SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 8000)),
+                "m",
+            )
         })
         .collect();
     server.pool().reconcile(&Discovered {

@@ -32,6 +32,21 @@ pub struct EndpointSpec {
     pub kv_replay: Option<String>,
 }
 
+impl EndpointSpec {
+    /// An endpoint at `address` serving `model`, scraped at its own `/metrics`, with no labels
+    /// and no KV-event sockets (the pool's defaults apply).
+    pub fn serving(address: SocketAddr, model: &str) -> Self {
+        Self {
+            address,
+            model: model.into(),
+            labels: BTreeMap::new(),
+            metrics: format!("http://{address}/metrics"),
+            kv_events: None,
+            kv_replay: None,
+        }
+    }
+}
+
 /// A full set of endpoints from one discovery source at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Discovered {
@@ -39,4 +54,17 @@ pub struct Discovered {
     pub block_size: Option<BlockSize>,
     /// The endpoints, addresses unique.
     pub endpoints: Vec<EndpointSpec>,
+}
+
+impl Discovered {
+    /// Endpoints at `addresses`, all serving `model` (see [`EndpointSpec::serving`]).
+    pub fn serving(addresses: impl IntoIterator<Item = SocketAddr>, model: &str) -> Self {
+        Self {
+            block_size: None,
+            endpoints: addresses
+                .into_iter()
+                .map(|a| EndpointSpec::serving(a, model))
+                .collect(),
+        }
+    }
 }

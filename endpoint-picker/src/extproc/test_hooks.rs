@@ -75,7 +75,7 @@ pub fn echo_served(served: Option<SocketAddr>) -> pb::ProcessingResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{Discovered, EndpointSpec};
+    use crate::discovery::Discovered;
     use crate::pool::Pool;
 
     fn pool(addresses: &[&str]) -> std::sync::Arc<PoolView> {
@@ -83,22 +83,8 @@ mod tests {
             kvpick_scheduler::IndexConfig::default(),
         ));
         let pool = Pool::new(index, crate::clock::Clock::new());
-        let endpoints = addresses
-            .iter()
-            .map(|a| EndpointSpec {
-                address: a.parse().unwrap(),
-                model: "m".into(),
-                labels: Default::default(),
-                metrics: String::new(),
-                kv_events: None,
-                kv_replay: None,
-            })
-            .collect();
-        pool.reconcile(&Discovered {
-            block_size: None,
-            endpoints,
-        })
-        .unwrap();
+        pool.reconcile(&Discovered::serving(addrs(addresses), "m"))
+            .unwrap();
         pool.view()
     }
 

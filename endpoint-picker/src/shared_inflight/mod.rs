@@ -60,6 +60,13 @@ pub fn describe_metrics() {
     );
 }
 
+/// The flags' defaults, which [`SharedInflightConfig::new`] uses too.
+const DEFAULT_INTERVAL: &str = "2ms";
+const DEFAULT_STALENESS: &str = "1s";
+const DEFAULT_TIMEOUT: &str = "250ms";
+const DEFAULT_MAX_REPLICAS: usize = 64;
+const DEFAULT_MAX_ENDPOINTS: usize = 4096;
+
 /// Flags of the shared in-flight state.
 #[derive(Clone, Debug, Args)]
 pub struct SharedInflightArgs {
@@ -88,19 +95,19 @@ pub struct SharedInflightArgs {
     /// made within one interval of each other on two replicas cannot see each other: 2 ms keeps
     /// eight replicas' TTFT p90 within 10% of one's (20 ms: up to 33% worse); raise it when many
     /// replicas share many busy pods (each round carries ~60 bytes per replica and busy pod).
-    #[arg(long, env = "KVPICK_SHARED_INFLIGHT_INTERVAL", default_value = "2ms", value_parser = crate::config::duration)]
+    #[arg(long, env = "KVPICK_SHARED_INFLIGHT_INTERVAL", default_value = DEFAULT_INTERVAL, value_parser = crate::config::duration)]
     pub shared_inflight_interval: Duration,
     /// A peer's report older than this (on the store's clock) no longer counts.
-    #[arg(long, env = "KVPICK_SHARED_INFLIGHT_STALENESS", default_value = "1s", value_parser = crate::config::duration)]
+    #[arg(long, env = "KVPICK_SHARED_INFLIGHT_STALENESS", default_value = DEFAULT_STALENESS, value_parser = crate::config::duration)]
     pub shared_inflight_staleness: Duration,
     /// Longest a connect or round trip may take before the store counts as unreachable.
-    #[arg(long, env = "KVPICK_SHARED_INFLIGHT_TIMEOUT", default_value = "250ms", value_parser = crate::config::duration)]
+    #[arg(long, env = "KVPICK_SHARED_INFLIGHT_TIMEOUT", default_value = DEFAULT_TIMEOUT, value_parser = crate::config::duration)]
     pub shared_inflight_timeout: Duration,
     /// Other replicas counted at most (the rest of a crowded store is ignored and counted).
     #[arg(
         long,
         env = "KVPICK_SHARED_INFLIGHT_MAX_REPLICAS",
-        default_value_t = 64
+        default_value_t = DEFAULT_MAX_REPLICAS
     )]
     pub shared_inflight_max_replicas: usize,
     /// Endpoints per replica's value at most (a replica publishes its busiest when it holds
@@ -108,7 +115,7 @@ pub struct SharedInflightArgs {
     #[arg(
         long,
         env = "KVPICK_SHARED_INFLIGHT_MAX_ENDPOINTS",
-        default_value_t = 4096
+        default_value_t = DEFAULT_MAX_ENDPOINTS
     )]
     pub shared_inflight_max_endpoints: usize,
 }
@@ -134,26 +141,55 @@ pub struct SharedInflightConfig {
     pub backoff_max: Duration,
 }
 
+/// What the flags tune.
+struct Tuning {
+    interval: Duration,
+    staleness: Duration,
+    timeout: Duration,
+    max_replicas: usize,
+    max_endpoints: usize,
+}
+
 impl SharedInflightConfig {
     /// The defaults around `url`, for `replica` in `pool` (tests, embedders).
     pub fn new(url: &str, pool: &str, replica: ReplicaId) -> Self {
+        // Constants, parsed as the flags parse them (a unit test checks they do).
+        let d = |s: &str| crate::config::duration(s).unwrap_or_default();
+        Self::tuned(
+            url,
+            pool,
+            replica,
+            Tuning {
+                interval: d(DEFAULT_INTERVAL),
+                staleness: d(DEFAULT_STALENESS),
+                timeout: d(DEFAULT_TIMEOUT),
+                max_replicas: DEFAULT_MAX_REPLICAS,
+                max_endpoints: DEFAULT_MAX_ENDPOINTS,
+            },
+        )
+    }
+
+    /// The settings around `url` with `t`, and what follows from it: the store forgets a
+    /// replica's field ten stalenesses (at least a minute) after its last write.
+    fn tuned(url: &str, pool: &str, replica: ReplicaId, t: Tuning) -> Self {
+        let garbage_after = (t.staleness * 10).max(Duration::from_secs(60));
         Self {
             store: StoreConfig {
                 url: url.to_owned(),
                 username: None,
                 password: None,
                 key: format!("kvpick:inflight:{pool}"),
-                timeout: Duration::from_millis(250),
-                key_ttl: Duration::from_secs(60),
-                garbage_after: Duration::from_secs(60),
-                max_fields: 64,
-                max_value: 32 + 4096 * codec::MAX_ENTRY_BYTES,
+                timeout: t.timeout,
+                key_ttl: garbage_after,
+                garbage_after,
+                max_fields: t.max_replicas,
+                max_value: 32 + t.max_endpoints * codec::MAX_ENTRY_BYTES,
             },
             replica,
-            interval: Duration::from_millis(2),
-            staleness: Duration::from_secs(1),
-            max_replicas: 64,
-            max_endpoints: 4096,
+            interval: t.interval,
+            staleness: t.staleness,
+            max_replicas: t.max_replicas,
+            max_endpoints: t.max_endpoints,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
         }
@@ -213,19 +249,20 @@ impl SharedInflightArgs {
         {
             return bad("--shared-inflight-max-replicas must be in 1..=1024 and --shared-inflight-max-endpoints in 1..=65536".into());
         }
-        let mut config = SharedInflightConfig::new(url, pool, replica);
+        let mut config = SharedInflightConfig::tuned(
+            url,
+            pool,
+            replica,
+            Tuning {
+                interval: self.shared_inflight_interval,
+                staleness: self.shared_inflight_staleness,
+                timeout: self.shared_inflight_timeout,
+                max_replicas: self.shared_inflight_max_replicas,
+                max_endpoints: self.shared_inflight_max_endpoints,
+            },
+        );
         config.store.username = self.shared_inflight_username.clone();
         config.store.password = self.shared_inflight_password.clone();
-        config.store.timeout = self.shared_inflight_timeout;
-        config.store.max_fields = self.shared_inflight_max_replicas;
-        config.store.max_value = 32 + self.shared_inflight_max_endpoints * codec::MAX_ENTRY_BYTES;
-        config.store.garbage_after =
-            (self.shared_inflight_staleness * 10).max(Duration::from_secs(60));
-        config.store.key_ttl = config.store.garbage_after;
-        config.interval = self.shared_inflight_interval;
-        config.staleness = self.shared_inflight_staleness;
-        config.max_replicas = self.shared_inflight_max_replicas;
-        config.max_endpoints = self.shared_inflight_max_endpoints;
         Ok(Some(config))
     }
 }
@@ -241,4 +278,35 @@ fn default_replica_name() -> String {
             let random = std::hash::RandomState::new().hash_one(std::process::id());
             format!("kvpick-{random:016x}")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        shared: SharedInflightArgs,
+    }
+
+    #[test]
+    fn new_is_what_the_flags_default_to() {
+        let cli = Cli::try_parse_from([
+            "kvpick-epp",
+            "--shared-inflight-url",
+            "redis://valkey:6379",
+            "--shared-inflight-replica",
+            "epp-0",
+        ])
+        .unwrap();
+        let flags = cli.shared.config(Some("pool")).unwrap().unwrap();
+        let replica = ReplicaId::new("epp-0").unwrap();
+        let new = SharedInflightConfig::new("redis://valkey:6379", "pool", replica);
+        assert_eq!(format!("{flags:?}"), format!("{new:?}"));
+        assert_eq!(new.interval, Duration::from_millis(2));
+        assert_eq!(new.store.timeout, Duration::from_millis(250));
+    }
 }

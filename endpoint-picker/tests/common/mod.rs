@@ -76,16 +76,13 @@ impl Picker {
         let specs = endpoints
             .iter()
             .map(|(a, role)| EndpointSpec {
-                address: a.parse().unwrap(),
-                model: "m".into(),
                 labels: role
                     .map(|r| ("llm-d.ai/role".to_owned(), r.to_owned()))
                     .into_iter()
                     .collect(),
                 // Nothing listens on port 1: scrapes fail fast and signals stay unknown.
                 metrics: "http://127.0.0.1:1/metrics".into(),
-                kv_events: None,
-                kv_replay: None,
+                ..EndpointSpec::serving(a.parse().unwrap(), "m")
             })
             .collect();
         server

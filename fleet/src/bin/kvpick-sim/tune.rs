@@ -12,7 +12,7 @@ use kvpick_sim::trace::Trace;
 use kvpick_sim::tune::shard::{self, Plan, ShardResult};
 use kvpick_sim::tune::{self, Objective, Search, Space, TuneConfig, TuneResult, output};
 
-use crate::cli::{MergeArgs, ObjectiveArg, SearchArg, TuneAction, TuneArgs};
+use crate::cli::{MergeArgs, ObjectiveArg, ReportArgs, SearchArg, TuneAction, TuneArgs};
 
 /// Candidate points drawn at most.
 const MAX_POINTS: usize = 5_000;
@@ -121,15 +121,22 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
     let result = crate::progress::around("tuning", total, |done| {
         tune::evaluate(&workloads, &space, points, &current, &cfg, Some(done))
     })?;
-    let files = output::Files {
-        block_size: cfg.sim.profile.block_size,
-        configmap_name: &args.configmap_name,
-        namespace: args.namespace.as_deref(),
-        top: args.top,
-    };
+    let files = args.report.files(cfg.sim.profile.block_size);
     report(&result, search, &files, args.out.as_deref())?;
     eprintln!("{:.1} s wall", wall());
     Ok(())
+}
+
+impl ReportArgs {
+    /// The files a ranking is written to, for engines of `block_size`.
+    fn files(&self, block_size: u32) -> output::Files<'_> {
+        output::Files {
+            block_size,
+            configmap_name: &self.configmap_name,
+            namespace: self.namespace.as_deref(),
+            top: self.top,
+        }
+    }
 }
 
 /// Prints the ranking and the best point, and writes the files into `out` if given.
@@ -196,11 +203,6 @@ fn merge(args: MergeArgs) -> anyhow::Result<()> {
         plan.current,
         plan.seeds.len()
     );
-    let files = output::Files {
-        block_size: plan.block_size,
-        configmap_name: &args.configmap_name,
-        namespace: args.namespace.as_deref(),
-        top: args.top,
-    };
+    let files = args.report.files(plan.block_size);
     report(&result, plan.search, &files, Some(&args.out))
 }

@@ -18,7 +18,7 @@ pub use live::{DemoArgs, FleetArgs, LoadArgs};
 pub use pool::{
     ProfileArgs, ReplicaArgs, ReplicaIndexArg, ReplicaRoutingArg, SimArgs, TransferArgs,
 };
-pub use tune::{MergeArgs, ObjectiveArg, SearchArg, TuneAction, TuneArgs};
+pub use tune::{MergeArgs, ObjectiveArg, ReportArgs, SearchArg, TuneAction, TuneArgs};
 pub use workload::{GenArgs, Generator, WorkloadArgs};
 
 /// Trace-driven simulator for kvpick's routing policies: replays request traces through kvpick's own

@@ -71,15 +71,8 @@ pub struct TuneArgs {
     /// scorers the default space weighs).
     #[arg(long)]
     pub current: Option<PathBuf>,
-    /// Rows of the printed table.
-    #[arg(long, default_value_t = 10)]
-    pub top: usize,
-    /// Name of the written ConfigMap (the one manifests/base mounts).
-    #[arg(long, default_value = "kvpick-epp-config")]
-    pub configmap_name: String,
-    /// Namespace of the written ConfigMap.
-    #[arg(long)]
-    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub report: ReportArgs,
     /// Directory for picker.yaml, configmap.yaml, tune.json, summary.md, landscape.svg (with
     /// --shard: for shard-I-of-N.json only).
     #[arg(long)]
@@ -111,6 +104,13 @@ pub struct MergeArgs {
     /// Directory for picker.yaml, configmap.yaml, tune.json, summary.md, landscape.svg.
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+/// How `tune` and `tune merge` report the ranking.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
     /// Rows of the printed table.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
