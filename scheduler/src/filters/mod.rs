@@ -104,7 +104,9 @@ impl FilterSpec {
 /// Endpoints whose last scrape is older than `max_signal_age` are dropped while at least one
 /// candidate is fresh: a dead pod stops being scraped, and must not be picked while live ones
 /// remain. When every candidate is stale (the scraper itself is behind, or the metrics endpoint
-/// is down while serving works), all are kept: better a likely-alive guess than a 503.
+/// is down while serving works), their signals age together: those within `max_signal_age` of
+/// the freshest are kept (better a likely-alive guess than a 503), but a pod that stopped
+/// answering before the others still falls behind them and stays out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Staleness {
     /// Oldest acceptable signals (`staleness.maxSignalAge`, default 2 s).
@@ -120,12 +122,18 @@ impl Default for Staleness {
 }
 
 impl Staleness {
-    /// Drops stale candidates unless all are stale; never empties `candidates`.
+    /// Drops stale candidates; when all are stale, those far behind the freshest. Never
+    /// empties `candidates`.
     pub fn apply(&self, candidates: &mut Vec<Candidate<'_>>, now: Timestamp) {
-        let fresh = |c: &Candidate<'_>| c.signals.age(now) <= self.max_signal_age;
-        if candidates.iter().any(fresh) {
-            candidates.retain(fresh);
-        }
+        let Some(freshest) = candidates.iter().map(|c| c.signals.age(now)).min() else {
+            return;
+        };
+        let limit = if freshest <= self.max_signal_age {
+            self.max_signal_age
+        } else {
+            freshest + self.max_signal_age
+        };
+        candidates.retain(|c| c.signals.age(now) <= limit);
     }
 }
 
@@ -264,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn stale_endpoints_go_while_a_fresh_one_remains_and_stay_when_all_are_stale() {
+    fn stale_endpoints_go_while_a_fresh_one_remains_and_those_behind_go_when_all_are_stale() {
         let eps: Vec<_> = (0..3).map(endpoint).collect();
         let at = |ms| PodSignals::idle(Timestamp::from_millis(ms));
         let sig = [at(10_000), at(1_000), at(9_000)];
@@ -274,9 +282,15 @@ mod tests {
         let mut c = cands(&eps, &sig);
         staleness.apply(&mut c, Timestamp::from_millis(11_000));
         assert_eq!(ids(&c), [0, 2]);
+        // All stale, the scraper behind: those within 2 s of the freshest stay, rather than a
+        // 503; the one that stopped answering 8 s before the others stays out.
         let mut c = cands(&eps, &sig);
         staleness.apply(&mut c, Timestamp::from_millis(60_000));
-        assert_eq!(ids(&c), [0, 1, 2], "all stale: keep all rather than 503");
+        assert_eq!(ids(&c), [0, 2]);
+        let together = [at(10_000), at(9_500), at(8_100)];
+        let mut c = cands(&eps, &together);
+        staleness.apply(&mut c, Timestamp::from_millis(60_000));
+        assert_eq!(ids(&c), [0, 1, 2], "all stale together: all stay");
         // A snapshot from the future (clock skew between scraper and caller) is fresh.
         let mut c = cands(&eps, &sig);
         staleness.apply(&mut c, Timestamp::from_millis(500));
